@@ -1,0 +1,188 @@
+"""Low-level CSV reading shared by every reader (tidy, regimen, NONMEM).
+
+`read_csv_rows` turns a comma-separated UTF-8 file into a header and line-numbered
+rows, refusing with one-line errors everything that is not a well-formed table; the
+`CsvRows` it returns parses fields with errors that name file, line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import pathlib
+
+from ._errors import FitcscInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRows:
+    """A validated CSV: ``header`` names and ``rows`` of ``(line, fields)``.
+
+    ``error`` is the `FitcscInputError` subclass raised by `fail`, `number`, `integer`
+    and `columns`, so each reader refuses with its own error type.
+    """
+
+    path: str
+    header: tuple[str, ...]
+    rows: list[tuple[int, list[str]]]  # (1-based line of the record's start, fields)
+    error: type[FitcscInputError]
+
+    def columns(self, required, *, fold_case=False, expected=None) -> dict[str, int]:
+        """Index of every column; raise naming the first missing ``required`` one."""
+        key = (lambda s: s.upper()) if fold_case else (lambda s: s)
+        index = {key(name): j for j, name in enumerate(self.header)}
+        for name in required:
+            if key(name) not in index:
+                hint = ""
+                if len(self.header) == 1 and any(c in self.header[0] for c in ";\t|"):
+                    hint = " (the header looks like it is not comma-separated)"
+                raise self.error(
+                    f"missing required column{hint}",
+                    file=self.path,
+                    row=1,
+                    column=name,
+                    expected=expected or "a header with columns " + ", ".join(required),
+                    value=",".join(self.header),
+                )
+        return index
+
+    def fail(self, message, line, column=None, expected=None, value=None):
+        return self.error(
+            message, file=self.path, row=line, column=column, expected=expected, value=value
+        )
+
+    def number(self, line, column, text, expected, *, default=None):
+        """Parse a finite float; ``default`` (if given) replaces an empty field."""
+        t = text.strip()
+        if t == "" and default is not None:
+            return default
+        try:
+            x = float(t)
+        except ValueError:
+            msg = "missing value" if t == "" else "not a number"
+            raise self.fail(msg, line, column, expected, text) from None
+        if not math.isfinite(x):
+            raise self.fail("not a finite number", line, column, expected, text)
+        return x
+
+    def integer(self, line, column, text, expected, *, default=None):
+        x = self.number(line, column, text, expected, default=default)
+        if x != int(x):
+            raise self.fail("not an integer", line, column, expected, text)
+        return int(x)
+
+
+def read_csv_rows(path, error: type[FitcscInputError], *, comment_prefix=None) -> CsvRows:
+    """Read a comma-separated UTF-8 file into a header and line-numbered rows.
+
+    Refuses (with ``error``): a missing file, a directory, unreadable or non-text bytes
+    (NUL, not UTF-8), an empty file, a header without rows, duplicate column names,
+    malformed quoting, and rows whose field count differs from the header's.
+    """
+    p = pathlib.Path(path)
+    file = str(path)
+    if not p.exists():
+        raise error("file not found", file=file, expected="an existing CSV file")
+    if p.is_dir():
+        raise error("is a directory", file=file, expected="a CSV file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read file ({e.strerror})", file=file) from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise error(
+            "not a text file (it contains NUL bytes)",
+            file=file,
+            row=raw.count(b"\n", 0, nul) + 1,
+            expected="a UTF-8 CSV text file",
+            value=raw[:8],
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(
+            "not UTF-8 text",
+            file=file,
+            row=raw.count(b"\n", 0, e.start) + 1,
+            expected="a UTF-8 CSV text file (re-save it as 'CSV UTF-8')",
+            value=raw[e.start : e.end + 3],
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    header_line = 1
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise error(
+                f"malformed CSV ({e})",
+                file=file,
+                row=start,
+                expected="comma-separated fields with balanced double quotes",
+            ) from None
+        line, start = start, reader.line_num + 1
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # blank line
+        if header is None:
+            header, header_line = [f.strip() for f in fields], line
+            continue
+        if comment_prefix and fields[0].lstrip().startswith(comment_prefix):
+            continue
+        if len(fields) != len(header):
+            raise error(
+                f"row has {len(fields)} fields but the header has {len(header)}",
+                file=file,
+                row=line,
+                expected=f"{len(header)} comma-separated fields",
+                value=",".join(fields)[:80],
+            )
+        rows.append((line, fields))
+    if header is None:
+        raise error("file is empty", file=file, row=1, expected="a header line and data rows")
+    seen: dict[str, int] = {}
+    for j, name in enumerate(header):
+        if name in seen:
+            raise error(
+                "duplicate column name",
+                file=file,
+                row=header_line,
+                column=name,
+                expected="distinct column names",
+                value=f"columns {seen[name] + 1} and {j + 1}",
+            )
+        seen[name] = j
+    if not rows:
+        raise error(
+            "no data rows after the header",
+            file=file,
+            row=header_line + 1,
+            expected="at least one data row",
+        )
+    return CsvRows(file, tuple(header), rows, error)
+
+
+def relocate_error(err: FitcscInputError, file, line, error=None, columns=None):
+    """The same refusal as ``err`` with ``file`` and ``line`` filled in."""
+    where = [] if err.file is None else [err.file]
+    where += [] if err.row is None else [f"line {err.row}"]
+    where += [] if err.column is None else [f"column '{err.column}'"]
+    text = str(err)
+    prefix = ", ".join(where)
+    if prefix and text.startswith(prefix + ": "):
+        text = text[len(prefix) + 2 :]
+    tail = ("" if err.expected is None else f"; expected {err.expected}") + (
+        "" if err.value is None else f", got {err.value!r}"
+    )
+    if tail and text.endswith(tail):
+        text = text[: -len(tail)]
+    column = (columns or {}).get(err.column, err.column)
+    return (error or type(err))(
+        text, file=str(file), row=line, column=column, expected=err.expected, value=err.value
+    )

@@ -1,0 +1,204 @@
+"""Simulation: the only caller of diffrax.
+
+`simulate` integrates any configured model under any dosing schedule and returns
+states, total cells, volume, CSC fraction and a status code. Concentrations are
+closed-form (see `_pk`), so their jumps at bolus doses and infusion starts/ends are
+handed to the step-size controller as known discontinuities (``jump_ts``). State
+jumps (log-kill chemotherapy) split the time axis into segments that a `lax.scan`
+integrates one after another; padded segments have zero length and are no-ops.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from ._model import (
+    ModelConfig,
+    initial_state,
+    log_kill_jump,
+    stem_cells,
+    total_cells,
+    vector_field,
+)
+from ._pk import concentrations, pk_arrays
+from ._regimen import DoseSchedule, discontinuity_times, empty_schedule
+
+
+class Status(enum.IntEnum):
+    """Outcome of one trajectory (one batch member)."""
+
+    SUCCESS = 0
+    MAX_STEPS = 1  # the solver hit `max_steps`: increase `max_steps` or check stiffness
+    SOLVER_FAILURE = 2  # step size collapsed or another solver error
+    NONFINITE = 3  # NaN/inf in the output: check parameter values
+
+    @property
+    def message(self) -> str:
+        return {
+            0: "success",
+            1: "the solver reached max_steps; increase `max_steps`, or use a stiff "
+               "solver (solver=diffrax.Kvaerno5()) for extreme parameter values",
+            2: "the ODE solver failed (step size underflow); check parameter values",
+            3: "non-finite values in the solution; check parameter values",
+        }[int(self)]
+
+
+class Solution(eqx.Module):
+    """Output of `simulate` at the requested times ``ts`` (shape ``(n_t,)``)."""
+
+    ts: Float[Array, " n_t"]  # [day]
+    states: Float[Array, "n_t n_states"]  # [cells] (signal L dimensionless)
+    total_cells: Float[Array, " n_t"]  # cells making up the volume
+    volume_mm3: Float[Array, " n_t"]
+    csc_fraction: Float[Array, " n_t"]  # (S + Q + R) / total cells
+    status: Int[Array, ""]  # a `Status` code
+    num_steps: Int[Array, ""]  # accepted + rejected solver steps
+
+
+def _pk_arrays(model: ModelConfig, params):
+    if len(params.pk) != len(model.drugs):
+        raise ValueError(f"params.pk has {len(params.pk)} PK models for "
+                         f"{len(model.drugs)} drugs {model.drugs}")
+    return pk_arrays(params.pk)
+
+
+def _status(result, ys):
+    code = jnp.where(
+        result == diffrax.RESULTS.successful, Status.SUCCESS,
+        jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS,
+                  Status.SOLVER_FAILURE))
+    return jnp.where((code == Status.SUCCESS) & ~jnp.all(jnp.isfinite(ys)),
+                     Status.NONFINITE, code)
+
+
+@eqx.filter_jit
+def simulate(
+    model: ModelConfig,
+    params,
+    schedule: DoseSchedule | None,
+    ts: Float[Array, " n_t"],
+    *,
+    t0: float | Array | None = None,
+    rtol: float = 1e-8,
+    atol: float = 1e-6,
+    max_steps: int = 4096,
+    solver: diffrax.AbstractSolver | None = None,
+    adjoint: str = "reverse",
+    throw: bool = False,
+) -> Solution:
+    """Simulate ``model`` with ``params`` under ``schedule`` and save at ``ts``.
+
+    **Arguments:**
+    - `model`: a `ModelConfig` (static).
+    - `params`: a `CSCParams` (traced; vmap over it for many parameter sets).
+    - `schedule`: a `DoseSchedule` (padded dose events) or None for no drug.
+    - `ts`: non-decreasing output times [day], shape ``(n_t,)``; pad ragged data by
+      repeating the last time. Observations at a dose time are taken before the dose.
+    - `t0`: time [day] at which the initial state from ``params`` holds
+      (default ``ts[0]``).
+    - `rtol`, `atol`: solver tolerances (atol in cells).
+    - `max_steps`: step budget per segment.
+    - `solver`: a diffrax solver (default `Tsit5`; `Kvaerno5` for stiff problems).
+    - `adjoint`: ``"reverse"`` (reverse-mode AD, `jax.grad`) or ``"forward"``
+      (forward-mode AD, `jax.jacfwd`, as Levenberg–Marquardt needs).
+    - `throw`: raise on solver failure instead of returning a status code. Under vmap
+      keep False and read `Solution.status`.
+
+    **Returns:** a `Solution`.
+
+    ```python
+    model = fitcsc.ModelConfig(crowding="logistic", drugs=("trastuzumab",))
+    params = fitcsc.default_params(model)
+    reg = fitcsc.Regimen((fitcsc.DoseLine("trastuzumab", 10.0, "mg/kg", n_doses=6,
+                                          interval_day=7.0),))
+    sol = fitcsc.simulate(model, params, reg.to_schedule(model.drugs, species="mouse"),
+                          jnp.linspace(0.0, 42.0, 43))
+    ```
+    """
+    ts = jnp.asarray(ts, dtype=float)
+    if ts.ndim != 1:
+        raise ValueError(f"ts must be one-dimensional (n_t,), got shape {ts.shape}; "
+                         "use jax.vmap for batches")
+    if schedule is None:
+        schedule = empty_schedule(1)
+    t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype=float)
+    t_end = jnp.maximum(ts[-1], t0)
+    coefs, rates = _pk_arrays(model, params)
+    y0 = initial_state(model, params)
+
+    def f(t, y, args):
+        return vector_field(model, t, y, params, concentrations(coefs, rates, schedule, t))
+
+    term = diffrax.ODETerm(f)
+    solver_ = diffrax.Tsit5() if solver is None else solver
+    if model.drugs:
+        jumps = discontinuity_times(schedule, t_end + 1.0)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jumps)
+    else:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    if adjoint == "reverse":
+        adj = diffrax.RecursiveCheckpointAdjoint()
+    elif adjoint == "forward":
+        adj = diffrax.ForwardMode()
+    else:
+        raise ValueError(f"adjoint must be 'reverse' or 'forward', got {adjoint!r}")
+
+    def solve(a, b, y):
+        sol = diffrax.diffeqsolve(
+            term, solver_, t0=a, t1=b, dt0=None, y0=y,
+            saveat=diffrax.SaveAt(ts=jnp.clip(ts, a, b), t1=True),
+            stepsize_controller=controller, max_steps=max_steps, adjoint=adj, throw=throw,
+        )
+        steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
+        return sol.ys[:-1], sol.ys[-1], sol.result, steps
+
+    if not model.has_log_kill:
+        ys, _, result, steps = solve(t0, t_end, y0)
+        status = _status(result, ys)
+    else:
+        # segment boundaries: log-kill doses inside (t0, t_end]; others moved to t_end
+        chemo = jnp.asarray(model.drug_mask("chemo"))
+        active = schedule.mask & chemo[schedule.drug] & (schedule.time_day >= t0)
+        active = active & (schedule.time_day <= t_end)
+        b = jnp.where(active, schedule.time_day, t_end)
+        order = jnp.argsort(b)
+        b, active, drug = b[order], active[order], schedule.drug[order]
+        starts = jnp.concatenate([t0[None], b])
+        ends = jnp.concatenate([b, t_end[None]])
+
+        def body(carry, seg):
+            y, ys_acc, code, nsteps, k = carry
+            a, e, act, dr = seg
+            seg_ys, y_end, result, steps = solve(a, e, y)
+            inside = ((ts > a) | ((k == 0) & (ts >= a))) & (ts <= e)
+            ys_acc = jnp.where(inside[:, None], seg_ys, ys_acc)
+            seg_code = _status(result, y_end)
+            code = jnp.where(code == Status.SUCCESS, seg_code, code)
+            y_next = log_kill_jump(model, params, y_end, dr, act)
+            return (y_next, ys_acc, code, nsteps + steps, k + 1), None
+
+        n_seg = ends.shape[0]
+        acts = jnp.concatenate([active, jnp.zeros((1,), bool)])
+        drugs = jnp.concatenate([drug, jnp.zeros((1,), drug.dtype)])
+        init = (y0, jnp.zeros((ts.shape[0], y0.shape[0])), jnp.asarray(0),
+                jnp.asarray(0), jnp.asarray(0))
+        (_, ys, code, steps, _), _ = jax.lax.scan(
+            body, init, (starts, ends, acts, drugs), length=n_seg)
+        status = jnp.where(code == Status.SUCCESS, _status(diffrax.RESULTS.successful, ys),
+                           code)
+    N = total_cells(model, ys)
+    return Solution(
+        ts=ts,
+        states=ys,
+        total_cells=N,
+        volume_mm3=N / model.cells_per_mm3,
+        csc_fraction=stem_cells(model, ys) / N,
+        status=jnp.asarray(status, dtype=jnp.int32),
+        num_steps=jnp.asarray(steps, dtype=jnp.int32),
+    )

@@ -1,0 +1,157 @@
+"""Static parameter-transform specs: constrained parameters <-> unconstrained ``z``.
+
+A `ParamSpec` says, per `CSCParams` field, how it maps to the real line:
+`Positive` (log), `Interval` (scaled logit), `Real` (identity) or `Fixed` (not in
+``z``). Fields not named are fixed at the reference values. The spec's structure is
+static metadata (changing it recompiles); the reference values are traced (changing
+them never does). Optimisers and samplers only see the flat vector ``z``; samplers
+add `ParamSpec.log_jacobian`.
+
+```python
+spec = fitcsc.ParamSpec(
+    {"csc_division_rate": fitcsc.Positive(), "self_renewal": fitcsc.Interval(0.5, 1.0)},
+    reference=params,
+)
+z = spec.to_z(params)
+params2, log_jac = spec.from_z(z, with_log_jacobian=True)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Positive:
+    """``x = exp(z)``; x > 0."""
+
+    def forward(self, z):
+        return jnp.exp(z)
+
+    def inverse(self, x):
+        return jnp.log(x)
+
+    def log_jacobian(self, z):
+        return z
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """``x = lo + (hi - lo) sigmoid(z)``; lo < x < hi."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self):
+        if not self.lo < self.hi:
+            raise ValueError(f"Interval needs lo < hi, got ({self.lo}, {self.hi})")
+
+    def forward(self, z):
+        return self.lo + (self.hi - self.lo) * jax.nn.sigmoid(z)
+
+    def inverse(self, x):
+        u = (x - self.lo) / (self.hi - self.lo)
+        return jnp.log(u) - jnp.log1p(-u)
+
+    def log_jacobian(self, z):
+        return jnp.log(self.hi - self.lo) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z)
+
+
+@dataclasses.dataclass(frozen=True)
+class Real:
+    """``x = z``."""
+
+    def forward(self, z):
+        return z
+
+    def inverse(self, x):
+        return x
+
+    def log_jacobian(self, z):
+        return jnp.zeros_like(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """Not estimated: the reference value, or ``value`` if given."""
+
+    value: float | None = None
+
+
+class ParamSpec(eqx.Module):
+    """Which `CSCParams` fields are estimated, and through which transform."""
+
+    transforms: tuple = eqx.field(static=True)  # ((field_name, transform), ...)
+    reference: eqx.Module  # CSCParams holding fixed values and shapes
+
+    def __init__(self, transforms: dict, reference):
+        for name, tr in transforms.items():
+            if not hasattr(reference, name) or name == "pk":
+                raise ValueError(f"ParamSpec: {name!r} is not a CSCParams array field")
+            if not isinstance(tr, (Positive, Interval, Real, Fixed)):
+                raise TypeError(f"ParamSpec: transform for {name!r} must be Positive, "
+                                f"Interval, Real or Fixed, got {tr!r}")
+        self.transforms = tuple(transforms.items())
+        self.reference = reference
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """Names of the estimated fields, in the order they appear in ``z``."""
+        return tuple(n for n, t in self.transforms if not isinstance(t, Fixed))
+
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(jnp.size(getattr(self.reference, n))) for n in self.free)
+
+    @property
+    def size(self) -> int:
+        """Length of ``z``."""
+        return sum(self.sizes())
+
+    def labels(self) -> tuple[str, ...]:
+        """One label per element of ``z`` (``name`` or ``name[i]`` for per-drug fields)."""
+        out = []
+        for n, k in zip(self.free, self.sizes(), strict=True):
+            if jnp.ndim(getattr(self.reference, n)) == 0:
+                out.append(n)
+            else:
+                out += [f"{n}[{i}]" for i in range(k)]
+        return tuple(out)
+
+    def to_z(self, params) -> jax.Array:
+        """Constrained `CSCParams` -> unconstrained vector ``z`` of length `size`."""
+        tr = dict(self.transforms)
+        parts = [jnp.ravel(tr[n].inverse(getattr(params, n))) for n in self.free]
+        return jnp.concatenate(parts) if parts else jnp.zeros((0,))
+
+    def from_z(self, z, *, with_log_jacobian: bool = False):
+        """Unconstrained ``z`` -> `CSCParams` (and the log-Jacobian if asked)."""
+        tr = dict(self.transforms)
+        params = self.reference
+        log_jac = jnp.zeros((), dtype=z.dtype)
+        i = 0
+        names, values = [], []
+        for n, t in self.transforms:
+            ref = getattr(self.reference, n)
+            if isinstance(t, Fixed):
+                if t.value is not None:
+                    names.append(n)
+                    values.append(jnp.full(jnp.shape(ref), t.value, dtype=float))
+                continue
+            k = int(jnp.size(ref))
+            zi = jnp.reshape(z[i:i + k], jnp.shape(ref))
+            i += k
+            names.append(n)
+            values.append(tr[n].forward(zi))
+            log_jac = log_jac + jnp.sum(t.log_jacobian(zi))
+        if names:
+            params = eqx.tree_at(lambda p: [getattr(p, n) for n in names], params, values)
+        return (params, log_jac) if with_log_jacobian else params
+
+    def log_jacobian(self, z):
+        """``log |d params / d z|`` summed over free elements."""
+        return self.from_z(z, with_log_jacobian=True)[1]
