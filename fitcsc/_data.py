@@ -83,14 +83,21 @@ def data_dir(override: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def detect_kind(path) -> str:
-    """Guess a file's kind from its header: ``"regimen"``, ``"nonmem"`` or ``"tidy"``.
+    """Guess a file's kind from its header: ``"regimen"``, ``"nonmem"``, ``"tidy"``, or
+    a clinical kind (``"pcr"``, ``"adjuvant"``, ``"links"``, ``"pk"``, see `_clinical`).
 
     Regimen columns (arm, drug, dose, dose_unit) -> ``"regimen"``; ID, TIME, DV and EVID
     (any case) -> ``"nonmem"``; anything else -> ``"tidy"``.
 
     **Raises:** `DataError` for files that cannot be read as CSV at all.
     """
-    names = {h.lstrip("#").strip().lower() for h in read_csv_rows(path, DataError).header}
+    header = read_csv_rows(path, DataError).header
+    names = {h.lstrip("#").strip().lower() for h in header}
+    from ._clinical import clinical_kind
+
+    clinical = clinical_kind(header)
+    if clinical is not None and "volume_mm3" not in names:
+        return clinical
     if {"arm", "drug", "dose", "dose_unit"} <= names:
         return "regimen"
     if {c.lower() for c in NONMEM_KEY_COLUMNS} <= names:

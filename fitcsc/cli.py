@@ -85,6 +85,12 @@ def _data_validate(args) -> int:
     elif kind == "regimen":
         regimens = read_regimen_table(path)
         summary = f"{_n(len(regimens), 'arm')}, {_describe_regimens(regimens)}"
+    elif kind in ("pcr", "adjuvant", "links", "pk"):
+        from ._clinical import read_clinical
+
+        rows = read_clinical(path, kind)
+        verified = sum(r["verified"] == "yes" for r in rows)
+        summary = f"{_n(len(rows), 'row')}, {verified} verified, every row cited"
     else:
         table, regimens = read_nonmem(
             path,
@@ -114,7 +120,7 @@ def add_data_command(subparsers, common) -> None:
     v.add_argument("file", metavar="FILE")
     v.add_argument(
         "--kind",
-        choices=("auto", "tidy", "regimen", "nonmem"),
+        choices=("auto", "tidy", "regimen", "nonmem", "pcr", "adjuvant", "links", "pk"),
         default="auto",
         help="file kind (default: detected from the header)",
     )
@@ -146,8 +152,23 @@ def add_data_command(subparsers, common) -> None:
     v.set_defaults(handler=_data_validate)
 
 
+def enable_compile_cache() -> None:
+    """Use JAX's persistent compilation cache so a second run skips XLA compilation.
+
+    Location: ``$FITCSC_CACHE_DIR``, else ``~/.cache/fitcsc/jax``; ``FITCSC_CACHE_DIR=off``
+    disables it.
+    """
+    import jax
+
+    where = os.environ.get("FITCSC_CACHE_DIR", str(pathlib.Path.home() / ".cache/fitcsc/jax"))
+    if where.lower() != "off":
+        jax.config.update("jax_compilation_cache_dir", where)
+
+
 def _run(args) -> int:
     from ._run import run_default
+
+    enable_compile_cache()
 
     summary = run_default(args.regimens, args.out, quick=args.quick)
     print(f"fitcsc run: {summary['n_arms']} regimens simulated "
