@@ -77,6 +77,48 @@ def _status(result, ys):
                      Status.NONFINITE, code)
 
 
+def integrate(
+    f,
+    y0: Float[Array, " n"],
+    ts: Float[Array, " n_t"],
+    *,
+    t0: Float[Array, ""],
+    args=None,
+    jump_ts: Float[Array, " m"] | None = None,
+    rtol: float = 1e-8,
+    atol: float = 1e-6,
+    max_steps: int = 4096,
+    solver: diffrax.AbstractSolver | None = None,
+    adjoint: str = "reverse",
+) -> tuple[Float[Array, "n_t n"], Int[Array, ""], Int[Array, ""]]:
+    """Integrate ``dy/dt = f(t, y, args)`` from ``t0`` and save at ``ts`` (no throw).
+
+    The low-level helper for models outside the CSC family (e.g. the baselines).
+    **Returns:** ``(ys, status, num_steps)`` with a `Status` code.
+    """
+    t_end = jnp.maximum(ts[-1], t0)
+    if jump_ts is None:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    else:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(f), diffrax.Tsit5() if solver is None else solver, t0=t0, t1=t_end,
+        dt0=None, y0=y0, args=args, saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t_end)),
+        stepsize_controller=controller, max_steps=max_steps, adjoint=_adjoint(adjoint),
+        throw=False,
+    )
+    steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
+    return sol.ys, _status(sol.result, sol.ys), steps
+
+
+def _adjoint(name: str):
+    if name == "reverse":
+        return diffrax.RecursiveCheckpointAdjoint()
+    if name == "forward":
+        return diffrax.ForwardMode()
+    raise ValueError(f"adjoint must be 'reverse' or 'forward', got {name!r}")
+
+
 @eqx.filter_jit
 def simulate(
     model: ModelConfig,
@@ -142,12 +184,7 @@ def simulate(
         controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jumps)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    if adjoint == "reverse":
-        adj = diffrax.RecursiveCheckpointAdjoint()
-    elif adjoint == "forward":
-        adj = diffrax.ForwardMode()
-    else:
-        raise ValueError(f"adjoint must be 'reverse' or 'forward', got {adjoint!r}")
+    adj = _adjoint(adjoint)
 
     def solve(a, b, y):
         sol = diffrax.diffeqsolve(

@@ -150,3 +150,14 @@ def test_multi_drug_slots():
     assert float(coefs[1, 1]) == 0.0
     c = concentrations(coefs, rates, sched, 1.0)
     assert float(c[0]) == 0.0 and float(c[1]) > 0.0
+
+
+def test_oral_equal_rates_limit_is_finite_and_close():
+    # ka == k: C = F D k / V * t e^{-k t}
+    k = 2.0
+    pk = fitcsc.OneCompartmentOral(half_life_day=math.log(2) / k, volume_L=1.0,
+                                   absorption_rate=k)
+    c, r = pk.exponentials()
+    t = 0.7
+    value = float(jnp.sum(c * jnp.exp(-r * t)))
+    assert value == pytest.approx(k * t * math.exp(-k * t), rel=1e-5)
