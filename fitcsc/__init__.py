@@ -8,16 +8,38 @@ import jax as _jax
 if _os.environ.get("FITCSC_FLOAT32", "0") != "1":
     _jax.config.update("jax_enable_x64", True)
 
+from ._baselines import BASELINES as BASELINES
+from ._baselines import baseline_predictor as baseline_predictor
+from ._batch import SubjectBatch as SubjectBatch
+from ._batch import make_batch as make_batch
+from ._clinical import read_clinical as read_clinical
+from ._data import data_dir as data_dir
+from ._data import read_regimen_table as read_regimen_table
+from ._data import read_tidy_csv as read_tidy_csv
 from ._drugs import CATALOGUE as CATALOGUE
 from ._drugs import DrugInfo as DrugInfo
 from ._drugs import register_drug as register_drug
 from ._errors import DataError as DataError
 from ._errors import FitcscInputError as FitcscInputError
 from ._errors import RegimenError as RegimenError
+from ._fit import FitResult as FitResult
+from ._fit import FitStatus as FitStatus
+from ._fit import fit_map as fit_map
+from ._fit_predict import AbstractPredictor as AbstractPredictor
+from ._fit_predict import CSCPredictor as CSCPredictor
+from ._fit_predict import FunctionPredictor as FunctionPredictor
+from ._fit_predict import SubjectData as SubjectData
+from ._fit_predict import csc_predictor as csc_predictor
+from ._fit_predict import subject_data as subject_data
+from ._fit_profile import ProfileResult as ProfileResult
+from ._fit_profile import profile as profile
+from ._likelihood import log_likelihood as log_likelihood
+from ._likelihood import residuals as residuals
 from ._model import CELLS_PER_MM3 as CELLS_PER_MM3
 from ._model import ModelConfig as ModelConfig
 from ._model import initial_state as initial_state
 from ._model import vector_field as vector_field
+from ._nonmem import read_nonmem as read_nonmem
 from ._params import CSCParams as CSCParams
 from ._params import default_params as default_params
 from ._pk import OneCompartment as OneCompartment

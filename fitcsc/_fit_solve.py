@@ -1,0 +1,252 @@
+"""One batch member of a fit: one subject from one start (vmapped by `fit_map`).
+
+Levenberg–Marquardt (optimistix) on the residuals of `_likelihood`, or an optax
+optimiser on the negative log-likelihood with forward-mode gradients. A failed or
+non-finite prediction turns into a large finite residual without gradient, so the
+optimiser retreats from it; the member's own status records what happened, and no
+member ever changes another.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import optimistix as optx
+from jaxtyping import Array
+
+from ._likelihood import log_likelihood_from_log, residuals_from_log
+
+PENALTY = 1e6  # residual of a real observation when the prediction failed
+SIGMA_MIN, SIGMA_MAX = 1e-4, 10.0
+
+
+class FitStatus(enum.IntEnum):
+    """Outcome of one fit (one subject, or one start of one subject)."""
+
+    CONVERGED = 0
+    MAX_STEPS = 1  # the optimiser reached `max_steps`: increase it or loosen rtol/atol
+    SOLVER_FAILURE = 2  # the simulation (or the optimiser's linear solve) failed
+    NONFINITE = 3  # non-finite loss or parameters: check data and starting values
+
+    @property
+    def message(self) -> str:
+        return {
+            0: "converged",
+            1: "the optimiser reached max_steps; increase `max_steps` or loosen rtol/atol",
+            2: "the simulation failed at the estimate (e.g. it reached the predictor's "
+               "max_steps); check parameter values or raise the predictor's max_steps",
+            3: "non-finite loss or parameters; check the data and the starting values",
+        }[int(self)]
+
+
+class Options(eqx.Module):
+    """Static solver options of a fit (changing them recompiles)."""
+
+    method: str = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    estimate_sigma: bool = eqx.field(static=True)
+    refit_sigma: bool = eqx.field(static=True)
+    optimiser: object = eqx.field(static=True, default=None)
+
+
+def _log_obs(data):
+    return jnp.log(jnp.where(data.mask, data.volume_mm3, 1.0))
+
+
+def member_residuals(predictor, data, z, sigma):
+    """Residuals of one subject at ``z``; failures become `PENALTY` (no gradient).
+
+    **Returns:** ``(r, (log_pred, status))``.
+    """
+    log_pred, status = predictor(z, data)
+    r = residuals_from_log(log_pred, _log_obs(data), data.mask, data.censored, sigma)
+    ok = (status == 0) & jnp.all(jnp.isfinite(r))
+    return jnp.where(ok, r, jnp.where(data.mask, PENALTY, 0.0)), (log_pred, status)
+
+
+@eqx.filter_custom_jvp
+def dense_residuals(z, predictor, data, sigma):
+    """`member_residuals` whose JVP materialises the Jacobian with one `jax.jacfwd`.
+
+    Under `jax.linearize` (as Levenberg–Marquardt uses it) the linear part is then a
+    matrix product, instead of the whole ODE solve run again for every Jacobian-vector
+    product: less to compile and less to run.
+    """
+    return member_residuals(predictor, data, z, sigma)
+
+
+@dense_residuals.def_jvp
+def _dense_residuals_jvp(primals, tangents):
+    z, predictor, data, sigma = primals
+    t_z, *t_rest = tangents
+    if t_z is None or jax.tree_util.tree_leaves(t_rest):  # not only z: plain JVP
+        def fn(z_, predictor_, data_, sigma_):
+            return member_residuals(predictor_, data_, z_, sigma_)
+
+        t_all = jax.tree_util.tree_map(
+            lambda t, p: t if t is not None else (
+                jnp.zeros_like(p) if eqx.is_inexact_array(p) else None),
+            list(tangents), list(primals), is_leaf=lambda x: x is None)
+        return eqx.filter_jvp(fn, tuple(primals), tuple(t_all))
+
+    def fn(z_):
+        r, (log_pred, status) = member_residuals(predictor, data, z_, sigma)
+        return (r, log_pred), (r, log_pred, status)
+
+    (J_r, J_lp), (r, log_pred, status) = jax.jacfwd(fn, has_aux=True)(z)
+    return (r, (log_pred, status)), (J_r @ t_z, (J_lp @ t_z, None))
+
+
+def nll_from_log(log_pred, data, sigma):
+    """-log-likelihood of one subject for log predictions ``log_pred``."""
+    _, ll = log_likelihood_from_log(log_pred, _log_obs(data), data.mask, data.censored,
+                                    sigma)
+    return -ll
+
+
+def sigma_mle(log_pred, data, sigma0):
+    """Maximum-likelihood ``sigma`` for fixed predictions (M3 terms included).
+
+    Closed form over the uncensored points, then Newton steps in ``log sigma`` when
+    some points are censored. Fewer than two uncensored points: ``sigma0``.
+    """
+    obs = data.mask & ~data.censored
+    n = jnp.sum(obs)
+    d = jnp.where(obs, _log_obs(data) - jnp.where(obs, log_pred, 0.0), 0.0)
+    closed = jnp.sqrt(jnp.sum(d**2) / jnp.maximum(n, 1))
+    u0 = jnp.log(jnp.clip(jnp.where(n >= 2, closed, sigma0), SIGMA_MIN, SIGMA_MAX))
+
+    def f(u):
+        return -log_likelihood_from_log(log_pred, _log_obs(data), data.mask,
+                                        data.censored, jnp.exp(u))[1]
+
+    def newton(_, u):
+        g, h = jax.grad(f)(u), jax.hessian(f)(u)
+        step = jnp.clip(jnp.where(h > 0, -g / h, -jnp.sign(g) * 0.5), -1.0, 1.0)
+        u_new = jnp.clip(u + step, jnp.log(SIGMA_MIN), jnp.log(SIGMA_MAX))
+        return jnp.where(f(u_new) < f(u), u_new, u)
+
+    any_cens = jnp.any(data.mask & data.censored)
+    u = jnp.where(any_cens, jax.lax.fori_loop(0, 20, newton, u0), u0)
+    return jnp.where(n >= 2, jnp.exp(u), sigma0)
+
+
+def _status(opt_ok, opt_max_steps, sim_status, loss, z):
+    code = jnp.where(opt_ok, FitStatus.CONVERGED,
+                     jnp.where(opt_max_steps, FitStatus.MAX_STEPS, FitStatus.SOLVER_FAILURE))
+    code = jnp.where(jnp.isfinite(loss) & jnp.all(jnp.isfinite(z)), code, FitStatus.NONFINITE)
+    code = jnp.where(sim_status == 0, code, FitStatus.SOLVER_FAILURE)
+    return code.astype(jnp.int32)
+
+
+class Member(eqx.Module):
+    """Outcome of one member (one subject from one start)."""
+
+    z: Array
+    loss: Array  # -log-likelihood at z
+    status: Array  # FitStatus
+    n_steps: Array
+    sigma: Array
+    jac: Array  # d residuals / d z at z (n_obs, n_z), residuals at `sigma`
+    log_pred: Array  # (n_obs,)
+
+
+def _lm(predictor, data, z0, sigma, opts):
+    sol = optx.least_squares(
+        lambda z, _: dense_residuals(z, predictor, data, sigma),
+        optx.LevenbergMarquardt(rtol=opts.rtol, atol=opts.atol), z0, has_aux=True,
+        max_steps=opts.max_steps, throw=False)
+    ok = sol.result == optx.RESULTS.successful
+    at_max = sol.result == optx.RESULTS.nonlinear_max_steps_reached
+    # The solver state holds residuals, Jacobian and aux at the returned (last
+    # accepted) point, so no further solve of the model is needed.
+    log_pred, sim_status = sol.state.aux
+    jac = sol.state.f_info.jac.as_matrix()
+    return sol.value, ok, at_max, sol.stats["num_steps"], log_pred, sim_status, jac
+
+
+def solve_lm(predictor, data, z0, sigma0, opts) -> Member:
+    """LM from ``z0``. With ``opts.estimate_sigma`` sigma is then set to its MLE for
+    the fitted predictions; with ``opts.refit_sigma`` (censored points, whose M3 terms
+    make the optimum depend on sigma) LM and the sigma update alternate 3 times."""
+    if opts.refit_sigma:
+        def round_(_, carry):
+            z, sigma, steps = carry[:3]
+            z, ok, at_max, k, log_pred, sim_status, jac = _lm(predictor, data, z, sigma,
+                                                              opts)
+            new_sigma = sigma_mle(log_pred, data, sigma)
+            return (z, new_sigma, (steps + k).astype(jnp.int32), sigma, ok, at_max,
+                    log_pred, sim_status.astype(jnp.int32), jac)
+
+        head = (z0, sigma0, jnp.zeros((), jnp.int32))
+        shapes = jax.eval_shape(round_, 0, head + (None,) * 6)
+        init = head + tuple(jnp.zeros(s.shape, s.dtype) for s in shapes[3:])
+        out = jax.lax.fori_loop(0, 3, round_, init)
+        z, _, steps, sigma, ok, at_max, log_pred, sim_status, jac = out
+    else:
+        z, ok, at_max, steps, log_pred, sim_status, jac = _lm(predictor, data, z0, sigma0,
+                                                              opts)
+        sigma = sigma0
+        if opts.estimate_sigma:  # no censoring: the optimum does not depend on sigma
+            sigma = sigma_mle(log_pred, data, sigma0)
+            jac = jac * (sigma0 / sigma)
+    loss = nll_from_log(log_pred, data, sigma)
+    return Member(z, loss, _status(ok, at_max, sim_status, loss, z), steps, sigma, jac,
+                  log_pred)
+
+
+def solve_optax(predictor, data, z0, sigma0, opts) -> Member:
+    """An optax optimiser on the -log-likelihood; sigma free (log scale) if estimated.
+
+    Gradients are forward-mode (`jax.jacfwd`), so forward-only predictors work. The best
+    iterate is returned; convergence as in optimistix: both the parameter change and the
+    loss change below ``atol + rtol * |.|`` (max norm).
+    """
+    n_z = z0.shape[0]
+    w0 = jnp.concatenate([z0, jnp.log(sigma0)[None]]) if opts.estimate_sigma else z0
+    lo, hi = math.log(SIGMA_MIN), math.log(SIGMA_MAX)
+
+    def split(w):
+        if opts.estimate_sigma:
+            return w[:n_z], jnp.exp(jnp.clip(w[n_z], lo, hi))
+        return w, sigma0
+
+    def loss(w):
+        z, sigma = split(w)
+        log_pred, status = predictor(z, data)
+        nll = nll_from_log(log_pred, data, sigma)
+        val = jnp.where((status == 0) & jnp.isfinite(nll), nll, PENALTY**2)
+        return val, val
+
+    optim = opts.optimiser
+
+    def body(carry):
+        w, state, f_prev, best_w, best_f, k, _ = carry
+        grad, f = jax.jacfwd(loss, has_aux=True)(w)
+        grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+        updates, state = optim.update(grad, state, w)
+        w_new = optax.apply_updates(w, updates)
+        done = (jnp.max(jnp.abs(updates) / (opts.atol + opts.rtol * jnp.abs(w))) < 1) & (
+            jnp.abs(f - f_prev) < opts.atol + opts.rtol * jnp.abs(f_prev))
+        better = f < best_f
+        best_w, best_f = jnp.where(better, w, best_w), jnp.where(better, f, best_f)
+        return w_new, state, f, best_w, best_f, k + 1, done
+
+    def cond(carry):
+        return (carry[5] < opts.max_steps) & ~carry[6]
+
+    inf = jnp.asarray(jnp.inf, w0.dtype)
+    init = (w0, optim.init(w0), inf, w0, inf, jnp.asarray(0), jnp.asarray(False))
+    _, _, _, w, _, k, done = jax.lax.while_loop(cond, body, init)
+    z, sigma = split(w)
+    jac, (log_pred, sim_status) = jax.jacfwd(
+        lambda z_: dense_residuals(z_, predictor, data, sigma), has_aux=True)(z)
+    nll = nll_from_log(log_pred, data, sigma)
+    return Member(z, nll, _status(done, ~done, sim_status, nll, z), k, sigma, jac, log_pred)
