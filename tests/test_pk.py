@@ -1,6 +1,7 @@
 """PK against closed forms, published values and numerical integration."""
 
 import math
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -161,3 +162,15 @@ def test_oral_equal_rates_limit_is_finite_and_close():
     t = 0.7
     value = float(jnp.sum(c * jnp.exp(-r * t)))
     assert value == pytest.approx(k * t * math.exp(-k * t), rel=1e-5)
+
+
+def test_catalogue_trastuzumab_matches_published_table():
+    # the human PK in the catalogue is the Bruno 2005 model of data/clinical/trastuzumab_pk.csv
+    rows = {r["parameter"]: r for r in fitcsc.read_clinical(
+        pathlib.Path(__file__).resolve().parents[1] / "data/clinical/trastuzumab_pk.csv")}
+    pk = fitcsc.CATALOGUE["trastuzumab"].pk_human
+    assert pk.clearance_L_per_day == rows["CL (linear)"]["value"]
+    assert pk.central_volume_L == rows["V1 (central)"]["value"]
+    _, beta = pk.macro_rates()
+    assert math.log(2) / float(beta) == pytest.approx(rows["terminal half-life"]["value"],
+                                                      abs=0.1)
