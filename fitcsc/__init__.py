@@ -19,6 +19,12 @@ from ._data import read_tidy_csv as read_tidy_csv
 from ._drugs import CATALOGUE as CATALOGUE
 from ._drugs import DrugInfo as DrugInfo
 from ._drugs import register_drug as register_drug
+from ._endpoints import Endpoints as Endpoints
+from ._endpoints import arm_endpoints as arm_endpoints
+from ._endpoints import dfs_curve as dfs_curve
+from ._endpoints import draw_eta as draw_eta
+from ._endpoints import gauss_hermite_eta as gauss_hermite_eta
+from ._endpoints import patient_endpoints as patient_endpoints
 from ._errors import DataError as DataError
 from ._errors import FitcscInputError as FitcscInputError
 from ._errors import RegimenError as RegimenError
