@@ -8,6 +8,7 @@ import jax as _jax
 if _os.environ.get("FITCSC_FLOAT32", "0") != "1":
     _jax.config.update("jax_enable_x64", True)
 
+from ._arms import default_arm_regimens as default_arm_regimens
 from ._baselines import BASELINES as BASELINES
 from ._baselines import baseline_predictor as baseline_predictor
 from ._batch import SubjectBatch as SubjectBatch
@@ -39,6 +40,7 @@ from ._fit_predict import csc_predictor as csc_predictor
 from ._fit_predict import subject_data as subject_data
 from ._fit_profile import ProfileResult as ProfileResult
 from ._fit_profile import profile as profile
+from ._fitrun import fit_job as fit_job
 from ._likelihood import log_likelihood as log_likelihood
 from ._likelihood import residuals as residuals
 from ._model import CELLS_PER_MM3 as CELLS_PER_MM3

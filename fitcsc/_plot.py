@@ -1,4 +1,10 @@
-"""Plots. They consume results and never recompute them."""
+"""Plots. They consume results and never recompute them.
+
+`plot_regimen_run` draws the main job's simulated regimens; `plot_subject_fits`,
+`plot_observed_vs_predicted`, `plot_residuals` and `plot_multistart` draw per-subject
+fits (a `FitResult` and its `SubjectBatch`; curves on a fine grid are passed in by the
+caller, e.g. `fitcsc._fitrun.fit_job`). Every PNG is written atomically.
+"""
 
 from __future__ import annotations
 
@@ -55,3 +61,193 @@ def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, pa
     tmp.replace(path)
     return path
 
+
+# ----------------------------------------------------------------------------------
+# Per-subject fits. ``result`` is a `FitResult`, or any object with its per-subject
+# fields ``subject``, ``arm``, ``status``, ``loss``, ``log_volume_pred`` (n, n_obs),
+# ``all_losses`` and ``all_status`` (n, n_starts), aligned with ``batch``'s subjects.
+
+
+def _save(fig, path) -> pathlib.Path:
+    """Save ``fig`` as PNG through a temporary file and an atomic rename; close it."""
+    import os
+    import tempfile
+
+    plt = _pyplot()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _arrays(result, batch):
+    import numpy as np
+
+    if tuple(result.subject) != tuple(batch.subject):
+        raise ValueError("plot: the fit result and the batch list different subjects")
+    mask = np.asarray(batch.mask)
+    cens = np.asarray(batch.censored) & mask
+    return (np.asarray(batch.day), np.asarray(batch.volume_mm3), mask & ~cens, cens,
+            np.asarray(result.log_volume_pred, float), np.asarray(result.status))
+
+
+def _status_text(code) -> str:
+    from ._fit_solve import FitStatus
+
+    code = int(code)
+    return "error" if code < 0 else FitStatus(code).name.lower()
+
+
+def _arm_colours(arms):
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    return {a: cmap(i % 10) for i, a in enumerate(dict.fromkeys(arms))}
+
+
+def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fraction=None,
+                      max_panels=24):
+    """One panel per subject (the first ``max_panels``): data, fitted curve, CSC fraction.
+
+    **Arguments:**
+    - `result`, `batch`: the fits and their `SubjectBatch` (same subjects, same order).
+    - `grid_day`, `grid_volume_mm3`: ``(n_subjects, n_grid)``, the fitted curve on a fine
+      grid (computed by the caller, e.g. `fit_job`, with the fitted parameters).
+    - `csc_fraction`: optional ``(n_subjects, n_grid)``, drawn on a twin axis.
+    - `path`: PNG file (written atomically).
+
+    Observed volumes are dots; censored ones (below the detection limit) are open
+    triangles at the limit. A panel title in red marks a subject whose fit did not
+    converge.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    day, vol, obs, cens, _, status = _arrays(result, batch)
+    n = min(len(batch.subject), int(max_panels))
+    ncol = min(n, 6)
+    nrow = max(1, -(-n // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.4, 2.2 * nrow + 0.5),
+                             squeeze=False, constrained_layout=True)
+    colours = _arm_colours(batch.arm)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        c = colours[batch.arm[k]]
+        ax.semilogy(day[k][obs[k]], vol[k][obs[k]], "o", ms=3, color=c)
+        ax.semilogy(day[k][cens[k]], vol[k][cens[k]], "v", ms=4, mfc="none", color="0.3")
+        good = np.isfinite(grid_volume_mm3[k]) & (np.asarray(grid_volume_mm3[k]) > 0)
+        ax.semilogy(np.asarray(grid_day[k])[good], np.asarray(grid_volume_mm3[k])[good],
+                    "-", lw=1.2, color="k")
+        if csc_fraction is not None and np.any(np.isfinite(csc_fraction[k])):
+            tw = ax.twinx()
+            tw.plot(grid_day[k], csc_fraction[k], "--", lw=1.0, color="tab:purple")
+            tw.set_ylim(0.0, 1.0)
+            tw.tick_params(labelsize=6, colors="tab:purple")
+            if k % ncol == ncol - 1 or k == n - 1:
+                tw.set_ylabel("CSC fraction", fontsize=7, color="tab:purple")
+        st = _status_text(status[k])
+        ax.set_title(f"{batch.subject[k]}\n{batch.arm[k]}" + ("" if st == "converged"
+                                                              else f" [{st}]"),
+                     fontsize=7, color="k" if st == "converged" else "tab:red")
+        ax.tick_params(which="both", labelsize=6)
+        if k % ncol == 0:
+            ax.set_ylabel("volume [mm³]", fontsize=7)
+        if k >= n - ncol:
+            ax.set_xlabel("day", fontsize=7)
+    shown = "" if n == len(batch.subject) else f" (first {n} of {len(batch.subject)})"
+    fig.suptitle(f"Fitted tumour volumes{shown}: data •, censored ▽ at the limit, "
+                 "fit —, CSC fraction --", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_observed_vs_predicted(result, batch, path):
+    """Observed against fitted volumes (log-log, identity line), coloured by arm;
+    censored observations as open triangles at the detection limit."""
+    import numpy as np
+
+    plt = _pyplot()
+    _, vol, obs, cens, logp, _ = _arrays(result, batch)
+    pred = np.exp(logp)
+    fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
+    colours = _arm_colours(batch.arm)
+    for a, c in colours.items():
+        rows = np.asarray([x == a for x in batch.arm])
+        o, ce = obs & rows[:, None], cens & rows[:, None]
+        ax.loglog(pred[o], vol[o], "o", ms=3, alpha=0.7, color=c, label=a)
+        ax.loglog(pred[ce], vol[ce], "v", ms=4, mfc="none", color=c)
+    finite = pred[(obs | cens) & np.isfinite(pred) & (pred > 0)]
+    both = np.concatenate([finite, vol[obs | cens]])
+    if both.size:
+        lo, hi = both.min() / 1.5, both.max() * 1.5
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set(xlabel="predicted volume [mm³]", ylabel="observed volume [mm³]",
+           title="Observed vs predicted (▽ censored, at the limit)")
+    if len(colours) <= 12:
+        ax.legend(fontsize=6, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_residuals(result, batch, path):
+    """Residuals ``log V_obs - log V_pred`` of uncensored observations against time,
+    coloured by arm; zero line."""
+    import numpy as np
+
+    plt = _pyplot()
+    day, vol, obs, _, logp, _ = _arrays(result, batch)
+    res = np.log(np.where(obs, vol, 1.0)) - logp
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for a, c in _arm_colours(batch.arm).items():
+        rows = np.asarray([x == a for x in batch.arm])
+        o = obs & rows[:, None] & np.isfinite(res)
+        ax.plot(day[o], res[o], "o", ms=3, alpha=0.7, color=c, label=a)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set(xlabel="day", ylabel="residual log V_obs − log V_pred",
+           title="Residuals of the fits (uncensored observations)")
+    if len(set(batch.arm)) <= 12:
+        ax.legend(fontsize=6, loc="best")
+    return _save(fig, path)
+
+
+def plot_multistart(result, path, *, floor=1e-8):
+    """Spread of the multi-start optimum per subject: ``loss - best loss`` of every start
+    (log scale; starts at the best loss are drawn at ``floor``; failed starts as x at
+    the top). Many starts near the floor mean the optimum was found repeatedly."""
+    import numpy as np
+
+    from ._fit_solve import FitStatus
+
+    plt = _pyplot()
+    losses = np.asarray(result.all_losses, float)
+    st = np.asarray(result.all_status)
+    n, n_starts = losses.shape
+    ok = np.isfinite(losses) & (st >= 0) & (st <= FitStatus.MAX_STEPS)
+    best = np.min(np.where(ok, losses, np.inf), axis=1, initial=np.inf)
+    gap = np.maximum(losses - best[:, None], floor)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * n + 2), 4), constrained_layout=True)
+    x = np.repeat(np.arange(n)[:, None], n_starts, axis=1)
+    good = ok & np.isfinite(best)[:, None]
+    ax.semilogy(x[good], gap[good], "o", ms=3, alpha=0.6, color="tab:blue", label="start")
+    top = np.max(gap[good]) * 3 if np.any(good) else 1.0
+    bad = ~good
+    if np.any(bad):
+        ax.semilogy(x[bad], np.full(int(bad.sum()), top), "x", ms=4, color="tab:red",
+                    label="failed start")
+    ax.axhline(floor, color="0.6", ls=":", lw=0.8)
+    ax.set(xlabel="subject", ylabel="loss − best loss (−log-likelihood)",
+           title=f"Multi-start spread ({n_starts} starts per subject)")
+    if n <= 40:
+        ax.set_xticks(np.arange(n))
+        ax.set_xticklabels(result.subject, rotation=90, fontsize=6)
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)

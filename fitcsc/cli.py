@@ -193,7 +193,63 @@ def add_run_command(subparsers, common) -> None:
     r.set_defaults(handler=_run)
 
 
-COMMANDS = [add_data_command, add_run_command]
+def _fit(args) -> int:
+    from ._fitrun import fit_job
+
+    enable_compile_cache()
+    data = _resolve_input(args.data)
+    regimens = None if args.regimens is None else _resolve_input(args.regimens)
+    summary = fit_job(data, args.out, regimens_file=regimens, model=args.model,
+                      starts=args.starts, chunk_size=args.chunk_size, quick=args.quick,
+                      max_subjects=args.max_subjects,
+                      detection_limit_mm3=args.detection_limit_mm3,
+                      cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None,
+                      progress=not args.no_progress)
+    for note in summary["warnings"] + summary["errors"]:
+        print(f"fitcsc: warning: {note}", file=sys.stderr)
+    counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
+    print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')} fitted with "
+          f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
+          "{summary.json, fits.csv, *.png}")
+    return 0
+
+
+def add_fit_command(subparsers, common) -> None:
+    """``fitcsc fit``: fit every subject of a tumour-volume file separately."""
+    from ._fitrun import MODELS
+
+    f = subparsers.add_parser(
+        "fit", parents=[common], help="fit each subject of a tumour-volume file",
+        description="Fit the CSC model (or a baseline) to every subject of a tidy CSV or "
+        "NONMEM file by maximum likelihood (multi-start Levenberg-Marquardt, one fit per "
+        "subject) and write summary.json, fits.csv and plots. Without --regimens, control "
+        "arms are untreated and every other arm gets its own constant drug effect from "
+        "day 0. Exit 0 when the job ran (failed fits are listed in fits.csv), 2 on "
+        "refused input.",
+    )
+    f.add_argument("--data", metavar="FILE", required=True,
+                   help="tidy CSV (study, arm, subject, day, volume_mm3) or NONMEM data")
+    f.add_argument("--regimens", metavar="FILE", default=None,
+                   help="regimen table (default: a constant effect per treated arm)")
+    f.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    f.add_argument("--model", choices=MODELS, default="csc", help="model (default csc)")
+    f.add_argument("--starts", type=int, default=4, help="starts per subject (default 4)")
+    f.add_argument("--chunk-size", type=int, default=64,
+                   help="subjects per compiled call (default 64)")
+    f.add_argument("--max-subjects", type=int, default=None, metavar="N",
+                   help="fit only the first N subjects")
+    f.add_argument("--detection-limit-mm3", type=float, default=1.0,
+                   help="volumes below this are left-censored (default 1.0)")
+    f.add_argument("--quick", action="store_true",
+                   help="2 starts, 100 optimiser steps, first 8 subjects (unless "
+                   "--max-subjects), coarse curves")
+    f.add_argument("--cmt-drug", type=_parse_cmt, action="append", metavar="CMT=DRUG",
+                   help="NONMEM: drug dosed into compartment CMT (default 1=trastuzumab)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(handler=_fit)
+
+
+COMMANDS = [add_data_command, add_run_command, add_fit_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

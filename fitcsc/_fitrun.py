@@ -1,0 +1,466 @@
+"""The fit job: every subject of a tumour-volume file fitted separately, in batches.
+
+`fit_job` reads a tidy CSV (or NONMEM event data), builds each arm's regimen (from a
+regimen table, from the NONMEM dose records, or `default_arm_regimens`: one constant
+effect per treated arm), and fits each subject by maximum likelihood with `fit_map`
+(multi-start Levenberg–Marquardt, sigma estimated per subject): the CSC model or a
+baseline (exponential, logistic, Gompertz, Simeoni).
+
+CSC fits are grouped by the *shape* of their regimen: subjects whose regimens have the
+same drug classes and PK (e.g. every constant-effect HER2 arm) share one model, one
+parameter spec and one compiled fit; each subject's free parameters cover only its own
+arm's drug effects. Each group is fitted in chunks of ``chunk_size`` subjects (the last
+one padded by repeating a subject, padding dropped), so every chunk after a group's
+first reuses its compiled code. A subject whose fit fails gets a failure status; the job
+goes on. (With a regimen table, an arm that combines drug classes frees each per-drug
+effect field for all its drugs; the elements of another class's drug do not change the
+fit, are left empty in ``fits.csv`` and make that subject's Jacobian singular.)
+
+Outputs (written atomically): ``summary.json``, ``fits.csv`` (one row per subject) and
+the plots ``fits_subjects.png``, ``observed_vs_predicted.png``, ``residuals.png``,
+``multistart.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import pathlib
+import platform
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regimens, is_arm_drug
+from ._baselines import BASELINES, baseline_predictor
+from ._batch import SubjectBatch, make_batch
+from ._drugs import CATALOGUE, default_pk
+from ._errors import DataError, FitcscInputError
+from ._fit import fit_map
+from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
+from ._fit_solve import FitStatus
+from ._model import ModelConfig
+from ._params import default_params
+from ._regimen import Regimen
+from ._run import _csv_text, write_atomic
+from ._simulate import simulate
+from ._transforms import Interval, ParamSpec, Positive
+
+MODELS = ("csc", *BASELINES)
+LM_TOL = 1e-6  # rtol = atol of Levenberg–Marquardt (on z and on the loss)
+GRID_POINTS, QUICK_GRID_POINTS = 120, 40  # fine grid of the fitted curves
+QUICK_STARTS, QUICK_MAX_STEPS, QUICK_MAX_SUBJECTS = 2, 100, 8
+PLOTS = ("fits_subjects.png", "observed_vs_predicted.png", "residuals.png", "multistart.png")
+
+# Reference (start 0, and the value of every fixed parameter) of a per-curve CSC fit: a
+# tumour with 10% CSCs whose bulk cannot sustain itself (v_D - delta_D = -0.05/day),
+# growing at v_S (2p - 1) = 0.06/day once CSCs lead; logistic crowding at K = 1e10
+# cells (10,000 mm3, above every PDX volume).
+CSC_REFERENCE = dict(csc_division_rate=0.3, self_renewal=0.6, bulk_division_rate=0.25,
+                     bulk_death_rate=0.3, initial_csc_fraction=0.1,
+                     carrying_capacity_cells=1e10, her2_efficacy_csc=0.5,
+                     her2_efficacy_bulk=0.5, csc_sparing=0.2, kill_rate=0.1,
+                     cytostatic_efficacy=0.5, csc_kill_rate=0.1)
+# Free parameters (see `csc_arm_spec`): what one curve can identify.
+BASE_FREE = {"csc_division_rate": Positive()}
+CONTROL_FREE = {"self_renewal": Interval(0.5, 1.0)}
+CLASS_FREE = {
+    "her2": {"her2_efficacy_csc": Interval(0.0, 1.0), "her2_efficacy_bulk": Interval(0.0, 1.0)},
+    "chemo": {"kill_rate": Positive(), "csc_sparing": Interval(0.0, 1.0)},
+    "cytostatic": {"cytostatic_efficacy": Interval(0.0, 1.0)},
+    "csc": {"csc_kill_rate": Positive()},
+}
+PER_DRUG_CLASS = {"kill_rate": "chemo", "cytostatic_efficacy": "cytostatic",
+                  "csc_kill_rate": "csc"}
+
+
+def csc_arm_spec(model: ModelConfig) -> ParamSpec:
+    """The default spec of a per-curve CSC fit for ``model`` (its drugs: one arm's).
+
+    Free: ``csc_division_rate`` v_S (Positive) and ``initial_volume_mm3`` (added by
+    `csc_predictor`); for an untreated subject also ``self_renewal`` p (Interval(0.5,
+    1)); per drug class present: HER2, ``her2_efficacy_csc`` and ``her2_efficacy_bulk``
+    (Interval(0, 1)); chemo, ``kill_rate`` (Positive) and ``csc_sparing`` (Interval(0,
+    1)); cytostatic, ``cytostatic_efficacy`` (Interval(0, 1)); CSC-targeted,
+    ``csc_kill_rate`` (Positive). Everything else stays at `CSC_REFERENCE`; arm
+    pseudo-drugs get EC50 = `ARM_EC50_MG_PER_L` (full inhibition at C = 1 mg/L).
+
+    Why so few: one volume curve shows about three rates, the CSCs' net growth v_S (2p
+    - 1), their output of bulk cells 2 v_S (1 - p) and the bulk's own net rate. With
+    the bulk kinetics and the initial CSC fraction fixed, a control curve identifies v_S
+    and p. In a treated curve that starts at the first dose, a constant drug effect is
+    confounded with the intrinsic kinetics (a chemo kill adds to the bulk death rate,
+    HER2 blockade of CSCs rescales p), so there p stays at its reference and the drug's
+    parameters carry the difference. Freeing p and the bulk death rate as well was
+    tried on PDXE curves: most fits then ran into the optimiser's step cap along flat
+    directions.
+    """
+    ref = default_params(model, **{k: v for k, v in CSC_REFERENCE.items()})
+    arm = jnp.asarray([is_arm_drug(d) for d in model.drugs], bool)
+    if model.drugs:
+        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
+                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
+    free = dict(BASE_FREE) if model.drugs else {**BASE_FREE, **CONTROL_FREE}
+    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
+        free.update(CLASS_FREE[c])
+    return ParamSpec(free, ref)
+
+
+@dataclasses.dataclass
+class JobFits:
+    """Per-subject fit outputs in batch order (what the plots consume; duck-types the
+    fields of `FitResult` they read). NaN rows for subjects whose chunk failed."""
+
+    subject: tuple[str, ...]
+    arm: tuple[str, ...]
+    study: tuple[str, ...]
+    status: np.ndarray  # FitStatus code, -1 = the chunk raised
+    loss: np.ndarray
+    log_volume_pred: np.ndarray  # (n_subjects, n_obs)
+    all_losses: np.ndarray  # (n_subjects, n_starts)
+    all_status: np.ndarray
+
+
+def _status_name(code: int) -> str:
+    return "error" if code < 0 else FitStatus(code).name.lower()
+
+
+def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs):
+    """Table, regimens (or None), batch, regimen source and warnings."""
+    from ._data import detect_kind, read_regimen_table, read_tidy_csv
+    from ._nonmem import read_nonmem
+
+    path = pathlib.Path(data_file)
+    kind = detect_kind(path)
+    notes = []
+    if kind == "tidy":
+        table = read_tidy_csv(path)
+    elif kind == "nonmem":
+        if regimens_file is not None:
+            raise DataError("NONMEM event data carry their own doses", file=str(path),
+                            expected="no regimen table with NONMEM data")
+        table, regimens = read_nonmem(path, cmt_drugs=cmt_drugs)
+        source = "NONMEM dose records"
+    else:
+        raise DataError("not a tumour-volume file", file=str(path),
+                        expected="a tidy CSV (study, arm, subject, day, volume_mm3) or "
+                        "NONMEM event data (ID, TIME, DV, EVID)", value=kind)
+    if max_subjects is not None:
+        table = _head(table, max_subjects)
+    if kind == "tidy" and regimens_file is not None:
+        regimens = read_regimen_table(regimens_file)
+        source = f"regimen table {regimens_file}"
+    elif kind == "tidy":
+        regimens = default_arm_regimens(table, warn=False)
+        classes = {a: CATALOGUE[r.drugs[0]].drug_class for a, r in regimens.items() if r.lines}
+        source = "default arm regimens (constant effect from day 0 per treated arm)"
+        if classes and model in ("csc", "simeoni"):  # the other baselines ignore doses
+            notes.append(constant_effect_message(classes))
+    batch = make_batch(table, regimens, species=species, detection_limit_mm3=limit)
+    return batch, regimens, source, notes
+
+
+def _head(table, n):
+    """The table restricted to its first ``n`` subjects."""
+    keep = np.isin(table.subject, np.asarray(table.subjects[:n], dtype=str))
+    return dataclasses.replace(
+        table, study=table.study[keep], arm=table.arm[keep], subject=table.subject[keep],
+        day=table.day[keep], volume_mm3=table.volume_mm3[keep],
+        extra={k: v[keep] for k, v in table.extra.items()},
+        line=None if table.line is None else table.line[keep])
+
+
+def _regimen_of(regimens, subject, arm) -> Regimen:
+    if regimens is None:
+        return Regimen(name=arm)
+    return regimens[subject] if subject in regimens else regimens[arm]
+
+
+def _groups(batch, regs, model, species):
+    """``[(drugs of the group's model, subject indices)]``: CSC subjects grouped by the
+    classes and PK of their drugs; baselines: one group."""
+    if model != "csc":
+        return [((), np.arange(batch.n_subjects))]
+    groups: dict[tuple, tuple[tuple[str, ...], list[int]]] = {}
+    for i, reg in enumerate(regs):
+        key = tuple((CATALOGUE[d].drug_class, repr(default_pk(d, species)))
+                    for d in reg.drugs)
+        groups.setdefault(key, (reg.drugs, []))[1].append(i)
+    return [(drugs, np.asarray(idx)) for drugs, idx in groups.values()]
+
+
+def _group_batch(batch, idx, regs, drugs):
+    """Rows ``idx`` of ``batch`` with drug slots renumbered to the group's ``drugs``
+    (each subject's own drugs, position by position)."""
+    sub = batch.subset(idx)
+    if not drugs:
+        return sub
+    drug, mask = np.asarray(sub.schedule.drug), np.asarray(sub.schedule.mask)
+    new = np.zeros_like(drug)
+    for r, i in enumerate(idx):
+        slot = np.zeros(max(len(batch.drugs), 1), dtype=drug.dtype)
+        for pos, d in enumerate(regs[i].drugs):
+            slot[batch.drugs.index(d)] = pos
+        new[r] = np.where(mask[r], slot[drug[r]], 0)
+    schedule = eqx.tree_at(lambda s: s.drug, sub.schedule, jnp.asarray(new))
+    return SubjectBatch(day=sub.day, volume_mm3=sub.volume_mm3, mask=sub.mask,
+                        censored=sub.censored, t0_day=sub.t0_day, schedule=schedule,
+                        subject=sub.subject, arm=sub.arm, study=sub.study, drugs=drugs)
+
+
+@eqx.filter_jit
+def _grid_curves(predictor, data, z, grid):
+    """Fitted volume [mm3], CSC fraction (NaN for baselines) and status on ``grid``."""
+
+    def one(d, z_, g):
+        gd = SubjectData(day=g, volume_mm3=jnp.full(g.shape, d.first_volume_mm3),
+                         mask=jnp.ones(g.shape, bool), censored=jnp.zeros(g.shape, bool),
+                         t0_day=d.t0_day, schedule=d.schedule)
+        if isinstance(predictor, CSCPredictor):  # simulate, for the CSC fraction
+            sol = simulate(predictor.model, predictor._params(z_, gd), d.schedule, g,
+                           t0=d.t0_day, rtol=predictor.rtol, atol=predictor.atol,
+                           max_steps=4 * predictor.max_steps)
+            return sol.volume_mm3, sol.csc_fraction, sol.status
+        log_v, status = predictor(z_, gd)
+        return jnp.exp(log_v), jnp.full(g.shape, jnp.nan), status
+
+    return jax.vmap(one)(data, z, grid)
+
+
+def _column(label, own_drugs):
+    """CSV column of a spec label for a subject with drugs ``own_drugs``; None if the
+    element is not this subject's (a per-drug field of another class)."""
+    if "[" not in label:
+        return label
+    field, i = label[:-1].split("[")
+    drug = own_drugs[int(i)]
+    if PER_DRUG_CLASS.get(field, CATALOGUE[drug].drug_class) != CATALOGUE[drug].drug_class:
+        return None
+    return field if len(own_drugs) == 1 else f"{field}[{drug}]"
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+def fit_job(
+    data_file,
+    out_dir,
+    *,
+    regimens_file=None,
+    model: str = "csc",
+    starts: int = 4,
+    chunk_size: int = 64,
+    quick: bool = False,
+    max_subjects: int | None = None,
+    sigma: float | str = "estimate",
+    species: str = "mouse",
+    detection_limit_mm3: float = 1.0,
+    max_panels: int = 24,
+    cmt_drugs: dict[int, str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
+
+    **Arguments:**
+    - `data_file`: tidy CSV (``study, arm, subject, day, volume_mm3``) or NONMEM data.
+    - `out_dir`: output directory (created).
+    - `regimens_file`: regimen table for a tidy CSV; without it, `default_arm_regimens`
+      (controls untreated, one constant effect per treated arm; listed in the summary's
+      warnings).
+    - `model`: ``"csc"`` (`csc_arm_spec`, logistic crowding) or one of `BASELINES`.
+    - `starts`: multi-start starts per subject; `chunk_size`: subjects per compiled call.
+    - `quick`: at most 2 starts, 100 optimiser steps, a coarse curve grid and, unless
+      `max_subjects` is given, the first 8 subjects.
+    - `max_subjects`: fit only the first subjects of the file.
+    - `sigma`: SD of the log-volume error: ``"estimate"`` (per subject) or a float.
+    - `species`, `detection_limit_mm3`: as in `make_batch`.
+    - `max_panels`: subjects shown in ``fits_subjects.png``.
+    - `cmt_drugs`: NONMEM only: ``{CMT: drug}`` (see `read_nonmem`).
+    - `progress`: a progress bar over chunks (only on a terminal).
+
+    **Returns:** the summary (also ``summary.json``).
+
+    **Raises:** `FitcscInputError` (one line) for refused data or options. A subject
+    whose fit fails never stops the job: see its ``status`` in ``fits.csv``.
+    """
+    t_start = time.perf_counter()
+    _check_options(model, sigma, starts=starts, chunk_size=chunk_size,
+                   max_subjects=max_subjects, max_panels=max_panels)
+    n_grid, max_steps = GRID_POINTS, None
+    if quick:
+        starts, n_grid, max_steps = min(starts, QUICK_STARTS), QUICK_GRID_POINTS, QUICK_MAX_STEPS
+        max_subjects = QUICK_MAX_SUBJECTS if max_subjects is None else max_subjects
+    batch, regimens, source, notes = _load(data_file, regimens_file, model, species,
+                                           detection_limit_mm3, max_subjects, cmt_drugs)
+    regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    groups = _groups(batch, regs, model, species)
+
+    n = batch.n_subjects
+    fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
+                   np.full((n, batch.n_obs), np.nan), np.full((n, starts), np.nan),
+                   np.full((n, starts), -1))
+    day, mask = np.asarray(batch.day), np.asarray(batch.mask)
+    grid = np.stack([np.linspace(d[m][0], d[m][-1], n_grid) for d, m in zip(day, mask,
+                                                                             strict=True)])
+    curves = np.full((2, *grid.shape), np.nan)  # fitted volume, CSC fraction
+    per_subject: list[dict] = [{"params": {}} for _ in range(n)]
+    errors, group_info = [], []
+    chunks = [(g, idx[k:k + chunk_size]) for g, (_, idx) in enumerate(groups)
+              for k in range(0, len(idx), chunk_size)]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(chunks), desc=f"fit {model}", unit="chunk",
+               disable=not (progress and sys.stderr.isatty()))
+    for g, (drugs, idx) in enumerate(groups):
+        t_group = time.perf_counter()
+        if model == "csc":
+            cfg = ModelConfig(crowding="logistic", drugs=drugs, species=species)
+            predictor = csc_predictor(cfg, csc_arm_spec(cfg))
+        else:
+            predictor = baseline_predictor(model)
+        labels = tuple(predictor.spec.labels())
+        size = min(chunk_size, len(idx))  # every chunk of the group: one compiled shape
+        for chunk in (c for h, c in chunks if h == g):
+            padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
+            gb = _group_batch(batch, padded, regs, drugs)
+            try:
+                r = fit_map(predictor, gb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
+                            atol=LM_TOL, max_steps=max_steps)
+                vol, frac, _ = _grid_curves(predictor, subject_data(gb), r.z,
+                                            jnp.asarray(grid[padded]))
+                a = {k: np.asarray(getattr(r, k))[:len(chunk)] for k in _RESULT_FIELDS}
+            except Exception as err:  # one chunk failing never stops the job
+                errors.append(f"{type(err).__name__} fitting {list(gb.subject)}: {err}")
+                bar.update(1)
+                continue
+            for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
+                getattr(fits, f)[chunk] = a[f]
+            curves[0, chunk], curves[1, chunk] = vol[:len(chunk)], frac[:len(chunk)]
+            for j, i in enumerate(chunk):
+                own = regs[i].drugs if drugs else ()
+                for c, label in enumerate(labels):
+                    if (col := _column(label, own)) is not None:
+                        per_subject[i]["params"][col] = (a["theta"][j, c], a["se_theta"][j, c])
+                per_subject[i].update({k: a[k][j] for k in _RESULT_FIELDS[5:]},
+                                      n_free=len(labels) + isinstance(sigma, str))
+            bar.update(1)
+        group_info.append(dict(arms=sorted({batch.arm[i] for i in idx}),
+                               drug_classes=[CATALOGUE[d].drug_class for d in drugs],
+                               n_subjects=len(idx), labels=list(labels),
+                               seconds=round(time.perf_counter() - t_group, 3)))
+    bar.close()
+    t_fit = time.perf_counter() - t_start
+
+    out = pathlib.Path(out_dir)
+    statuses = [_status_name(int(c)) for c in fits.status]
+    write_atomic(out / "fits.csv", _fits_csv(batch, fits, statuses, per_subject))
+
+    from ._plot import (
+        plot_multistart,
+        plot_observed_vs_predicted,
+        plot_residuals,
+        plot_subject_fits,
+    )
+
+    plot_subject_fits(fits, batch, grid, curves[0], out / PLOTS[0], max_panels=max_panels,
+                      csc_fraction=curves[1] if model == "csc" else None)
+    plot_observed_vs_predicted(fits, batch, out / PLOTS[1])
+    plot_residuals(fits, batch, out / PLOTS[2])
+    plot_multistart(fits, out / PLOTS[3])
+
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    summary = {
+        "job": f"per-subject maximum-likelihood fits ({model})",
+        "data_file": str(data_file),
+        "regimen_source": source,
+        "model": model,
+        "model_config": (dict(crowding="logistic", species=species, chemo_mode="concentration",
+                              reference=CSC_REFERENCE) if model == "csc" else None),
+        "groups": group_info,
+        "spec_labels": sorted({lab for gi in group_info for lab in gi["labels"]}),
+        "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
+        "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
+        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200),
+        "n_subjects": n,
+        "n_converged": counts.get("converged", 0),
+        "n_max_steps": counts.get("max_steps", 0),
+        "n_failed": n - counts.get("converged", 0) - counts.get("max_steps", 0),
+        "status_counts": counts,
+        "fit_s": round(t_fit, 3),
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "timing_note": "wall_s and fit_s include JAX compilation (one per group)",
+        "device": str(jax.devices()[0]),
+        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
+        "versions": _versions(),
+        "warnings": notes,
+        "errors": errors,
+        "outputs": ["summary.json", "fits.csv", *PLOTS],
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+_RESULT_FIELDS = ("status", "loss", "log_volume_pred", "all_losses", "all_status", "sigma",
+                  "rmse_log_volume", "condition_number", "identifiable", "best_start",
+                  "n_steps", "theta", "se_theta")
+
+
+def _check_options(model, sigma, **counts):
+    if model not in MODELS:
+        raise FitcscInputError("unknown model", column="--model",
+                               expected="one of " + ", ".join(MODELS), value=model)
+    for name, val in counts.items():
+        if val is not None and (isinstance(val, bool) or int(val) != val or val < 1):
+            raise FitcscInputError(f"bad --{name.replace('_', '-')}",
+                                   expected="an integer >= 1", value=val)
+    if isinstance(sigma, str) and sigma == "estimate":
+        return
+    if isinstance(sigma, str) or not (math.isfinite(sigma) and sigma > 0):
+        raise FitcscInputError("bad sigma", expected="'estimate' or a float > 0", value=sigma)
+
+
+def _fits_csv(batch, fits, statuses, per_subject) -> str:
+    """``fits.csv``: one row per subject; a parameter's cells are empty where it is not
+    free for that subject; AIC/BIC count sigma when it is estimated."""
+    n_obs = np.asarray(batch.mask).sum(axis=1)
+    params = list(dict.fromkeys(c for r in per_subject for c in r["params"]))
+    header = ["subject", "arm", "study", "status", *[h for p in params for h in (p, f"{p}_se")],
+              "rmse_log_volume", "loss", "aic", "bic", "n_obs", "sigma", "condition_number",
+              "identifiable", "best_start", "n_steps"]
+    rows = []
+    for i, rec in enumerate(per_subject):
+        loss, k, m = float(fits.loss[i]), rec.get("n_free", 0), int(n_obs[i])
+        row = [batch.subject[i], batch.arm[i], batch.study[i], statuses[i]]
+        for p in params:
+            row += [_fmt(x) for x in rec["params"].get(p, (None, None))]
+        got = "n_free" in rec
+        row += [_fmt(rec.get("rmse_log_volume", math.nan)), _fmt(loss),
+                _fmt(2 * k + 2 * loss), _fmt(k * math.log(m) + 2 * loss), str(m),
+                _fmt(rec.get("sigma", math.nan)), _fmt(rec.get("condition_number", math.nan)),
+                str(bool(rec["identifiable"])).lower() if got else "",
+                str(int(rec["best_start"])) if got else "",
+                str(int(rec["n_steps"])) if got else ""]
+        rows.append(row)
+    return _csv_text(header, rows)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("fitcsc", "jax", "jaxlib", "diffrax", "optimistix", "equinox", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    if out["fitcsc"] is None:  # not installed (run from a checkout)
+        from . import __version__
+
+        out["fitcsc"] = __version__
+    return out
