@@ -35,27 +35,23 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    REPO,
+    device_info,
+    fitcsc,
+    jax,
+    jnp,
+    peak_rss_mib,
+    versions,
+    write_json_atomic,
+)
 from scipy.integrate import solve_ivp
-
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import fitcsc
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
-    import fitcsc
-
-import jax  # noqa: E402  (fitcsc sets float64 on import)
-import jax.numpy as jnp  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "simulate.json"
 
@@ -253,77 +249,6 @@ def rel_err_stats(a: np.ndarray, ref: np.ndarray) -> dict:
         "p99_rel_err": float(np.quantile(e, 0.99)) if e.size else None,
         "n_sims_compared": int(ok.sum()),
     }
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def device_info() -> dict:
-    d = jax.devices()[0]
-    return {
-        "jax_platform": d.platform,
-        "jax_device_kind": d.device_kind,
-        "jax_device_count": jax.device_count(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "machine": platform.machine(),
-        "os": platform.platform(),
-    }
-
-
-def versions() -> dict:
-    v = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "diffrax", "equinox", "numpy", "scipy"):
-        try:
-            v[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            v[pkg] = None
-    v["fitcsc"] = fitcsc.__version__
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "fitcsc"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        v["git_commit"] = rev.stdout.strip() if rev.returncode == 0 else None
-        v["fitcsc_dirty"] = bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        v["git_commit"] = None
-    return v
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------- main
