@@ -143,3 +143,37 @@ def concentrations(pk_coefs, pk_rates, schedule, t_day):
     per_dose = jnp.where(schedule.mask, per_dose * schedule.amount_mg, 0.0)
     onehot = drug[:, None] == jnp.arange(n_drugs)[None, :]
     return jnp.sum(jnp.where(onehot, per_dose[:, None], 0.0), axis=0)
+
+
+def unit_auc(coefs, rates, tau_day, duration_day):
+    """``int_0^tau`` of `unit_response` [mg day/L per mg], in closed form.
+
+    Bolus: ``sum_k c_k (1 - exp(-l_k tau)) / l_k``. Infusion of length ``T``: the
+    integral of the rising part up to ``u = min(tau, T)``, ``sum_k c_k (u - (1 -
+    exp(-l_k u)) / l_k) / (l_k T)``, plus the decay from the end-of-infusion level
+    after ``T``. Zero for ``tau_day <= 0``.
+    """
+    started = tau_day > 0.0
+    tau = jnp.where(started, tau_day, 0.0)
+    is_inf = duration_day > 0.0
+    dur = jnp.where(is_inf, duration_day, 1.0)
+    bolus = jnp.sum(coefs * -jnp.expm1(-rates * tau) / rates)
+    u = jnp.minimum(tau, dur)
+    rising = jnp.sum(coefs * (u + jnp.expm1(-rates * u) / rates) / (rates * dur))
+    level = coefs * -jnp.expm1(-rates * dur) / (rates * dur)
+    after = jnp.maximum(tau - dur, 0.0)
+    decay = jnp.sum(level * -jnp.expm1(-rates * after) / rates)
+    return jnp.where(started, jnp.where(is_inf, rising + decay, bolus), 0.0)
+
+
+def cumulative_exposure(pk_coefs, pk_rates, schedule, t_day):
+    """Per-drug AUC from the first dose to ``t_day`` [mg day/L], shape ``(n_drugs,)``."""
+    n_drugs = pk_coefs.shape[0]
+    if n_drugs == 0:
+        return jnp.zeros((0,))
+    drug = schedule.drug
+    per_dose = jnp.vectorize(unit_auc, signature="(k),(k),(),()->()")(
+        pk_coefs[drug], pk_rates[drug], t_day - schedule.time_day, schedule.duration_day)
+    per_dose = jnp.where(schedule.mask, per_dose * schedule.amount_mg, 0.0)
+    onehot = drug[:, None] == jnp.arange(n_drugs)[None, :]
+    return jnp.sum(jnp.where(onehot, per_dose[:, None], 0.0), axis=0)

@@ -1,0 +1,205 @@
+"""Posterior summaries against closed forms: Gaussian Laplace, NUTS recovery, intervals."""
+
+import csv
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import fitcsc  # noqa: F401  (float64)
+import fitcsc.summary as fs
+
+MU = np.array([1.0, -2.0])
+COV = np.array([[2.0, 0.9 * math.sqrt(2.0)], [0.9 * math.sqrt(2.0), 1.0]])  # corr 0.9
+PREC = np.linalg.inv(COV)
+
+
+def _neg_log_gauss(z):
+    d = z - MU
+    return 0.5 * d @ PREC @ d
+
+
+def test_laplace_cov_is_inverse_hessian_of_gaussian():
+    cov = fs.laplace_cov(_neg_log_gauss, MU)
+    np.testing.assert_allclose(cov, COV, rtol=1e-10, atol=1e-12)
+    # a (Gauss-Newton) Hessian given directly
+    np.testing.assert_allclose(fs.laplace_cov(None, MU, hessian=PREC), COV, rtol=1e-10)
+
+
+def test_laplace_cov_non_quadratic_against_analytic_hessian():
+    # f(z) = sum(exp(z)) + z0 z1:  H = diag(exp(z)) + [[0, 1], [1, 0]]
+    z = jnp.array([0.3, 1.1])
+    h = np.diag(np.exp(np.asarray(z))) + np.array([[0.0, 1.0], [1.0, 0.0]])
+    cov = fs.laplace_cov(lambda z: jnp.sum(jnp.exp(z)) + z[0] * z[1], z)
+    np.testing.assert_allclose(cov, np.linalg.inv(h), rtol=1e-10)
+
+
+def test_laplace_cov_flat_and_negative_directions():
+    h = np.diag([4.0, 0.0, -1.0])
+    np.testing.assert_allclose(fs.laplace_cov(None, np.zeros(3), hessian=h),
+                               np.diag([0.25, 0.0, 0.0]), atol=1e-15)
+    np.testing.assert_allclose(
+        fs.laplace_cov(None, np.zeros(3), hessian=h, min_curvature=1e-2),
+        np.diag([0.25, 100.0, 100.0]), rtol=1e-12)
+    with pytest.raises(ValueError, match="non-finite"):
+        fs.laplace_cov(None, np.zeros(2), hessian=np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="does not match"):
+        fs.laplace_cov(None, np.zeros(2), hessian=np.eye(3))
+
+
+def test_laplace_draws_moments():
+    n = 20_000
+    x = fs.laplace_draws(MU, COV, n_draws=n, key=jax.random.key(1))
+    assert x.shape == (n, 2)
+    se_mean = np.sqrt(np.diag(COV) / n)
+    assert np.all(np.abs(x.mean(0) - MU) < 4 * se_mean)
+    se_cov = np.sqrt((np.outer(np.diag(COV), np.diag(COV)) + COV**2) / n)
+    assert np.all(np.abs(np.cov(x.T) - COV) < 4 * se_cov)
+    # fixed key -> same draws
+    np.testing.assert_array_equal(x, fs.laplace_draws(MU, COV, n_draws=n, key=jax.random.key(1)))
+
+
+def test_laplace_draws_singular_cov_is_degenerate_not_an_error():
+    u = np.array([0.6, 0.8, 0.0])
+    cov = 4.0 * np.outer(u, u) - 1e-12 * np.eye(3)  # rank 1, slightly indefinite
+    z0 = np.array([1.0, 2.0, 3.0])
+    x = fs.laplace_draws(z0, cov, n_draws=5000)
+    assert np.all(np.isfinite(x))
+    t = (x - z0) @ u
+    np.testing.assert_allclose(x - z0, np.outer(t, u), atol=1e-5)  # on the line
+    assert abs(t.var() - 4.0) < 4 * 4.0 * math.sqrt(2 / 5000)
+    with pytest.raises(ValueError, match="non-finite"):
+        fs.laplace_draws(z0, np.full((3, 3), np.inf))
+
+
+@pytest.fixture(scope="module")
+def nuts_gauss():
+    res = fs.nuts(lambda z: -_neg_log_gauss(z), MU + 0.5, num_warmup=300, num_samples=300,
+                  num_chains=2, seed=3)
+    idata = fs.to_inference_data(res.z, ("a", "b"), sample_stats=res.sample_stats,
+                                 method="nuts", transforms={"a": np.exp})
+    return res, idata
+
+
+def test_nuts_recovers_correlated_gaussian(nuts_gauss):
+    res, _ = nuts_gauss
+    assert res.z.shape == (2, 300, 2)
+    x = res.z.reshape(-1, 2)
+    # ESS >= 200 of 600 here: MCSE of the means <= 0.1
+    np.testing.assert_allclose(x.mean(0), MU, atol=0.3)
+    np.testing.assert_allclose(np.cov(x.T), COV, rtol=0.25, atol=0.15)
+    assert res.num_divergent == 0
+    for k in ("diverging", "acceptance_rate", "n_steps", "tree_depth", "energy", "lp",
+              "step_size"):
+        assert res.sample_stats[k].shape == (2, 300), k
+    np.testing.assert_allclose(res.sample_stats["lp"],
+                               -np.apply_along_axis(_neg_log_gauss, -1, res.z), atol=1e-8)
+
+
+def test_nuts_summary_diagnostics(nuts_gauss):
+    _, idata = nuts_gauss
+    rows = {r["name"]: r for r in fs.summarize(idata)}
+    assert set(rows) == {"a", "b", "a_natural"}
+    for r in rows.values():
+        assert r["r_hat"] < 1.05
+        assert r["ess_bulk"] > 100
+        assert r["method"] == "nuts"
+    assert idata.posterior.attrs["method"] == "nuts"
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+
+
+def test_summarize_laplace_rows_and_natural_scale(tmp_path):
+    n = 20_000
+    mu, sd = np.array([0.5, -1.0]), np.array([0.2, 0.7])
+    x = fs.laplace_draws(mu, np.diag(sd**2), n_draws=n, key=jax.random.key(2))
+    idata = fs.to_inference_data(
+        x, ("log_ec50", "logit_emax"),
+        transforms={"log_ec50": np.exp, "logit_emax": jax.nn.sigmoid})
+    rows = fs.summarize(idata, hdi_prob=0.9)
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"log_ec50", "logit_emax", "log_ec50_natural", "logit_emax_natural"}
+    assert set(fs.SUMMARY_COLUMNS) <= set(rows[0])
+    z90 = stats.norm.ppf(0.95)
+    for i, name in enumerate(("log_ec50", "logit_emax")):
+        r = by[name]
+        assert abs(r["mean"] - mu[i]) < 4 * sd[i] / math.sqrt(n)
+        assert abs(r["sd"] - sd[i]) < 0.03 * sd[i]
+        assert abs(r["hdi_lo"] - (mu[i] - z90 * sd[i])) < 0.05 * sd[i]
+        assert abs(r["hdi_hi"] - (mu[i] + z90 * sd[i])) < 0.05 * sd[i]
+        assert math.isnan(r["r_hat"])  # one chain of independent draws
+        assert r["ess_bulk"] > 0.8 * n
+        assert r["method"] == "laplace"
+    # lognormal mean exp(mu + s^2 / 2); logit-normal via quadrature
+    lognormal_mean = math.exp(mu[0] + sd[0] ** 2 / 2)
+    assert abs(by["log_ec50_natural"]["mean"] - lognormal_mean) < 0.01 * lognormal_mean
+    gh_x, gh_w = np.polynomial.hermite_e.hermegauss(40)
+    logit_mean = np.sum(gh_w / (1 + np.exp(-(mu[1] + sd[1] * gh_x)))) / math.sqrt(2 * math.pi)
+    assert abs(by["logit_emax_natural"]["mean"] - logit_mean) < 0.01
+    np.testing.assert_allclose(idata.posterior["log_ec50_natural"].values,
+                               np.exp(idata.posterior["log_ec50"].values))
+
+    path = tmp_path / "sub" / "summary.csv"
+    path.parent.mkdir()
+    path.write_text("stale\n")
+    fs.write_summary_csv(rows, path)
+    with open(path, newline="") as fh:
+        back = list(csv.DictReader(fh))
+    assert list(back[0])[: len(fs.SUMMARY_COLUMNS)] == list(fs.SUMMARY_COLUMNS)
+    assert [b["name"] for b in back] == [r["name"] for r in rows]
+    for b, r in zip(back, rows, strict=True):
+        for k in ("mean", "sd", "hdi_lo", "hdi_hi", "ess_bulk"):
+            assert float(b[k]) == r[k]  # full precision
+        assert math.isnan(float(b["r_hat"]))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["summary.csv"]  # no temp left
+
+
+def test_to_inference_data_validation():
+    x = np.zeros((2, 10, 3))
+    with pytest.raises(ValueError, match="distinct names"):
+        fs.to_inference_data(x, ("a", "b"))
+    with pytest.raises(ValueError, match="distinct names"):
+        fs.to_inference_data(x, ("a", "a", "b"))
+    with pytest.raises(ValueError, match="unknown name"):
+        fs.to_inference_data(x, ("a", "b", "c"), transforms={"d": np.exp})
+    with pytest.raises(ValueError, match="method"):
+        fs.to_inference_data(x, ("a", "b", "c"), method="mcmc")
+    with pytest.raises(ValueError, match="sample_stats"):
+        fs.to_inference_data(x, ("a", "b", "c"), sample_stats={"diverging": np.zeros(10)})
+    with pytest.raises(ValueError, match="samples must be"):
+        fs.to_inference_data(np.zeros(10), ("a",))
+    idata = fs.to_inference_data(x[0], ("a", "b", "c"), sample_stats={"lp": np.zeros(10)},
+                                 observed={"pcr": np.array([0.3, 0.4])})
+    assert idata.posterior["a"].shape == (1, 10)
+    assert idata.sample_stats["lp"].shape == (1, 10)
+    np.testing.assert_array_equal(idata.observed_data["pcr"].values, [0.3, 0.4])
+    with pytest.raises(ValueError, match="z_init"):
+        fs.nuts(lambda z: -jnp.sum(z**2), np.zeros((3, 2)), num_chains=2)
+
+
+def test_predictive_interval_linear_matches_normal_quantiles():
+    a, b = np.array([0.5, -1.5]), 0.25
+    x = fs.laplace_draws(MU, COV, n_draws=40_000, key=jax.random.key(4))
+
+    def fn(z):  # shape (2,): a linear functional and a constant
+        return jnp.stack([a @ z + b, jnp.asarray(7.0)])
+
+    mean, lo, hi = fs.predictive_interval(fn, x, prob=0.95)
+    assert mean.shape == lo.shape == hi.shape == (2,)
+    m, s = a @ MU + b, math.sqrt(a @ COV @ a)
+    q = stats.norm.ppf(0.975)
+    assert abs(mean[0] - m) < 4 * s / math.sqrt(x.shape[0])
+    assert abs(lo[0] - (m - q * s)) < 0.03 * s
+    assert abs(hi[0] - (m + q * s)) < 0.03 * s
+    np.testing.assert_allclose([mean[1], lo[1], hi[1]], 7.0)
+    # exactly the percentiles of the values; chunked (padded) == one batch; chains flattened
+    v = x @ a + b
+    np.testing.assert_allclose([lo[0], hi[0]], np.percentile(v, [2.5, 97.5]), rtol=1e-12)
+    chunked = fs.predictive_interval(fn, x[:1003].reshape(1, 1003, 2), batch=100)
+    whole = fs.predictive_interval(fn, x[:1003])
+    for c, w in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(c, w, rtol=1e-12)
+    with pytest.raises(ValueError, match="prob"):
+        fs.predictive_interval(fn, x, prob=1.5)

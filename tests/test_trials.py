@@ -1,0 +1,183 @@
+"""Trial-level model: exact exposure-grid solution, PK integrals, likelihoods, recovery."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import fitcsc
+from fitcsc._pk import TwoCompartment, unit_auc, unit_response
+from fitcsc._trial_fit import (
+    Objective,
+    PcrObservation,
+    TrialData,
+    _deviance_residual,
+    adjuvant_observations,
+    fit_trials,
+    load_fit,
+    model_from_fit,
+    pcr_observations,
+    save_fit,
+)
+from fitcsc._trials import Arm, TrialModel, hazard_ratio
+
+CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"
+
+
+@pytest.fixture(scope="module")
+def regimens():
+    return fitcsc.read_regimen_table(CLINICAL / "regimens.csv")
+
+
+@pytest.fixture(scope="module")
+def neosphere(regimens):
+    arms, obs = pcr_observations(fitcsc.read_clinical(CLINICAL / "pcr_arms.csv"), regimens,
+                                 trials=("NeoSphere",))
+    return arms, obs
+
+
+@pytest.mark.parametrize("duration", [0.0, 0.0625, 1.0])
+def test_unit_auc_matches_quadrature(duration):
+    c, r = TwoCompartment(0.225, 2.95, 0.2, 0.15).exponentials()
+    for tau in [0.01, 0.05, 0.5, 3.0, 40.0]:
+        ref, _ = integrate.quad(lambda t: float(unit_response(c, r, t, duration)), 0.0, tau,
+                                points=[duration] if 0 < duration < tau else None,
+                                epsabs=1e-14, epsrel=1e-12, limit=200)
+        assert float(unit_auc(c, r, tau, duration)) == pytest.approx(ref, rel=1e-9, abs=1e-14)
+    assert float(unit_auc(c, r, -1.0, duration)) == 0.0
+
+
+def test_exposure_grid_solution_matches_ode_solver(neosphere):
+    """The exact linear solution along the grid agrees with diffrax on the full ODE."""
+    arms, _ = neosphere
+    tm = TrialModel.build(arms)
+    z = tm.z0()
+    res = tm.residuals(z)
+    nodes = np.asarray(tm.nodes())
+    checked = 0
+    for ai, arm in enumerate(arms):
+        for k in (6, 10, 14):
+            p = tm.patient(z, nodes[k])
+            sched = arm.regimen.to_schedule(tm.model.drugs)
+            sol = fitcsc.simulate(tm.model, p, sched, jnp.asarray([0.0, arm.eval_day()]),
+                                  rtol=1e-10, atol=1e-12, max_steps=200000)
+            y = np.asarray(sol.states[-1])
+            log_n = np.log(y.sum() / 1e6)
+            if log_n < -25:  # below the reference solver's absolute tolerance
+                continue
+            assert int(sol.status) == 0
+            # a few 1e-3 in log cells (the HER2 blockade is integrated by trapezoid)
+            tol = 2e-3 + 5e-4 * abs(log_n)
+            assert float(res[0][ai, k]) == pytest.approx(log_n, abs=tol)
+            assert float(res[1][ai, k]) == pytest.approx(np.log(y[0] / 1e6), abs=tol)
+            checked += 1
+    assert checked >= 6
+
+
+def test_pcr_rate_gradient_matches_finite_differences(neosphere):
+    arms, _ = neosphere
+    tm = TrialModel.build(arms)
+    z = tm.z0()
+    f = jax.jit(lambda zz: tm.pcr_rates(zz)[0])
+    J = np.asarray(jax.jacfwd(f)(z))
+    h = 1e-5
+    for i in range(z.shape[0]):
+        e = jnp.zeros_like(z).at[i].set(h)
+        fd = (np.asarray(f(z + e)) - np.asarray(f(z - e))) / (2 * h)
+        np.testing.assert_allclose(J[:, i], fd, rtol=1e-4, atol=1e-7)
+    rates = np.asarray(f(z))
+    assert np.all((rates > 0) & (rates < 1))
+
+
+def test_pcr_breast_only_at_least_total(neosphere):
+    arms, _ = neosphere
+    tm = TrialModel.build(arms)
+    total, breast, status = tm.pcr_pair(tm.z0())
+    assert np.all(np.asarray(breast) >= np.asarray(total) - 1e-12)
+    assert np.all(np.asarray(status) == 0)
+
+
+def test_deviance_residual_is_binomial_loglik():
+    k, n = jnp.asarray([0.0, 3.0, 17.0, 40.0]), jnp.asarray([40.0, 40.0, 40.0, 40.0])
+    for p in (0.05, 0.3, 0.8):
+        r = _deviance_residual(jnp.full(4, p), k, n)
+        sat = stats.binom.logpmf(np.asarray(k), 40, np.asarray(k) / 40)
+        ref = 2 * (sat - stats.binom.logpmf(np.asarray(k), 40, p))
+        np.testing.assert_allclose(np.asarray(r) ** 2, ref, rtol=1e-8, atol=1e-10)
+    # at the perfect fit the residual and its gradient are finite (Pearson branch)
+    g = jax.grad(lambda q: _deviance_residual(q, 3.0, 40.0))(3.0 / 40.0)
+    assert np.isfinite(float(g)) and float(_deviance_residual(3.0 / 40.0, 3.0, 40.0)) == 0.0
+
+
+def test_nested_pcr_counts_are_a_multinomial(neosphere):
+    """Total + breast-only binomial pair = multinomial log-likelihood (up to a constant)."""
+    arms, _ = neosphere
+    tm = TrialModel.build(arms[:1])
+    obs = [PcrObservation(arms[0].name, "x", "ypT0/is", 100, 30, nested_total=20)]
+    objective = Objective(tm, TrialData(pcr=obs), prior_sd=1e12)
+    vals = []
+    for dz in (0.0, 0.3, -0.4):
+        z = tm.z0().at[0].add(dz)
+        r = np.asarray(objective(z))[:2]
+        t, b, _ = tm.pcr_pair(z)
+        pt, pb = float(t[0]), float(b[0])
+        logpmf = stats.multinomial.logpmf([20, 10, 70], 100, [pt, pb - pt, 1 - pb])
+        vals.append(0.5 * np.sum(r**2) + logpmf)
+    np.testing.assert_allclose(vals, vals[0], rtol=1e-8)
+
+
+def test_hazard_ratio_direction_and_identity(regimens):
+    rows = fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv")
+    arms, landmarks, hrs = adjuvant_observations(rows, regimens)
+    assert {a.name for a in arms} >= {"JA-C-B31", "JA-H-B31", "HERA-OBS", "HERA-H1"}
+    assert [o.arm for o in landmarks] == ["JA-C-B31", "HERA-OBS"]
+    tm = TrialModel.build(arms)
+    z = tm.z0()
+    days = jnp.asarray([365.25, 730.5, 1095.75])
+    dfs, cure, status = tm.dfs(z, days)
+    dfs = np.asarray(dfs)
+    assert np.all(np.diff(dfs, axis=1) <= 1e-12) and np.all((dfs > 0) & (dfs <= 1))
+    i_c, i_h = tm.arm_names.index("HERA-OBS"), tm.arm_names.index("HERA-H1")
+    assert float(cure[i_h]) > float(cure[i_c])  # a year of trastuzumab cures more
+    hr = np.asarray(hazard_ratio(dfs[i_h], dfs[i_c]))
+    assert np.all(hr < 1.0)
+    np.testing.assert_allclose(np.asarray(hazard_ratio(dfs[i_c], dfs[i_c])), 1.0)
+
+
+def test_fit_recovers_known_parameters(neosphere, tmp_path):
+    """Counts generated from known parameters (large n) are fitted back."""
+    arms, _ = neosphere
+    names = ("log_kill_scale", "log_turnover", "logit_her2_independent")
+    tm = TrialModel.build(arms, names)
+    z_true = tm.z0() + jnp.asarray([0.4, -0.3, 0.5])
+    t, b, _ = tm.pcr_pair(z_true)
+    n = 20000
+    obs = [PcrObservation(a.name, "synthetic", "ypT0/is", n, int(round(n * float(b[i]))),
+                          nested_total=int(round(n * float(t[i]))))
+           for i, a in enumerate(arms)]
+    fit = fit_trials(Objective(tm, TrialData(pcr=obs), prior_sd=100.0), n_starts=1)
+    assert np.all(np.abs(fit.z - np.asarray(z_true)) < np.maximum(4 * fit.se, 0.02))
+    # saved and reloaded, the fit predicts the same for the same regimens
+    save_fit(tmp_path / "fit.json", tm, fit)
+    doc = load_fit(tmp_path)
+    tm2 = model_from_fit(doc, list(arms))
+    np.testing.assert_allclose(np.asarray(tm2.pcr_rates(jnp.asarray(doc["z"]))[0]),
+                               np.asarray(tm.pcr_rates(jnp.asarray(fit.z))[0]), rtol=1e-10)
+
+
+def test_unsupported_drug_class_is_refused():
+    reg = fitcsc.Regimen((fitcsc.DoseLine("gamma_secretase_inhibitor", 100.0, "mg", n_doses=3,
+                                          interval_day=7.0),), name="csc")
+    with pytest.raises(ValueError, match="supports HER2 blockers and chemotherapy"):
+        TrialModel.build([Arm("csc", reg)])
+
+
+def test_load_fit_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no fit.json"):
+        load_fit(tmp_path)
+    (tmp_path / "fit.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a fitcsc trial fit"):
+        load_fit(tmp_path / "fit.json")
