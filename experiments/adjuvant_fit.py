@@ -39,6 +39,7 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
+from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
 from fitcsc._trial_fit import (
     Objective,
@@ -165,10 +166,7 @@ def main(args) -> dict:
 
 
 def _figure(tm_a, z_a, tm_b, z_b, adj_arms, landmarks, table, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     years = np.linspace(0.0, 5.0, 61)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
@@ -200,10 +198,7 @@ def _figure(tm_a, z_a, tm_b, z_b, adj_arms, landmarks, table, path):
     ax.axvline(1.0, color="0.5", ls="--", lw=0.8)
     ax.set(xlabel="DFS hazard ratio (95% interval)", title="trastuzumab vs control")
     ax.legend(fontsize=7)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def _result_md(summary, path):

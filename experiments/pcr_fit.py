@@ -38,6 +38,7 @@ from scipy.stats import beta
 
 import fitcsc
 import fitcsc.summary as fs
+from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
 from fitcsc._trial_fit import Objective, TrialData, fit_trials, pcr_observations, save_fit
 from fitcsc._trials import TrialModel, to_natural
@@ -130,10 +131,7 @@ def main(args) -> dict:
 
 
 def _figure(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
     for r in rows:
@@ -147,10 +145,7 @@ def _figure(rows, path):
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR % (exact 95% CI)",
            ylabel="model pCR % (95% interval, Laplace posterior)",
            title="pCR per arm: fitted vs published (red: outside the CI)")
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def _result_md(summary, rows, path):
