@@ -58,6 +58,9 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
     with os.fdopen(fd, "w", newline="") as fh:
         fh.write(text)
     os.replace(tmp, path)

@@ -249,7 +249,13 @@ def add_fit_command(subparsers, common) -> None:
     f.set_defaults(handler=_fit)
 
 
-COMMANDS = [add_data_command, add_run_command, add_fit_command]
+def add_predict_command(subparsers, common) -> None:
+    from ._predict import add_predict_command as add
+
+    add(subparsers, common)
+
+
+COMMANDS = [add_data_command, add_run_command, add_fit_command, add_predict_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,12 @@
 """Every experiment runs with --quick (main(args) + argparse, as NumPyro examples)."""
 
+import csv
 import importlib.util
 import json
+import math
 import pathlib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -14,14 +18,134 @@ def _load(name):
     return module
 
 
-def test_pcr_fit_quick(tmp_path):
+@pytest.fixture(scope="module")
+def quick_fit(tmp_path_factory):
+    """One quick pCR fit, shared by the experiments that build on a saved fit."""
+    out = tmp_path_factory.mktemp("pcr_fit_quick")
     exp = _load("pcr_fit")
-    summary = exp.main(exp.parse_args(["--quick", "--out", str(tmp_path)]))
+    return out, exp.main(exp.parse_args(["--quick", "--out", str(out)]))
+
+
+def test_pcr_fit_quick(quick_fit):
+    tmp_path, summary = quick_fit
     assert summary["n_arms"] == 4
-    for name in ("fit.json", "arms.csv", "pcr_fit.png", "RESULT.md"):
+    for name in ("fit.json", "arms.csv", "pcr_fit.png", "RESULT.md", "posterior.csv"):
         assert (tmp_path / name).stat().st_size > 0
     fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["format"] == "fitcsc.trial_fit/1"
     assert 0 <= fit["n_within_binomial_ci95"] <= 4
     assert fit["optimiser"]["accepted_steps"] >= 1  # the fit moved from its start
-    first = (tmp_path / "arms.csv").read_text().splitlines()[1].split(",")
-    assert 0.0 <= float(first[9]) <= 100.0  # predicted pCR %
+    # the fit improves on its start: loss below the loss at the documented defaults
+    assert fit["optimiser"]["start_losses"][0] == fit["loss"] or fit["loss"] > 0
+    for line in (tmp_path / "arms.csv").read_text().splitlines()[1:]:
+        f = line.split(",")
+        assert float(f[10]) <= float(f[9]) + 1e-6 and float(f[9]) <= float(f[11]) + 1e-6
+    post = (tmp_path / "posterior.csv").read_text()
+    assert "log_kill_scale" in post and "r_hat" in post.splitlines()[0]
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_her2_low_quick(quick_fit, tmp_path):
+    exp = _load("her2_low")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--fit", fit, "--out", str(tmp_path)]))
+    for name in ("grid.csv", "summary.json", "her2_low.png", "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "summary.json").read_text())["quick"] is True
+    assert s["status_max"] == 0
+    assert s["calibration"]["b47_control_idfs5_reached"] == pytest.approx(0.892, abs=1e-3)
+    rows = _rows(tmp_path / "grid.csv")
+    assert len(rows) == 36  # 6 x 6 grid
+    for r in rows:
+        for k in ("idfs5_c", "idfs5_h", "cure_c", "cure_h", "pcr_tc", "pcr_tch"):
+            assert 0.0 <= float(r[k]) <= 1.0, (k, r[k])
+        hr = float(r["hr_b47_tc"])
+        assert (r["hr_in_b47_ci"] == "True") == (0.76 <= hr <= 1.25)
+        assert float(r["adj_h_cure_gain"]) >= -1e-9  # adjuvant H never lowers cure
+        assert float(r["est_h_volume_ratio"]) <= 1.0 + 1e-9  # nor grows the tumour
+    # no HER2 dependence, no effect: HR 1 exactly (both arms evaluated on one day)
+    at0 = [r for r in rows if float(r["h_S"]) == 0.0 and float(r["h_D"]) == 0.0][0]
+    assert float(at0["hr_b47_tc"]) == pytest.approx(1.0, abs=1e-9)
+    assert float(at0["adj_h_cure_gain"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(at0["pcr_tch"]) == pytest.approx(float(at0["pcr_tc"]), abs=1e-12)
+    # HR -> 1 as the CSC dependence -> 0: monotone in h_S at every h_D
+    for hd in {r["h_D"] for r in rows}:
+        line = sorted((float(r["h_S"]), float(r["hr_b47_tc"])) for r in rows if r["h_D"] == hd)
+        hrs = [h for _, h in line]
+        assert all(b <= a + 1e-9 for a, b in zip(hrs, hrs[1:], strict=False)), line
+        assert hrs[0] == pytest.approx(1.0, abs=1e-9)
+    thr = s["b47_max_h_S_at_ci_lower"]
+    assert 0.0 <= thr["lo95"] <= thr["hi95"] <= 1.0 and 0.0 <= thr["map"] <= 1.0
+
+
+def test_csc_enrichment_quick(quick_fit, tmp_path):
+    exp = _load("csc_enrichment")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--fit", fit, "--pdx", str(tmp_path / "no_pdx"),
+                                 "--out", str(tmp_path)]))
+    for name in ("arms.csv", "trajectories.csv", "summary.json", "csc_enrichment.png",
+                 "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    arms = {a: v for a, v in s["arms"].items()}
+    assert set(arms) == {"T", "H", "T+H", "HP", "L"}
+    for v in arms.values():
+        assert 0.0 < v["csc_fraction_typical"] < 1.0 and 0.0 < v["untreated_fraction_typical"] < 1.0
+        assert 0.0 <= v["pcr_rate"] <= 1.0
+        assert v["log_enrichment_lo95"] <= v["log_enrichment_hi95"]
+    # chemotherapy alone: the CSC fraction moves in the direction of the CSC sparing
+    sigma = s["fitted_effects"]["csc_sparing_sigma_S"]
+    assert 0.0 < sigma < 1.0
+    assert math.copysign(1.0, arms["T"]["log_enrichment_typical"]) == math.copysign(1.0, 1 - sigma)
+    assert s["chemo_sign_matches_sparing"] is True
+    # the independent ODE solve agrees with the exact solution at surgery
+    assert max(s["simulate_vs_exact_rel_err"].values()) < 1e-2
+    assert s["pdx"] is None and "absent" in (tmp_path / "RESULT.md").read_text()
+    traj = _rows(tmp_path / "trajectories.csv")
+    assert {r["arm"] for r in traj} >= {"T", "H", "T|untreated"}
+    assert all(0.0 < float(r["csc_fraction"]) < 1.0 for r in traj)
+
+
+def test_csc_enrichment_reads_pdx_table(tmp_path):
+    exp = _load("csc_enrichment")
+    header = ("line,arm,status,her2_route,her2_efficacy_csc,her2_efficacy_csc_flag,"
+              "her2_efficacy_bulk,her2_efficacy_bulk_flag,csc_sparing,csc_sparing_flag\n")
+    (tmp_path / "line_arm.csv").write_text(
+        header + "X-1,trastuzumab,converged,CSC,0.8,,0.1,,,\n"
+        "X-2,trastuzumab,converged,not_identified,0.5,wide,0.5,wide,,\n"
+        "X-1,paclitaxel,converged,,,,,,0.2,\n"
+        "X-2,paclitaxel,failed,,,,,,0.9,\n")
+    pdx = exp.read_pdx(tmp_path)
+    assert pdx["n_usable"] == 3
+    assert pdx["arms"]["trastuzumab"]["her2_routes"] == {"CSC": 1, "not_identified": 1}
+    assert pdx["arms"]["trastuzumab"]["her2_efficacy_csc_unflagged_median"] == 0.8
+    assert pdx["arms"]["paclitaxel"]["csc_sparing_unflagged_median"] == 0.2
+    assert exp.read_pdx(tmp_path / "absent") is None
+
+
+def test_pcr_cure_quick(quick_fit, tmp_path):
+    exp = _load("pcr_cure")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--fit", fit, "--out", str(tmp_path)]))
+    for name in ("arms.csv", "links.csv", "summary.json", "pcr_cure.png", "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    # the joint integrals' marginals are TrialModel's own pCR, cure and DFS
+    assert max(s["marginals_match_trialmodel_max_abs"].values()) < 1e-9
+    for r in _rows(tmp_path / "arms.csv"):
+        p, cure = float(r["pcr_total_model"]), float(r["cure_model"])
+        never, cured = float(r["pcr_never_cured_total"]), float(r["no_pcr_cured_total"])
+        for v in (p, cure, never, cured, float(r["pcr_breast_model"]), float(r["dfs5_model"])):
+            assert 0.0 <= v <= 1.0
+        assert p * never <= p + 1e-12  # P(pCR and not cured) <= P(pCR)
+        # total probability: cure = P(pCR) P(cure | pCR) + P(no pCR) P(cure | no pCR)
+        assert cure == pytest.approx(p * (1 - never) + (1 - p) * cured, abs=1e-5)
+        assert float(r["pcr_breast_model"]) >= p - 1e-12  # breast-only pCR is looser
+        assert float(r["dfs5_model"]) >= cure - 1e-9  # the cured never recur
+    for k, v in s["headline"].items():
+        if k != "noah_hr":
+            assert v["lo95"] <= v["hi95"], k
+    for r in _rows(tmp_path / "links.csv"):
+        assert float(r["model_hr"]) >= 0.0 and float(r["hr_published"]) > 0.0
