@@ -1,38 +1,42 @@
 """Benchmark: multi-start MAP fits of many tumour growth curves, fitcsc vs a scipy peer.
 
-Fits the same ``--n`` real curves (default: all 849 mice of the PDXE breast set,
-``data_dir()/pdxe_brca/pdxe_brca_tumor_volume.csv``) with
+Fits ``--n`` real curves (default: all 849 mice of the PDXE breast set,
+``data_dir()/pdxe_brca/pdxe_brca_tumor_volume.csv``) with the model and parameter spec
+that ``fitcsc fit`` uses on that file: each arm its own constant drug effect
+(`fitcsc.default_arm_regimens`), the curves grouped by the class of that effect
+(cytostatic, HER2, chemotherapy, control), each group with the identifiable per-arm spec
+`csc_arm_spec` (free: v_S, V0 and the arm's effect; controls: v_S, p, V0). Sigma is fixed
+(0.2); zeros are left-censored (M3). Both fitters minimise ``0.5 * sum(r**2)`` of
+`fitcsc.residuals`, the -log-likelihood up to a constant of the data.
 
 - fitcsc: `fitcsc.fit_map` (Levenberg–Marquardt, optimistix, forward-mode ODE
-  sensitivities) on a `fitcsc.csc_predictor`, vmapped over curves and starts, called
-  on equal-size chunks of ``--chunk`` curves (one compile). Compile is timed apart.
-- the peer: a Python loop of `scipy.optimize.least_squares` (MINPACK ``lm``; ``trf``
-  for curves with fewer observations than parameters) over curves and starts, on the
-  same residuals computed by an independent NumPy model integrated by
-  `scipy.integrate.solve_ivp` (RK45) together with its forward sensitivity equations
-  (the analytic Jacobian), from the same start vectors, with the same tolerances.
-  When the peer is too slow for all curves it runs on a fixed random subset
-  (``--n-peer``) and the speed ratio is taken in curves per second.
+  sensitivities; trust region ``"eager"``, members stopped once their loss stalls),
+  vmapped over members (curve x start). The benchmark schedules the members: one
+  forward solve per member at its start counts its ODE steps, members are sorted by it
+  and fitted in equal chunks (lockstep waits for the slowest ODE of a chunk), with an LM
+  step cap per pass; members that reach the cap continue from where they stopped in a
+  later pass, in chunks of the same shape (one compile per group), up to the total LM
+  step budget. ``--schedule plain`` instead calls fit_map on chunks of curves with all
+  their starts (what a user does by hand); both are measured by default.
+- the peer: a Python loop of `scipy.optimize.least_squares` (MINPACK ``lm``; ``trf`` for
+  curves with fewer observations than parameters) over curves and starts, on the same
+  residuals computed by an independent NumPy model integrated by scipy's RK45 with its
+  forward sensitivity equations (an analytic Jacobian), from the same start vectors, with
+  the same ODE and optimiser tolerances. The same peer with least_squares' default
+  finite-difference Jacobian ('2-point', primal solves only) is timed on a few curves.
+  The peer runs on a fixed random subset (``--n-peer``); the speed ratio is in curves
+  per second, per group and overall.
 
-The model of this increment is growth only (no drug term): ``ModelConfig(crowding=
-"logistic")``, free ``csc_division_rate``, ``self_renewal`` (in (0.5, 1)),
-``bulk_division_rate`` and the per-curve ``initial_volume_mm3``; observation model:
-log-normal with fixed sigma, zeros left-censored (M3). Both fitters minimise
-``0.5 * sum(r**2)`` of `fitcsc.residuals`, which is the -log-likelihood up to a
-constant of the data.
+``--scaling`` fits synthetic curves of the control model (known parameters, fixed seed)
+for N = 10 ... 100,000 in chunks, each N in its own process, and writes time per curve
+and peak memory per N.
 
-Also measured: the lockstep cost of one hard member in a vmapped batch (DESIGN §5) and
-three mitigations (a lower ODE step cap, retrying failures in a small batch, bucketing
-members by their screened ODE cost). ``--scaling`` instead fits synthetic curves
-(known parameters, fixed seed) for N = 10 ... 10,000 in chunks, each N in its own
-process, and writes time per curve and peak memory per N.
+Usage (from the repository root; the machine is shared, so run it niced)::
 
-Usage (from the repository root)::
-
-    python benchmarks/batch_fit.py                # -> benchmarks/results/batch_fit.json
-    python benchmarks/batch_fit.py --quick        # smoke run (24 curves), temp dir
+    nice -n 10 python benchmarks/batch_fit.py          # -> results/batch_fit.json
+    python benchmarks/batch_fit.py --quick             # smoke run (24 curves), temp dir
     python benchmarks/batch_fit.py --n 200 --n-peer 48 --out /tmp/bf.json
-    python benchmarks/batch_fit.py --scaling      # -> results/batch_fit_scaling.json
+    nice -n 10 python benchmarks/batch_fit.py --scaling  # -> results/batch_fit_scaling.json
 
 Results are JSON (written atomically); see benchmarks/README.md for the fields.
 """
@@ -71,86 +75,88 @@ from scipy.integrate import RK45
 from scipy.optimize import least_squares
 from scipy.special import expit, log_ndtr
 
+from fitcsc import _fitrun  # the fit job's arm grouping and per-arm spec
+
 DEFAULT_OUT = RESULTS / "batch_fit.json"
 DEFAULT_SCALING_OUT = RESULTS / "batch_fit_scaling.json"
 PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "optimistix", "numpy", "scipy")
 
 # ---------------------------------------------------------------- the workload
 
-MODEL = fitcsc.ModelConfig(crowding="logistic")
-FIXED = {  # everything not listed keeps fitcsc.default_params (unused by this model)
-    "csc_death_rate": 0.0,  # delta_S [1/day]
-    "bulk_death_rate": 0.1,  # delta_D [1/day]: the bulk can shrink when v_D < 0.1
-    "carrying_capacity_cells": 1e10,  # K [cells] = 10,000 mm3 (largest volume: 2,728)
-    "initial_csc_fraction": 0.05,  # S/N at the first observation [-]
-}
-REFERENCE = fitcsc.default_params(MODEL, **FIXED)  # free ones: v_S 0.5, p 0.6, v_D 0.25
-FREE = {
-    "csc_division_rate": fitcsc.Positive(),  # v_S [1/day]
-    "self_renewal": fitcsc.Interval(0.5, 1.0),  # p [-]
-    "bulk_division_rate": fitcsc.Positive(),  # v_D [1/day]
-    "initial_volume_mm3": fitcsc.Positive(),  # V0 [mm3], per curve, starts at obs 1
-}
-SPEC = fitcsc.ParamSpec(FREE, REFERENCE)
-N_Z = len(FREE)
 SIGMA = 0.2  # SD of the log-volume error, fixed [-]
 DETECTION_LIMIT_MM3 = 1.0  # volumes below it (the zeros) are left-censored (M3)
+SPECIES = "mouse"
 ODE_RTOL, ODE_ATOL_CELLS, ODE_MAX_STEPS = 1e-8, 1e-6, 512  # csc_predictor defaults
-LM_RTOL = LM_ATOL = 1e-8  # fit_map defaults; scipy: ftol = xtol = gtol = 1e-8
-LM_MAX_STEPS = 200  # fit_map's default for "lm"; scipy: max_nfev = 200
+LM_RTOL = 1e-8  # fit_map rtol = atol; scipy ftol = xtol = gtol
+LM_MAX_STEPS = 200  # total LM steps (evaluations) per member; scipy max_nfev
+TRUST_REGION = "eager"  # fit_map(trust_region=...)
+STALL_RTOL, STALL_STEPS = 1e-8, 2  # fit_map(stall_rtol=..., stall_steps=...)
 NUM_STARTS, START_SCALE, START_SEED = 4, 1.0, 0
 PENALTY = 1e6  # residual of a failed prediction, as in fitcsc._fit_solve
 SEED = 20240601  # curve subsets and synthetic data
-ABSURD_CSC_RATE = 1000.0  # v_S [1/day] of the lockstep experiment's hard member
 DATA_FILE = ("pdxe_brca", "pdxe_brca_tumor_volume.csv")
+ARM_CONC_MG_PER_L = 1.0  # an arm pseudo-drug's concentration from day 0 (fitcsc._arms)
 
 
-def predictor(max_steps: int = ODE_MAX_STEPS):
-    return fitcsc.csc_predictor(
-        MODEL, SPEC, rtol=ODE_RTOL, atol=ODE_ATOL_CELLS, max_steps=max_steps
-    )
+def lm_tolerances(max_steps: int = LM_MAX_STEPS) -> dict[str, dict]:
+    """The optimiser settings, once for both sides: ``{"fitcsc": fit_map kwargs,
+    "peer": least_squares kwargs}``."""
+    return {
+        "fitcsc": dict(rtol=LM_RTOL, atol=LM_RTOL, max_steps=max_steps,
+                       trust_region=TRUST_REGION, stall_rtol=STALL_RTOL,
+                       stall_steps=STALL_STEPS),
+        "peer": dict(ftol=LM_RTOL, xtol=LM_RTOL, gtol=LM_RTOL, max_nfev=LM_MAX_STEPS),
+    }
 
 
-def fit(pred, batch, z_ref, num_starts: int, *, sigma: float = SIGMA):
-    """The fitcsc call being timed: every curve of ``batch``, ``num_starts`` starts."""
-    return fitcsc.fit_map(
-        pred,
-        batch,
-        num_starts=num_starts,
-        z_init=z_ref,
-        start_scale=START_SCALE,
-        sigma=sigma,
-        rtol=LM_RTOL,
-        atol=LM_ATOL,
-        max_steps=LM_MAX_STEPS,
-    )
+class Group:
+    """Curves that share one model and spec (as in ``fitcsc fit``): their batch (drug
+    slots renumbered), predictor, reference starts and indices in the file."""
+
+    def __init__(self, drugs, idx, batch, regs):
+        self.drugs = tuple(drugs)
+        self.cls = fitcsc.CATALOGUE[drugs[0]].drug_class if drugs else "control"
+        self.idx = np.asarray(idx)
+        self.model = fitcsc.ModelConfig(crowding="logistic", drugs=self.drugs,
+                                        species=SPECIES)
+        self.spec = _fitrun.csc_arm_spec(self.model)
+        self.pred = predictor(self.model, self.spec)
+        self.batch = _fitrun._group_batch(batch, self.idx, regs, self.drugs)
+        self.labels = tuple(self.pred.spec.labels())
+        self.n_z = len(self.labels)
+        data = fitcsc.subject_data(self.batch)
+        self.z_ref = np.asarray(jax.vmap(self.pred.init_z)(data))
+
+    @property
+    def n(self) -> int:
+        return int(self.idx.size)
+
+
+def predictor(model, spec, max_steps: int = ODE_MAX_STEPS):
+    return fitcsc.csc_predictor(model, spec, rtol=ODE_RTOL, atol=ODE_ATOL_CELLS,
+                                max_steps=max_steps)
 
 
 # ---------------------------------------------------------------- data and starts
 
 
-def load_pdxe(path: Path, n: int | None, seed: int):
-    """``n`` curves of the file (all, or a fixed random subset in file order; padded as
-    the full file, so shapes never depend on ``n``): ``(batch, indices, n_in_file)``."""
-    table = fitcsc.read_tidy_csv(path)
-    full = fitcsc.make_batch(table, detection_limit_mm3=DETECTION_LIMIT_MM3)
-    if n is None or n >= full.n_subjects:
-        return full, np.arange(full.n_subjects), full.n_subjects
-    idx = np.sort(np.random.default_rng(seed).choice(full.n_subjects, n, replace=False))
-    return full.subset(idx), idx, full.n_subjects
-
-
-def reference_z(batch) -> np.ndarray:
-    """Start 0 of every curve, ``(n, N_Z)``: the reference parameters with V0 at the
-    first observation (the detection limit if it is censored), as `csc_predictor`."""
-    ref = [
-        np.log(float(REFERENCE.csc_division_rate)),
-        float(np.log(0.2) - np.log1p(-0.2)),  # p = 0.6 -> (p - 0.5) / 0.5 = 0.2
-        np.log(float(REFERENCE.bulk_division_rate)),
-    ]
-    assert abs(0.5 + 0.5 * 0.2 - float(REFERENCE.self_renewal)) < 1e-15
-    v0 = np.asarray(batch.volume_mm3)[:, 0]
-    return np.column_stack([np.broadcast_to(ref, (v0.size, 3)), np.log(v0)])
+def load_groups(path: Path, n: int | None, seed: int):
+    """The file as ``fitcsc fit`` reads it (default arm regimens), ``n`` of its curves
+    (all, or a fixed random subset), grouped as the fit job groups them. **Returns**
+    ``(groups, batch, n_in_file)``; padding shapes are the full file's."""
+    batch, regimens, _, _ = _fitrun._load(path, None, "csc", SPECIES, DETECTION_LIMIT_MM3,
+                                          None, None)
+    regs = [_fitrun._regimen_of(regimens, s, a)
+            for s, a in zip(batch.subject, batch.arm, strict=True)]
+    keep = np.arange(batch.n_subjects)
+    if n is not None and n < batch.n_subjects:
+        keep = np.sort(np.random.default_rng(seed).choice(batch.n_subjects, n, replace=False))
+    groups = []
+    for drugs, idx in _fitrun._groups(batch, regs, "csc", SPECIES):
+        idx = np.intersect1d(idx, keep)
+        if idx.size:
+            groups.append(Group(drugs, idx, batch, regs))
+    return groups, batch, batch.n_subjects
 
 
 def sobol_unit(num_starts: int, n_z: int, seed: int) -> np.ndarray:
@@ -166,43 +172,30 @@ def sobol_unit(num_starts: int, n_z: int, seed: int) -> np.ndarray:
 
 
 def start_vectors(z_ref: np.ndarray, num_starts: int) -> np.ndarray:
-    """``(n, num_starts, N_Z)``: ``z_ref + START_SCALE * (2u - 1)``, as in fit_map."""
-    u = sobol_unit(num_starts, N_Z, START_SEED)
+    """``(n, num_starts, n_z)``: ``z_ref + START_SCALE * (2u - 1)``, as in fit_map."""
+    u = sobol_unit(num_starts, z_ref.shape[1], START_SEED)
     return z_ref[:, None, :] + START_SCALE * (2.0 * u - 1.0)[None]
 
 
-def check_starts(batch, z_ref, num_starts: int) -> dict:
-    """The starts fit_map uses equal ours: its reference start (`init_z`) and, through
-    a predictor with zero gradient (LM stops where it starts), every start vector."""
-    k = min(batch.n_subjects, 8)
-    small = batch.subset(np.arange(k))
-    data = fitcsc.subject_data(small)
-    init = np.asarray(jax.vmap(predictor().init_z)(data))
+def check_starts(g: Group, num_starts: int) -> dict:
+    """The starts fit_map builds itself equal ours: through a predictor with zero
+    gradient (LM stops where it starts) every start vector comes back as it went in."""
+    k = min(g.n, 8)
+    small = g.batch.subset(np.arange(k))
 
     def flat(z, s):  # log predictions = observations: zero residual, zero gradient
         return jnp.log(s.volume_mm3) + 0.0 * jnp.sum(z), jnp.asarray(0)
 
-    res = fitcsc.fit_map(
-        fitcsc.FunctionPredictor(flat, N_Z),
-        small,
-        num_starts=num_starts,
-        z_init=z_ref[:k],
-        start_scale=START_SCALE,
-        sigma=SIGMA,
-    )
+    res = fitcsc.fit_map(fitcsc.FunctionPredictor(flat, g.n_z), small, num_starts=num_starts,
+                         z_init=g.z_ref[:k], start_scale=START_SCALE, sigma=SIGMA)
     from fitcsc._fit import sobol_unit as fitcsc_sobol_unit  # the rule we copy
 
     out = {
-        "max_abs_diff_reference_start_vs_predictor_init_z": float(np.abs(init - z_ref[:k]).max()),
         "max_abs_diff_starts_vs_fit_map_all_z_zero_gradient": float(
-            np.abs(np.asarray(res.all_z) - start_vectors(z_ref[:k], num_starts)).max()
-        ),
-        "max_abs_diff_sobol_unit_vs_fitcsc": float(
-            np.abs(
-                sobol_unit(num_starts, N_Z, START_SEED)
-                - fitcsc_sobol_unit(num_starts, N_Z, START_SEED)
-            ).max()
-        ),
+            np.abs(np.asarray(res.all_z) - start_vectors(g.z_ref[:k], num_starts)).max()),
+        "max_abs_diff_sobol_unit_vs_fitcsc": float(np.abs(
+            sobol_unit(num_starts, g.n_z, START_SEED)
+            - fitcsc_sobol_unit(num_starts, g.n_z, START_SEED)).max()),
         "n_curves_checked": k,
     }
     if max(v for key, v in out.items() if key.startswith("max")) > 1e-12:
@@ -214,103 +207,162 @@ def curves_np(batch) -> list[dict]:
     """Real observations of each curve as NumPy (no padding), for the peer."""
     day, vol = np.asarray(batch.day), np.asarray(batch.volume_mm3)
     mask, cens = np.asarray(batch.mask), np.asarray(batch.censored)
-    out = []
-    for i in range(batch.n_subjects):
-        m = mask[i]
-        out.append(
-            {
-                "day": day[i, m],
-                "log_obs": np.log(vol[i, m]),
-                "censored": cens[i, m],
-                "t0": float(day[i, 0]),
-            }
-        )
-    return out
+    return [{"day": day[i, m], "log_obs": np.log(vol[i, m]), "censored": cens[i, m],
+             "t0": float(day[i, 0])} for i, m in enumerate(mask)]
 
 
-def objective_constant(curve: dict) -> float:
+def objective_constant(curve: dict, sigma: float = SIGMA) -> float:
     """-log-likelihood minus 0.5 sum(r**2): the uncensored terms' constants."""
     obs = ~curve["censored"]
-    return float(np.sum(math.log(SIGMA) + 0.5 * math.log(2 * math.pi) + curve["log_obs"][obs]))
+    return float(np.sum(math.log(sigma) + 0.5 * math.log(2 * math.pi) + curve["log_obs"][obs]))
+
+
+def obs_objective(curve: dict, log_pred: np.ndarray, sigma: float = SIGMA) -> float:
+    """0.5 sum(r**2) of `fitcsc.residuals` at log predictions (NumPy)."""
+    zc = (curve["log_obs"] - log_pred) / sigma
+    q = -2.0 * log_ndtr(zc)
+    r2 = np.where(curve["censored"], np.where(q > 1e-250, q, 0.0), zc**2)
+    return 0.5 * float(np.sum(r2))
 
 
 # ---------------------------------------------------------------- the scipy peer
 
 
 class PeerModel:
-    """Independent NumPy model: logistic SD model, its forward sensitivities in ``z``
-    (2 states + 2 x 4 sensitivities), scipy RK45 with fitcsc's rtol/atol and step cap."""
+    """Independent NumPy model of one group: the logistic SD model with the arm's
+    constant effect, and its forward sensitivities in ``z``, integrated by scipy's RK45.
 
-    def __init__(self, reference, model):
+    With a constant exposure (C = 1 mg/L from day 0; every PDXE curve starts at day >= 0)
+    the model is, for every class,
+
+        dS/dt = a S g - e_S S,   dD/dt = b S g + (c g - e_D) D,   g = 1 - (S + D)/K,
+
+    with constants q = (a, b, c, e_S, e_D) that depend on ``z`` (`coefficients`), so the
+    sensitivity equations need only dq/dz and the state Jacobian.
+    """
+
+    def __init__(self, g: Group, sensitivities: bool = True):
+        ref, model = g.spec.reference, g.model
         assert model.crowding == "logistic" and model.state_names == ("S", "D")
-        assert not model.drugs
-        self.d_S = float(reference.csc_death_rate)
-        self.d_D = float(reference.bulk_death_rate)
-        self.K = float(reference.carrying_capacity_cells)
-        self.f_csc = float(reference.initial_csc_fraction)
+        assert len(model.drugs) <= 1 and model.chemo_mode == "concentration"
+        self.cls, self.labels, self.n_z = g.cls, g.labels, g.n_z
+        f = {k: float(getattr(ref, k)) for k in (
+            "csc_death_rate", "bulk_death_rate", "bulk_division_rate", "self_renewal",
+            "carrying_capacity_cells", "initial_csc_fraction", "her2_dependence_csc",
+            "her2_dependence_bulk")}
+        self.d_S, self.d_D, self.v_D = f["csc_death_rate"], f["bulk_death_rate"], \
+            f["bulk_division_rate"]
+        self.p, self.K, self.f0 = f["self_renewal"], f["carrying_capacity_cells"], \
+            f["initial_csc_fraction"]
+        self.h_S, self.h_D = f["her2_dependence_csc"], f["her2_dependence_bulk"]
+        if model.drugs:  # Hill inhibition at C = 1 mg/L
+            ec50, hill = float(ref.ec50_mg_per_L[0]), float(ref.hill[0])
+            x = (ARM_CONC_MG_PER_L / ec50) ** hill
+            self.I = x / (1.0 + x)
         self.c = float(model.cells_per_mm3)
+        self.sens = sensitivities
+        # Error control on the two cell states only, as diffrax's ForwardMode (step sizes
+        # follow the primal solution; the sensitivities ride along). scipy's RMS norm
+        # divides by the number of components: rtol and the states' atol are divided by
+        # sqrt(n / 2) so that it is the 2-state norm exactly; the sensitivities get an
+        # atol of 1e300, so they never limit a step.
+        n = 2 + 2 * self.n_z if sensitivities else 2
+        norm = math.sqrt(n / 2)
+        self.rtol = ODE_RTOL / norm
+        self.atol = np.array([ODE_ATOL_CELLS / norm] * 2 + [1e300] * (n - 2))
         self.n_rhs = 0
+        self.n_solves = 0
 
-    def rhs(self, v_S, p, v_D, dp_dz):
-        d_S, d_D, K = self.d_S, self.d_D, self.K
-        a, b = v_S * (2.0 * p - 1.0), 2.0 * v_S * (1.0 - p)
+    def coefficients(self, z):
+        """``q = (a, b, c, e_S, e_D)`` and ``dq/dz`` (5, n_z) at ``z`` (the labels of
+        `csc_arm_spec`; the last element is log V0)."""
+        v_S, p, v_D = math.exp(z[0]), self.p, self.v_D
+        Q = np.zeros((5, self.n_z))
+        e_S, e_D, G = self.d_S, self.d_D, 1.0
+        if self.cls == "control":  # z: log v_S, logit (p - 0.5)/0.5, log V0
+            s = expit(z[1])
+            p, dp = 0.5 + 0.5 * s, 0.5 * s * (1.0 - s)
+            Q[0, 1], Q[1, 1] = 2.0 * v_S * dp, -2.0 * v_S * dp
+        elif self.cls == "cytostatic":  # z: log v_S, logit e, log V0; G = 1 - e I
+            e = expit(z[1])
+            G, dG = 1.0 - e * self.I, -self.I * e * (1.0 - e)
+            Q[0, 1], Q[1, 1] = v_S * (2 * p - 1) * dG, 2 * v_S * (1 - p) * dG
+            Q[2, 1] = v_D * dG
+        elif self.cls == "her2":  # z: log v_S, logit eps_S, logit eps_D, log V0
+            es, eb = expit(z[1]), expit(z[2])
+            dp = -p * self.h_S * self.I * es * (1.0 - es)
+            p = p * (1.0 - es * self.h_S * self.I)
+            Q[0, 1], Q[1, 1] = 2.0 * v_S * dp, -2.0 * v_S * dp
+            Q[2, 2] = -v_D * self.h_D * self.I * eb * (1.0 - eb)
+            v_D = v_D * (1.0 - eb * self.h_D * self.I)
+        elif self.cls == "chemo":  # z: log v_S, log k, logit sigma_S, log V0; C = 1
+            k, sg = math.exp(z[1]), expit(z[2])
+            e_S, e_D = e_S + sg * k * ARM_CONC_MG_PER_L, e_D + k * ARM_CONC_MG_PER_L
+            Q[3, 1], Q[4, 1] = sg * k * ARM_CONC_MG_PER_L, k * ARM_CONC_MG_PER_L
+            Q[3, 2] = k * sg * (1.0 - sg) * ARM_CONC_MG_PER_L
+        else:
+            raise ValueError(f"no peer model for drug class {self.cls!r}")
+        a, b, c = v_S * G * (2 * p - 1), 2 * v_S * G * (1 - p), v_D * G
+        Q[0, 0], Q[1, 0] = a, b
+        return (a, b, c, e_S, e_D), Q
+
+    def rhs(self, q, Q):
+        a, b, c, e_S, e_D = q
+        K, n = self.K, self.n_z
+        if not self.sens:
+            def f(t, y):
+                self.n_rhs += 1
+                S, D = y[0], y[1]
+                g = 1.0 - (S + D) / K
+                return np.array([a * S * g - e_S * S, b * S * g + (c * g - e_D) * D])
+
+            return f
 
         def f(t, y):
             self.n_rhs += 1
             S, D = y[0], y[1]
             g = 1.0 - (S + D) / K
-            sS, sD = y[2:6], y[6:10]
-            # d(dS/dt)/dy and d(dD/dt)/dy
-            j_SS, j_SD = a * (g - S / K) - d_S, -a * S / K
-            j_DS = b * (g - S / K) - v_D * D / K
-            j_DD = -b * S / K + v_D * (g - D / K) - d_D
+            sS, sD = y[2 : 2 + n], y[2 + n :]
             Sg = S * g
-            # explicit dependence on z = (log v_S, logit-ish p, log v_D, log V0)
-            pS = np.array([a * Sg, 2.0 * v_S * Sg * dp_dz, 0.0, 0.0])
-            pD = np.array([b * Sg, -2.0 * v_S * Sg * dp_dz, v_D * g * D, 0.0])
-            out = np.empty(10)
-            out[0] = a * Sg - d_S * S
-            out[1] = b * Sg + (v_D * g - d_D) * D
-            out[2:6] = j_SS * sS + j_SD * sD + pS
-            out[6:10] = j_DS * sS + j_DD * sD + pD
+            out = np.empty(2 + 2 * n)
+            out[0] = a * Sg - e_S * S
+            out[1] = b * Sg + (c * g - e_D) * D
+            # d(dS/dt)/dy . s + d(dS/dt)/dq . dq/dz, and the same for D
+            out[2 : 2 + n] = ((a * (g - S / K) - e_S) * sS - a * S / K * sD
+                              + Sg * Q[0] - S * Q[3])
+            out[2 + n :] = ((b * (g - S / K) - c * D / K) * sS
+                            + (c * (g - D / K) - b * S / K - e_D) * sD
+                            + Sg * Q[1] + g * D * Q[2] - D * Q[4])
             return out
 
         return f
 
     def log_volume(self, z, day, t0):
-        """log V [log mm3] at ``day`` and its Jacobian in ``z``; ``ok`` False when the
-        solve failed or a volume is not positive."""
-        v_S, v_D, V0 = (float(x) for x in np.exp(z[[0, 2, 3]]))  # inf, not an error
-        s = expit(z[1])
-        p, dp_dz = 0.5 + 0.5 * s, 0.5 * s * (1.0 - s)
-        N0 = V0 * self.c
-        y0 = np.zeros(10)
-        y0[0], y0[1] = self.f_csc * N0, (1.0 - self.f_csc) * N0
-        y0[5], y0[9] = y0[0], y0[1]  # d y0 / d log V0 = y0
-        if not (np.all(np.isfinite(y0)) and math.isfinite(v_S * v_D * dp_dz)):
+        """log V [log mm3] at ``day`` and (with sensitivities) its Jacobian in ``z``;
+        ``ok`` False when the solve failed or a volume is not positive."""
+        q, Q = self.coefficients(z)
+        N0 = math.exp(z[-1]) * self.c  # inf, not an error
+        n = self.n_z
+        y0 = np.zeros(2 + 2 * n if self.sens else 2)
+        y0[0], y0[1] = self.f0 * N0, (1.0 - self.f0) * N0
+        if self.sens:  # d y0 / d log V0 = y0
+            y0[1 + n], y0[1 + 2 * n] = y0[0], y0[1]
+        if not (np.all(np.isfinite(y0)) and np.all(np.isfinite(q)) and np.all(np.isfinite(Q))):
             return None, None, False
         ts, inv = np.unique(day, return_inverse=True)
-        ys = rk45_capped(self.rhs(v_S, p, v_D, dp_dz), t0, y0, ts)
+        self.n_solves += 1
+        ys = rk45_capped(self.rhs(q, Q), t0, y0, ts, self.rtol, self.atol)
         if ys is None:
             return None, None, False
         N = ys[:, 0] + ys[:, 1]
         if not np.all(np.isfinite(ys)) or np.any(N <= 0):
             return None, None, False
-        dN = ys[:, 2:6] + ys[:, 6:10]
-        return (np.log(N / self.c))[inv], (dN / N[:, None])[inv], True
+        dlv = (ys[:, 2 : 2 + n] + ys[:, 2 + n :]) / N[:, None] if self.sens else None
+        return np.log(N / self.c)[inv], None if dlv is None else dlv[inv], True
 
 
-# Error control on the two cell states only, as diffrax's ForwardMode (its step sizes
-# follow the primal solution; the sensitivities ride along on the same steps). scipy's
-# RMS norm divides by the number of components (10, not 2): dividing rtol and the
-# states' atol by sqrt(5) makes it the 2-state norm exactly; the sensitivities get an
-# atol of 1e300, so they never limit a step.
-_NORM = math.sqrt(10 / 2)
-PEER_RTOL = ODE_RTOL / _NORM
-PEER_ATOL = np.array([ODE_ATOL_CELLS / _NORM] * 2 + [1e300] * 8)
-
-
-def rk45_capped(fun, t0: float, y0: np.ndarray, ts: np.ndarray, max_steps=ODE_MAX_STEPS):
+def rk45_capped(fun, t0: float, y0: np.ndarray, ts: np.ndarray, rtol, atol,
+                max_steps: int = ODE_MAX_STEPS):
     """`scipy.integrate.RK45` from ``t0`` to ``ts[-1]``, saved at ``ts`` (dense
     output), failing (None) after ``max_steps`` step attempts as diffrax does."""
     out = np.empty((ts.size, y0.size))
@@ -318,7 +370,7 @@ def rk45_capped(fun, t0: float, y0: np.ndarray, ts: np.ndarray, max_steps=ODE_MA
     out[:k] = y0
     if k == ts.size:
         return out
-    solver = RK45(fun, t0, y0, ts[-1], rtol=PEER_RTOL, atol=PEER_ATOL)
+    solver = RK45(fun, t0, y0, ts[-1], rtol=rtol, atol=atol)
     nfev0 = solver.nfev  # f(t0) and the initial-step probe; then 6 per attempt
     while solver.status == "running":
         solver.step()
@@ -333,52 +385,47 @@ def rk45_capped(fun, t0: float, y0: np.ndarray, ts: np.ndarray, max_steps=ODE_MA
     return out
 
 
-def peer_residuals(model: PeerModel, z, curve):
-    """Residuals of `fitcsc.residuals` and their Jacobian; a failed prediction gives
-    `PENALTY` and a zero Jacobian, as in fitcsc."""
-    with np.errstate(all="ignore"):  # absurd trial points overflow: a failure, as in fitcsc
-        try:
-            return _peer_residuals(model, z, curve)
-        except (ArithmeticError, ValueError):
-            m = curve["day"].size
-            return np.full(m, PENALTY), np.zeros((m, N_Z)), False
-
-
-def _peer_residuals(model, z, curve):
+def peer_residuals(model: PeerModel, z, curve, sigma: float = SIGMA):
+    """Residuals of `fitcsc.residuals` and (with sensitivities) their Jacobian; a
+    failed prediction gives `PENALTY` and a zero Jacobian, as in fitcsc."""
     m = curve["day"].size
-    lp, dlp, ok = model.log_volume(z, curve["day"], curve["t0"])
-    if not ok:
-        return np.full(m, PENALTY), np.zeros((m, N_Z)), False
-    zc = (curve["log_obs"] - lp) / SIGMA
-    r, w = zc.copy(), np.full(m, -1.0 / SIGMA)
-    cens = curve["censored"]
-    if cens.any():
-        lphi = log_ndtr(zc[cens])
-        q = -2.0 * lphi
-        big = q > 1e-250
-        rc = np.where(big, np.sqrt(np.where(big, q, 1.0)), 0.0)
-        ratio = np.exp(-0.5 * zc[cens] ** 2 - 0.5 * math.log(2 * math.pi) - lphi)
-        r[cens] = rc
-        w[cens] = np.where(big, ratio / (SIGMA * np.where(big, rc, 1.0)), 0.0)
-    if not np.all(np.isfinite(r)):
-        return np.full(m, PENALTY), np.zeros((m, N_Z)), False
-    return r, w[:, None] * dlp, True
+    fail = np.full(m, PENALTY), np.zeros((m, model.n_z)), False
+    with np.errstate(all="ignore"):  # absurd trial points overflow: a failure
+        try:
+            lp, dlp, ok = model.log_volume(z, curve["day"], curve["t0"])
+        except (ArithmeticError, ValueError):
+            return fail
+        if not ok:
+            return fail
+        zc = (curve["log_obs"] - lp) / sigma
+        r, w = zc.copy(), np.full(m, -1.0 / sigma)
+        cens = curve["censored"]
+        if cens.any():
+            lphi = log_ndtr(zc[cens])
+            q = -2.0 * lphi
+            big = q > 1e-250
+            rc = np.where(big, np.sqrt(np.where(big, q, 1.0)), 0.0)
+            ratio = np.exp(-0.5 * zc[cens] ** 2 - 0.5 * math.log(2 * math.pi) - lphi)
+            r[cens] = rc
+            w[cens] = np.where(big, ratio / (sigma * np.where(big, rc, 1.0)), 0.0)
+        if not np.all(np.isfinite(r)):
+            return fail
+    return r, None if dlp is None else w[:, None] * dlp, True
 
 
 def peer_fit_curve(model: PeerModel, curve: dict, starts: np.ndarray) -> dict:
     """least_squares from every start; the best start by objective among those that
-    did not fail. Each objective evaluation is one augmented ODE solve; the Jacobian at
-    the last evaluated point is reused, not recomputed."""
+    did not fail. With sensitivities each evaluation is one augmented ODE solve and
+    the Jacobian at the last evaluated point is reused, not recomputed; without, the
+    Jacobian is least_squares' default 2-point finite differences."""
     m = curve["day"].size
-    method = "lm" if m >= N_Z else "trf"  # MINPACK lm needs m >= n
+    method = "lm" if m >= model.n_z else "trf"  # MINPACK lm needs m >= n
     rows = []
     for z0 in starts:
-        cache = {}
-        solves = 0
+        cache: dict = {}
+        solves0 = model.n_solves
 
         def fun(z, cache=cache):
-            nonlocal solves
-            solves += 1
             r, J, _ = peer_residuals(model, z, curve)
             cache["z"], cache["J"] = z.copy(), J
             return r
@@ -388,120 +435,238 @@ def peer_fit_curve(model: PeerModel, curve: dict, starts: np.ndarray) -> dict:
                 fun(z)
             return cache["J"]
 
-        res = least_squares(
-            fun,
-            z0,
-            jac=jac,
-            method=method,
-            ftol=LM_RTOL,
-            xtol=LM_RTOL,
-            gtol=LM_RTOL,
-            max_nfev=LM_MAX_STEPS,
-        )
+        res = least_squares(fun, z0, jac=jac if model.sens else "2-point", method=method,
+                            **lm_tolerances()["peer"])
         failed = not np.all(np.abs(res.fun) < PENALTY) or not np.isfinite(res.cost)
-        rows.append(
-            {
-                "z": res.x,
-                "objective": float(res.cost),
-                "status": int(res.status),
-                "failed": bool(failed),
-                "nfev": int(res.nfev),
-                "njev": int(res.njev or 0),
-                "ode_solves": solves,
-            }
-        )
+        rows.append({"z": res.x, "objective": float(res.cost), "status": int(res.status),
+                     "failed": bool(failed), "nfev": int(res.nfev),
+                     "njev": int(res.njev or 0), "ode_solves": model.n_solves - solves0})
     usable = [k for k, r in enumerate(rows) if not r["failed"]] or list(range(len(rows)))
     best = min(usable, key=lambda k: rows[k]["objective"])
     return {"best": best, "starts": rows, "method": method}
 
 
-PEER_STATUS = {
-    -1: "improper_input",
-    0: "max_nfev",
-    1: "gtol",
-    2: "ftol",
-    3: "xtol",
-    4: "ftol_and_xtol",
-}
+PEER_STATUS = {-1: "improper_input", 0: "max_nfev", 1: "gtol", 2: "ftol", 3: "xtol",
+               4: "ftol_and_xtol"}
+
+
+def run_peer(groups, peer_sel, curves, starts, *, sensitivities=True, tag="peer") -> dict:
+    """The peer on the selected curves of every group: ``peer_sel[g]`` are indices into
+    group ``g``. **Returns** per-curve results (by group) and timings."""
+    out: dict = {"per_group": {}, "wall_s": 0.0, "n_curves": 0}
+    done = 0
+    for g, sel in zip(groups, peer_sel, strict=True):
+        if not len(sel):
+            continue
+        pm = PeerModel(g, sensitivities=sensitivities)
+        fits, per_curve_s = [], []
+        for i in sel:
+            t = time.perf_counter()
+            fits.append(peer_fit_curve(pm, curves[g.cls][i], starts[g.cls][i]))
+            per_curve_s.append(time.perf_counter() - t)
+            done += 1
+            if done % 16 == 0:
+                log(f"  {tag} {done}: {out['wall_s'] + sum(per_curve_s):.1f} s")
+        wall = float(sum(per_curve_s))
+        out["per_group"][g.cls] = {"sel": np.asarray(sel), "fits": fits,
+                                   "per_curve_s": per_curve_s, "wall_s": wall,
+                                   "ode_solves": pm.n_solves, "rhs_evaluations": pm.n_rhs}
+        out["wall_s"] += wall
+        out["n_curves"] += len(sel)
+    out["curves_per_s"] = out["n_curves"] / out["wall_s"] if out["wall_s"] else None
+    return out
 
 
 # ---------------------------------------------------------------- the fitcsc side
 
-FIELDS = (
-    "z",
-    "loss",
-    "status",
-    "n_steps",
-    "best_start",
-    "all_z",
-    "all_losses",
-    "all_status",
-    "all_n_steps",
-    "log_volume_pred",
-)
+def fit_call(g: Group, batch, z_init, num_starts: int, max_steps: int, *, sigma=SIGMA,
+             start_scale=START_SCALE):
+    """The fitcsc call being timed: every curve of ``batch`` from ``num_starts`` starts
+    around ``z_init`` (with ``num_starts=1``: from ``z_init`` itself)."""
+    return fitcsc.fit_map(g.pred, batch, num_starts=num_starts, z_init=z_init,
+                          start_scale=start_scale if num_starts > 1 else 0.0, sigma=sigma,
+                          **lm_tolerances(max_steps)["fitcsc"])
 
 
-def equal_chunks(n: int, chunk: int) -> tuple[int, int]:
-    """``(n_chunks, size)``: the fewest chunks of at most ``chunk`` curves, all of one
-    size (one compile); the last one is padded with repeats of the first curves."""
-    n_chunks = math.ceil(n / max(1, min(chunk, n)))
-    return n_chunks, math.ceil(n / n_chunks)
-
-
-def run_fitcsc(pred, batch, z_ref, *, chunk: int, num_starts: int, sigma=SIGMA) -> dict:
-    """fit_map over equal-size chunks: a first call on chunk 0 (compile + run), then
-    every chunk timed. **Returns** the per-curve arrays (FIELDS) and the timings."""
-    n = batch.n_subjects
-    n_chunks, size = equal_chunks(n, chunk)
-    order = np.arange(n_chunks * size) % n
-    parts = [order[k * size : (k + 1) * size] for k in range(n_chunks)]
-    parts = [(batch.subset(ix), z_ref[ix]) for ix in parts]  # host work, not timed
-    _, first_s, compile_s = timed(fit, pred, *parts[0], num_starts, sigma=sigma)
-    run_s, outs, recompile_s = [], [], 0.0
-    for k, (b, z) in enumerate(parts):
-        res, wall, comp = timed(fit, pred, b, z, num_starts, sigma=sigma)
-        run_s.append(wall)
-        recompile_s += comp
-        outs.append({f: np.asarray(getattr(res, f)) for f in FIELDS})
-        log(f"  chunk {k + 1}/{n_chunks}: {wall:.2f} s")
-    return {
-        "arrays": {f: np.concatenate([o[f] for o in outs])[:n] for f in FIELDS},
-        "chunk_lm_steps_max": [int(o["all_n_steps"].max()) for o in outs],
-        "chunk_lm_steps_mean": [float(o["all_n_steps"].mean()) for o in outs],
-        "n_chunks": n_chunks,
-        "chunk_size": size,
-        "n_padding_curves": n_chunks * size - n,
-        "run_s": run_s,
-        "wall_s": float(sum(run_s)),
-        "first_call_s": first_s,
-        "compile_s": compile_s,
-        "compile_s_inside_timed_calls": recompile_s,
-    }
-
-
-def ode_steps(batch, z: np.ndarray, max_steps: int = ODE_MAX_STEPS):
-    """ODE steps and status of one forward solve per curve at ``z`` (no sensitivities),
-    with the predictor's solver settings; ``(steps, status, run_s, compile_s)``."""
+def ode_screen_fn(g: Group):
+    """One forward solve per member at ``z`` (no sensitivities, the predictor's ODE
+    settings): ``(steps, status)``, jit-compiled per group."""
 
     @jax.jit
     @jax.vmap
-    def one(z_, s):
-        sol = fitcsc.simulate(
-            MODEL,
-            SPEC.from_z(z_),
-            None,
-            s.day,
-            t0=s.t0_day,
-            rtol=ODE_RTOL,
-            atol=ODE_ATOL_CELLS,
-            max_steps=max_steps,
-        )
+    def one(z, s):
+        sol = fitcsc.simulate(g.model, g.pred._params(z, s), s.schedule, s.day, t0=s.t0_day,
+                              rtol=ODE_RTOL, atol=ODE_ATOL_CELLS, max_steps=ODE_MAX_STEPS)
         return sol.num_steps, sol.status
 
-    data, zz = fitcsc.subject_data(batch), jnp.asarray(z)
-    _, _, compile_s = timed(one, zz, data)
-    (steps, status), run_s, _ = timed(one, zz, data)
-    return np.asarray(steps), np.asarray(status), run_s, compile_s
+    return one
+
+
+def rows_of(data, sel):
+    """Rows ``sel`` of every array of ``data`` (a `SubjectData`), on the host."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[sel]), data)
+
+
+def chunks_of(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """``order`` cut into chunks of ``size``; the last one padded with repeats of its
+    own members (their results are dropped), so every chunk has one shape."""
+    out = []
+    for k in range(0, order.size, size):
+        part = order[k : k + size]
+        out.append(np.resize(part, size) if part.size < size else part)
+    return out
+
+
+class Meter:
+    """Timed calls of one fitcsc run: run time (wall minus compile) and compile time."""
+
+    def __init__(self):
+        self.run_s = 0.0
+        self.compile_s = 0.0
+        self.calls = 0
+
+    def __call__(self, fn, *args, **kwargs):
+        out, wall, comp = timed(fn, *args, **kwargs)
+        self.run_s += wall - comp
+        self.compile_s += comp
+        self.calls += 1
+        return out
+
+
+def best_of_starts(loss: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """fit_map's rule (`fitcsc._fit._best`): the lowest loss among starts that did not
+    fail, else the lowest finite loss. ``(n, S)`` -> ``(n,)``."""
+    usable = (status <= fitcsc.FitStatus.MAX_STEPS) & np.isfinite(loss)
+    fin = np.where(np.isfinite(loss), loss, np.inf)
+    return np.where(usable.any(axis=1), np.argmin(np.where(usable, loss, np.inf), axis=1),
+                    np.argmin(fin, axis=1))
+
+
+def plan(order: np.ndarray, size: int, small: int) -> list[np.ndarray]:
+    """``order`` cut into full chunks of ``size``, the rest into chunks of ``small``
+    (the last one padded), so that little is padded and only two shapes compile."""
+    full = order.size // size * size
+    return chunks_of(order[:full], size) + chunks_of(order[full:], small)
+
+
+def run_scheduled(g: Group, num_starts: int, *, chunk: int, cap: int, small_chunk: int = 16,
+                  sigma=SIGMA, warm: bool = True) -> dict:
+    """Members (curve x start) fitted in passes of at most ``cap`` LM steps. Before
+    each pass the pending members are screened (one forward solve at their current
+    ``z``: its ODE steps), sorted by ODE cost and cut into chunks of ``chunk`` members
+    (the rest in chunks of ``small_chunk``), so that a chunk's members need similar ODE
+    steps. Members at the cap continue from their last point in the next pass, until
+    they converge, fail or spend `LM_MAX_STEPS`. ``warm``: compile (and run) every
+    function on each chunk shape first, apart from the timing."""
+    S, n_z = num_starts, g.n_z
+    z0 = start_vectors(g.z_ref, S).reshape(-1, n_z)
+    curve_of = np.repeat(np.arange(g.n), S)
+    n_m = z0.shape[0]
+    size = min(chunk, n_m)
+    small = min(small_chunk, size)
+    members = g.batch.subset(curve_of)  # host work
+    data = fitcsc.subject_data(members)
+    screen = ode_screen_fn(g)
+    first: dict = {}
+    if warm:  # compile outside the timing
+        for sz in dict.fromkeys((size, small)):
+            sel = np.resize(np.arange(n_m), sz)
+            for name, fn, args_ in (
+                    ("screen", screen, (jnp.asarray(z0[sel]), rows_of(data, sel))),
+                    ("fit", fit_call, (g, members.subset(sel), z0[sel], 1, cap))):
+                _, wall, comp = timed(fn, *args_)
+                first[f"{name}_s"] = first.get(f"{name}_s", 0.0) + wall
+                first[f"{name}_compile_s"] = first.get(f"{name}_compile_s", 0.0) + comp
+    meter = Meter()
+    t_all = time.perf_counter()
+    z = z0.copy()
+    n_steps = np.zeros(n_m, np.int64)
+    status = np.full(n_m, -1, np.int64)
+    loss = np.full(n_m, np.nan)
+    log_pred = np.full((n_m, g.batch.n_obs), np.nan)
+    ode_steps = np.zeros(n_m, np.int64)
+    ode_status = np.zeros(n_m, np.int64)
+    steps0 = status0 = None
+    pending = np.arange(n_m)
+    passes = []
+    while pending.size:
+        for sel in plan(pending, size, small):  # screen at the current z
+            st, ss = meter(screen, jnp.asarray(z[sel]), rows_of(data, sel))
+            ode_steps[sel], ode_status[sel] = np.asarray(st), np.asarray(ss)
+        if steps0 is None:
+            steps0, status0 = ode_steps.copy(), ode_status.copy()
+        key = np.where(ode_status == 0, ode_steps, np.iinfo(np.int64).max)
+        order = pending[np.argsort(key[pending], kind="stable")]
+        lm_max = []
+        for sel in plan(order, size, small):
+            r = meter(fit_call, g, members.subset(sel), z[sel], 1, cap, sigma=sigma)
+            real = np.unique(sel, return_index=True)[1]  # padding repeats: first copy
+            s = sel[real]
+            z[s] = np.asarray(r.z)[real]
+            loss[s] = np.asarray(r.loss)[real]
+            status[s] = np.asarray(r.status)[real]
+            n_steps[s] += np.asarray(r.n_steps)[real]
+            log_pred[s] = np.asarray(r.log_volume_pred)[real]
+            lm_max.append(int(np.asarray(r.n_steps).max()))
+        passes.append({"members": int(order.size), "chunks": len(lm_max),
+                       "ode_steps_max": int(ode_steps[order].max()),
+                       "chunk_lm_steps_max": lm_max})
+        pending = order[(status[order] == fitcsc.FitStatus.MAX_STEPS)
+                        & (n_steps[order] + cap <= LM_MAX_STEPS)]
+    wall = time.perf_counter() - t_all
+    out = {"z": z, "loss": loss, "status": status, "n_steps": n_steps, "log_pred": log_pred,
+           "ode_steps_at_start": steps0, "ode_status_at_start": status0}
+    best = best_of_starts(loss.reshape(g.n, S), status.reshape(g.n, S))
+    pick = np.arange(g.n) * S + best
+    return {
+        "members": out,
+        "best": {"z": z[pick], "loss": loss[pick], "status": status[pick],
+                 "n_steps": n_steps[pick], "log_pred": log_pred[pick], "start": best},
+        "all_losses": loss.reshape(g.n, S),
+        "all_status": status.reshape(g.n, S),
+        "all_n_steps": n_steps.reshape(g.n, S),
+        "timing": {"run_s": meter.run_s, "wall_s": wall, "host_s": wall - meter.run_s
+                   - meter.compile_s, "compile_s_inside_timed_calls": meter.compile_s,
+                   "calls": meter.calls, **first},
+        "passes": passes,
+        "chunk_members": [size, small],
+        "cap": cap,
+    }
+
+
+def run_plain(g: Group, num_starts: int, *, chunk: int, sigma=SIGMA, warm: bool = True):
+    """fit_map on equal chunks of ``chunk`` curves, all their starts at once (members in
+    file order, no screening, one pass of `LM_MAX_STEPS`): what a user does by hand."""
+    n = g.n
+    size = min(chunk, n)
+    parts = chunks_of(np.arange(n), size)
+    first: dict = {}
+    if warm:
+        _, first["fit_s"], first["fit_compile_s"] = timed(
+            fit_call, g, g.batch.subset(parts[0]), g.z_ref[parts[0]], num_starts,
+            LM_MAX_STEPS, sigma=sigma)
+    meter = Meter()
+    t_all = time.perf_counter()
+    res = {k: np.empty((n, num_starts)) for k in ("all_losses", "all_status", "all_n_steps")}
+    best_loss, best_status, best_start = np.empty(n), np.empty(n, np.int64), \
+        np.empty(n, np.int64)
+    lm_max = []
+    for sel in parts:
+        r = meter(fit_call, g, g.batch.subset(sel), g.z_ref[sel], num_starts, LM_MAX_STEPS,
+                  sigma=sigma)
+        real = np.unique(sel, return_index=True)[1]
+        s = sel[real]
+        res["all_losses"][s] = np.asarray(r.all_losses)[real]
+        res["all_status"][s] = np.asarray(r.all_status)[real]
+        res["all_n_steps"][s] = np.asarray(r.all_n_steps)[real]
+        best_loss[s], best_status[s] = np.asarray(r.loss)[real], np.asarray(r.status)[real]
+        best_start[s] = np.asarray(r.best_start)[real]
+        lm_max.append(int(np.asarray(r.all_n_steps).max()))
+    wall = time.perf_counter() - t_all
+    return {"best": {"loss": best_loss, "status": best_status, "start": best_start}, **res,
+            "timing": {"run_s": meter.run_s, "wall_s": wall,
+                       "compile_s_inside_timed_calls": meter.compile_s, **first},
+            "chunk_curves": size, "chunk_lm_steps_max": lm_max}
 
 
 def counts(codes, names) -> dict:
@@ -515,206 +680,50 @@ def fit_status_name(c: int) -> str:
 
 def spread(x) -> dict:
     x = np.asarray(x, float).ravel()
-    return {
-        "median": float(np.median(x)),
-        "p90": float(np.quantile(x, 0.9)),
-        "max": float(x.max()),
-        "min": float(x.min()),
-        "mean": float(x.mean()),
-    }
+    if not x.size:
+        return {}
+    return {"median": float(np.median(x)), "p90": float(np.quantile(x, 0.9)),
+            "max": float(x.max()), "min": float(x.min()), "mean": float(x.mean())}
 
 
-def obs_objective(curve: dict, log_pred: np.ndarray) -> float:
-    """0.5 sum(r**2) of `fitcsc.residuals` at log predictions (NumPy)."""
-    zc = (curve["log_obs"] - log_pred) / SIGMA
-    q = -2.0 * log_ndtr(zc)
-    r2 = np.where(curve["censored"], np.where(q > 1e-250, q, 0.0), zc**2)
-    return 0.5 * float(np.sum(r2))
+def fitcsc_seconds(run: dict) -> float:
+    """Seconds of a fitcsc run: wall time of the timed part (host scheduling included),
+    minus any compile inside it (zero when the warm-up compiled everything)."""
+    t = run["timing"]
+    return t["wall_s"] - t["compile_s_inside_timed_calls"]
 
 
-# ---------------------------------------------------------------- lockstep (DESIGN §5)
+def check_residuals(g: Group, curves, starts, picks) -> dict:
+    """The peer's residuals and Jacobian equal fitcsc's (`fitcsc.residuals` of the
+    predictor's output, `jax.jacfwd`) at the same ``z``, on a few curves of a group."""
 
+    @jax.jit
+    def r_fitcsc(z, s):
+        def r(z_):
+            lp, _ = g.pred(z_, s)
+            return fitcsc.residuals(jnp.exp(lp), s.volume_mm3, s.mask, s.censored, SIGMA)
 
-def lockstep_experiment(batch, z_ref, *, size: int, cap: int, buckets: int, retry: int):
-    """One hard member in a batch of ``size`` ordinary curves (one start each): its
-    start ``v_S = ABSURD_CSC_RATE`` makes every ODE solve run into the step cap, and
-    under vmap the whole batch waits for it at every LM iteration."""
-    idx = np.arange(size) % batch.n_subjects
-    b, z = batch.subset(idx), z_ref[idx]
-    hard = z.copy()
-    hard[0, 0] = math.log(ABSURD_CSC_RATE)
-    base, capped = predictor(), predictor(cap)
-    runs: dict[str, dict] = {}
-    results: dict[str, object] = {}
+        return r(z), jax.jacfwd(r)(z)
 
-    def go(name, pred, bb, zz):
-        res, wall, comp = timed(fit, pred, bb, zz, 1)
-        runs[name] = {
-            "wall_s": wall,
-            "compile_s": comp,
-            "run_s": wall - comp,
-            "n_curves": bb.n_subjects,
-            "lm_steps_max": int(np.asarray(res.n_steps).max()),
-            "status_counts": counts(res.status, fit_status_name),
-        }
-        results[name] = res
-        log(f"  lockstep {name}: {wall:.2f} s (compile {comp:.2f} s)")
-        return res
-
-    go("base_ordinary_first_call", base, b, z)
-    r_ord = go("base_ordinary", base, b, z)
-    r_hard = go("base_hard", base, b, hard)
-    steps_o, status_o, screen_o_s, _ = ode_steps(b, z)
-    steps_h, status_h, screen_h_s, screen_compile = ode_steps(b, hard)
-    t_ord, t_hard = runs["base_ordinary"]["run_s"], runs["base_hard"]["run_s"]
-
-    def total(names):
-        return float(sum(runs[n]["run_s"] for n in names))
-
-    out = {
-        "n_curves": size,
-        "num_starts": 1,
-        "hard_member": f"member 0 started at csc_division_rate = {ABSURD_CSC_RATE} /day "
-        "(the others at the reference start)",
-        "hard_member_start_ode": {
-            "steps": int(steps_h[0]),
-            "status": fitcsc.Status(int(status_h[0])).name,
-        },
-        "ode_steps_at_start_ordinary": spread(steps_o),
-        "timing": "run_s = wall time minus JAX compile events in the call "
-        "(CompileMeter); calls that compiled are marked by compile_s > 0",
-        "subtraction_check": {
-            "first_call_run_s": runs["base_ordinary_first_call"]["run_s"],
-            "clean_run_s": t_ord,
-        },
-        "base": {"ordinary_s": t_ord, "hard_s": t_hard, "slowdown": t_hard / t_ord},
-        "members_unchanged_by_hard_member_max_abs_loss_diff": float(
-            np.abs(np.asarray(r_hard.loss)[1:] - np.asarray(r_ord.loss)[1:]).max()
-        ),
-    }
-
-    # 1. a lower ODE step cap for every member
-    r_cap_h = go("cap_hard", capped, b, hard)
-    r_cap_o = go("cap_ordinary", capped, b, z)
-
-    # 2. the capped fit, then its failures refitted with the default cap, small batches
-    def retry_failures(tag, r_cap, zz):
-        fail = np.flatnonzero(np.asarray(r_cap.status) == fitcsc.FitStatus.SOLVER_FAILURE)
-        names = []
-        for k in range(0, fail.size, retry):
-            sel = fail[k : k + retry]
-            sel = np.resize(sel, retry)  # pad to a fixed size (one compile)
-            names.append(f"retry_{tag}_{k // retry}")
-            go(names[-1], base, b.subset(sel), zz[sel])
-        return fail, names
-
-    fail_h, retry_h = retry_failures("hard", r_cap_h, hard)
-    fail_o, retry_o = retry_failures("ordinary", r_cap_o, z)
-
-    # 3. screen the starts (one forward solve each), sort by ODE steps, fit in buckets
-    def bucketed(tag, steps, status, zz):
-        key = np.where(status == 0, steps, np.iinfo(np.int32).max)
-        order = np.argsort(key, kind="stable")
-        per = size // buckets
-        names = []
-        for k in range(buckets):
-            sel = order[k * per : (k + 1) * per if k < buckets - 1 else size]
-            sel = np.resize(sel, per) if sel.size < per else sel
-            names.append(f"bucket_{tag}_{k}")
-            go(names[-1], base, b.subset(sel), zz[sel])
-        return names
-
-    # 4. screen the starts; members that fail or exceed the cap are fitted apart in
-    #    small batches, the others in a batch of the usual shape (padded with repeats)
-    def quarantined(tag, steps, status, zz):
-        bad = np.flatnonzero((status != 0) | (steps > cap))
-        good = np.setdiff1d(np.arange(size), bad)
-        names = []
-        if bad.size:
-            sel = np.resize(good, size)
-            names.append(f"quarantine_{tag}_main")
-            go(names[-1], base, b.subset(sel), zz[sel])
-        else:  # the main batch would be the base batch itself: reuse its time
-            names.append("base_ordinary" if tag == "ordinary" else "base_hard")
-        for k in range(0, bad.size, retry):
-            sel = np.resize(bad[k : k + retry], retry)
-            names.append(f"quarantine_{tag}_apart_{k // retry}")
-            go(names[-1], base, b.subset(sel), zz[sel])
-        return bad, names
-
-    bad_h, quar_h = quarantined("hard", steps_h, status_h, hard)
-    bad_o, quar_o = quarantined("ordinary", steps_o, status_o, z)
-    bucket_h = bucketed("hard", steps_h, status_h, hard)
-    bucket_o = bucketed("ordinary", steps_o, status_o, z)
-    # control: the same bucket size in a random order (is it the order or the size?)
-    perm = np.random.default_rng(SEED).permutation(size)
-    rand_h = bucketed("random_hard", perm, np.zeros(size), hard)
-    rand_o = bucketed("random_ordinary", perm, np.zeros(size), z)
-
-    def changed(r_new, r_ref, sel=slice(None)):
-        a, c = np.asarray(r_new.loss)[sel], np.asarray(r_ref.loss)[sel]
-        return int(np.sum(~np.isclose(a, c, rtol=1e-6, atol=1e-9)))
-
-    cap_h, cap_o = runs["cap_hard"]["run_s"], runs["cap_ordinary"]["run_s"]
-    out["mitigations"] = {
-        "cap": {
-            "what": f"csc_predictor(max_steps={cap}) instead of {ODE_MAX_STEPS}",
-            "hard_s": cap_h,
-            "ordinary_s": cap_o,
-            "gain_vs_base_hard": t_hard / cap_h,
-            "cost_on_ordinary_batch": cap_o / t_ord,
-            "ordinary_members_with_changed_loss": changed(r_cap_o, r_ord),
-            "ordinary_members_failed_under_cap": int(fail_o.size),
-            "hard_batch_failed_under_cap": int(fail_h.size),
-        },
-        "cap_then_retry": {
-            "what": f"cap {cap}, then members with status SOLVER_FAILURE refitted with "
-            f"max_steps={ODE_MAX_STEPS} in batches of {retry} (padded)",
-            "hard_s": cap_h + total(retry_h),
-            "ordinary_s": cap_o + total(retry_o),
-            "gain_vs_base_hard": t_hard / (cap_h + total(retry_h)),
-            "cost_on_ordinary_batch": (cap_o + total(retry_o)) / t_ord,
-            "retry_batches_hard": len(retry_h),
-            "retry_batches_ordinary": len(retry_o),
-        },
-        "screen_and_quarantine": {
-            "what": f"one forward solve per member at its start; members whose solve "
-            f"fails or takes more than {cap} steps are fitted apart in batches of {retry} "
-            f"(padded), the others in a batch of {size} (padded with repeats)",
-            "hard_s": screen_h_s + total(quar_h),
-            "ordinary_s": screen_o_s + total(quar_o),
-            "gain_vs_base_hard": t_hard / (screen_h_s + total(quar_h)),
-            "cost_on_ordinary_batch": (screen_o_s + total(quar_o)) / t_ord,
-            "n_quarantined_hard": int(bad_h.size),
-            "n_quarantined_ordinary": int(bad_o.size),
-            "runs_hard": quar_h,
-            "runs_ordinary": quar_o,
-        },
-        "screen_and_bucket": {
-            "what": f"one forward solve per member at its start (steps, status), members "
-            f"sorted by steps (failures last) and fitted in {buckets} buckets of "
-            f"{size // buckets}",
-            "screen_s_hard": screen_h_s,
-            "screen_s_ordinary": screen_o_s,
-            "screen_compile_s": screen_compile,
-            "hard_s": screen_h_s + total(bucket_h),
-            "ordinary_s": screen_o_s + total(bucket_o),
-            "gain_vs_base_hard": t_hard / (screen_h_s + total(bucket_h)),
-            "cost_on_ordinary_batch": (screen_o_s + total(bucket_o)) / t_ord,
-            "bucket_s_hard": [runs[n]["run_s"] for n in bucket_h],
-            "bucket_s_ordinary": [runs[n]["run_s"] for n in bucket_o],
-        },
-        "control_random_buckets": {
-            "what": "as screen_and_bucket, members in a fixed random order (no screen): "
-            "separates the gain of sorting by cost from that of a smaller batch",
-            "hard_s": total(rand_h),
-            "ordinary_s": total(rand_o),
-            "gain_vs_base_hard": t_hard / total(rand_h),
-            "cost_on_ordinary_batch": total(rand_o) / t_ord,
-        },
-    }
-    out["runs"] = runs
-    return out
+    pm = PeerModel(g)
+    worst_r = worst_j = 0.0
+    n_points = 0
+    far = np.array([0.3, 2.0, -1.0, -0.5, 1.0])[: g.n_z]
+    for i in picks:
+        s = fitcsc.subject_data(g.batch, int(i))
+        mask = np.asarray(s.mask)
+        for z in [g.z_ref[i], g.z_ref[i] + far, *starts[i][1:]]:
+            rf, jf = (np.asarray(x)[mask] for x in r_fitcsc(jnp.asarray(z), s))
+            rp, jp, ok = peer_residuals(pm, z, curves[i])
+            if not ok:
+                raise RuntimeError(f"peer failed at a check point of {g.cls} curve {i}")
+            worst_r = max(worst_r, float(np.abs(rf - rp).max()))
+            worst_j = max(worst_j, float(np.abs(jf - jp).max() / max(np.abs(jf).max(), 1.0)))
+            n_points += 1
+    return {"curves": [g.batch.subject[int(i)] for i in picks],
+            "n_censored_curves": sum(1 for i in picks if curves[i]["censored"].any()),
+            "n_z_points": n_points, "max_abs_diff_residuals": worst_r,
+            "max_rel_diff_jacobian": worst_j}
 
 
 # ---------------------------------------------------------------- the physical floor
@@ -727,65 +736,110 @@ def _flops(fn, *args) -> float:
     return float(ca.get("flops", float("nan")))
 
 
-def flop_counts() -> dict:
+def flop_counts(g: Group) -> dict:
     """XLA's flop counts (cost analysis of the compiled function) of the vector field
-    and of one Tsit5 step, primal and with forward sensitivities in all of ``z``."""
+    (with the arm's concentration) and of one Tsit5 step, primal and with forward
+    sensitivities in all of ``z``."""
     import diffrax
 
-    z = SPEC.to_z(REFERENCE)
-    conc = jnp.zeros((0,))
+    z = jnp.asarray(g.z_ref[0])
+    sched = fitcsc.subject_data(g.batch, 0).schedule
+    coefs, rates = fitcsc._pk.pk_arrays(g.spec.reference.pk)
+
+    def field(p, t, y):
+        conc = fitcsc.concentrations(coefs, rates, sched, t)
+        return fitcsc.vector_field(g.model, t, y, p, conc)
 
     def step(z_):
-        p = SPEC.from_z(z_)
-        term = diffrax.ODETerm(lambda t, y, a: fitcsc.vector_field(MODEL, t, y, p, conc))
+        p = g.spec.from_z(z_)
+        term = diffrax.ODETerm(lambda t, y, a: field(p, t, y))
         solver = diffrax.Tsit5(scan_kind="lax")  # as ForwardMode sets it
-        y0 = fitcsc.initial_state(MODEL, p)
-        st = solver.init(term, 0.0, 0.1, y0, None)
-        y1, err, _, _, _ = solver.step(term, 0.0, 0.1, y0, None, st, made_jump=False)
+        y0 = fitcsc.initial_state(g.model, p)
+        st = solver.init(term, 1.0, 1.1, y0, None)
+        y1, err, _, _, _ = solver.step(term, 1.0, 1.1, y0, None, st, made_jump=False)
         return y1, err
 
-    y0 = fitcsc.initial_state(MODEL, REFERENCE)
+    ref = g.spec.from_z(z)
+    y0 = fitcsc.initial_state(g.model, ref)
     return {
-        "vector_field": _flops(lambda y: fitcsc.vector_field(MODEL, 0.0, y, REFERENCE, conc), y0),
+        "group": g.cls,
+        "vector_field": _flops(lambda y: field(ref, 1.0, y), y0),
         "tsit5_step": _flops(step, z),
         "tsit5_step_with_sensitivities": _flops(jax.jacfwd(step), z),
         "source": "jax.jit(f).lower().compile().cost_analysis()['flops'] (XLA's count); "
-        "a step: 6 new vector-field evaluations (7 stages, FSAL), the RK sums and the "
-        "error estimate, not the controller or the output interpolation",
+        "the vector field includes the closed-form concentration; a step: 6 new "
+        "vector-field evaluations (7 stages, FSAL), the RK sums and the error estimate, "
+        "not the controller or the output interpolation",
+    }
+
+
+def _cpu_mhz() -> float | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def physical_floor(g: Group, ode_steps, lm_steps, num_starts, curves_per_s) -> dict:
+    fl = flop_counts(g)
+    lm_med, ode_med = float(np.median(lm_steps)), float(np.median(ode_steps))
+    per_curve = fl["tsit5_step_with_sensitivities"] * ode_med * lm_med * num_starts
+    mhz = _cpu_mhz()
+    peak = 16.0 * (os.cpu_count() or 1) * mhz * 1e6 if mhz else None
+    return {
+        "flops": fl,
+        "lm_steps_median": lm_med,
+        "ode_steps_median_at_start": ode_med,
+        "flops_per_curve": per_curve,
+        "formula": "tsit5_step_with_sensitivities flops x ODE steps x LM steps x starts "
+        "(medians over all members, all groups)",
+        "assumed_peak_flops_per_s": peak,
+        "assumed_peak_what": "ASSUMPTION, not measured: 16 float64 flops/cycle/core "
+        "(AVX2, two 256-bit FMA units) x cores x current 'cpu MHz' from /proc/cpuinfo",
+        "cpu_mhz": mhz,
+        "floor_curves_per_s": peak / per_curve if peak else None,
+        "measured_curves_per_s": curves_per_s,
+        "measured_flops_per_s": per_curve * curves_per_s,
     }
 
 
 # ---------------------------------------------------------------- synthetic curves
 
 SYN_DAYS = np.array([0.0, 3, 7, 10, 14, 17, 21, 24, 28, 31, 35, 38, 42])  # twice a week
-SYN_TRUTH = {  # name: (median, log-scale SD); self_renewal: logit of (p - 0.5) / 0.5
-    "csc_division_rate": (0.3, 0.3),
-    "self_renewal": (0.7, 0.5),
-    "bulk_division_rate": (0.15, 0.3),
+SYN_TRUTH = {  # control spec; name: (median, SD of log v_S / logit of (p-0.5)/0.5 / log V0)
+    "csc_division_rate": (0.2, 0.3),
+    "self_renewal": (0.65, 0.5),
     "initial_volume_mm3": (150.0, 0.3),
 }
 SYN_NOISE_SD = 0.1  # log-normal observation noise; the fits use sigma = this
 
 
-def synthetic_batch(n: int, seed: int):
-    """``n`` curves simulated from the model (truth drawn around SYN_TRUTH, fixed seed,
-    tight tolerances), with log-normal noise. **Returns** ``(batch, true z)``."""
+def synthetic_group(n: int, seed: int):
+    """``n`` untreated curves simulated from the control model of `csc_arm_spec` (truth
+    drawn around SYN_TRUTH, fixed seed, tight tolerances), log-normal noise.
+    **Returns** ``(group, true z)``."""
     from fitcsc._data import TidyTable
 
     rng = np.random.default_rng(seed)
-    z = np.empty((n, N_Z))
+    z = np.empty((n, 3))
     for j, (name, (med, sd)) in enumerate(SYN_TRUTH.items()):
         if name == "self_renewal":
             u = (med - 0.5) / 0.5
             z[:, j] = np.log(u / (1 - u)) + sd * rng.standard_normal(n)
         else:
             z[:, j] = np.log(med) + sd * rng.standard_normal(n)
+    model = fitcsc.ModelConfig(crowding="logistic", species=SPECIES)
+    spec = _fitrun.csc_arm_spec(model)
+    full = predictor(model, spec).spec  # with initial_volume_mm3 free, last
     ts = jnp.asarray(SYN_DAYS)
 
     @jax.jit
     @jax.vmap
     def volumes(z_):
-        sol = fitcsc.simulate(MODEL, SPEC.from_z(z_), None, ts, rtol=1e-10, atol=1e-8)
+        sol = fitcsc.simulate(model, full.from_z(z_), None, ts, rtol=1e-10, atol=1e-8)
         return sol.volume_mm3, sol.status
 
     vol, status = (np.asarray(x) for x in volumes(jnp.asarray(z)))
@@ -793,41 +847,42 @@ def synthetic_batch(n: int, seed: int):
     vol = vol * np.exp(SYN_NOISE_SD * rng.standard_normal(vol.shape))
     m = SYN_DAYS.size
     subj = np.repeat(np.array([f"syn{i:06d}" for i in range(n)]), m)
-    table = TidyTable(
-        np.full(n * m, "synthetic"),
-        np.full(n * m, "growth"),
-        subj,
-        np.tile(SYN_DAYS, n),
-        vol.ravel(),
-    )
-    return fitcsc.make_batch(table, detection_limit_mm3=DETECTION_LIMIT_MM3), z
+    table = TidyTable(np.full(n * m, "synthetic"), np.full(n * m, "untreated"), subj,
+                      np.tile(SYN_DAYS, n), vol.ravel())
+    batch = fitcsc.make_batch(table, detection_limit_mm3=DETECTION_LIMIT_MM3)
+    return Group((), np.arange(n), batch, [fitcsc.Regimen(name="untreated")] * n), z
 
 
-def scaling_one(n: int, chunk: int, num_starts: int, seed: int) -> dict:
-    """Fit ``n`` synthetic curves in equal chunks; run in a fresh process per ``n`` so
-    that its peak RSS is its own."""
+def scaling_one(n: int, chunk: int, cap: int, num_starts: int, seed: int) -> dict:
+    """Fit ``n`` synthetic curves (scheduled, as the main run); run in a fresh process
+    per ``n`` so that its peak RSS is its own."""
     rss0 = peak_rss_mib()
-    batch, z_true = synthetic_batch(n, seed)
+    g, z_true = synthetic_group(n, seed)
     rss_data = peak_rss_mib()
-    z_ref = reference_z(batch)
     load0 = load_avg()
-    r = run_fitcsc(
-        predictor(), batch, z_ref, chunk=chunk, num_starts=num_starts, sigma=SYN_NOISE_SD
-    )
-    a = r.pop("arrays")
-    err = np.abs(a["z"] - z_true)
+    r = run_scheduled(g, num_starts, chunk=chunk, cap=cap, sigma=SYN_NOISE_SD)
+    secs = fitcsc_seconds(r)
+    err = np.abs(r["best"]["z"] - z_true)
+    t = r["timing"]
     return {
         "n_curves": n,
         "num_starts": num_starts,
-        **{k: v for k, v in r.items() if k not in ("run_s",)},
-        "run_s_per_chunk": spread(r["run_s"]),
-        "s_per_curve": r["wall_s"] / n,
-        "curves_per_s": n / r["wall_s"],
-        "status_counts": counts(a["status"], fit_status_name),
-        "lm_steps_best_start": spread(a["n_steps"]),
+        "n_members": n * num_starts,
+        "chunk_members": r["chunk_members"],
+        "lm_steps_per_pass": r["cap"],
+        "passes": [{k: v for k, v in p.items() if k != "chunk_lm_steps_max"}
+                   for p in r["passes"]],
+        "fit_s": secs,
+        "s_per_curve": secs / n,
+        "curves_per_s": n / secs,
+        "compile_s": t.get("screen_compile_s", 0.0) + t.get("fit_compile_s", 0.0),
+        "first_call_s": t.get("screen_s", 0.0) + t.get("fit_s", 0.0),
+        "host_s": t["host_s"],
+        "status_counts": counts(r["best"]["status"], fit_status_name),
+        "lm_steps_best_start": spread(r["best"]["n_steps"]),
+        "ode_steps_at_start": spread(r["members"]["ode_steps_at_start"]),
         "recovery_median_abs_error_in_z": dict(
-            zip(FREE, np.median(err, axis=0).tolist(), strict=True)
-        ),
+            zip(g.labels, np.median(err, axis=0).tolist(), strict=True)),
         "peak_rss_mib_after_import": rss0,
         "peak_rss_mib_after_data": rss_data,
         "peak_rss_mib": peak_rss_mib(),
@@ -842,42 +897,27 @@ def run_scaling(args) -> dict:
             last = rows[-1]
             predicted = last["s_per_curve"] * n + last["first_call_s"]
             if predicted > args.scaling_budget_s:
-                skipped.append(
-                    {
-                        "n_curves": n,
-                        "reason": f"predicted {predicted:.0f} s from N={last['n_curves']} "
-                        f"({last['s_per_curve']:.4f} s/curve) exceeds the budget of "
-                        f"{args.scaling_budget_s:.0f} s on this machine; memory is not the "
-                        f"limit (chunks of {args.scaling_chunk} curves bound it)",
-                    }
-                )
+                skipped.append({
+                    "n_curves": n,
+                    "reason": f"predicted {predicted:.0f} s from N={last['n_curves']} "
+                    f"({last['s_per_curve']:.4f} s/curve) exceeds the budget of "
+                    f"{args.scaling_budget_s:.0f} s on this machine; memory is not the "
+                    f"limit (chunks of {args.scaling_chunk} members bound it)"})
                 log(f"scaling: skip N={n}: {skipped[-1]['reason']}")
                 continue
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "one.json"
-            cmd = [
-                sys.executable,
-                __file__,
-                "--scaling-one",
-                str(n),
-                "--out",
-                str(out),
-                "--scaling-chunk",
-                str(args.scaling_chunk),
-                "--scaling-starts",
-                str(args.scaling_starts),
-                "--seed",
-                str(args.seed),
-            ]
+            cmd = [sys.executable, __file__, "--scaling-one", str(n), "--out", str(out),
+                   "--ode-rtol", str(args.ode_rtol), "--ode-atol", str(args.ode_atol),
+                   "--scaling-chunk", str(args.scaling_chunk), "--cap", str(args.cap),
+                   "--scaling-starts", str(args.scaling_starts), "--seed", str(args.seed)]
             log(f"scaling: N={n} ...")
             t = time.perf_counter()
             subprocess.run(cmd, check=True, cwd=REPO)
             row = json.loads(out.read_text())
             row["process_wall_s"] = time.perf_counter() - t
-        log(
-            f"scaling: N={n}: {row['curves_per_s']:.1f} curves/s, "
-            f"peak RSS {row['peak_rss_mib']:.0f} MiB"
-        )
+        log(f"scaling: N={n}: {row['curves_per_s']:.1f} curves/s, "
+            f"peak RSS {row['peak_rss_mib']:.0f} MiB")
         rows.append(row)
     return {"sizes": rows, "skipped": skipped}
 
@@ -886,70 +926,67 @@ def run_scaling(args) -> dict:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="curves (default: all in the file)")
-    ap.add_argument(
-        "--n-peer",
-        type=int,
-        default=96,
-        help="curves the scipy peer fits (a fixed random subset of the N)",
-    )
+    ap.add_argument("--n-peer", type=int, default=128,
+                    help="curves the scipy peer fits (a fixed random subset of the N)")
+    ap.add_argument("--n-peer-fd", type=int, default=16,
+                    help="curves of the peer subset also fitted with a finite-difference "
+                    "Jacobian (0: skip)")
     ap.add_argument("--num-starts", type=int, default=NUM_STARTS)
-    ap.add_argument("--chunk", type=int, default=64, help="curves per fit_map call")
-    ap.add_argument("--lockstep-size", type=int, default=256)
-    ap.add_argument(
-        "--lockstep-cap", type=int, default=128, help="the ODE step cap of the 'cap' mitigation"
-    )
-    ap.add_argument("--lockstep-buckets", type=int, default=4)
-    ap.add_argument("--retry-size", type=int, default=8)
-    ap.add_argument("--no-lockstep", action="store_true")
+    ap.add_argument("--chunk", type=int, default=64,
+                    help="members (curve x start) per fit_map call of the scheduled run")
+    ap.add_argument("--small-chunk", type=int, default=16,
+                    help="members per call for the rest of a pass (scheduled run)")
+    ap.add_argument("--cap", type=int, default=40, help="LM steps per pass (scheduled run)")
+    ap.add_argument("--plain-chunk", type=int, default=64,
+                    help="curves per fit_map call of the plain run")
+    ap.add_argument("--schedule", choices=("both", "scheduled", "plain"), default="both",
+                    help="fitcsc runs to time; the headline is the scheduled one if run")
+    ap.add_argument("--ode-rtol", type=float, default=ODE_RTOL,
+                    help="ODE rtol of both sides (default: csc_predictor's)")
+    ap.add_argument("--ode-atol", type=float, default=ODE_ATOL_CELLS,
+                    help="ODE atol [cells] of both sides (default: csc_predictor's)")
     ap.add_argument("--data-dir", default=None, help="default: fitcsc.data_dir()")
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument(
-        "--scaling",
-        action="store_true",
-        help="run the synthetic scaling curve instead (-> batch_fit_scaling.json)",
-    )
+    ap.add_argument("--scaling", action="store_true",
+                    help="run the synthetic scaling curve instead (-> batch_fit_scaling.json)")
     ap.add_argument("--scaling-sizes", default="10,100,1000,10000,100000")
-    ap.add_argument("--scaling-chunk", type=int, default=1000)
+    ap.add_argument("--scaling-chunk", type=int, default=256)
     ap.add_argument("--scaling-starts", type=int, default=1)
-    ap.add_argument(
-        "--scaling-budget-s",
-        type=float,
-        default=900.0,
-        help="skip a size whose predicted fit time exceeds this",
-    )
+    ap.add_argument("--scaling-budget-s", type=float, default=900.0,
+                    help="skip a size whose predicted fit time exceeds this")
     ap.add_argument("--scaling-one", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run (24 curves; scaling: N = 10, 100); temp dir unless --out",
-    )
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (24 curves; scaling: N = 10, 100); temp dir unless --out")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.scaling_sizes = [int(x) for x in str(args.scaling_sizes).split(",")]
     if args.quick:
-        args.n, args.n_peer, args.chunk = args.n or 24, min(args.n_peer, 24), 24
-        args.lockstep_size, args.lockstep_buckets, args.retry_size = 32, 2, 4
+        args.n, args.n_peer, args.n_peer_fd = args.n or 24, min(args.n_peer, 8), 2
+        args.chunk, args.small_chunk, args.plain_chunk = 16, 8, 8
         args.scaling_sizes = [10, 100]
         if args.out is None:
             name = "scaling" if args.scaling else "fit"
             args.out = Path(tempfile.gettempdir()) / f"fitcsc-bench-batch-{name}-quick.json"
     if args.out is None:
         args.out = DEFAULT_SCALING_OUT if args.scaling else DEFAULT_OUT
-    if min(args.n_peer, args.num_starts, args.chunk, args.lockstep_size) < 1:
-        ap.error("--n-peer, --num-starts, --chunk and --lockstep-size must be >= 1")
+    if min(args.n_peer, args.num_starts, args.chunk, args.small_chunk, args.cap,
+           args.plain_chunk) < 1:
+        ap.error("--n-peer, --num-starts, --chunk, --small-chunk, --cap and --plain-chunk "
+                 "must be >= 1")
     return args
 
 
-def environment(load_start) -> dict:
+def environment(load_start, load_samples) -> dict:
     return {
         "device": device_info(),
         "precision": precision(),
         "versions": versions(PACKAGES),
-        "load_avg_1_5_15_min": {"start": load_start, "end": load_avg()},
+        "load_avg_1_5_15_min": {"start": load_start, "end": load_avg(),
+                                "samples_1_min": load_samples},
+        "nice": os.nice(0),
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
         "command": command_line(),
@@ -957,57 +994,67 @@ def environment(load_start) -> dict:
     }
 
 
-def workload() -> dict:
+def workload(groups) -> dict:
     return {
-        "model": "growth only, no drug term (the arm-effect model is a later increment): "
-        "fitcsc.ModelConfig(crowding='logistic'), states S, D",
-        "free": {k: repr(v) for k, v in FREE.items()},
-        "fixed": FIXED,
-        "reference_start": {
-            "csc_division_rate": float(REFERENCE.csc_division_rate),
-            "self_renewal": float(REFERENCE.self_renewal),
-            "bulk_division_rate": float(REFERENCE.bulk_division_rate),
-            "initial_volume_mm3": "the curve's first observation",
-        },
-        "cells_per_mm3": MODEL.cells_per_mm3,
+        "model": "the model and per-arm spec of `fitcsc fit` on a tidy file without a "
+        "regimen table: fitcsc.ModelConfig(crowding='logistic', drugs=(the arm's "
+        "pseudo-drug,)), states S, D; each treated arm a constant drug effect from day 0 "
+        "(fitcsc.default_arm_regimens: C = 1 mg/L, EC50 1e-9 mg/L), its class from the "
+        "arm name; spec fitcsc._fitrun.csc_arm_spec",
+        "groups": {g.cls: {"n_curves": g.n, "drugs_of_group_model": list(g.drugs),
+                           "free": list(g.labels),
+                           "transforms": {k: repr(v) for k, v in g.pred.spec.transforms},
+                           "n_arms": len({g.batch.arm[i] for i in range(g.n)})}
+                   for g in groups},
+        "fixed": {k: float(v) for k, v in _fitrun.CSC_REFERENCE.items()},
+        "fixed_note": "CSC_REFERENCE of the fit job: the value of every parameter that a "
+        "group does not free, and the reference start (V0: the curve's first observation)",
         "observation_model": f"log-normal, sigma = {SIGMA} fixed; volumes below "
         f"{DETECTION_LIMIT_MM3} mm3 (the zeros) left-censored (M3); both fitters minimise "
         "0.5 sum(r^2) of fitcsc.residuals (= -log-likelihood - a data constant)",
         "starts": f"num_starts Sobol starts as fit_map builds them: z_ref + {START_SCALE} "
-        f"(2u - 1), u = scrambled Sobol (seed {START_SEED}) with row 0 = 0.5; z_ref = the "
-        "reference start; passed to fit_map as z_init/start_scale, to scipy as x0",
+        f"(2u - 1), u = scrambled Sobol (seed {START_SEED}) with row 0 = 0.5; z_ref = "
+        "the predictor's init_z; the same vectors go to fitcsc (as each member's z_init) "
+        "and to scipy (x0)",
     }
 
 
-def tolerances() -> dict:
+def tolerances(cap: int) -> dict:
+    t = lm_tolerances()
     return {
         "ode": {
-            "solver_fitcsc": "diffrax Tsit5, PIDController, ForwardMode",
-            "solver_peer": "scipy.integrate.RK45 (the solve_ivp RK45 stepper) with "
-            "dense output at the observation days, own stepping loop for the step cap",
-            "rtol": ODE_RTOL,
-            "atol_cells": ODE_ATOL_CELLS,
-            "max_steps": ODE_MAX_STEPS,
+            "solver_fitcsc": "diffrax Tsit5, PIDController (jump_ts at the dose times), "
+            "ForwardMode; csc_predictor defaults",
+            "solver_peer": "scipy.integrate.RK45 (the solve_ivp RK45 stepper) with dense "
+            "output at the observation days, own stepping loop for the step cap",
+            "rtol": ODE_RTOL, "atol_cells": ODE_ATOL_CELLS, "max_steps": ODE_MAX_STEPS,
             "error_norm": "RMS over the 2 cell states only (sensitivities ride along on "
             "the primal's steps in both)",
         },
         "optimiser": {
-            "fitcsc": f"optimistix LevenbergMarquardt rtol = atol = {LM_RTOL}, "
-            f"max_steps = {LM_MAX_STEPS} (stops when both the step in z and the "
-            "change in the objective are below atol + rtol |.|)",
-            "peer": f"scipy least_squares ftol = xtol = gtol = {LM_RTOL}, "
-            f"max_nfev = {LM_MAX_STEPS}, x_scale default (lm: 'jac'); stops when "
-            "any of the three tests passes",
-            "note": "the stopping rules differ (both tests vs any test): "
-            "compare ratio_per_evaluation as well as ratio_vs_scipy",
+            "fitcsc": {**t["fitcsc"], "max_steps": LM_MAX_STEPS, "max_steps_per_pass": cap},
+            "fitcsc_what": "optimistix LevenbergMarquardt; stops when both the step in z "
+            "and the change in the residuals are below atol + rtol |.| (max norm), or "
+            f"(stall) when the loss fell by <= {STALL_RTOL} |loss| over {STALL_STEPS} "
+            "accepted steps; trust region 'eager': accept ratio >= 1e-4, widen x3 when "
+            "ratio > 0.5, shrink x0.25 on rejection (fitcsc._fit_solve.TRUST_REGIONS)",
+            "peer": t["peer"],
+            "peer_what": "scipy least_squares (MINPACK lmder for 'lm'), x_scale default "
+            "(lm: 'jac'); stops when any of ftol (actual and predicted relative reduction "
+            "of the cost), xtol (relative step) or gtol passes",
+            "steps": "one LM step = one residual + Jacobian evaluation in both (a "
+            "rejected trial point counts); scipy's nfev counts evaluations",
         },
     }
 
 
 def main(argv=None) -> dict:
+    global ODE_RTOL, ODE_ATOL_CELLS
     args = parse_args(argv)
+    ODE_RTOL, ODE_ATOL_CELLS = args.ode_rtol, args.ode_atol  # both sides read these
     if args.scaling_one is not None:
-        row = scaling_one(args.scaling_one, args.scaling_chunk, args.scaling_starts, args.seed)
+        row = scaling_one(args.scaling_one, args.scaling_chunk, args.cap,
+                          args.scaling_starts, args.seed)
         write_json_atomic(args.out, row)
         return row
     load_start = load_avg()
@@ -1016,287 +1063,333 @@ def main(argv=None) -> dict:
     return main_fit(args, load_start)
 
 
-def check_residuals(batch, curves, pred, z_ref, num_starts, candidates) -> dict:
-    """The peer's residuals and Jacobian equal fitcsc's (`fitcsc.residuals` of the
-    predictor's output, `jax.jacfwd`) at the same ``z``, on a few curves."""
-    cens = [i for i in candidates if curves[i]["censored"].any()]
-    if not cens:
-        cens = [i for i in range(len(curves)) if curves[i]["censored"].any()]
-    pick = list(dict.fromkeys(list(candidates[:4]) + cens[:2]))
+def peer_subset(groups, n_peer: int, seed: int) -> list[np.ndarray]:
+    """``n_peer`` curves drawn at random from all groups (fixed seed), as indices into
+    each group."""
+    n = sum(g.n for g in groups)
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(n_peer, n), replace=False))
+    offsets = np.cumsum([0] + [g.n for g in groups])
+    return [pick[(pick >= a) & (pick < b)] - a for a, b in zip(offsets[:-1], offsets[1:],
+                                                                strict=True)]
 
-    @jax.jit
-    def r_fitcsc(z, s):
-        def r(z_):
-            lp, _ = pred(z_, s)
-            return fitcsc.residuals(jnp.exp(lp), s.volume_mm3, s.mask, s.censored, SIGMA)
 
-        return r(z), jax.jacfwd(r)(z)
-
-    pm = PeerModel(REFERENCE, MODEL)
-    worst_r = worst_j = 0.0
-    n_points = 0
-    for i in pick:
-        s = fitcsc.subject_data(batch, i)
-        mask = np.asarray(s.mask)
-        zs = [z_ref[i], z_ref[i] + np.array([0.3, 2.0, -1.0, -0.5])]
-        zs += list(start_vectors(z_ref[i : i + 1], num_starts)[0, 1:])
-        for z in zs:
-            rf, jf = (np.asarray(x)[mask] for x in r_fitcsc(jnp.asarray(z), s))
-            rp, jp, ok = peer_residuals(pm, z, curves[i])
-            assert ok, f"peer failed at a check point of curve {i}"
-            worst_r = max(worst_r, float(np.abs(rf - rp).max()))
-            worst_j = max(worst_j, float(np.abs(jf - jp).max() / max(np.abs(jf).max(), 1.0)))
-            n_points += 1
-    out = {
-        "curves": [batch.subject[i] for i in pick],
-        "n_censored_curves": sum(1 for i in pick if curves[i]["censored"].any()),
-        "n_z_points": n_points,
-        "points": "per curve: the reference start, a far point, and the other starts",
-        "max_abs_diff_residuals": worst_r,
-        "max_rel_diff_jacobian": worst_j,
-        "tolerance_residuals": 1e-5,
+def compare_losses(groups, fits, peer, curves) -> dict:
+    """fitcsc's best-start objective against the peer's on the peer's curves."""
+    rows = []
+    for g in groups:
+        pg = peer["per_group"].get(g.cls)
+        if pg is None:
+            continue
+        mask = np.asarray(g.batch.mask)
+        for k, i in enumerate(pg["sel"]):
+            c = curves[g.cls][i]
+            best = fits[g.cls]["best"]
+            obj_f = float(best["loss"][i]) - objective_constant(c)
+            obj_f_np = obs_objective(c, best["log_pred"][i][mask[i]])
+            p = pg["fits"][k]
+            rows.append({"group": g.cls, "subject": g.batch.subject[i],
+                         "n_obs": int(c["day"].size), "fitcsc": obj_f, "fitcsc_np": obj_f_np,
+                         "peer": p["starts"][p["best"]]["objective"],
+                         "fitcsc_status": fit_status_name(int(best["status"][i])),
+                         "fitcsc_all_starts": (fits[g.cls]["all_losses"][i]
+                                               - objective_constant(c)).tolist(),
+                         "peer_all_starts": [r["objective"] for r in p["starts"]]})
+    obj_f = np.array([r["fitcsc"] for r in rows])
+    obj_p = np.array([r["peer"] for r in rows])
+    le = obj_f <= obj_p + 1e-6 * np.abs(obj_p) + 1e-9
+    rel = (obj_f - obj_p) / np.maximum(np.abs(obj_p), 1e-9)
+    return {
+        "frac_loss_le_peer": float(le.mean()),
+        "objective": "0.5 sum(r^2) = FitResult.loss minus the data constant "
+        "sum over uncensored points of (log sigma + log(2 pi)/2 + log V_obs)",
+        "rule": "fitcsc <= peer + 1e-6 |peer| + 1e-9",
+        "n_curves": len(rows),
+        "n_fitcsc_le_peer": int(le.sum()),
+        "per_group": {g.cls: {"n": int(sum(r["group"] == g.cls for r in rows)),
+                              "n_le": int(sum(bool(x) for x, r in zip(le, rows, strict=True)
+                                              if r["group"] == g.cls))} for g in groups},
+        "n_fitcsc_worse_by_more_than_1e-3_rel": int((rel > 1e-3).sum()),
+        "n_fitcsc_worse_by_more_than_1pct": int((rel > 1e-2).sum()),
+        "n_fitcsc_better_by_more_than_1e-3_rel": int((rel < -1e-3).sum()),
+        "rel_diff_fitcsc_minus_peer": spread(rel),
+        "check_loss_vs_numpy_objective_max_abs_diff": float(np.abs(
+            obj_f - np.array([r["fitcsc_np"] for r in rows])).max()) if rows else None,
+        "fitcsc_worse_than_rule": [
+            {k: v for k, v in r.items() if k != "fitcsc_np"} | {"rel_diff": float(d)}
+            for r, ok, d in zip(rows, le, rel, strict=True) if not ok],
     }
-    if worst_r > 1e-5:
-        raise RuntimeError(f"peer residuals differ from fitcsc's: {out}")
-    return out
+
+
+def summarise_run(groups, runs, num_starts) -> dict:
+    """Totals of one fitcsc run over groups (run: {cls: result})."""
+    secs = {g.cls: fitcsc_seconds(runs[g.cls]) for g in groups}
+    n = sum(g.n for g in groups)
+    status = np.concatenate([runs[g.cls]["best"]["status"] for g in groups])
+    all_status = np.concatenate([runs[g.cls]["all_status"].ravel() for g in groups])
+    all_steps = np.concatenate([runs[g.cls]["all_n_steps"].ravel() for g in groups])
+    first = {g.cls: {k: v for k, v in runs[g.cls]["timing"].items()
+                     if k.endswith("_s") and k.split("_")[0] in ("screen", "fit")}
+             for g in groups}
+    compile_s = sum(v for f in first.values() for k, v in f.items() if "compile" in k)
+    return {
+        "n_curves": n,
+        "seconds": float(sum(secs.values())),
+        "curves_per_s": n / sum(secs.values()),
+        "compile_s": compile_s,
+        "per_group": {g.cls: {"n_curves": g.n, "seconds": secs[g.cls],
+                              "curves_per_s": g.n / secs[g.cls], "warm_up": first[g.cls],
+                              **{k: v for k, v in runs[g.cls]["timing"].items()
+                                 if k not in first[g.cls]}} for g in groups},
+        "status_counts_best_start": counts(status, fit_status_name),
+        "status_counts_all_starts": counts(all_status, fit_status_name),
+        "n_failed": int((status >= fitcsc.FitStatus.SOLVER_FAILURE).sum()),
+        "n_not_converged": int((status != fitcsc.FitStatus.CONVERGED).sum()),
+        "lm_steps_all_starts": spread(all_steps),
+        "lm_steps_best_start": spread(np.concatenate(
+            [runs[g.cls]["all_n_steps"][np.arange(g.n), runs[g.cls]["best"]["start"]]
+             for g in groups])),
+    }
 
 
 def main_fit(args, load_start) -> dict:
     path = fitcsc.data_dir(args.data_dir) / Path(*DATA_FILE)
-    batch, idx, n_file = load_pdxe(path, args.n, args.seed)
-    n, S = batch.n_subjects, args.num_starts
-    log(f"device {jax.devices()[0]}, precision {precision()}, {n} curves, {S} starts")
-    z_ref = reference_z(batch)
-    starts = start_vectors(z_ref, S)
-    curves = curves_np(batch)
-    pred = predictor()
-    n_peer = min(args.n_peer, n)
-    if n_peer == n:
-        peer_idx = np.arange(n)
-    else:
-        rng = np.random.default_rng(args.seed + 1)
-        peer_idx = np.sort(rng.choice(n, n_peer, replace=False))
-    start_check = check_starts(batch, z_ref, S)
-    residual_check = check_residuals(batch, curves, pred, z_ref, S, peer_idx)
+    groups, _, n_file = load_groups(path, args.n, args.seed)
+    S = args.num_starts
+    n = sum(g.n for g in groups)
+    log(f"device {jax.devices()[0]}, precision {precision()}, {n} curves, {S} starts, "
+        f"groups {[(g.cls, g.n) for g in groups]}")
+    loads = [load_avg()[0]]
+    curves = {g.cls: curves_np(g.batch) for g in groups}
+    starts = {g.cls: start_vectors(g.z_ref, S) for g in groups}
+    peer_sel = peer_subset(groups, args.n_peer, args.seed + 1)
+    start_check = {g.cls: check_starts(g, S) for g in groups}
+    residual_check = {}
+    for g, sel in zip(groups, peer_sel, strict=True):
+        cands = list(sel[:3]) if len(sel) else [0]
+        cens = [i for i in range(g.n) if curves[g.cls][i]["censored"].any()][:1]
+        residual_check[g.cls] = check_residuals(g, curves[g.cls], starts[g.cls],
+                                                list(dict.fromkeys(cands + cens)))
+    # the two solvers differ by their discretisation errors: the bound follows rtol
+    residual_tol = max(1e-5, 500.0 * ODE_RTOL)
+    residual_check["tolerance_residuals"] = residual_tol
+    worst = max(c["max_abs_diff_residuals"] for c in residual_check.values()
+                if isinstance(c, dict))
+    if worst > residual_tol:
+        raise RuntimeError(f"peer residuals differ from fitcsc's: {residual_check}")
     log("checks:", json.dumps(start_check), json.dumps(residual_check))
 
-    # ---- the scipy peer on n_peer of them (first: it fails fast if it fails)
-    log(f"scipy peer: {n_peer} curves ...")
-    pm = PeerModel(REFERENCE, MODEL)
-    peer, per_curve_s = [], []
-    for k, i in enumerate(peer_idx):
-        t = time.perf_counter()
-        peer.append(peer_fit_curve(pm, curves[i], starts[i]))
-        per_curve_s.append(time.perf_counter() - t)
-        if (k + 1) % 16 == 0:
-            log(f"  peer {k + 1}/{n_peer}: {sum(per_curve_s):.1f} s")
-    peer_s = float(sum(per_curve_s))
-    peer_rate = n_peer / peer_s
-    log(f"peer: {peer_s:.1f} s -> {peer_rate:.3f} curves/s")
+    # ---- the scipy peer (first: it fails fast if it fails)
+    log(f"scipy peer (analytic Jacobian): {sum(len(s) for s in peer_sel)} curves ...")
+    peer = run_peer(groups, peer_sel, curves, starts)
+    log(f"peer: {peer['wall_s']:.1f} s -> {peer['curves_per_s']:.3f} curves/s")
+    loads.append(load_avg()[0])
+    fd = None
+    if args.n_peer_fd:
+        fd_sel = [s[: max(1, args.n_peer_fd * len(s) // max(1, len(np.concatenate(peer_sel))))]
+                  if len(s) else s for s in peer_sel]
+        log(f"scipy peer (finite differences): {sum(len(s) for s in fd_sel)} curves ...")
+        fd = run_peer(groups, fd_sel, curves, starts, sensitivities=False, tag="peer-fd")
+        loads.append(load_avg()[0])
 
-    # ---- fitcsc on all n curves
-    log(f"fitcsc: {n} curves in chunks of <= {args.chunk} ...")
-    rf = run_fitcsc(pred, batch, z_ref, chunk=args.chunk, num_starts=S)
-    a = rf.pop("arrays")
+    # ---- fitcsc
+    runs: dict[str, dict] = {}
+    modes = ("scheduled", "plain") if args.schedule == "both" else (args.schedule,)
+    for mode in modes:
+        runs[mode] = {}
+        for g in groups:
+            log(f"fitcsc {mode}: {g.cls}, {g.n} curves ...")
+            if mode == "scheduled":
+                runs[mode][g.cls] = run_scheduled(g, S, chunk=args.chunk, cap=args.cap,
+                                                  small_chunk=args.small_chunk)
+            else:
+                runs[mode][g.cls] = run_plain(g, S, chunk=args.plain_chunk)
+            loads.append(load_avg()[0])
+            log(f"  {fitcsc_seconds(runs[mode][g.cls]):.2f} s")
+    head = modes[0]
+    fits = runs[head]
+    summary = {m: summarise_run(groups, runs[m], S) for m in modes}
     rss_fitcsc = peak_rss_mib()
-    fit_rate = n / rf["wall_s"]
-    log(f"fitcsc: {rf['wall_s']:.1f} s -> {fit_rate:.2f} curves/s, compile {rf['compile_s']:.1f} s")
-    steps0, status0, _, _ = ode_steps(batch, z_ref)
-    steps1, status1, _, _ = ode_steps(batch, a["z"])
 
-    # ---- the same objective on both sides
-    const = np.array([objective_constant(curves[i]) for i in peer_idx])
-    obj_f = a["loss"][peer_idx] - const
-    mask = np.asarray(batch.mask)
-    obj_f_np = np.array(
-        [obs_objective(curves[i], a["log_volume_pred"][i][mask[i]]) for i in peer_idx]
-    )
-    best = [p["starts"][p["best"]] for p in peer]
-    obj_p = np.array([b["objective"] for b in best])
-    tol = 1e-6 * np.abs(obj_p) + 1e-9
-    le = obj_f <= obj_p + tol
-    rel = (obj_f - obj_p) / np.maximum(np.abs(obj_p), 1e-9)
-    fit_evals = int(a["all_n_steps"].sum())
-    peer_solves = int(sum(r["ode_solves"] for p in peer for r in p["starts"]))
-    all_p = [r for p in peer for r in p["starts"]]
+    # ---- ratios, per group and overall, on curves per second
+    per_group_ratio = {}
+    for g in groups:
+        pg = peer["per_group"].get(g.cls)
+        if pg is not None:
+            per_group_ratio[g.cls] = summary[head]["per_group"][g.cls]["curves_per_s"] / (
+                len(pg["sel"]) / pg["wall_s"])
+    # the peer's subset is random over all curves, so its curves/s estimates the peer on
+    # all N; the same estimate, reweighted by group size, is given as a check
+    peer_rate = peer["curves_per_s"]
+    peer_s_est = sum(g.n * peer["per_group"][g.cls]["wall_s"] / len(peer["per_group"][
+        g.cls]["sel"]) for g in groups if g.cls in peer["per_group"])
+    fit_rate = summary[head]["curves_per_s"]
+    losses = compare_losses(groups, fits, peer, curves)
+    fd_out = None
+    if fd is not None:
+        agree = []
+        for g in groups:
+            if g.cls not in fd["per_group"]:
+                continue
+            pa, pf = peer["per_group"][g.cls], fd["per_group"][g.cls]
+            for k in range(len(pf["sel"])):
+                a = pa["fits"][k]["starts"][pa["fits"][k]["best"]]["objective"]
+                b = pf["fits"][k]["starts"][pf["fits"][k]["best"]]["objective"]
+                agree.append((b - a) / max(abs(a), 1e-9))
+        agree = np.asarray(agree)
+        an_s = sum(sum(peer["per_group"][c]["per_curve_s"][: len(fd["per_group"][c]["sel"])])
+                   for c in fd["per_group"])
+        fd_out = {
+            "n_curves": fd["n_curves"],
+            "wall_s": fd["wall_s"],
+            "curves_per_s": fd["curves_per_s"],
+            "analytic_on_the_same_curves_s": an_s,
+            "fd_over_analytic_time": fd["wall_s"] / an_s,
+            "rel_diff_best_objective_fd_minus_analytic": spread(agree),
+            "n_fd_worse_by_more_than_1e-6_rel": int((agree > 1e-6).sum()),
+            "nfev_all_starts": spread([r["nfev"] for pg in fd["per_group"].values()
+                                       for f in pg["fits"] for r in f["starts"]]),
+        }
+    members_ode = np.concatenate([runs["scheduled"][g.cls]["members"]["ode_steps_at_start"]
+                                  for g in groups]) if "scheduled" in runs else None
+    big = max(groups, key=lambda g: g.n)
+    floor = None
+    if members_ode is not None:
+        floor = physical_floor(big, members_ode, np.concatenate(
+            [runs["scheduled"][g.cls]["all_n_steps"].ravel() for g in groups]), S, fit_rate)
 
-    fl = flop_counts()
-    lm_med = float(np.median(a["all_n_steps"]))
-    ode_med = float(np.median(steps1))
-    per_curve_brief = fl["vector_field"] * 6 * ode_med * (1 + N_Z) * lm_med * S
-    per_curve_step = fl["tsit5_step_with_sensitivities"] * ode_med * lm_med * S
-    mhz = _cpu_mhz()
-    peak = 16.0 * (os.cpu_count() or 1) * mhz * 1e6 if mhz else None
-
+    all_p = [r for pg in peer["per_group"].values() for f in pg["fits"] for r in f["starts"]]
+    best_p = [f["starts"][f["best"]] for pg in peer["per_group"].values() for f in pg["fits"]]
+    mask_all = np.concatenate([np.asarray(g.batch.mask) for g in groups])
+    cens_all = np.concatenate([np.asarray(g.batch.censored) for g in groups])
     result = {
         "benchmark": "batch_fit",
-        "description": "multi-start MAP fits of N real tumour growth curves: fitcsc.fit_map "
-        "(LM, vmapped over curves and starts, chunked) vs a scipy least_squares loop on the "
-        "same residuals, starts and tolerances",
+        "description": "multi-start MAP fits of N real tumour growth curves with the "
+        "per-arm model and spec of `fitcsc fit`: fitcsc.fit_map (LM, vmapped over members, "
+        "scheduled in chunks) vs a scipy least_squares loop on the same residuals, starts "
+        "and tolerances",
         "quick": bool(args.quick),
-        **workload(),
+        **workload(groups),
         "data": {
             "file": str(Path(*DATA_FILE)),
-            "source": "Novartis PDXE breast (Gao et al. 2015), via Xeva; every arm fitted "
-            "with the growth-only model",
+            "source": "Novartis PDXE breast (Gao et al. 2015), via Xeva",
             "n_curves_in_file": n_file,
             "selection": "all" if n == n_file else f"fixed random subset (seed {args.seed})",
-            "n_obs_per_curve": spread(mask.sum(axis=1)),
-            "padded_n_obs": batch.n_obs,
-            "n_censored_obs": int(np.asarray(batch.censored).sum()),
-            "n_curves_with_censored_obs": int(np.asarray(batch.censored).any(axis=1).sum()),
+            "n_obs_per_curve": spread(mask_all.sum(axis=1)),
+            "padded_n_obs": int(mask_all.shape[1]),
+            "n_censored_obs": int((cens_all & mask_all).sum()),
+            "n_curves_with_censored_obs": int((cens_all & mask_all).any(axis=1).sum()),
         },
         "n_curves": n,
         "num_starts": S,
-        "compile_s": rf["compile_s"],
+        "ratio_vs_scipy": fit_rate / peer_rate,
+        "ratio_basis": f"curves per second: fitcsc ({head}) on all {n} curves, the peer "
+        f"(analytic Jacobian) on a fixed random subset of {peer['n_curves']} (seed "
+        f"{args.seed + 1}); compile excluded",
+        "ratio_vs_scipy_group_weighted": fit_rate / (n / peer_s_est) if peer_s_est else None,
+        "ratio_vs_scipy_per_group": per_group_ratio,
+        "frac_loss_le_peer": losses["frac_loss_le_peer"],
+        "n_failed": summary[head]["n_failed"],
+        "frac_failed": summary[head]["n_failed"] / n,
+        "n_not_converged": summary[head]["n_not_converged"],
+        "compile_s": summary[head]["compile_s"],
+        "fitcsc_curves_per_s": fit_rate,
+        "peer_curves_per_s": peer_rate,
+        "peer_n_curves": peer["n_curves"],
         "fitcsc": {
-            **rf,
-            "curves_per_s": fit_rate,
-            "s_per_curve": rf["wall_s"] / n,
-            "status_counts": counts(a["status"], fit_status_name),
-            "status_counts_all_starts": counts(a["all_status"], fit_status_name),
-            "n_steps_best_start": spread(a["n_steps"]),
-            "n_steps_all_starts": spread(a["all_n_steps"]),
-            "n_steps_what": "LM iterations (one residual + Jacobian evaluation each)",
-            "ode_steps_at_start": spread(steps0),
-            "ode_steps_at_estimate": spread(steps1),
-            "ode_status_at_estimate": counts(status1, lambda c: fitcsc.Status(c).name),
-            "ode_steps_what": "fitcsc.Solution.num_steps of one forward solve (diffrax "
-            "num_steps + num_rejected_steps: attempts, with rejected ones counted twice)",
+            "headline_run": head,
+            "runs": summary,
+            "scheduled": {
+                "what": f"before each pass the pending members are screened (one forward "
+                f"solve at their current z), sorted by ODE steps and fitted in chunks of "
+                f"{args.chunk} members, the rest of the pass in chunks of {args.small_chunk} "
+                f"(fit_map num_starts=1, z_init = the member's start or last point), "
+                f"{args.cap} LM steps per pass; members at the cap continue in the next "
+                f"pass, up to {LM_MAX_STEPS} steps in all",
+                "passes": {g.cls: runs["scheduled"][g.cls]["passes"] for g in groups},
+                "ode_steps_at_start": spread(members_ode),
+                "ode_steps_what": "fitcsc.Solution.num_steps of one forward solve (diffrax "
+                "num_steps + num_rejected_steps)",
+            } if "scheduled" in runs else None,
+            "plain": {
+                "what": f"fit_map on chunks of {args.plain_chunk} curves x {S} starts, one "
+                f"pass of {LM_MAX_STEPS} LM steps, file order",
+                "chunk_lm_steps_max": {g.cls: runs["plain"][g.cls]["chunk_lm_steps_max"]
+                                       for g in groups},
+                "speedup_scheduled_over_plain": summary["plain"]["seconds"]
+                / summary["scheduled"]["seconds"] if "scheduled" in summary else None,
+            } if "plain" in runs else None,
             "peak_rss_mib_after_fitcsc": rss_fitcsc,
         },
         "peer": {
             "method": "scipy.optimize.least_squares per curve and start, analytic Jacobian "
             "from the forward sensitivity equations (one augmented RK45 solve per "
             "evaluation); MINPACK 'lm' (trf where a curve has fewer points than parameters)",
-            "n_curves": n_peer,
-            "wall_s": peer_s,
+            "jacobian": "analytic (forward sensitivities); finite differences timed apart "
+            "(peer_finite_differences)",
+            "n_curves": peer["n_curves"],
+            "wall_s": peer["wall_s"],
             "curves_per_s": peer_rate,
-            "s_per_curve": spread(per_curve_s),
-            "method_counts": {m: sum(p["method"] == m for p in peer) for m in ("lm", "trf")},
-            "status_counts": counts([b["status"] for b in best], PEER_STATUS.get),
+            "per_group": {c: {"n_curves": len(pg["sel"]), "wall_s": pg["wall_s"],
+                              "curves_per_s": len(pg["sel"]) / pg["wall_s"],
+                              "ode_solves": pg["ode_solves"],
+                              "rhs_evaluations": pg["rhs_evaluations"]}
+                          for c, pg in peer["per_group"].items()},
+            "s_per_curve": spread([s for pg in peer["per_group"].values()
+                                   for s in pg["per_curve_s"]]),
+            "method_counts": {m: sum(f["method"] == m for pg in peer["per_group"].values()
+                                     for f in pg["fits"]) for m in ("lm", "trf")},
+            "status_counts": counts([b["status"] for b in best_p], PEER_STATUS.get),
             "status_counts_all_starts": counts([r["status"] for r in all_p], PEER_STATUS.get),
-            "n_failed_best": int(sum(b["failed"] for b in best)),
+            "n_failed_best": int(sum(b["failed"] for b in best_p)),
             "n_failed_all_starts": int(sum(r["failed"] for r in all_p)),
-            "nfev_best_start": spread([b["nfev"] for b in best]),
+            "nfev_best_start": spread([b["nfev"] for b in best_p]),
             "nfev_all_starts": spread([r["nfev"] for r in all_p]),
-            "ode_solves": peer_solves,
-            "rhs_evaluations": pm.n_rhs,
+            "estimated_s_for_all_n_group_weighted": peer_s_est,
         },
-        "fitcsc_curves_per_s": fit_rate,
-        "peer_curves_per_s": peer_rate,
-        "peer_n_curves": n_peer,
-        "ratio_vs_scipy": fit_rate / peer_rate,
-        "ratio_basis": "same curves: peer wall time / fitcsc wall time"
-        if n_peer == n
-        else f"curves per second: fitcsc on all {n} curves, peer on a fixed random subset "
-        f"of {n_peer} (seed {args.seed + 1}); ratio = fitcsc curves/s / peer curves/s",
-        "ratio_per_evaluation": (peer_s / peer_solves) / (rf["wall_s"] / fit_evals),
-        "ratio_per_evaluation_what": "peer s per objective+Jacobian evaluation / fitcsc s "
-        "per member LM iteration (fitcsc's includes its padding and lockstep waste)",
-        "frac_loss_le_peer": float(le.mean()),
-        "loss_comparison": {
-            "objective": "0.5 sum(r^2) = FitResult.loss minus the data constant "
-            "sum over uncensored points of (log sigma + log(2 pi)/2 + log V_obs)",
-            "rule": "fitcsc <= peer + 1e-6 |peer| + 1e-9",
-            "n_curves": n_peer,
-            "n_fitcsc_le_peer": int(le.sum()),
-            "n_fitcsc_worse_by_more_than_1e-3_rel": int((rel > 1e-3).sum()),
-            "n_fitcsc_worse_by_more_than_1pct": int((rel > 1e-2).sum()),
-            "n_fitcsc_better_by_more_than_1pct": int((rel < -1e-2).sum()),
-            "rel_diff_fitcsc_minus_peer": spread(rel),
-            "check_loss_vs_numpy_objective_max_abs_diff": float(np.abs(obj_f - obj_f_np).max()),
-            "fitcsc_worse_by_more_than_1e-3_rel": [
-                {
-                    "subject": batch.subject[i],
-                    "n_obs": int(curves[i]["day"].size),
-                    "fitcsc": float(obj_f[k]),
-                    "peer": float(obj_p[k]),
-                    "fitcsc_all_starts": (a["all_losses"][i] - const[k]).tolist(),
-                    "fitcsc_status_all_starts": [
-                        fit_status_name(int(c)) for c in a["all_status"][i]
-                    ],
-                    "peer_all_starts": [r["objective"] for r in peer[k]["starts"]],
-                }
-                for k, i in enumerate(peer_idx)
-                if rel[k] > 1e-3
-            ],
-        },
+        "peer_finite_differences": fd_out,
+        "loss_comparison": losses,
         "start_check": start_check,
         "residual_check": residual_check,
-        "physical_floor": {
-            "flops": fl,
-            "lm_iterations_median": lm_med,
-            "ode_steps_median_at_estimate": ode_med,
-            "flops_per_curve_brief_formula": per_curve_brief,
-            "brief_formula": "vector_field flops x 6 stages x ODE steps x (1 + n_params) x "
-            "LM iterations x starts (medians)",
-            "flops_per_curve_step_count": per_curve_step,
-            "step_count_formula": "tsit5_step_with_sensitivities flops x ODE steps x LM "
-            "iterations x starts (medians)",
-            "assumed_peak_flops_per_s": peak,
-            "assumed_peak_what": "ASSUMPTION, not measured: 16 float64 flops/cycle/core "
-            "(AVX2, two 256-bit FMA units) x cores x current 'cpu MHz' from /proc/cpuinfo",
-            "cpu_mhz": mhz,
-            "floor_curves_per_s": peak / per_curve_step if peak else None,
-            "measured_curves_per_s": fit_rate,
-            "measured_flops_per_s_step_count": per_curve_step * fit_rate,
-        },
+        "physical_floor": floor,
     }
-    if not args.no_lockstep:
-        log(f"lockstep: {args.lockstep_size} curves ...")
-        result["lockstep"] = lockstep_experiment(
-            batch,
-            z_ref,
-            size=min(args.lockstep_size, n) if args.quick else args.lockstep_size,
-            cap=args.lockstep_cap,
-            buckets=args.lockstep_buckets,
-            retry=args.retry_size,
-        )
-    result.update(tolerances=tolerances(), peak_rss_mib=peak_rss_mib(), **environment(load_start))
+    result.update(tolerances=tolerances(args.cap), peak_rss_mib=peak_rss_mib(),
+                  **environment(load_start, loads))
     write_json_atomic(args.out, result)
-    log(
-        f"ratio_vs_scipy {result['ratio_vs_scipy']:.2f} ({result['ratio_basis']}), "
-        f"frac_loss_le_peer {result['frac_loss_le_peer']:.3f}, compile {rf['compile_s']:.1f} s "
-        f"-> {args.out}"
-    )
+    log(f"ratio_vs_scipy {result['ratio_vs_scipy']:.1f} ({fit_rate:.1f} vs "
+        f"{peer_rate:.3f} curves/s), frac_loss_le_peer {result['frac_loss_le_peer']:.3f}, "
+        f"failed {result['n_failed']}/{n}, compile {result['compile_s']:.1f} s -> {args.out}")
     return result
-
-
-def _cpu_mhz() -> float | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def main_scaling(args, load_start) -> dict:
     res = run_scaling(args)
+    g, _ = synthetic_group(2, args.seed)
     result = {
         "benchmark": "batch_fit_scaling",
         "description": "time per curve and peak memory of fitcsc.fit_map on N synthetic "
-        "curves, fitted in equal chunks (one compile per chunk size), one process per N",
+        "curves, scheduled as the main run (screen, sort by ODE steps, chunks of equal "
+        "shape, capped passes), one process per N",
         "quick": bool(args.quick),
-        **workload(),
+        "model": "the control model of csc_arm_spec: ModelConfig(crowding='logistic'), "
+        f"free {list(g.labels)}",
         "synthetic": {
             "days": SYN_DAYS.tolist(),
-            "truth": {k: {"median": m, "log_sd": s} for k, (m, s) in SYN_TRUTH.items()},
-            "truth_note": "log-normal around the median; self_renewal: normal on the logit "
-            "of (p - 0.5) / 0.5",
+            "truth": {k: {"median": m, "sd": s} for k, (m, s) in SYN_TRUTH.items()},
+            "truth_note": "log-normal around the median (self_renewal: normal on the logit "
+            "of (p - 0.5) / 0.5)",
             "noise": f"log-normal, SD {SYN_NOISE_SD}; fits use sigma = {SYN_NOISE_SD}",
             "simulated_with": "fitcsc.simulate, rtol 1e-10, atol 1e-8 cells",
             "seed": args.seed,
         },
         "num_starts": args.scaling_starts,
-        "chunk": args.scaling_chunk,
-        "timing": "compile excluded: a first call on chunk 0 compiles (first_call_s, "
-        "compile_s), then every chunk is timed; wall_s is their sum",
+        "chunk_members": args.scaling_chunk,
+        "lm_steps_per_pass": args.cap,
+        "timing": "compile excluded: every function is first compiled and run on chunk 0 "
+        "(first_call_s, compile_s), then the whole run is timed (fit_s, host scheduling "
+        "included)",
         **res,
-        "tolerances": tolerances(),
-        **environment(load_start),
+        "tolerances": tolerances(args.cap),
+        **environment(load_start, []),
     }
     write_json_atomic(args.out, result)
     return result

@@ -32,6 +32,8 @@ from ._errors import RegimenError as RegimenError
 from ._fit import FitResult as FitResult
 from ._fit import FitStatus as FitStatus
 from ._fit import fit_map as fit_map
+from ._fit_group import GroupFitResult as GroupFitResult
+from ._fit_group import fit_groups as fit_groups
 from ._fit_predict import AbstractPredictor as AbstractPredictor
 from ._fit_predict import CSCPredictor as CSCPredictor
 from ._fit_predict import FunctionPredictor as FunctionPredictor

@@ -8,7 +8,9 @@ log-likelihood (``method="optax"``). Each subject keeps its best start (lowest l
 starts that did not fail) and reports its own `FitStatus`; a failing subject changes
 nothing for the others. Standard errors come from the residual Jacobian at the optimum,
 ``cov = (J^T J)^+`` (``= sigma^2 (J_logV^T J_logV)^-1`` without censoring), and reach the
-natural scale by the delta method.
+natural scale by the delta method. `fitcsc._fit_group.fit_groups` (parameters shared
+within groups of curves) runs the same core with one group per batch member; a predictor's
+``free_mask`` there marks the elements a member does not estimate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._fit_predict import AbstractPredictor, FunctionPredictor, constrained, subject_data
-from ._fit_solve import FitStatus, Options, solve_lm, solve_optax
+from ._fit_solve import FitStatus, Options, lm_options, solve_lm, solve_optax
 
 DEFAULT_OPTIMISER = optax.adam(0.05)  # module level: a new optimiser object recompiles
 
@@ -104,16 +106,29 @@ def _best(losses, status):
                      jnp.argmin(finite))
 
 
-def _uncertainty(spec, J, z, status, max_condition):
-    """Covariance of ``z`` from the residual Jacobian ``J``, and the delta method."""
-    jtj = J.T @ J
+def _uncertainty(spec, J, z, status, max_condition, free=None):
+    """Covariance of ``z`` from the residual Jacobian ``J``, and the delta method.
+
+    ``free`` (bool, ``(n_z,)``) marks the estimated elements; the others (fixed in this
+    member, e.g. a group's parameter that no curve of the group informs) get NaN
+    standard errors and are left out of the condition number.
+    """
+    n_z = z.shape[0]
+    free = jnp.ones((n_z,), bool) if free is None else free
+    both = free[:, None] & free[None, :]
+    # fixed elements: a decoupled -1 block, so that pinv and the sorted eigenvalues of
+    # the free block are exactly those of J's free columns
+    jtj = jnp.where(both, J.T @ J, 0.0) - jnp.diag(jnp.where(free, 0.0, 1.0))
     bad = status >= FitStatus.SOLVER_FAILURE
-    cov = jnp.where(bad, jnp.nan, jnp.linalg.pinv(jtj, hermitian=True))
+    cov = jnp.where(both, jnp.linalg.pinv(jtj, hermitian=True), 0.0)
     ev = jnp.linalg.eigvalsh(jtj)
-    cond = jnp.where(bad, jnp.nan, jnp.sqrt(ev[-1] / jnp.maximum(ev[0], 0.0)))
+    ev_min = ev[jnp.sum(~free)]
+    cond = jnp.where(bad, jnp.nan, jnp.sqrt(ev[-1] / jnp.maximum(ev_min, 0.0)))
     Jt = jax.jacfwd(lambda z_: constrained(spec, z_))(z)
-    return (cov, jnp.sqrt(jnp.diag(cov)), cond, cond < max_condition,
-            jnp.sqrt(jnp.diag(Jt @ cov @ Jt.T)))
+    se_t = jnp.sqrt(jnp.diag(Jt @ cov @ Jt.T))
+    cov = jnp.where(bad | ~both, jnp.nan, cov)
+    se_t = jnp.where(bad | ~free, jnp.nan, se_t)
+    return cov, jnp.sqrt(jnp.diag(cov)), cond, cond < max_condition, se_t
 
 
 def run_members(predictor, data, z0, sigma0, opts):
@@ -137,14 +152,16 @@ def _init_z(predictor, data):
 
 @eqx.filter_jit
 def _fit_core(predictor, data, z_ref, unit, scale, sigma0, opts, max_condition):
+    free = jax.vmap(predictor.free_mask)(data)
     z0 = z_ref[:, None, :] + scale * (2.0 * unit - 1.0)[None]
+    z0 = jnp.where(free[:, None, :], z0, z_ref[:, None, :])  # fixed elements: no spread
     m = run_members(predictor, data, z0, sigma0, opts)
     best = jax.vmap(_best)(m.loss, m.status)
     b = jax.tree_util.tree_map(jax.vmap(lambda a, i: a[i]), m, jax.tree_util.tree_map(
         lambda _: best, m))
     cov, se, cond, ident, se_t = jax.vmap(
-        lambda J, z_, st: _uncertainty(predictor.spec, J, z_, st, max_condition))(
-        b.jac, b.z, b.status)
+        lambda J, z_, st, f: _uncertainty(predictor.spec, J, z_, st, max_condition, f))(
+        b.jac, b.z, b.status, free)
     obs = data.mask & ~data.censored
     sq = jnp.where(obs, (jnp.log(jnp.where(obs, data.volume_mm3, 1.0)) - b.log_pred) ** 2,
                    0.0)
@@ -175,6 +192,9 @@ def fit_map(
     optimiser=None,
     max_condition: float = 1e6,
     throw: bool = False,
+    trust_region: str | tuple | None = None,
+    stall_rtol: float | None = None,
+    stall_steps: int = 3,
 ) -> FitResult:
     """Fit every subject of ``batch`` separately by maximum likelihood, multi-start.
 
@@ -198,6 +218,13 @@ def fit_map(
     - `max_condition`: condition number of the residual Jacobian above which a subject
       is flagged not identifiable.
     - `throw`: raise `RuntimeError` if any subject did not converge (after the fit).
+    - `trust_region`: ``"lm"`` only: ``"eager"`` (MINPACK-like: accept any decrease,
+      widen often; parameters at a transform's bound leave quickly), a 4-tuple of
+      `optimistix.ClassicalTrustRegion` constants, or None (optimistix's defaults).
+    - `stall_rtol`, `stall_steps`: ``"lm"`` only: also stop a start (as converged) once
+      its loss fell by no more than ``stall_rtol * |loss|`` over ``stall_steps`` accepted
+      steps (None: off), e.g. ``1e-8``: a boundary optimum then stops, where ``z`` never
+      settles.
 
     **Returns:** a `FitResult`.
 
@@ -215,10 +242,13 @@ def fit_map(
     elif spec is not None:
         raise TypeError("fit_map: `spec` is only for plain functions; a predictor "
                         "carries its own `spec`")
+    has_cens = bool(np.any(np.asarray(batch.censored) & np.asarray(batch.mask)))
     opts, unit, z_ref, scale, sigma0 = _prepare(
-        predictor, batch, num_starts=num_starts, key=key, z_init=z_init,
-        start_scale=start_scale, method=method, sigma=sigma, rtol=rtol, atol=atol,
+        "fit_map", predictor, batch.n_subjects, has_cens, num_starts=num_starts, key=key,
+        z_init=z_init, start_scale=start_scale, method=method, sigma=sigma, rtol=rtol, atol=atol,
         max_steps=max_steps, optimiser=optimiser)
+    opts = lm_options(opts, trust_region=trust_region, stall_rtol=stall_rtol,
+                      stall_steps=stall_steps)
     data = subject_data(batch)
     if z_ref is None:  # outside `_fit_core`, so that giving z_init or not never retraces
         z_ref = _init_z(predictor, data)
@@ -235,35 +265,38 @@ def fit_map(
     return result
 
 
-def _prepare(predictor, batch, *, num_starts, key, z_init, start_scale, method, sigma,
-             rtol, atol, max_steps, optimiser):
-    """Check options on concrete values; starts and options for `_fit_core`."""
-    n_z, n_subj = int(predictor.spec.size), batch.n_subjects
+def _prepare(who, predictor, n_members, has_cens, *, num_starts, key, z_init, start_scale,
+             method, sigma, rtol, atol, max_steps, optimiser):
+    """Check options on concrete values; starts and options for `_fit_core`.
+
+    ``who`` names the caller in error messages; ``n_members`` is the number of fitted
+    members (subjects, or groups); ``has_cens``: whether any observation is censored.
+    """
+    n_z, n_subj = int(predictor.spec.size), int(n_members)
     if n_z < 1:
-        raise ValueError("fit_map: the spec has no free parameter")
+        raise ValueError(f"{who}: the spec has no free parameter")
     if method not in ("lm", "optax"):
-        raise ValueError(f"fit_map: method must be 'lm' or 'optax', got {method!r}")
+        raise ValueError(f"{who}: method must be 'lm' or 'optax', got {method!r}")
     if int(num_starts) != num_starts or num_starts < 1:
-        raise ValueError(f"fit_map: num_starts must be an integer >= 1, got {num_starts!r}")
+        raise ValueError(f"{who}: num_starts must be an integer >= 1, got {num_starts!r}")
     estimate = isinstance(sigma, str)
     if estimate and sigma != "estimate":
-        raise ValueError(f"fit_map: sigma must be a float > 0 or 'estimate', got {sigma!r}")
+        raise ValueError(f"{who}: sigma must be a float > 0 or 'estimate', got {sigma!r}")
     sigma0 = np.broadcast_to(np.asarray(0.2 if estimate else sigma, float), (n_subj,))
     if not np.all(np.isfinite(sigma0) & (sigma0 > 0)):
-        raise ValueError(f"fit_map: sigma must be finite and > 0, got {sigma!r}")
+        raise ValueError(f"{who}: sigma must be finite and > 0, got {sigma!r}")
     scale = np.broadcast_to(np.asarray(start_scale, float), (n_z,))
     if not np.all(np.isfinite(scale) & (scale >= 0)):
-        raise ValueError(f"fit_map: start_scale must be finite and >= 0, got {start_scale!r}")
+        raise ValueError(f"{who}: start_scale must be finite and >= 0, got {start_scale!r}")
     if z_init is not None:
         z_init = np.asarray(z_init, float)
         if z_init.shape not in ((n_z,), (n_subj, n_z)):
-            raise ValueError(f"fit_map: z_init must have shape ({n_z},) or ({n_subj}, {n_z})"
+            raise ValueError(f"{who}: z_init must have shape ({n_z},) or ({n_subj}, {n_z})"
                              f", got {z_init.shape}")
         z_init = jnp.asarray(np.broadcast_to(z_init, (n_subj, n_z)))
     seed = 0 if key is None else int(jax.random.randint(key, (), 0, 2**31 - 1))
     if max_steps is None:
         max_steps = 200 if method == "lm" else 2000
-    has_cens = bool(np.any(np.asarray(batch.censored) & np.asarray(batch.mask)))
     opts = Options(method=method, rtol=float(rtol), atol=float(atol),
                     max_steps=int(max_steps), estimate_sigma=estimate,
                     refit_sigma=estimate and has_cens and method == "lm",

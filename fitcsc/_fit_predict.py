@@ -81,8 +81,11 @@ def constrained(spec, z: Float[Array, " n_z"]) -> Float[Array, " n_z"]:
     """The free parameters on their natural scale, flat, in the order of ``labels()``.
 
     For a `ParamSpec` (or any spec with ``free`` and ``from_z``) this is ``from_z(z)``'s
-    free fields; for a `SizeSpec` it is ``z``.
+    free fields; for a spec with a ``natural(z)`` method (e.g. a group fit's `GroupSpec`)
+    that; for a `SizeSpec` it is ``z``.
     """
+    if hasattr(spec, "natural"):
+        return spec.natural(z)
     if hasattr(spec, "free") and hasattr(spec, "from_z"):
         params = spec.from_z(z)
         parts = [jnp.ravel(getattr(params, n)) for n in spec.free]
@@ -104,6 +107,12 @@ class AbstractPredictor(eqx.Module):
         if hasattr(self.spec, "to_z") and hasattr(self.spec, "reference"):
             return self.spec.to_z(self.spec.reference)
         return jnp.zeros((self.spec.size,))
+
+    def free_mask(self, subject: SubjectData) -> Bool[Array, " n_z"]:
+        """Which elements of ``z`` are estimated for this subject (default: all). The
+        others stay at ``init_z`` and the prediction must not depend on them."""
+        del subject
+        return jnp.ones((self.spec.size,), bool)
 
 
 class FunctionPredictor(AbstractPredictor):

@@ -131,15 +131,20 @@ def _status_name(code: int) -> str:
     return "error" if code < 0 else FitStatus(code).name.lower()
 
 
-def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs):
-    """Table, regimens (or None), batch, regimen source and warnings."""
-    from ._data import detect_kind, read_regimen_table, read_tidy_csv
+def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
+          with_table=False):
+    """Batch, regimens (or None), regimen source and warnings (and the table, with
+    ``with_table``). ``data_file`` may also be a `TidyTable` already read."""
+    from ._data import TidyTable, detect_kind, read_regimen_table, read_tidy_csv
     from ._nonmem import read_nonmem
 
-    path = pathlib.Path(data_file)
-    kind = detect_kind(path)
+    given = isinstance(data_file, TidyTable)
+    path = pathlib.Path(data_file.path if given else data_file)
+    kind = "tidy" if given else detect_kind(path)
     notes = []
-    if kind == "tidy":
+    if given:
+        table = data_file
+    elif kind == "tidy":
         table = read_tidy_csv(path)
     elif kind == "nonmem":
         if regimens_file is not None:
@@ -163,6 +168,8 @@ def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_dru
         if classes and model in ("csc", "simeoni"):  # the other baselines ignore doses
             notes.append(constant_effect_message(classes))
     batch = make_batch(table, regimens, species=species, detection_limit_mm3=limit)
+    if with_table:
+        return batch, regimens, source, notes, table
     return batch, regimens, source, notes
 
 
@@ -264,12 +271,14 @@ def fit_job(
     detection_limit_mm3: float = 1.0,
     max_panels: int = 24,
     cmt_drugs: dict[int, str] | None = None,
+    share_growth_by: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
     **Arguments:**
-    - `data_file`: tidy CSV (``study, arm, subject, day, volume_mm3``) or NONMEM data.
+    - `data_file`: tidy CSV (``study, arm, subject, day, volume_mm3``) or NONMEM data
+      (or a `TidyTable` already read, e.g. a subset).
     - `out_dir`: output directory (created).
     - `regimens_file`: regimen table for a tidy CSV; without it, `default_arm_regimens`
       (controls untreated, one constant effect per treated arm; listed in the summary's
@@ -283,6 +292,9 @@ def fit_job(
     - `species`, `detection_limit_mm3`: as in `make_batch`.
     - `max_panels`: subjects shown in ``fits_subjects.png``.
     - `cmt_drugs`: NONMEM only: ``{CMT: drug}`` (see `read_nonmem`).
+    - `share_growth_by`: a column of the data (e.g. ``"pdx_line"``): fit the curves of
+      each of its groups together, growth shared and drug effects per arm (CSC model
+      only; see `fitcsc._fitrun_group`); ``chunk_size`` then counts curves per call.
     - `progress`: a progress bar over chunks (only on a terminal).
 
     **Returns:** the summary (also ``summary.json``).
@@ -297,9 +309,23 @@ def fit_job(
     if quick:
         starts, n_grid, max_steps = min(starts, QUICK_STARTS), QUICK_GRID_POINTS, QUICK_MAX_STEPS
         max_subjects = QUICK_MAX_SUBJECTS if max_subjects is None else max_subjects
-    batch, regimens, source, notes = _load(data_file, regimens_file, model, species,
-                                           detection_limit_mm3, max_subjects, cmt_drugs)
+    if share_growth_by is not None and model != "csc":
+        raise FitcscInputError("--share-growth-by needs the CSC model", column="--model",
+                               expected="csc", value=model)
+    batch, regimens, source, notes, table = _load(
+        data_file, regimens_file, model, species, detection_limit_mm3, max_subjects,
+        cmt_drugs, with_table=True)
     regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    if share_growth_by is not None:
+        from ._fitrun_group import group_job
+
+        return group_job(table, batch, regs, pathlib.Path(out_dir), column=share_growth_by,
+                         starts=starts, chunk_size=chunk_size, max_steps=max_steps,
+                         sigma=sigma, species=species, n_grid=n_grid, max_panels=max_panels,
+                         progress=progress, source=source, notes=notes,
+                         data_file=getattr(data_file, "path", data_file),
+                         detection_limit_mm3=detection_limit_mm3, quick=quick,
+                         t_start=t_start)
     groups = _groups(batch, regs, model, species)
 
     n = batch.n_subjects
@@ -427,27 +453,39 @@ def _check_options(model, sigma, **counts):
         raise FitcscInputError("bad sigma", expected="'estimate' or a float > 0", value=sigma)
 
 
-def _fits_csv(batch, fits, statuses, per_subject) -> str:
+def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=None) -> str:
     """``fits.csv``: one row per subject; a parameter's cells are empty where it is not
-    free for that subject; AIC/BIC count sigma when it is estimated."""
+    free for that subject; AIC/BIC count sigma when it is estimated. With
+    ``group_column`` (a shared-growth fit): that column after ``study``, the curve's
+    share of the loss, the group's loss/AIC/BIC/free count, no per-curve AIC/BIC."""
     n_obs = np.asarray(batch.mask).sum(axis=1)
     params = list(dict.fromkeys(c for r in per_subject for c in r["params"]))
-    header = ["subject", "arm", "study", "status", *[h for p in params for h in (p, f"{p}_se")],
+    grouped = group_column is not None
+    header = ["subject", "arm", "study", *([group_column] if grouped else []), "status",
+              *[h for p in params for h in (p, f"{p}_se")],
               "rmse_log_volume", "loss", "aic", "bic", "n_obs", "sigma", "condition_number",
               "identifiable", "best_start", "n_steps"]
+    if grouped:
+        header += ["group_loss", "group_aic", "group_bic", "group_n_free"]
     rows = []
     for i, rec in enumerate(per_subject):
         loss, k, m = float(fits.loss[i]), rec.get("n_free", 0), int(n_obs[i])
-        row = [batch.subject[i], batch.arm[i], batch.study[i], statuses[i]]
+        row = [batch.subject[i], batch.arm[i], batch.study[i], *([groups[i]] if grouped else []),
+               statuses[i]]
         for p in params:
             row += [_fmt(x) for x in rec["params"].get(p, (None, None))]
-        got = "n_free" in rec
-        row += [_fmt(rec.get("rmse_log_volume", math.nan)), _fmt(loss),
-                _fmt(2 * k + 2 * loss), _fmt(k * math.log(m) + 2 * loss), str(m),
+        got = "identifiable" in rec
+        aic, bic = ("", "") if grouped else (_fmt(2 * k + 2 * loss),
+                                             _fmt(k * math.log(m) + 2 * loss))
+        row += [_fmt(rec.get("rmse_log_volume", math.nan)), _fmt(loss), aic, bic, str(m),
                 _fmt(rec.get("sigma", math.nan)), _fmt(rec.get("condition_number", math.nan)),
                 str(bool(rec["identifiable"])).lower() if got else "",
                 str(int(rec["best_start"])) if got else "",
                 str(int(rec["n_steps"])) if got else ""]
+        if grouped:
+            g = rec.get("group_stats")
+            row += ["", "", "", ""] if g is None else [
+                _fmt(g["loss"]), _fmt(g["aic"]), _fmt(g["bic"]), str(g["n_free"])]
         rows.append(row)
     return _csv_text(header, rows)
 

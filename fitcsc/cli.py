@@ -204,11 +204,14 @@ def _fit(args) -> int:
                       max_subjects=args.max_subjects,
                       detection_limit_mm3=args.detection_limit_mm3,
                       cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None,
+                      share_growth_by=args.share_growth_by,
                       progress=not args.no_progress)
     for note in summary["warnings"] + summary["errors"]:
         print(f"fitcsc: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
-    print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')} fitted with "
+    shared = (f" in {_n(summary['n_groups'], 'group')} by {summary['share_growth_by']!r}"
+              if "share_growth_by" in summary else "")
+    print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')}{shared} fitted with "
           f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
           "{summary.json, fits.csv, *.png}")
     return 0
@@ -235,7 +238,14 @@ def add_fit_command(subparsers, common) -> None:
     f.add_argument("--model", choices=MODELS, default="csc", help="model (default csc)")
     f.add_argument("--starts", type=int, default=4, help="starts per subject (default 4)")
     f.add_argument("--chunk-size", type=int, default=64,
-                   help="subjects per compiled call (default 64)")
+                   help="subjects (curves, with --share-growth-by) per compiled call "
+                   "(default 64)")
+    f.add_argument("--share-growth-by", metavar="COLUMN", default=None,
+                   help="fit the curves of each group of this data column together "
+                   "(e.g. pdx_line): CSC growth (csc_division_rate, self_renewal) shared "
+                   "by the group and estimated jointly with its untreated curve(s), drug "
+                   "effects per group and arm, initial volume per curve; fits.csv keeps "
+                   "one row per subject, the shared values repeated")
     f.add_argument("--max-subjects", type=int, default=None, metavar="N",
                    help="fit only the first N subjects")
     f.add_argument("--detection-limit-mm3", type=float, default=1.0,

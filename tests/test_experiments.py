@@ -44,6 +44,30 @@ def test_pcr_fit_quick(quick_fit):
     assert "log_kill_scale" in post and "r_hat" in post.splitlines()[0]
 
 
+def test_pdxe_response_quick(tmp_path):
+    exp = _load("pdxe_response")
+    summary = exp.main(exp.parse_args(["--quick", "--no-progress", "--out", str(tmp_path)]))
+    assert summary["n_curves"] == 12 and summary["n_lines"] == 3  # 3 lines x 4 arms
+    assert summary["n_failed"] == 0 and summary["precision"] == "float64"
+    for name in ("line_arm.csv", "correlations.csv", "summary.json", "RESULT.md",
+                 "her2_vs_erbb2.png", "paclitaxel.png", "fit/fits.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with open(tmp_path / "line_arm.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {r["line"] for r in rows} == {"X-3873", "X-4567", "X-1004"}
+    for line in ("X-3873", "X-4567", "X-1004"):  # growth shared within the line
+        assert len({r["csc_division_rate"] for r in rows if r["line"] == line}) == 1
+    tras = [r for r in rows if r["arm"] == "trastuzumab"]
+    assert all(0.0 <= float(r["her2_efficacy_csc"]) <= 1.0 for r in tras)
+    assert all(r["her2_route"] in {"CSC", "bulk", "both", "none", "not_identified"}
+               for r in tras)
+    pac = [r for r in rows if r["arm"] == "paclitaxel"]
+    assert all(float(r["kill_rate"]) > 0 and r["her2_efficacy_csc"] == "" for r in pac)
+    # ERBB2 copy number from the marker file, next to the fitted effects
+    assert {r["ERBB2_cnv"] for r in rows if r["line"] == "X-3873"} == {"17.88"}
+    assert json.loads((tmp_path / "summary.json").read_text())["quick"] is True
+
+
 def _rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

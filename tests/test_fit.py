@@ -407,6 +407,29 @@ def test_bad_options_are_refused(g_batch, g_fit):
         profile(GOMPERTZ, g_batch.subset([0]), g_fit, "z[1]", [0.0])
 
 
+def test_eager_trust_region_and_stall_stop_a_boundary_optimum(g_batch):
+    def slowed(z, s):  # a slowing the data do not show: its optimum is at z[3] -> -inf
+        log_v, status = gompertz(z[:3], s)
+        return log_v - 0.5 * jax.nn.sigmoid(z[3]) * (s.day - s.t0_day) / 30.0, status
+
+    pred = FunctionPredictor(slowed, 4, init=lambda s: jnp.append(gompertz_init(s), 0.0))
+    plain = fit_map(pred, g_batch, num_starts=1)  # optimistix's defaults: z[3] crawls
+    fast = fit_map(pred, g_batch, num_starts=1, trust_region="eager", stall_rtol=1e-8)
+    assert np.all(np.asarray(fast.status) == FitStatus.CONVERGED)
+    assert int(np.sum(fast.n_steps)) < int(np.sum(plain.n_steps))
+    assert np.all(np.asarray(fast.loss) <= np.asarray(plain.loss) + 1e-6 * np.abs(plain.loss))
+    tuned = fit_map(pred, g_batch, num_starts=1, trust_region=(0.5, 3.0, 1e-4, 0.25),
+                    stall_rtol=1e-8, stall_steps=3)
+    np.testing.assert_array_equal(tuned.n_steps, fast.n_steps)  # "eager" is that tuple
+    for kwargs, match in [(dict(trust_region="wide"), "trust_region"),
+                          (dict(trust_region=(0.5, 3.0)), "trust_region"),
+                          (dict(stall_rtol=-1.0), "stall_rtol"),
+                          (dict(stall_rtol=1e-8, stall_steps=0), "stall_steps"),
+                          (dict(method="optax", stall_rtol=1e-8), "method='lm'")]:
+        with pytest.raises(ValueError, match=match):
+            fit_map(pred, g_batch, num_starts=1, **kwargs)
+
+
 def test_sobol_starts_are_fixed_and_start_zero_is_the_reference():
     u = sobol_unit(8, 3)
     assert u.shape == (8, 3) and np.all(u[0] == 0.5)
