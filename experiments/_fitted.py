@@ -39,6 +39,12 @@ def load_module(name: str):
     return module
 
 
+def _shown(path) -> str:
+    """``path`` relative to the repository when inside it (results stay portable)."""
+    p = pathlib.Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def resolve_fit(path, *, quick: bool, out: pathlib.Path) -> tuple[dict, str]:
     """The saved fit and a sentence saying where it came from.
 
@@ -51,7 +57,7 @@ def resolve_fit(path, *, quick: bool, out: pathlib.Path) -> tuple[dict, str]:
     if f.exists():
         doc = load_fit(f)
         kind = "quick" if doc.get("quick") else "full"
-        return doc, f"saved {kind} pCR fit {f}"
+        return doc, f"saved {kind} pCR fit {_shown(f)}"
     if not quick:
         raise FileNotFoundError(f"{f}: no saved trial fit; run experiments/pcr_fit.py "
                                 "first or pass --fit PATH")

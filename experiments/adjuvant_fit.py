@@ -67,7 +67,8 @@ def pcr_fit_doc(path, quick):
     """The saved pCR fit; in quick mode a missing one is made by pcr_fit --quick."""
     path = pathlib.Path(path)
     if path.exists() or not quick:
-        return load_fit(path), str(path)
+        p = path.resolve()  # shown relative to the repository: results stay portable
+        return load_fit(path), str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="fitcsc_pcr_"))
     pcr = _pcr_module()
     pcr.main(pcr.parse_args(["--quick", "--out", str(tmp)]))

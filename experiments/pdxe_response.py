@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import pathlib
@@ -39,6 +38,7 @@ from scipy import stats
 
 import fitcsc
 from fitcsc._fitrun import fit_job
+from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,11 +66,7 @@ def subset(table, lines=None, arms=None):
         keep &= np.isin(table.extra[GROUP], list(lines))
     if arms is not None:
         keep &= np.isin(table.arm, list(arms))
-    return dataclasses.replace(
-        table, study=table.study[keep], arm=table.arm[keep], subject=table.subject[keep],
-        day=table.day[keep], volume_mm3=table.volume_mm3[keep],
-        extra={k: v[keep] for k, v in table.extra.items()},
-        line=None if table.line is None else table.line[keep])
+    return table.select(keep)
 
 
 def read_markers(path):
@@ -184,18 +180,8 @@ def _table_text(rows):
     return _csv_text(header, [[_fmt(r[h]) for h in header] for r in rows])
 
 
-def _save(fig, path):
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-
-
 def figures(rows, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     usable = [r for r in rows if r["status"] in ("converged", "max_steps")]
     arms = [a for a in TRASTUZUMAB_ARMS if any(r["arm"] == a for r in usable)]
     fig, axes = plt.subplots(len(arms) or 1, 2, figsize=(10, 4 * max(len(arms), 1)),
@@ -218,7 +204,6 @@ def figures(rows, out):
     fig.suptitle("HER2-class efficacy per line vs ERBB2 (blue: 95% interval; red: flagged, "
                  "at a bound or interval over half the range)", fontsize=10)
     _save(fig, out / "her2_vs_erbb2.png")
-    plt.close(fig)
 
     pac = [r for r in usable if r["arm"] == CHEMO_ARM]
     fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
@@ -233,7 +218,6 @@ def figures(rows, out):
            title=f"paclitaxel per line (red: an estimate flagged; kill < {KILL_FLOOR:g} "
            "drawn at it)")
     _save(fig, out / "paclitaxel.png")
-    plt.close(fig)
 
 
 def _median_iqr(values):

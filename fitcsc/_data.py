@@ -146,6 +146,17 @@ class TidyTable:
         """Bool ``(n_rows,)``: volume 0 or below ``detection_limit_mm3`` (left-censored)."""
         return (self.volume_mm3 < detection_limit_mm3) | (self.volume_mm3 == 0)
 
+    def select(self, keep) -> TidyTable:
+        """The rows where the bool ``(n_rows,)`` mask ``keep`` is true (order kept)."""
+        keep = np.asarray(keep, bool)
+        if keep.shape != (self.n_rows,):
+            raise ValueError(f"select: mask of shape {keep.shape}, expected ({self.n_rows},)")
+        return dataclasses.replace(
+            self, study=self.study[keep], arm=self.arm[keep], subject=self.subject[keep],
+            day=self.day[keep], volume_mm3=self.volume_mm3[keep],
+            extra={k: v[keep] for k, v in self.extra.items()},
+            line=None if self.line is None else self.line[keep])
+
 
 def _build_table(path, records, error, extra_names=(), columns=None) -> TidyTable:
     """Check cross-row rules and sort. ``records``: (line, study, arm, subject, day,

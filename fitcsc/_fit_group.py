@@ -35,7 +35,7 @@ from jaxtyping import Array, Bool, Int
 
 from ._fit import FitResult, _fit_core, _init_z, _prepare
 from ._fit_predict import AbstractPredictor, SubjectData, subject_data
-from ._fit_solve import FitStatus, nll_from_log
+from ._fit_solve import FitStatus, lm_options, nll_from_log
 from ._transforms import Real
 
 SEP = "|"  # group-z labels: "<label>" (shared), "<label>|<arm>", "<label>|curve<k>"
@@ -427,6 +427,9 @@ def fit_groups(
     max_steps: int | None = None,
     optimiser=None,
     max_condition: float = 1e6,
+    trust_region: str | tuple | None = None,
+    stall_rtol: float | None = None,
+    stall_steps: int = 3,
 ) -> GroupFitResult:
     """Fit the curves of each group together, with parameters shared within the group.
 
@@ -442,7 +445,8 @@ def fit_groups(
       curve (it keeps the predictor's reference); a shared label is estimated in a group
       if at least one curve of the group uses it, else fixed at the reference. Default:
       every arm uses every label.
-    - the rest as in `fit_map` (`sigma="estimate"`: one sigma per group).
+    - the rest as in `fit_map` (`sigma="estimate"`: one sigma per group; `trust_region`,
+      `stall_rtol` and `stall_steps` for ``method="lm"``).
 
     **Returns:** a `GroupFitResult`: ``.groups`` is the `FitResult` over groups (the
     group ``z``, labels ``"<label>"``, ``"<label>|<arm>"``, ``"<label>|curve<k>"``),
@@ -467,6 +471,8 @@ def fit_groups(
         "fit_groups", gpred, gb.n_groups, has_cens, num_starts=num_starts, key=key,
         z_init=None, start_scale=start_scale, method=method, sigma=sigma, rtol=rtol,
         atol=atol, max_steps=max_steps, optimiser=optimiser)
+    opts = lm_options(opts, trust_region=trust_region, stall_rtol=stall_rtol,
+                      stall_steps=stall_steps, who="fit_groups")
     z_ref = _init_z(gpred, gb.data)
     out = _fit_core(gpred, gb.data, z_ref, unit, scale, sigma0, opts, float(max_condition))
     res = FitResult(**out, labels=gpred.spec.labels(), subject=gb.groups,

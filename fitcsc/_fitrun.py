@@ -54,6 +54,9 @@ from ._transforms import Interval, ParamSpec, Positive
 
 MODELS = ("csc", *BASELINES)
 LM_TOL = 1e-6  # rtol = atol of Levenberg–Marquardt (on z and on the loss)
+# MINPACK-like trust region and the stall stop: boundary optima (an efficacy -> 0 or 1)
+# stop in ~20 steps instead of crawling to the cap (benchmarks/README.md, batch_fit)
+LM_EXTRAS = {"trust_region": "eager", "stall_rtol": 1e-8, "stall_steps": 2}
 GRID_POINTS, QUICK_GRID_POINTS = 120, 40  # fine grid of the fitted curves
 QUICK_STARTS, QUICK_MAX_STEPS, QUICK_MAX_SUBJECTS = 2, 100, 8
 PLOTS = ("fits_subjects.png", "observed_vs_predicted.png", "residuals.png", "multistart.png")
@@ -359,7 +362,7 @@ def fit_job(
             gb = _group_batch(batch, padded, regs, drugs)
             try:
                 r = fit_map(predictor, gb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
-                            atol=LM_TOL, max_steps=max_steps)
+                            atol=LM_TOL, max_steps=max_steps, **LM_EXTRAS)
                 vol, frac, _ = _grid_curves(predictor, subject_data(gb), r.z,
                                             jnp.asarray(grid[padded]))
                 a = {k: np.asarray(getattr(r, k))[:len(chunk)] for k in _RESULT_FIELDS}
@@ -386,22 +389,8 @@ def fit_job(
     t_fit = time.perf_counter() - t_start
 
     out = pathlib.Path(out_dir)
-    statuses = [_status_name(int(c)) for c in fits.status]
-    write_atomic(out / "fits.csv", _fits_csv(batch, fits, statuses, per_subject))
-
-    from ._plot import (
-        plot_multistart,
-        plot_observed_vs_predicted,
-        plot_residuals,
-        plot_subject_fits,
-    )
-
-    plot_subject_fits(fits, batch, grid, curves[0], out / PLOTS[0], max_panels=max_panels,
-                      csc_fraction=curves[1] if model == "csc" else None)
-    plot_observed_vs_predicted(fits, batch, out / PLOTS[1])
-    plot_residuals(fits, batch, out / PLOTS[2])
-    plot_multistart(fits, out / PLOTS[3])
-
+    statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
+                             max_panels=max_panels, csc=model == "csc")
     counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
     summary = {
         "job": f"per-subject maximum-likelihood fits ({model})",
@@ -414,7 +403,8 @@ def fit_job(
         "spec_labels": sorted({lab for gi in group_info for lab in gi["labels"]}),
         "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
         "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
-        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200),
+        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200,
+                          **LM_EXTRAS),
         "n_subjects": n,
         "n_converged": counts.get("converged", 0),
         "n_max_steps": counts.get("max_steps", 0),
@@ -428,7 +418,7 @@ def fit_job(
         "versions": _versions(),
         "warnings": notes,
         "errors": errors,
-        "outputs": ["summary.json", "fits.csv", *PLOTS],
+        "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -453,6 +443,51 @@ def _check_options(model, sigma, **counts):
         raise FitcscInputError("bad sigma", expected="'estimate' or a float > 0", value=sigma)
 
 
+def write_outputs(out, batch, fits, per_subject, grid, curves, *, max_panels, csc=True,
+                  group_column=None, groups=None) -> list[str]:
+    """Write ``fits.csv``, ``predictions.csv`` and the `PLOTS` of a fit job to ``out``;
+    returns each subject's status name."""
+    from ._plot import (
+        plot_multistart,
+        plot_observed_vs_predicted,
+        plot_residuals,
+        plot_subject_fits,
+    )
+
+    statuses = [_status_name(int(c)) for c in fits.status]
+    write_atomic(out / "fits.csv", _fits_csv(batch, fits, statuses, per_subject,
+                                             group_column=group_column, groups=groups))
+    write_atomic(out / "predictions.csv", _predictions_csv(batch, fits))
+    plot_subject_fits(fits, batch, grid, curves[0], out / PLOTS[0], max_panels=max_panels,
+                      csc_fraction=curves[1] if csc else None)
+    plot_observed_vs_predicted(fits, batch, out / PLOTS[1])
+    plot_residuals(fits, batch, out / PLOTS[2])
+    plot_multistart(fits, out / PLOTS[3])
+    return statuses
+
+
+def _predictions_csv(batch, fits) -> str:
+    """``predictions.csv`` (as NONMEM's table file): one row per observation with the
+    fitted volume (PRED) and the log residual ``log(obs) - log(pred)`` (blank where the
+    observation is left-censored, or the subject's fit failed)."""
+    day, vol = np.asarray(batch.day), np.asarray(batch.volume_mm3)
+    mask, cens = np.asarray(batch.mask), np.asarray(batch.censored)
+    def cell(x):
+        return _fmt(x) if math.isfinite(x) else ""
+
+    rows = []
+    for i, s in enumerate(batch.subject):
+        for j in np.nonzero(mask[i])[0]:
+            lp = float(fits.log_volume_pred[i, j])
+            ok = math.isfinite(lp)
+            res = math.log(vol[i, j]) - lp if not cens[i, j] and ok else math.nan
+            rows.append([s, batch.arm[i], cell(float(day[i, j])), cell(float(vol[i, j])),
+                         str(int(cens[i, j])), cell(lp), cell(math.exp(lp) if ok else math.nan),
+                         cell(res)])
+    return _csv_text(["subject", "arm", "day", "volume_mm3", "censored", "log_volume_pred",
+                      "volume_pred_mm3", "residual_log"], rows)
+
+
 def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=None) -> str:
     """``fits.csv``: one row per subject; a parameter's cells are empty where it is not
     free for that subject; AIC/BIC count sigma when it is estimated. With
@@ -461,7 +496,8 @@ def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=N
     n_obs = np.asarray(batch.mask).sum(axis=1)
     params = list(dict.fromkeys(c for r in per_subject for c in r["params"]))
     grouped = group_column is not None
-    header = ["subject", "arm", "study", *([group_column] if grouped else []), "status",
+    extra = grouped and group_column != "study"  # grouped by study: the column is there
+    header = ["subject", "arm", "study", *([group_column] if extra else []), "status",
               *[h for p in params for h in (p, f"{p}_se")],
               "rmse_log_volume", "loss", "aic", "bic", "n_obs", "sigma", "condition_number",
               "identifiable", "best_start", "n_steps"]
@@ -470,7 +506,7 @@ def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=N
     rows = []
     for i, rec in enumerate(per_subject):
         loss, k, m = float(fits.loss[i]), rec.get("n_free", 0), int(n_obs[i])
-        row = [batch.subject[i], batch.arm[i], batch.study[i], *([groups[i]] if grouped else []),
+        row = [batch.subject[i], batch.arm[i], batch.study[i], *([groups[i]] if extra else []),
                statuses[i]]
         for p in params:
             row += [_fmt(x) for x in rec["params"].get(p, (None, None))]

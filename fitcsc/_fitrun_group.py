@@ -46,19 +46,21 @@ from ._errors import FitcscInputError
 from ._fit import FitResult, _fit_core, _init_z, _prepare
 from ._fit_group import GroupBatch, expand, group_batch, group_predictor
 from ._fit_predict import csc_predictor, subject_data
+from ._fit_solve import lm_options
 from ._fitrun import (
     BASE_FREE,
     CLASS_FREE,
     CONTROL_FREE,
     CSC_REFERENCE,
+    LM_EXTRAS,
     LM_TOL,
     PER_DRUG_CLASS,
     PLOTS,
     JobFits,
-    _fits_csv,
     _grid_curves,
     _status_name,
     _versions,
+    write_outputs,
 )
 from ._model import ModelConfig
 from ._params import default_params
@@ -74,14 +76,16 @@ ODE_RTOL = 1e-6
 
 
 def _table_groups(table, column, subjects):
-    """Each subject's value of ``column`` (one per subject, else refused)."""
-    if column not in table.extra:
+    """Each subject's value of ``column`` (``study`` or an extra column; one per subject,
+    else refused)."""
+    values = table.study if column == "study" else table.extra.get(column)
+    if values is None:
         raise FitcscInputError(f"no column {column!r} to share growth by",
                                file=table.path or None, column=column,
-                               expected="one of the table's extra columns: "
+                               expected="study or one of the table's extra columns: "
                                + (", ".join(table.extra) or "none"), value=column)
     of: dict[str, str] = {}
-    for s, v in zip(table.subject.tolist(), table.extra[column].tolist(), strict=True):
+    for s, v in zip(table.subject.tolist(), values.tolist(), strict=True):
         if of.setdefault(s, v) != v:
             raise FitcscInputError(f"subject {s!r} has more than one {column!r}",
                                    file=table.path or None, column=column,
@@ -203,6 +207,8 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "fit", gpred, per_chunk, c, num_starts=starts, key=None, z_init=None,
         start_scale=1.0, method="lm", sigma=sigma, rtol=LM_TOL, atol=LM_TOL,
         max_steps=max_steps, optimiser=None) for c in (False, True)}
+    prepared = {c: (lm_options(p[0], **LM_EXTRAS, who="fit"), *p[1:])
+                for c, p in prepared.items()}
 
     n = batch.n_subjects
     fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
@@ -281,21 +287,8 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
     bar.close()
     t_fit = time.perf_counter() - t_fit0
 
-    statuses = [_status_name(int(c)) for c in fits.status]
-    write_atomic(out / "fits.csv", _fits_csv(batch, fits, statuses, per_subject,
-                                             group_column=column, groups=groups))
-    from ._plot import (
-        plot_multistart,
-        plot_observed_vs_predicted,
-        plot_residuals,
-        plot_subject_fits,
-    )
-
-    plot_subject_fits(fits, batch, grid, curves[0], out / PLOTS[0], max_panels=max_panels,
-                      csc_fraction=curves[1])
-    plot_observed_vs_predicted(fits, batch, out / PLOTS[1])
-    plot_residuals(fits, batch, out / PLOTS[2])
-    plot_multistart(fits, out / PLOTS[3])
+    statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
+                             max_panels=max_panels, group_column=column, groups=groups)
 
     counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
     g_counts = {}
@@ -322,7 +315,8 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "sigma": sigma if isinstance(sigma, str) else float(sigma),
         "sigma_note": "one sigma per group" if isinstance(sigma, str) else "fixed",
         "detection_limit_mm3": float(detection_limit_mm3),
-        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200),
+        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200,
+                          **LM_EXTRAS),
         "n_subjects": n,
         "n_converged": counts.get("converged", 0),
         "n_max_steps": counts.get("max_steps", 0),
@@ -337,7 +331,7 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "versions": _versions(),
         "warnings": notes,
         "errors": errors,
-        "outputs": ["summary.json", "fits.csv", *PLOTS],
+        "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

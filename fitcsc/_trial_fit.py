@@ -65,11 +65,72 @@ class LandmarkObservation:
     n: int
 
 
+@dataclasses.dataclass(frozen=True)
+class HrPcrObservation:
+    """A hormone-receptor subgroup's pCR count, *derived* (see `hr_pcr_observations`)."""
+
+    arm: str
+    trial: str
+    subgroup: str  # "HR+" or "HR-"
+    n: int
+    count: int
+    published_pct: float
+    hr_positive_share: float  # of the trial, derived
+
+
 @dataclasses.dataclass
 class TrialData:
     pcr: list[PcrObservation] = dataclasses.field(default_factory=list)
     landmarks: list[LandmarkObservation] = dataclasses.field(default_factory=list)
     hrs: list[HrObservation] = dataclasses.field(default_factory=list)
+    hr_pcr: list[HrPcrObservation] = dataclasses.field(default_factory=list)
+
+
+def hr_pcr_observations(rows, pcr_obs) -> tuple[list[HrPcrObservation], dict[str, float]]:
+    """Hormone-receptor subgroup counts for the arms of ``pcr_obs`` whose HR+ and HR-
+    pCR percentages are published under the arm's primary definition.
+
+    The trials publish subgroup *percentages* without subgroup sizes, so sizes and counts
+    are derived: per arm the mixture identity ``p_all = f p_+ + (1 - f) p_-`` gives the
+    HR+ share ``f = (p_- - p_all) / (p_- - p_+)``; a trial's share is the mean over its
+    arms weighted by ``(p_- - p_+)^2`` (randomisation balances it across arms), clipped
+    to [0.1, 0.9]. Then ``n_+ = round(f n)``, ``k_+ = round(p_+ n_+)``, and the HR-
+    subgroup gets the rest of the arm's published count, so the two add up to it.
+
+    **Returns:** ``(observations, {trial: HR+ share})``.
+    """
+    by_arm = {o.arm: o for o in pcr_obs}
+    pct: dict[str, dict[str, float]] = {}
+    for r in rows:
+        o = by_arm.get(r["arm_id"])
+        if (o is None or r["hr_subgroup"] not in ("HR+", "HR-") or r["pcr_pct"] is None
+                or r["pcr_definition"] != o.definition):
+            continue
+        pct.setdefault(o.arm, {})[r["hr_subgroup"]] = float(r["pcr_pct"]) / 100.0
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    for arm, d in pct.items():
+        if len(d) < 2 or abs(d["HR-"] - d["HR+"]) < 1e-9:
+            continue
+        o = by_arm[arm]
+        f = (d["HR-"] - o.count / o.n) / (d["HR-"] - d["HR+"])
+        wgt = (d["HR-"] - d["HR+"]) ** 2
+        num[o.trial] = num.get(o.trial, 0.0) + wgt * f
+        den[o.trial] = den.get(o.trial, 0.0) + wgt
+    share = {t: float(np.clip(num[t] / den[t], 0.1, 0.9)) for t in num}
+    out = []
+    for arm, d in pct.items():
+        o = by_arm[arm]
+        if len(d) < 2 or o.trial not in share:
+            continue
+        n_pos = int(round(share[o.trial] * o.n))
+        k_pos = int(np.clip(round(d["HR+"] * n_pos), 0, n_pos))
+        k_neg = int(np.clip(o.count - k_pos, 0, o.n - n_pos))
+        out.append(HrPcrObservation(arm, o.trial, "HR+", n_pos, k_pos, 100 * d["HR+"],
+                                    share[o.trial]))
+        out.append(HrPcrObservation(arm, o.trial, "HR-", o.n - n_pos, k_neg, 100 * d["HR-"],
+                                    share[o.trial]))
+    return out, share
 
 
 def pcr_observations(rows, regimens, *, volumes=None, trials=None):
@@ -144,12 +205,40 @@ class Objective:
         self.h_obs = jnp.asarray([o.log_hr for o in data.hrs], float)
         self.h_se = jnp.asarray([o.se for o in data.hrs], float)
         self.z_prior = tm.z0()
+        # arms with subgroup counts: their all-patient primary count is the subgroups'
+        # sum, so it is left out (the nested breast/total split is kept)
+        sub_arms = {o.arm for o in data.hr_pcr}
+        self.p_live = jnp.asarray([o.arm not in sub_arms for o in data.pcr])
+        self.s_idx = jnp.asarray([ix[o.arm] for o in data.hr_pcr], int)
+        self.s_pos = jnp.asarray([o.subgroup == "HR+" for o in data.hr_pcr])
+        self.s_n = jnp.asarray([o.n for o in data.hr_pcr], float)
+        self.s_k = jnp.asarray([o.count for o in data.hr_pcr], float)
+        if data.hr_pcr and (data.landmarks or data.hrs):
+            raise ValueError("Objective: hormone-receptor subgroups are fitted with pCR data "
+                             "only (DFS has no HR covariate yet)")
+        # every arm's population = its trial's HR+ share of HR+ tumours, the rest HR-;
+        # trials without subgroup data get the mean share
+        share = {o.trial: o.hr_positive_share for o in data.hr_pcr}
+        mean = float(np.mean(list(share.values()))) if share else 0.0
+        trial_of = {o.arm: o.trial for o in data.pcr}
+        self.hr_share = jnp.asarray([share.get(trial_of.get(a, ""), mean)
+                                     for a in tm.arm_names], float)
 
     def predictions(self, z) -> dict:
         tm = self.tm
         res = tm.mixture(z)
-        total, breast, status = tm.pcr_pair(z, res)
+        if self.data.hr_pcr:  # the population is a mixture of the two subgroups
+            tp, bp, sp = tm.pcr_pair(z, res, subgroup="HR+")
+            tn, bn, sn = tm.pcr_pair(z, res, subgroup="HR-")
+            f = self.hr_share
+            total, breast = f * tp + (1 - f) * tn, f * bp + (1 - f) * bn
+            status = jnp.maximum(sp, sn)
+        else:
+            total, breast, status = tm.pcr_pair(z, res)
         out = {"pcr_total": total, "pcr_breast": breast, "status": status}
+        if self.data.hr_pcr:
+            out["pcr_HR+"] = jnp.where(tm.breast_only, bp, tp)
+            out["pcr_HR-"] = jnp.where(tm.breast_only, bn, tn)
         days = jnp.concatenate([self.l_days, self.h_days, jnp.zeros((1,))])
         if self.data.landmarks or self.data.hrs:
             dfs, cure, _ = tm.dfs(z, days, res)
@@ -167,11 +256,15 @@ class Objective:
             t = pr["pcr_total"][self.p_idx]
             b = pr["pcr_breast"][self.p_idx]
             prim = jnp.where(self.p_breast, b, t)
-            parts.append(_deviance_residual(prim, self.p_k, self.p_n))
+            parts.append(_deviance_residual(prim, self.p_k, jnp.where(self.p_live,
+                                                                      self.p_n, 0.0)))
             # nested: total among the breast-only pCRs ~ Bin(k_b, pi_t / pi_b)
             cond = jnp.clip(t / jnp.maximum(b, 1e-12), 1e-9, 1 - 1e-9)
             parts.append(_deviance_residual(cond, self.p_nested,
                                             jnp.where(self.p_has_nested, self.p_k, 0.0)))
+        if self.data.hr_pcr:
+            rate = jnp.where(self.s_pos, pr["pcr_HR+"][self.s_idx], pr["pcr_HR-"][self.s_idx])
+            parts.append(_deviance_residual(rate, self.s_k, self.s_n))
         if self.data.landmarks:
             parts.append(_deviance_residual(pr["landmark"], self.l_k, self.l_n))
         if self.data.hrs:

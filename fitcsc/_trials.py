@@ -83,7 +83,13 @@ PARAMETERS = {
     "log_her2_potency": ("exp", 1.0),  # per HER2 drug (name#drug): C/EC50 multiplier
     "her2_dependence_csc": ("identity", 1.0),  # h_S: 1 for HER2+, lower for HER2-low
     "her2_dependence_bulk": ("identity", 1.0),  # h_D
+    # hormone-receptor covariate: HR+ tumours' log responsiveness has mean
+    # ``hr_response_shift`` (in units of its sd; HR- tumours: 0) and their
+    # HER2-independent fraction has logit ``logit(phi) + hr_her2_independent_shift``
+    "hr_response_shift": ("identity", 0.0),
+    "hr_her2_independent_shift": ("identity", 0.0),
 }
+HR_SUBGROUPS = ("HR+", "HR-")
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
 BREAST_ONLY = ("ypT0/is",)  # definitions that ignore nodal residual
@@ -371,12 +377,13 @@ class TrialModel(eqx.Module):
         return (*outs, status)
 
     # ------------------------------------------------------------------ integration
-    def _fine(self, values):
-        """Interpolate node values (..., n_nodes) onto the fine grid; with weights."""
+    def _fine(self, values, shift=0.0):
+        """Interpolate node values (..., n_nodes) onto the fine grid; with the weights of
+        a normal responsiveness ``eta ~ N(shift, 1)`` (truncated to the grid)."""
         nodes = self.nodes()
         fine = jnp.linspace(-self.eta_max, self.eta_max,
                             (self.n_nodes - 1) * self.refine + 1)
-        w = jnp.exp(-0.5 * fine**2)
+        w = jnp.exp(-0.5 * (fine - shift) ** 2)
         w = w / jnp.sum(w)
         interp = jnp.vectorize(lambda v: jnp.interp(fine, nodes, v), signature="(n)->(m)")
         return interp(values), w
@@ -392,20 +399,42 @@ class TrialModel(eqx.Module):
         return [(1.0 - phi, self.residuals(z)),
                 (phi, self.residuals(z, her2_dependent=False))]
 
-    def pcr_pair(self, z, res=None):
+    def subgroup(self, z, parts, name):
+        """A `mixture` list re-weighted for hormone-receptor subgroup ``name`` (``"HR+"``
+        or ``"HR-"``; None: unchanged) and the subgroup's responsiveness shift:
+        ``(parts, shift)``. HR- tumours are the reference; HR+ tumours' responsiveness
+        is shifted by ``hr_response_shift`` and their HER2-independent fraction by
+        ``hr_her2_independent_shift`` on the logit scale."""
+        if name is None:
+            return parts, 0.0
+        if name not in HR_SUBGROUPS or len(parts) != 2:
+            raise ValueError(f"subgroup must be one of {HR_SUBGROUPS} (with a mixture), "
+                             f"got {name!r}")
+        phi = self._value(z, "logit_her2_independent")
+        if name == "HR-":
+            return [(1.0 - phi, parts[0][1]), (phi, parts[1][1])], 0.0
+        logit = jnp.log(phi) - jnp.log1p(-phi) + self._value(z, "hr_her2_independent_shift")
+        phi = jax.nn.sigmoid(logit)
+        return ([(1.0 - phi, parts[0][1]), (phi, parts[1][1])],
+                self._value(z, "hr_response_shift"))
+
+    def pcr_pair(self, z, res=None, subgroup=None):
         """Per arm: pCR rate in breast and nodes, breast-only pCR rate, status.
 
         ``P = E[exp(-c V0 R)]`` over responsiveness (fine grid), burden
         (Gauss-Hermite) and the HER2-independent fraction, with ``c = 1`` and ``c =
         c_breast``. ``res``: one `residuals` output (no mixture) or a `mixture` list.
+        ``subgroup``: ``"HR+"`` / ``"HR-"`` for a hormone-receptor subgroup (see
+        `subgroup`; needs the mixture), None for the whole population.
         """
         parts = [(1.0, res)] if res is not None else self.mixture(z)
         c_b = self._value(z, "logit_breast_factor")
         x, wx = self._burden(self.burden_sd)
         total, breast, status = 0.0, 0.0, 0
         parts = res if isinstance(res, list) else parts
+        parts, shift = self.subgroup(z, parts, subgroup)
         for weight, r in parts:
-            fine, w = self._fine(r[0] + jnp.log(self.volume_mm3)[:, None])
+            fine, w = self._fine(r[0] + jnp.log(self.volume_mm3)[:, None], shift)
 
             def rate(log_c, fine=fine, w=w):
                 u = fine[..., None] + x + log_c
@@ -417,9 +446,9 @@ class TrialModel(eqx.Module):
             status = jnp.maximum(status, jnp.max(r[4], axis=1))
         return total, breast, status
 
-    def pcr_rates(self, z, res=None):
+    def pcr_rates(self, z, res=None, subgroup=None):
         """Arm pCR rates under each arm's own definition, and status."""
-        total, breast, status = self.pcr_pair(z, res)
+        total, breast, status = self.pcr_pair(z, res, subgroup)
         return jnp.where(self.breast_only, breast, total), status
 
     def dfs(self, z, days_after_start, res=None):

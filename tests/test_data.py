@@ -590,6 +590,16 @@ def test_mas98_06_public_dataset():
     assert int(batch.censored.sum()) == int(table.censored().sum()) >= 180
     assert float(batch.t0_day.min()) == -125.0
     assert np.all(np.asarray(batch.volume_mm3)[np.asarray(batch.censored)] == 1.0)
+    # the treatment window (day >= 0): TidyTable.select keeps every column aligned
+    window = table.select(table.day >= 0)
+    assert window.n_rows == 441 and len(window.subjects) == 57 and window.day.min() == 0
+    for name, col in window.extra.items():
+        assert col.shape == (441,), name
+    keep = np.nonzero(table.day >= 0)[0]
+    assert np.array_equal(window.line, table.line[keep])
+    assert np.array_equal(window.extra["trastuzumab"], table.extra["trastuzumab"][keep])
+    with pytest.raises(ValueError, match="mask of shape"):
+        table.select(np.ones(3, bool))
 
 
 def test_vaghi2020_public_dataset():

@@ -173,3 +173,59 @@ def test_pcr_cure_quick(quick_fit, tmp_path):
             assert v["lo95"] <= v["hi95"], k
     for r in _rows(tmp_path / "links.csv"):
         assert float(r["model_hr"]) >= 0.0 and float(r["hr_published"]) > 0.0
+
+
+def test_untreated_growth_quick(tmp_path):
+    exp = _load("untreated_growth")
+    summary = exp.main(exp.parse_args(["--quick", "--no-progress", "--out", str(tmp_path)]))
+    assert summary["n_curves"] == 6 and set(summary["by_cell_line"]) == {"MDA-MB-231", "LLC"}
+    assert all(n == 0 for n in summary["n_failed"].values())
+    # logistic nests the exponential law (K -> infinity): never a worse loss
+    assert summary["nesting_violations"] == []
+    rows = _rows(tmp_path / "per_curve.csv")
+    for r in rows:
+        for m in exp.MODELS:  # AIC = 2 k + 2 loss, with k counting sigma
+            assert float(r[f"{m}_aic"]) > 2 * float(r[f"{m}_loss"])
+        best = min(exp.MODELS, key=lambda m: float(r[f"{m}_aic"]))
+        assert r["best_aic"] == best and best in r["aic_supported"].split(";")
+    for name in ("summary.json", "RESULT.md", "aic.png", "fit_gompertz/fits.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_mas98_response_quick(tmp_path):
+    exp = _load("mas98_response")
+    summary = exp.main(exp.parse_args(["--quick", "--no-progress", "--out", str(tmp_path)]))
+    assert summary["n_curves"] == 9 and summary["n_failed"] == 0  # 3 arms x 3 mice
+    arms = {r["arm"]: r for r in summary["arms"]}
+    assert set(arms) == {"Ctrl", "Fulv", "Trast"}
+    assert math.isnan(arms["Ctrl"]["cytostatic_efficacy"])  # the control has no effect
+    assert 0 <= arms["Fulv"]["cytostatic_efficacy"] <= 1
+    assert 0 <= arms["Trast"]["her2_efficacy_bulk"] <= 1
+    # the fitted slopes follow the data: per arm within 0.03/day of the observed median
+    for r in arms.values():
+        assert abs(r["model_slope_median"] - r["observed_slope_median"]) < 0.03, r["arm"]
+    for name in ("arms.csv", "summary.json", "RESULT.md", "effects.png",
+                 "fit/predictions.csv", "fit/fits.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_hr_subgroups_quick(quick_fit, tmp_path):
+    exp = _load("hr_subgroups")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--no-progress", "--fit", fit,
+                                 "--out", str(tmp_path)]))
+    for name in ("subgroups.csv", "summary.json", "hr_subgroups.png", "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert s["n_subgroup_rows"] == 8  # NeoSphere: 4 arms x (HR+, HR-)
+    assert s["hr_positive_share_derived"]["NeoSphere"] == pytest.approx(0.473, abs=0.01)
+    m = s["models"]
+    # nested models from the same start: a free shift never fits worse than none
+    for k in ("response", "her2_independence", "both"):
+        assert m[k]["neg_log_posterior"] <= m["none"]["neg_log_posterior"] + 1e-6, k
+        assert 0.0 <= m[k]["p_vs_none"] <= 1.0
+    rows = _rows(tmp_path / "subgroups.csv")
+    by = {(r["arm"], r["subgroup"]): r for r in rows}
+    for arm in ("NS-A", "NS-B", "NS-C", "NS-D"):  # no covariate: one rate for both
+        assert by[(arm, "HR+")]["pred_none_pct"] == by[(arm, "HR-")]["pred_none_pct"]
+        n = int(by[(arm, "HR+")]["derived_n"]) + int(by[(arm, "HR-")]["derived_n"])
+        assert n in (96, 107)

@@ -73,7 +73,30 @@ def _check_outputs(out, n_subjects, model):
         assert data[:8] == PNG_MAGIC, name
         assert matplotlib.image.imread(out / name).shape[0] > 100
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    _check_predictions(out, rows)
     return summary, header, rows
+
+
+def _check_predictions(out, rows):
+    """predictions.csv: every observation once; its residuals give fits.csv's rmse."""
+    with open(out / "predictions.csv", newline="") as fh:
+        preds = list(csv.DictReader(fh))
+    assert sum(int(r["n_obs"]) for r in rows) == len(preds)
+    for r in rows:
+        mine = [p for p in preds if p["subject"] == r["subject"]]
+        assert len(mine) == int(r["n_obs"]) and {p["arm"] for p in mine} == {r["arm"]}
+        res = np.array([float(p["residual_log"]) for p in mine if p["censored"] == "0"])
+        for p in mine:
+            assert float(p["volume_pred_mm3"]) == pytest.approx(
+                np.exp(float(p["log_volume_pred"])), rel=1e-5)
+            if p["censored"] == "0":
+                assert float(p["residual_log"]) == pytest.approx(
+                    np.log(float(p["volume_mm3"])) - float(p["log_volume_pred"]), abs=1e-5)
+            else:
+                assert p["residual_log"] == ""
+        if r["status"] in ("converged", "max_steps"):
+            assert np.sqrt(np.mean(res ** 2)) == pytest.approx(float(r["rmse_log_volume"]),
+                                                               rel=1e-4)
 
 
 def test_fit_baseline(volumes, tmp_path, capsys):
@@ -95,6 +118,12 @@ def test_fit_baseline(volumes, tmp_path, capsys):
     loss, n_obs = float(by["c0"]["loss"]), 9
     assert float(by["c0"]["aic"]) == pytest.approx(2 * 3 + 2 * loss, rel=1e-5)  # V0, r, sigma
     assert float(by["c0"]["bic"]) == pytest.approx(3 * np.log(n_obs) + 2 * loss, rel=1e-5)
+    with open(out / "predictions.csv", newline="") as fh:  # PRED: V0 exp(r (t - t0))
+        for p in csv.DictReader(fh):
+            if p["subject"] == "c0":
+                expect = float(by["c0"]["initial_volume_mm3"]) * np.exp(
+                    float(by["c0"]["growth_rate"]) * float(p["day"]))
+                assert float(p["volume_pred_mm3"]) == pytest.approx(expect, rel=1e-4)
 
 
 def test_fit_job_chunks_pad_and_match_one_chunk(volumes, tmp_path):

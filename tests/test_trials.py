@@ -181,3 +181,51 @@ def test_load_fit_errors(tmp_path):
     (tmp_path / "fit.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a fitcsc trial fit"):
         load_fit(tmp_path / "fit.json")
+
+
+def test_hr_covariate_subgroups(neosphere):
+    """HR covariate: weights of a shifted normal; no shift = the population; a lower
+    responsiveness or more HER2-independence lowers HR+ pCR; the objective mixes."""
+    arms, obs = neosphere
+    names = ("log_kill_scale", "logit_her2_independent",
+             "hr_response_shift", "hr_her2_independent_shift")
+    tm = TrialModel.build(arms[:2], names)
+    z = tm.z0()
+    assert np.asarray(z)[2:].tolist() == [0.0, 0.0]  # both shifts start at 0
+    fine = jnp.linspace(-tm.eta_max, tm.eta_max, (tm.n_nodes - 1) * tm.refine + 1)
+    for shift in (-1.0, 0.0, 0.7):  # weights: N(shift, 1) truncated to the grid
+        _, w = tm._fine(jnp.zeros((1, tm.n_nodes)), shift)
+        ref = stats.truncnorm(-tm.eta_max - shift, tm.eta_max - shift, loc=shift)
+        assert float(jnp.sum(w * fine)) == pytest.approx(ref.mean(), abs=5e-4)
+        assert float(jnp.sum(w * (fine - ref.mean()) ** 2)) == pytest.approx(ref.var(),
+                                                                          abs=1e-3)
+    pop = np.asarray(tm.pcr_rates(z)[0])
+    for g in ("HR+", "HR-"):  # no shift: both subgroups are the population
+        np.testing.assert_allclose(np.asarray(tm.pcr_rates(z, subgroup=g)[0]), pop, rtol=1e-12)
+    less = np.asarray(tm.pcr_rates(z.at[2].set(-1.0), subgroup="HR+")[0])
+    indep = np.asarray(tm.pcr_rates(z.at[3].set(2.0), subgroup="HR+")[0])
+    assert np.all(less < pop) and np.all(indep < pop)
+    np.testing.assert_allclose(np.asarray(tm.pcr_rates(z.at[2].set(-1.0), subgroup="HR-")[0]),
+                               pop, rtol=1e-12)  # HR- is the reference
+    with pytest.raises(ValueError, match="subgroup must be one of"):
+        tm.pcr_rates(z, subgroup="ER+")
+    # derived subgroup counts: the share solves p_all = f p+ + (1 - f) p- exactly
+    o = [PcrObservation(arms[0].name, "T", arms[0].pcr_definition, 100, 30)]
+    rows = [{"arm_id": arms[0].name, "hr_subgroup": g, "pcr_pct": pct,
+             "pcr_definition": arms[0].pcr_definition} for g, pct in (("HR+", 15.0),
+                                                                      ("HR-", 40.0))]
+    hobs, share = fitcsc._trial_fit.hr_pcr_observations(rows, o)
+    assert share == {"T": pytest.approx(0.4)}  # 0.3 = 0.4 * 0.15 + 0.6 * 0.40
+    assert [(h.subgroup, h.n, h.count) for h in hobs] == [("HR+", 40, 6), ("HR-", 60, 24)]
+    # the objective's population rate is the share-weighted mixture of the subgroups
+    objective = Objective(tm, TrialData(pcr=o, hr_pcr=hobs))
+    zs = z.at[2].set(-0.8).at[3].set(1.0)
+    pr = objective.predictions(zs)
+    mix = 0.4 * pr["pcr_HR+"] + 0.6 * pr["pcr_HR-"]
+    np.testing.assert_allclose(np.asarray(tm.pcr_rates(zs, subgroup="HR+")[0]),
+                               np.asarray(pr["pcr_HR+"]), rtol=1e-12)
+    own = np.where(np.asarray(tm.breast_only), np.asarray(pr["pcr_breast"]),
+                   np.asarray(pr["pcr_total"]))
+    np.testing.assert_allclose(own, np.asarray(mix), rtol=1e-10)
+    r = np.asarray(objective(zs))  # all-patient row left out: only subgroups carry data
+    assert r[0] == 0.0 and np.count_nonzero(r[2:4]) == 2
