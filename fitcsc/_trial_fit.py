@@ -381,7 +381,7 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None) -> 
 
 
 OPTIONS = ("n_nodes", "eta_max", "refine", "n_burden", "burden_sd", "micromet_sd",
-           "detection_cells", "timing_sd_day")
+           "detection_cells", "timing_sd_day", "n_csc_fraction")
 
 
 def load_fit(path) -> dict:

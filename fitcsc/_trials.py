@@ -88,7 +88,12 @@ PARAMETERS = {
     # HER2-independent fraction has logit ``logit(phi) + hr_her2_independent_shift``
     "hr_response_shift": ("identity", 0.0),
     "hr_her2_independent_shift": ("identity", 0.0),
+    # between-patient sd of the log initial CSC fraction (its absolute value is used;
+    # 0: every tumour starts at the typical fraction); integrated by Gauss-Hermite
+    # over ``n_csc_fraction`` nodes (set automatically when the sd is free)
+    "csc_fraction_sd": ("identity", 0.0),
 }
+MAX_CSC_FRACTION = 0.5  # a patient's initial CSC fraction is capped here
 HR_SUBGROUPS = ("HR+", "HR-")
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
@@ -190,6 +195,7 @@ class TrialModel(eqx.Module):
     eta_max: float = eqx.field(static=True, default=4.0)
     refine: int = eqx.field(static=True, default=16)
     n_burden: int = eqx.field(static=True, default=24)
+    n_csc_fraction: int = eqx.field(static=True, default=1)
     burden_sd: float = eqx.field(static=True, default=1.0)
     micromet_sd: float = eqx.field(static=True, default=1.5)
     detection_cells: float = eqx.field(static=True, default=1e9)
@@ -225,6 +231,9 @@ class TrialModel(eqx.Module):
                         f"arm {a.name!r}: TrialModel supports HER2 blockers and "
                         f"chemotherapy; {d!r} is a {CATALOGUE[d].drug_class!r} drug")
         grid = exposure_grid(model, base, arms)
+        if (("csc_fraction_sd" in names or fixed["csc_fraction_sd"] != 0)
+                and options.get("n_csc_fraction", 1) < 2):  # a spread needs nodes
+            options = dict(options, n_csc_fraction=7)
         t_idx = [trials.index(a.trial) if a.setting == "adjuvant" else 0 for a in arms]
         return cls(model=model, names=tuple(names), fixed_items=tuple(fixed.items()),
                    arm_names=tuple(a.name for a in arms),
@@ -317,8 +326,11 @@ class TrialModel(eqx.Module):
                 jnp.asarray(self._value(z, "her2_dependence_bulk"), float)))
 
     # ------------------------------------------------------------------ simulation
-    def residuals(self, z, *, her2_dependent: bool = True):
+    def residuals(self, z, *, her2_dependent: bool = True, log_fraction_shift=0.0):
         """Per arm and node: ``(log N_inv, log S_res, log pi, lambda, status)``.
+
+        ``log_fraction_shift``: the patient's initial CSC fraction is the typical one
+        times ``exp(log_fraction_shift)`` (capped at `MAX_CSC_FRACTION`).
 
         Log cells at the arm's evaluation day per mm3 of initial tumour, from the exact
         solution of the linear SD model along the arm's exposure grid (see
@@ -334,7 +346,8 @@ class TrialModel(eqx.Module):
         h_s, h_d = self._value(z, "her2_dependence_csc"), self._value(z, "her2_dependence_bulk")
         if not her2_dependent:  # the HER2-independent subpopulation
             h_s, h_d = 0.0 * h_s, 0.0 * h_d
-        f0 = self.base.initial_csc_fraction
+        f0 = jnp.minimum(self.base.initial_csc_fraction * jnp.exp(log_fraction_shift),
+                         MAX_CSC_FRACTION)
         cells = self.model.cells_per_mm3
         log_s0, log_d0 = jnp.log(f0 * cells), jnp.log((1.0 - f0) * cells)
         kb = self.base_kill * s_kill  # (n_drugs,)
@@ -392,12 +405,27 @@ class TrialModel(eqx.Module):
         x, w = np.polynomial.hermite_e.hermegauss(self.n_burden)
         return jnp.asarray(sd * x), jnp.asarray(w / w.sum())
 
+    def _fraction_nodes(self, z):
+        """Gauss-Hermite nodes (log-fraction shifts) and weights of the initial CSC
+        fraction's between-patient spread (one node at 0 when ``n_csc_fraction == 1``)."""
+        x, w = np.polynomial.hermite_e.hermegauss(self.n_csc_fraction)
+        sd = jnp.abs(self._value(z, "csc_fraction_sd"))
+        return [sd * xi for xi in x], [float(wi) for wi in w / w.sum()]
+
+    def _weighted(self, phi, dependent, independent, w):
+        return ([(wk * (1.0 - phi), r) for wk, r in zip(w, dependent, strict=True)]
+                + [(wk * phi, r) for wk, r in zip(w, independent, strict=True)])
+
     def mixture(self, z):
         """``[(weight, residuals)]`` over the HER2-dependent tumours and the fraction
-        ``phi`` (``logit_her2_independent``) that do not depend on HER2 (h = 0)."""
+        ``phi`` (``logit_her2_independent``) that do not depend on HER2 (h = 0); with a
+        CSC-fraction spread, each at every fraction node: the HER2-dependent parts
+        first, then the independent ones, node by node."""
         phi = self._value(z, "logit_her2_independent")
-        return [(1.0 - phi, self.residuals(z)),
-                (phi, self.residuals(z, her2_dependent=False))]
+        shifts, w = self._fraction_nodes(z)
+        dep = [self.residuals(z, log_fraction_shift=s) for s in shifts]
+        ind = [self.residuals(z, her2_dependent=False, log_fraction_shift=s) for s in shifts]
+        return self._weighted(phi, dep, ind, w)
 
     def subgroup(self, z, parts, name):
         """A `mixture` list re-weighted for hormone-receptor subgroup ``name`` (``"HR+"``
@@ -407,15 +435,16 @@ class TrialModel(eqx.Module):
         ``hr_her2_independent_shift`` on the logit scale."""
         if name is None:
             return parts, 0.0
-        if name not in HR_SUBGROUPS or len(parts) != 2:
+        _, w = self._fraction_nodes(z)
+        if name not in HR_SUBGROUPS or len(parts) != 2 * len(w):
             raise ValueError(f"subgroup must be one of {HR_SUBGROUPS} (with a mixture), "
                              f"got {name!r}")
+        dep, ind = [r for _, r in parts[:len(w)]], [r for _, r in parts[len(w):]]
         phi = self._value(z, "logit_her2_independent")
         if name == "HR-":
-            return [(1.0 - phi, parts[0][1]), (phi, parts[1][1])], 0.0
+            return self._weighted(phi, dep, ind, w), 0.0
         logit = jnp.log(phi) - jnp.log1p(-phi) + self._value(z, "hr_her2_independent_shift")
-        phi = jax.nn.sigmoid(logit)
-        return ([(1.0 - phi, parts[0][1]), (phi, parts[1][1])],
+        return (self._weighted(jax.nn.sigmoid(logit), dep, ind, w),
                 self._value(z, "hr_response_shift"))
 
     def pcr_pair(self, z, res=None, subgroup=None):

@@ -229,3 +229,21 @@ def test_hr_subgroups_quick(quick_fit, tmp_path):
         assert by[(arm, "HR+")]["pred_none_pct"] == by[(arm, "HR-")]["pred_none_pct"]
         n = int(by[(arm, "HR+")]["derived_n"]) + int(by[(arm, "HR-")]["derived_n"])
         assert n in (96, 107)
+
+
+def test_csc_heterogeneity_quick(quick_fit, tmp_path):
+    exp = _load("csc_heterogeneity")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--fit", fit, "--out", str(tmp_path)]))
+    for name in ("profile.csv", "summary.json", "profile.png", "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    prof = s["profile"]
+    assert [r["csc_fraction_sd"] for r in prof] == list(exp.QUICK_PROFILE)
+    assert prof[0]["lr_vs_sd0"] == 0.0 and s["nodes"] == 7
+    best = min(prof, key=lambda r: r["neg_log_posterior"])
+    f = s["free_fit"]  # LM from the best profile point only accepts decreases
+    prior = 0.5 * (best["csc_fraction_sd"] / 2.0) ** 2  # the sd's own prior term
+    assert f["neg_log_posterior"] <= best["neg_log_posterior"] + prior + 1e-9
+    assert 0.0 <= f["p_boundary"] <= 0.5
+    for r in prof:
+        assert 0 <= r["n_arms_inside_ci95"] <= 4 and math.isfinite(r["residual_csc_log10_median"])

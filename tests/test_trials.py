@@ -229,3 +229,37 @@ def test_hr_covariate_subgroups(neosphere):
     np.testing.assert_allclose(own, np.asarray(mix), rtol=1e-10)
     r = np.asarray(objective(zs))  # all-patient row left out: only subgroups carry data
     assert r[0] == 0.0 and np.count_nonzero(r[2:4]) == 2
+
+
+def test_csc_fraction_spread_matches_direct_integral(neosphere):
+    """The initial CSC fraction's log-normal spread (Gauss-Hermite over 7 nodes) gives
+    the pCR of a direct integral over the spread; sd 0 is the fixed-fraction model."""
+    arms, _ = neosphere
+    names = ("log_kill_scale", "logit_csc_sparing", "csc_fraction_sd")
+    tm = TrialModel.build(arms[:2], names)
+    assert tm.n_csc_fraction == 7 and len(tm.mixture(tm.z0())) == 14
+    tm1 = TrialModel.build(arms[:2], names[:2])
+    z1 = tm1.z0()
+    z = jnp.concatenate([z1, jnp.zeros(1)])  # sd 0: every node at the typical fraction
+    np.testing.assert_allclose(np.asarray(tm.pcr_rates(z)[0]), np.asarray(tm1.pcr_rates(z1)[0]),
+                               rtol=1e-12)
+    sd = 0.9
+    zs = z.at[2].set(-sd)  # |sd| is used
+    got = np.asarray(tm.pcr_rates(zs)[0])
+    phi = float(tm._value(zs, "logit_her2_independent"))
+    u = np.linspace(-6, 6, 241)
+
+    def rate(shift, dependent):
+        r = tm.residuals(zs, her2_dependent=dependent, log_fraction_shift=shift)
+        return tm.pcr_rates(zs, res=r)[0]
+
+    per = (1 - phi) * jax.vmap(lambda s: rate(s, True))(jnp.asarray(sd * u)) \
+        + phi * jax.vmap(lambda s: rate(s, False))(jnp.asarray(sd * u))
+    dens = stats.norm.pdf(u)
+    ref = integrate.trapezoid(np.asarray(per) * dens[:, None], u, axis=0)
+    np.testing.assert_allclose(got, ref, rtol=2e-3)
+    assert not np.allclose(got, np.asarray(tm1.pcr_rates(z1)[0]), rtol=1e-3)  # it matters
+    # the cap: a huge shift gives at most MAX_CSC_FRACTION stem cells
+    big = tm.residuals(zs, log_fraction_shift=50.0)
+    base = tm.residuals(zs, log_fraction_shift=np.log(0.5 / tm.base.initial_csc_fraction))
+    np.testing.assert_allclose(np.asarray(big[0]), np.asarray(base[0]), rtol=1e-12)
