@@ -333,10 +333,10 @@ def _result_md(s, rows, path):
         f"{int(np.sum(rmse > 0.5))} curves above 0.5.",
         f"- Lines without an untreated curve (self-renewal not estimated, fixed at the "
         f"reference 0.6): {', '.join(no_ctrl) or 'none'}.",
-        f"- Line fits by status: {s['group_status_counts']}. Most lines stopped at the "
-        f"optimiser's cap of {s['optimiser']['max_steps']} Levenberg-Marquardt steps "
-        "while parameters drifted along flat directions (efficacies running to a bound); "
-        "their estimates are the last accepted iterate.",
+        f"- Line fits by status: {s['group_status_counts']}. A line at the optimiser's "
+        f"cap of {s['optimiser']['max_steps']} Levenberg-Marquardt steps (max_steps) "
+        "was still drifting along a flat direction (an efficacy running to a bound); its "
+        "estimates are the last accepted iterate.",
     ]
     lines += ["", "## Against ERBB2 (Spearman over lines)", "",
               f"{len(s['correlations'])} tests on the same lines: at a Bonferroni level "
