@@ -182,7 +182,8 @@ def read_pdx(path: pathlib.Path):
             return math.nan
 
     ok = [r for r in rows if r.get("status") in ("converged", "max_steps")]
-    out = {"file": str(f), "n_rows": len(rows), "n_usable": len(ok), "arms": {}}
+    shown = f.resolve().relative_to(ROOT) if f.resolve().is_relative_to(ROOT) else f
+    out = {"file": str(shown), "n_rows": len(rows), "n_usable": len(ok), "arms": {}}
     for arm in sorted({r["arm"] for r in ok}):
         sel = [r for r in ok if r["arm"] == arm]
         d = {"n_lines": len(sel)}
@@ -392,6 +393,8 @@ def _result_md(s, rows, path):
         lines.append(f"From {pdx['file']} ({pdx['n_usable']} usable line x arm fits):")
         lines.append("")
         for arm, d in pdx["arms"].items():
+            if len(d) < 2:  # an arm without a HER2 or chemotherapy effect: nothing to show
+                continue
             lines.append(f"- {arm}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float)
                                                   else f"{k} {v}" for k, v in d.items()))
         pac = pdx["arms"].get("paclitaxel", {})

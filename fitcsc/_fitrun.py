@@ -205,6 +205,21 @@ def _groups(batch, regs, model, species):
     return [(drugs, np.asarray(idx)) for drugs, idx in groups.values()]
 
 
+def _ode_steps(predictor, gb) -> np.ndarray:
+    """ODE solver steps of one forward solve per subject of ``gb`` at its start ``z``."""
+
+    @jax.jit
+    @jax.vmap
+    def steps(s):
+        z = predictor.init_z(s)
+        sol = simulate(predictor.model, predictor._params(z, s), s.schedule, s.day,
+                       t0=s.t0_day, rtol=predictor.rtol, atol=predictor.atol,
+                       max_steps=predictor.max_steps, throw=False)
+        return sol.num_steps
+
+    return np.asarray(steps(subject_data(gb)))
+
+
 def _group_batch(batch, idx, regs, drugs):
     """Rows ``idx`` of ``batch`` with drug slots renumbered to the group's ``drugs``
     (each subject's own drugs, position by position)."""
@@ -276,6 +291,7 @@ def fit_job(
     cmt_drugs: dict[int, str] | None = None,
     share_growth_by: str | None = None,
     progress: bool = True,
+    schedule: bool = True,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -299,6 +315,9 @@ def fit_job(
       each of its groups together, growth shared and drug effects per arm (CSC model
       only; see `fitcsc._fitrun_group`); ``chunk_size`` then counts curves per call.
     - `progress`: a progress bar over chunks (only on a terminal).
+    - `schedule`: CSC model, per-subject fits: chunk a group's subjects in the order of
+      their ODE solver steps at the start (one forward solve each), so that members of a
+      vmapped chunk finish together; False: file order.
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -348,7 +367,7 @@ def fit_job(
 
     bar = tqdm(total=len(chunks), desc=f"fit {model}", unit="chunk",
                disable=not (progress and sys.stderr.isatty()))
-    for g, (drugs, idx) in enumerate(groups):
+    for drugs, idx in groups:
         t_group = time.perf_counter()
         if model == "csc":
             cfg = ModelConfig(crowding="logistic", drugs=drugs, species=species)
@@ -357,7 +376,12 @@ def fit_job(
             predictor = baseline_predictor(model)
         labels = tuple(predictor.spec.labels())
         size = min(chunk_size, len(idx))  # every chunk of the group: one compiled shape
-        for chunk in (c for h, c in chunks if h == g):
+        if schedule and model == "csc" and len(idx) > size:
+            # lockstep: a vmapped chunk runs until its slowest member is done, so members
+            # of similar ODE cost go together (benchmarks/README.md, batch_fit)
+            idx = idx[np.argsort(_ode_steps(predictor, _group_batch(batch, idx, regs, drugs)),
+                                 kind="stable")]
+        for chunk in (idx[k:k + size] for k in range(0, len(idx), size)):
             padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
             gb = _group_batch(batch, padded, regs, drugs)
             try:

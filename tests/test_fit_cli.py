@@ -141,6 +141,22 @@ def test_fit_job_chunks_pad_and_match_one_chunk(volumes, tmp_path):
             np.testing.assert_allclose(float(a[col]), float(b[col]), rtol=1e-5, err_msg=col)
 
 
+def test_fit_job_schedule_only_reorders(volumes, tmp_path):
+    """Cost-sorted chunks (the default) change which curves share a vmapped chunk, not
+    any curve's fit: the same rows as in file order, chunk by chunk of 2."""
+    kw = dict(model="csc", quick=True, chunk_size=2, progress=False)
+    fit_job(volumes, tmp_path / "plain", schedule=False, **kw)
+    fit_job(volumes, tmp_path / "sched", **kw)
+    (h1, r1), (h2, r2) = _rows(tmp_path / "plain"), _rows(tmp_path / "sched")
+    assert h1 == h2 and [r["subject"] for r in r2] == ["c0", "c1", "p0", "p1", "p2"]
+    for a, b in zip(r1, r2, strict=True):
+        assert a["status"] == b["status"]
+        for col in ("loss", "csc_division_rate", "kill_rate", "initial_volume_mm3"):
+            if a[col]:
+                np.testing.assert_allclose(float(a[col]), float(b[col]), rtol=1e-6,
+                                           err_msg=f"{a['subject']} {col}")
+
+
 @pytest.mark.slow
 def test_fit_csc(volumes, tmp_path, capsys):
     out = tmp_path / "csc"
