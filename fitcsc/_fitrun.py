@@ -415,7 +415,6 @@ def fit_job(
     out = pathlib.Path(out_dir)
     statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
                              max_panels=max_panels, csc=model == "csc")
-    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
     summary = {
         "job": f"per-subject maximum-likelihood fits ({model})",
         "data_file": str(data_file),
@@ -427,6 +426,19 @@ def fit_job(
         "spec_labels": sorted({lab for gi in group_info for lab in gi["labels"]}),
         "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
         "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
+        **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
+                     "wall_s and fit_s include JAX compilation (one per group)"),
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) -> dict:
+    """The ``summary.json`` entries every fit job shares: optimiser, status counts,
+    timings, device, precision, versions, warnings, errors and outputs."""
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    n = len(statuses)
+    return {
         "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200,
                           **LM_EXTRAS),
         "n_subjects": n,
@@ -436,7 +448,7 @@ def fit_job(
         "status_counts": counts,
         "fit_s": round(t_fit, 3),
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "timing_note": "wall_s and fit_s include JAX compilation (one per group)",
+        "timing_note": timing_note,
         "device": str(jax.devices()[0]),
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "versions": _versions(),
@@ -444,8 +456,6 @@ def fit_job(
         "errors": errors,
         "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 _RESULT_FIELDS = ("status", "loss", "log_volume_pred", "all_losses", "all_status", "sigma",

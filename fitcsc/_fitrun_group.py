@@ -55,11 +55,10 @@ from ._fitrun import (
     LM_EXTRAS,
     LM_TOL,
     PER_DRUG_CLASS,
-    PLOTS,
     JobFits,
     _grid_curves,
     _status_name,
-    _versions,
+    job_record,
     write_outputs,
 )
 from ._model import ModelConfig
@@ -290,7 +289,6 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
     statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
                              max_panels=max_panels, group_column=column, groups=groups)
 
-    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
     g_counts = {}
     for r in group_rows:
         g_counts[r["status"]] = g_counts.get(r["status"], 0) + 1
@@ -315,23 +313,9 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "sigma": sigma if isinstance(sigma, str) else float(sigma),
         "sigma_note": "one sigma per group" if isinstance(sigma, str) else "fixed",
         "detection_limit_mm3": float(detection_limit_mm3),
-        "optimiser": dict(method="lm", rtol=LM_TOL, atol=LM_TOL, max_steps=max_steps or 200,
-                          **LM_EXTRAS),
-        "n_subjects": n,
-        "n_converged": counts.get("converged", 0),
-        "n_max_steps": counts.get("max_steps", 0),
-        "n_failed": n - counts.get("converged", 0) - counts.get("max_steps", 0),
-        "status_counts": counts,
-        "fit_s": round(t_fit, 3),
-        "wall_s": round(time.perf_counter() - t_start, 3),
-        "timing_note": "wall_s and fit_s include JAX compilation (one for the chunks of "
-                       "groups without censored points, one for those with)",
-        "device": str(jax.devices()[0]),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "versions": _versions(),
-        "warnings": notes,
-        "errors": errors,
-        "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
+        **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
+                     "wall_s and fit_s include JAX compilation (one for the chunks of "
+                     "groups without censored points, one for those with)"),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
