@@ -91,6 +91,19 @@ def build(doc: dict, arms, extra: dict | None = None, **options) -> tuple[TrialM
     return tm, z
 
 
+def arms_inside(rates, arm_names, obs, ci95) -> list[str]:
+    """The arms of ``obs`` whose rate (``rates`` in ``arm_names`` order) lies inside the
+    arm's exact binomial 95% interval ``ci95(count, n)``."""
+    rates = np.asarray(rates)
+    ix = {a: i for i, a in enumerate(arm_names)}
+    out = []
+    for o in obs:
+        lo, hi = ci95(o.count, o.n)
+        if lo <= rates[ix[o.arm]] <= hi:
+            out.append(o.arm)
+    return out
+
+
 def natural_value(doc: dict, name: str) -> float:
     """A parameter's natural-scale value in a saved fit (estimate or fixed), or the
     documented default for fits made before the parameter existed."""

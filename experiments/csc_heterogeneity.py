@@ -50,10 +50,7 @@ STATE_ARM = "NS-B"  # NeoSphere trastuzumab + pertuzumab + docetaxel
 
 
 def inside(tm, z, obs, ci95):
-    rates = np.asarray(tm.pcr_rates(jnp.asarray(z))[0])
-    ix = {a: i for i, a in enumerate(tm.arm_names)}
-    return [o.arm for o in obs if ci95(o.count, o.n)[0] <= rates[ix[o.arm]]
-            <= ci95(o.count, o.n)[1]]
+    return _fitted.arms_inside(tm.pcr_rates(jnp.asarray(z))[0], tm.arm_names, obs, ci95)
 
 
 def residual_csc_median(tm, z, arm):

@@ -87,9 +87,7 @@ def main(args) -> dict:
         pred[label] = {g: np.asarray(pr[f"pcr_{g}"]) for g in ("HR+", "HR-")}
         own = np.where(np.asarray(tm_all.breast_only), np.asarray(pr["pcr_breast"]),
                        np.asarray(pr["pcr_total"]))  # the arm's population, own definition
-        all_inside[label] = [o.arm for o in obs
-                             if pcr_fit.ci95(o.count, o.n)[0] <= own[ix[o.arm]]
-                             <= pcr_fit.ci95(o.count, o.n)[1]]
+        all_inside[label] = _fitted.arms_inside(own, tm_all.arm_names, obs, pcr_fit.ci95)
     table, inside = [], {m: 0 for m in MODELS}
     for o in hobs:
         lo, hi = pcr_fit.ci95(o.count, o.n)

@@ -130,14 +130,13 @@ def figure(rows, out):
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     treated = [r for r in rows if r["arm"] != CONTROL]
     for k, name in enumerate(EFFECTS):
-        xs, ys, es, cols = [], [], [], []
+        xs, ys, es = [], [], []
         for i, r in enumerate(treated):
             if math.isfinite(r[name]):
                 xs.append(i + (k - 1) * 0.22)
                 ys.append(r[name])
                 ok = r[f"{name}_flag"] == ""
                 es.append(1.96 * r[f"{name}_se"] if ok else 0.0)
-                cols.append(f"C{k}")
         if xs:
             ax0.errorbar(xs, ys, yerr=es, fmt="o", ms=5, color=f"C{k}", capsize=2,
                          label=name, lw=0.9)

@@ -360,12 +360,11 @@ def fit_job(
     curves = np.full((2, *grid.shape), np.nan)  # fitted volume, CSC fraction
     per_subject: list[dict] = [{"params": {}} for _ in range(n)]
     errors, group_info = [], []
-    chunks = [(g, idx[k:k + chunk_size]) for g, (_, idx) in enumerate(groups)
-              for k in range(0, len(idx), chunk_size)]
+    n_chunks = sum(-(-len(idx) // chunk_size) for _, idx in groups)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(chunks), desc=f"fit {model}", unit="chunk",
+    bar = tqdm(total=n_chunks, desc=f"fit {model}", unit="chunk",
                disable=not (progress and sys.stderr.isatty()))
     for drugs, idx in groups:
         t_group = time.perf_counter()
