@@ -549,6 +549,27 @@ def plan(order: np.ndarray, size: int, small: int) -> list[np.ndarray]:
     return chunks_of(order[:full], size) + chunks_of(order[full:], small)
 
 
+def run_record(g: Group, num_starts: int, members: dict, meter: Meter, wall: float,
+               first: dict) -> dict:
+    """The entries every scheduled fitcsc run returns: all members, the best start of
+    each curve (fit_map's rule), per-start arrays and timings."""
+    S = num_starts
+    loss, status, n_steps = members["loss"], members["status"], members["n_steps"]
+    best = best_of_starts(loss.reshape(g.n, S), status.reshape(g.n, S))
+    pick = np.arange(g.n) * S + best
+    return {
+        "members": members,
+        "best": {k: members[k][pick] for k in ("z", "loss", "status", "n_steps", "log_pred")}
+        | {"start": best},
+        "all_losses": loss.reshape(g.n, S),
+        "all_status": status.reshape(g.n, S),
+        "all_n_steps": n_steps.reshape(g.n, S),
+        "timing": {"run_s": meter.run_s, "wall_s": wall, "host_s": wall - meter.run_s
+                   - meter.compile_s, "compile_s_inside_timed_calls": meter.compile_s,
+                   "calls": meter.calls, **first},
+    }
+
+
 def run_scheduled(g: Group, num_starts: int, *, chunk: int, cap: int, small_chunk: int = 16,
                   sigma=SIGMA, warm: bool = True) -> dict:
     """Members (curve x start) fitted in passes of at most ``cap`` LM steps. Before
@@ -616,21 +637,73 @@ def run_scheduled(g: Group, num_starts: int, *, chunk: int, cap: int, small_chun
     wall = time.perf_counter() - t_all
     out = {"z": z, "loss": loss, "status": status, "n_steps": n_steps, "log_pred": log_pred,
            "ode_steps_at_start": steps0, "ode_status_at_start": status0}
-    best = best_of_starts(loss.reshape(g.n, S), status.reshape(g.n, S))
-    pick = np.arange(g.n) * S + best
     return {
-        "members": out,
-        "best": {"z": z[pick], "loss": loss[pick], "status": status[pick],
-                 "n_steps": n_steps[pick], "log_pred": log_pred[pick], "start": best},
-        "all_losses": loss.reshape(g.n, S),
-        "all_status": status.reshape(g.n, S),
-        "all_n_steps": n_steps.reshape(g.n, S),
-        "timing": {"run_s": meter.run_s, "wall_s": wall, "host_s": wall - meter.run_s
-                   - meter.compile_s, "compile_s_inside_timed_calls": meter.compile_s,
-                   "calls": meter.calls, **first},
+        **run_record(g, S, out, meter, wall, first),
         "passes": passes,
         "chunk_members": [size, small],
         "cap": cap,
+    }
+
+
+def run_stacked(g: Group, num_starts: int, *, chunk: int, sigma=SIGMA, warm: bool = True
+                ) -> dict:
+    """``fit_map(batching="stacked")`` on chunks of ``chunk`` members (curve x start),
+    sorted by the ODE steps of one forward solve at their start. Passes (members that
+    stopped dropped, the rest packed into smaller batches) happen inside fit_map.
+    ``warm``: run the first chunk once apart from the timing (compiles its shapes; later
+    shapes compile inside timed calls and are subtracted by `Meter`)."""
+    S, n_z = num_starts, g.n_z
+    z0 = start_vectors(g.z_ref, S).reshape(-1, n_z)
+    curve_of = np.repeat(np.arange(g.n), S)
+    n_m = z0.shape[0]
+    size = min(chunk, n_m)
+    members = g.batch.subset(curve_of)
+    data = fitcsc.subject_data(members)
+    screen = ode_screen_fn(g)
+
+    def fit(sel):
+        return fitcsc.fit_map(g.pred, members.subset(sel), num_starts=1, z_init=z0[sel],
+                              start_scale=0.0, sigma=sigma, batching="stacked",
+                              **lm_tolerances()["fitcsc"])
+
+    first: dict = {}
+    if warm:
+        sel = np.resize(np.arange(n_m), size)
+        for name, fn, args_ in (("screen", screen, (jnp.asarray(z0[sel]), rows_of(data, sel))),
+                                ("fit", fit, (sel,))):
+            _, wall, comp = timed(fn, *args_)
+            first[f"{name}_s"], first[f"{name}_compile_s"] = wall, comp
+    meter = Meter()
+    t_all = time.perf_counter()
+    steps0 = np.zeros(n_m, np.int64)
+    status0 = np.zeros(n_m, np.int64)
+    for sel in chunks_of(np.arange(n_m), size):
+        st, ss = meter(screen, jnp.asarray(z0[sel]), rows_of(data, sel))
+        steps0[sel], status0[sel] = np.asarray(st), np.asarray(ss)
+    order = np.argsort(np.where(status0 == 0, steps0, np.iinfo(np.int64).max), kind="stable")
+    z = z0.copy()
+    loss = np.full(n_m, np.nan)
+    status = np.full(n_m, -1, np.int64)
+    n_steps = np.zeros(n_m, np.int64)
+    log_pred = np.full((n_m, g.batch.n_obs), np.nan)
+    chunk_lm_max = []
+    for sel in chunks_of(order, size):
+        r = meter(fit, sel)
+        real = np.unique(sel, return_index=True)[1]
+        s = sel[real]
+        z[s] = np.asarray(r.z)[real]
+        loss[s] = np.asarray(r.loss)[real]
+        status[s] = np.asarray(r.status)[real]
+        n_steps[s] = np.asarray(r.n_steps)[real]
+        log_pred[s] = np.asarray(r.log_volume_pred)[real]
+        chunk_lm_max.append(int(np.asarray(r.n_steps).max()))
+    wall = time.perf_counter() - t_all
+    out = {"z": z, "loss": loss, "status": status, "n_steps": n_steps,
+           "log_pred": log_pred, "ode_steps_at_start": steps0, "ode_status_at_start": status0}
+    return {
+        **run_record(g, S, out, meter, wall, first),
+        "chunk_members": size,
+        "chunk_lm_steps_max": chunk_lm_max,
     }
 
 
@@ -942,8 +1015,12 @@ def parse_args(argv=None):
     ap.add_argument("--cap", type=int, default=40, help="LM steps per pass (scheduled run)")
     ap.add_argument("--plain-chunk", type=int, default=64,
                     help="curves per fit_map call of the plain run")
-    ap.add_argument("--schedule", choices=("both", "scheduled", "plain"), default="both",
-                    help="fitcsc runs to time; the headline is the scheduled one if run")
+    ap.add_argument("--schedule", default="stacked,scheduled",
+                    help="fitcsc runs to time, comma-separated, of stacked (fit_map "
+                    "batching='stacked'), scheduled and plain (vmapped); 'both' = "
+                    "scheduled,plain; the first is the headline")
+    ap.add_argument("--stacked-chunk", type=int, default=128,
+                    help="members per fit_map call of the stacked run")
     ap.add_argument("--ode-rtol", type=float, default=ODE_RTOL,
                     help="ODE rtol of both sides (default: csc_predictor's)")
     ap.add_argument("--ode-atol", type=float, default=ODE_ATOL_CELLS,
@@ -963,9 +1040,15 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.scaling_sizes = [int(x) for x in str(args.scaling_sizes).split(",")]
+    sched = "scheduled,plain" if args.schedule == "both" else args.schedule
+    args.modes = tuple(dict.fromkeys(m.strip() for m in sched.split(",") if m.strip()))
+    if not args.modes or set(args.modes) - {"stacked", "scheduled", "plain"}:
+        ap.error(f"--schedule: a comma-separated list of stacked, scheduled, plain; got "
+                 f"{args.schedule!r}")
     if args.quick:
         args.n, args.n_peer, args.n_peer_fd = args.n or 24, min(args.n_peer, 8), 2
         args.chunk, args.small_chunk, args.plain_chunk = 16, 8, 8
+        args.stacked_chunk = 32
         args.scaling_sizes = [10, 100]
         if args.out is None:
             name = "scaling" if args.scaling else "fit"
@@ -1193,12 +1276,14 @@ def main_fit(args, load_start) -> dict:
 
     # ---- fitcsc
     runs: dict[str, dict] = {}
-    modes = ("scheduled", "plain") if args.schedule == "both" else (args.schedule,)
+    modes = args.modes
     for mode in modes:
         runs[mode] = {}
         for g in groups:
             log(f"fitcsc {mode}: {g.cls}, {g.n} curves ...")
-            if mode == "scheduled":
+            if mode == "stacked":
+                runs[mode][g.cls] = run_stacked(g, S, chunk=args.stacked_chunk)
+            elif mode == "scheduled":
                 runs[mode][g.cls] = run_scheduled(g, S, chunk=args.chunk, cap=args.cap,
                                                   small_chunk=args.small_chunk)
             else:
@@ -1249,13 +1334,13 @@ def main_fit(args, load_start) -> dict:
             "nfev_all_starts": spread([r["nfev"] for pg in fd["per_group"].values()
                                        for f in pg["fits"] for r in f["starts"]]),
         }
-    members_ode = np.concatenate([runs["scheduled"][g.cls]["members"]["ode_steps_at_start"]
-                                  for g in groups]) if "scheduled" in runs else None
+    members_ode = np.concatenate([runs[head][g.cls]["members"]["ode_steps_at_start"]
+                                  for g in groups]) if head != "plain" else None
     big = max(groups, key=lambda g: g.n)
     floor = None
     if members_ode is not None:
         floor = physical_floor(big, members_ode, np.concatenate(
-            [runs["scheduled"][g.cls]["all_n_steps"].ravel() for g in groups]), S, fit_rate)
+            [runs[head][g.cls]["all_n_steps"].ravel() for g in groups]), S, fit_rate)
 
     all_p = [r for pg in peer["per_group"].values() for f in pg["fits"] for r in f["starts"]]
     best_p = [f["starts"][f["best"]] for pg in peer["per_group"].values() for f in pg["fits"]]
@@ -1264,9 +1349,10 @@ def main_fit(args, load_start) -> dict:
     result = {
         "benchmark": "batch_fit",
         "description": "multi-start MAP fits of N real tumour growth curves with the "
-        "per-arm model and spec of `fitcsc fit`: fitcsc.fit_map (LM, vmapped over members, "
-        "scheduled in chunks) vs a scipy least_squares loop on the same residuals, starts "
-        "and tolerances",
+        "per-arm model and spec of `fitcsc fit`: fitcsc.fit_map (LM; the headline run "
+        f"'{head}': stacked = all members of a chunk in one ODE system, scheduled = "
+        "vmapped over members in cost-sorted chunks) vs a scipy least_squares loop on the "
+        "same residuals, starts and tolerances",
         "quick": bool(args.quick),
         **workload(groups),
         "data": {
@@ -1310,6 +1396,18 @@ def main_fit(args, load_start) -> dict:
                 "ode_steps_what": "fitcsc.Solution.num_steps of one forward solve (diffrax "
                 "num_steps + num_rejected_steps)",
             } if "scheduled" in runs else None,
+            "stacked": {
+                "what": f"fit_map(batching='stacked') on chunks of {args.stacked_chunk} "
+                "members sorted by the ODE steps of one forward solve at their start; "
+                "inside, one Levenberg-Marquardt over all members of a chunk, each "
+                "evaluation one diffrax solve of all members' ODEs and forward "
+                "sensitivities stacked, in passes of 10 iterations that drop stopped "
+                "members",
+                "chunk_lm_steps_max": {g.cls: runs["stacked"][g.cls]["chunk_lm_steps_max"]
+                                       for g in groups},
+                "speedup_stacked_over_scheduled": summary["scheduled"]["seconds"]
+                / summary["stacked"]["seconds"] if "scheduled" in summary else None,
+            } if "stacked" in runs else None,
             "plain": {
                 "what": f"fit_map on chunks of {args.plain_chunk} curves x {S} starts, one "
                 f"pass of {LM_MAX_STEPS} LM steps, file order",

@@ -292,6 +292,7 @@ def fit_job(
     share_growth_by: str | None = None,
     progress: bool = True,
     schedule: bool = True,
+    batching: str = "vmap",
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -318,6 +319,9 @@ def fit_job(
     - `schedule`: CSC model, per-subject fits: chunk a group's subjects in the order of
       their ODE solver steps at the start (one forward solve each), so that members of a
       vmapped chunk finish together; False: file order.
+    - `batching`: ``"vmap"`` or ``"stacked"`` (`fit_map`'s option; CSC model): each
+      chunk's members integrated as one ODE system. Groups it cannot run (log-kill
+      chemotherapy) and baselines use ``"vmap"``; the summary counts both.
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -331,6 +335,12 @@ def fit_job(
     if quick:
         starts, n_grid, max_steps = min(starts, QUICK_STARTS), QUICK_GRID_POINTS, QUICK_MAX_STEPS
         max_subjects = QUICK_MAX_SUBJECTS if max_subjects is None else max_subjects
+    if batching not in ("vmap", "stacked"):
+        raise FitcscInputError("bad --batching", column="--batching",
+                               expected="vmap or stacked", value=batching)
+    if share_growth_by is not None and batching != "vmap":
+        raise FitcscInputError("--share-growth-by fits are vmapped only",
+                               column="--batching", expected="vmap", value=batching)
     if share_growth_by is not None and model != "csc":
         raise FitcscInputError("--share-growth-by needs the CSC model", column="--model",
                                expected="csc", value=model)
@@ -361,6 +371,7 @@ def fit_job(
     per_subject: list[dict] = [{"params": {}} for _ in range(n)]
     errors, group_info = [], []
     n_chunks = sum(-(-len(idx) // chunk_size) for _, idx in groups)
+    chunk_batching = {"vmap": 0, "stacked": 0}
 
     from tqdm import tqdm
 
@@ -374,6 +385,8 @@ def fit_job(
         else:
             predictor = baseline_predictor(model)
         labels = tuple(predictor.spec.labels())
+        how = "stacked" if (batching == "stacked" and model == "csc"
+                            and not predictor.model.has_log_kill) else "vmap"
         size = min(chunk_size, len(idx))  # every chunk of the group: one compiled shape
         if schedule and model == "csc" and len(idx) > size:
             # lockstep: a vmapped chunk runs until its slowest member is done, so members
@@ -385,7 +398,8 @@ def fit_job(
             gb = _group_batch(batch, padded, regs, drugs)
             try:
                 r = fit_map(predictor, gb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
-                            atol=LM_TOL, max_steps=max_steps, **LM_EXTRAS)
+                            atol=LM_TOL, max_steps=max_steps, batching=how, **LM_EXTRAS)
+                chunk_batching[how] += 1
                 vol, frac, _ = _grid_curves(predictor, subject_data(gb), r.z,
                                             jnp.asarray(grid[padded]))
                 a = {k: np.asarray(getattr(r, k))[:len(chunk)] for k in _RESULT_FIELDS}
@@ -424,6 +438,7 @@ def fit_job(
         "groups": group_info,
         "spec_labels": sorted({lab for gi in group_info for lab in gi["labels"]}),
         "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
+        "batching": batching, "chunks_by_batching": chunk_batching,
         "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
         **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
                      "wall_s and fit_s include JAX compilation (one per group)"),

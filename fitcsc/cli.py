@@ -205,7 +205,7 @@ def _fit(args) -> int:
                       detection_limit_mm3=args.detection_limit_mm3,
                       cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None,
                       share_growth_by=args.share_growth_by,
-                      progress=not args.no_progress)
+                      batching=args.batching, progress=not args.no_progress)
     for note in summary["warnings"] + summary["errors"]:
         print(f"fitcsc: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
@@ -246,6 +246,11 @@ def add_fit_command(subparsers, common) -> None:
                    "by the group and estimated jointly with its untreated curve(s), drug "
                    "effects per group and arm, initial volume per curve; fits.csv keeps "
                    "one row per subject, the shared values repeated")
+    f.add_argument("--batching", choices=("vmap", "stacked"), default="vmap",
+                   help="vmap: each fit its own ODE solve under jax.vmap (default); "
+                   "stacked: a chunk's fits integrated as one ODE system with a batched "
+                   "Levenberg-Marquardt, the same optima, about 2.5x faster on PDXE curves "
+                   "(more compile time; CSC model, not log-kill chemotherapy)")
     f.add_argument("--max-subjects", type=int, default=None, metavar="N",
                    help="fit only the first N subjects")
     f.add_argument("--detection-limit-mm3", type=float, default=1.0,

@@ -156,19 +156,23 @@ SPEC_TR = [lambda z: np.exp(z), lambda z: 0.5 + 0.5 / (1 + np.exp(-z)),
            lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(z)]
 
 
-def test_failing_subject_is_isolated_bitwise(csc):
-    """A subject whose simulation fails (or whose data are non-finite) gets its own
-    status; every other subject's result is bitwise what it was without it."""
-    batch, base, pred = csc["batch"], csc["result"], csc["pred"]
-    k, others = 2, [0, 1, 3, 4]
-    cases = {
+def bad_batches(batch, k):
+    """``{expected status: batch with subject k spoilt}``."""
+    return {
         # observations 10,000 times later: the solver reaches the predictor's max_steps
         FitStatus.SOLVER_FAILURE: eqx.tree_at(lambda b: b.day, batch,
                                               batch.day.at[k].multiply(1e4)),
         FitStatus.NONFINITE: eqx.tree_at(lambda b: b.volume_mm3, batch,
                                          batch.volume_mm3.at[k, 3].set(jnp.nan)),
     }
-    for expected, bad in cases.items():
+
+
+def test_failing_subject_is_isolated_bitwise(csc):
+    """A subject whose simulation fails (or whose data are non-finite) gets its own
+    status; every other subject's result is bitwise what it was without it."""
+    batch, base, pred = csc["batch"], csc["result"], csc["pred"]
+    k, others = 2, [0, 1, 3, 4]
+    for expected, bad in bad_batches(batch, k).items():
         res = fit_map(pred, bad, num_starts=NUM_STARTS, sigma=NOISE_SD)
         assert int(res.status[k]) == expected
         assert np.all(np.asarray(res.all_status[k]) == expected)

@@ -157,6 +157,29 @@ def test_fit_job_schedule_only_reorders(volumes, tmp_path):
                                            err_msg=f"{a['subject']} {col}")
 
 
+def test_fit_batching_stacked_reaches_the_vmapped_fits(volumes, tmp_path, capsys):
+    """`fitcsc fit --batching stacked`: the same statuses and optima as the vmapped job
+    (sigma estimated, so the censoring-aware sigma refit runs stacked too)."""
+    kw = dict(model="csc", quick=True, chunk_size=2, progress=False)
+    fit_job(volumes, tmp_path / "vmap", **kw)
+    code = main(["fit", "--data", str(volumes), "--out", str(tmp_path / "stk"), "--quick",
+                 "--chunk-size", "2", "--batching", "stacked", "--no-progress"])
+    assert code == 0
+    summary = json.loads((tmp_path / "stk" / "summary.json").read_text())
+    assert summary["batching"] == "stacked"
+    assert summary["chunks_by_batching"] == {"vmap": 0, "stacked": 3}
+    (h1, r1), (h2, r2) = _rows(tmp_path / "vmap"), _rows(tmp_path / "stk")
+    assert h1 == h2
+    for a, b in zip(r1, r2, strict=True):
+        assert a["subject"] == b["subject"] and a["status"] == b["status"]
+        if a["status"] == "converged":
+            np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-6,
+                                       err_msg=a["subject"])
+    assert main(["fit", "--data", str(volumes), "--out", str(tmp_path / "x"),
+                 "--share-growth-by", "study", "--batching", "stacked"]) == 2
+    assert "vmapped only" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_fit_csc(volumes, tmp_path, capsys):
     out = tmp_path / "csc"

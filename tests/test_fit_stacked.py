@@ -1,0 +1,176 @@
+"""fit_map(batching="stacked"): all members of a fit integrated as one ODE system.
+
+Checked against the per-member (vmapped) path, central finite differences, known
+parameters and the failure rules of the vmapped path.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_fit import (
+    DAYS,
+    FREE,
+    MODEL,
+    NOISE_SD,
+    NUM_STARTS,
+    REGIMEN,
+    SPEC,
+    TRUE,
+    _true_volumes,
+    _write_batch,
+    bad_batches,
+)
+
+import fitcsc
+from fitcsc._fit import fit_map
+from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
+from fitcsc._fit_solve import FitStatus
+from fitcsc._fit_stacked import stacked_log_pred, time_grid
+
+LM = dict(trust_region="eager", stall_rtol=1e-8, stall_steps=2)
+
+
+@pytest.fixture(scope="module")
+def stk(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stacked")
+    vols = _true_volumes()
+    noise = np.asarray(jax.random.normal(jax.random.key(1), vols.shape))
+    # ragged: subject 1 starts at day 0 (its own t0, doses at its start), subject 3
+    # stops at day 21
+    days = [DAYS, DAYS[2:], DAYS, DAYS[:-2], DAYS]
+    vols = [v[len(DAYS) - len(d):] if d[0] == 0 else v[: len(d)]
+            for v, d in zip(vols * np.exp(NOISE_SD * noise), days, strict=True)]
+    batch = _write_batch(tmp / "noisy.csv", vols, days, {"trastuzumab": REGIMEN})
+    pred = csc_predictor(MODEL, SPEC)
+    stacked = fit_map(pred, batch, num_starts=NUM_STARTS, sigma=NOISE_SD,
+                      batching="stacked", **LM)
+    vmapped = fit_map(pred, batch, num_starts=NUM_STARTS, sigma=NOISE_SD, **LM)
+    return dict(batch=batch, pred=pred, stacked=stacked, vmapped=vmapped)
+
+
+def test_time_grid_indexes_every_local_time():
+    day = np.array([[0.0, 3, 7, 7], [5.0, 6, 12, 40]])
+    mask = np.array([[True, True, True, False], [True, True, True, True]])
+    grid, idx = time_grid(day, day[:, 0], mask, smallest=4)
+    assert grid.size == 8 and np.all(np.diff(grid) >= 0)  # 6 distinct -> power of two
+    np.testing.assert_array_equal(grid[idx][mask], (day - day[:, :1])[mask])
+
+
+def test_log_pred_and_jacobian_match_each_member_solved_alone(stk):
+    """Values against the vmapped per-member solve (each member is solved at least as
+    accurately in the stack), the Jacobian against `jax.jacfwd` of it."""
+    pred, data = stk["pred"], subject_data(stk["batch"])
+    rng = np.random.default_rng(0)
+    z = np.asarray(jax.vmap(pred.init_z)(data)) + rng.uniform(-0.5, 0.5, (5, len(FREE)))
+    grid, idx = time_grid(np.asarray(data.day), np.asarray(data.t0_day),
+                          np.asarray(data.mask))
+    lp, status, J, ok = eqx.filter_jit(stacked_log_pred)(pred, jnp.asarray(z), data,
+                                                         jnp.asarray(grid), jnp.asarray(idx))
+    assert bool(ok) and np.all(np.asarray(status) == 0)
+
+    def one(z_, s):
+        return jax.jacfwd(lambda q: pred(q, s)[0])(z_), pred(z_, s)[0]
+
+    J_ref, lp_ref = jax.jit(jax.vmap(one))(jnp.asarray(z), data)
+    m = np.asarray(data.mask)
+    np.testing.assert_allclose(np.asarray(lp)[m], np.asarray(lp_ref)[m], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(J)[m], np.asarray(J_ref)[m], rtol=1e-5,
+                               atol=1e-8)
+
+
+def test_jacobian_matches_central_differences(stk):
+    pred, data = stk["pred"], subject_data(stk["batch"])
+    z = np.asarray(jax.vmap(pred.init_z)(data))
+    grid, idx = (jnp.asarray(a) for a in time_grid(
+        np.asarray(data.day), np.asarray(data.t0_day), np.asarray(data.mask)))
+    f = eqx.filter_jit(lambda z_: stacked_log_pred(pred, z_, data, grid, idx))
+    J = np.asarray(f(jnp.asarray(z))[2])
+    h = 1e-5
+    m = np.asarray(data.mask)
+    for j in range(z.shape[1]):
+        e = np.zeros_like(z)
+        e[:, j] = h
+        fd = (np.asarray(f(jnp.asarray(z + e))[0]) - np.asarray(f(jnp.asarray(z - e))[0])
+              ) / (2 * h)
+        np.testing.assert_allclose(J[..., j][m], fd[m], rtol=1e-4, atol=1e-6,
+                                   err_msg=FREE[j])
+
+
+def test_stacked_fit_reaches_the_vmapped_optima(stk):
+    s, v = stk["stacked"], stk["vmapped"]
+    # subject 1 (treated from its first observation) crawls to self_renewal's bound in
+    # both: the same status, the stacked one at least as low
+    np.testing.assert_array_equal(s.status, v.status)
+    conv = np.asarray(v.status) == FitStatus.CONVERGED
+    assert conv.sum() >= 4
+    np.testing.assert_allclose(np.asarray(s.loss)[conv], np.asarray(v.loss)[conv], rtol=1e-7)
+    assert np.all(np.asarray(s.loss) <= np.asarray(v.loss) * (1 + 1e-7))
+    np.testing.assert_allclose(np.asarray(s.theta)[conv], np.asarray(v.theta)[conv],
+                               rtol=1e-3)
+    ident = np.asarray(s.identifiable) & np.asarray(v.identifiable) & conv
+    assert ident.sum() >= 3
+    np.testing.assert_allclose(np.asarray(s.se_theta)[ident], np.asarray(v.se_theta)[ident],
+                               rtol=1e-3)
+
+
+def test_estimated_sigma_with_censored_points_as_the_vmapped_fit(stk):
+    """sigma estimated with censored points (subject 4): LM and the sigma MLE alternate,
+    as in the vmapped path."""
+    batch, pred = stk["batch"], stk["pred"]
+    assert bool(np.any(np.asarray(batch.censored)[4]))
+    kw = dict(num_starts=2, sigma="estimate", **LM)
+    s = fit_map(pred, batch, batching="stacked", **kw)
+    v = fit_map(pred, batch, **kw)
+    np.testing.assert_array_equal(s.status, v.status)
+    conv = np.asarray(v.status) == FitStatus.CONVERGED
+    np.testing.assert_allclose(np.asarray(s.sigma)[conv], np.asarray(v.sigma)[conv],
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.loss)[conv], np.asarray(v.loss)[conv],
+                               rtol=1e-6)
+
+
+def test_stacked_fit_recovers_noise_free_parameters(tmp_path):
+    vols = _true_volumes()[:4]
+    batch = _write_batch(tmp_path / "clean.csv", vols, np.tile(DAYS, (4, 1)),
+                         {"trastuzumab": REGIMEN})
+    res = fit_map(csc_predictor(MODEL, SPEC), batch, num_starts=2, sigma=NOISE_SD,
+                  batching="stacked", **LM)
+    assert np.all(np.asarray(res.status) == FitStatus.CONVERGED)
+    np.testing.assert_allclose(res.theta, TRUE[:4], rtol=1e-5)
+
+
+def test_a_failing_member_keeps_its_failure(stk):
+    """A subject with non-finite data, or whose span makes the shared solve fail (and
+    every evaluation fall back to member-by-member solves), gets its own status; the
+    others reach the optima they reach without it."""
+    batch, pred, base = stk["batch"], stk["pred"], stk["stacked"]
+    k, others = 2, [0, 1, 3, 4]
+    for expected, bad in bad_batches(batch, k).items():
+        res = fit_map(pred, bad, num_starts=NUM_STARTS, sigma=NOISE_SD, batching="stacked",
+                      **LM)
+        assert int(res.status[k]) == expected
+        np.testing.assert_array_equal(np.asarray(res.status)[others],
+                                      np.asarray(base.status)[others])
+        np.testing.assert_allclose(np.asarray(res.loss)[others],
+                                   np.asarray(base.loss)[others], rtol=1e-6)
+
+
+def test_stacked_refuses_what_it_cannot_run(stk):
+    batch = stk["batch"]
+    fn = FunctionPredictor(lambda z, s: (z[0] + 0.0 * s.day, 0), 1)
+    with pytest.raises(ValueError, match="needs a CSC predictor"):
+        fit_map(fn, batch, batching="stacked")
+    with pytest.raises(ValueError, match="method must be 'lm'"):
+        fit_map(stk["pred"], batch, method="optax", batching="stacked")
+    chemo = fitcsc.ModelConfig(crowding="logistic", drugs=("paclitaxel",),
+                               chemo_mode="log_kill", species="mouse")
+    spec = fitcsc.ParamSpec({"csc_division_rate": fitcsc.Positive()},
+                            fitcsc.default_params(chemo))
+    with pytest.raises(ValueError, match="log-kill"):
+        fit_map(csc_predictor(chemo, spec), batch, batching="stacked")
+    with pytest.raises(ValueError, match="batching must be"):
+        fit_map(stk["pred"], batch, batching="pmap")
