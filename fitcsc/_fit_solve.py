@@ -125,6 +125,22 @@ def member_residuals(predictor, data, z, sigma):
     return jnp.where(ok, r, jnp.where(data.mask, PENALTY, 0.0)), (log_pred, status)
 
 
+def residuals_jacobian(log_pred, status, J_lp, data, sigma):
+    """Residuals and their Jacobian from log predictions and ``J_lp = d log_pred / d z``
+    (one member, or members on leading axes with ``sigma`` broadcastable to
+    ``log_pred``); failed members as in `member_residuals`."""
+
+    def raw(lp):
+        return residuals_from_log(lp, _log_obs(data), data.mask, data.censored, sigma)
+
+    # the residuals are elementwise in log_pred: one JVP gives d r_i / d log_pred_i
+    r, d = jax.jvp(raw, (log_pred,), (jnp.ones_like(log_pred),))
+    ok = ((status == 0) & jnp.all(jnp.isfinite(r), axis=-1))[..., None]
+    r = jnp.where(ok, r, jnp.where(data.mask, PENALTY, 0.0))
+    J_r = jnp.where(ok[..., None], d[..., None] * J_lp, 0.0)
+    return r, J_r
+
+
 @eqx.filter_custom_jvp
 def dense_residuals(z, predictor, data, sigma):
     """`member_residuals` whose JVP materialises the Jacobian with one `jax.jacfwd`.
@@ -154,15 +170,7 @@ def _dense_residuals_jvp(primals, tangents):
 
     if hasattr(predictor, "log_pred_jacobian"):  # the predictor builds its own Jacobian
         log_pred, status, J_lp = predictor.log_pred_jacobian(z, data)
-
-        def raw(lp):
-            return residuals_from_log(lp, _log_obs(data), data.mask, data.censored, sigma)
-
-        # the residuals are elementwise in log_pred: one JVP gives d r_i / d log_pred_i
-        r, d = jax.jvp(raw, (log_pred,), (jnp.ones_like(log_pred),))
-        ok = (status == 0) & jnp.all(jnp.isfinite(r))
-        r = jnp.where(ok, r, jnp.where(data.mask, PENALTY, 0.0))
-        J_r = jnp.where(ok, d[:, None] * J_lp, 0.0)
+        r, J_r = residuals_jacobian(log_pred, status, J_lp, data, sigma)
         return (r, (log_pred, status)), (J_r @ t_z, (J_lp @ t_z, None))
 
     def fn(z_):

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fit_solve import PENALTY, FitStatus, Member, _log_obs, _status, nll_from_log, sigma_mle
-from ._likelihood import residuals_from_log
+from ._fit_predict import CSCPredictor
+from ._fit_solve import FitStatus, Member, _status, nll_from_log, residuals_jacobian, sigma_mle
 from ._model import initial_state, total_cells, vector_field
 from ._pk import concentrations
 from ._regimen import discontinuity_times
@@ -58,8 +58,6 @@ OPTIMISTIX_TRUST_REGION = (0.99, 3.5, 0.01, 0.25)
 
 def check_stackable(predictor, opts, who: str = "fit_map") -> None:
     """Raise ValueError unless ``predictor`` and ``opts`` can run stacked."""
-    from ._fit_predict import CSCPredictor
-
     if not isinstance(predictor, CSCPredictor):
         raise ValueError(f"{who}: batching='stacked' needs a CSC predictor "
                          f"(fitcsc.csc_predictor), got {type(predictor).__name__}; "
@@ -153,9 +151,8 @@ def stacked_log_pred(predictor, Z, data, grid, idx):
     ss = jnp.moveaxis(sol.ys[1], -1, 1)  # (n_grid, M, n_z, k)
     rows = jnp.arange(Z.shape[0])[:, None]
     y_obs, s_obs = ys[idx, rows], ss[idx, rows]  # (M, n_obs, k), (M, n_obs, n_z, k)
-    cells = [model.index(n) for n in model.cell_states]
     N = total_cells(model, y_obs)
-    dN = jnp.sum(s_obs[..., jnp.asarray(cells)], axis=-1)  # (M, n_obs, n_z)
+    dN = total_cells(model, s_obs)  # (M, n_obs, n_z)
     v = N / model.cells_per_mm3
     good = jnp.where(data.mask, (v > 0) & jnp.isfinite(v), True)
     member_ok = jnp.all(good, axis=1) & jnp.all(jnp.isfinite(jnp.where(
@@ -190,15 +187,7 @@ def evaluate(predictor, Z, data, grid, idx, sigma):
     lp, st, J, ok = stacked_log_pred(predictor, Z, data, grid, idx)
     lp, st, J = jax.lax.cond(ok, lambda: (lp, st, J),
                              lambda: _vmapped_log_pred(predictor, Z, data))
-
-    def raw(lp_):
-        return residuals_from_log(lp_, _log_obs(data), data.mask, data.censored,
-                                  sigma[:, None])
-
-    r, d = jax.jvp(raw, (lp,), (jnp.ones_like(lp),))  # elementwise in log_pred
-    good = (st == 0) & jnp.all(jnp.isfinite(r), axis=1)
-    r = jnp.where(good[:, None], r, jnp.where(data.mask, PENALTY, 0.0))
-    J_r = jnp.where(good[:, None, None], d[..., None] * J, 0.0)
+    r, J_r = residuals_jacobian(lp, st, J, data, sigma[:, None])
     return r, J_r, lp, st, ~ok
 
 
