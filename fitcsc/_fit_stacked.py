@@ -1,26 +1,26 @@
-"""Stacked batches: every member of a fit integrated as one ODE system.
+"""Stacked batches: every member of a fit in one array program.
 
-Under `jax.vmap` each member of a batch runs its own adaptive solve inside one
-vmapped while-loop, and every step pays for the loop's per-member bookkeeping
-(controller, save buffer, selects). Here the members' states are stacked into one
-system instead:
+Under `jax.vmap` each member of a batch runs its own `diffrax.diffeqsolve`, and every
+step pays for the solve loop's general machinery under vmap (Runge-Kutta stages as an
+inner loop, interpolation to the save times). Here the members are stacked instead:
 
-- one diffrax solve (Tsit5) per evaluation, in each member's own time since its first
-  observation (``tau = t - t0``), saved on the union of the members' observation times;
-- the forward sensitivities ``dy/dz`` integrated beside the states (one Jacobian-vector
-  product of the vector field per free parameter), so one solve gives the residuals and
-  the whole Jacobian of every member;
-- the step-size controller sees the largest per-member RMS error (sensitivities are not
-  error-controlled, as diffrax's forward mode does not control them either), so each
-  member is solved at least as accurately as alone; a member whose state is not finite
-  is left out of the norm, so it cannot stall the others;
-- if the shared solve fails (e.g. one member's trial point makes the system stiff and
-  the step cap is reached), that evaluation is redone member by member under vmap, so a
-  failure only ever marks the member that caused it.
+- one `paced_solve` (`fitcsc._paced`) per evaluation: every member's states and their
+  forward sensitivities ``dy/dz`` (one Jacobian-vector product of the vector field per
+  free parameter) in one array program, each member at its own step size with
+  diffrax's Tsit5 tableau and PID controller, in its own time since its first
+  observation, stepping onto its observation times and up to its dose discontinuities;
+  so one solve gives the residuals and the whole Jacobian of every member;
+- the error control sees each member's RMS error of the states (sensitivities are not
+  error-controlled, as in diffrax's forward mode), as a member solved alone would;
+- members that finish their solve early leave it (the unfinished are gathered into
+  smaller batches), members whose fit has stopped are not solved at all, and a failed
+  solve (step cap, non-finite values) marks only its own member.
 
-Measured on a 2-core CPU (float64, 256 PDXE members, residuals and Jacobian at the
-starts): 213 µs per member stacked against 743 µs vmapped. The members share step
-sizes, so the hardest member sets the pace: sort members by cost before stacking.
+An earlier version integrated all members as one ODE system with one shared step size;
+one member's stiff trial point then held every member, and the failed shared solve had
+to be redone member by member. Measured on a 2-core CPU (float64, 256 PDXE members,
+residuals and Jacobian): at the starts 49 µs per member paced, 168 µs shared, 530 µs
+vmapped; at trial points 1.5 away in z, 68, 401 and 857 µs.
 
 `solve_stacked` is a Levenberg–Marquardt on all members at once (per-member damping,
 acceptance and convergence, with optimistix's trust-region rule and Cauchy test, so
@@ -29,16 +29,15 @@ passes of at most ``cap`` iterations: between passes, members that have stopped 
 dropped and the rest packed into a smaller batch, so converged members stop costing
 ODE work. The LM state travels between passes, so passes never change results. One
 stopping rule is added: a rejected step that is negligible in ``z`` and promised a
-negligible decrease stops the member. A member's step sizes depend on the other
-members, so its residuals carry noise at the ODE tolerance; at an optimum the noise
-alone can reject every step, and the trust region would shrink for ever. (A test on the
+negligible decrease stops the member: the residuals carry noise at the ODE tolerance
+(a nearby ``z`` takes other steps), and at an optimum that noise alone can reject every
+step, so that the trust region would shrink for ever. (A test on the
 undamped Gauss-Newton gain instead stopped members early: 11 % of PDXE curves ended
 up to 2e-6 above the scipy peer's loss, as `pinv` drops the sloppy directions.)
 """
 
 from __future__ import annotations
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -47,9 +46,10 @@ import numpy as np
 from ._fit_predict import CSCPredictor
 from ._fit_solve import FitStatus, Member, _status, nll_from_log, residuals_jacobian, sigma_mle
 from ._model import initial_state, total_cells, vector_field
+from ._paced import paced_solve
 from ._pk import concentrations
 from ._regimen import discontinuity_times
-from ._simulate import _pk_arrays
+from ._simulate import Status, _pk_arrays
 
 # optimistix.ClassicalTrustRegion's defaults (high_cutoff, high_constant, low_cutoff,
 # low_constant), used when the options name none
@@ -71,35 +71,20 @@ def check_stackable(predictor, opts, who: str = "fit_map") -> None:
                          f"method must be 'lm', got {opts.method!r}")
 
 
-def time_grid(day: np.ndarray, t0: np.ndarray, mask: np.ndarray, smallest: int = 256):
-    """Union of the members' observation times since their first (host side).
-
-    **Returns:** ``(grid, idx)``: ``grid`` (sorted, padded by repeating its last value
-    to a power of two, at least ``smallest``, so that few shapes compile) and ``idx``
-    (same shape as ``day``) with ``grid[idx] == day - t0`` (padding points: any index)."""
-    local = np.where(mask, np.asarray(day, float) - np.asarray(t0, float)[:, None], 0.0)
-    grid, inv = np.unique(local, return_inverse=True)
-    grid = np.maximum(grid, 0.0)
-    n = max(smallest, 1 << (grid.size - 1).bit_length())
-    grid = np.concatenate([grid, np.full(n - grid.size, grid[-1])])
-    return grid, inv.reshape(local.shape).astype(np.int32)
+def _state_norm(err):
+    """RMS of the scaled error of the states (sensitivities left out, as in diffrax's
+    forward mode, whose controller sees only the primal solve)."""
+    return jnp.sqrt(jnp.mean(err[0] ** 2))
 
 
-def _member_norm(err):
-    """Largest per-member RMS of the scaled state error (sensitivities left out)."""
-    y = err[0]  # (k, M)
-    m = jnp.sqrt(jnp.mean(y**2, axis=0))
-    return jnp.max(jnp.where(jnp.isfinite(m), m, 0.0))
-
-
-def stacked_log_pred(predictor, Z, data, grid, idx):
-    """Log volumes and their Jacobian for every member, from one stacked solve.
+def paced_log_pred(predictor, Z, data, active=None):
+    """Log volumes and their Jacobian for every member, each solved at its own pace.
 
     **Arguments:** ``Z`` ``(M, n_z)``; ``data`` a `SubjectData` with leading axis M;
-    ``grid``, ``idx`` from `time_grid`.
+    ``active`` ``(M,)`` bool: members to solve (default all; the others come back
+    failed, without ODE work).
 
-    **Returns:** ``(log_pred (M, n_obs), status (M,), J (M, n_obs, n_z), ok)``, where
-    ``ok`` is False when the shared solve failed (then the values are not usable).
+    **Returns:** ``(log_pred (M, n_obs), status (M,), J (M, n_obs, n_z), steps (M,))``.
     """
     model = predictor.model
     n_z = Z.shape[1]
@@ -110,85 +95,53 @@ def stacked_log_pred(predictor, Z, data, grid, idx):
         coefs, rates = _pk_arrays(model, prm)
         return vector_field(model, t, y, prm, concentrations(coefs, rates, s.schedule, t))
 
+    def rhs(tau, state, args):  # states and their sensitivities dy/dz, one member
+        y, sens = state
+        z, s = args
+        t = s.t0_day + tau
+
+        def tangent(sj, e):
+            return jax.jvp(lambda y_, z_: field(t, y_, z_, s), (y, z), (sj, e))
+
+        return jax.vmap(tangent, out_axes=(None, 0))(sens, eye)
+
     def start(z, s):
         def y0(z_):
             return initial_state(model, predictor._params(z_, s))
 
         return jax.vmap(lambda e: jax.jvp(y0, (z,), (e,)), out_axes=(None, 0))(eye)
 
-    # members on the last (fastest) axis, so that each operation of a step runs along
-    # the members
-    Y0, S0 = jax.vmap(start, out_axes=(-1, -1))(Z, data)  # (k, M), (n_z, k, M)
-    t0 = data.t0_day
-
-    def rhs(tau, state, args):
-        Y, Sens = state
-
-        def one(y, sens, z, s, t0m):
-            t = t0m + tau
-
-            def tangent(sj, e):
-                return jax.jvp(lambda y_, z_: field(t, y_, z_, s), (y, z), (sj, e))
-
-            return jax.vmap(tangent, out_axes=(None, 0))(sens, eye)
-
-        return jax.vmap(one, in_axes=(-1, -1, 0, 0, 0), out_axes=(-1, -1))(
-            Y, Sens, Z, data, t0)
-
-    kw = {}
-    if model.drugs:  # every member's dose discontinuities, in stacked time
-        end = grid[-1]
-        jumps = jax.vmap(lambda s, a: discontinuity_times(s, a + end + 1.0) - a)(
-            data.schedule, t0)
-        kw["jump_ts"] = jnp.sort(jnp.ravel(jumps))
-    ctrl = diffrax.PIDController(rtol=predictor.rtol, atol=predictor.atol,
-                                 norm=_member_norm, **kw)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(rhs), diffrax.Tsit5(), 0.0, grid[-1], None, (Y0, S0),
-        saveat=diffrax.SaveAt(ts=grid), stepsize_controller=ctrl,
-        max_steps=predictor.max_steps, throw=False)
-    ys = jnp.moveaxis(sol.ys[0], -1, 1)  # (n_grid, M, k)
-    ss = jnp.moveaxis(sol.ys[1], -1, 1)  # (n_grid, M, n_z, k)
-    rows = jnp.arange(Z.shape[0])[:, None]
-    y_obs, s_obs = ys[idx, rows], ss[idx, rows]  # (M, n_obs, k), (M, n_obs, n_z, k)
-    N = total_cells(model, y_obs)
-    dN = total_cells(model, s_obs)  # (M, n_obs, n_z)
+    tau_obs = jnp.where(data.mask, data.day - data.t0_day[:, None], jnp.inf)
+    if model.drugs:  # each member's dose discontinuities, in its own time
+        end = jnp.max(jnp.where(data.mask, tau_obs, 0.0), axis=1)
+        jumps = jax.vmap(lambda s, t0, e: discontinuity_times(s, t0 + e + 1.0) - t0)(
+            data.schedule, data.t0_day, end)
+    else:
+        jumps = jnp.full((Z.shape[0], 1), jnp.inf, Z.dtype)
+    (N, dN), status, steps = paced_solve(
+        rhs, jax.vmap(start)(Z, data), (Z, data), tau_obs, jumps,
+        lambda st: (total_cells(model, st[0]), total_cells(model, st[1])),
+        rtol=predictor.rtol, atol=predictor.atol, max_steps=predictor.max_steps,
+        norm=_state_norm, active=active)
     v = N / model.cells_per_mm3
     good = jnp.where(data.mask, (v > 0) & jnp.isfinite(v), True)
     member_ok = jnp.all(good, axis=1) & jnp.all(jnp.isfinite(jnp.where(
         data.mask[..., None], dN, 0.0)), axis=(1, 2))
-    log_pred = jnp.log(jnp.where(v > 0, v, 1.0))
-    J = dN / jnp.where(v > 0, N, 1.0)[..., None]
-    status = jnp.where(member_ok, 0, 3).astype(jnp.int32)
-    return log_pred, status, J, sol.result == diffrax.RESULTS.successful
+    log_pred = jnp.log(jnp.where(data.mask & (v > 0), v, 1.0))
+    J = jnp.where(data.mask[..., None], dN / jnp.where(v > 0, N, 1.0)[..., None], 0.0)
+    status = jnp.where((status == Status.SUCCESS) & ~member_ok, Status.NONFINITE, status)
+    return log_pred, status.astype(jnp.int32), J, steps
 
 
-def _vmapped_log_pred(predictor, Z, data):
-    """The same quantities member by member (the fallback of a failed shared solve)."""
-
-    def one(z, s):
-        def f(z_):
-            lp, st = predictor(z_, s)
-            return lp, (lp, st)
-
-        J, (lp, st) = jax.jacfwd(f, has_aux=True)(z)
-        return lp, st, J
-
-    return jax.vmap(one)(Z, data)
-
-
-def evaluate(predictor, Z, data, grid, idx, sigma):
+def evaluate(predictor, Z, data, sigma, active=None):
     """Residuals, their Jacobian, log predictions and status of every member at ``Z``.
 
     Failed members get `PENALTY` residuals and a zero Jacobian, as in `member_residuals`.
-    **Returns:** ``(r, J_r, log_pred, status, fallback)``; ``fallback``: whether the
-    shared solve failed and the members were solved one by one.
+    **Returns:** ``(r, J_r, log_pred, status)``.
     """
-    lp, st, J, ok = stacked_log_pred(predictor, Z, data, grid, idx)
-    lp, st, J = jax.lax.cond(ok, lambda: (lp, st, J),
-                             lambda: _vmapped_log_pred(predictor, Z, data))
+    lp, st, J, _ = paced_log_pred(predictor, Z, data, active)
     r, J_r = residuals_jacobian(lp, st, J, data, sigma[:, None])
-    return r, J_r, lp, st, ~ok
+    return r, J_r, lp, st
 
 
 class LMState(eqx.Module):
@@ -206,7 +159,6 @@ class LMState(eqx.Module):
     done: jax.Array  # stopped (converged, or failed at its start)
     converged: jax.Array
     n_steps: jax.Array
-    fallbacks: jax.Array  # evaluations redone member by member (same for all members)
 
 
 def take(state, sel):
@@ -214,20 +166,19 @@ def take(state, sel):
 
 
 @eqx.filter_jit
-def lm_init(predictor, z0, data, grid, idx, sigma):
-    r, J, lp, st, fb = evaluate(predictor, z0, data, grid, idx, sigma)
+def lm_init(predictor, z0, data, sigma):
+    r, J, lp, st = evaluate(predictor, z0, data, sigma)
     loss = 0.5 * jnp.sum(r**2, axis=1)
     ok = (st == 0) & jnp.isfinite(loss)
     M = z0.shape[0]
     return LMState(z=z0, r=r, jac=J, log_pred=lp, sim_status=st, loss=loss,
                    radius=jnp.ones((M,), z0.dtype), ref=jnp.where(ok, loss, jnp.inf),
                    count=jnp.zeros((M,), jnp.int32), done=~ok,
-                   converged=jnp.zeros((M,), bool), n_steps=jnp.zeros((M,), jnp.int32),
-                   fallbacks=jnp.full((M,), fb.astype(jnp.int32)))
+                   converged=jnp.zeros((M,), bool), n_steps=jnp.zeros((M,), jnp.int32))
 
 
 @eqx.filter_jit
-def lm_run(predictor, state: LMState, data, grid, idx, sigma, free, opts, cap):
+def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
     """At most ``cap`` iterations of every member that has not stopped."""
     def active(s):
         return ~s.done & (s.n_steps < opts.max_steps)
@@ -251,7 +202,8 @@ def lm_run(predictor, state: LMState, data, grid, idx, sigma, free, opts, cap):
         step = -jnp.linalg.solve(H, g[..., None])[..., 0]
         step = jnp.where(act[:, None] & free & jnp.isfinite(step), step, 0.0)
         z_t = s.z + step
-        r, J, lp, st, fb = evaluate(predictor, z_t, data, grid, idx, sigma)
+        # members that stopped are not solved again (no ODE work)
+        r, J, lp, st = evaluate(predictor, z_t, data, sigma, act)
         loss_t = 0.5 * jnp.sum(r**2, axis=1)
         ok_t = (st == 0) & jnp.isfinite(loss_t)
         Js = jnp.einsum("mnp,mp->mn", s.jac, step)
@@ -291,8 +243,7 @@ def lm_run(predictor, state: LMState, data, grid, idx, sigma, free, opts, cap):
                     log_pred=pick(lp, s.log_pred), sim_status=pick(st, s.sim_status),
                     loss=pick(loss_t, s.loss), radius=radius, ref=ref,
                     count=count, done=s.done | conv, converged=s.converged | conv,
-                    n_steps=s.n_steps + act.astype(jnp.int32),
-                    fallbacks=s.fallbacks + fb.astype(jnp.int32))
+                    n_steps=s.n_steps + act.astype(jnp.int32))
         return s, k + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.asarray(0)))
@@ -319,17 +270,16 @@ def solve_stacked(predictor, data, z0, sigma0, opts, free, *, cap: int = 10
     alternate 3 times, as in the vmapped `solve_lm`.
 
     **Returns:** ``(members, info)``: a `Member` with leading axis M, and counts of
-    passes, batch sizes and fallback evaluations.
+    passes and batch sizes.
     """
     host = jax.tree_util.tree_map(np.asarray, data)  # the passes' bookkeeping: NumPy
-    grid, idx = time_grid(host.day, host.t0_day, host.mask)
     free = np.asarray(free, bool)
-    info = {"passes": 0, "batch_sizes": [], "fallback_evaluations": 0}
+    info = {"passes": 0, "batch_sizes": []}
     z = np.asarray(z0)
     sigma = np.asarray(sigma0, dtype=z.dtype)
     steps = 0
     for _ in range(3 if opts.refit_sigma else 1):
-        state = _passes(predictor, data, host, grid, idx, z, sigma, free, opts, cap, info)
+        state = _passes(predictor, data, host, z, sigma, free, opts, cap, info)
         steps = steps + state.n_steps
         z, used = state.z, sigma
         if opts.refit_sigma:
@@ -338,11 +288,9 @@ def solve_stacked(predictor, data, z0, sigma0, opts, free, *, cap: int = 10
     return _finish(predictor, state, data, used, opts), info
 
 
-def _passes(predictor, data, host, grid, idx, z0, sigma, free, opts, cap, info) -> LMState:
-    state = lm_init(predictor, jnp.asarray(z0), data, jnp.asarray(grid), jnp.asarray(idx),
-                    jnp.asarray(sigma))
+def _passes(predictor, data, host, z0, sigma, free, opts, cap, info) -> LMState:
+    state = lm_init(predictor, jnp.asarray(z0), data, jnp.asarray(sigma))
     state = jax.tree_util.tree_map(np.array, state)
-    info["fallback_evaluations"] += int(state.fallbacks[0])
     M = z0.shape[0]
     pending = np.arange(M)
     while True:
@@ -353,7 +301,7 @@ def _passes(predictor, data, host, grid, idx, z0, sigma, free, opts, cap, info) 
         size = _bucket(pending.size, M)
         sel = np.resize(pending, size)  # padding repeats pending members
         sub = take(state, sel)
-        out = lm_run(predictor, sub, take(host, sel), grid, idx[sel], sigma[sel], free[sel],
+        out = lm_run(predictor, sub, take(host, sel), sigma[sel], free[sel],
                      opts, np.asarray(cap))
         out = jax.tree_util.tree_map(np.asarray, out)
         first = np.unique(sel, return_index=True)[1]  # one copy of each member
@@ -362,7 +310,6 @@ def _passes(predictor, data, host, grid, idx, z0, sigma, free, opts, cap, info) 
             full[sel[first]] = new[first]
         info["passes"] += 1
         info["batch_sizes"].append(size)
-        info["fallback_evaluations"] += int(out.fallbacks.max() - sub.fallbacks.max())
 
 
 @eqx.filter_jit

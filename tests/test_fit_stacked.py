@@ -1,4 +1,4 @@
-"""fit_map(batching="stacked"): all members of a fit integrated as one ODE system.
+"""fit_map(batching="stacked"): all members of a fit in one array program.
 
 Checked against the per-member (vmapped) path, central finite differences, known
 parameters and the failure rules of the vmapped path.
@@ -29,7 +29,7 @@ import fitcsc
 from fitcsc._fit import fit_map
 from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
 from fitcsc._fit_solve import FitStatus
-from fitcsc._fit_stacked import stacked_log_pred, time_grid
+from fitcsc._fit_stacked import paced_log_pred
 
 LM = dict(trust_region="eager", stall_rtol=1e-8, stall_steps=2)
 
@@ -52,25 +52,14 @@ def stk(tmp_path_factory):
     return dict(batch=batch, pred=pred, stacked=stacked, vmapped=vmapped)
 
 
-def test_time_grid_indexes_every_local_time():
-    day = np.array([[0.0, 3, 7, 7], [5.0, 6, 12, 40]])
-    mask = np.array([[True, True, True, False], [True, True, True, True]])
-    grid, idx = time_grid(day, day[:, 0], mask, smallest=4)
-    assert grid.size == 8 and np.all(np.diff(grid) >= 0)  # 6 distinct -> power of two
-    np.testing.assert_array_equal(grid[idx][mask], (day - day[:, :1])[mask])
-
-
 def test_log_pred_and_jacobian_match_each_member_solved_alone(stk):
-    """Values against the vmapped per-member solve (each member is solved at least as
-    accurately in the stack), the Jacobian against `jax.jacfwd` of it."""
+    """Values against the vmapped per-member solve (each member is solved with the same
+    error control at its own pace), the Jacobian against `jax.jacfwd` of it."""
     pred, data = stk["pred"], subject_data(stk["batch"])
     rng = np.random.default_rng(0)
     z = np.asarray(jax.vmap(pred.init_z)(data)) + rng.uniform(-0.5, 0.5, (5, len(FREE)))
-    grid, idx = time_grid(np.asarray(data.day), np.asarray(data.t0_day),
-                          np.asarray(data.mask))
-    lp, status, J, ok = eqx.filter_jit(stacked_log_pred)(pred, jnp.asarray(z), data,
-                                                         jnp.asarray(grid), jnp.asarray(idx))
-    assert bool(ok) and np.all(np.asarray(status) == 0)
+    lp, status, J, steps = eqx.filter_jit(paced_log_pred)(pred, jnp.asarray(z), data)
+    assert np.all(np.asarray(status) == 0) and np.all(np.asarray(steps) > 5)
 
     def one(z_, s):
         return jax.jacfwd(lambda q: pred(q, s)[0])(z_), pred(z_, s)[0]
@@ -82,12 +71,23 @@ def test_log_pred_and_jacobian_match_each_member_solved_alone(stk):
                                atol=1e-8)
 
 
+def test_inactive_members_cost_no_steps_and_leave_the_others_alone(stk):
+    pred, data = stk["pred"], subject_data(stk["batch"])
+    z = jax.vmap(pred.init_z)(data)
+    f = eqx.filter_jit(paced_log_pred)
+    lp, status, _, steps = f(pred, z, data)
+    act = jnp.array([True, False, True, False, True])
+    lp2, status2, _, steps2 = f(pred, z, data, act)
+    a = np.asarray(act)
+    assert np.all(np.asarray(steps2)[~a] == 0) and np.all(np.asarray(status2)[~a] != 0)
+    np.testing.assert_array_equal(np.asarray(lp2)[a], np.asarray(lp)[a])
+    np.testing.assert_array_equal(np.asarray(steps2)[a], np.asarray(steps)[a])
+
+
 def test_jacobian_matches_central_differences(stk):
     pred, data = stk["pred"], subject_data(stk["batch"])
     z = np.asarray(jax.vmap(pred.init_z)(data))
-    grid, idx = (jnp.asarray(a) for a in time_grid(
-        np.asarray(data.day), np.asarray(data.t0_day), np.asarray(data.mask)))
-    f = eqx.filter_jit(lambda z_: stacked_log_pred(pred, z_, data, grid, idx))
+    f = eqx.filter_jit(lambda z_: paced_log_pred(pred, z_, data))
     J = np.asarray(f(jnp.asarray(z))[2])
     h = 1e-5
     m = np.asarray(data.mask)
@@ -144,9 +144,8 @@ def test_stacked_fit_recovers_noise_free_parameters(tmp_path):
 
 
 def test_a_failing_member_keeps_its_failure(stk):
-    """A subject with non-finite data, or whose span makes the shared solve fail (and
-    every evaluation fall back to member-by-member solves), gets its own status; the
-    others reach the optima they reach without it."""
+    """A subject with non-finite data, or whose span makes its solve fail, gets its own
+    status; the others reach the optima they reach without it."""
     batch, pred, base = stk["batch"], stk["pred"], stk["stacked"]
     k, others = 2, [0, 1, 3, 4]
     for expected, bad in bad_batches(batch, k).items():
