@@ -76,6 +76,7 @@ from scipy.optimize import least_squares
 from scipy.special import expit, log_ndtr
 
 from fitcsc import _fitrun  # the fit job's arm grouping and per-arm spec
+from fitcsc._fit_stacked import paced_log_pred  # the stacked run's screen
 
 DEFAULT_OUT = RESULTS / "batch_fit.json"
 DEFAULT_SCALING_OUT = RESULTS / "batch_fit_scaling.json"
@@ -502,6 +503,18 @@ def ode_screen_fn(g: Group):
     return one
 
 
+def paced_screen_fn(g: Group):
+    """The stacked run's screen: one evaluation of `fit_map(batching="stacked")` per
+    member at ``z`` (a paced solve with sensitivities): ``(steps, status)``."""
+
+    @jax.jit
+    def run(z, data):
+        _, status, _, steps = paced_log_pred(g.pred, z, data)
+        return steps, status
+
+    return run
+
+
 def rows_of(data, sel):
     """Rows ``sel`` of every array of ``data`` (a `SubjectData`), on the host."""
     return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[sel]), data)
@@ -648,18 +661,19 @@ def run_scheduled(g: Group, num_starts: int, *, chunk: int, cap: int, small_chun
 def run_stacked(g: Group, num_starts: int, *, chunk: int, sigma=SIGMA, warm: bool = True
                 ) -> dict:
     """``fit_map(batching="stacked")`` on chunks of ``chunk`` members (curve x start),
-    sorted by the ODE steps of one forward solve at their start. Passes (members that
-    stopped dropped, the rest packed into smaller batches) happen inside fit_map.
+    sorted by the ODE steps of one evaluation at their start (`paced_screen_fn`).
+    Passes (members that stopped dropped, the rest packed into smaller batches) happen
+    inside fit_map.
     ``warm``: run the first chunk once apart from the timing (compiles its shapes; later
     shapes compile inside timed calls and are subtracted by `Meter`)."""
     S, n_z = num_starts, g.n_z
     z0 = start_vectors(g.z_ref, S).reshape(-1, n_z)
     curve_of = np.repeat(np.arange(g.n), S)
     n_m = z0.shape[0]
-    size = min(chunk, n_m)
+    size = n_m if chunk <= 0 else min(chunk, n_m)
     members = g.batch.subset(curve_of)
     data = fitcsc.subject_data(members)
-    screen = ode_screen_fn(g)
+    screen = paced_screen_fn(g)
 
     def fit(sel):
         return fitcsc.fit_map(g.pred, members.subset(sel), num_starts=1, z_init=z0[sel],
@@ -1019,8 +1033,9 @@ def parse_args(argv=None):
                     help="fitcsc runs to time, comma-separated, of stacked (fit_map "
                     "batching='stacked'), scheduled and plain (vmapped); 'both' = "
                     "scheduled,plain; the first is the headline")
-    ap.add_argument("--stacked-chunk", type=int, default=128,
-                    help="members per fit_map call of the stacked run")
+    ap.add_argument("--stacked-chunk", type=int, default=0,
+                    help="members per fit_map call of the stacked run (0: a group's "
+                    "members in one call)")
     ap.add_argument("--ode-rtol", type=float, default=ODE_RTOL,
                     help="ODE rtol of both sides (default: csc_predictor's)")
     ap.add_argument("--ode-atol", type=float, default=ODE_ATOL_CELLS,
@@ -1392,17 +1407,27 @@ def main_fit(args, load_start) -> dict:
                 f"{args.cap} LM steps per pass; members at the cap continue in the next "
                 f"pass, up to {LM_MAX_STEPS} steps in all",
                 "passes": {g.cls: runs["scheduled"][g.cls]["passes"] for g in groups},
-                "ode_steps_at_start": spread(members_ode),
+                "ode_steps_at_start": spread(np.concatenate(
+                    [runs["scheduled"][g.cls]["members"]["ode_steps_at_start"]
+                     for g in groups])),
                 "ode_steps_what": "fitcsc.Solution.num_steps of one forward solve (diffrax "
                 "num_steps + num_rejected_steps)",
             } if "scheduled" in runs else None,
             "stacked": {
-                "what": f"fit_map(batching='stacked') on chunks of {args.stacked_chunk} "
-                "members sorted by the ODE steps of one forward solve at their start; "
+                "what": "fit_map(batching='stacked') on "
+                + (f"chunks of {args.stacked_chunk} members sorted by the ODE steps of "
+                   "one evaluation at their start" if args.stacked_chunk > 0 else
+                   "all members (curve x start) of a group in one call")
+                + "; "
                 "inside, one Levenberg-Marquardt over all members of a chunk, each "
-                "evaluation one diffrax solve of all members' ODEs and forward "
-                "sensitivities stacked, in passes of 10 iterations that drop stopped "
-                "members",
+                "evaluation one paced solve (fitcsc._paced: every member's ODE and "
+                "forward sensitivities in one array program, each at its own step "
+                "size), in passes of 10 iterations that drop stopped members",
+                "ode_steps_at_start": spread(np.concatenate(
+                    [runs["stacked"][g.cls]["members"]["ode_steps_at_start"]
+                     for g in groups])),
+                "ode_steps_what": "steps (accepted + rejected, including the steps cut "
+                "short at observation times) of one paced solve at the start",
                 "chunk_lm_steps_max": {g.cls: runs["stacked"][g.cls]["chunk_lm_steps_max"]
                                        for g in groups},
                 "speedup_stacked_over_scheduled": summary["scheduled"]["seconds"]
