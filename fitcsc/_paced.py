@@ -18,10 +18,11 @@ Jacobian) that costs about 600 µs per member. `paced_solve` keeps only what a f
   batch half as large they are gathered into it (down to 16), so one hard member runs
   alone at the end rather than holding every member of the batch (each batch size is
   one more copy of the loop in the compiled program: halving rather than quartering
-  cut a whole-group fit of the PDXE cytostatic curves from 3.4 to 2.4 s and raised its
-  compile time from about 75 to 130 s).
+  took a whole-group fit of the PDXE cytostatic curves from 3.4 to 2.4 s in one
+  exploratory run, 3.8 s in the full benchmark, and its compile from about 75 to 130 s).
 
-Measured (same members and machine): 49 µs per member against 168 µs for one shared
+Measured (256 PDXE cytostatic members at their starts, 2-core CPU, float64, median of
+15): 49 µs per member against 168 µs for one shared
 solve of all members and 530 µs for vmapped diffeqsolve; at trial points 1.5 (in z)
 away from the starts 68 µs against 401 µs and 857 µs. Values agree with vmapped
 diffeqsolve to the tolerance (3.6e-9 in log volume at rtol 1e-8), and both lie as far
