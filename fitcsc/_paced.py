@@ -56,6 +56,18 @@ def _tree_where(pred, new, old):
     return jax.tree_util.tree_map(one, new, old)
 
 
+def _finite(tree):
+    """Whether every value of ``tree`` is finite (a bool scalar)."""
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                                for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _put(hit, rec, out):
+    """``rec`` (one output) in the output slots where ``hit`` ``(n_obs,)``, else ``out``."""
+    return jax.tree_util.tree_map(
+        lambda r, o: jnp.where(hit.reshape((-1,) + (1,) * jnp.ndim(r)), r, o), rec, out)
+
+
 def _combine(y0, dt, coefs, ks):
     """``y0 + dt * sum_j coefs[j] * ks[j]`` over a pytree (zero coefficients skipped)."""
     terms = [(float(a), k) for a, k in zip(coefs, ks, strict=False) if a != 0.0]
@@ -73,7 +85,6 @@ def tsit5_step(f, t0, t1, y0, args, k1):
     step's ``k1``)."""
     dt = t1 - t0
     ks = [k1]
-    y1 = y0
     for c, a in zip(_TABLEAU.c, _TABLEAU.a_lower, strict=True):
         y1 = _combine(y0, dt, np.asarray(a), ks)
         ks.append(f(t0 + float(c) * dt, y1, args))
@@ -131,12 +142,11 @@ def paced_solve(
                                 lambda _, t, y_, a_: rhs(t, y_, a_), _ERROR_ORDER)
         rec0 = record(y)
         at0 = (t_obs <= 0.0) & act
-        out = jax.tree_util.tree_map(
-            lambda r: jnp.where(at0.reshape((-1,) + (1,) * jnp.ndim(r)), r, jnp.nan), rec0)
+        out = _put(at0, rec0, jax.tree_util.tree_map(
+            lambda r: jnp.full((n_obs,) + jnp.shape(r), jnp.nan), rec0))
         k = jnp.sum(at0)
         n_real = jnp.sum(jnp.isfinite(t_obs))
-        finite = jnp.isfinite(dt0) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(y)]))
+        finite = jnp.isfinite(dt0) & _finite(y)
         carry = dict(tau=jnp.zeros_like(dt0), y=y, k1=rhs(0.0, y, a), cstate=cstate,
                      h=dt0, k=k, out=out, steps=jnp.asarray(0), jump=jnp.asarray(False),
                      done=(k >= n_real) | ~act | ~finite,
@@ -153,8 +163,7 @@ def paced_solve(
         y1, y_err, k_last = tsit5_step(rhs, t0, t1, c["y"], a, c["k1"])
         keep, next_t0, next_t1, _, cstate, _ = ctrl.adapt_step_size(
             t0, t1, c["y"], y1, a, y_err, _ERROR_ORDER, c["cstate"])
-        finite = jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(y1)]))
+        finite = _finite(y1)
         keep = keep & finite
         h = next_t1 - next_t0
         # a step cut short by an output or a jump does not shrink the next proposal
@@ -163,9 +172,7 @@ def paced_solve(
         at_obs = keep & (t1 >= obs_next)
         at_jump = keep & (t1 >= before_jump) & ~at_obs
         hit = at_obs & (t_obs == obs_next)
-        rec = record(y1)
-        out = jax.tree_util.tree_map(
-            lambda r, o: jnp.where(hit.reshape((-1,) + (1,) * r.ndim), r, o), rec, c["out"])
+        out = _put(hit, record(y1), c["out"])
         k = c["k"] + jnp.sum(hit)
         steps = c["steps"] + 1
         finished = k >= n_real
