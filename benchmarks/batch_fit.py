@@ -10,7 +10,8 @@ that ``fitcsc fit`` uses on that file: each arm its own constant drug effect
 `fitcsc.residuals`, the -log-likelihood up to a constant of the data.
 
 - fitcsc: `fitcsc.fit_map` (Levenberg–Marquardt, optimistix, forward-mode ODE
-  sensitivities; trust region ``"eager"``, members stopped once their loss stalls),
+  sensitivities; trust region ``"eager"``, members stopped once their loss stalls;
+  the headline stacked run: ``batching="stacked"``, trust region ``"bounded"``),
   vmapped over members (curve x start). The benchmark schedules the members: one
   forward solve per member at its start counts its ODE steps, members are sorted by it
   and fitted in equal chunks (lockstep waits for the slowest ODE of a chunk), with an LM
@@ -90,7 +91,8 @@ SPECIES = "mouse"
 ODE_RTOL, ODE_ATOL_CELLS, ODE_MAX_STEPS = 1e-8, 1e-6, 512  # csc_predictor defaults
 LM_RTOL = 1e-8  # fit_map rtol = atol; scipy ftol = xtol = gtol
 LM_MAX_STEPS = 200  # total LM steps (evaluations) per member; scipy max_nfev
-TRUST_REGION = "eager"  # fit_map(trust_region=...)
+TRUST_REGION = "eager"  # fit_map(trust_region=...), vmapped (scheduled, plain) runs
+STACKED_TRUST_REGION = "bounded"  # the stacked run's (MINPACK lmder's kind of rule)
 STALL_RTOL, STALL_STEPS = 1e-8, 2  # fit_map(stall_rtol=..., stall_steps=...)
 NUM_STARTS, START_SCALE, START_SEED = 4, 1.0, 0
 PENALTY = 1e6  # residual of a failed prediction, as in fitcsc._fit_solve
@@ -678,7 +680,8 @@ def run_stacked(g: Group, num_starts: int, *, chunk: int, sigma=SIGMA, warm: boo
     def fit(sel):
         return fitcsc.fit_map(g.pred, members.subset(sel), num_starts=1, z_init=z0[sel],
                               start_scale=0.0, sigma=sigma, batching="stacked",
-                              **lm_tolerances()["fitcsc"])
+                              **{**lm_tolerances()["fitcsc"],
+                                 "trust_region": STACKED_TRUST_REGION})
 
     first: dict = {}
     if warm:
@@ -1135,7 +1138,11 @@ def tolerances(cap: int) -> dict:
             "and the change in the residuals are below atol + rtol |.| (max norm), or "
             f"(stall) when the loss fell by <= {STALL_RTOL} |loss| over {STALL_STEPS} "
             "accepted steps; trust region 'eager': accept ratio >= 1e-4, widen x3 when "
-            "ratio > 0.5, shrink x0.25 on rejection (fitcsc._fit_solve.TRUST_REGIONS)",
+            "ratio > 0.5, shrink x0.25 on rejection (fitcsc._fit_solve.TRUST_REGIONS); "
+            f"the stacked run: trust region {STACKED_TRUST_REGION!r} (MINPACK lmder's "
+            "scaled step bound, Gauss-Newton inside it, its shrink rule; first bound "
+            "1 x |D z0|, grown when ratio >= 0.5, lmder's ftol test on Gauss-Newton "
+            "steps, plus the tests above)",
             "peer": t["peer"],
             "peer_what": "scipy least_squares (MINPACK lmder for 'lm'), x_scale default "
             "(lm: 'jac'); stops when any of ftol (actual and predicted relative reduction "

@@ -248,7 +248,12 @@ def fit_map(
     - `throw`: raise `RuntimeError` if any subject did not converge (after the fit).
     - `trust_region`: ``"lm"`` only: ``"eager"`` (MINPACK-like: accept any decrease,
       widen often; parameters at a transform's bound leave quickly), a 4-tuple of
-      `optimistix.ClassicalTrustRegion` constants, or None (optimistix's defaults).
+      `optimistix.ClassicalTrustRegion` constants, None (optimistix's defaults), or,
+      with ``batching="stacked"`` only, ``"bounded"``: the rule of MINPACK's lmder,
+      which `scipy.optimize.least_squares` (``method="lm"``) runs: a bound on the step
+      scaled by J's column norms, Gauss–Newton whenever its step lies inside, lmder's
+      ftol test (at ``rtol``) on Gauss–Newton steps. On PDXE curves (4 starts each) it
+      took 17-33 % fewer steps than "eager" (fitcsc._fit_stacked for the details).
     - `stall_rtol`, `stall_steps`: ``"lm"`` only: also stop a start (as converged) once
       its loss fell by no more than ``stall_rtol * |loss|`` over ``stall_steps`` accepted
       steps (None: off), e.g. ``1e-8``: a boundary optimum then stops, where ``z`` never
@@ -292,6 +297,8 @@ def fit_map(
         raise ValueError(f"fit_map: batching must be 'vmap' or 'stacked', got {batching!r}")
     if batching == "stacked":
         check_stackable(predictor, opts)
+    elif opts.trust_region == "bounded":
+        raise ValueError("fit_map: trust_region='bounded' needs batching='stacked'")
     data = subject_data(batch)
     if z_ref is None:  # outside `_fit_core`, so that giving z_init or not never retraces
         z_ref = _init_z(predictor, data)

@@ -72,6 +72,11 @@ TRUST_REGIONS = {
     # fair. Parameters whose optimum lies at a transform's bound (z -> +-inf, where the
     # Jacobian column vanishes) then leave in a few steps instead of crawling.
     "eager": (0.5, 3.0, 1e-4, 0.25),
+    # MINPACK lmder's kind of rule (batching="stacked" only): a bound on the scaled
+    # step |D p| (D: the largest column norms of J so far) rather than a damping,
+    # Gauss-Newton whenever its step lies inside, lmder's ftol test on Gauss-Newton
+    # steps (fitcsc._fit_stacked: bounded_step, bound_update, BOUND_FACTOR, BOUND_GROW)
+    "bounded": "bounded",
 }
 
 
@@ -79,7 +84,8 @@ def lm_options(opts: Options, *, trust_region=None, stall_rtol=None, stall_steps
                who: str = "fit_map") -> Options:
     """``opts`` with the Levenberg–Marquardt extras checked and set.
 
-    - `trust_region`: a name in `TRUST_REGIONS` or a 4-tuple of floats (None: optimistix's).
+    - `trust_region`: a name in `TRUST_REGIONS` or a 4-tuple of floats (None: optimistix's;
+      ``"bounded"`` only with ``batching="stacked"``).
     - `stall_rtol`, `stall_steps`: stop a member (as converged) once its loss fell by no
       more than ``stall_rtol * |loss|`` over ``stall_steps`` accepted steps (None: off).
       Boundary optima, where ``z`` runs off to infinity and optimistix's test (both the
@@ -284,6 +290,9 @@ class _StallingLM(optx.AbstractLeastSquaresSolver):
 
 def _lm_solver(opts):
     solver = optx.LevenbergMarquardt(rtol=opts.rtol, atol=opts.atol)
+    if opts.trust_region == "bounded":
+        raise ValueError("trust_region='bounded' is a rule of fit_map(batching='stacked'); "
+                         "with batching='vmap' use 'eager', a 4-tuple or None")
     if opts.trust_region is not None:
         hc, hk, lc, lk = opts.trust_region
         search = optx.ClassicalTrustRegion(high_cutoff=hc, high_constant=hk,

@@ -159,6 +159,7 @@ class LMState(eqx.Module):
     done: jax.Array  # stopped (converged, or failed at its start)
     converged: jax.Array
     n_steps: jax.Array
+    scale: jax.Array  # trust_region="bounded": the largest column norms of J so far
 
 
 def take(state, sel):
@@ -166,15 +167,123 @@ def take(state, sel):
 
 
 @eqx.filter_jit
-def lm_init(predictor, z0, data, sigma):
+def lm_init(predictor, z0, data, sigma, bounded: bool = False):
+    """The LM state at ``z0``. ``bounded`` (trust_region="bounded"): the first step
+    bound, `BOUND_FACTOR` times the scaled norm of ``z0`` (`BOUND_FACTOR` where that is
+    0), as lmder; otherwise the trust-region radius 1 (damping 1), as optimistix."""
     r, J, lp, st = evaluate(predictor, z0, data, sigma)
     loss = 0.5 * jnp.sum(r**2, axis=1)
     ok = (st == 0) & jnp.isfinite(loss)
     M = z0.shape[0]
+    scale = column_norms(J)
+    radius = jnp.ones((M,), z0.dtype)
+    if bounded:
+        dz = jnp.linalg.norm(scale * z0, axis=1)
+        radius = jnp.where(dz > 0, BOUND_FACTOR * dz, BOUND_FACTOR)
     return LMState(z=z0, r=r, jac=J, log_pred=lp, sim_status=st, loss=loss,
-                   radius=jnp.ones((M,), z0.dtype), ref=jnp.where(ok, loss, jnp.inf),
+                   radius=radius, ref=jnp.where(ok, loss, jnp.inf),
                    count=jnp.zeros((M,), jnp.int32), done=~ok,
-                   converged=jnp.zeros((M,), bool), n_steps=jnp.zeros((M,), jnp.int32))
+                   converged=jnp.zeros((M,), bool), n_steps=jnp.zeros((M,), jnp.int32),
+                   scale=scale)
+
+
+# trust_region="bounded": the first step bound is BOUND_FACTOR |D z0| (lmder's
+# `factor`; its default 100 let the first Gauss-Newton step of some PDXE HER2 curves
+# leave for a flat region of saturated parameters: 6 of 48 curves ended far above the
+# "eager" fits, none at 1), and the bound grows when the ratio of actual to predicted
+# reduction is at least BOUND_GROW (lmder: 0.75; at 0.5, as "eager", fits whose
+# optimum lies at a transform's bound reach it instead of crawling to the step cap)
+BOUND_FACTOR = 1.0
+BOUND_GROW = 0.5
+
+
+def column_norms(J):
+    """The norms of the columns of each member's ``J`` ``(M, n, p)`` (1 where a column
+    is zero): MINPACK's scaling of the parameters."""
+    n = jnp.linalg.norm(J, axis=1)
+    return jnp.where(n > 0, n, 1.0)
+
+
+def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
+    """The Levenberg–Marquardt step of MINPACK's ``lmpar``, for every member.
+
+    ``p = -(A + lam D^2)^-1 g`` with ``lam = 0`` (Gauss–Newton) when ``|D p| <= 1.1
+    delta``, else with the ``lam > 0`` where ``|D p| = delta``. Through the eigenvalues
+    of the scaled ``D^-1 A D^-1`` (``n_z`` is small): ``|D p(lam)|`` is then explicit
+    and the secular equation ``1/|D p(lam)| = 1/delta`` is solved by Newton's method
+    from ``lam = 0`` (Moré and Hebden; monotone from below, as ``1/|D p|`` is concave
+    in ``lam``). Components that are not ``free`` stay 0. A singular ``A`` is handled
+    as by a pseudo-inverse at ``lam = 0``.
+
+    **Arguments** (leading axis M): ``A`` ``(M, p, p)`` = J'J, ``g`` = J'r, ``D`` the
+    scaling, ``free`` bool ``(M, p)``, ``delta`` ``(M,)``.
+    **Returns:** ``(p, lam)``.
+    """
+    n = A.shape[-1]
+    pair = free[:, :, None] & free[:, None, :]
+    As = jnp.where(pair, A / (D[:, :, None] * D[:, None, :]), 0.0)
+    As = As + jnp.where(free, 0.0, 1.0)[:, :, None] * jnp.eye(n, dtype=A.dtype)
+    e, Q = jnp.linalg.eigh(As)
+    e = jnp.maximum(e, 0.0)
+    c = jnp.einsum("mji,mj->mi", Q, jnp.where(free, g / D, 0.0))
+    e_max = jnp.max(e, axis=1)
+    tiny = jnp.finfo(A.dtype).eps * e_max[:, None]
+
+    def inverse(lam, power):  # c / (e + lam)**power, 0 on the numerically null space
+        d = e + lam[:, None]
+        big = d > tiny
+        return jnp.where(big, c / jnp.where(big, d, 1.0) ** power, 0.0), big
+
+    def norm(lam):  # |D p(lam)| (inf where a null direction has c != 0), and its slope
+        q, big = inverse(lam, 1)
+        pn = jnp.sqrt(jnp.sum(q**2, axis=1))
+        pn = jnp.where(jnp.any(~big & (c != 0), axis=1), jnp.inf, pn)
+        return pn, jnp.sum(q**2 / jnp.where(big, e + lam[:, None], 1.0), axis=1)
+
+    def newton(lam, _):
+        pn, slope = norm(lam)
+        step = (pn / delta - 1.0) * pn**2 / jnp.where(slope > 0, slope, 1.0)
+        lam = jnp.where(jnp.isfinite(pn) & (slope > 0), lam + step,
+                        lam + 1e-8 * e_max + jnp.finfo(A.dtype).tiny)
+        return jnp.maximum(lam, 0.0), None
+
+    lam, _ = jax.lax.scan(newton, jnp.zeros_like(delta), None, length=newton_iters)
+    lam = jnp.where(norm(jnp.zeros_like(delta))[0] <= 1.1 * delta, 0.0, lam)
+    ps = -jnp.einsum("mij,mj->mi", Q, inverse(lam, 1)[0])
+    return jnp.where(free, ps / D, 0.0), lam
+
+
+def bound_update(s, act, step, lam, D, change, predicted, ok_t, loss_t, Js, opts):
+    """Acceptance, step-bound update and ftol test of the "bounded" rule, per member
+    (MINPACK lmder's, but for `BOUND_GROW` and the ftol test's condition).
+
+    Accept when the actual reduction is at least 1e-4 of the predicted one. The step
+    bound shrinks when that ratio is <= 0.25 (by 0.1 to 0.5, from a quadratic fit
+    along the step, as lmder) and becomes twice the scaled step when the ratio is >=
+    `BOUND_GROW` or the step was Gauss–Newton. Converged (lmder's ftol test, with
+    ``opts.rtol``): the actual and the predicted relative reduction are both <= rtol,
+    for a Gauss–Newton step only (a step cut short by its bound also promises little;
+    lmder's xtol test is left out for the same reason: the optimistix and stall tests
+    of `lm_run` stop the rest).
+    **Returns:** ``(accept, radius, converged)``.
+    """
+    pnorm = jnp.linalg.norm(D * step, axis=1)
+    delta = jnp.where(s.n_steps == 0, jnp.minimum(s.radius, pnorm), s.radius)
+    neg = predicted < 0
+    ratio = jnp.where(neg, change / jnp.where(neg, predicted, -1.0), 0.0)
+    ratio = jnp.where(ok_t, ratio, -jnp.inf)
+    accept = act & neg & (ratio >= 1e-4)
+    blowup = ~ok_t | (loss_t >= 100.0 * s.loss)  # lmder: 0.1 * fnorm1 >= fnorm
+    actred = jnp.where(blowup, -1.0, -change / s.loss)
+    dirder = -(jnp.sum(Js**2, axis=1) + lam * pnorm**2) / (2.0 * s.loss)
+    temp = jnp.where(actred >= 0, 0.5, 0.5 * dirder / (dirder + 0.5 * actred))
+    temp = jnp.where(blowup | ~(temp >= 0.1), 0.1, temp)
+    radius = jnp.where(ratio <= 0.25, temp * jnp.minimum(delta, pnorm / 0.1),
+                       jnp.where((lam == 0) | (ratio >= BOUND_GROW), pnorm / 0.5, delta))
+    radius = jnp.where(act, radius, s.radius)
+    ftol = ((jnp.abs(actred) <= opts.rtol) & (-predicted <= opts.rtol * s.loss)
+            & (0.5 * ratio <= 1.0) & (lam == 0))
+    return accept, radius, act & ftol
 
 
 @eqx.filter_jit
@@ -187,7 +296,9 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
         s, k = carry
         return jnp.any(active(s)) & (k < cap)
 
-    hc, hk, lc, lk = opts.trust_region or OPTIMISTIX_TRUST_REGION
+    bounded = opts.trust_region == "bounded"
+    hc, hk, lc, lk = OPTIMISTIX_TRUST_REGION if bounded else (
+        opts.trust_region or OPTIMISTIX_TRUST_REGION)
     tiny = jnp.finfo(state.z.dtype).eps
 
     def body(carry):
@@ -195,11 +306,16 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
         act = active(s)
         A = jnp.einsum("mnp,mnq->mpq", s.jac, s.jac)
         g = jnp.einsum("mnp,mn->mp", s.jac, s.r)
-        # damped Gauss-Newton step, damping 1 / trust-region size (as optimistix's LM)
-        lam = jnp.where(s.radius > tiny, 1.0 / jnp.where(s.radius > tiny, s.radius, 1.0),
-                        jnp.finfo(s.z.dtype).max)
-        H = A + lam[:, None, None] * jnp.eye(A.shape[-1], dtype=A.dtype)
-        step = -jnp.linalg.solve(H, g[..., None])[..., 0]
+        if bounded:  # the step within MINPACK's scaled step bound
+            D = jnp.maximum(s.scale, column_norms(s.jac))
+            step, lam = bounded_step(A, g, D, free, s.radius)
+        else:  # damped Gauss-Newton step, damping 1 / trust-region size (optimistix)
+            D = s.scale
+            lam = jnp.where(s.radius > tiny, 1.0 / jnp.where(s.radius > tiny, s.radius,
+                                                              1.0),
+                            jnp.finfo(s.z.dtype).max)
+            H = A + lam[:, None, None] * jnp.eye(A.shape[-1], dtype=A.dtype)
+            step = -jnp.linalg.solve(H, g[..., None])[..., 0]
         step = jnp.where(act[:, None] & free & jnp.isfinite(step), step, 0.0)
         z_t = s.z + step
         # members that stopped are not solved again (no ODE work)
@@ -209,15 +325,20 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
         Js = jnp.einsum("mnp,mp->mn", s.jac, step)
         predicted = jnp.sum(g * step, axis=1) + 0.5 * jnp.sum(Js**2, axis=1)  # <= 0
         change = jnp.where(ok_t, loss_t - s.loss, jnp.inf)
-        accept = act & (change <= lc * predicted)
-        good = accept & (change < hc * predicted) & (predicted < 0)
-        radius = s.radius * jnp.where(good, hk, jnp.where(accept, 1.0, jnp.where(
-            act, lk, 1.0)))
+        if bounded:
+            accept, radius, conv_bound = bound_update(
+                s, act, step, lam, D, change, predicted, ok_t, loss_t, Js, opts)
+        else:
+            accept = act & (change <= lc * predicted)
+            good = accept & (change < hc * predicted) & (predicted < 0)
+            radius = s.radius * jnp.where(good, hk, jnp.where(accept, 1.0, jnp.where(
+                act, lk, 1.0)))
+            conv_bound = False
         # converged (optimistix's Cauchy test): small step in z and small change of the
         # residuals, both relative to atol + rtol * |value| (max norm)
         small_z = jnp.all(jnp.abs(step) < opts.atol + opts.rtol * jnp.abs(z_t), axis=1)
         small_r = jnp.all(jnp.abs(r - s.r) < opts.atol + opts.rtol * jnp.abs(r), axis=1)
-        conv = accept & small_z & small_r
+        conv = (accept & small_z & small_r) | conv_bound
         # A rejected step that is negligible in z and promised a negligible decrease:
         # stop there. (The shared step sizes depend on every member, so re-solving one
         # member at the same z can move its loss at the ODE tolerance's level; a
@@ -243,7 +364,7 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
                     log_pred=pick(lp, s.log_pred), sim_status=pick(st, s.sim_status),
                     loss=pick(loss_t, s.loss), radius=radius, ref=ref,
                     count=count, done=s.done | conv, converged=s.converged | conv,
-                    n_steps=s.n_steps + act.astype(jnp.int32))
+                    n_steps=s.n_steps + act.astype(jnp.int32), scale=D)
         return s, k + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.asarray(0)))
@@ -289,7 +410,8 @@ def solve_stacked(predictor, data, z0, sigma0, opts, free, *, cap: int = 10
 
 
 def _passes(predictor, data, host, z0, sigma, free, opts, cap, info) -> LMState:
-    state = lm_init(predictor, jnp.asarray(z0), data, jnp.asarray(sigma))
+    state = lm_init(predictor, jnp.asarray(z0), data, jnp.asarray(sigma),
+                    opts.trust_region == "bounded")
     state = jax.tree_util.tree_map(np.array, state)
     M = z0.shape[0]
     pending = np.arange(M)

@@ -29,7 +29,7 @@ import fitcsc
 from fitcsc._fit import fit_map
 from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
 from fitcsc._fit_solve import FitStatus
-from fitcsc._fit_stacked import paced_log_pred
+from fitcsc._fit_stacked import bounded_step, paced_log_pred
 
 LM = dict(trust_region="eager", stall_rtol=1e-8, stall_steps=2)
 
@@ -117,6 +117,56 @@ def test_stacked_fit_reaches_the_vmapped_optima(stk):
                                rtol=1e-3)
 
 
+def test_bounded_step_is_lmpars_step():
+    """Gauss-Newton (where A is singular: the step of least scaled length |D p|) when
+    its scaled step lies within 1.1 delta, else the LM step whose scaled length is
+    delta; fixed components stay 0. Against numpy's solve and pinv."""
+    rng = np.random.default_rng(3)
+    M, p = 64, 4
+    J = rng.standard_normal((M, 9, p)) * rng.lognormal(0.0, 2.0, (M, 1, p))
+    J[:8, :, 3] = 0.0  # singular A: a parameter the residuals do not see
+    J[8:16, :, 2] = J[8:16, :, 1]  # singular A: two parameters seen alike
+    A = np.einsum("mnp,mnq->mpq", J, J)
+    g = np.einsum("mnp,mn->mp", J, rng.standard_normal((M, 9)))
+    g[8:16, 1:3] = g[8:16, 1:2]  # g in the range of A, as J'r is
+    D = np.maximum(np.linalg.norm(J, axis=1), 1e-3) * rng.uniform(1.0, 2.0, (M, p))
+    free = np.ones((M, p), bool)
+    free[16:24, 0] = False
+    delta = rng.lognormal(0.0, 2.0, M)
+    step, lam = map(np.asarray, bounded_step(*map(jnp.asarray, (A, g, D, free, delta))))
+    assert np.all(step[~free] == 0.0)
+    n_gn = n_lm = 0
+    for m in range(M):
+        f = free[m]
+        Af, gf, Df, s = A[m][np.ix_(f, f)], g[m][f], D[m][f], step[m][f]
+        if lam[m] == 0.0:
+            n_gn += 1
+            gn = -np.linalg.pinv(Af / np.outer(Df, Df), rcond=1e-12) @ (gf / Df) / Df
+            np.testing.assert_allclose(s, gn, rtol=1e-6, atol=1e-9 * np.abs(gn).max())
+            assert np.linalg.norm(Df * s) <= 1.1 * delta[m] * (1 + 1e-12)
+        else:
+            n_lm += 1
+            np.testing.assert_allclose(
+                s, -np.linalg.solve(Af + lam[m] * np.diag(Df**2), gf), rtol=1e-8)
+            np.testing.assert_allclose(np.linalg.norm(Df * s), delta[m], rtol=1e-6)
+    assert n_gn >= 5 and n_lm >= 5
+
+
+def test_bounded_rule_reaches_the_vmapped_optima(stk):
+    """trust_region="bounded" (stacked only): the optima of the vmapped "eager" fits,
+    or lower."""
+    s = fit_map(stk["pred"], stk["batch"], num_starts=NUM_STARTS, sigma=NOISE_SD,
+                batching="stacked", **{**LM, "trust_region": "bounded"})
+    v = stk["vmapped"]
+    conv = (np.asarray(v.status) == FitStatus.CONVERGED) & (
+        np.asarray(s.status) == FitStatus.CONVERGED)
+    assert conv.sum() >= 4
+    np.testing.assert_allclose(np.asarray(s.loss)[conv], np.asarray(v.loss)[conv], rtol=1e-7)
+    assert np.all(np.asarray(s.loss) <= np.asarray(v.loss) * (1 + 1e-7))
+    np.testing.assert_allclose(np.asarray(s.theta)[conv], np.asarray(v.theta)[conv],
+                               rtol=1e-3)
+
+
 def test_estimated_sigma_with_censored_points_as_the_vmapped_fit(stk):
     """sigma estimated with censored points (subject 4): LM and the sigma MLE alternate,
     as in the vmapped path."""
@@ -173,3 +223,5 @@ def test_stacked_refuses_what_it_cannot_run(stk):
         fit_map(csc_predictor(chemo, spec), batch, batching="stacked")
     with pytest.raises(ValueError, match="batching must be"):
         fit_map(stk["pred"], batch, batching="pmap")
+    with pytest.raises(ValueError, match="'bounded' needs batching='stacked'"):
+        fit_map(stk["pred"], batch, trust_region="bounded")
