@@ -34,6 +34,25 @@ negligible decrease stops the member: the residuals carry noise at the ODE toler
 step, so that the trust region would shrink for ever. (A test on the
 undamped Gauss-Newton gain instead stopped members early: 11 % of PDXE curves ended
 up to 2e-6 above the scipy peer's loss, as `pinv` drops the sloppy directions.)
+
+``trust_region="bounded"`` replaces optimistix's damping rule by MINPACK lmder's kind:
+the step is bounded in the parameters scaled by the largest column norms of J so far
+(`bounded_step`: Gauss–Newton when its scaled step lies within the bound, else the LM
+step whose scaled length is the bound, as lmder's ``lmpar``), the bound shrinks by
+lmder's rule after a poor step and grows to twice the scaled step after a good one
+(`bound_update`). Under the damping rule a member whose first steps were rejected
+keeps a large damping for many steps (it falls by 3x per good step), and converges
+linearly; under the bound it takes Gauss–Newton steps as soon as they fit. On PDXE
+curves (4 starts each; 64 cytostatic, 48 HER2, 48 chemotherapy curves): 16.8, 37.1 and
+34.8 LM steps per start against 24.9, 48.6 and 42.1 under "eager", each curve's best
+start as low or lower. Two choices differ from lmder's and were measured: the first
+bound is ``1 * |D z0|`` (lmder: 100; then 6 of those 48 HER2 curves went to a flat
+region of saturated parameters on their first Gauss–Newton step, all four starts, and
+ended far above the "eager" fits), and the bound grows at a ratio >= 0.5 (lmder: 0.75;
+with 0.75 two cytostatic curves whose optimum lies at a transform's bound crawled to
+the step cap and ended 4e-5 above the scipy peer). lmder's ftol test is applied to
+Gauss–Newton steps only, and its xtol test not at all (both also fire when the bound,
+not the optimum, makes the steps small).
 """
 
 from __future__ import annotations
@@ -371,11 +390,20 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
     return state
 
 
+# Between passes the pending members are packed into a batch of the full size divided
+# by a power of PASS_SHRINK. Members that have stopped do no ODE work, but still cost
+# the solve's set-up and the LM's algebra: on the 154 PDXE HER2 curves (4 starts each,
+# trust_region="bounded") halving rather than quartering took the fit from 2.78 to
+# 2.40 s, at the price of more batch sizes to compile.
+PASS_SHRINK = 2
+
+
 def _bucket(n: int, full: int, smallest: int = 8) -> int:
-    """The batch size for ``n`` pending members: ``full`` divided by a power of 4."""
+    """The batch size for ``n`` pending members: ``full`` divided by a power of
+    `PASS_SHRINK`."""
     size = full
-    while size // 4 >= max(n, smallest):
-        size //= 4
+    while size // PASS_SHRINK >= max(n, smallest):
+        size //= PASS_SHRINK
     return size
 
 
