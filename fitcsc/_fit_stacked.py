@@ -250,13 +250,13 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
     e_max = jnp.max(e, axis=1)
     tiny = jnp.finfo(A.dtype).eps * e_max[:, None]
 
-    def inverse(lam, power):  # c / (e + lam)**power, 0 on the numerically null space
+    def inverse(lam):  # c / (e + lam), 0 on the numerically null space
         d = e + lam[:, None]
         big = d > tiny
-        return jnp.where(big, c / jnp.where(big, d, 1.0) ** power, 0.0), big
+        return jnp.where(big, c / jnp.where(big, d, 1.0), 0.0), big
 
     def norm(lam):  # |D p(lam)| (inf where a null direction has c != 0), and its slope
-        q, big = inverse(lam, 1)
+        q, big = inverse(lam)
         pn = jnp.sqrt(jnp.sum(q**2, axis=1))
         pn = jnp.where(jnp.any(~big & (c != 0), axis=1), jnp.inf, pn)
         return pn, jnp.sum(q**2 / jnp.where(big, e + lam[:, None], 1.0), axis=1)
@@ -270,7 +270,7 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
 
     lam, _ = jax.lax.scan(newton, jnp.zeros_like(delta), None, length=newton_iters)
     lam = jnp.where(norm(jnp.zeros_like(delta))[0] <= 1.1 * delta, 0.0, lam)
-    ps = -jnp.einsum("mij,mj->mi", Q, inverse(lam, 1)[0])
+    ps = -jnp.einsum("mij,mj->mi", Q, inverse(lam)[0])
     return jnp.where(free, ps / D, 0.0), lam
 
 
@@ -318,8 +318,8 @@ def lm_run(predictor, state: LMState, data, sigma, free, opts, cap):
         return jnp.any(active(s)) & (k < cap)
 
     bounded = opts.trust_region == "bounded"
-    hc, hk, lc, lk = OPTIMISTIX_TRUST_REGION if bounded else (
-        opts.trust_region or OPTIMISTIX_TRUST_REGION)
+    if not bounded:
+        hc, hk, lc, lk = opts.trust_region or OPTIMISTIX_TRUST_REGION
     tiny = jnp.finfo(state.z.dtype).eps
 
     def body(carry):
