@@ -8,8 +8,12 @@ import numpy as np
 
 
 def plural(count: int, noun: str) -> str:
-    """``"1 subject"``, ``"2 subjects"``."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    """``"1 subject"``, ``"2 subjects"``, ``"2 studies"``."""
+    if count == 1:
+        return f"{count} {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return f"{count} {noun[:-1]}ies"
+    return f"{count} {noun}s"
 
 
 def describe_table(table, limit_mm3: float) -> str:

@@ -83,10 +83,11 @@ def _number(where, key, value, *, positive=True, upper=None):
     """A finite number (> 0 when ``positive``; <= ``upper`` if given)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
-            value = float(str(value).strip())
+            x = float(str(value).strip())
         except ValueError:
             raise where.fail("not a number", key, "a number", value) from None
-    x = float(value)
+    else:
+        x = float(value)
     if not math.isfinite(x) or (positive and x <= 0) or (upper is not None and x > upper):
         rng = "> 0" + ("" if upper is None else f" and <= {upper:g}")
         raise where.fail("bad value", key, f"a finite number {rng}", value)

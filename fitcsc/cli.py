@@ -394,15 +394,15 @@ def main(argv: list[str] | None = None) -> int:
                     load_drug_catalogue(path)
             return int(args.handler(args))
     except FitcscInputError as err:
-        code, message = 2, " ".join(str(err).splitlines())
-    except KeyboardInterrupt:
-        code, message = 130, "interrupted"
+        error, code, message = err, 2, " ".join(str(err).splitlines())
+    except KeyboardInterrupt as err:
+        error, code, message = err, 130, "interrupted"
     except Exception as err:  # a failure of the run, not of the input
-        code = 1
+        error, code = err, 1
         message = (f"the run failed: {type(err).__name__}: {' '.join(str(err).splitlines())}"
                    + ("" if args.debug else " (run with --debug for the traceback)"))
     if args.debug:
-        traceback.print_exc()
+        traceback.print_exception(error)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return code
 
