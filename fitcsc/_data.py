@@ -107,8 +107,9 @@ def detect_kind(path) -> str:
     """Guess a file's kind from its header: ``"regimen"``, ``"nonmem"``, ``"tidy"``, or
     a clinical kind (``"pcr"``, ``"adjuvant"``, ``"links"``, ``"pk"``, see `_clinical`).
 
-    Regimen columns (arm, drug, dose, dose_unit) -> ``"regimen"``; ID, TIME, DV and EVID
-    (any case) -> ``"nonmem"``; anything else -> ``"tidy"``.
+    Columns arm and drug (any case; a regimen table's, even with others missing) ->
+    ``"regimen"``; ID, TIME, DV and EVID (any case) -> ``"nonmem"``; anything else ->
+    ``"tidy"``.
 
     **Raises:** `DataError` for files that cannot be read as CSV at all.
     """
@@ -119,7 +120,7 @@ def detect_kind(path) -> str:
     clinical = clinical_kind(header)
     if clinical is not None and "volume_mm3" not in names:
         return clinical
-    if {"arm", "drug", "dose", "dose_unit"} <= names:
+    if {"arm", "drug"} <= names:
         return "regimen"
     if {c.lower() for c in NONMEM_KEY_COLUMNS} <= names:
         return "nonmem"
