@@ -9,7 +9,8 @@ Exit codes (`main`): 0 success, 1 the run failed, 2 refused input or bad usage, 
 interrupted. Refused input prints one line, ``fitcsc: error: <file>, line <n>, column
 '<c>': <what>; expected <x>, got <y>``, on stderr and no traceback; a failed run prints
 ``fitcsc: error: the run failed: ...``. Only ``--debug`` prints a traceback. Warnings
-about legitimate but odd input print as ``fitcsc: warning: ...``. Global options (before
+about legitimate but odd input print as ``fitcsc: warning: ...`` lines when the command
+ends, except when the input is refused (then one line says why). Global options (before
 or after the command): ``--data-dir``, ``--drug-catalogue FILE``, ``--quiet``,
 ``--debug``.
 
@@ -221,9 +222,10 @@ def _run(args) -> int:
     enable_compile_cache()
 
     summary = run_default(args.regimens, args.out, quick=args.quick)
-    print(f"fitcsc run: {summary['n_arms']} regimens simulated "
-          f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
-          f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
+    if not args.quiet:
+        print(f"fitcsc run: {summary['n_arms']} regimens simulated "
+              f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
+              f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
     return 0 if summary["n_failed"] == 0 else 1
 
 
@@ -358,9 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _warnings_as_lines():
-    """Print fitcsc's `DataWarning` s as one line each, ``fitcsc: warning: <text>``,
-    every time (not once per place); other warnings as Python prints them."""
+def _collect_warnings():
+    """Collect fitcsc's `DataWarning` s (every one, not once per place) into the yielded
+    list; other warnings print as Python prints them."""
+    collected: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
         shown = warnings.showwarning
@@ -368,16 +371,21 @@ def _warnings_as_lines():
         def show(message, category, filename, lineno, file=None, line=None):
             if not issubclass(category, DataWarning):
                 return shown(message, category, filename, lineno, file, line)
-            print(f"fitcsc: warning: {' '.join(str(message).splitlines())}", file=sys.stderr)
+            collected.append(" ".join(str(message).splitlines()))
 
         warnings.showwarning = show
-        yield
+        yield collected
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fitcsc`` command line; returns the exit code: 0 ok, 1 the run failed, 2
     refused input or bad usage, 130 interrupted (Ctrl-C). No traceback unless
-    ``--debug``."""
+    ``--debug``.
+
+    Warnings about the input (`DataWarning`) print as ``fitcsc: warning: <text>`` lines
+    when the command ends, unless the input is refused: then the error's one line is all
+    that prints.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -385,22 +393,29 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     if args.data_dir is not None:
         os.environ["FITCSC_DATA_DIR"] = str(args.data_dir)
-    try:
-        with _warnings_as_lines():
+    error = None
+    with _collect_warnings() as notes:
+        try:
             if args.drug_catalogue:
                 from ._drug_catalogue import load_drug_catalogue
 
                 for path in args.drug_catalogue:
                     load_drug_catalogue(path)
-            return int(args.handler(args))
-    except FitcscInputError as err:
-        error, code, message = err, 2, " ".join(str(err).splitlines())
-    except KeyboardInterrupt as err:
-        error, code, message = err, 130, "interrupted"
-    except Exception as err:  # a failure of the run, not of the input
-        error, code = err, 1
-        message = (f"the run failed: {type(err).__name__}: {' '.join(str(err).splitlines())}"
-                   + ("" if args.debug else " (run with --debug for the traceback)"))
+            code = int(args.handler(args))
+        except FitcscInputError as err:
+            error, code, message = err, 2, " ".join(str(err).splitlines())
+        except KeyboardInterrupt as err:
+            error, code, message = err, 130, "interrupted"
+        except Exception as err:  # a failure of the run, not of the input
+            error, code = err, 1
+            message = (f"the run failed: {type(err).__name__}: "
+                       f"{' '.join(str(err).splitlines())}"
+                       + ("" if args.debug else " (run with --debug for the traceback)"))
+    if code != 2:
+        for note in notes:
+            print(f"fitcsc: warning: {note}", file=sys.stderr)
+    if error is None:
+        return code
     if args.debug:
         traceback.print_exception(error)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)

@@ -344,6 +344,7 @@ def test_validate_checks_regimens_against_the_volumes(tmp_path, capsys):
     only_ctrl = write(tmp_path, REGIMEN.split("trast,")[0], "c.csv")
     code, out, err = run(capsys, "data", "validate", str(path), "--regimens", str(only_ctrl))
     assert code == 2 and "arm 'trast' of subject 'm2' has no regimen" in err
+    assert err.count("\n") == 1  # refused: the error alone, not the 2-point warning before it
 
 
 def test_quiet_debug_and_exit_codes(tmp_path, capsys, monkeypatch):
@@ -360,9 +361,16 @@ def test_quiet_debug_and_exit_codes(tmp_path, capsys, monkeypatch):
     def boom(args):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli, "_data_validate", boom)
+    def warn_then_boom(args):
+        import warnings
+
+        warnings.warn("odd but legitimate", cli.DataWarning, stacklevel=2)
+        boom(args)
+
+    monkeypatch.setattr(cli, "_data_validate", warn_then_boom)
     code, out, err = run(capsys, "data", "validate", str(good))
-    assert code == 1 and err == ("fitcsc: error: the run failed: RuntimeError: boom second "
+    assert code == 1 and err == ("fitcsc: warning: odd but legitimate\n"  # kept: not refused
+                                 "fitcsc: error: the run failed: RuntimeError: boom second "
                                  "line (run with --debug for the traceback)\n")
     code, out, err = run(capsys, "--debug", "data", "validate", str(good))
     assert code == 1 and "Traceback" in err and 'raise RuntimeError("boom' in err
