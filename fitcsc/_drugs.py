@@ -15,7 +15,8 @@ PK values are published label values or documented assumptions, each drug's in i
 a user drug catalogue file (`fitcsc._drug_catalogue.load_drug_catalogue`, ``fitcsc
 --drug-catalogue FILE``) adds drugs or replaces their PK. Antibody-drug conjugates
 (T-DM1, T-DXd) name their payload (DM1, DXd), a chemotherapy-class drug with the ADC's
-PK that the regimen readers dose beside the ADC (`payload_lines`).
+PK that the regimen readers dose beside the ADC
+(`fitcsc._regimen_table.payload_lines`).
 Doses arrive in mg, mg/kg or mg/m2 and are converted to mg with the subject's body
 weight and body-surface area. Human defaults: 70 kg, 1.8 m2; mouse: 0.020 kg, 0.0066 m2.
 """
@@ -41,8 +42,8 @@ class DrugInfo:
 
     ``payload`` names the catalogue drug that an antibody-drug conjugate carries (its
     cytotoxic payload, dosed as ``payload_mass_fraction`` of each ADC dose; see
-    `payload_lines`). A PK of None means "not known for that species": using the drug
-    for that species is refused.
+    `fitcsc._regimen_table.payload_lines`). A PK of None means "not known for that
+    species": using the drug for that species is refused.
     """
 
     name: str
@@ -152,7 +153,7 @@ _CATALOGUE = [
         "mouse: assumption (t1/2 0.2 d, V 5 L/kg)",
     ),
     # HER2-directed antibody-drug conjugates: HER2 blockade by the antibody, plus the
-    # payload (a chemotherapy-class drug of its own, see `payload_lines`).
+    # payload (a chemotherapy-class drug of its own, see `_regimen_table.payload_lines`).
     DrugInfo("trastuzumab_emtansine", "her2", *(_tdm1, _mab_mouse),
              ("t-dm1", "tdm1", "kadcyla", "ado-trastuzumab emtansine"), source=_TDM1_SOURCE,
              payload="dm1", payload_mass_fraction=3.5 * 738.3 / 148_500.0),

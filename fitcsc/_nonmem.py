@@ -13,7 +13,7 @@ One comma-separated file, one record per row, the usual columns (any case; a lea
 
 ``.`` and empty fields mean "missing", as in NONMEM. Doses become one `DoseLine` each
 (``ADDL + 1`` doses), grouped into one `Regimen` per subject; a dose of an antibody-drug
-conjugate also doses its payload (`fitcsc._data.payload_lines`). Units are converted at
+conjugate also doses its payload (`fitcsc._regimen_table.payload_lines`). Units are converted at
 load: TIME, II and RATE's time to days and hours as `DoseLine` wants them, so what
 `read_nonmem` returns (and every fit of it) is in days whatever ``time_unit`` was. The
 plausibility checks and the ``duplicates`` option are those of the tidy reader.
@@ -25,10 +25,11 @@ import dataclasses
 import pathlib
 
 from ._csv import read_csv_rows, relocate_error
-from ._data import TidyTable, _build_table, check_schedule, payload_lines
+from ._data import TidyTable, _build_table
 from ._drugs import DOSE_UNITS, canonical_drug
 from ._errors import DataError, RegimenError
 from ._regimen import DoseLine, Regimen
+from ._regimen_table import check_schedule, payload_lines
 
 NONMEM_REQUIRED = ("ID", "TIME", "DV", "AMT", "EVID")
 NONMEM_OPTIONAL = ("MDV", "CMT", "RATE", "ADDL", "II", "SS", "STUDY")
@@ -85,7 +86,7 @@ def read_nonmem(
     **Raises:** `DataError` naming file, line, column, expectation and value for the file
     checks of `read_tidy_csv`, an unsupported EVID (3, 4), RATE < 0 or SS != 0, a CMT
     without drug, a negative AMT or DV, ADDL without II, a subject in two arms, or the
-    plausibility limits of `fitcsc._data` (TIME and doses within 10 years of 0, DV up
+    plausibility limits of `fitcsc._limits` (TIME and doses within 10 years of 0, DV up
     to 1e6 mm3, no overlapping infusions).
 
     Example::
