@@ -19,16 +19,8 @@ from ._limits import HORIZON_EXPECTED as _HORIZON
 from ._limits import MAX_ABS_DAY, MAX_DOSES_PER_LINE
 from ._regimen import DoseLine, Regimen
 
-REGIMEN_COLUMNS = (
-    "arm",
-    "drug",
-    "dose",
-    "dose_unit",
-    "start_day",
-    "interval_day",
-    "n_doses",
-    "infusion_hours",
-)
+REGIMEN_COLUMNS = ("arm", "drug", "dose", "dose_unit", "start_day", "interval_day", "n_doses",
+                   "infusion_hours")
 
 
 def read_regimen_table(path) -> dict[str, Regimen]:
@@ -95,25 +87,13 @@ def read_regimen_table(path) -> dict[str, Regimen]:
             raise c.fail("unknown dose unit", line, name["dose_unit"],
                          "one of " + ", ".join(DOSE_UNITS), unit)
         text = {k: f[idx[k]] for k in REGIMEN_COLUMNS}
-        values = dict(
-            dose=c.number(line, name["dose"], text["dose"], f"a dose >= 0 in {unit}"),
-            start_day=c.number(line, name["start_day"], text["start_day"], _DAY),
-            interval_day=c.number(
-                line,
-                name["interval_day"],
-                text["interval_day"],
-                "days between doses >= 0 (empty = 0)",
-                default=0.0,
-            ),
-            n_doses=c.integer(line, name["n_doses"], text["n_doses"], "an integer >= 1"),
-            infusion_hours=c.number(
-                line,
-                name["infusion_hours"],
-                text["infusion_hours"],
-                "hours >= 0 (0 or empty = bolus)",
-                default=0.0,
-            ),
-        )
+        fields = (("dose", f"a dose >= 0 in {unit}", None), ("start_day", _DAY, None),
+                  ("interval_day", "days between doses >= 0 (empty = 0)", 0.0),
+                  ("n_doses", "an integer >= 1", None),
+                  ("infusion_hours", "hours >= 0 (0 or empty = bolus)", 0.0))
+        values = {k: (c.integer if k == "n_doses" else c.number)(line, name[k], text[k], what,
+                                                                 default=default)
+                  for k, what, default in fields}
         try:
             dose_line = DoseLine(drug, dose_unit=unit.lower().replace("²", "2"), **values)
         except RegimenError as err:
