@@ -216,9 +216,9 @@ def plot_observed_vs_predicted(result, batch, path):
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     n_out = int(low.sum() + high.sum())
-    beyond = f"; {n_out} predictions beyond the axes, at the edge (< >)" if n_out else ""
+    beyond = f"\n{n_out} predictions beyond the axes, at the edge (< >)" if n_out else ""
     ax.set(xlabel="predicted volume [mm³]", ylabel="observed volume [mm³]",
-           title=f"Observed vs predicted (▽ censored, at the limit{beyond})")
+           title=f"Observed vs predicted (▽ censored, at the limit){beyond}")
     ax.title.set_fontsize(9)
     if len(colours) <= 12:
         ax.legend(fontsize=6, loc="upper left")
