@@ -112,7 +112,7 @@ def fit_fold(arms, obs, train, structure, args, extra=None):
                           **STRUCTURES[structure])
     data = TrialData(pcr=[o for o in obs if trial_family(o.trial) in train],
                      **(extra or {}))
-    objective = Objective(tm, data, trial_sd=args.trial_sd)
+    objective = Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
     fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
     return tm, objective, fit
 
@@ -225,13 +225,16 @@ def metrics(rows):
 def main(args) -> dict:
     t_start = time.perf_counter()
     out = pathlib.Path(args.out or ROOT / "experiments" / "results" / "clinical_validation"
-                       / args.structure)
+                       / (args.structure + args.tag))
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (
         lambda msg: None)
     arms, obs, adj = load()
-    log(f"structure {args.structure}: pCR folds")
-    rows = pcr_folds(arms, obs, args.structure, args, log)
+    if args.only_hr:  # add the hazard-ratio folds to a finished pCR run in --out
+        rows = _read_rows(out / "arms.csv")
+    else:
+        log(f"structure {args.structure}: pCR folds")
+        rows = pcr_folds(arms, obs, args.structure, args, log)
     hr_rows = [] if args.quick or args.no_hr else hr_folds(arms, obs, adj, args.structure,
                                                             args, log)
     summary = {
@@ -244,7 +247,7 @@ def main(args) -> dict:
                     "mean_width_95_points": "< 30"},
         "settings": {"posterior": args.posterior, "starts": args.starts, "steps": args.steps,
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
-                     "trial_sd": args.trial_sd,
+                     "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
                      "seed": args.seed},
         "interval": "95% posterior predictive interval of the count for a trial of the "
                     "arm's size: posterior draws of the parameters, then a binomial count",
@@ -260,11 +263,67 @@ def main(args) -> dict:
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _figure(rows, summary, out / "calibration.png")
     _result_md(rows, hr_rows, summary, out / "RESULT.md")
+    if args.out is None:  # the committed results: one table over every structure run
+        _comparison(out.parent)
     return summary
 
 
+def _comparison(root):
+    """``root/RESULT.md``: the structures run so far (``root/<structure>/summary.json``)
+    side by side, with the targets of issue 12."""
+    runs = []
+    for d in sorted(p for p in root.iterdir() if (p / "summary.json").exists()):
+        s = json.loads((d / "summary.json").read_text())
+        if not s.get("quick"):
+            runs.append((d.name, s))
+    lines = ["# Leave-one-trial-out validation: structures compared", "",
+             "Each structure is fitted to four of the five neoadjuvant trials and predicts the "
+             "fifth's arms (95% posterior predictive interval of the count for a trial of the "
+             "arm's size); see each folder's RESULT.md for the arms.", "",
+             "| structure | options | arms inside 95% PI | mean signed error (points) | "
+             "mean width (points) | inside, arms with fitted drugs | adjuvant HRs inside |",
+             "|---|---|---|---|---|---|---|",
+             "| target | | >= 80% | within +-5 | < 30 | | |"]
+    for name, s in runs:
+        m, st = s["pcr"], s["settings"]
+        opts = ", ".join(f"{k}={v}" for k, v in s["build_options"].items() if v is not False)
+        opts += f"; trial_sd={st.get('trial_sd')}, her2_drug_sd={st.get('her2_drug_sd', 1.0)}"
+        hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
+        lines.append(
+            f"| [{name}]({name}/RESULT.md) | {opts} | {m['n_inside_95']}/{m['n_arms']} "
+            f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
+            f"{m['mean_width_95_points']:.1f} | "
+            f"{100 * m['share_inside_95_all_drugs_fitted']:.0f}% of "
+            f"{m['n_arms_all_drugs_fitted']} | {hr} |")
+    write_atomic(root / "RESULT.md", "\n".join(lines) + "\n")
+
+
+def _read_rows(path):
+    """Rows of a previous run's arms.csv, typed as `pcr_folds` returns them."""
+    import csv
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: --only-hr needs a finished pCR run in --out")
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                if k in ("inside", "fit_converged"):
+                    row[k] = v == "True"
+                elif k in ("n", "count"):
+                    row[k] = int(v)
+                else:
+                    try:
+                        row[k] = float(v)
+                    except ValueError:
+                        row[k] = v
+            out.append(row)
+    return out
+
+
 def _fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else v
+    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def _figure(rows, summary, path):
@@ -348,11 +407,16 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--trial-sd", type=float, default=1.0,
                    help="between-trial sd of log burden (prior of trial_effect#trial)")
+    p.add_argument("--her2-drug-sd", type=float, default=1.0,
+                   help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")
+    p.add_argument("--only-hr", action="store_true",
+                   help="run the hazard-ratio folds and reuse the pCR folds of --out")
     p.add_argument("--posterior", default="psis", choices=("psis", "laplace"),
                    help="Laplace draws reweighted by PSIS (default) or plain Laplace")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the default output folder's name")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.quick:

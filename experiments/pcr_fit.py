@@ -61,7 +61,7 @@ CLINICAL = ROOT / "data" / "clinical"
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (assumption)
 QUICK_TRIALS = ("NeoSphere",)
 DEFAULT_STRUCTURE = "continuous_kill"  # see experiments/results/clinical_validation
-DEFAULT_TRIAL_SD = 0.5
+DEFAULT_TRIAL_SD = 1.0  # the largest marginal likelihood of 0.25, 0.5, 1 (see RESULT.md)
 
 
 def ci95(k, n):
@@ -82,7 +82,8 @@ def main(args) -> dict:
     arms, obs = load(QUICK_TRIALS if args.quick else None)
     tm = TrialModel.build(arms, n_nodes=args.nodes, n_her2=args.her2_nodes,
                           **STRUCTURES[args.structure])
-    objective = Objective(tm, TrialData(pcr=obs), trial_sd=args.trial_sd)
+    objective = Objective(tm, TrialData(pcr=obs), trial_sd=args.trial_sd,
+                          her2_drug_sd=args.her2_drug_sd)
     t_fit = time.perf_counter()
     fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed,
                      progress=sys.stderr.isatty())
@@ -212,6 +213,8 @@ def parse_args(argv=None):
                    "by experiments/clinical_validation.py)")
     p.add_argument("--trial-sd", type=float, default=DEFAULT_TRIAL_SD,
                    help="between-trial sd of log burden (prior of the trial effects)")
+    p.add_argument("--her2-drug-sd", type=float, default=1.0,
+                   help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--draws", type=int, default=2000, help="posterior draws")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pcr_fit"))
