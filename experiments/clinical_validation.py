@@ -397,7 +397,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="two folds (NeoSphere, MDACC), 9 + 5 nodes, 1 start, 10 steps, "
                    "100 draws, no hazard-ratio folds")
-    p.add_argument("--structure", default="continuous", choices=sorted(STRUCTURES))
+    p.add_argument("--structure", default="continuous_kill", choices=sorted(STRUCTURES))
     p.add_argument("--starts", type=int, default=2)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--nodes", type=int, default=13, help="responsiveness nodes")
