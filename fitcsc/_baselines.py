@@ -53,7 +53,9 @@ class NamedSpec(eqx.Module):
                                         enumerate(zip(self.names, self.transforms,
                                                       strict=True))})
 
-    def to_z(self, values: dict):
+    def to_z(self, values):
+        """Natural values (a dict, or the namespace `from_z` returns) -> ``z``."""
+        values = values if isinstance(values, dict) else vars(values)
         return jnp.stack([t.inverse(jnp.asarray(values[n], dtype=float))
                           for n, t in zip(self.names, self.transforms, strict=True)])
 

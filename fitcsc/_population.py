@@ -134,10 +134,12 @@ def _jacobians(predictor):
     return jac
 
 
-def forward_predict(predictor: AbstractPredictor, zc, curves: SubjectData):
+def forward_predict(predictor: AbstractPredictor, zc, curves: SubjectData, *,
+                    jacobians=None):
     """``(log V (n_curves, n_obs), status (n_curves,))`` of every curve, whose reverse-mode
-    derivative uses each curve's forward-mode Jacobian (zero for a failed curve)."""
-    jac = _jacobians(predictor)
+    derivative uses each curve's forward-mode Jacobian (zero for a failed curve).
+    ``jacobians``: ``(zc, curves) -> (log V, status, J)`` (default `_jacobians`)."""
+    jac = _jacobians(predictor) if jacobians is None else jacobians
 
     @jax.custom_vjp
     def predict(zc):

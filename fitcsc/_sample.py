@@ -234,7 +234,8 @@ def sample(
     **Returns:** a `Posterior`: ``z`` ``(num_chains, num_samples, d)``, ``sample_stats``
     (``diverging``, ``acceptance_rate``, ``n_steps`` (gradient evaluations), ``energy``,
     ``lp``, ``step_size``, ``tree_depth``), ``timing`` (``compile_s``, ``warmup_s``,
-    ``sampling_s``; compile apart from both) and ``settings``.
+    ``sampling_s``; compile apart from both; NUTS also ``init_s``, its initial step-size
+    search with its compilation) and ``settings``.
 
     **Raises:** `ValueError` for an unknown method, a bad shape or a non-finite start.
     """
@@ -257,7 +258,10 @@ def sample(
     if method == "nuts":
         init, step = _nuts(log_density, num_warmup, dense_mass, target_accept_prob,
                            max_tree_depth)
-        carry = init(jax.random.split(key_warm, num_chains), z0)
+        t = time.perf_counter()  # NUTS's initial step-size search, compiled
+        carry = jax.block_until_ready(jax.jit(init)(jax.random.split(key_warm, num_chains),
+                                                    z0))
+        timing["init_s"] = time.perf_counter() - t
         phases = [("warmup", num_warmup), ("sampling", num_samples)]
     else:
         warmup, step = _chees(log_density, num_chains, num_warmup, num_samples, step_size,

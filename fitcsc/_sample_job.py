@@ -55,29 +55,22 @@ def progress_printer(stream=None, *, quiet: bool = False):
     return report
 
 
-def warm_start(pop, batch, *, num_starts: int = 4, max_steps=None, refine_steps: int = 300,
-               learning_rate: float = 0.02):
-    """Sampler start from a MAP: ``(values, info)``.
+def map_curve_z(pop, batch, *, num_starts: int = 4, max_steps=None):
+    """Per-curve MAP (`fit_map`) in the layout of ``pop.labels``: ``(curve_z, sigma, info)``.
 
-    1. `fit_map`, per curve: the CSC model's growth (v_S) and V0 (everything else at the
-       reference), or every parameter of a baseline;
-    2. `PopulationModel.init_values`: each fixed effect at the mean of its curves'
-       estimates (the prior mean where no curve estimates it), each random effect at
-       the spread;
-    3. ``refine_steps`` Adam steps on the population log density (the joint mode's
-       neighbourhood; the best finite point is kept).
+    The CSC model fits each curve's growth (v_S) and V0, everything else at the
+    reference (NaN columns: the prior means start them); a baseline fits all its
+    parameters. Failed curves are NaN rows; ``sigma`` is the median of the others'.
     """
-    import optax
-
     from ._fit_predict import csc_predictor
     from ._transforms import ParamSpec, Positive
 
     t = time.perf_counter()
     labels = list(pop.labels)
     if hasattr(pop.predictor, "model"):
-        ref = pop.predictor.spec.reference
         pred = csc_predictor(pop.predictor.model, ParamSpec(
-            {"csc_division_rate": Positive(), V0: Positive()}, ref), rtol=pop.predictor.rtol)
+            {"csc_division_rate": Positive(), V0: Positive()}, pop.predictor.spec.reference),
+            rtol=pop.predictor.rtol)
     else:
         pred = pop.predictor
     res = fit_map(pred, batch, num_starts=num_starts, sigma="estimate", rtol=LM_TOL,
@@ -87,34 +80,51 @@ def warm_start(pop, batch, *, num_starts: int = 4, max_steps=None, refine_steps:
         zc[:, labels.index(lab)] = np.asarray(res.z)[:, j]
     ok = np.asarray(res.status) <= 1
     zc[~ok] = np.nan
-    sigma = float(np.nanmedian(np.where(ok, np.asarray(res.sigma), np.nan)))
-    z = pop.space.to_z(pop.init_values(zc, sigma))
-    t_map = time.perf_counter() - t
+    sigma = np.where(ok, np.asarray(res.sigma), np.nan)
+    info = {"map": "fit_map per curve (" + ", ".join(pred.spec.labels()) + ")",
+            "map_s": round(time.perf_counter() - t, 2),
+            "map_status_counts": {int(k): int(v) for k, v in zip(
+                *np.unique(np.asarray(res.status), return_counts=True), strict=True)}}
+    return zc, sigma, info
+
+
+def refine(log_density, z, *, steps: int = 300, learning_rate: float = 0.02):
+    """``steps`` Adam steps uphill on ``log_density`` from ``z``; the best finite point
+    seen (``z`` itself if none is better). Pure (`jax.lax.scan`): jit and vmap it."""
+    import optax
+
+    opt = optax.adam(learning_rate)
+    jnp = jax.numpy
+
+    def body(carry, _):
+        z, state, best, best_lp = carry
+        lp, g = jax.value_and_grad(log_density)(z)
+        better = jnp.isfinite(lp) & (lp > best_lp)
+        best, best_lp = jnp.where(better, z, best), jnp.where(better, lp, best_lp)
+        upd, state = opt.update(-jnp.where(jnp.isfinite(g), g, 0.0), state)
+        return (optax.apply_updates(z, upd), state, best, best_lp), None
+
+    lp0 = log_density(z)
+    init = (z, opt.init(z), z, jnp.where(jnp.isfinite(lp0), lp0, -jnp.inf))
+    (_, _, best, _), _ = jax.lax.scan(body, init, None, length=steps)
+    return best
+
+
+def warm_start(pop, batch, *, num_starts: int = 4, max_steps=None, refine_steps: int = 300,
+               learning_rate: float = 0.02):
+    """Sampler start from a MAP: ``(values, info)``: `map_curve_z` (`fit_map` per curve),
+    `PopulationModel.init_values` (fixed effects at the mean of their curves' estimates,
+    random effects at their spread), then `refine` on the population log density."""
+    t = time.perf_counter()
+    zc, sigma, info = map_curve_z(pop, batch, num_starts=num_starts, max_steps=max_steps)
+    z = pop.space.to_z(pop.init_values(zc, float(np.nanmedian(sigma))))
     lp0 = float(pop.log_density(z))
     if refine_steps:
-        opt = optax.adam(learning_rate)
-
-        @jax.jit
-        def step(z, state):
-            lp, g = jax.value_and_grad(pop.log_density)(z)
-            g = jax.numpy.where(jax.numpy.isfinite(g), g, 0.0)
-            upd, state = opt.update(-g, state)
-            return optax.apply_updates(z, upd), state, lp
-
-        state, best, best_lp = opt.init(z), z, lp0
-        for _ in range(refine_steps):
-            z_new, state, lp = step(z, state)
-            if np.isfinite(float(lp)) and float(lp) > best_lp:
-                best, best_lp = z, float(lp)
-            z = z_new
-        z = best
-    info = {"map": "fit_map per curve (" + ", ".join(pred.spec.labels()) + ")",
-            "map_s": round(t_map, 2), "map_sigma": sigma,
-            "map_status_counts": {int(k): int(v) for k, v in zip(
-                *np.unique(np.asarray(res.status), return_counts=True), strict=True)},
-            "refine_steps": int(refine_steps), "log_density_map": lp0,
-            "log_density_start": float(pop.log_density(z)),
-            "warm_start_s": round(time.perf_counter() - t, 2)}
+        z = jax.jit(lambda z_: refine(pop.log_density, z_, steps=refine_steps,
+                                      learning_rate=learning_rate))(z)
+    info.update(refine_steps=int(refine_steps), log_density_map=lp0,
+                log_density_start=float(pop.log_density(z)),
+                warm_start_s=round(time.perf_counter() - t, 2))
     return pop.space.from_z(z), info
 
 
