@@ -134,11 +134,35 @@ def data_for_stan(pop: PopulationModel, treated) -> dict:
         max_steps=100_000)
 
 
+def _patient_stanc():
+    """httpstan gives the stanc compiler 1 s (``subprocess.run(..., timeout=1)``) and
+    pystan's HTTP client 300 s per request (the C++ build), which a loaded shared machine
+    exceeds: no limits on either (this process only)."""
+    import functools
+    import subprocess
+    import types
+
+    import aiohttp
+    import httpstan.compile
+
+    if not isinstance(aiohttp.ClientSession, functools.partial):  # pystan's only client
+        aiohttp.ClientSession = functools.partial(aiohttp.ClientSession,
+                                                  timeout=aiohttp.ClientTimeout(total=None))
+
+    def run(*a, **k):
+        k["timeout"] = 300
+        return subprocess.run(*a, **k)
+
+    names = {n: getattr(subprocess, n) for n in dir(subprocess) if not n.startswith("_")}
+    httpstan.compile.subprocess = types.SimpleNamespace(**{**names, "run": run})
+
+
 def run_stan(data, inits, *, chains, warmup, samples, seed):
     """``(draws (chains, samples, 22), timing)`` with the per-chain Stan timers."""
     import stan
     import stan.fit
 
+    _patient_stanc()
     captured = []
     original = stan.fit.Fit.__init__
 

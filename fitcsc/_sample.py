@@ -92,13 +92,19 @@ def _nuts(log_density, num_warmup, dense_mass, target_accept_prob, max_tree_dept
     return init, step
 
 
-def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learning_rate):
+def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learning_rate,
+           on_step=None):
     import blackjax
     import optax
     from blackjax.mcmc import dynamic_hmc
 
+    def keep(state, info, adaptation):  # what the warm-up scan keeps: the step size
+        if on_step is not None:
+            jax.debug.callback(on_step)
+        return adaptation.step_size
+
     max_bits = math.ceil(math.log2(num_warmup + num_samples))
-    warm = blackjax.chees_adaptation(log_density, num_chains,
+    warm = blackjax.chees_adaptation(log_density, num_chains, adaptation_info_fn=keep,
                                      mass_matrix_estimation="diagonal")
 
     def warmup(key, z0):
@@ -264,8 +270,15 @@ def sample(
         timing["init_s"] = time.perf_counter() - t
         phases = [("warmup", num_warmup), ("sampling", num_samples)]
     else:
+        done = [0]
+
+        def tick():  # one warm-up step done (a host callback from the compiled loop)
+            done[0] += 1
+            if done[0] % chunk == 0 and done[0] < num_warmup:
+                report("warmup", done[0], num_warmup)
+
         warmup, step = _chees(log_density, num_chains, num_warmup, num_samples, step_size,
-                              learning_rate)
+                              learning_rate, on_step=tick if progress is not None else None)
         t = time.perf_counter()
         compiled = jax.jit(warmup).lower(key_warm, z0).compile()
         timing["compile_s"] += time.perf_counter() - t

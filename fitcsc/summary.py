@@ -501,6 +501,8 @@ def loo_compare(idatas: Mapping[str, az.InferenceData]) -> list[dict[str, Any]]:
     Pareto k exceeds 0.7 (``n_k_high``: their LOO estimate is unreliable)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # high-k notes: counted below
+        # arviz 0.23's compare uses a pandas keyword that pandas 3 deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword")
         table = az.compare(dict(idatas), ic="loo")
         k_high = {name: int((az.loo(d, pointwise=True).pareto_k.values > 0.7).sum())
                   for name, d in idatas.items()}
@@ -519,10 +521,21 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
     forest plot of ``forest_var`` (``forest.png``, 95% HDI, one row per element of ``forest_coords``
     (its last dim; default all), R-hat beside).
     **Returns:** the files written."""
-    from ._plot import _pyplot, _save
+    from ._plot import _pyplot
 
     plt = _pyplot()
     out = pathlib.Path(out_dir)
+    with warnings.catch_warnings():
+        # arviz 0.23 calls a matplotlib helper that matplotlib 3.11 deprecates
+        warnings.filterwarnings("ignore", message=".*alias_mapping")
+        _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel)
+    plt.close("all")
+    return [str(out / f) for f in ("trace_rank.png", "pair.png", "forest.png")]
+
+
+def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel):
+    from ._plot import _save
+
     names = population_var_names(idata)
     n_rows = sum(idata.posterior[v].size // (idata.posterior.sizes["chain"]
                                              * idata.posterior.sizes["draw"]) for v in names)
@@ -558,5 +571,3 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
     fig = axes[0].figure
     fig.set_layout_engine("constrained")
     _save(fig, out / "forest.png")
-    plt.close("all")
-    return [str(out / f) for f in ("trace_rank.png", "pair.png", "forest.png")]

@@ -39,6 +39,7 @@ def test_recovers_correlated_gaussian(method, dense):
     assert set(post.timing) - {"init_s"} == {"compile_s", "warmup_s", "sampling_s"}
     assert all(v >= 0 for v in post.timing.values())
     assert ("sampling", 300, 300) in calls and calls[0][0] == "warmup"
+    assert any(p == "warmup" and 0 < d < t for p, d, t in calls)  # progress inside warm-up
     assert post.settings["method"] == method
 
 
