@@ -41,7 +41,7 @@ from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regim
 from ._baselines import BASELINES, baseline_predictor
 from ._batch import SubjectBatch, make_batch
 from ._drugs import CATALOGUE, default_pk
-from ._errors import DataError, FitcscInputError
+from ._errors import FitcscInputError
 from ._fit import fit_map
 from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
@@ -135,36 +135,24 @@ def _status_name(code: int) -> str:
 
 
 def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
-          with_table=False):
+          with_table=False, data_options=None):
     """Batch, regimens (or None), regimen source and warnings (and the table, with
     ``with_table``). ``data_file`` may also be a `TidyTable` already read."""
-    from ._data import TidyTable, detect_kind, read_regimen_table, read_tidy_csv
-    from ._nonmem import read_nonmem
+    from ._data import TidyTable, read_regimen_table, read_volumes
 
-    given = isinstance(data_file, TidyTable)
-    path = pathlib.Path(data_file.path if given else data_file)
-    kind = "tidy" if given else detect_kind(path)
     notes = []
-    if given:
-        table = data_file
-    elif kind == "tidy":
-        table = read_tidy_csv(path)
-    elif kind == "nonmem":
+    if isinstance(data_file, TidyTable):
+        table, regimens, source = data_file, None, None
         if regimens_file is not None:
-            raise DataError("NONMEM event data carry their own doses", file=str(path),
-                            expected="no regimen table with NONMEM data")
-        table, regimens = read_nonmem(path, cmt_drugs=cmt_drugs)
-        source = "NONMEM dose records"
-    else:
-        raise DataError("not a tumour-volume file", file=str(path),
-                        expected="a tidy CSV (study, arm, subject, day, volume_mm3) or "
-                        "NONMEM event data (ID, TIME, DV, EVID)", value=kind)
+            regimens = read_regimen_table(regimens_file)
+            source = f"regimen table {regimens_file}"
+    else:  # units converted, duplicates resolved, plausibility checked: by the data layer
+        loaded = read_volumes(data_file, regimens_file, cmt_drugs=cmt_drugs,
+                              **(data_options or {}))
+        table, regimens, source = loaded.table, loaded.regimens, loaded.regimen_source
     if max_subjects is not None:
         table = _head(table, max_subjects)
-    if kind == "tidy" and regimens_file is not None:
-        regimens = read_regimen_table(regimens_file)
-        source = f"regimen table {regimens_file}"
-    elif kind == "tidy":
+    if regimens is None:
         regimens = default_arm_regimens(table, warn=False)
         classes = {a: CATALOGUE[r.drugs[0]].drug_class for a, r in regimens.items() if r.lines}
         source = "default arm regimens (constant effect from day 0 per treated arm)"
@@ -293,6 +281,7 @@ def fit_job(
     progress: bool = True,
     schedule: bool = True,
     batching: str = "vmap",
+    data_options: dict | None = None,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -322,6 +311,8 @@ def fit_job(
     - `batching`: ``"vmap"`` or ``"stacked"`` (`fit_map`'s option; CSC model): each
       chunk's members integrated as one ODE system. Groups it cannot run (log-kill
       chemotherapy) and baselines use ``"vmap"``; the summary counts both.
+    - `data_options`: reader options of the data file (``duplicates``, NONMEM
+      ``time_unit``, ``amount_unit``; see `fitcsc._data.read_volumes`).
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -346,7 +337,7 @@ def fit_job(
                                expected="csc", value=model)
     batch, regimens, source, notes, table = _load(
         data_file, regimens_file, model, species, detection_limit_mm3, max_subjects,
-        cmt_drugs, with_table=True)
+        cmt_drugs, with_table=True, data_options=data_options)
     regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     if share_growth_by is not None:
         from ._fitrun_group import group_job
