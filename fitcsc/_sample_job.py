@@ -247,7 +247,6 @@ def add_sample_command(subparsers, common) -> None:
     p.add_argument("--species", default="mouse", choices=("mouse", "human"))
     p.add_argument("--quick", action="store_true",
                    help="8 curves, 4 chains x 40 + 40 iterations (a smoke test)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_run)
 
 
@@ -264,6 +263,8 @@ def _run(args) -> int:
                    detection_limit_mm3=args.detection_limit_mm3, species=args.species,
                    quick=args.quick, progress=not args.quiet)
     c = s["convergence"]
+    if args.quiet:
+        return 0
     print(f"fitcsc sample: {s['n_curves']} curves, {s['n_parameters']} parameters, "
           f"{c['n_draws']} draws, max R-hat {c['rhat_max']:.3f}, min bulk ESS "
           f"{c['ess_bulk_min']:.0f}, {c['n_divergent']} divergent, {s['wall_s']:.0f} s "

@@ -499,7 +499,9 @@ def loo_compare(idatas: Mapping[str, az.InferenceData]) -> list[dict[str, Any]]:
     same observations: one row per model, best first, with ``elpd_loo``, ``se``,
     ``p_loo``, ``elpd_diff``, ``dse``, ``weight`` and the number of observations whose
     Pareto k exceeds 0.7 (``n_k_high``: their LOO estimate is unreliable)."""
-    with warnings.catch_warnings():
+    # an observation whose log-likelihood is the same in every draw (short runs) gives
+    # arviz's Pareto fit a zero tail: a harmless division by zero
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", UserWarning)  # high-k notes: counted below
         # arviz 0.23's compare uses a pandas keyword that pandas 3 deprecates
         warnings.filterwarnings("ignore", message="The inplace keyword")

@@ -54,7 +54,7 @@ def _check_outputs(out):
 def test_sample_baseline_quick(volumes, tmp_path, capsys):
     out = tmp_path / "exp"
     code = main(["sample", "--data", str(volumes), "--out", str(out), "--model", "exponential",
-                 "--quick", "--quiet"])
+                 "--quick"])
     assert code == 0
     summary, groups = _check_outputs(out)
     assert summary["n_curves"] == 6 and summary["n_censored"] == 1
