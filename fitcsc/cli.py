@@ -216,32 +216,82 @@ def enable_compile_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", where)
 
 
-def _run(args) -> int:
+def _simulate(args) -> int:
     from ._run import run_default
 
     enable_compile_cache()
 
     summary = run_default(args.regimens, args.out, quick=args.quick)
     if not args.quiet:
-        print(f"fitcsc run: {summary['n_arms']} regimens simulated "
+        print(f"fitcsc simulate: {summary['n_arms']} regimens simulated "
               f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
               f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
     return 0 if summary["n_failed"] == 0 else 1
 
 
-def add_run_command(subparsers, common) -> None:
-    """``fitcsc run``: the main job on the embedded default data in data/."""
+def add_simulate_command(subparsers, common) -> None:
+    """``fitcsc simulate``: every regimen of a regimen table, with illustrative parameters."""
     r = subparsers.add_parser(
-        "run", parents=[common], help="main job: simulate the published regimens in data/",
+        "simulate", parents=[common],
+        help="simulate the regimens of a regimen table (illustrative parameters)",
         description="Simulate every regimen of the regimen table (default: the published "
         "HER2+ trial arms in data/clinical/regimens.csv) with illustrative CSC-model "
-        "parameters and write summary.json, arms.csv, trajectories.csv and regimens.png.",
+        "parameters (not fitted) and write summary.json, arms.csv, trajectories.csv and "
+        "regimens.png.",
+        epilog="example: fitcsc simulate --regimens my_regimens.csv --out runs/sim",
     )
     r.add_argument("--regimens", metavar="FILE", default=None,
                    help="regimen table (default: data/clinical/regimens.csv)")
+    r.add_argument("--out", metavar="DIR", default="runs/simulate",
+                   help="output directory (default runs/simulate)")
+    r.add_argument("--quick", action="store_true", help="a few arms, coarse output grid")
+    r.set_defaults(handler=_simulate)
+
+
+def _run(args) -> int:
+    from ._clinical_job import clinical_fit_job
+
+    enable_compile_cache()
+    log = None if args.quiet else (lambda line: print(f"fitcsc run: {line}", file=sys.stderr))
+    s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
+                         draws=args.draws, seed=args.seed, structure=args.structure,
+                         progress=not args.quiet and sys.stderr.isatty(), log=log)
+    for w in s["warnings"]:
+        print(f"fitcsc run: warning: {w}", file=sys.stderr)
+    if not args.quiet:
+        print(f"fitcsc run: {s['n_arms']} arms fitted in {s['wall_s']:.0f} s; "
+              f"{s['n_within_binomial_ci95']} inside the published 95% CI; PSIS k_hat "
+              f"{s['psis_k_hat']:.2f} -> {args.out}/report.md")
+    return 0
+
+
+def add_run_command(subparsers, common) -> None:
+    """``fitcsc run``: the main job, a fit of the embedded published data in data/."""
+    from ._clinical_job import DEFAULT_STRUCTURE
+    from ._trials import STRUCTURES
+
+    r = subparsers.add_parser(
+        "run", parents=[common],
+        help="main job: fit the trial model to the published pCR counts in data/",
+        description="Fit the clinical CSC trial model (shared drug effects) to every "
+        "published neoadjuvant HER2+ arm with a pCR count in data/clinical/pcr_arms.csv, "
+        "with posterior uncertainty, and write report.md, fit.json (usable by fitcsc "
+        "predict --fit), arms.csv, posterior.csv, pcr_fit.png and summary.json. About "
+        "3-5 minutes on a 2-core CPU; --quick is a 20-second smoke run.",
+        epilog="example: fitcsc run --out runs/default && fitcsc predict --fit runs/default "
+        "--regimens my_trial.csv --out runs/pred",
+    )
     r.add_argument("--out", metavar="DIR", default="runs/default",
                    help="output directory (default runs/default)")
-    r.add_argument("--quick", action="store_true", help="a few arms, coarse output grid")
+    r.add_argument("--quick", action="store_true",
+                   help="smoke run: NeoSphere arms only, 1 start, 25 steps, 200 draws")
+    r.add_argument("--starts", type=int, default=4, help="optimiser starts (default 4)")
+    r.add_argument("--steps", type=int, default=200,
+                   help="Levenberg-Marquardt steps per start at most (default 200)")
+    r.add_argument("--draws", type=int, default=2000, help="posterior draws (default 2000)")
+    r.add_argument("--seed", type=int, default=0, help="seed of starts and draws")
+    r.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
+                   help=f"trial model structure (default {DEFAULT_STRUCTURE})")
     r.set_defaults(handler=_run)
 
 
@@ -333,8 +383,8 @@ def add_sample_command(subparsers, common) -> None:
     add(subparsers, common)
 
 
-COMMANDS = [add_data_command, add_run_command, add_fit_command, add_predict_command,
-            add_sample_command]
+COMMANDS = [add_data_command, add_run_command, add_simulate_command, add_fit_command,
+            add_predict_command, add_sample_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

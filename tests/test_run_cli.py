@@ -1,0 +1,75 @@
+"""The main job (`fitcsc run`: a fit of the embedded published pCR counts, with its report)
+and `fitcsc simulate` (the regimens with illustrative parameters), through the CLI."""
+
+import csv
+import json
+
+import pytest
+
+from fitcsc import cli
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_quick")
+    code = cli.main(["--quiet", "run", "--quick", "--out", str(out)])
+    return code, out
+
+
+def test_run_fits_the_embedded_data_and_writes_a_report(quick_run):
+    code, out = quick_run
+    assert code == 0
+    for name in ("report.md", "fit.json", "arms.csv", "posterior.csv", "pcr_fit.png",
+                 "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_arms"] == 4 and s["data"]["n_patients"] == 107 + 107 + 107 + 96  # NeoSphere
+    assert s["precision"] == "float64" and "jax" in s["versions"]
+    assert any("quick run" in w for w in s["warnings"])  # a smoke run says so
+    report = (out / "report.md").read_text()
+    for section in ("## Data", "## Model and settings", "## Fit", "## Parameters",
+                    "## Warnings", "pcr_fit.png"):
+        assert section in report, section
+    # the parameter table: one row per fitted parameter, on the natural scale
+    fit = json.loads((out / "fit.json").read_text())
+    for name in fit["names"]:
+        assert f"| {name} |" in report, name
+    # in sample, the four NeoSphere arms (29.0, 45.8, 16.8, 24.0% published) are fitted
+    # within 10 points, and each MAP lies inside its own 95% interval
+    with open(out / "arms.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        assert abs(float(r["predicted_pct"]) - float(r["observed_pct"])) < 10.0, r
+        assert float(r["predicted_lo95"]) <= float(r["predicted_pct"]) + 1e-6
+        assert float(r["predicted_pct"]) <= float(r["predicted_hi95"]) + 1e-6
+
+
+def test_run_folder_is_a_fit_predict_can_use(quick_run, tmp_path, capsys):
+    _, out = quick_run
+    reg = tmp_path / "trial.csv"
+    reg.write_text("arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours\n"
+                   "TH,docetaxel,75,mg/m2,0,21,4,1\n"
+                   "TH,trastuzumab,6,mg/kg,0,21,4,1.5\n")
+    code = cli.main(["--quiet", "predict", "--fit", str(out), "--regimens", str(reg),
+                     "--out", str(tmp_path / "pred"), "--draws", "64"])
+    assert code == 0
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(0.0 <= float(r["pcr_map"]) <= 1.0 for r in rows)
+    # this fit holds no outcome data: DFS is refused, in one line, exit 2
+    capsys.readouterr()
+    code = cli.main(["--quiet", "predict", "--fit", str(out), "--regimens", str(reg),
+                     "--out", str(tmp_path / "pred2"), "--years", "5"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no adjuvant data" in err
+
+
+def test_simulate_writes_the_regimens(tmp_path):
+    out = tmp_path / "sim"
+    assert cli.main(["--quiet", "simulate", "--quick", "--out", str(out)]) == 0
+    with open(out / "arms.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_failed"] == 0 and s["n_arms"] == len(rows)
