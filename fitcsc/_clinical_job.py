@@ -149,7 +149,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         warnings.append("quick run (NeoSphere arms only, few steps and draws): a smoke "
                         "test, not a result")
     summary = {
-        "job": "fitcsc run: clinical trial model fitted to the published pCR counts",
+        "job": JOB,
         "data": {"pcr_arms": "data/clinical/pcr_arms.csv", "regimens":
                  "data/clinical/regimens.csv", "n_arms": len(obs),
                  "n_patients": int(sum(o.n for o in obs)),
@@ -194,6 +194,44 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     _figure(rows, out / "pcr_fit.png")
     _report(summary, rows, rows_post, out / "report.md")
     return summary
+
+
+JOB = "fitcsc run: clinical trial model fitted to the published pCR counts"
+
+
+def write_report(run_dir) -> pathlib.Path:
+    """Rebuild ``report.md`` and ``pcr_fit.png`` of a `fitcsc run` folder from its
+    ``summary.json``, ``arms.csv`` and ``posterior.csv`` (`fitcsc report RUN_DIR`).
+
+    **Raises:** `FitcscInputError` naming the file when the folder is not a finished
+    ``fitcsc run`` (a missing file, or another job's summary)."""
+    import csv
+
+    from ._errors import FitcscInputError
+
+    d = pathlib.Path(run_dir)
+    paths = {n: d / n for n in ("summary.json", "arms.csv", "posterior.csv")}
+    for path in paths.values():
+        if not path.is_file():
+            raise FitcscInputError(f"{path}: no such file; expected a folder written by "
+                                   f"`fitcsc run` (it holds {', '.join(paths)})")
+    try:
+        summary = json.loads(paths["summary.json"].read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FitcscInputError(f"{paths['summary.json']}: not JSON ({err})") from None
+    job = summary.get("job") if isinstance(summary, dict) else None
+    if job != JOB:
+        raise FitcscInputError(f"{paths['summary.json']}: key 'job': expected {JOB!r} (a "
+                               f"`fitcsc run` folder; reports of other jobs are not written "
+                               f"yet), got {job!r}")
+    with open(paths["arms.csv"], newline="") as fh:
+        rows = [r[:12] + [r[12] == "True"] + r[13:] for r in list(csv.reader(fh))[1:]]
+    with open(paths["posterior.csv"], newline="") as fh:
+        rows_post = [{k: (v if k in ("name", "method") else float(v)) for k, v in r.items()}
+                     for r in csv.DictReader(fh)]
+    _figure(rows, d / "pcr_fit.png")
+    _report(summary, rows, rows_post, d / "report.md")
+    return d / "report.md"
 
 
 def _figure(rows, path) -> None:

@@ -295,6 +295,27 @@ def add_run_command(subparsers, common) -> None:
     r.set_defaults(handler=_run)
 
 
+def _report(args) -> int:
+    from ._clinical_job import write_report
+
+    path = write_report(args.run_dir)
+    if not args.quiet:
+        print(f"fitcsc report: {path}")
+    return 0
+
+
+def add_report_command(subparsers, common) -> None:
+    """``fitcsc report RUN_DIR``: rebuild a run folder's report from its files."""
+    r = subparsers.add_parser(
+        "report", parents=[common], help="rebuild the report of a run folder",
+        description="Rebuild report.md (and its figure) of a folder written by `fitcsc "
+        "run` from its summary.json, arms.csv and posterior.csv.",
+        epilog="example: fitcsc report runs/default",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by fitcsc run")
+    r.set_defaults(handler=_report)
+
+
 def _fit(args) -> int:
     from ._fitrun import fit_job
 
@@ -384,7 +405,7 @@ def add_sample_command(subparsers, common) -> None:
 
 
 COMMANDS = [add_data_command, add_run_command, add_simulate_command, add_fit_command,
-            add_predict_command, add_sample_command]
+            add_predict_command, add_sample_command, add_report_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

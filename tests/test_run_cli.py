@@ -73,3 +73,23 @@ def test_simulate_writes_the_regimens(tmp_path):
     assert rows
     s = json.loads((out / "summary.json").read_text())
     assert s["n_failed"] == 0 and s["n_arms"] == len(rows)
+
+
+def test_report_rebuilds_the_run_report(quick_run, tmp_path, capsys):
+    import shutil
+
+    _, out = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.md").unlink()
+    (copy / "pcr_fit.png").unlink()
+    assert cli.main(["--quiet", "report", str(copy)]) == 0
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert (copy / "pcr_fit.png").stat().st_size > 0
+    # a folder of another job, or no folder, is refused in one line naming the file
+    (copy / "summary.json").write_text('{"job": "prediction from a saved trial fit"}')
+    capsys.readouterr()
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "summary.json" in err and "'job'" in err
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
