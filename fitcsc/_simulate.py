@@ -1,6 +1,8 @@
 """Simulation: the only caller of diffrax.
 
-`simulate` integrates any configured model under any dosing schedule and returns
+`simulate` integrates any configured model (its right-hand side from
+`fitcsc._model.model_rhs`, the one builder the fit engine's paced evaluator also uses)
+under any dosing schedule and returns
 states, total cells, volume, CSC fraction and a status code. Concentrations are
 closed-form (see `_pk`), so their jumps at bolus doses and infusion starts/ends are
 handed to the step-size controller as known discontinuities (``jump_ts``). State
@@ -22,11 +24,10 @@ from ._model import (
     ModelConfig,
     initial_state,
     log_kill_jump,
+    model_rhs,
     stem_cells,
     total_cells,
-    vector_field,
 )
-from ._pk import concentrations, pk_arrays
 from ._regimen import DoseSchedule, discontinuity_times, empty_schedule
 
 
@@ -59,13 +60,6 @@ class Solution(eqx.Module):
     csc_fraction: Float[Array, " n_t"]  # (S + Q + R) / total cells
     status: Int[Array, ""]  # a `Status` code
     num_steps: Int[Array, ""]  # accepted + rejected solver steps
-
-
-def _pk_arrays(model: ModelConfig, params):
-    if len(params.pk) != len(model.drugs):
-        raise ValueError(f"params.pk has {len(params.pk)} PK models for "
-                         f"{len(model.drugs)} drugs {model.drugs}")
-    return pk_arrays(params.pk)
 
 
 def _status(result, ys):
@@ -171,12 +165,8 @@ def simulate(
         schedule = empty_schedule(1)
     t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype=float)
     t_end = jnp.maximum(ts[-1], t0)
-    coefs, rates = _pk_arrays(model, params)
+    f = model_rhs(model, params, schedule)
     y0 = initial_state(model, params)
-
-    def f(t, y, args):
-        return vector_field(model, t, y, params, concentrations(coefs, rates, schedule, t))
-
     term = diffrax.ODETerm(f)
     solver_ = diffrax.Tsit5() if solver is None else solver
     if model.drugs:

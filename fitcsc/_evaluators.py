@@ -1,0 +1,229 @@
+"""Evaluators: how a tumour-curve member's predictions and their Jacobian are computed.
+
+The LM (`fitcsc._lm`) and its driver (`fitcsc._lanes`) are the same for every fit; an
+evaluator only decides how ``log V(z)`` and ``d log V / d z`` of one member come about:
+
+- `JacfwdEvaluator` (``"jacfwd"``): any predictor, `jax.jacfwd` of its prediction (or
+  the predictor's own ``log_pred_jacobian``, e.g. a group fit's), vmapped over lanes;
+  one evaluation per loop iteration (the lanes run it in lockstep).
+- `PacedEvaluator` (``"paced"``): the CSC model (`csc_predictor`): the model's ODE
+  from the one right-hand-side builder `fitcsc._model.model_rhs` (the one `simulate`
+  integrates) with forward sensitivities along the member's free directions, stepped
+  by `fitcsc._paced` one Tsit5 step per loop iteration, each lane at its own pace.
+  Log-kill chemotherapy is refused (`PacedEvaluator.check`): its dose jumps move the
+  state itself, which the paced solver does not do; use ``"jacfwd"``.
+
+Both give the same residuals and Jacobians to the ODE tolerance (tested), so the
+choice never moves an optimum beyond it. `CurveProblem` turns an evaluation into the
+residuals of the log-normal/M3 observation model (`fitcsc._likelihood`) at the
+member's sigma.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._fit_predict import AbstractPredictor, CSCPredictor
+from ._fit_solve import residuals_jacobian, sigma_mle
+from ._model import initial_state, model_rhs, total_cells
+from ._paced import controller, records, refresh, setup, step
+from ._regimen import discontinuity_times
+from ._simulate import Status
+
+EVALUATORS = ("paced", "jacfwd")
+
+
+def basis(free, k: int):
+    """``(k, n_z)`` unit rows along the first ``k`` free elements (zero rows pad)."""
+    n_z = free.shape[0]
+    idx = jnp.nonzero(free, size=k, fill_value=n_z)[0]
+    return jax.nn.one_hot(idx, n_z, dtype=float)
+
+
+class JacfwdEvaluator(eqx.Module):
+    """Any predictor: ``(log V, status, d log V/dz)`` by `jax.jacfwd` in one go."""
+
+    predictor: AbstractPredictor
+    one_shot = True
+
+    def start(self, z, data, free):
+        del free
+        if hasattr(self.predictor, "log_pred_jacobian"):  # e.g. a group fit's
+            return self.predictor.log_pred_jacobian(z, data)
+
+        def f(z_):
+            lp, st = self.predictor(z_, data)
+            return lp, (lp, st)
+
+        J, (lp, st) = jax.jacfwd(f, has_aux=True)(z)
+        return lp, jnp.asarray(st, jnp.int32), J
+
+    def advance(self, ev, data, busy):
+        del data, busy
+        return ev
+
+    def ready(self, ev):
+        return jnp.ones((), bool)
+
+    def result(self, ev, data):
+        del data
+        return ev
+
+
+class PacedEvaluator(eqx.Module):
+    """The CSC model's ODE and its sensitivities along ``n_tangents`` free directions,
+    one paced Tsit5 step per iteration (see the module docstring)."""
+
+    predictor: CSCPredictor
+    n_tangents: int = eqx.field(static=True)
+    one_shot = False
+
+    @staticmethod
+    def check(predictor, who: str = "fit_map") -> None:
+        """Raise `ValueError` (one line) unless ``predictor`` can run paced."""
+        if not isinstance(predictor, CSCPredictor):
+            raise ValueError(f"{who}: evaluator='paced' needs a CSC predictor "
+                             f"(fitcsc.csc_predictor), got {type(predictor).__name__}; use "
+                             "evaluator='jacfwd'")
+        if predictor.model.has_log_kill:
+            raise ValueError(f"{who}: evaluator='paced' does not run log-kill "
+                             "chemotherapy (its dose jumps move the state, the paced solver "
+                             "only steps up to jumps of the vector field); use "
+                             "evaluator='jacfwd'")
+
+    def _field(self, t, y, z, s):
+        return model_rhs(self.predictor.model, self.predictor.params(z, s), s.schedule)(t, y)
+
+    def _rhs(self, tau, state, args):
+        """States and their sensitivities along the rows of ``E``, one member."""
+        y, S = state
+        z, s, E = args
+        t = s.t0_day + tau
+
+        def tangent(sj, e):
+            return jax.jvp(lambda y_, z_: self._field(t, y_, z_, s), (y, z), (sj, e))
+
+        return jax.vmap(tangent, out_axes=(None, 0))(S, E)
+
+    def _ctrl(self):
+        return controller(self.predictor.rtol, self.predictor.atol,
+                          lambda err: jnp.sqrt(jnp.mean(err[0] ** 2)))  # states only
+
+    def _record(self, state):
+        model = self.predictor.model
+        return total_cells(model, state[0]), total_cells(model, state[1])
+
+    def start(self, z, s, free):
+        model = self.predictor.model
+        E = basis(free, self.n_tangents)
+
+        def y0(z_):
+            return initial_state(model, self.predictor.params(z_, s))
+
+        y, S = jax.vmap(lambda e: jax.jvp(y0, (z,), (e,)), out_axes=(None, 0))(E)
+        tau_obs = jnp.where(s.mask, s.day - s.t0_day, jnp.inf)
+        if model.drugs:  # the dose discontinuities, in the member's own time
+            end = jnp.max(jnp.where(s.mask, tau_obs, 0.0))
+            jumps = discontinuity_times(s.schedule, s.t0_day + end + 1.0) - s.t0_day
+        else:
+            jumps = jnp.full((1,), jnp.inf)
+        c = setup(self._rhs, self._ctrl(), (y, S), (z, s, E), tau_obs, jumps, self._record)
+        return dict(c=c, z=z, E=E)
+
+    def advance(self, ev, data, busy):
+        c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
+        args = (ev["z"], data, ev["E"])
+        c = refresh(self._rhs, c, args)
+        ctrl, n_max = self._ctrl(), self.predictor.max_steps
+        c = jax.vmap(lambda ci, a: step(self._rhs, ctrl, ci, a, self._record, n_max))(c, args)
+        return dict(ev, c=c)
+
+    def ready(self, ev):
+        return ev["c"]["done"]
+
+    def result(self, ev, s):
+        (N, dN), status, _ = records(ev["c"])
+        v = N / self.predictor.model.cells_per_mm3
+        good = jnp.where(s.mask, (v > 0) & jnp.isfinite(v), True)
+        ok = jnp.all(good) & jnp.all(jnp.isfinite(jnp.where(s.mask[:, None], dN, 0.0)))
+        log_pred = jnp.log(jnp.where(s.mask & (v > 0), v, 1.0))
+        J = jnp.where(s.mask[:, None], dN / jnp.where(v > 0, N, 1.0)[:, None], 0.0)
+        status = jnp.where((status == Status.SUCCESS) & ~ok, Status.NONFINITE, status)
+        return log_pred, status.astype(jnp.int32), J @ ev["E"]
+
+
+def make_evaluator(name: str, predictor, n_tangents: int, who: str = "fit_map"):
+    """The evaluator ``name`` (`EVALUATORS`) for ``predictor``.
+    **Raises:** `ValueError` (one line) for an unknown name or one that cannot run."""
+    if name == "jacfwd":
+        return JacfwdEvaluator(predictor)
+    if name == "paced":
+        PacedEvaluator.check(predictor, who)
+        return PacedEvaluator(predictor, int(n_tangents))
+    raise ValueError(f"{who}: evaluator must be one of {EVALUATORS} or 'auto', got {name!r}")
+
+
+def default_evaluator(predictor) -> str:
+    """The fastest evaluator that runs ``predictor``: paced for the CSC model without
+    log-kill chemotherapy, else jacfwd."""
+    try:
+        PacedEvaluator.check(predictor)
+    except ValueError:
+        return "jacfwd"
+    return "paced"
+
+
+class CurveMember(eqx.Module):
+    """One member of a tumour-curve fit: its data and the sigma its residuals use."""
+
+    data: object  # a SubjectData (or a GroupData)
+    sigma: Float[Array, ""]
+
+
+class CurveProblem(eqx.Module):
+    """Residuals of the log-normal/M3 observation model of an evaluator's predictions.
+
+    ``rounds`` > 1 (sigma estimated, censored observations): a member with censored
+    observations alternates the LM and sigma's MLE for its predictions ``rounds``
+    times (the optimum of the M3 terms depends on sigma); the last round's sigma is
+    the one reported.
+    """
+
+    evaluator: JacfwdEvaluator | PacedEvaluator
+    rounds: int = eqx.field(static=True, default=1)
+
+    @property
+    def one_shot(self):
+        return self.evaluator.one_shot
+
+    def start(self, z, member, free):
+        return self.evaluator.start(z, member.data, free)
+
+    def advance(self, ev, members, busy):
+        return self.evaluator.advance(ev, members.data, busy)
+
+    def ready(self, ev):
+        return self.evaluator.ready(ev)
+
+    def outcome(self, ev, member):
+        lp, st, J_lp = self.evaluator.result(ev, member.data)
+        r, J, ok = residuals_jacobian(lp, st, J_lp, member.data, member.sigma)
+        return r, J, ok, (lp, st, J_lp)
+
+    def n_rounds(self, member):
+        d = member.data
+        censored = jnp.any(d.mask & d.censored)
+        return jnp.where(censored, self.rounds, 1).astype(jnp.int32)
+
+    def reweigh(self, aux, member):
+        lp, st, J_lp = aux
+        sigma = sigma_mle(lp, member.data, member.sigma)
+        r, J, ok = residuals_jacobian(lp, st, J_lp, member.data, sigma)
+        return CurveMember(member.data, sigma), r, J, ok
+
+    def record(self, s, aux, member):
+        lp, st, _ = aux
+        return dict(z=s.z, jac=s.jac, log_pred=lp, sim_status=st, sigma=member.sigma)
