@@ -7,7 +7,8 @@ default in ``$FITCSC_CACHE_DIR``, else ``~/.cache/fitcsc/jax``; ``FITCSC_CACHE_D
 turns it off. Every program is cached, however short its compile.
 
 `CompileStats` counts, while active, the XLA compilations that ran (a persistent-cache
-hit is not one), the cache hits, and the seconds spent tracing, lowering and compiling.
+hit is not one), the cache hits, and the seconds spent tracing, lowering and compiling
+(or reading compiled programs from the cache).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class CompileStats:
         self.compile_s = 0.0
         self.xla_s = 0.0
         self.programs: list[str] = []
+        self._hit = False
 
     @classmethod
     def _duration(cls, event: str, duration: float, **kw) -> None:
@@ -64,16 +66,20 @@ class CompileStats:
             return
         for c in cls._active:
             c.compile_s += float(duration)
-            if event == _COMPILE:
+            if event == _COMPILE:  # an XLA compilation, or a read from the cache
+                if c._hit:
+                    c._hit = False
+                    continue
                 c.n_compiles += 1
                 c.xla_s += float(duration)
                 c.programs.append(str(kw.get("fun_name", "?")))
 
     @classmethod
     def _event(cls, event: str, **kw) -> None:
-        if event == _HIT:
+        if event == _HIT:  # recorded inside the compile event it saves
             for c in cls._active:
                 c.n_cache_hits += 1
+                c._hit = True
 
     def __enter__(self) -> CompileStats:
         if not CompileStats._installed:

@@ -1,5 +1,10 @@
 """Evaluators: how a tumour-curve member's predictions and their Jacobian are computed.
 
+An evaluator works on one member: ``start(z, data, idx)`` begins the evaluation at
+``z``, ``advance`` (batched over lanes) moves it on, ``ready`` says it has finished and
+``result`` gives ``(log V, status, d log V / d z[idx])``: the Jacobian along the
+member's free elements ``idx`` only (``idx == n_z`` pads).
+
 The LM (`fitcsc._lm`) and its driver (`fitcsc._lanes`) are the same for every fit; an
 evaluator only decides how ``log V(z)`` and ``d log V / d z`` of one member come about:
 
@@ -36,10 +41,8 @@ from ._simulate import Status
 EVALUATORS = ("paced", "jacfwd")
 
 
-def basis(free, k: int):
-    """``(k, n_z)`` unit rows along the first ``k`` free elements (zero rows pad)."""
-    n_z = free.shape[0]
-    idx = jnp.nonzero(free, size=k, fill_value=n_z)[0]
+def basis(idx, n_z: int):
+    """``(k, n_z)`` unit rows along the elements ``idx`` (``idx == n_z``: a zero row)."""
     return jax.nn.one_hot(idx, n_z, dtype=float)
 
 
@@ -49,16 +52,17 @@ class JacfwdEvaluator(eqx.Module):
     predictor: AbstractPredictor
     one_shot = True
 
-    def start(self, z, data, free):
-        del free
+    def start(self, z, data, idx):
         if hasattr(self.predictor, "log_pred_jacobian"):  # e.g. a group fit's
-            return self.predictor.log_pred_jacobian(z, data)
+            lp, st, J = self.predictor.log_pred_jacobian(z, data)
+            return lp, st, jnp.take(J, idx, axis=1, mode="fill", fill_value=0)
 
-        def f(z_):
-            lp, st = self.predictor(z_, data)
+        def f(u):
+            lp, st = self.predictor(z.at[idx].set(u, mode="drop"), data)
             return lp, (lp, st)
 
-        J, (lp, st) = jax.jacfwd(f, has_aux=True)(z)
+        J, (lp, st) = jax.jacfwd(f, has_aux=True)(jnp.take(z, idx, mode="fill",
+                                                            fill_value=0))
         return lp, jnp.asarray(st, jnp.int32), J
 
     def advance(self, ev, data, busy):
@@ -68,17 +72,19 @@ class JacfwdEvaluator(eqx.Module):
     def ready(self, ev):
         return jnp.ones((), bool)
 
+    def cost(self, ev):
+        return jnp.ones((), jnp.int32)
+
     def result(self, ev, data):
         del data
         return ev
 
 
 class PacedEvaluator(eqx.Module):
-    """The CSC model's ODE and its sensitivities along ``n_tangents`` free directions,
+    """The CSC model's ODE and its sensitivities along the member's free elements,
     one paced Tsit5 step per iteration (see the module docstring)."""
 
     predictor: CSCPredictor
-    n_tangents: int = eqx.field(static=True)
     one_shot = False
 
     @staticmethod
@@ -116,9 +122,9 @@ class PacedEvaluator(eqx.Module):
         model = self.predictor.model
         return total_cells(model, state[0]), total_cells(model, state[1])
 
-    def start(self, z, s, free):
+    def start(self, z, s, idx):
         model = self.predictor.model
-        E = basis(free, self.n_tangents)
+        E = basis(idx, z.shape[0])
 
         def y0(z_):
             return initial_state(model, self.predictor.params(z_, s))
@@ -144,6 +150,9 @@ class PacedEvaluator(eqx.Module):
     def ready(self, ev):
         return ev["c"]["done"]
 
+    def cost(self, ev):
+        return ev["c"]["steps"]
+
     def result(self, ev, s):
         (N, dN), status, _ = records(ev["c"])
         v = N / self.predictor.model.cells_per_mm3
@@ -152,17 +161,17 @@ class PacedEvaluator(eqx.Module):
         log_pred = jnp.log(jnp.where(s.mask & (v > 0), v, 1.0))
         J = jnp.where(s.mask[:, None], dN / jnp.where(v > 0, N, 1.0)[:, None], 0.0)
         status = jnp.where((status == Status.SUCCESS) & ~ok, Status.NONFINITE, status)
-        return log_pred, status.astype(jnp.int32), J @ ev["E"]
+        return log_pred, status.astype(jnp.int32), J
 
 
-def make_evaluator(name: str, predictor, n_tangents: int, who: str = "fit_map"):
+def make_evaluator(name: str, predictor, who: str = "fit_map"):
     """The evaluator ``name`` (`EVALUATORS`) for ``predictor``.
     **Raises:** `ValueError` (one line) for an unknown name or one that cannot run."""
     if name == "jacfwd":
         return JacfwdEvaluator(predictor)
     if name == "paced":
         PacedEvaluator.check(predictor, who)
-        return PacedEvaluator(predictor, int(n_tangents))
+        return PacedEvaluator(predictor)
     raise ValueError(f"{who}: evaluator must be one of {EVALUATORS} or 'auto', got {name!r}")
 
 
@@ -199,14 +208,17 @@ class CurveProblem(eqx.Module):
     def one_shot(self):
         return self.evaluator.one_shot
 
-    def start(self, z, member, free):
-        return self.evaluator.start(z, member.data, free)
+    def start(self, z, member, idx):
+        return self.evaluator.start(z, member.data, idx)
 
     def advance(self, ev, members, busy):
         return self.evaluator.advance(ev, members.data, busy)
 
     def ready(self, ev):
         return self.evaluator.ready(ev)
+
+    def cost(self, ev):
+        return self.evaluator.cost(ev)
 
     def outcome(self, ev, member):
         lp, st, J_lp = self.evaluator.result(ev, member.data)
@@ -226,4 +238,4 @@ class CurveProblem(eqx.Module):
 
     def record(self, s, aux, member):
         lp, st, _ = aux
-        return dict(z=s.z, jac=s.jac, log_pred=lp, sim_status=st, sigma=member.sigma)
+        return dict(log_pred=lp, sim_status=st, sigma=member.sigma)

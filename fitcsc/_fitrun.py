@@ -171,8 +171,9 @@ def csc_union_spec(model: ModelConfig) -> ParamSpec:
 
 def label_needs(labels, model: ModelConfig) -> tuple:
     """What each element of a union spec needs to be estimated for a subject: None
-    (always: v_S, V0), ``()`` (no dose at all: p, as in `csc_arm_spec`), or the drug
-    slots of which one must be dosed (a class's effect; a per-drug field its slot)."""
+    (always: v_S, V0), ``()`` (no dose at all: p, as in `csc_arm_spec`), the drug slots
+    of which one must be dosed (a class's effect; a per-drug field its slot), or
+    ``"never"`` (a per-drug field of a slot whose drug is of another class)."""
     classes = [CATALOGUE[d].drug_class for d in model.drugs]
     out = []
     for label in labels:
@@ -181,8 +182,9 @@ def label_needs(labels, model: ModelConfig) -> tuple:
             out.append(None)
         elif field in CONTROL_FREE:
             out.append(())
-        elif "[" in label:
-            out.append((int(label[:-1].split("[")[1]),))
+        elif "[" in label:  # a per-drug field: its slot, if the slot's drug is its class
+            k = int(label[:-1].split("[")[1])
+            out.append((k,) if classes[k] == PER_DRUG_CLASS[field] else "never")
         else:
             cls = next(c for c, f in CLASS_FREE.items() if field in f)
             out.append(tuple(k for k, c in enumerate(classes) if c == cls))
@@ -199,8 +201,9 @@ class ArmPredictor(CSCPredictor):
     def free_slots(self, dosed) -> np.ndarray:
         """The free mask (host) of a subject dosed with drug slots ``dosed``."""
         dosed = set(dosed)
-        return np.asarray([n is None or (n == () and not dosed) or bool(dosed & set(n))
-                           for n in self.needs], bool)
+        return np.asarray([n is None or (n == () and not dosed)
+                           or (n != "never" and bool(dosed & set(n))) for n in self.needs],
+                          bool)
 
     def free_mask(self, subject):
         n_drugs = max(len(self.model.drugs), 1)
@@ -212,14 +215,17 @@ class ArmPredictor(CSCPredictor):
                 cols.append(jnp.ones((), bool))
             elif n == ():
                 cols.append(~jnp.any(dosed))
+            elif n == "never":
+                cols.append(jnp.zeros((), bool))
             else:
                 cols.append(jnp.any(dosed[jnp.asarray(n)]))
         return jnp.stack(cols)
 
 
-def arm_predictor(model: ModelConfig) -> ArmPredictor:
-    """The job's CSC predictor for ``model`` (every drug slot of the data)."""
-    base = csc_predictor(model, csc_union_spec(model))
+def arm_predictor(model: ModelConfig, **ode) -> ArmPredictor:
+    """The job's CSC predictor for ``model`` (every drug slot of the data); ``ode``:
+    `csc_predictor`'s ``rtol``, ``atol``, ``max_steps``."""
+    base = csc_predictor(model, csc_union_spec(model), **ode)
     return ArmPredictor(model=base.model, spec=base.spec, rtol=base.rtol, atol=base.atol,
                         max_steps=base.max_steps, v0_from_data=base.v0_from_data,
                         needs=label_needs(base.spec.labels(), model))

@@ -29,6 +29,7 @@ the LM from the same point without a new evaluation.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import equinox as eqx
@@ -39,7 +40,12 @@ import numpy as np
 from ._lm import LMState, Stop, lm_init, lm_propose, lm_terminated, lm_update
 
 TRACES = {"lanes": 0}  # traces of the lane program (the compile-count test reads it)
+# loop iterations, services, lane-iterations spent evaluating (busy and not ready) and
+# calls of the lane program since import (for tuning and the benchmark)
+STATS = {"iterations": 0, "services": 0, "lane_steps": 0, "ready_waiting": 0, "idle": 0,
+         "calls": 0}
 DEFAULT_LANES = 128
+BLOCK = 32  # lanes advanced together: in the tail only the blocks holding busy lanes
 
 
 class LaneConfig(eqx.Module):
@@ -48,6 +54,8 @@ class LaneConfig(eqx.Module):
     lanes: int = eqx.field(static=True)
     slots: int = eqx.field(static=True)  # lanes served per iteration
     window: int = eqx.field(static=True)  # queue and outbox size
+    threshold: int = eqx.field(static=True)  # ready lanes that start a service
+    block: int = eqx.field(static=True)  # lanes advanced together (the tail's unit)
 
 
 def _where(pred, new, old):
@@ -63,6 +71,16 @@ def _take(tree, idx):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
+def _compact(z, idx):
+    """The elements ``idx`` of ``z`` (0 where ``idx`` pads: ``idx == len(z)``)."""
+    return jnp.take(z, idx, mode="fill", fill_value=0)
+
+
+def _insert(base, idx, u):
+    """``base`` with ``u`` at the elements ``idx`` (padding dropped)."""
+    return base.at[idx].set(u, mode="drop")
+
+
 class ResidualProblem(eqx.Module):
     """Any residual function ``fn(z, args) -> r``: the Jacobian by `jax.jacfwd`."""
 
@@ -71,14 +89,14 @@ class ResidualProblem(eqx.Module):
     one_shot = True
     rounds = 1
 
-    def start(self, z, member, free):
-        del member, free
+    def start(self, z, member, idx):
+        del member
 
-        def f(z_):
-            r = self.fn(z_, self.args)
+        def f(u):
+            r = self.fn(_insert(z, idx, u), self.args)
             return r, r
 
-        J, r = jax.jacfwd(f, has_aux=True)(z)
+        J, r = jax.jacfwd(f, has_aux=True)(_compact(z, idx))
         return r, J
 
     def advance(self, ev, members, busy):
@@ -87,6 +105,9 @@ class ResidualProblem(eqx.Module):
 
     def ready(self, ev):
         return jnp.ones((), bool)
+
+    def cost(self, ev):
+        return jnp.ones((), jnp.int32)
 
     def outcome(self, ev, member):
         del member
@@ -102,38 +123,41 @@ class ResidualProblem(eqx.Module):
 
     def record(self, s: LMState, aux, member):
         del aux, member
-        return dict(z=s.z, r=s.r, jac=s.jac, loss=s.loss)
+        return dict(r=s.r, loss=s.loss)
 
 
-def _lane(problem, member, z, free, ident, ev, lm, aux, p, lam):
-    return dict(id=ident, member=member, free=free, z_eval=z,
+def _lane(problem, member, base, idx, ident, ev, lm, aux, p, lam):
+    return dict(id=ident, member=member, base=base, idx=idx, z_eval=base,
                 fresh=jnp.ones((), bool), round=jnp.zeros((), jnp.int32),
                 rounds=problem.n_rounds(member), total=jnp.zeros((), jnp.int32),
-                ev=ev, lm=lm, aux=aux, p=p, lam=lam)
+                work=jnp.zeros((), jnp.int32), ev=ev, lm=lm, aux=aux, p=p, lam=lam)
 
 
-def _full_lane(problem, rule, stop, member, z, free):
+def _full_lane(problem, rule, stop, member, z, idx):
     """One lane with its first evaluation done (for shapes only)."""
-    ev = problem.start(z, member, free)
+    ev = problem.start(z, member, idx)
     r, J, ok, aux = problem.outcome(ev, member)
-    lm = lm_init(rule, z, r, J, ok, stop)
-    p, lam = lm_propose(rule, lm, free)
-    return _lane(problem, member, z, free, jnp.zeros((), jnp.int32), ev, lm, aux, p, lam)
+    lm = lm_init(rule, _compact(z, idx), r, J, ok, stop)
+    p, lam = lm_propose(rule, lm, idx < z.shape[0])
+    return _lane(problem, member, z, idx, jnp.zeros((), jnp.int32), ev, lm, aux, p, lam)
 
 
 def _consume(problem, rule, stop, lane, ready):
     """Consume the finished evaluation of one lane (if ``ready``): LM init or update.
+    The LM works on the member's free elements (``idx``) only.
     **Returns:** the lane, and whether its LM stopped in a round that a sigma refit
     follows (``again``)."""
     r, J, ok, aux_t = problem.outcome(lane["ev"], lane["member"])
-    first = lm_init(rule, lane["z_eval"], r, J, ok, stop)
+    first = lm_init(rule, _compact(lane["z_eval"], lane["idx"]), r, J, ok, stop)
     upd, accepted = lm_update(rule, stop, lane["lm"], lane["p"], lane["lam"], r, J, ok)
     fresh = lane["fresh"]
     lm = _where(ready, _where(fresh, first, upd), lane["lm"])
     aux = _where(ready & (fresh | accepted), aux_t, lane["aux"])
     again = (ready & lm_terminated(stop, lm) & ~(lm.done & ~lm.converged)
              & (lane["round"] + 1 < lane["rounds"]))
-    return dict(lane, lm=lm, aux=aux, total=lane["total"] + ready.astype(jnp.int32)), again
+    work = lane["work"] + jnp.where(ready, problem.cost(lane["ev"]), 0)
+    return dict(lane, lm=lm, aux=aux, total=lane["total"] + ready.astype(jnp.int32),
+                work=work), again
 
 
 def _reweigh(problem, rule, stop, lane, again):
@@ -146,11 +170,17 @@ def _reweigh(problem, rule, stop, lane, again):
 
 
 def _next(problem, rule, stop, lane, ready):
-    """The stop decision, the record of a stopped member and the next proposal."""
-    lm = lane["lm"]
+    """The stop decision, the record of a stopped member (``z`` and the Jacobian on all
+    elements, 0 on the fixed ones) and the next proposal."""
+    lm, idx = lane["lm"], lane["idx"]
+    n_z = lane["base"].shape[0]
     final = ready & lm_terminated(stop, lm)
-    p, lam = lm_propose(rule, lm, lane["free"])
-    rec = dict(problem.record(lm, lane["aux"], lane["member"]), n_steps=lane["total"],
+    p, lam = lm_propose(rule, lm, idx < n_z)
+    jac = jnp.zeros(lm.jac.shape[:-1] + (n_z,), lm.jac.dtype).at[:, idx].set(
+        lm.jac, mode="drop")
+    rec = dict(problem.record(lm, lane["aux"], lane["member"]),
+               z=_insert(lane["base"], idx, lm.z), jac=jac, n_steps=lane["total"],
+               work=lane["work"],
                converged=lm.converged, failed=lm.done & ~lm.converged,
                at_max=~lm.done & (lm.n_steps >= stop.max_steps))
     lane = dict(lane, p=_where(ready, p, lane["p"]), lam=_where(ready, lam, lane["lam"]))
@@ -170,12 +200,35 @@ def _serve(problem, rule, stop, lanes, ready):
     return jax.vmap(lambda ln, rd: _next(problem, rule, stop, ln, rd))(lanes, ready)
 
 
+def _advance(problem, lanes, busy, C: int):
+    """Advance every lane's evaluation by one unit, in blocks of ``C`` lanes, only the
+    blocks up to the last busy lane (the tail's lanes are kept packed)."""
+    if problem.one_shot:
+        return lanes["ev"]
+    L = busy.shape[0]
+    if C >= L:
+        return problem.advance(lanes["ev"], lanes["member"], busy)
+    last = jnp.max(jnp.where(busy, jnp.arange(L), -1))
+    n_blocks = (last + C) // C
+
+    def block(b, ev):
+        def piece(tree):
+            return jax.tree_util.tree_map(
+                lambda x: jax.lax.dynamic_slice_in_dim(x, b * C, C), tree)
+
+        new = problem.advance(piece(ev), piece(lanes["member"]), piece(busy))
+        return jax.tree_util.tree_map(
+            lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, b * C, 0), ev, new)
+
+    return jax.lax.fori_loop(0, n_blocks, block, lanes["ev"])
+
+
 @eqx.filter_jit
 def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneConfig):
     """Run the lanes until the outbox is nearly full, the queue is empty and a lane
     idles while the host has more members (``more``), or every lane is idle."""
     TRACES["lanes"] += 1
-    L, F, W = cfg.lanes, cfg.slots, cfg.window
+    L, F, W, C = cfg.lanes, cfg.slots, cfg.window, cfg.block
     rec_shape = jax.eval_shape(
         lambda ln: _serve(problem, rule, stop, ln, jnp.ones((1,), bool))[1],
         _take(lanes, jnp.zeros((1,), jnp.int32)))
@@ -189,11 +242,9 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         return ((n_out > W - F) | (~jnp.any(busy) & empty)
                 | (more & empty & jnp.any(~busy)))
 
-    def body(c):
-        lanes_, head_, outbox_, out_id_, n_out, _ = c
+    def service(args):
+        lanes_, head_, outbox_, out_id_, n_out, ready = args
         busy = lanes_["id"] >= 0
-        lanes_ = dict(lanes_, ev=problem.advance(lanes_["ev"], lanes_["member"], busy))
-        ready = busy & jax.vmap(problem.ready)(lanes_["ev"])
         idle = ~busy
         # serve ready lanes first; idle lanes take queue members while there are some
         n_left = count - head_
@@ -202,9 +253,9 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
             idx = jnp.arange(L)
             valid = ready | loadable
         else:
-            prio = jnp.where(ready, 0, jnp.where(loadable, 1, 2))
+            prio = jnp.where(ready | loadable, 0, 1)
             idx = jnp.argsort(prio, stable=True)[:F]
-            valid = prio[idx] < 2
+            valid = prio[idx] < 1
         sl = _take(lanes_, idx)
         s_ready = ready[idx] & valid
         sl, rec, final, cont = _serve(problem, rule, stop, sl, s_ready)
@@ -222,14 +273,15 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         has = want & (q_pos < count)
         q = _take(queue, jnp.clip(q_pos, 0, W - 1))
         head_ = head_ + jnp.sum(has, dtype=jnp.int32)
-        z_start = jnp.where(cont[:, None], sl["lm"].z + sl["p"], q["z0"])
+        z_cont = jax.vmap(_insert)(sl["base"], sl["idx"], sl["lm"].z + sl["p"])
+        z_start = jnp.where(cont[:, None], z_cont, q["z0"])
         member = _where(cont, sl["member"], q["member"])
-        free = jnp.where(cont[:, None], sl["free"], q["free"])
+        idx_ = jnp.where(cont[:, None], sl["idx"], q["idx"])
         started = cont | has
-        ev = jax.vmap(problem.start)(z_start, member, free)
-        new = jax.vmap(lambda m, z, f, i, e, lm, a, p, lam: _lane(
-            problem, m, z, f, i, e, lm, a, p, lam))(
-            q["member"], q["z0"], q["free"], q["id"], ev, sl["lm"], sl["aux"], sl["p"],
+        ev = jax.vmap(problem.start)(z_start, member, idx_)
+        new = jax.vmap(lambda m, z, ix, i, e, lm, a, p, lam: _lane(
+            problem, m, z, ix, i, e, lm, a, p, lam))(
+            q["member"], q["z0"], q["idx"], q["id"], ev, sl["lm"], sl["aux"], sl["p"],
             sl["lam"])
         sl = dict(sl, ev=_where(started, ev, sl["ev"]),
                   z_eval=jnp.where(cont[:, None], z_start, sl["z_eval"]),
@@ -240,12 +292,45 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
             lambda full, part: full.at[idx].set(jnp.where(
                 valid.reshape((F,) + (1,) * (part.ndim - 1)), part, full[idx])),
             lanes_, sl)
-        return lanes_, head_, outbox_, out_id_, n_out, exit_now(lanes_, head_, n_out)
+        return lanes_, head_, outbox_, out_id_, n_out, ready
+
+    def body(c):
+        lanes_, head_, outbox_, out_id_, n_out, _, stats = c
+        busy = lanes_["id"] >= 0
+        lanes_ = dict(lanes_, ev=_advance(problem, lanes_, busy, C))
+        ready = busy & jax.vmap(problem.ready)(lanes_["ev"])
+        # serve once enough lanes wait: a full set of slots while many lanes are busy,
+        # at once in the tail (serving costs the LM's algebra and a solve's set-up)
+        n_ready = jnp.sum(ready, dtype=jnp.int32)
+        n_busy = jnp.sum(busy, dtype=jnp.int32)
+        n_load = jnp.minimum(jnp.sum(~busy, dtype=jnp.int32), count - head_)
+        T = cfg.threshold
+        now = ((n_ready > 0) & (n_ready >= jnp.minimum(T, (n_busy + 7) // 8))) | (n_load > 0)
+        args = (lanes_, head_, outbox_, out_id_, n_out, ready)
+        if problem.one_shot:  # every busy lane is ready after every iteration
+            args = service(args)
+        else:
+            args = jax.lax.cond(now, service, lambda a: a, args)
+        lanes_, head_, outbox_, out_id_, n_out, _ = args
+        if not problem.one_shot and C < L:  # the tail: pack busy lanes into few blocks
+            busy = lanes_["id"] >= 0
+            n_b = jnp.sum(busy, dtype=jnp.int32)
+            last = jnp.max(jnp.where(busy, jnp.arange(L), -1))
+            pack = (~more & (head_ >= count) & (n_b > 0)
+                    & ((n_b + C - 1) // C < (last + C) // C))
+            lanes_ = jax.lax.cond(
+                pack, lambda ln: _take(ln, jnp.argsort(ln["id"] < 0, stable=True)),
+                lambda ln: ln, lanes_)
+        stats = stats + jnp.stack([jnp.ones((), jnp.int32), now.astype(jnp.int32),
+                                   n_busy - n_ready, n_ready, L - n_busy])
+        return (lanes_, head_, outbox_, out_id_, n_out, exit_now(lanes_, head_, n_out),
+                stats)
 
     init = (lanes, head, outbox, out_id, jnp.zeros((), jnp.int32),
-            exit_now(lanes, head, jnp.zeros((), jnp.int32)))
-    lanes, head, outbox, out_id, n_out, _ = jax.lax.while_loop(lambda c: ~c[-1], body, init)
-    return lanes, head, out_id, n_out, outbox
+            exit_now(lanes, head, jnp.zeros((), jnp.int32)), jnp.zeros((5,), jnp.int32))
+    lanes, head, outbox, out_id, n_out, _, stats = jax.lax.while_loop(
+        lambda c: ~c[-2], body, init)
+    return lanes, head, out_id, n_out, outbox, stats
 
 
 _SHAPES: dict = {}
@@ -261,16 +346,16 @@ def _leaf_key(x):
     return ("value", x)
 
 
-def _lane_shapes(problem, rule, stop, member, z, free):
+def _lane_shapes(problem, rule, stop, member, z, idx):
     """Shapes of one lane (memoised on the structure, so a new fit of the same kind
     traces nothing)."""
-    args = (problem, rule, stop, member, z, free)
+    args = (problem, rule, stop, member, z, idx)
     leaves, tree = jax.tree_util.tree_flatten(args)
     key = (tree, tuple(_leaf_key(x) for x in leaves))
     if key not in _SHAPES:
         _SHAPES[key] = jax.eval_shape(
-            lambda m, z_, f: _full_lane(problem, rule, stop, m, z_, f), member,
-            jnp.asarray(z), jnp.asarray(free))
+            lambda m, z_, i: _full_lane(problem, rule, stop, m, z_, i), member,
+            jnp.asarray(z), jnp.asarray(idx))
     return _SHAPES[key]
 
 
@@ -280,14 +365,14 @@ def _host(tree):
 
 def solve_members(problem, rule, stop: Stop, members, z0, free, *, lanes: int = DEFAULT_LANES,
                   slots: int | None = None, window: int | None = None,
-                  progress: Callable | None = None) -> dict:
+                  threshold: int | None = None, progress: Callable | None = None) -> dict:
     """Run the LM on every member; return each member's record (numpy, member order).
 
     **Arguments:** ``members``: the members' data (a pytree with leading axis M, or None);
     ``z0`` ``(M, n_z)`` starts; ``free`` ``(M, n_z)`` bool; ``lanes``: members in
     flight; ``slots``: lanes served per iteration (default: all for a one-shot
-    evaluator, else a quarter of the lanes, at least 8); ``window``: queue and outbox
-    size (default ``max(lanes, 2 slots)``); ``progress(n_done)``: called after each
+    evaluator, else an eighth of the lanes, at least 8); ``window``: queue and outbox
+    size (default ``max(2 lanes, 4 slots)``); ``progress(n_done)``: called after each
     call of the lane program.
 
     **Returns:** ``{field: (M, ...)}``: the problem's record (``z`` and what it keeps)
@@ -296,23 +381,29 @@ def solve_members(problem, rule, stop: Stop, members, z0, free, *, lanes: int = 
     """
     z0 = np.asarray(z0, dtype=float)
     free = np.asarray(free, bool)
-    M = z0.shape[0]
+    M, n_z = z0.shape
+    # the LM works on each member's free elements: their indices, padded with n_z
+    K = max(1, int(free.sum(axis=1).max(initial=1)))
+    order = np.argsort(~free, axis=1, kind="stable")[:, :K]
+    idx = np.where(np.take_along_axis(free, order, axis=1), order, n_z).astype(np.int32)
     L = int(lanes)
-    F = L if problem.one_shot else int(slots or max(8, L // 4))
+    F = L if problem.one_shot else int(slots or max(8, L // 8))
     F = min(F, L)
-    W = int(window or max(L, 2 * F))
-    cfg = LaneConfig(lanes=L, slots=F, window=W)
+    W = int(window or max(2 * L, 4 * F))
+    cfg = LaneConfig(lanes=L, slots=F, window=W, threshold=int(threshold or F),
+                     block=min(L, BLOCK))
     members = _host(members)
 
     def rows(ids):
         return _take(members, ids)
 
-    shapes = _lane_shapes(problem, rule, stop, rows(0), z0[0], free[0])
+    shapes = _lane_shapes(problem, rule, stop, rows(0), z0[0], idx[0])
     lane_state = jax.tree_util.tree_map(lambda s: np.zeros((L,) + s.shape, s.dtype), shapes)
     lane_state["id"][:] = -1
     first = np.zeros(L, np.int64)  # idle lanes hold a copy of member 0
     lane_state["member"] = rows(first)
-    lane_state["z_eval"], lane_state["free"] = z0[first], free[first]
+    lane_state["z_eval"], lane_state["base"] = z0[first], z0[first]
+    lane_state["idx"] = idx[first]
 
     pending = list(range(M))
     out: dict | None = None
@@ -321,12 +412,23 @@ def solve_members(problem, rule, stop: Stop, members, z0, free, *, lanes: int = 
         ids = np.asarray(pending[:W], np.int64)
         n_q = ids.size
         pad = np.resize(ids, W) if n_q else np.zeros(W, np.int64)
-        queue = dict(member=rows(pad), z0=z0[pad], free=free[pad],
+        queue = dict(member=rows(pad), z0=z0[pad], idx=idx[pad],
                      id=np.where(np.arange(W) < n_q, pad, -1).astype(np.int32))
-        lane_state, head, out_id, n_out, outbox = _run(
+        t_call = time.perf_counter()
+        lane_state, head, out_id, n_out, outbox, st = _run(
             problem, rule, stop, lane_state, queue, jnp.zeros((), jnp.int32),
             jnp.asarray(n_q, jnp.int32), jnp.asarray(len(pending) > n_q), cfg)
         head, n_out = int(head), int(n_out)
+        t_call = time.perf_counter() - t_call
+        STATS["iterations"] += int(st[0])
+        STATS["services"] += int(st[1])
+        STATS["lane_steps"] += int(st[2])
+        STATS["ready_waiting"] += int(st[3])
+        STATS["idle"] += int(st[4])
+        STATS["calls"] += 1
+        if STATS.get("trace_calls"):
+            print("call", [int(x) for x in np.asarray(st)], "n_out", n_out, "head", head,
+                  "n_q", n_q, "pending", len(pending), f"{t_call:.2f}s", flush=True)
         pending = pending[head:]
         got = _host(outbox)
         got_id = np.asarray(out_id)[:n_out]

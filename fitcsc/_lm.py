@@ -218,6 +218,8 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
     bool ``(p,)``, ``delta`` the bound. **Returns:** ``(p, lam)``.
     """
     As = _free_block(A / (D[:, None] * D[None, :]), free)
+    ok = jnp.all(jnp.isfinite(As)) & jnp.all(jnp.isfinite(g)) & jnp.isfinite(delta)
+    As = jnp.where(ok, As, jnp.eye(A.shape[-1], dtype=A.dtype))  # (eigh crawls on NaN)
     e, Q = jnp.linalg.eigh(As)
     e = jnp.maximum(e, 0.0)
     c = Q.T @ jnp.where(free, g / D, 0.0)
@@ -245,7 +247,7 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
     lam, _ = jax.lax.scan(newton, jnp.zeros_like(delta), None, length=newton_iters)
     lam = jnp.where(norm(jnp.zeros_like(delta))[0] <= 1.1 * delta, 0.0, lam)
     ps = -(Q @ inverse(lam)[0])
-    return jnp.where(free, ps / D, 0.0), lam
+    return jnp.where(free & ok, ps / D, jnp.nan), lam
 
 
 RULES = {

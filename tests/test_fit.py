@@ -417,7 +417,7 @@ def test_eager_trust_region_and_stall_stop_a_boundary_optimum(g_batch):
         return log_v - 0.5 * jax.nn.sigmoid(z[3]) * (s.day - s.t0_day) / 30.0, status
 
     pred = FunctionPredictor(slowed, 4, init=lambda s: jnp.append(gompertz_init(s), 0.0))
-    plain = fit_map(pred, g_batch, num_starts=1)  # optimistix's defaults: z[3] crawls
+    plain = fit_map(pred, g_batch, num_starts=1, trust_region="damping")  # z[3] crawls
     fast = fit_map(pred, g_batch, num_starts=1, trust_region="eager", stall_rtol=1e-8)
     assert np.all(np.asarray(fast.status) == FitStatus.CONVERGED)
     assert int(np.sum(fast.n_steps)) < int(np.sum(plain.n_steps))
