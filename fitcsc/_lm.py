@@ -247,7 +247,7 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
     lam, _ = jax.lax.scan(newton, jnp.zeros_like(delta), None, length=newton_iters)
     lam = jnp.where(norm(jnp.zeros_like(delta))[0] <= 1.1 * delta, 0.0, lam)
     ps = -(Q @ inverse(lam)[0])
-    return jnp.where(free & ok, ps / D, jnp.nan), lam
+    return jnp.where(free, jnp.where(ok, ps / D, jnp.nan), 0.0), lam
 
 
 RULES = {
