@@ -41,6 +41,19 @@ CATALOGUE = {
     "metformin",
     "tamoxifen",
     "fulvestrant",
+    "trastuzumab_deruxtecan",
+    "dm1",
+    "dxd",
+    "cisplatin",
+    "gemcitabine",
+    "eribulin",
+    "vinorelbine",
+    "capecitabine",
+    "olaparib",
+    "talazoparib",
+    "palbociclib",
+    "ribociclib",
+    "abemaciclib",
 }
 NO_DRUG = "none"  # an arm without drug: dose 0, mg, one dose
 DOSE_UNITS = {"mg", "mg/kg", "mg/m2"}

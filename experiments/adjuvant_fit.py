@@ -10,8 +10,14 @@ A. Out of sample. The drug parameters come from the pCR fit (``--fit``, default
    published DFS landmark (B-31: 3-year DFS 75.4 %, HERA: 2-year 77.4 %): no hazard
    ratio enters. Predicted HRs carry 95% intervals from the pCR fit's Laplace
    posterior (burden held at its fit).
-B. Joint. pCR counts, control landmarks and both log hazard ratios in one MAP fit
-   (the same weak priors), with a Laplace posterior.
+B. Joint. pCR counts, control landmarks, both log hazard ratios and (unless
+   ``--no-links``) the published HER2+ hazard ratios of pCR vs no pCR
+   (`fitcsc._trial_fit.LINKS_USED`) in one MAP fit (the pCR fit's priors), with a
+   posterior of PSIS-reweighted Laplace draws saved for `fitcsc predict`. The links enter
+   through `TrialModel.pcr_outcome`: a neoadjuvant patient's pCR comes from her primary,
+   her recurrence from distant micrometastases (their own burden, a fraction of CSCs out
+   of the drugs' reach) treated with the same sensitivity, so pCR and DFS come from one
+   residual state per patient.
 
 Endpoints (`fitcsc._trials`): cure ``exp(-pi S_res)`` 60 days after the last adjuvant
 dose; a non-cured patient recurs when her residual CSC lineages regrow to 1e9 cells;
@@ -39,6 +45,7 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
+from fitcsc._drugs import CATALOGUE
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
 from fitcsc._trial_fit import (
@@ -46,7 +53,9 @@ from fitcsc._trial_fit import (
     TrialData,
     adjuvant_observations,
     fit_trials,
+    link_observations,
     load_fit,
+    posterior_draws,
     save_fit,
 )
 from fitcsc._trials import TrialModel
@@ -108,15 +117,25 @@ def main(args) -> dict:
     pcr = _pcr_module()
     pcr_arms, pcr_obs = pcr.load(pcr.QUICK_TRIALS if args.quick else None)
     pcr_names = tuple(n for n in doc["names"])
-    tm_b = TrialModel.build(pcr_arms + adj_arms, pcr_names + tuple(burden),
+    link_names = (("log_micromet_cells#neoadjuvant", "logit_protected_fraction")
+                  if args.links else ())
+    tm_b = TrialModel.build(pcr_arms + adj_arms, pcr_names + tuple(burden) + link_names,
                             base_kill=doc["base_kill"], **opts)
-    obj_b = Objective(tm_b, TrialData(pcr=pcr_obs, landmarks=landmarks, hrs=hrs))
-    start = np.concatenate([np.asarray(doc["z"]), fit_a.z])
+    treated = [a.name for a in pcr_arms
+               if any(CATALOGUE[d].drug_class == "her2" for d in a.regimen.drugs)]
+    links = (link_observations(fitcsc.read_clinical(CLINICAL / "pcr_outcome_links.csv"),
+                               treated) if args.links else [])
+    hyper = {k: v for k, v in doc.get("hyper", {}).items()}
+    obj_b = Objective(tm_b, TrialData(pcr=pcr_obs, landmarks=landmarks, hrs=hrs, links=links),
+                      **hyper)
+    start = np.concatenate([np.asarray(doc["z"]), fit_a.z,
+                            [np.log(1e5), np.log(0.01 / 0.99)][:len(link_names)]])
     fit_b = fit_trials(obj_b, n_starts=args.starts, max_steps=args.steps, start=start,
                        progress=sys.stderr.isatty())
     pred_b = obj_b.predictions(jnp.asarray(fit_b.z))
-    draws_b = fs.laplace_draws(fit_b.z, fit_b.cov, n_draws=args.draws,
-                               key=jax.random.PRNGKey(args.seed + 1))
+    draws_b, w_b, k_hat_b = posterior_draws(obj_b, fit_b, args.draws,
+                                            jax.random.PRNGKey(args.seed + 1))
+    draws_b = draws_b[np.random.default_rng(args.seed).choice(len(w_b), size=len(w_b), p=w_b)]
     hr_b = fs.predictive_interval(lambda z: jnp.exp(obj_b.predictions(z)["log_hr"]),
                                   draws_b, batch=100)
     idata = fs.to_inference_data(draws_b, list(tm_b.names), method="laplace")
@@ -140,8 +159,21 @@ def main(args) -> dict:
               "published_hi95", "out_of_sample_hr", "out_of_sample_lo95",
               "out_of_sample_hi95", "joint_hr", "joint_lo95", "joint_hi95"]
     write_atomic(out / "hazard_ratios.csv", _csv_text(header, table))
-    save_fit(out / "fit.json", tm_b, fit_b, extra={"data": "pcr + adjuvant landmarks + HRs",
-                                                   "quick": bool(args.quick)})
+    link_rows = []
+    if links:
+        lhr = fs.predictive_interval(lambda z: jnp.exp(obj_b.link_log_hr(z)), draws_b,
+                                     batch=100)
+        point = np.exp(np.asarray(pred_b["link_log_hr"]))
+        link_rows = [{"link": o.name, "years": o.years, "published_hr": float(np.exp(o.log_hr)),
+                      "published_lo95": float(np.exp(o.log_hr - 1.96 * o.se)),
+                      "published_hi95": float(np.exp(o.log_hr + 1.96 * o.se)),
+                      "joint_hr": float(point[k]), "joint_lo95": float(lhr[1][k]),
+                      "joint_hi95": float(lhr[2][k])} for k, o in enumerate(links)]
+    save_fit(out / "fit.json", tm_b, fit_b,
+             extra={"data": "pcr + adjuvant landmarks + HRs"
+                    + (" + pCR-outcome links" if links else ""), "quick": bool(args.quick)},
+             draws=draws_b, posterior={"method": "Laplace draws reweighted by PSIS, resampled",
+                                       "k_hat": k_hat_b})
     summary = {
         "question": "adjuvant DFS HR of trastuzumab: out of sample from pCR, then joint",
         "pcr_fit": fit_source, "quick": bool(args.quick),
@@ -154,7 +186,8 @@ def main(args) -> dict:
             t: float(np.exp(v)) for t, v in zip(trials, fit_a.z, strict=True)},
         "joint": {"n_pcr_arms": len(pcr_obs), "n_pcr_within_ci95": int(inside),
                   "loss": fit_b.loss, "converged": fit_b.converged,
-                  "steps": fit_b.n_steps},
+                  "steps": fit_b.n_steps, "psis_k_hat": k_hat_b},
+        "pcr_outcome_links": link_rows,
         "wall_s": round(time.perf_counter() - t_start, 2),
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
@@ -224,7 +257,14 @@ def _result_md(summary, path):
                   f"{o['arm']} {o['years']:g} y: {100 * o['published']:.1f}% vs "
                   f"{100 * o['out_of_sample_fit']:.1f}% (A) / {100 * o['joint']:.1f}% (B)"
                   for o in summary["landmarks"]) + ".",
-              "", "HR is the ratio of cumulative hazards at the median follow-up.",
+              ""] + ([
+                  "pCR vs no pCR within treated HER2+ patients (joint fit, 95% interval): "
+                  + "; ".join(f"{r['link']}: published {r['published_hr']:.2f} "
+                              f"({r['published_lo95']:.2f}-{r['published_hi95']:.2f}), model "
+                              f"{r['joint_hr']:.2f} ({r['joint_lo95']:.2f}-"
+                              f"{r['joint_hi95']:.2f})" for r in summary["pcr_outcome_links"])
+                  + ".", ""] if summary["pcr_outcome_links"] else []) + [
+              "HR is the ratio of cumulative hazards at the median follow-up.",
               "", f"Machine: {summary['device']}, {summary['precision']}; "
               f"wall {summary['wall_s']} s."]
     write_atomic(path, "\n".join(lines) + "\n")
@@ -239,6 +279,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-links", dest="links", action="store_false",
+                   help="leave the pCR-vs-no-pCR hazard ratios out of the joint fit")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "adjuvant_fit"))
     args = p.parse_args(argv)
     if args.quick:

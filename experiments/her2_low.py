@@ -55,6 +55,7 @@ import fitcsc
 import fitcsc.summary as fs
 from fitcsc import DoseLine, Regimen
 from fitcsc._run import _csv_text, write_atomic
+from fitcsc._trial_fit import load_draws
 from fitcsc._trials import Arm, from_natural, hazard_ratio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -217,6 +218,28 @@ def b47_threshold(tm, pub, hs, hr_lo):
     return fn
 
 
+def b47_hr_grid(tm, pub, hs):
+    """Per draw of ``z``: B-47's predicted IDFS HR at each h_S of ``hs`` (h_D = 0), the
+    burden recalibrated per draw on the chemotherapy arm (``tm``: the two TC arms)."""
+    hs = jnp.asarray(hs)
+    b = pub["b47"]
+    i_s, i_d, i_m = tm.names.index(H_S), tm.names.index(H_D), tm.names.index(M_B47)
+    days = jnp.asarray([b["followup_years"] * YEAR])
+
+    def fn(z):
+        lm, _ = _fitted.calibrate_burden(tm, z, tm.mixture(z), 0, i_m,
+                                         b["landmark_years"] * YEAR, b["control_landmark"])
+        z = z.at[i_m].set(lm)
+
+        def hr_at(h):
+            dfs = tm.dfs(z.at[i_s].set(h).at[i_d].set(0.0), days)[0]
+            return hazard_ratio(dfs[1, 0], dfs[0, 0])
+
+        return jax.vmap(hr_at)(hs)
+
+    return fn
+
+
 def main(args) -> dict:
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
@@ -224,8 +247,10 @@ def main(args) -> dict:
     doc, fit_source = _fitted.resolve_fit(args.fit, quick=args.quick, out=out)
     pub = published()
     arms = make_arms(_fitted.regimens())
-    phi = _fitted.natural_value(doc, PHI)
-    tm, z = _fitted.build(doc, arms, {H_S: 1.0, H_D: 1.0, M_B47: 1e5, M_JA: 1e5, PHI: phi})
+    fraction = doc["options"].get("heterogeneity", "fraction") == "fraction"
+    phi = _fitted.natural_value(doc, PHI) if fraction else None
+    extra = {H_S: 1.0, H_D: 1.0, M_B47: 1e5, M_JA: 1e5} | ({PHI: phi} if fraction else {})
+    tm, z = _fitted.build(doc, arms, extra)
     pred = Predictor(tm, pub)
     zc, dfs_b, dfs_j = jax.jit(pred.calibrate)(jnp.asarray(z))
     hs = h_grid(args.grid)
@@ -245,25 +270,46 @@ def main(args) -> dict:
     xeno = established_null & adjuvant_works
     both = xeno & in_ci
 
-    # parameter uncertainty: the largest h_S compatible with B-47's lower CI limit
-    draws_doc = fs.laplace_draws(np.asarray(doc["z"]), np.asarray(doc["cov"]),
-                                 n_draws=args.draws, key=jax.random.PRNGKey(args.seed))
+    # parameter uncertainty: the fit's posterior draws (saved with it; else Laplace)
+    saved = load_draws(args.fit, doc) if pathlib.Path(args.fit).exists() else None
+    if saved is not None:
+        draws_doc = saved[np.random.default_rng(args.seed).choice(len(saved), args.draws)]
+        posterior = "the fit's saved posterior draws"
+    else:
+        draws_doc = fs.laplace_draws(np.asarray(doc["z"]), np.asarray(doc["cov"]),
+                                     n_draws=args.draws, key=jax.random.PRNGKey(args.seed))
+        posterior = "Laplace draws (the fit saved no posterior draws)"
     tm2 = _fitted.subset_arms(tm, [ARM["B47-C-TC"], ARM["B47-H-TC"]])
     draws = _fitted.draws_for(doc, np.asarray(zc), draws_doc)
+    # the largest h_S compatible with B-47's lower CI limit
     thr_fn = b47_threshold(tm2, pub, h_grid(args.line), b["lo"])
-    # sensitivity: no HER2-independent fraction (every tumour has dependence h)
+    # sensitivity: every tumour fully HER2-dependent (no independent fraction / all h = 1)
     z_nomix = np.asarray(zc).copy()
-    z_nomix[tm.names.index(PHI)] = from_natural(PHI, 1e-9)
+    if fraction:
+        z_nomix[tm.names.index(PHI)] = from_natural(PHI, 1e-9)
+    elif "her2_dependence_logit_mean" in tm.names:
+        z_nomix[tm.names.index("her2_dependence_logit_mean")] = 12.0
     vals = _fitted.batched(thr_fn, np.concatenate([np.asarray(zc)[None], z_nomix[None],
                                                    draws]), batch=min(args.draws + 2, 25))
     thr_map, thr_nomix = vals[0], vals[1]
     mean, (lo, hi) = vals[2:].mean(axis=0), np.percentile(vals[2:], [2.5, 97.5], axis=0)
+    # posterior probability that B-47's HR falls inside its CI, per h_S (the HR does not
+    # depend on h_D) and under a uniform prior on h_S in [0, 1]
+    h_prob = np.linspace(0.0, 1.0, args.prob_points)
+    hr_draws = _fitted.batched(b47_hr_grid(tm2, pub, h_prob), draws,
+                               batch=min(args.draws, 25))  # (draws, h)
+    p_in = np.mean((hr_draws >= b["lo"]) & (hr_draws <= b["hi"]), axis=0)
+    b47_prob = {"h_S": h_prob.tolist(), "p_inside_ci": p_in.tolist(),
+                "p_inside_ci_uniform_h_S": float(np.trapezoid(p_in, h_prob)),
+                "hr_median": np.median(hr_draws, axis=0).tolist(),
+                "n_draws": int(args.draws), "posterior": posterior}
 
     write_atomic(out / "grid.csv", _grid_csv(hs, hd, grid, in_ci, established_null,
                                              adjuvant_works))
     summary = _summary(args, doc, fit_source, pub, tm, zc, dfs_b, dfs_j, hs, hd, grid, in_ci,
                        established_null, adjuvant_works, xeno, both, thr_map, (mean, lo, hi),
                        thr_nomix, phi, time.perf_counter() - t_start)
+    summary["b47_posterior_probability"] = b47_prob
     _figure(hs, hd, grid, in_ci, xeno, b, out / "her2_low.png")
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _result_md(summary, out / "RESULT.md")
@@ -445,14 +491,30 @@ def _result_md(s, path):
         f"- Largest h_S with HR >= {b['lo']} (h_D = 0): "
         + (f"{thr['map']:.3g} at the fit" if thr["map"] < 1 else
            "none: the HR stays above the CI's lower limit up to h_S = 1") + "; "
-        f"95% interval over {thr['n_draws']} Laplace draws {thr['lo95']:.3g}-"
+        f"95% interval over {thr['n_draws']} posterior draws {thr['lo95']:.3g}-"
         f"{thr['hi95']:.3g}. HR at h_S = 1 over the draws: {_hr(thr['hr_at_h_S_1_lo95'])} to "
         f"{_hr(thr['hr_at_h_S_1_hi95'])}.",
-        f"- The fit's HER2-independent fraction phi = {s['her2_independent_fraction_phi']:.2f} "
-        "of tumours (h = 0 whatever the HER2 status) is kept for HER2-low disease; it caps "
-        "how far any h can push the HR below 1. Without it (phi = 0, every tumour has "
-        f"dependence h): largest h_S inside the CI {s['no_mixture']['max_h_S_at_ci_lower']:.3g},"
-        f" HR at h_S = 1 {_hr(s['no_mixture']['hr_at_h_S_1'])}.",
+        (f"- The fit's HER2-independent fraction phi = {s['her2_independent_fraction_phi']:.2f} "
+         "of tumours (h = 0 whatever the HER2 status) is kept for HER2-low disease; it caps "
+         "how far any h can push the HR below 1. Without it (phi = 0, every tumour has "
+         "dependence h)"
+         if s["her2_independent_fraction_phi"] is not None else
+         "- The fit's between-patient spread of HER2 dependence is kept for HER2-low disease "
+         "(h_S, h_D scale it). With every patient fully dependent instead")
+        + f": largest h_S inside the CI {s['no_mixture']['max_h_S_at_ci_lower']:.3g}, HR at "
+        f"h_S = 1 {_hr(s['no_mixture']['hr_at_h_S_1'])}.",
+        "",
+        "## B-47 from the posterior",
+        "",
+        "Probability, over the fit's posterior draws (B-47's burden recalibrated per draw), "
+        f"that the predicted IDFS HR lies inside B-47's CI {b['lo']}-{b['hi']}: "
+        + ", ".join(f"{p:.2f} at h_S = {h:.2g}" for h, p in zip(
+            s["b47_posterior_probability"]["h_S"],
+            s["b47_posterior_probability"]["p_inside_ci"], strict=True))
+        + f"; {s['b47_posterior_probability']['p_inside_ci_uniform_h_S']:.2f} averaged over a "
+        "uniform prior on h_S in [0, 1] (the HER2+ data cannot inform h_S: this is a "
+        f"statement about the fitted model, not about HER2-low tumours). "
+        f"Draws: {s['b47_posterior_probability']['posterior']}.",
         "",
         "## The xenograft finding",
         "",
@@ -544,7 +606,9 @@ def parse_args(argv=None):
                    help="saved trial fit (fit.json or its directory)")
     p.add_argument("--grid", type=int, default=25, help="grid points per HER2 dependence")
     p.add_argument("--line", type=int, default=40, help="h_S points for the threshold")
-    p.add_argument("--draws", type=int, default=200, help="Laplace draws")
+    p.add_argument("--draws", type=int, default=200, help="posterior draws")
+    p.add_argument("--prob-points", type=int, default=11,
+                   help="h_S points for the posterior probability of B-47's CI")
     p.add_argument("--max-pcr-gain", type=float, default=0.02,
                    help="established tumour 'does not respond': |pCR gain| at most this")
     p.add_argument("--max-shrinkage", type=float, default=0.1,
@@ -555,7 +619,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "her2_low"))
     args = p.parse_args(argv)
     if args.quick:
-        args.grid, args.line, args.draws = 6, 12, 8
+        args.grid, args.line, args.draws, args.prob_points = 6, 12, 8, 3
     return args
 
 

@@ -450,8 +450,9 @@ def _figure(st, run, rows, links, head, path):
             cx.plot(h, i, "o", color="C0" if r["verified"] != "unverified" else "0.6")
         key = "hr_breast" if r["pcr_definition"] == "ypT0/is" else "hr_total"
         cx.errorbar(head[key]["map"], i + 0.25,
-                    xerr=[[head[key]["map"] - head[key]["lo95"]],
-                          [head[key]["hi95"] - head[key]["map"]]], fmt="s", color="C3",
+                    xerr=[[max(head[key]["map"] - head[key]["lo95"], 0.0)],
+                          [max(head[key]["hi95"] - head[key]["map"], 0.0)]], fmt="s",
+                    color="C3",
                     capsize=2, ms=4)
     cx.set_yticks(np.arange(len(links)),
                   [f"{r['study'][:24]}: {r['population'][:26]} ({r['pcr_definition']})"

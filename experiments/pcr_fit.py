@@ -4,19 +4,25 @@ Question: can one CSC model with shared drug-effect parameters reproduce the pub
 pCR rates of the neoadjuvant HER2+ trial arms in data/clinical (MDACC, NOAH,
 GeparQuattro, NeoSphere, NeoALTTO), each under its own regimen and pCR definition?
 
-Model (`fitcsc._trials.TrialModel`): the SD model without crowding, simulated exactly
-along each arm's exposure grid; patients differ in responsiveness (one log-normal
-factor on chemotherapy kill and tumour turnover, integrated on a fine grid) and in
-burden (log-normal, Gauss-Hermite). ``P(pCR) = exp(-c N_inv)`` at surgery, 4 weeks
-after the last preoperative dose, with ``c`` the breast's share of residual disease
-for breast-only definitions (identified by the trials that publish both counts).
+Model (`fitcsc._trials.TrialModel`, structure ``--structure``, default the one chosen
+out of sample by experiments/clinical_validation.py): the SD model without crowding,
+simulated exactly along each arm's exposure grid. Patients differ in responsiveness (one
+log-normal factor on chemotherapy kill and tumour turnover), in HER2 dependence
+(``continuous``: logit-normal, independent of responsiveness; ``fraction``: a fraction
+with none), and in burden (log-normal); blockade also kills HER2-dependent cells at a
+fitted rate (``_kill`` structures). Chemotherapy kills one ln-unit per reference dose
+times a class scale and a per-drug potency (prior sd 0.5); HER2 blockers' potencies are
+drawn around a class mean (prior sd 1); each trial shifts the log burden (prior sd
+``--trial-sd``). ``P(pCR) = exp(-c N_inv)`` at surgery, 4 weeks after the last
+preoperative dose, with ``c`` the breast's share of residual disease for breast-only
+definitions (identified by the trials that publish both counts), times the chance of no
+in-situ residual for ypT0 definitions (identified by GeparQuattro's two counts).
 NOAH (locally advanced, T3/T4) starts from a 5-cm median tumour (65,000 mm3), the
 others from a 3-cm one (14,000 mm3): an assumption, written down here.
-Free (shared): chemo kill scale, HER2 efficacy on CSCs and bulk, CSC sparing,
-turnover, spread of responsiveness, breast factor, potency of each HER2 blocker.
-MAP (binomial likelihoods + weak normal priors, sd 2 on the unconstrained scale) by
-Levenberg-Marquardt; Laplace posterior (Gauss-Newton Hessian), ArviZ summary, and
-95% intervals of each arm's predicted pCR from 2000 posterior draws.
+MAP (binomial likelihoods + normal priors, sd 2 on the unconstrained scale unless said)
+by Levenberg-Marquardt; posterior: Laplace draws reweighted by Pareto-smoothed
+importance sampling to the exact posterior (saved with the fit for `fitcsc predict`),
+ArviZ summary, and 95% intervals of each arm's predicted pCR.
 
 Run: ``python experiments/pcr_fit.py [--quick] [--out DIR]``. Writes ``fit.json`` (a
 saved fit `fitcsc predict --fit DIR` can use), ``arms.csv``, ``posterior.csv``,
@@ -40,13 +46,22 @@ import fitcsc
 import fitcsc.summary as fs
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import Objective, TrialData, fit_trials, pcr_observations, save_fit
-from fitcsc._trials import TrialModel, to_natural
+from fitcsc._trial_fit import (
+    Objective,
+    TrialData,
+    fit_trials,
+    pcr_observations,
+    posterior_draws,
+    save_fit,
+)
+from fitcsc._trials import STRUCTURES, TrialModel, to_natural
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLINICAL = ROOT / "data" / "clinical"
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (assumption)
 QUICK_TRIALS = ("NeoSphere",)
+DEFAULT_STRUCTURE = "continuous_kill"  # see experiments/results/clinical_validation
+DEFAULT_TRIAL_SD = 1.0  # the largest marginal likelihood of 0.25, 0.5, 1 (see RESULT.md)
 
 
 def ci95(k, n):
@@ -65,16 +80,21 @@ def main(args) -> dict:
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
     arms, obs = load(QUICK_TRIALS if args.quick else None)
-    tm = TrialModel.build(arms, n_nodes=args.nodes)
-    objective = Objective(tm, TrialData(pcr=obs))
+    tm = TrialModel.build(arms, n_nodes=args.nodes, n_her2=args.her2_nodes,
+                          **STRUCTURES[args.structure])
+    objective = Objective(tm, TrialData(pcr=obs), trial_sd=args.trial_sd,
+                          her2_drug_sd=args.her2_drug_sd)
     t_fit = time.perf_counter()
     fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed,
                      progress=sys.stderr.isatty())
     fit_s = time.perf_counter() - t_fit
 
-    # Laplace posterior, ArviZ summary, predictive intervals
-    draws = fs.laplace_draws(fit.z, fit.cov, n_draws=args.draws,
-                             key=jax.random.PRNGKey(args.seed))
+    # posterior: Laplace draws reweighted by PSIS (then resampled to equal weights),
+    # ArviZ summary, predictive intervals
+    draws, weights, k_hat = posterior_draws(objective, fit, args.draws,
+                                            jax.random.PRNGKey(args.seed))
+    draws = draws[np.random.default_rng(args.seed).choice(len(weights), size=len(weights),
+                                                           p=weights)]
     idata = fs.to_inference_data(draws, list(tm.names), method="laplace", transforms={
         n: (lambda v, n=n: np.asarray(to_natural(n, jnp.asarray(v)))) for n in tm.names})
     rows_post = fs.summarize(idata)
@@ -82,7 +102,7 @@ def main(args) -> dict:
     fs.write_summary_csv(rows_post, out / "posterior.csv")
     z = jnp.asarray(fit.z)
     rates, status = tm.pcr_rates(z)
-    mean, lo, hi = fs.predictive_interval(lambda zz: tm.pcr_rates(zz)[0], draws, batch=250)
+    mean, lo, hi = fs.predictive_interval(lambda zz: tm.pcr_rates(zz)[0], draws, batch=100)
     total = tm.pcr_pair(z)[0]
 
     rows, inside = [], 0
@@ -114,7 +134,10 @@ def main(args) -> dict:
         "estimates": {n: {"z": float(fit.z[i]), "se_z": float(fit.se[i]),
                           "natural": float(to_natural(n, fit.z[i]))}
                       for i, n in enumerate(tm.names)},
-        "posterior": "Laplace (Gauss-Newton Hessian); ArviZ summary in posterior.csv",
+        "posterior": "Laplace draws (Gauss-Newton Hessian) reweighted by PSIS to the exact "
+                     "posterior; ArviZ summary in posterior.csv",
+        "psis_k_hat": k_hat, "structure": args.structure,
+        "build_options": STRUCTURES[args.structure],
         "wall_s": round(time.perf_counter() - t_start, 2),
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
@@ -124,7 +147,9 @@ def main(args) -> dict:
         "optimiser": summary["optimiser"], "quick": summary["quick"],
         "wall_s": summary["wall_s"], "device": summary["device"],
         "precision": summary["precision"], "estimates": summary["estimates"],
-        "data": "pcr_arms.csv (all-patient rows with counts)"})
+        "data": "pcr_arms.csv (all-patient rows with counts)",
+        "structure": args.structure}, draws=draws,
+        posterior={"method": "Laplace draws reweighted by PSIS, resampled", "k_hat": k_hat})
     _figure(rows, out / "pcr_fit.png")
     _result_md(summary, rows, out / "RESULT.md")
     return summary
@@ -143,7 +168,7 @@ def _figure(rows, path):
         ax.annotate(r[1], (obs, pred), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8)
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR % (exact 95% CI)",
-           ylabel="model pCR % (95% interval, Laplace posterior)",
+           ylabel="model pCR % (95% interval, posterior)",
            title="pCR per arm: fitted vs published (red: outside the CI)")
     _save(fig, path)
 
@@ -180,13 +205,22 @@ def parse_args(argv=None):
                    help="NeoSphere arms only, 1 start, 25 optimiser steps, 200 draws")
     p.add_argument("--starts", type=int, default=4, help="optimiser starts")
     p.add_argument("--steps", type=int, default=200, help="max Levenberg-Marquardt steps")
-    p.add_argument("--nodes", type=int, default=21, help="responsiveness grid nodes")
-    p.add_argument("--draws", type=int, default=2000, help="Laplace posterior draws")
+    p.add_argument("--nodes", type=int, default=13, help="responsiveness grid nodes")
+    p.add_argument("--her2-nodes", type=int, default=7,
+                   help="HER2-dependence nodes (continuous structures)")
+    p.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
+                   help=f"model structure (default {DEFAULT_STRUCTURE}, chosen out of sample "
+                   "by experiments/clinical_validation.py)")
+    p.add_argument("--trial-sd", type=float, default=DEFAULT_TRIAL_SD,
+                   help="between-trial sd of log burden (prior of the trial effects)")
+    p.add_argument("--her2-drug-sd", type=float, default=1.0,
+                   help="sd of a HER2 blocker's log potency around the class mean")
+    p.add_argument("--draws", type=int, default=2000, help="posterior draws")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pcr_fit"))
     args = p.parse_args(argv)
     if args.quick:
-        args.starts, args.steps, args.draws = 1, 25, 200
+        args.starts, args.steps, args.draws, args.nodes, args.her2_nodes = 1, 25, 200, 9, 5
     return args
 
 

@@ -17,6 +17,8 @@ from ._clinical import read_clinical as read_clinical
 from ._data import data_dir as data_dir
 from ._data import read_regimen_table as read_regimen_table
 from ._data import read_tidy_csv as read_tidy_csv
+from ._data import read_volumes as read_volumes
+from ._drug_catalogue import load_drug_catalogue as load_drug_catalogue
 from ._drugs import CATALOGUE as CATALOGUE
 from ._drugs import DrugInfo as DrugInfo
 from ._drugs import register_drug as register_drug
@@ -26,7 +28,9 @@ from ._endpoints import dfs_curve as dfs_curve
 from ._endpoints import draw_eta as draw_eta
 from ._endpoints import gauss_hermite_eta as gauss_hermite_eta
 from ._endpoints import patient_endpoints as patient_endpoints
+from ._errors import CatalogueError as CatalogueError
 from ._errors import DataError as DataError
+from ._errors import DataWarning as DataWarning
 from ._errors import FitcscInputError as FitcscInputError
 from ._errors import RegimenError as RegimenError
 from ._fit import FitResult as FitResult

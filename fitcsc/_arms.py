@@ -21,8 +21,10 @@ tokens (split on ``+``, ``_``, ``,`` and whitespace) are looked up in the catalo
 e.g. ``Trast`` or ``Fulv``, counts as that drug). An arm with a HER2 blocker is
 ``"her2"``, else with a cytotoxic drug ``"chemo"``, else the class of a known drug
 (``"csc"`` before ``"cytostatic"``); an arm with no known drug (BGJ398, binimetinib, a
-growth factor, ...) is ``"cytostatic"``. Arms whose name marks a control (untreated,
-control, ctrl, vehicle, ...) get an empty regimen.
+growth factor, ...) is ``"cytostatic"``, and the warning names those arms and the class
+they were given: add the drug to a drug catalogue file (``--drug-catalogue``) to give
+it its own class. Arms whose name marks a control (untreated, control, ctrl, vehicle,
+...) get an empty regimen.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import warnings
 from collections.abc import Iterable
 
 from ._drugs import _ALIASES, CATALOGUE, DrugInfo, canonical_drug, register_drug
+from ._errors import DataWarning
 from ._pk import OneCompartment
 from ._regimen import DoseLine, Regimen
 
@@ -119,11 +122,19 @@ def register_arm_drug(arm: str, drug_class: str | None = None) -> str:
 
 
 def constant_effect_message(classes: dict[str, str]) -> str:
-    """The warning text listing arms given a constant effect: ``{arm: class}``."""
+    """The warning text listing arms given a constant effect: ``{arm: class}``; arms
+    that name no catalogue drug are listed again with the class they were given."""
     listed = ", ".join(f"{a!r} ({c})" for a, c in classes.items())
+    unknown = [a for a in classes if not arm_drugs(a)]
+    assumed = ""
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        assumed = (f"; {len(unknown)} arm(s) name no catalogue drug and were given the class "
+                   f"'cytostatic' (an assumption): {names}; add the drug to a drug catalogue "
+                   "file (--drug-catalogue FILE) to give it its class and PK")
     return (f"no regimen table: {len(classes)} treated arm(s) get a constant drug effect "
-            f"from day 0, one per arm, class from the arm name: {listed}; give a regimen "
-            f"table for dose-driven effects")
+            f"from day 0, one per arm, class from the arm name: {listed}{assumed}; give a "
+            "regimen table for dose-driven effects")
 
 
 def default_arm_regimens(
@@ -139,7 +150,8 @@ def default_arm_regimens(
     - `table`: a `TidyTable` (or anything with ``arms``, or a sequence of arm names).
     - `control_names`: names (case-insensitive, also as a word of the arm name) that
       mark a control arm, which gets an empty `Regimen`.
-    - `warn`: emit one `UserWarning` listing the arms given a constant effect.
+    - `warn`: emit one `DataWarning` (a `UserWarning`) listing the arms given a constant
+      effect, and those that name no catalogue drug with the class assumed for them.
 
     **Returns:** ``{arm: Regimen}`` in table order. A treated arm's regimen is one bolus
     of 1 mg at day 0 of its pseudo-drug ``arm:<arm>`` (registered in the catalogue,
@@ -161,5 +173,5 @@ def default_arm_regimens(
         drug = register_arm_drug(arm, classes[arm])
         out[arm] = Regimen((DoseLine(drug, 1.0, "mg", start_day=0.0),), name=arm)
     if warn and classes:
-        warnings.warn(constant_effect_message(classes), UserWarning, stacklevel=2)
+        warnings.warn(constant_effect_message(classes), DataWarning, stacklevel=2)
     return out

@@ -10,11 +10,21 @@ Two CSV formats (comma-separated, UTF-8, one header line):
   start_day, interval_day, n_doses, infusion_hours`` (extra columns such as ``citation``
   are allowed). Drug ``none`` marks an untreated arm.
 
-Every refusal is a `DataError` / `RegimenError` whose one-line message names the file,
-the line as an editor numbers it (header = line 1), the column, what was expected and
-what came. Public datasets stay outside the repository and are found by `data_dir`.
-`fitcsc._batch.make_batch` turns a table and its regimens into a `SubjectBatch` (both
-re-exported here).
+Column names match in any case. Every refusal is a `DataError` / `RegimenError` whose
+one-line message names the file, the line as an editor numbers it (header = line 1), the
+column, what was expected and what came; legitimate oddities are read with a
+`DataWarning` (see `_csv` for encodings and delimiters). Plausibility limits
+(`fitcsc._limits`, documented in data/README.md): days within `MAX_ABS_DAY` of day 0, volumes up to
+`MAX_VOLUME_MM3`, at most `MAX_DOSES_PER_LINE` doses per regimen line, infusions of one
+line that do not overlap; a subject with fewer than `MIN_POINTS_TO_FIT` measurements is
+kept with a warning. Duplicated (subject, day) measurements are refused, listed, unless
+``duplicates`` resolves them (`DUPLICATES`).
+
+`read_volumes` is the one entry point for a tumour-volume file with its options (used
+by ``fitcsc data validate|show`` and ``fitcsc fit``). Public datasets stay outside the
+repository and are found by `data_dir`. `fitcsc._batch.make_batch` turns a table and
+its regimens into a `SubjectBatch`; the regimen reader lives in `fitcsc._regimen_table`
+(all re-exported here).
 """
 
 from __future__ import annotations
@@ -22,32 +32,33 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
 from ._batch import SubjectBatch as SubjectBatch  # re-exported
 from ._batch import make_batch as make_batch  # re-exported
-from ._csv import read_csv_rows, relocate_error
-from ._drugs import CATALOGUE, DOSE_UNITS, canonical_drug
-from ._errors import DataError, RegimenError
-from ._regimen import DoseLine, Regimen
+from ._csv import read_csv_rows
+from ._errors import DataError, DataWarning
+from ._limits import DAY_EXPECTED, DUPLICATES, DUPLICATES_HINT, HORIZON_EXPECTED
+from ._limits import MAX_ABS_DAY as MAX_ABS_DAY  # re-exported
+from ._limits import MAX_DOSES_PER_LINE as MAX_DOSES_PER_LINE  # re-exported
+from ._limits import MAX_VOLUME_MM3 as MAX_VOLUME_MM3  # re-exported
+from ._limits import MIN_POINTS_TO_FIT as MIN_POINTS_TO_FIT  # re-exported
+from ._regimen import Regimen
+from ._regimen_table import REGIMEN_COLUMNS as REGIMEN_COLUMNS  # re-exported
+from ._regimen_table import check_schedule as check_schedule  # re-exported
+from ._regimen_table import payload_lines as payload_lines  # re-exported
+from ._regimen_table import read_regimen_table as read_regimen_table  # re-exported
 
 TIDY_COLUMNS = ("study", "arm", "subject", "day", "volume_mm3")
-REGIMEN_COLUMNS = (
-    "arm",
-    "drug",
-    "dose",
-    "dose_unit",
-    "start_day",
-    "interval_day",
-    "n_doses",
-    "infusion_hours",
-)
 NONMEM_KEY_COLUMNS = ("ID", "TIME", "DV", "EVID")
 DATA_DIR_ENV = "FITCSC_DATA_DIR"
 
-_DAY = "a finite number of days (negative = before treatment)"
+_SHOWN = 3  # duplicates, subjects, ... listed in one message
+_DAY = DAY_EXPECTED
 _VOLUME = "a finite volume >= 0 in mm3 (0 = below detection)"
+_HORIZON = HORIZON_EXPECTED
 
 
 def data_dir(override: str | os.PathLike | None = None) -> pathlib.Path:
@@ -86,8 +97,9 @@ def detect_kind(path) -> str:
     """Guess a file's kind from its header: ``"regimen"``, ``"nonmem"``, ``"tidy"``, or
     a clinical kind (``"pcr"``, ``"adjuvant"``, ``"links"``, ``"pk"``, see `_clinical`).
 
-    Regimen columns (arm, drug, dose, dose_unit) -> ``"regimen"``; ID, TIME, DV and EVID
-    (any case) -> ``"nonmem"``; anything else -> ``"tidy"``.
+    Columns arm and drug (any case; a regimen table's, even with others missing) ->
+    ``"regimen"``; ID, TIME, DV and EVID (any case) -> ``"nonmem"``; anything else ->
+    ``"tidy"``.
 
     **Raises:** `DataError` for files that cannot be read as CSV at all.
     """
@@ -98,7 +110,7 @@ def detect_kind(path) -> str:
     clinical = clinical_kind(header)
     if clinical is not None and "volume_mm3" not in names:
         return clinical
-    if {"arm", "drug", "dose", "dose_unit"} <= names:
+    if {"arm", "drug"} <= names:
         return "regimen"
     if {c.lower() for c in NONMEM_KEY_COLUMNS} <= names:
         return "nonmem"
@@ -158,14 +170,18 @@ class TidyTable:
             line=None if self.line is None else self.line[keep])
 
 
-def _build_table(path, records, error, extra_names=(), columns=None) -> TidyTable:
-    """Check cross-row rules and sort. ``records``: (line, study, arm, subject, day,
-    volume_mm3, extras) in file order, each already checked on its own. ``columns``
-    renames the columns named in errors (e.g. ``{"day": "TIME"}``)."""
-    col = {"arm": "arm", "study": "study", "day": "day", **(columns or {})}
+def _build_table(path, records, error, extra_names=(), columns=None,
+                 duplicates="refuse") -> TidyTable:
+    """Check cross-row rules, resolve duplicates and sort. ``records``: (line, study,
+    arm, subject, day, volume_mm3, extras) in file order, each already checked on its
+    own. ``columns`` renames the columns named in errors (e.g. ``{"day": "TIME"}``)."""
+    col = {k: k for k in TIDY_COLUMNS} | (columns or {})
+    if duplicates not in DUPLICATES:
+        raise error("unknown duplicates option", column="--duplicates",
+                    expected="one of " + ", ".join(DUPLICATES), value=duplicates)
     first: dict[str, tuple[int, str, str]] = {}  # subject -> (line, arm, study)
-    seen: dict[tuple[str, float], int] = {}
-    for line, study, arm, subject, day, _, _ in records:
+    groups: dict[tuple[str, float], list[int]] = {}
+    for k, (line, study, arm, subject, day, volume, _) in enumerate(records):
         line0, arm0, study0 = first.setdefault(subject, (line, arm, study))
         if arm != arm0:
             raise error(
@@ -187,18 +203,20 @@ def _build_table(path, records, error, extra_names=(), columns=None) -> TidyTabl
                 expected="one study per subject",
                 value=study,
             )
-        other = seen.setdefault((subject, day), line)
-        if other != line:
-            raise error(
-                f"duplicate measurement of subject {subject!r} on day {day:g} "
-                f"(lines {other} and {line})",
-                file=str(path),
-                row=line,
-                column=col["day"],
-                expected="one volume per subject and day",
-                value=day,
-            )
-    rank = {s: i for i, s in enumerate(first)}
+        if abs(day) > MAX_ABS_DAY:
+            raise error("day beyond the plausible horizon (hours, seconds or a date given "
+                        "as days?)", file=str(path), row=line, column=col["day"],
+                        expected=_HORIZON, value=day)
+        if volume > MAX_VOLUME_MM3:
+            raise error("volume above the plausible maximum (um3 or a cell count given as "
+                        "mm3?)", file=str(path), row=line, column=col["volume_mm3"],
+                        expected=f"a volume <= {MAX_VOLUME_MM3:g} mm3 (1 litre)", value=volume)
+        groups.setdefault((subject, day), []).append(k)
+    twins = [(key, ks) for key, ks in groups.items() if len(ks) > 1]
+    if twins:
+        records = _resolve_duplicates(str(path), records, twins, error, col, duplicates)
+    _warn_few_points(str(path), records, col)
+    rank = {s: i for i, s in enumerate(dict.fromkeys(r[3] for r in records))}
     cols = list(zip(*records, strict=True))
     day = np.asarray(cols[4], dtype=np.float64)
     order = np.lexsort((day, np.asarray([rank[s] for s in cols[3]])))
@@ -215,18 +233,91 @@ def _build_table(path, records, error, extra_names=(), columns=None) -> TidyTabl
     )
 
 
-def read_tidy_csv(path) -> TidyTable:
+def _and(items) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _resolve_duplicates(path, records, twins, error, col, how):
+    """Refuse the (subject, day) pairs measured more than once (one line: count, first
+    few, the option), or resolve them as ``how`` says, with a `DataWarning`."""
+    n_rows = sum(len(ks) for _, ks in twins)
+    subjects = tuple(dict.fromkeys(key[0] for key, _ in twins))
+
+    def pair(key, ks):
+        vols = ", ".join(f"{records[k][5]:g}" for k in ks)
+        return (f"subject {key[0]!r} on day {key[1]:g} (lines {_and(records[k][0] for k in ks)}"
+                f": {vols} mm3)")
+
+    shown = "; ".join(pair(key, ks) for key, ks in twins[:_SHOWN])
+    more = f"; and {len(twins) - _SHOWN} more" if len(twins) > _SHOWN else ""
+    what = (f"{len(twins)} (subject, day) pairs measured more than once ({n_rows} rows, "
+            f"{len(subjects)} subject{'s' * (len(subjects) > 1)}): {shown}{more}")
+    if how == "refuse":
+        (s, d), ks = twins[0]
+        message = (f"duplicate measurement of subject {s!r} on day {d:g} (lines "
+                   f"{_and(records[k][0] for k in ks)})" if len(twins) == 1 else
+                   f"duplicate measurements: {what}")
+        raise error(message, file=path, row=records[ks[1]][0], column=col["day"],
+                    expected=f"one volume per subject and day, or resolve them with "
+                    f"{DUPLICATES_HINT}", value=d)
+    drop = {k for _, ks in twins for k in ks[1:]}
+    if how == "mean":
+        mean = {ks[0]: float(np.mean([records[k][5] for k in ks])) for _, ks in twins}
+        records = [r if k not in mean else (*r[:5], mean[k], r[6])
+                   for k, r in enumerate(records)]
+        done = "volumes averaged (arithmetic mean), first row's line kept"
+    elif how == "first":
+        done = "first row in the file kept"
+    else:
+        drop = {k for k, r in enumerate(records) if r[3] in set(subjects)}
+        done = f"their {len(subjects)} subject(s) dropped: " + ", ".join(map(repr, subjects))
+    kept = [r for k, r in enumerate(records) if k not in drop]
+    if not kept:
+        raise error("every subject has duplicate measurements: none left to fit",
+                    file=path, column=col["day"],
+                    expected="--duplicates mean or first (or one volume per subject and day)",
+                    value=how)
+    warnings.warn(f"{path}, column '{col['day']}': {what}; resolved by --duplicates {how}: "
+                  f"{done}", DataWarning, stacklevel=4)
+    return kept
+
+
+def _warn_few_points(path, records, col):
+    """One `DataWarning` listing subjects with fewer than `MIN_POINTS_TO_FIT` rows."""
+    counts: dict[str, list[int]] = {}
+    for r in records:
+        counts.setdefault(r[3], []).append(r[0])
+    few = [(s, lines) for s, lines in counts.items() if len(lines) < MIN_POINTS_TO_FIT]
+    if not few:
+        return
+    listed = ", ".join(f"{s!r} ({len(ls)}, line {ls[0]})" for s, ls in few[:_SHOWN])
+    more = f" and {len(few) - _SHOWN} more" if len(few) > _SHOWN else ""
+    warnings.warn(f"{path}, column '{col['subject']}': {len(few)} subject(s) with fewer than "
+                  f"{MIN_POINTS_TO_FIT} measurements, too few to fit a growth curve (initial "
+                  f"volume, a rate and the error SD): {listed}{more}; kept, but their "
+                  "parameters are not identified", DataWarning, stacklevel=4)
+
+
+def read_tidy_csv(path, *, duplicates: str = "refuse") -> TidyTable:
     """Read and validate a tidy tumour-volume CSV.
 
-    **Arguments:** ``path`` to a UTF-8 CSV with columns ``study, arm, subject, day,
-    volume_mm3`` (any order; extra columns are kept as strings in ``TidyTable.extra``).
+    **Arguments:**
+    - `path`: a UTF-8 CSV with columns ``study, arm, subject, day, volume_mm3`` (any
+      order, any case; extra columns are kept as strings in ``TidyTable.extra``).
+    - `duplicates`: what to do with a (subject, day) measured more than once:
+      ``"refuse"`` (default: one line with their count and the first few), ``"mean"``
+      (average the volumes), ``"first"`` (keep the first row) or ``"drop-subject"``
+      (drop every subject that has one); resolving warns (`DataWarning`).
 
     **Returns:** a `TidyTable` sorted by subject (order of first appearance) and day.
 
     **Raises:** `DataError` (one line: file, line, column, expectation, value) for a
     missing, empty or non-text file, a missing column, a ragged row, an empty id, a
-    non-numeric or non-finite day or volume, a negative volume, a duplicate
-    (subject, day), or a subject listed in two arms or studies.
+    non-numeric or non-finite day or volume, a negative volume, a day beyond
+    `MAX_ABS_DAY` or a volume above `MAX_VOLUME_MM3`, duplicates (unless resolved), or
+    a subject listed in two arms or studies. Warns (`DataWarning`) for subjects with
+    fewer than `MIN_POINTS_TO_FIT` measurements.
 
     Example::
 
@@ -234,111 +325,100 @@ def read_tidy_csv(path) -> TidyTable:
         table.subjects[:2], table.day[:3]
     """
     c = read_csv_rows(path, DataError)
-    idx = c.columns(TIDY_COLUMNS)
-    extra_names = tuple(h for h in c.header if h not in TIDY_COLUMNS)
-    extra_idx = [idx[h] for h in extra_names]
+    idx = c.columns(TIDY_COLUMNS, fold_case=True)
+    name = {k: c.header[idx[k]] for k in TIDY_COLUMNS}  # as spelled in the file
+    extra_names = tuple(h for h in c.header if h.lower() not in TIDY_COLUMNS)
+    extra_idx = [c.header.index(h) for h in extra_names]
     records = []
     for line, f in c.rows:
         ids = []
         for col in ("study", "arm", "subject"):
             value = f[idx[col]].strip()
             if not value:
-                raise c.fail(f"empty {col} id", line, col, f"a non-empty {col} id", value)
+                raise c.fail(f"empty {col} id", line, name[col], f"a non-empty {col} id", value)
             ids.append(value)
-        day = c.number(line, "day", f[idx["day"]], _DAY)
-        volume = c.number(line, "volume_mm3", f[idx["volume_mm3"]], _VOLUME)
+        day = c.number(line, name["day"], f[idx["day"]], _DAY)
+        volume = c.number(line, name["volume_mm3"], f[idx["volume_mm3"]], _VOLUME)
         if volume < 0:
-            raise c.fail("negative volume", line, "volume_mm3", _VOLUME, f[idx["volume_mm3"]])
+            raise c.fail("negative volume", line, name["volume_mm3"], _VOLUME,
+                         f[idx["volume_mm3"]])
         records.append((line, *ids, day, volume, tuple(f[j] for j in extra_idx)))
-    return _build_table(c.path, records, DataError, extra_names)
+    return _build_table(c.path, records, DataError, extra_names, columns=name,
+                        duplicates=duplicates)
 
 
-# ----------------------------------------------------------------------------------
-# Regimen tables.
+@dataclasses.dataclass(frozen=True, eq=False)
+class VolumeData:
+    """A tumour-volume file as `read_volumes` read it.
 
-
-def read_regimen_table(path) -> dict[str, Regimen]:
-    """Read a regimen table: one row per `DoseLine`, grouped into one `Regimen` per arm.
-
-    Required columns: ``arm, drug, dose, dose_unit, start_day, interval_day, n_doses,
-    infusion_hours``; others (``study``, ``citation``, ``notes``, ...) are allowed and
-    ignored. Empty ``interval_day`` means 0 (single dose) and empty ``infusion_hours``
-    means 0 (bolus). Drug ``none`` (any case) marks an arm without drug: its dose must
-    be 0 or empty and it may have no other rows.
-
-    **Returns:** ``{arm: Regimen}`` in order of first appearance, ``Regimen.name == arm``.
-
-    **Raises:** `RegimenError` naming file, line, column, expectation and value for an
-    unknown drug or dose unit, a bad number, or any rule of `DoseLine`; plus the file
-    checks of `read_tidy_csv`.
-
-    Example::
-
-        regimens = read_regimen_table("data/regimens/pdxe.csv")
-        regimens["trastuzumab"].lines[0].dose_unit   # "mg/kg"
+    ``table`` holds the observations (days, mm3); ``regimens`` the doses that came
+    with it (NONMEM dose records, or the regimen table given), None when there are none
+    (then `fitcsc._arms.default_arm_regimens` applies); ``regimen_source`` says which.
+    ``kind`` is ``"tidy"`` or ``"nonmem"``.
     """
-    c = read_csv_rows(path, RegimenError)
-    idx = c.columns(REGIMEN_COLUMNS)
-    known = ", ".join(CATALOGUE)
-    lines: dict[str, list[DoseLine]] = {}
-    kind: dict[str, tuple[str, int]] = {}  # arm -> ("none" | "drug", first line)
-    for line, f in c.rows:
-        arm = f[idx["arm"]].strip()
-        if not arm:
-            raise c.fail("empty arm id", line, "arm", "a non-empty arm id", arm)
-        drug_text = f[idx["drug"]].strip()
-        is_none = drug_text.lower() == "none"
-        this = "none" if is_none else "drug"
-        prev, prev_line = kind.setdefault(arm, (this, line))
-        if prev != this:
-            raise c.fail(
-                f"arm {arm!r} has drug 'none' and a drug (lines {prev_line} and {line})",
-                line,
-                "drug",
-                "either one 'none' row or drug rows per arm",
-                drug_text,
-            )
-        lines.setdefault(arm, [])
-        if is_none:
-            dose = c.number(line, "dose", f[idx["dose"]], "0 or empty", default=0.0)
-            if dose != 0:
-                raise c.fail(
-                    "an arm without drug has a dose",
-                    line,
-                    "dose",
-                    "0 or empty when drug is 'none'",
-                    f[idx["dose"]],
-                )
-            continue
-        drug = canonical_drug(drug_text)
-        if drug is None:
-            raise c.fail("unknown drug", line, "drug", f"'none' or one of {known}", drug_text)
-        unit = f[idx["dose_unit"]].strip()
-        if unit.lower() not in DOSE_UNITS:
-            raise c.fail(
-                "unknown dose unit", line, "dose_unit", "one of " + ", ".join(DOSE_UNITS), unit
-            )
-        values = dict(
-            dose=c.number(line, "dose", f[idx["dose"]], f"a dose >= 0 in {unit}"),
-            start_day=c.number(line, "start_day", f[idx["start_day"]], _DAY),
-            interval_day=c.number(
-                line,
-                "interval_day",
-                f[idx["interval_day"]],
-                "days between doses >= 0 (empty = 0)",
-                default=0.0,
-            ),
-            n_doses=c.integer(line, "n_doses", f[idx["n_doses"]], "an integer >= 1"),
-            infusion_hours=c.number(
-                line,
-                "infusion_hours",
-                f[idx["infusion_hours"]],
-                "hours >= 0 (0 or empty = bolus)",
-                default=0.0,
-            ),
-        )
-        try:
-            lines[arm].append(DoseLine(drug, dose_unit=unit.lower(), **values))
-        except RegimenError as err:
-            raise relocate_error(err, c.path, line) from None
-    return {arm: Regimen(tuple(ls), name=arm) for arm, ls in lines.items()}
+
+    table: TidyTable
+    regimens: dict[str, Regimen] | None
+    kind: str
+    regimen_source: str | None
+
+
+def read_volumes(
+    path,
+    regimens_file=None,
+    *,
+    kind: str = "auto",
+    duplicates: str = "refuse",
+    time_unit: str | None = None,
+    amount_unit: str | None = None,
+    cmt_drugs: dict[int, str] | None = None,
+) -> VolumeData:
+    """Read a tumour-volume file (tidy CSV or NONMEM event data) with its options.
+
+    The one reader of ``fitcsc data validate``, ``data show`` and ``fit``, so an option
+    that one accepts the others apply in the same way.
+
+    **Arguments:**
+    - `path`: the file; `kind`: ``"auto"`` (from the header, `detect_kind`), ``"tidy"``
+      or ``"nonmem"``.
+    - `regimens_file`: a regimen table for a tidy file (refused with NONMEM data, which
+      carry their own doses).
+    - `duplicates`: see `read_tidy_csv`.
+    - `time_unit`, `amount_unit`, `cmt_drugs`: NONMEM only (see `read_nonmem`): TIME
+      is converted to days at load; refused for a tidy file, whose ``day`` column is in
+      days and which has no doses.
+
+    **Returns:** a `VolumeData`.
+
+    **Raises:** `DataError` / `RegimenError` (one line) for refused input or options.
+    """
+    from ._nonmem import read_nonmem
+
+    path = pathlib.Path(path)
+    kind = detect_kind(path) if kind == "auto" else kind
+    if kind == "nonmem":
+        if regimens_file is not None:
+            raise DataError("NONMEM event data carry their own doses", file=str(path),
+                            expected="no regimen table with NONMEM data",
+                            value=str(regimens_file))
+        table, regimens = read_nonmem(path, cmt_drugs=cmt_drugs, duplicates=duplicates,
+                                      amount_unit=amount_unit or "mg",
+                                      time_unit=time_unit or "day")
+        return VolumeData(table, regimens, kind, "NONMEM dose records")
+    if kind != "tidy":
+        raise DataError("not a tumour-volume file", file=str(path),
+                        expected="a tidy CSV (study, arm, subject, day, volume_mm3) or "
+                        "NONMEM event data (ID, TIME, DV, EVID)", value=kind)
+    for option, value, default in (("--time-unit", time_unit, "day"),
+                                   ("--amount-unit", amount_unit, None),
+                                   ("--cmt-drug", cmt_drugs, None)):
+        if value is not None and value != default:
+            raise DataError(f"{option} applies to NONMEM event data only", file=str(path),
+                            column=option, expected="no such option with a tidy file (its "
+                            "day column is in days; doses come from a regimen table)",
+                            value=value)
+    table = read_tidy_csv(path, duplicates=duplicates)
+    if regimens_file is None:
+        return VolumeData(table, None, kind, None)
+    return VolumeData(table, read_regimen_table(regimens_file), kind,
+                      f"regimen table {regimens_file}")

@@ -47,3 +47,16 @@ class DataError(FitcscInputError):
 
 class RegimenError(FitcscInputError):
     """A regimen table (or a regimen built in code) was refused."""
+
+
+class CatalogueError(FitcscInputError):
+    """A user drug catalogue file (CSV or TOML) was refused."""
+
+
+class DataWarning(UserWarning):
+    """Input that is legitimate but worth a look (resolved duplicates, a subject with too
+    few points to fit, a drug class assumed for an unknown drug, a non-comma delimiter).
+
+    The message is one line naming file, column and rows where they apply. The command
+    line prints each as ``fitcsc: warning: <message>``.
+    """

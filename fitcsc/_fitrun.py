@@ -42,7 +42,7 @@ from ._baselines import BASELINES, baseline_predictor
 from ._batch import SubjectBatch, make_batch
 from ._compile import CompileStats
 from ._drugs import CATALOGUE, default_pk
-from ._errors import DataError, FitcscInputError
+from ._errors import FitcscInputError
 from ._fit import bucket, evaluator_option, fit_map
 from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
@@ -251,36 +251,24 @@ def _status_name(code: int) -> str:
 
 
 def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
-          with_table=False):
+          with_table=False, data_options=None):
     """Batch, regimens (or None), regimen source and warnings (and the table, with
     ``with_table``). ``data_file`` may also be a `TidyTable` already read."""
-    from ._data import TidyTable, detect_kind, read_regimen_table, read_tidy_csv
-    from ._nonmem import read_nonmem
+    from ._data import TidyTable, read_regimen_table, read_volumes
 
-    given = isinstance(data_file, TidyTable)
-    path = pathlib.Path(data_file.path if given else data_file)
-    kind = "tidy" if given else detect_kind(path)
     notes = []
-    if given:
-        table = data_file
-    elif kind == "tidy":
-        table = read_tidy_csv(path)
-    elif kind == "nonmem":
+    if isinstance(data_file, TidyTable):
+        table, regimens, source = data_file, None, None
         if regimens_file is not None:
-            raise DataError("NONMEM event data carry their own doses", file=str(path),
-                            expected="no regimen table with NONMEM data")
-        table, regimens = read_nonmem(path, cmt_drugs=cmt_drugs)
-        source = "NONMEM dose records"
-    else:
-        raise DataError("not a tumour-volume file", file=str(path),
-                        expected="a tidy CSV (study, arm, subject, day, volume_mm3) or "
-                        "NONMEM event data (ID, TIME, DV, EVID)", value=kind)
+            regimens = read_regimen_table(regimens_file)
+            source = f"regimen table {regimens_file}"
+    else:  # units converted, duplicates resolved, plausibility checked: by the data layer
+        loaded = read_volumes(data_file, regimens_file, cmt_drugs=cmt_drugs,
+                              **(data_options or {}))
+        table, regimens, source = loaded.table, loaded.regimens, loaded.regimen_source
     if max_subjects is not None:
         table = _head(table, max_subjects)
-    if kind == "tidy" and regimens_file is not None:
-        regimens = read_regimen_table(regimens_file)
-        source = f"regimen table {regimens_file}"
-    elif kind == "tidy":
+    if regimens is None:
         regimens = default_arm_regimens(table, warn=False)
         classes = {a: CATALOGUE[r.drugs[0]].drug_class for a, r in regimens.items() if r.lines}
         source = "default arm regimens (constant effect from day 0 per treated arm)"
@@ -379,6 +367,7 @@ def fit_job(
     evaluator: str = "auto",
     batching: str | None = None,
     lanes: int | None = None,
+    data_options: dict | None = None,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -414,6 +403,8 @@ def fit_job(
     subject estimating the part of it that its arm identifies (`ArmPredictor`): one
     compiled program for the whole file. ``summary.json`` records the compilations
     (``compile``: count, seconds, persistent-cache hits).
+    - `data_options`: reader options of the data file (``duplicates``, NONMEM
+      ``time_unit``, ``amount_unit``; see `fitcsc._data.read_volumes`).
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -428,7 +419,7 @@ def fit_job(
                            detection_limit_mm3=detection_limit_mm3, max_panels=max_panels,
                            cmt_drugs=cmt_drugs, share_growth_by=share_growth_by,
                            progress=progress, evaluator=evaluator, batching=batching,
-                           lanes=lanes, t_start=t_start)
+                           lanes=lanes, data_options=data_options, t_start=t_start)
     summary["compile"] = comp.summary()
     summary["wall_s"] = round(time.perf_counter() - t_start, 3)
     write_atomic(pathlib.Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -437,7 +428,8 @@ def fit_job(
 
 def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, quick,
              max_subjects, sigma, species, detection_limit_mm3, max_panels, cmt_drugs,
-             share_growth_by, progress, evaluator, batching, lanes, t_start) -> dict:
+             share_growth_by, progress, evaluator, batching, lanes, data_options,
+             t_start) -> dict:
     _check_options(model, sigma, starts=starts, chunk_size=chunk_size,
                    max_subjects=max_subjects, max_panels=max_panels, lanes=lanes)
     n_grid, max_steps = GRID_POINTS, None
@@ -461,7 +453,7 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                                expected="csc", value=model)
     batch, regimens, source, notes, table = _load(
         data_file, regimens_file, model, species, detection_limit_mm3, max_subjects,
-        cmt_drugs, with_table=True)
+        cmt_drugs, with_table=True, data_options=data_options)
     regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     if share_growth_by is not None:
         from ._fitrun_group import group_job

@@ -12,7 +12,11 @@ One comma-separated file, one record per row, the usual columns (any case; a lea
   (additional doses every II time units), ``SS`` (must be 0), ``ARM`` and ``STUDY``.
 
 ``.`` and empty fields mean "missing", as in NONMEM. Doses become one `DoseLine` each
-(``ADDL + 1`` doses), grouped into one `Regimen` per subject.
+(``ADDL + 1`` doses), grouped into one `Regimen` per subject; a dose of an antibody-drug
+conjugate also doses its payload (`fitcsc._regimen_table.payload_lines`). Units are converted at
+load: TIME, II and RATE's time to days and hours as `DoseLine` wants them, so what
+`read_nonmem` returns (and every fit of it) is in days whatever ``time_unit`` was. The
+plausibility checks and the ``duplicates`` option are those of the tidy reader.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ._data import TidyTable, _build_table
 from ._drugs import DOSE_UNITS, canonical_drug
 from ._errors import DataError, RegimenError
 from ._regimen import DoseLine, Regimen
+from ._regimen_table import check_schedule, payload_lines
 
 NONMEM_REQUIRED = ("ID", "TIME", "DV", "AMT", "EVID")
 NONMEM_OPTIONAL = ("MDV", "CMT", "RATE", "ADDL", "II", "SS", "STUDY")
@@ -60,6 +65,7 @@ def read_nonmem(
     amount_unit: str = "mg",
     time_unit: str = "day",
     arm_column: str = "ARM",
+    duplicates: str = "refuse",
 ) -> tuple[TidyTable, dict[str, Regimen]]:
     """Read NONMEM-style event data into observations and per-subject regimens.
 
@@ -71,6 +77,7 @@ def read_nonmem(
     - `time_unit`: unit of TIME, II and of RATE's denominator, ``"day"`` or ``"hour"``.
     - `arm_column`: column naming each subject's arm (default ``"ARM"``; arm ``"nonmem"``
       when absent). Study = the STUDY column, else the file's stem.
+    - `duplicates`: observations of one ID at one TIME, as in `read_tidy_csv`.
 
     **Returns:** ``(table, regimens)``: a `TidyTable` of the observations (EVID 0, MDV 0;
     DV in mm3, TIME in days) and ``{subject id: Regimen}`` for every subject in the
@@ -78,7 +85,9 @@ def read_nonmem(
 
     **Raises:** `DataError` naming file, line, column, expectation and value for the file
     checks of `read_tidy_csv`, an unsupported EVID (3, 4), RATE < 0 or SS != 0, a CMT
-    without drug, a negative AMT or DV, ADDL without II, or a subject in two arms.
+    without drug, a negative AMT or DV, ADDL without II, a subject in two arms, or the
+    plausibility limits of `fitcsc._limits` (TIME and doses within 10 years of 0, DV up
+    to 1e6 mm3, no overlapping infusions).
 
     Example::
 
@@ -166,9 +175,9 @@ def read_nonmem(
             extras = tuple(f[j] for j in extra_idx)
             records.append((line, study, arm, subject, time_day, dv, extras))
             continue
-        regimen_lines[subject].append(
+        regimen_lines[subject].extend(payload_lines(
             _dose_line(c, line, f, get, name, cmts, amount_unit, time_unit, time_day)
-        )
+        ))
     if not records:
         raise DataError(
             "no observation rows",
@@ -178,9 +187,9 @@ def read_nonmem(
         )
     _check_one_arm(c, name, arm_key, get)
     renamed = {"arm": name.get(arm_key, arm_column), "study": name.get("STUDY", "STUDY")}
-    table = _build_table(
-        c.path, records, DataError, extra_names, columns={**renamed, "day": name["TIME"]}
-    )
+    columns = {**renamed, "day": name["TIME"], "volume_mm3": name["DV"], "subject": name["ID"]}
+    table = _build_table(c.path, records, DataError, extra_names, columns=columns,
+                         duplicates=duplicates)
     regimens = {s: Regimen(tuple(ls), name=s) for s, ls in regimen_lines.items()}
     return table, regimens
 
@@ -226,8 +235,9 @@ def _dose_line(c, line, f, get, name, cmts, amount_unit, time_unit, time_day):
         raise c.fail("negative ADDL", line, col("ADDL"), "an integer >= 0", addl)
     duration = amt / rate if rate > 0 else 0.0  # in time units
     hours_per_unit = 24.0 * TIME_UNITS[time_unit]
+    columns = {k: col(v) for k, v in _DOSELINE_COLUMNS.items()}
     try:
-        return DoseLine(
+        dose_line = DoseLine(
             cmts[cmt],
             amt,
             amount_unit,
@@ -237,7 +247,11 @@ def _dose_line(c, line, f, get, name, cmts, amount_unit, time_unit, time_day):
             infusion_hours=duration * hours_per_unit,
         )
     except RegimenError as err:
-        raise relocate_error(err, c.path, line, DataError, _DOSELINE_COLUMNS) from None
+        raise relocate_error(err, c.path, line, DataError, columns) from None
+    shown = {"start_day": get(f, "TIME"), "interval_day": get(f, "II"),
+             "n_doses": get(f, "ADDL"), "infusion_hours": get(f, "RATE")}
+    check_schedule(c, line, dose_line, columns=columns, shown=shown)
+    return dose_line
 
 
 def _check_one_arm(c, name, arm_key, get):

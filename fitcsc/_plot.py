@@ -3,7 +3,10 @@
 `plot_regimen_run` draws the main job's simulated regimens; `plot_subject_fits`,
 `plot_observed_vs_predicted`, `plot_residuals` and `plot_multistart` draw per-subject
 fits (a `FitResult` and its `SubjectBatch`; curves on a fine grid are passed in by the
-caller, e.g. `fitcsc._fitrun.fit_job`). Every PNG is written atomically.
+caller, e.g. `fitcsc._fitrun.fit_job`). Volume axes are clipped to the observed data
+(`data_limits`): a prediction far below it (a complete response's curve falls to 1e-18
+mm3) is drawn at the axis edge instead of squeezing the data into a corner. Every PNG is
+written atomically.
 """
 
 from __future__ import annotations
@@ -99,6 +102,19 @@ def _arrays(result, batch):
             np.asarray(result.log_volume_pred, float), np.asarray(result.status))
 
 
+def data_limits(volume_mm3, *, pad=3.0):
+    """Log-axis limits ``(lo, hi)`` around the finite positive observed volumes (censored
+    ones at their detection limit): their range widened by the factor ``pad`` each way;
+    (0.1, 10) without any."""
+    import numpy as np
+
+    v = np.asarray(volume_mm3, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return 0.1, 10.0
+    return float(v.min()) / pad, float(v.max()) * pad
+
+
 def _status_text(code) -> str:
     from ._fit_solve import FitStatus
 
@@ -147,6 +163,7 @@ def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fra
         good = np.isfinite(grid_volume_mm3[k]) & (np.asarray(grid_volume_mm3[k]) > 0)
         ax.semilogy(np.asarray(grid_day[k])[good], np.asarray(grid_volume_mm3[k])[good],
                     "-", lw=1.2, color="k")
+        ax.set_ylim(*data_limits(vol[k][obs[k] | cens[k]]))  # the curve may leave the axes
         if csc_fraction is not None and np.any(np.isfinite(csc_fraction[k])):
             tw = ax.twinx()
             tw.plot(grid_day[k], csc_fraction[k], "--", lw=1.0, color="tab:purple")
@@ -171,28 +188,38 @@ def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fra
 
 def plot_observed_vs_predicted(result, batch, path):
     """Observed against fitted volumes (log-log, identity line), coloured by arm;
-    censored observations as open triangles at the detection limit."""
+    censored observations as open triangles at the detection limit.
+
+    Both axes span the observed volumes (`data_limits`); a prediction outside them (a
+    complete response predicted at 1e-18 mm3, a failed fit) is drawn at the edge as a
+    ``<`` or ``>`` and counted in the title."""
     import numpy as np
 
     plt = _pyplot()
     _, vol, obs, cens, logp, _ = _arrays(result, batch)
-    pred = np.exp(logp)
+    with np.errstate(over="ignore"):
+        pred = np.exp(logp)
+    seen = (obs | cens) & np.isfinite(pred) & (pred > 0)
+    lo, hi = data_limits(vol[obs | cens])
+    low, high = seen & (pred < lo), seen & (pred > hi)
+    x = np.clip(pred, lo, hi)
     fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
     colours = _arm_colours(batch.arm)
     for a, c in colours.items():
-        rows = np.asarray([x == a for x in batch.arm])
-        o, ce = obs & rows[:, None], cens & rows[:, None]
-        ax.loglog(pred[o], vol[o], "o", ms=3, alpha=0.7, color=c, label=a)
-        ax.loglog(pred[ce], vol[ce], "v", ms=4, mfc="none", color=c)
-    finite = pred[(obs | cens) & np.isfinite(pred) & (pred > 0)]
-    both = np.concatenate([finite, vol[obs | cens]])
-    if both.size:
-        lo, hi = both.min() / 1.5, both.max() * 1.5
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
+        rows = np.asarray([x_ == a for x_ in batch.arm])[:, None]
+        inside = seen & rows & ~low & ~high
+        ax.loglog(x[inside & obs], vol[inside & obs], "o", ms=3, alpha=0.7, color=c, label=a)
+        ax.loglog(x[inside & cens], vol[inside & cens], "v", ms=4, mfc="none", color=c)
+        ax.loglog(x[low & rows], vol[low & rows], "<", ms=5, mfc="none", color=c)
+        ax.loglog(x[high & rows], vol[high & rows], ">", ms=5, mfc="none", color=c)
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    n_out = int(low.sum() + high.sum())
+    beyond = f"\n{n_out} predictions beyond the axes, at the edge (< >)" if n_out else ""
     ax.set(xlabel="predicted volume [mm³]", ylabel="observed volume [mm³]",
-           title="Observed vs predicted (▽ censored, at the limit)")
+           title=f"Observed vs predicted (▽ censored, at the limit){beyond}")
+    ax.title.set_fontsize(9)
     if len(colours) <= 12:
         ax.legend(fontsize=6, loc="upper left")
     return _save(fig, path)

@@ -31,7 +31,7 @@ import tqdm
 from scipy.stats import qmc
 
 from ._endpoints import binomial_log_likelihood
-from ._trials import BREAST_ONLY, Arm, TrialModel, hazard_ratio
+from ._trials import BREAST_ONLY, Arm, TrialModel, hazard_ratio, reference_kill
 
 TOTAL = ("ypT0/is ypN0", "ypT0 ypN0")
 YEAR = 365.25
@@ -44,7 +44,10 @@ class PcrObservation:
     definition: str  # primary
     n: int
     count: int
-    nested_total: int | None = None  # total-pCR count when the primary is breast-only
+    # the same patients' ypT0/is ypN0 count when the primary is breast-only: nested in a
+    # ypT0/is primary (a multinomial), not nested in a ypT0 primary (two margins of one
+    # 2 x 2 table, whose likelihood sums over the unseen cell)
+    nested_total: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +81,50 @@ class HrPcrObservation:
     hr_positive_share: float  # of the trial, derived
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkObservation:
+    """A published hazard ratio of pCR (ypT0/is ypN0) vs no pCR within treated HER2+
+    patients, matched by the model's `TrialModel.pcr_outcome` pooled over ``arms``."""
+
+    name: str
+    arms: tuple[str, ...]  # neoadjuvant arms of the model the patients are pooled over
+    years: float  # horizon of the cumulative-hazard ratio
+    log_hr: float
+    se: float
+
+
 @dataclasses.dataclass
 class TrialData:
     pcr: list[PcrObservation] = dataclasses.field(default_factory=list)
     landmarks: list[LandmarkObservation] = dataclasses.field(default_factory=list)
     hrs: list[HrObservation] = dataclasses.field(default_factory=list)
     hr_pcr: list[HrPcrObservation] = dataclasses.field(default_factory=list)
+    links: list[LinkObservation] = dataclasses.field(default_factory=list)
+
+
+# The HER2+ pCR-vs-no-pCR hazard ratios fitted (verified rows with a CI in
+# pcr_outcome_links.csv): (study, population, endpoint). Pooled all-subtype and
+# unverified rows are left out; the horizon is 5 years (an assumption: the pooled
+# analyses' follow-up is 3-9 years).
+LINKS_USED = (("Li 2022 meta-analysis", "25 studies; HER2+ subgroup", "EFS"),
+              ("CHER-LOB", "HER2+ stage II-IIIA", "RFS"))
+LINK_YEARS = 5.0
+
+
+def link_observations(rows, arms, *, used=LINKS_USED, years=LINK_YEARS):
+    """`LinkObservation` rows for ``used`` from ``pcr_outcome_links.csv``, each pooled over
+    the neoadjuvant ``arms`` (names) given a HER2 blocker (the treated patients)."""
+    out = []
+    for study, population, endpoint in used:
+        r = next((r for r in rows if r["study"] == study and r["population"] == population
+                  and r["endpoint"] == endpoint and r["comparison"] == "pCR vs no pCR"), None)
+        if r is None or r["ci95_lo"] is None or r["ci95_hi"] is None:
+            raise ValueError(f"pcr_outcome_links.csv: no {study} / {population} / {endpoint} "
+                             "row with a 95% CI")
+        log_hr = float(np.log(float(r["hr"])))
+        se = float((np.log(r["ci95_hi"]) - np.log(r["ci95_lo"])) / (2 * 1.959964))
+        out.append(LinkObservation(f"{study} ({endpoint})", tuple(arms), years, log_hr, se))
+    return out
 
 
 def hr_pcr_observations(rows, pcr_obs) -> tuple[list[HrPcrObservation], dict[str, float]]:
@@ -157,6 +198,7 @@ def pcr_observations(rows, regimens, *, volumes=None, trials=None):
                         trial=r["trial"], **kw))
         extra = nested.get(arm_id)
         use = (extra is not None and r["pcr_definition"] in BREAST_ONLY
+               and extra["pcr_definition"] == "ypT0/is ypN0"
                and extra["n_patients"] == r["n_patients"])
         obs.append(PcrObservation(arm_id, r["trial"], r["pcr_definition"], r["n_patients"],
                                   r["pcr_count"], extra["pcr_count"] if use else None))
@@ -183,18 +225,86 @@ def _deviance_residual(rate, k, n):
     return jnp.where(live, jnp.where(far, signed, pearson), 0.0)
 
 
-class Objective:
-    """Residual vector of a `TrialModel` against `TrialData` (see module docstring)."""
+def _two_margin_residual(p_a, p_b, p_ab, k_a, k_b, n):
+    """Deviance-like residual of two margins of one 2 x 2 table: ``k_a`` patients with
+    event A, ``k_b`` with event B, out of ``n``, when A and B are not nested (ypT0 and
+    ypT0/is ypN0). The log-likelihood sums the multinomial over the unseen count of
+    patients with both; ``0.5 r^2 = -loglik + const`` (the constant is the saturated
+    binomial log-likelihood of ``k_a``, an upper bound). Rows with ``n == 0`` give 0."""
+    from jax.scipy.special import gammaln
 
-    def __init__(self, tm: TrialModel, data: TrialData, *, prior_sd: float = 2.0):
+    live = n > 0
+    n_, ka, kb = jnp.where(live, n, 2.0), jnp.where(live, k_a, 1.0), jnp.where(live, k_b, 1.0)
+    cells = jnp.stack([p_ab, p_a - p_ab, p_b - p_ab, 1.0 - p_a - p_b + p_ab])
+    logp = jnp.log(jnp.clip(cells, 1e-300, 1.0))
+    both = jnp.arange(N_MAX_BOTH, dtype=float)[:, None]  # (N_MAX_BOTH, obs)
+    counts = jnp.stack([both + 0 * ka, ka - both, kb - both, n_ - ka - kb + both])
+    ok = jnp.all(counts >= 0, axis=0)
+    cnt = jnp.where(ok, counts, 0.0)
+    terms = (gammaln(n_ + 1) - jnp.sum(gammaln(cnt + 1), axis=0)
+             + jnp.sum(cnt * logp[:, None, :], axis=0))
+    ll = jax.scipy.special.logsumexp(jnp.where(ok, terms, -jnp.inf), axis=0)
+    sat = binomial_log_likelihood(jnp.clip(ka / n_, 1e-12, 1 - 1e-12), ka, n_)
+    dev = jnp.maximum(2.0 * (sat - ll), 1e-12)
+    return jnp.where(live, jnp.sqrt(dev), 0.0)
+
+
+# parameters that enter `TrialModel.residuals` (the expensive part of the objective);
+# tests check that the others leave it unchanged
+SIM_PARAMETERS = frozenset({
+    "log_kill_scale", "logit_her2_csc", "logit_her2_bulk", "logit_csc_sparing",
+    "log_turnover", "log_response_sd", "log_chemo_potency", "log_her2_kill",
+    "her2_dependence_csc", "her2_dependence_bulk", "csc_fraction_sd"})
+SIM_PARAMETERS_PER_DRUG = ("log_her2_potency",)  # with #drug only
+N_MAX_BOTH = 1024  # largest published arm count handled by `_two_margin_residual`
+
+
+class Objective:
+    """Residual vector of a `TrialModel` against `TrialData` (see module docstring).
+
+    Priors (residuals ``(z - centre) / sd``): every parameter ``N(default, prior_sd)``
+    on the unconstrained scale, except the hierarchical ones:
+    ``log_chemo_potency#drug ~ N(0, chemo_drug_sd)`` (a drug's deviation from the class
+    kill), ``log_her2_potency#drug ~ N(log_her2_potency, her2_drug_sd)`` when the class
+    mean ``log_her2_potency`` is free, and ``trial_effect#trial ~ N(0, trial_sd)`` (the
+    between-trial spread of log burden). The same distributions give a new drug's or a
+    new trial's value in predictions (`new_draws`).
+    """
+
+    def __init__(self, tm: TrialModel, data: TrialData, *, prior_sd: float = 2.0,
+                 chemo_drug_sd: float = 0.5, her2_drug_sd: float = 1.0,
+                 trial_sd: float = 1.0):
         self.tm, self.data, self.prior_sd = tm, data, prior_sd
+        self.chemo_drug_sd, self.her2_drug_sd, self.trial_sd = (chemo_drug_sd, her2_drug_sd,
+                                                                trial_sd)
+        self.hyper = {"prior_sd": prior_sd, "chemo_drug_sd": chemo_drug_sd,
+                      "her2_drug_sd": her2_drug_sd, "trial_sd": trial_sd}
         ix = {a: i for i, a in enumerate(tm.arm_names)}
         self.p_idx = jnp.asarray([ix[o.arm] for o in data.pcr], int)
         self.p_n = jnp.asarray([o.n for o in data.pcr], float)
         self.p_k = jnp.asarray([o.count for o in data.pcr], float)
-        self.p_breast = jnp.asarray([o.definition in BREAST_ONLY for o in data.pcr])
-        self.p_has_nested = jnp.asarray([o.nested_total is not None for o in data.pcr])
+        self.p_definition = tuple(o.definition for o in data.pcr)
+        nested = [o.nested_total is not None and o.definition == "ypT0/is" for o in data.pcr]
+        margins = [o.nested_total is not None and o.definition == "ypT0" for o in data.pcr]
+        self.p_has_nested = jnp.asarray(nested)
+        self.p_margins = jnp.asarray(margins)
+        self.has_margins = any(margins)
         self.p_nested = jnp.asarray([o.nested_total or 0 for o in data.pcr], float)
+        if any(o.n >= N_MAX_BOTH for o, m in zip(data.pcr, margins, strict=True) if m):
+            raise ValueError(f"Objective: two-margin counts need n < {N_MAX_BOTH}")
+        centre, sd = [], []
+        for name in tm.names:
+            base = name.split("#")[0]
+            if base == "log_chemo_potency" and "#" in name:
+                centre.append(-1), sd.append(chemo_drug_sd)
+            elif base == "log_her2_potency" and "#" in name and "log_her2_potency" in tm.names:
+                centre.append(tm.names.index("log_her2_potency")), sd.append(her2_drug_sd)
+            elif base == "trial_effect":
+                centre.append(-1), sd.append(trial_sd)
+            else:
+                centre.append(-2), sd.append(prior_sd)
+        self.prior_centre = np.asarray(centre)
+        self.prior_scale = jnp.asarray(sd, float)
         self.l_idx = jnp.asarray([ix[o.arm] for o in data.landmarks], int)
         self.l_days = jnp.asarray([o.years * YEAR for o in data.landmarks], float)
         self.l_k = jnp.asarray([o.rate * o.n for o in data.landmarks], float)
@@ -213,6 +323,11 @@ class Objective:
         self.s_pos = jnp.asarray([o.subgroup == "HR+" for o in data.hr_pcr])
         self.s_n = jnp.asarray([o.n for o in data.hr_pcr], float)
         self.s_k = jnp.asarray([o.count for o in data.hr_pcr], float)
+        self.k_mask = jnp.asarray([[a in o.arms for a in tm.arm_names] for o in data.links],
+                                  float).reshape(len(data.links), len(tm.arm_names))
+        self.k_days = jnp.asarray([o.years * YEAR for o in data.links], float)
+        self.k_obs = jnp.asarray([o.log_hr for o in data.links], float)
+        self.k_se = jnp.asarray([o.se for o in data.links], float)
         if data.hr_pcr and (data.landmarks or data.hrs):
             raise ValueError("Objective: hormone-receptor subgroups are fitted with pCR data "
                              "only (DFS has no HR covariate yet)")
@@ -224,9 +339,11 @@ class Objective:
         self.hr_share = jnp.asarray([share.get(trial_of.get(a, ""), mean)
                                      for a in tm.arm_names], float)
 
-    def predictions(self, z) -> dict:
+    def predictions(self, z, res=None) -> dict:
+        """Every modelled quantity the data are compared with; ``res``: precomputed
+        `TrialModel.part_residuals` (see `jacobian`)."""
         tm = self.tm
-        res = tm.mixture(z)
+        res = tm.population(z, res)
         if self.data.hr_pcr:  # the population is a mixture of the two subgroups
             tp, bp, sp = tm.pcr_pair(z, res, subgroup="HR+")
             tn, bn, sn = tm.pcr_pair(z, res, subgroup="HR-")
@@ -239,6 +356,8 @@ class Objective:
         if self.data.hr_pcr:
             out["pcr_HR+"] = jnp.where(tm.breast_only, bp, tp)
             out["pcr_HR-"] = jnp.where(tm.breast_only, bn, tn)
+        if self.data.links:
+            out["link_log_hr"] = self.link_log_hr(z, res)
         days = jnp.concatenate([self.l_days, self.h_days, jnp.zeros((1,))])
         if self.data.landmarks or self.data.hrs:
             dfs, cure, _ = tm.dfs(z, days, res)
@@ -249,19 +368,35 @@ class Objective:
             out["log_hr"] = jnp.log(hazard_ratio(dfs[self.h_e, hd], dfs[self.h_c, hd]))
         return out
 
-    def __call__(self, z, args=None):
-        pr = self.predictions(z)
+    def link_log_hr(self, z, res=None):
+        """Per link observation: the model's log hazard ratio of pCR vs no pCR, pooled
+        over its arms (patients weighted equally per arm) at its horizon."""
+        pcr, d_p, d_n = self.tm.pcr_outcome(z, self.k_days, res)  # (arms,), (arms, days)
+        m = self.k_mask  # (links, arms)
+        i = jnp.arange(len(self.data.links))
+        surv_p = (m @ (pcr[:, None] * d_p))[i, i] / (m @ pcr)
+        surv_n = (m @ ((1.0 - pcr)[:, None] * d_n))[i, i] / (m @ (1.0 - pcr))
+        return jnp.log(hazard_ratio(surv_p, surv_n))
+
+    def __call__(self, z, args=None, res=None):
+        pr = self.predictions(z, res)
         parts = []
         if self.data.pcr:
             t = pr["pcr_total"][self.p_idx]
             b = pr["pcr_breast"][self.p_idx]
-            prim = jnp.where(self.p_breast, b, t)
-            parts.append(_deviance_residual(prim, self.p_k, jnp.where(self.p_live,
-                                                                      self.p_n, 0.0)))
+            prim = self.tm.by_definition(z, t, b, self.p_definition)
+            single = self.p_live & ~self.p_margins
+            parts.append(_deviance_residual(prim, self.p_k, jnp.where(single, self.p_n, 0.0)))
             # nested: total among the breast-only pCRs ~ Bin(k_b, pi_t / pi_b)
             cond = jnp.clip(t / jnp.maximum(b, 1e-12), 1e-9, 1 - 1e-9)
             parts.append(_deviance_residual(cond, self.p_nested,
                                             jnp.where(self.p_has_nested, self.p_k, 0.0)))
+            # ypT0 (breast, no in-situ) and ypT0/is ypN0 in the same patients: both happen
+            # with no invasive residual anywhere and no in-situ residual, i.e. q t
+            if self.has_margins:
+                q = self.tm._value(z, "logit_no_dcis")
+                parts.append(_two_margin_residual(prim, t, q * t, self.p_k, self.p_nested,
+                                                  jnp.where(self.p_margins, self.p_n, 0.0)))
         if self.data.hr_pcr:
             rate = jnp.where(self.s_pos, pr["pcr_HR+"][self.s_idx], pr["pcr_HR-"][self.s_idx])
             parts.append(_deviance_residual(rate, self.s_k, self.s_n))
@@ -269,8 +404,89 @@ class Objective:
             parts.append(_deviance_residual(pr["landmark"], self.l_k, self.l_n))
         if self.data.hrs:
             parts.append((pr["log_hr"] - self.h_obs) / self.h_se)
-        parts.append((z - self.z_prior) / self.prior_sd)
+        if self.data.links:
+            parts.append((pr["link_log_hr"] - self.k_obs) / self.k_se)
+        parts.append(self.prior_residuals(z))
         return jnp.concatenate(parts)
+
+    def jacobian(self, z):
+        """``d self(z) / dz``, forward mode, with the expensive part (the population's
+        residual states, `TrialModel.part_residuals`) differentiated only along the
+        parameters it depends on (`sim_index`); equal to ``jax.jacfwd(self)(z)``."""
+        idx = self.sim_index
+        res = self.tm.part_residuals(z)
+        j_z = jax.jacfwd(lambda zz: self(zz, res=res))(z)  # residual states held fixed
+        if idx.size == 0:
+            return j_z
+        floats, status = res[:4], res[4]  # the status codes are not differentiated
+        jres = jax.jacfwd(lambda zs: self.tm.part_residuals(z.at[idx].set(zs))[:4])(z[idx])
+        tangents = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, -1, 0), jres)
+        j_res = jax.vmap(lambda t: jax.jvp(lambda rr: self(z, res=(*rr, status)), (floats,),
+                                           (t,))[1])(tangents)  # (n_sim, m)
+        return j_z.at[:, idx].add(j_res.T)
+
+    @property
+    def sim_index(self) -> np.ndarray:
+        """Indices of the parameters the population's residual states depend on."""
+        return np.asarray([i for i, n in enumerate(self.tm.names)
+                           if n.split("#")[0] in SIM_PARAMETERS
+                           or (n.split("#")[0] in SIM_PARAMETERS_PER_DRUG and "#" in n)], int)
+
+    def prior_residuals(self, z):
+        """``(z - centre) / sd`` per parameter (see the class docstring)."""
+        c = self.prior_centre
+        centre = jnp.where(c >= 0, z[np.maximum(c, 0)],
+                           jnp.where(c == -1, 0.0, self.z_prior))
+        return (z - centre) / self.prior_scale
+
+
+def draw_values(fn, draws, *, batch: int = 100) -> np.ndarray:
+    """``fn`` (a JAX function of one ``z``) at every row of ``draws`` ``(n, d)``: vmapped,
+    jitted once, in chunks of ``batch`` (the last padded, so nothing recompiles).
+    **Returns:** ``fn``'s output structure, each leaf ``(n, *leaf shape)``."""
+    zs = np.asarray(draws, float)
+    n = zs.shape[0]
+    pad = (-n) % batch
+    zp = np.concatenate([zs, np.repeat(zs[-1:], pad, axis=0)]) if pad else zs
+    f = jax.jit(jax.vmap(fn))
+    chunks = [f(jnp.asarray(zp[i:i + batch])) for i in range(0, zp.shape[0], batch)]
+    return jax.tree_util.tree_map(lambda *c: np.concatenate([np.asarray(x) for x in c])[:n],
+                                  *chunks)
+
+
+def posterior_draws(objective, fit, n_draws, key, *, batch: int = 100):
+    """Draws from the fit's posterior: Laplace draws (the Gauss-Newton Hessian at the
+    MAP) reweighted by Pareto-smoothed importance sampling to the exact (unnormalised)
+    posterior ``exp(-0.5 |r(z)|^2)``. The Gaussian in ``z`` puts mass where the real
+    posterior has little (the pCR rates saturate); the weights take it back.
+
+    **Returns:** ``(draws (n, d), weights (n,) summing to 1, k_hat)``; ``k_hat`` above
+    0.7 means the weights are unreliable (the posterior is far from any Gaussian)."""
+    import fitcsc.summary as fs
+
+    draws = np.asarray(fs.laplace_draws(fit.z, fit.cov, n_draws=n_draws, key=key))
+    loss = draw_values(lambda z: 0.5 * jnp.sum(objective(z) ** 2), draws, batch=batch)
+    prec = np.linalg.pinv(np.asarray(fit.cov), rcond=1e-12, hermitian=True)
+    d = draws - np.asarray(fit.z)[None, :]
+    log_q = -0.5 * np.einsum("ni,ij,nj->n", d, prec, d)
+    lw, k_hat = fs.psis_log_weights(-loss - log_q)
+    return draws, np.exp(lw - np.max(lw)) / np.sum(np.exp(lw - np.max(lw))), k_hat
+
+
+def weighted_quantile(values, weights, q) -> np.ndarray:
+    """Quantiles ``q`` of ``values`` (n, ...) under ``weights`` (n,), per trailing
+    element (the inverse of the weighted empirical CDF, mid-point interpolated)."""
+    v = np.asarray(values, float)
+    w = np.asarray(weights, float)
+    order = np.argsort(v, axis=0)
+    vs = np.take_along_axis(v, order, axis=0)
+    ws = w[order]
+    cdf = (np.cumsum(ws, axis=0) - 0.5 * ws) / np.sum(w)
+    flat_v = vs.reshape(vs.shape[0], -1)
+    flat_c = cdf.reshape(cdf.shape[0], -1)
+    out = np.stack([np.interp(q, flat_c[:, j], flat_v[:, j]) for j in range(flat_v.shape[1])],
+                   axis=-1)
+    return out.reshape(np.shape(q) + v.shape[1:])
 
 
 @dataclasses.dataclass
@@ -282,6 +498,7 @@ class TrialFit:
     converged: bool
     n_steps: int
     start_losses: np.ndarray
+    hyper: dict = dataclasses.field(default_factory=dict)  # the objective's prior scales
 
     @property
     def se(self) -> np.ndarray:
@@ -304,20 +521,20 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
         u = qmc.Sobol(d, scramble=True, seed=seed).random_base2(m)[: n_starts - 1]
         starts += list(np.asarray(z0) + spread * (2 * u - 1))
     res = jax.jit(objective)
-    jac = jax.jit(jax.jacfwd(objective))
+    jac = jax.jit(objective.jacobian)
     results = [_levenberg_marquardt(res, jac, jnp.asarray(z), max_steps, progress)
                for z in starts]
     losses = np.asarray([r[1] for r in results])
     best = int(np.argmin(losses))
     z, _, converged, n_steps = results[best]
-    J = np.asarray(jax.jacfwd(objective)(z))
+    J = np.asarray(jac(z))
     if np.all(np.isfinite(J)):
         cov = np.linalg.pinv(J.T @ J, rcond=1e-12)
     else:
         cov = np.full((d, d), np.nan)
     return TrialFit(names=objective.tm.names, z=np.asarray(z), cov=cov,
                     loss=float(losses[best]), converged=converged, n_steps=n_steps,
-                    start_losses=losses)
+                    start_losses=losses, hyper=dict(objective.hyper))
 
 
 def _levenberg_marquardt(res, jac, z, max_steps, progress):
@@ -358,10 +575,28 @@ def _levenberg_marquardt(res, jac, z, max_steps, progress):
 
 
 # ---------------------------------------------------------------- saving and loading
-def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None) -> None:
+DRAWS_FILE = "posterior_draws.csv"
+
+
+def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None, *,
+             draws=None, posterior: dict | None = None) -> None:
     """Write ``fit.json``: names, estimates, covariance and everything needed to
-    rebuild the model for new regimens (`load_fit`)."""
-    from ._run import write_atomic
+    rebuild the model for new regimens (`load_fit`); with ``draws`` (equal-weight
+    posterior draws ``(n, d)`` of ``z``), also `DRAWS_FILE` beside it, which
+    `fitcsc predict` then uses instead of Laplace draws; ``posterior`` describes them."""
+    from ._run import _csv_text, write_atomic
+
+    path = pathlib.Path(path)
+    post = {"method": "laplace", "draws_file": None}
+    if draws is not None:
+        draws = np.asarray(draws, float)
+        if draws.ndim != 2 or draws.shape[1] != len(fit.names):
+            raise ValueError(f"save_fit: draws must be (n, {len(fit.names)}), got "
+                             f"{draws.shape}")
+        write_atomic(path.with_name(DRAWS_FILE), _csv_text(
+            list(fit.names), [[repr(float(v)) for v in row] for row in draws]))
+        post = {"method": "draws", "draws_file": DRAWS_FILE, "n_draws": len(draws)}
+    post |= posterior or {}
 
     doc = {
         "format": "fitcsc.trial_fit/1",
@@ -375,13 +610,32 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None) -> 
                       zip(tm.model.drugs, np.asarray(tm.base_kill), strict=True)},
         "options": {k: getattr(tm, k) for k in OPTIONS},
         "trials": list(tm.trials),
+        "hyper": dict(fit.hyper),
+        "reference_doses": bool(np.allclose(np.asarray(tm.base_kill),
+                                            reference_kill(tm.model), rtol=1e-12)),
         "loss": fit.loss, "converged": fit.converged, "n_steps": fit.n_steps,
+        "posterior": post,
     } | (extra or {})
-    write_atomic(pathlib.Path(path), json.dumps(doc, indent=2) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+def load_draws(fit_dir, doc) -> np.ndarray | None:
+    """The saved posterior draws of a fit (`save_fit`), or None if it has none."""
+    name = (doc.get("posterior") or {}).get("draws_file")
+    if not name:
+        return None
+    base = pathlib.Path(fit_dir)
+    path = (base if base.is_dir() else base.parent) / name
+    with open(path, newline="") as fh:
+        header = fh.readline().strip().split(",")
+        if header != list(doc["names"]):
+            raise ValueError(f"{path}: columns {header} are not the fit's parameters "
+                             f"{doc['names']}")
+        return np.loadtxt(fh, delimiter=",", ndmin=2)
 
 
 OPTIONS = ("n_nodes", "eta_max", "refine", "n_burden", "burden_sd", "micromet_sd",
-           "detection_cells", "timing_sd_day", "n_csc_fraction")
+           "detection_cells", "timing_sd_day", "n_csc_fraction", "heterogeneity", "n_her2")
 
 
 def load_fit(path) -> dict:
@@ -402,9 +656,9 @@ def load_fit(path) -> dict:
 def model_from_fit(doc: dict, arms: list[Arm]) -> TrialModel:
     """A `TrialModel` for new ``arms`` with the saved parameters and calibration.
 
-    Drugs the fit never saw keep their calibrated kill rate (one ln-kill per median
-    dose in ``arms``) times the fitted kill scale; HER2 drugs without a fitted potency
-    get the default (1)."""
+    Drugs the fit never saw get the class kill per reference dose
+    (`fitcsc._trials.CHEMO_REFERENCE_DOSE`) and, for HER2 blockers, the default potency:
+    use `fitcsc._predict` (which refuses or flags them) for predictions."""
     names = tuple(doc["names"])
     fixed = dict(doc["fixed"])
     return TrialModel.build(arms, names, fixed=fixed, base_kill=doc["base_kill"],

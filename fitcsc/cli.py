@@ -5,24 +5,35 @@ common)`` listed in `COMMANDS`; it adds its parser and sets ``handler`` (a funct
 ``args -> exit code``). To add a command (``run``, ``simulate``, ``fit``, ``predict``),
 write such a function and append it to `COMMANDS`.
 
-Exit codes: 0 success, 2 refused input or bad usage. Refused input prints one line,
-``fitcsc: error: <file>, line <n>, column '<c>': <what>; expected <x>, got <y>``, on
-stderr and no traceback.
+Exit codes (`main`): 0 success, 1 the run failed, 2 refused input or bad usage, 130
+interrupted. Refused input prints one line, ``fitcsc: error: <file>, line <n>, column
+'<c>': <what>; expected <x>, got <y>``, on stderr and no traceback; a failed run prints
+``fitcsc: error: the run failed: ...``. Only ``--debug`` prints a traceback. Warnings
+about legitimate but odd input print as ``fitcsc: warning: ...`` lines when the command
+ends, except when the input is refused (then one line says why). Global options (before
+or after the command): ``--data-dir``, ``--drug-catalogue FILE``, ``--quiet``,
+``--debug``.
 
 Examples::
 
     fitcsc data validate volumes.csv
+    fitcsc data show volumes.csv --regimens regimens.csv
     fitcsc --data-dir /data/public data validate pdxe_brca/pdxe_brca_tumor_volume.csv
+    fitcsc --drug-catalogue my_drugs.toml data validate my_regimens.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
+import traceback
+import warnings
 
-from ._errors import DataError, FitcscInputError
+from ._data_show import plural as _n
+from ._errors import DataError, DataWarning, FitcscInputError
 
 
 def _resolve_input(name: str) -> pathlib.Path:
@@ -45,28 +56,6 @@ def _resolve_input(name: str) -> pathlib.Path:
     )
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def _describe_table(table, limit_mm3: float) -> str:
-    return (
-        f"{_n(len(table.subjects), 'subject')}, {_n(len(table.arms), 'arm')}, "
-        f"{_n(table.n_rows, 'observation')} "
-        f"({int(table.censored(limit_mm3).sum())} censored), "
-        f"days {table.day.min():g}..{table.day.max():g}"
-    )
-
-
-def _describe_regimens(regimens) -> str:
-    drugs = tuple(dict.fromkeys(d for reg in regimens.values() for d in reg.drugs))
-    n_lines = sum(len(reg.lines) for reg in regimens.values())
-    n_doses = sum(reg.n_doses for reg in regimens.values())
-    return f"{_n(n_lines, 'dose line')}, {_n(n_doses, 'dose')} of {_n(len(drugs), 'drug')}" + (
-        f" ({', '.join(drugs)})" if drugs else ""
-    )
-
-
 def _parse_cmt(text: str) -> tuple[int, str]:
     cmt, sep, drug = text.partition("=")
     if not sep or not cmt.strip().isdigit() or not drug.strip():
@@ -74,82 +63,144 @@ def _parse_cmt(text: str) -> tuple[int, str]:
     return int(cmt), drug.strip()
 
 
-def _data_validate(args) -> int:
-    from ._data import detect_kind, read_regimen_table, read_tidy_csv
-    from ._nonmem import read_nonmem
+def _data_options(args) -> dict:
+    """The reader options of the data commands and ``fit`` (`fitcsc._data.read_volumes`)."""
+    return dict(duplicates=args.duplicates, time_unit=args.time_unit,
+                amount_unit=args.amount_unit,
+                cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None)
+
+
+def _warn_species(args, kind, path) -> None:
+    """NONMEM data are often clinical: say so when they are read without ``--species``."""
+    if args.species is None and kind == "nonmem":
+        warnings.warn(f"{path}: --species not given, so a mouse is assumed for the PK and "
+                      "for mg/kg and mg/m2 doses (0.02 kg, 0.0066 m2); pass --species human "
+                      "for clinical data", DataWarning, stacklevel=2)
+
+
+def _read_data_file(args):
+    """``(kind, path, result)`` of the data commands: a `VolumeData`, regimens or rows."""
+    from ._data import detect_kind, read_regimen_table, read_volumes
 
     path = _resolve_input(args.file)
     kind = detect_kind(path) if args.kind == "auto" else args.kind
-    if kind == "tidy":
-        summary = _describe_table(read_tidy_csv(path), args.detection_limit_mm3)
-    elif kind == "regimen":
-        regimens = read_regimen_table(path)
-        summary = f"{_n(len(regimens), 'arm')}, {_describe_regimens(regimens)}"
-    elif kind in ("pcr", "adjuvant", "links", "pk"):
+    if kind == "regimen":
+        return kind, path, read_regimen_table(path)
+    if kind in ("pcr", "adjuvant", "links", "pk"):
         from ._clinical import read_clinical
 
-        rows = read_clinical(path, kind)
-        verified = sum(r["verified"] == "yes" for r in rows)
-        summary = f"{_n(len(rows), 'row')}, {verified} verified, every row cited"
+        return kind, path, read_clinical(path, kind)
+    regimens = None if args.regimens is None else _resolve_input(args.regimens)
+    got = read_volumes(path, regimens, kind=kind, **_data_options(args))
+    _warn_species(args, got.kind, path)
+    return kind, path, got
+
+
+def _data_validate(args) -> int:
+    from ._batch import make_batch
+    from ._data_show import describe_regimens, describe_table
+
+    kind, path, got = _read_data_file(args)
+    if kind == "regimen":
+        summary = f"{_n(len(got), 'arm')}, {describe_regimens(got)}"
+    elif kind in ("pcr", "adjuvant", "links", "pk"):
+        verified = sum(r["verified"] == "yes" for r in got)
+        summary = f"{_n(len(got), 'row')}, {verified} verified, every row cited"
     else:
-        table, regimens = read_nonmem(
-            path,
-            cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None,
-            amount_unit=args.amount_unit,
-            time_unit=args.time_unit,
-        )
-        summary = (
-            f"{_describe_table(table, args.detection_limit_mm3)}, {_describe_regimens(regimens)}"
-        )
-    print(f"OK {kind}: {summary}")
+        summary = describe_table(got.table, args.detection_limit_mm3)
+        if got.regimens is not None:
+            # the doses too: every arm has a regimen, every drug its PK for the species
+            make_batch(got.table, got.regimens, species=args.species or "mouse",
+                       detection_limit_mm3=args.detection_limit_mm3)
+            summary += f", {describe_regimens(got.regimens)}"
+    if not args.quiet:
+        print(f"OK {kind}: {summary}")
     return 0
 
 
+def _data_show(args) -> int:
+    from ._data_show import overview, regimen_overview
+
+    kind, path, got = _read_data_file(args)
+    if kind == "regimen":
+        lines = regimen_overview(path, got)
+    elif kind in ("pcr", "adjuvant", "links", "pk"):
+        lines = [f"{path}: {kind}, {_n(len(got), 'row')}"]
+        lines += [f"  {r.get('trial') or r.get('study') or r.get('drug')}: "
+                  f"{r.get('arm_id') or r.get('analysis') or r.get('parameter') or ''}"
+                  for r in got]
+    else:
+        lines = overview(got, limit_mm3=args.detection_limit_mm3,
+                         max_subjects=None if args.all else 20)
+    print("\n".join(lines))
+    return 0
+
+
+def data_options_parser() -> argparse.ArgumentParser:
+    """The reader options shared by ``data validate``, ``data show`` and ``fit`` (one
+    parent parser, so that no command accepts an option another ignores)."""
+    d = argparse.ArgumentParser(add_help=False)
+    d.add_argument("--duplicates", choices=("refuse", "mean", "first", "drop-subject"),
+                   default="refuse",
+                   help="a (subject, day) measured more than once: refuse (default; lists "
+                   "them), mean (average the volumes), first (keep the first row), "
+                   "drop-subject (drop those subjects); resolving warns")
+    d.add_argument("--detection-limit-mm3", type=float, default=1.0,
+                   help="volumes below this are left-censored (default 1.0)")
+    d.add_argument("--species", choices=("mouse", "human"), default=None,
+                   help="species of the subjects, for the drugs' PK and mg/kg, mg/m2 doses "
+                   "(default mouse; NONMEM data without it warn)")
+    d.add_argument("--cmt-drug", type=_parse_cmt, action="append", metavar="CMT=DRUG",
+                   help="NONMEM: drug dosed into compartment CMT (default 1=trastuzumab)")
+    d.add_argument("--amount-unit", default=None, choices=("mg", "mg/kg", "mg/m2"),
+                   help="NONMEM: unit of AMT (default mg)")
+    d.add_argument("--time-unit", default=None, choices=("day", "hour"),
+                   help="NONMEM: unit of TIME, II and RATE's time (default day); converted "
+                   "to days when read")
+    return d
+
+
 def add_data_command(subparsers, common) -> None:
-    """``fitcsc data validate FILE``: check a tidy, regimen or NONMEM file."""
-    data = subparsers.add_parser("data", help="check data files", parents=[common])
+    """``fitcsc data validate|show FILE``: check or list a tidy, regimen or NONMEM file."""
+    data = subparsers.add_parser(
+        "data", help="check and list data files", parents=[common],
+        description="Check (validate) or list (show) a tidy volume CSV, a regimen table, "
+        "NONMEM event data or a clinical table of data/. Examples: fitcsc data validate "
+        "volumes.csv --regimens regimens.csv; fitcsc data show nm.csv --time-unit hour "
+        "--species human")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    options = data_options_parser()
     v = sub.add_parser(
         "validate",
-        parents=[common],
+        parents=[common, options],
         help="validate a tidy volume CSV, a regimen table or NONMEM event data",
         description="Validate FILE and print a one-line summary (exit 0), or print why "
-        "it was refused (exit 2). A relative FILE missing from the current directory is "
-        "looked up in the data directory.",
+        "it was refused (exit 2). With --regimens, the doses are checked against the "
+        "volumes (every arm has a regimen, every drug its PK). A relative FILE missing "
+        "from the current directory is looked up in the data directory. Example: fitcsc "
+        "data validate volumes.csv --duplicates mean",
     )
-    v.add_argument("file", metavar="FILE")
-    v.add_argument(
-        "--kind",
-        choices=("auto", "tidy", "regimen", "nonmem", "pcr", "adjuvant", "links", "pk"),
-        default="auto",
-        help="file kind (default: detected from the header)",
-    )
-    v.add_argument(
-        "--detection-limit-mm3",
-        type=float,
-        default=1.0,
-        help="volumes below this are counted as censored (default 1.0)",
-    )
-    v.add_argument(
-        "--cmt-drug",
-        type=_parse_cmt,
-        action="append",
-        metavar="CMT=DRUG",
-        help="NONMEM: drug dosed into compartment CMT (default 1=trastuzumab)",
-    )
-    v.add_argument(
-        "--amount-unit",
-        default="mg",
-        choices=("mg", "mg/kg", "mg/m2"),
-        help="NONMEM: unit of AMT (default mg)",
-    )
-    v.add_argument(
-        "--time-unit",
-        default="day",
-        choices=("day", "hour"),
-        help="NONMEM: unit of TIME (default day)",
-    )
+    s = sub.add_parser(
+        "show", parents=[common, options],
+        help="list a data file per study, arm and subject",
+        description="Read FILE as validate does and list it: per study its arms (their "
+        "regimen, or the effect a fit without regimen table assumes) and per arm its "
+        "subjects (observations, censored, days, volumes). Example: fitcsc data show "
+        "volumes.csv --regimens regimens.csv --all")
+    s.add_argument("--all", action="store_true", help="list every subject (default: 20 "
+                   "per arm)")
+    for p in (v, s):
+        p.add_argument("file", metavar="FILE")
+        p.add_argument(
+            "--kind",
+            choices=("auto", "tidy", "regimen", "nonmem", "pcr", "adjuvant", "links", "pk"),
+            default="auto",
+            help="file kind (default: detected from the header)",
+        )
+        p.add_argument("--regimens", metavar="FILE", default=None,
+                       help="regimen table of a tidy volume file")
     v.set_defaults(handler=_data_validate)
+    s.set_defaults(handler=_data_show)
 
 
 def enable_compile_cache() -> None:
@@ -169,9 +220,10 @@ def _run(args) -> int:
     enable_compile_cache()
 
     summary = run_default(args.regimens, args.out, quick=args.quick)
-    print(f"fitcsc run: {summary['n_arms']} regimens simulated "
-          f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
-          f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
+    if not args.quiet:
+        print(f"fitcsc run: {summary['n_arms']} regimens simulated "
+              f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
+              f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
     return 0 if summary["n_failed"] == 0 else 1
 
 
@@ -198,22 +250,29 @@ def _fit(args) -> int:
         enable_compile_cache()
     data = _resolve_input(args.data)
     regimens = None if args.regimens is None else _resolve_input(args.regimens)
+    from ._data import detect_kind
+
+    _warn_species(args, detect_kind(data), data)
+    options = _data_options(args)
     summary = fit_job(data, args.out, regimens_file=regimens, model=args.model,
                       starts=args.starts, chunk_size=args.chunk_size, quick=args.quick,
                       max_subjects=args.max_subjects,
                       detection_limit_mm3=args.detection_limit_mm3,
-                      cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None,
+                      cmt_drugs=options.pop("cmt_drugs"), data_options=options,
+                      species=args.species or "mouse",
                       share_growth_by=args.share_growth_by, evaluator=args.evaluator,
-                      batching=args.batching, progress=not args.no_progress)
+                      batching=args.batching, progress=not (args.no_progress or args.quiet))
     for note in summary["warnings"] + summary["errors"]:
         print(f"fitcsc: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     shared = (f" in {_n(summary['n_groups'], 'group')} by {summary['share_growth_by']!r}"
               if "share_growth_by" in summary else "")
-    print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')}{shared} fitted with "
-          f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
-          "{summary.json, fits.csv, *.png}")
-    return 0
+    if not args.quiet:
+        print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')}{shared} fitted with "
+              f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
+              "{summary.json, fits.csv, *.png}")
+    ok = summary["n_subjects"] - summary["n_failed"] > 0 and not summary["errors"]
+    return 0 if ok else 1
 
 
 def add_fit_command(subparsers, common) -> None:
@@ -221,13 +280,15 @@ def add_fit_command(subparsers, common) -> None:
     from ._fitrun import MODELS
 
     f = subparsers.add_parser(
-        "fit", parents=[common], help="fit each subject of a tumour-volume file",
+        "fit", parents=[common, data_options_parser()],
+        help="fit each subject of a tumour-volume file",
         description="Fit the CSC model (or a baseline) to every subject of a tidy CSV or "
         "NONMEM file by maximum likelihood (multi-start Levenberg-Marquardt, one fit per "
         "subject) and write summary.json, fits.csv and plots. Without --regimens, control "
         "arms are untreated and every other arm gets its own constant drug effect from "
-        "day 0. Exit 0 when the job ran (failed fits are listed in fits.csv), 2 on "
-        "refused input.",
+        "day 0. Exit 0 when the job ran (failed fits are listed in fits.csv), 1 when no "
+        "subject could be fitted or a chunk of fits raised, 2 on refused input. Example: "
+        "fitcsc fit --data nm.csv --time-unit hour --species human --out runs/nm",
     )
     f.add_argument("--data", metavar="FILE", required=True,
                    help="tidy CSV (study, arm, subject, day, volume_mm3) or NONMEM data")
@@ -257,13 +318,9 @@ def add_fit_command(subparsers, common) -> None:
                    "turns it off)")
     f.add_argument("--max-subjects", type=int, default=None, metavar="N",
                    help="fit only the first N subjects")
-    f.add_argument("--detection-limit-mm3", type=float, default=1.0,
-                   help="volumes below this are left-censored (default 1.0)")
     f.add_argument("--quick", action="store_true",
                    help="2 starts, 100 optimiser steps, first 8 subjects (unless "
                    "--max-subjects), coarse curves")
-    f.add_argument("--cmt-drug", type=_parse_cmt, action="append", metavar="CMT=DRUG",
-                   help="NONMEM: drug dosed into compartment CMT (default 1=trastuzumab)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(handler=_fit)
 
@@ -286,18 +343,53 @@ def build_parser() -> argparse.ArgumentParser:
         "directory of the public datasets (sets FITCSC_DATA_DIR; default: "
         "$FITCSC_DATA_DIR, else ../shared/data beside the repository)"
     )
-    parser.add_argument("--data-dir", metavar="DIR", default=None, help=help_dir)
-    # Accepted after the subcommand too; SUPPRESS keeps it from resetting the global one.
+    help_cat = ("a drug catalogue file (CSV or TOML) adding drugs and their PK (repeat for "
+                "several; see data/README.md)")
+    help_quiet = "no progress bar and no summary line (warnings and errors still print)"
+    help_debug = "print the traceback of an error (for bug reports)"
+    # Accepted before and after the subcommand; SUPPRESS keeps the latter from resetting
+    # the former.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS, help=help_dir)
+    for p, default in ((parser, None), (common, argparse.SUPPRESS)):
+        flag = False if default is None else argparse.SUPPRESS
+        p.add_argument("--data-dir", metavar="DIR", default=default, help=help_dir)
+        p.add_argument("--drug-catalogue", metavar="FILE", action="append",
+                       default=default, help=help_cat)
+        p.add_argument("--quiet", action="store_true", default=flag, help=help_quiet)
+        p.add_argument("--debug", action="store_true", default=flag, help=help_debug)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers, common)
     return parser
 
 
+@contextlib.contextmanager
+def _collect_warnings():
+    """Collect fitcsc's `DataWarning` s (every one, not once per place) into the yielded
+    list; other warnings print as Python prints them."""
+    collected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, DataWarning):
+                return shown(message, category, filename, lineno, file, line)
+            collected.append(" ".join(str(message).splitlines()))
+
+        warnings.showwarning = show
+        yield collected
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``fitcsc`` command line; returns the exit code (0 ok, 2 refused)."""
+    """Run the ``fitcsc`` command line; returns the exit code: 0 ok, 1 the run failed, 2
+    refused input or bad usage, 130 interrupted (Ctrl-C). No traceback unless
+    ``--debug``.
+
+    Warnings about the input (`DataWarning`) print as ``fitcsc: warning: <text>`` lines
+    when the command ends, unless the input is refused: then the error's one line is all
+    that prints.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -305,12 +397,33 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     if args.data_dir is not None:
         os.environ["FITCSC_DATA_DIR"] = str(args.data_dir)
-    try:
-        return int(args.handler(args))
-    except FitcscInputError as err:
-        message = " ".join(str(err).splitlines())
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
+    error = None
+    with _collect_warnings() as notes:
+        try:
+            if args.drug_catalogue:
+                from ._drug_catalogue import load_drug_catalogue
+
+                for path in args.drug_catalogue:
+                    load_drug_catalogue(path)
+            code = int(args.handler(args))
+        except FitcscInputError as err:
+            error, code, message = err, 2, " ".join(str(err).splitlines())
+        except KeyboardInterrupt as err:
+            error, code, message = err, 130, "interrupted"
+        except Exception as err:  # a failure of the run, not of the input
+            error, code = err, 1
+            message = (f"the run failed: {type(err).__name__}: "
+                       f"{' '.join(str(err).splitlines())}"
+                       + ("" if args.debug else " (run with --debug for the traceback)"))
+    if code != 2:
+        for note in notes:
+            print(f"fitcsc: warning: {note}", file=sys.stderr)
+    if error is None:
+        return code
+    if args.debug:
+        traceback.print_exception(error)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -439,3 +439,22 @@ def predictive_interval(
     q = 50.0 * np.array([1.0 - prob, 1.0 + prob])
     lo, hi = np.percentile(out, q, axis=0)
     return out.mean(axis=0), lo, hi
+
+
+def psis_log_weights(log_ratios: Any) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed importance-sampling log weights (ArviZ ``psislw``) of draws with
+    log density ratios ``log_ratios`` (target over proposal, any constant), normalised to
+    log-sum-exp 0, and the Pareto shape ``k_hat`` (reliable below 0.7).
+
+    ```python
+    lw, k_hat = fs.psis_log_weights(-loss(draws) - log_q(draws))
+    ```
+    """
+    lr = np.asarray(log_ratios, dtype=float)
+    if lr.ndim != 1 or lr.size < 10:
+        raise ValueError(f"psis_log_weights: expected >= 10 log ratios, got shape {lr.shape}")
+    lr = np.where(np.isfinite(lr), lr, -np.inf)
+    if not np.any(np.isfinite(lr)):
+        raise ValueError("psis_log_weights: every log ratio is -inf or NaN")
+    lw, k = az.psislw(lr - np.max(lr))
+    return np.asarray(lw), float(k)

@@ -124,3 +124,24 @@ def test_simulated_csc_growth_matches_closed_form():
         exact = s0 * np.exp(v * (np.minimum(ts, 0.0) + 5.0) + r * np.maximum(ts, 0.0))
         np.testing.assert_allclose(np.asarray(sol.states[:, model.index("S")]), exact,
                                    rtol=1e-8, err_msg=arm)
+
+
+def test_unknown_drugs_get_an_explicit_warned_class():
+    """Issue 15: arm names without a catalogue drug silently became "cytostatic", cisplatin
+    and gemcitabine among them. Now those two are chemotherapy, and the arms that name no
+    catalogue drug are listed with the class assumed for them."""
+    assert arm_drug_class("cisplatin") == "chemo" and arm_drug_class("Gemcitabine") == "chemo"
+    assert arm_drug_class("olaparib + carboplatin") == "chemo"
+    assert arm_drug_class("T-DXd") == "her2" and arm_drug_class("eribulin") == "chemo"
+    with pytest.warns(fitcsc.DataWarning) as record:
+        regimens = default_arm_regimens(["vehicle", "cisplatin", "BGJ398", "XYZ-123 + AB"])
+    (warning,) = record
+    text = str(warning.message)
+    assert "'cisplatin' (chemo), 'BGJ398' (cytostatic), 'XYZ-123 + AB' (cytostatic)" in text
+    assert ("2 arm(s) name no catalogue drug and were given the class 'cytostatic' (an "
+            "assumption): 'BGJ398', 'XYZ-123 + AB'; add the drug to a drug catalogue file "
+            "(--drug-catalogue FILE)") in text
+    assert _class(regimens["cisplatin"]) == "chemo" and _class(regimens["BGJ398"]) == "cytostatic"
+    with pytest.warns(fitcsc.DataWarning) as record:
+        default_arm_regimens(["paclitaxel"])
+    assert "no catalogue drug" not in str(record[0].message)

@@ -19,8 +19,9 @@ from fitcsc._data import (
     make_batch,
     read_regimen_table,
     read_tidy_csv,
+    read_volumes,
 )
-from fitcsc._errors import DataError, RegimenError
+from fitcsc._errors import DataError, DataWarning, RegimenError
 from fitcsc._nonmem import read_nonmem
 
 HEADER = "study,arm,subject,day,volume_mm3,weight_g\n"
@@ -138,12 +139,49 @@ def test_tidy_missing_column(tmp_path):
     check(err, msg, line=1, column="volume_mm3", value="study,arm,subject,day,vol")
 
 
-def test_tidy_semicolon_header_hint(tmp_path):
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_tidy_semicolon_or_tab_separated_read_with_a_warning(tmp_path, sep):
+    rows = ["study", "arm", "subject", "day", "volume_mm3"], ["s", "a", "m", "0", "12,5"], [
+        "s", "a", "m", "3", "20"], ["s", "a", "m", "6", "1.5e2"]
+    path = write(tmp_path, "\n".join(sep.join(r) for r in rows) + "\n")
+    with pytest.warns(DataWarning, match=r"data.csv: read as (semicolon|tab)-separated"):
+        t = read_tidy_csv(path)
+    assert t.volume_mm3.tolist() == [12.5, 20.0, 150.0]  # decimal comma read as a point
+
+
+def test_tidy_pipe_header_hint_and_decimal_comma_in_a_comma_file(tmp_path):
     err, msg = refusal(
-        read_tidy_csv, write(tmp_path, "study;arm;subject;day;volume_mm3\ns;a;m;0;1\n")
+        read_tidy_csv, write(tmp_path, "study|arm|subject|day|volume_mm3\ns|a|m|0|1\n")
     )
     assert "not comma-separated" in msg
     check(err, msg, line=1, column="study")
+    err, msg = refusal(read_tidy_csv, write(tmp_path, HEADER + 'S1,ctrl,m1,0,"12,5",20\n'))
+    assert "decimal comma in a comma-separated file" in msg
+    check(err, msg, line=2, column="volume_mm3", value="12,5")
+
+
+def test_tidy_header_any_case_and_lookalike_hint(tmp_path):
+    t = read_tidy_csv(write(tmp_path, "Study,ARM,Subject,Day,Volume_mm3,Cage\n"
+                                      "s,a,m,0,1,A\ns,a,m,1,2,A\ns,a,m,2,3,A\n"))
+    assert t.day.tolist() == [0.0, 1.0, 2.0] and list(t.extra) == ["Cage"]
+    err, msg = refusal(read_tidy_csv, write(tmp_path, "study,arm,subject,day,Day,volume_mm3\n"
+                                                      "s,a,m,0,0,1\n"))
+    assert "two columns differ only in case" in msg
+    check(err, msg, line=1, column="Day", value="columns 4 and 5")
+    err, msg = refusal(read_tidy_csv, write(tmp_path, "study,arm,subject,day,volume_cm3\n"
+                                                      "s,a,m,0,1\n"))
+    assert "is 'volume_cm3' it? rename it 'volume_mm3' after checking its unit" in msg
+    check(err, msg, line=1, column="volume_mm3")
+
+
+def test_tidy_utf16_with_bom_read_with_a_warning(tmp_path):
+    text = "study\tarm\tsubject\tday\tvolume_mm3\r\ns\ta\tSouris_é\t0\t5\r\n"
+    path = write(tmp_path, text.encode("utf-16"))  # Excel's "Unicode text"
+    with pytest.warns(DataWarning) as record:
+        t = read_tidy_csv(path)
+    assert t.subject.tolist() == ["Souris_é"]
+    text = " | ".join(str(w.message) for w in record)
+    assert "read as UTF-16" in text and "tab-separated" in text and "fewer than 3" in text
 
 
 def test_tidy_ragged_row(tmp_path):
@@ -205,7 +243,80 @@ def test_tidy_duplicate_subject_day(tmp_path):
     text = HEADER + "S1,ctrl,m1,0,1,20\nS1,ctrl,m1,1,2,20\nS1,ctrl,m1,1.0,3,20\n"
     err, msg = refusal(read_tidy_csv, write(tmp_path, text))
     assert "duplicate measurement of subject 'm1' on day 1 (lines 3 and 4)" in msg
-    check(err, msg, line=4, column="day")
+    assert "or resolve them with --duplicates mean|first|drop-subject" in msg
+    check(err, msg, line=4, column="day", value=1.0)
+
+
+# 5 mice, 4 of them with (subject, day) twins, as in a public PDX export
+TWINS = HEADER + "".join(
+    f"S,arm{m % 2},m{m},{d},{v},20\n" for m in range(5) for d, v in
+    [(0, 100 + m), (3, 120 + m), (7, 150 + m)]) + (
+    "S,arm1,m1,3,180,20\n"  # line 17: m1 day 3 again, another volume
+    "S,arm0,m2,0,102,20\n"  # m2 day 0 again, the same volume
+    "S,arm1,m3,7,90,20\nS,arm1,m3,7,30,20\n"  # m3 day 7 three times
+    "S,arm0,m4,0,300,20\n")
+
+
+def test_duplicates_refused_in_one_line_with_count_first_few_and_option(tmp_path):
+    err, msg = refusal(read_tidy_csv, write(tmp_path, TWINS))
+    assert ("duplicate measurements: 4 (subject, day) pairs measured more than once (9 rows, "
+            "4 subjects): subject 'm1' on day 3 (lines 6 and 17: 121, 180 mm3); subject 'm2' "
+            "on day 0 (lines 8 and 18: 102, 102 mm3); subject 'm3' on day 7 (lines 13, 19 "
+            "and 20: 153, 90, 30 mm3); and 1 more") in msg
+    assert "--duplicates mean|first|drop-subject" in msg
+    check(err, msg, line=17, column="day", value=3.0)
+
+
+@pytest.mark.parametrize("how,subjects,m3_day7,words", [
+    ("mean", ["m0", "m1", "m2", "m3", "m4"], (153 + 90 + 30) / 3, "volumes averaged"),
+    ("first", ["m0", "m1", "m2", "m3", "m4"], 153.0, "first row in the file kept"),
+    ("drop-subject", ["m0"], None, "their 4 subject(s) dropped: 'm1', 'm2', 'm3', 'm4'"),
+])
+def test_duplicates_resolved_with_a_warning(tmp_path, how, subjects, m3_day7, words):
+    with pytest.warns(DataWarning, match=f"4 \\(subject, day\\) pairs .*resolved by "
+                      f"--duplicates {how}") as record:
+        t = read_tidy_csv(write(tmp_path, TWINS), duplicates=how)
+    assert words in str(record[0].message) and str(tmp_path) in str(record[0].message)
+    assert list(t.subjects) == subjects and t.n_rows == 3 * len(subjects)
+    for s in subjects:  # one row per day, sorted
+        assert t.day[t.subject == s].tolist() == [0.0, 3.0, 7.0]
+    if m3_day7 is not None:
+        assert t.volume_mm3[(t.subject == "m3") & (t.day == 7)] == pytest.approx(m3_day7)
+        assert t.line[(t.subject == "m3") & (t.day == 7)].tolist() == [13]
+    with pytest.raises(DataError, match="unknown duplicates option"):
+        read_tidy_csv(write(tmp_path, GOOD), duplicates="last")
+
+
+def test_duplicates_drop_every_subject_refused(tmp_path):
+    text = HEADER + "S1,ctrl,m1,0,1,20\nS1,ctrl,m1,0,2,20\n"
+    err, msg = refusal(lambda p: read_tidy_csv(p, duplicates="drop-subject"),
+                       write(tmp_path, text))
+    assert "every subject has duplicate measurements" in msg
+    check(err, msg, column="day", value="drop-subject")
+
+
+@pytest.mark.parametrize("row,column,value,words", [
+    ("S1,ctrl,m1,1e23,5,20", "day", 1e23, "day beyond the plausible horizon"),
+    ("S1,ctrl,m1,-3654,5,20", "day", -3654.0, "day beyond the plausible horizon"),
+    ("S1,ctrl,m1,45000,5,20", "day", 45000.0, "(hours, seconds or a date given as days?)"),
+    ("S1,ctrl,m1,3,2e6,20", "volume_mm3", 2e6, "volume above the plausible maximum"),
+])
+def test_implausible_values_refused_with_their_reason(tmp_path, row, column, value, words):
+    err, msg = refusal(read_tidy_csv, write(tmp_path, HEADER + "S1,ctrl,m1,0,1,20\n" + row + "\n"))
+    assert words in msg
+    check(err, msg, line=3, column=column, value=value)
+    # the limits themselves pass
+    ok = HEADER + "S1,ctrl,m1,-3653,1,20\nS1,ctrl,m1,3653,1e6,20\nS1,ctrl,m1,0,0,20\n"
+    assert read_tidy_csv(write(tmp_path, ok, "ok.csv")).day.tolist() == [-3653, 0, 3653]
+
+
+def test_subjects_with_too_few_points_warned(tmp_path):
+    text = GOOD + "S1,ctrl,m3,2,30,20\nS1,trast,m4,0,5,20\nS1,trast,m4,9,5,20\n"
+    with pytest.warns(DataWarning, match=r"column 'subject': 2 subject\(s\) with fewer than 3 "
+                      r"measurements, too few to fit a growth curve .*: 'm3' \(1, line 8\), "
+                      r"'m4' \(2, line 9\); kept") as record:
+        t = read_tidy_csv(write(tmp_path, text))
+    assert len(record) == 1 and len(t.subjects) == 4
 
 
 def test_tidy_subject_in_two_arms(tmp_path):
@@ -297,6 +408,50 @@ def test_regimen_doseline_errors_get_file_and_line(tmp_path, row, column, value,
     err, msg = refusal(read_regimen_table, write(tmp_path, REG_HEADER + row + "\n"), RegimenError)
     assert words in msg and msg.count(str(tmp_path)) == 1 and msg.count("expected") == 1
     check(err, msg, line=2, column=column, value=value)
+
+
+@pytest.mark.parametrize(
+    "row,column,value,words",
+    [
+        ("trast,paclitaxol,10,mg/kg,0,7,3,0,", "drug", "paclitaxol",
+         "unknown drug (did you mean 'paclitaxel'?)"),
+        ("trast,trastuzumab,10,mg/kg,1e5,7,3,0,", "start_day", "1e5",
+         "first dose beyond the plausible horizon"),
+        ("trast,trastuzumab,10,mg/kg,0,7,20000,0,", "n_doses", "20000",
+         "too many doses in one line"),
+        ("trast,trastuzumab,10,mg/kg,0,7,600,0,", "interval_day", "7",
+         "last dose on day 4193, beyond the plausible horizon"),
+        ("trast,paclitaxel,10,mg/kg,0,1,3,36,", "infusion_hours", "36",
+         "infusions overlap: each lasts longer than the interval between doses"),
+        ("trast,paclitaxel,10,mg/kg,0,,1,1e6,", "infusion_hours", "1e6",
+         "infusion beyond the plausible horizon"),
+    ],
+)
+def test_regimen_unknown_drug_hint_and_impossible_schedules(tmp_path, row, column, value, words):
+    err, msg = refusal(read_regimen_table, write(tmp_path, REG_HEADER + row + "\n"),
+                       RegimenError)
+    assert words in msg
+    check(err, msg, line=2, column=column, value=value)
+    if column == "drug":
+        assert "add others with a drug catalogue file (--drug-catalogue FILE)" in msg
+
+
+def test_regimen_new_agents_header_case_and_adc_payload(tmp_path):
+    text = ("ARM,Drug,Dose,Dose_Unit,Start_Day,Interval_Day,N_Doses,Infusion_Hours\n"
+            "gc,Cisplatin,75,mg/m²,0,21,4,1\ngc,gemcitabine,1250,mg/m2,0,21,4,0.5\n"
+            "parp,Lynparza,300,mg,0,0.5,56,0\nadc,T-DXd,5.4,mg/kg,0,21,3,1.5\n"
+            "adc2,kadcyla,3.6,mg/kg,0,21,2,1.5\n")
+    regs = read_regimen_table(write(tmp_path, text))
+    assert regs["gc"].drugs == ("cisplatin", "gemcitabine")
+    assert regs["gc"].lines[0].dose_unit == "mg/m2"
+    assert regs["parp"].drugs == ("olaparib",)
+    adc, payload = regs["adc"].lines
+    assert (adc.drug, payload.drug) == ("trastuzumab_deruxtecan", "dxd")
+    assert payload.dose == pytest.approx(5.4 * 8 * 493.5 / 156_000)  # DAR 8, DXd 493.5 g/mol
+    assert (payload.start_day, payload.interval_day, payload.n_doses, payload.infusion_hours) \
+        == (0.0, 21.0, 3, 1.5)
+    assert regs["adc2"].drugs == ("trastuzumab_emtansine", "dm1")
+    assert regs["adc2"].lines[1].dose == pytest.approx(3.6 * 3.5 * 738.3 / 148_500)
 
 
 def test_regimen_none_and_drug_in_one_arm(tmp_path):
@@ -519,6 +674,39 @@ def test_nonmem_refusals(tmp_path, row, column, value, words):
     check(err, msg, line=11, column=column, value=value)
 
 
+@pytest.mark.parametrize(
+    "row,column,value,words",
+    [
+        ("1,1e9,5,.,0,.,0,.,trast,S,20", "TIME", 1e9, "day beyond the plausible horizon"),
+        ("1,3,5e7,.,0,.,0,.,trast,S,20", "DV", 5e7, "volume above the plausible maximum"),
+        ("1,5000,.,1,1,1,1,.,trast,S,20", "TIME", "5000", "first dose beyond the plausible"),
+        ("1,3,.,5,1,1,1,0.1,trast,S,20", "RATE", "0.1", "infusions overlap"),
+    ],
+)
+def test_nonmem_implausible_values_and_overlapping_infusions(tmp_path, row, column, value, words):
+    header, body = NM_GOOD.split("\n", 1)
+    text = header + ",ADDL,II\n" + "".join(r + ",.,.\n" for r in body.splitlines())
+    row = row + (",2,1" if column == "RATE" else ",.,.")  # RATE 0.1: a 50-day infusion
+    err, msg = refusal(lambda p: read_nonmem(p, cmt_drugs=CMTS), write(tmp_path, text + row
+                                                                       + "\n", "nm.csv"))
+    assert words in msg
+    check(err, msg, line=11, column=column, value=value)
+
+
+def test_nonmem_hours_duplicates_and_adc_payload(tmp_path):
+    text = ("ID,TIME,DV,AMT,EVID,CMT\n1,0,50,.,0,.\n1,0,.,360,1,1\n1,24,60,.,0,.\n"
+            "1,24,64,.,0,.\n1,48,70,.,0,.\n")
+    path = write(tmp_path, text, "nm.csv")
+    err, msg = refusal(lambda p: read_nonmem(p, time_unit="hour"), path)
+    assert "duplicate measurement of subject '1' on day 1 (lines 4 and 5)" in msg
+    check(err, msg, line=5, column="TIME", value=1.0)
+    with pytest.warns(DataWarning, match="resolved by --duplicates mean"):
+        table, regs = read_nonmem(path, time_unit="hour", duplicates="mean",
+                                  cmt_drugs={1: "T-DM1"})
+    assert table.day.tolist() == [0.0, 1.0, 2.0] and table.volume_mm3.tolist() == [50, 62, 70]
+    assert regs["1"].drugs == ("trastuzumab_emtansine", "dm1")
+
+
 def test_nonmem_addl_without_ii_is_relocated(tmp_path):
     text = "ID,TIME,DV,AMT,EVID,ADDL\n1,0,5,.,0,.\n1,0,.,2,1,3\n"
     err, msg = refusal(read_nonmem, write(tmp_path, text))
@@ -545,6 +733,31 @@ def test_nonmem_file_checks_and_options(tmp_path):
         read_nonmem(good, amount_unit="ug")
     with pytest.raises(RegimenError, match="unknown drug for compartment 2"):
         read_nonmem(good, cmt_drugs={1: "trastuzumab", 2: "snake oil"})
+
+
+def test_read_volumes_one_reader_with_its_options(tmp_path):
+    nm = write(tmp_path, NM_GOOD.replace("1,7,.,0.3,1,2,1,0.6", "1,168,.,0.3,1,2,1,0.025")
+               .replace("1,10,0", "1,240,0").replace("2,5,90", "2,120,90"), "nm.csv")
+    got = read_volumes(nm, cmt_drugs=CMTS, time_unit="hour")
+    assert got.kind == "nonmem" and got.regimen_source == "NONMEM dose records"
+    assert got.table.day.tolist() == [-2 / 24, 0.0, 10.0, 0.0, 5.0]  # hours -> days
+    (_, line), = [ln for ln in enumerate(got.regimens["1"].lines) if ln[1].drug == "paclitaxel"]
+    assert line.start_day == 7.0 and line.infusion_hours == pytest.approx(12.0)
+    with pytest.raises(DataError, match="carry their own doses"):
+        read_volumes(nm, nm)
+    tidy = write(tmp_path, GOOD, "tidy.csv")
+    got = read_volumes(tidy, write(tmp_path, REG_GOOD, "reg.csv"))
+    assert got.kind == "tidy" and got.regimen_source.startswith("regimen table ")
+    assert set(got.regimens) == {"ctrl", "trast", "combo"}
+    assert read_volumes(tidy).regimens is None
+    for option in (dict(time_unit="hour"), dict(amount_unit="mg/kg"),
+                   dict(cmt_drugs={1: "paclitaxel"})):
+        with pytest.raises(DataError, match="applies to NONMEM event data only") as info:
+            read_volumes(tidy, **option)
+        assert info.value.file == str(tidy) and info.value.column.startswith("--")
+    assert read_volumes(tidy, time_unit="day").table.n_rows == 6  # the tidy unit: harmless
+    with pytest.raises(DataError, match="not a tumour-volume file"):
+        read_volumes(write(tmp_path, REG_GOOD, "r.csv"))
 
 
 # --------------------------------------------------------------------- data_dir

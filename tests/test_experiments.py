@@ -247,3 +247,30 @@ def test_csc_heterogeneity_quick(quick_fit, tmp_path):
     assert 0.0 <= f["p_boundary"] <= 0.5
     for r in prof:
         assert 0 <= r["n_arms_inside_ci95"] <= 4 and math.isfinite(r["residual_csc_log10_median"])
+
+
+def test_clinical_validation_quick(tmp_path):
+    """Leave-one-trial-out harness: each left-out arm's published count, its predictive
+    interval, the inside flag and the summary metrics agree with each other."""
+    exp = _load("clinical_validation")
+    s = exp.main(exp.parse_args(["--quick", "--out", str(tmp_path)]))
+    for name in ("arms.csv", "hazard_ratios.csv", "summary.json", "calibration.png",
+                 "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with open(tmp_path / "arms.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    published = {"NS-A": (107, 31), "NS-B": (107, 49), "NS-C": (107, 18), "NS-D": (96, 23),
+                 "BUZ-C": (19, 5), "BUZ-H": (23, 15), "BUZ-H2": (22, 12)}
+    assert {r["arm"]: (int(r["n"]), int(r["count"])) for r in rows} == published
+    for r in rows:
+        lo, hi, obs = float(r["pred_lo_pct"]), float(r["pred_hi_pct"]), float(r["observed_pct"])
+        assert 0.0 <= lo <= hi <= 100.0 and 0.0 <= float(r["pit"]) <= 1.0
+        assert (r["inside"] == "True") == (lo - 1e-9 <= obs <= hi + 1e-9)
+        assert float(r["rate_lo_pct"]) <= float(r["mean_pct"]) <= float(r["rate_hi_pct"])
+    # pertuzumab is fitted only in NeoSphere: its arms are predicted from the class prior
+    prior_only = {r["arm"] for r in rows if "pertuzumab" in r["drugs_prior_only"]}
+    assert prior_only == {"NS-B", "NS-C", "NS-D"}
+    m = s["pcr"]
+    assert m["n_arms"] == 7 and m["n_inside_95"] == sum(r["inside"] == "True" for r in rows)
+    err = [float(r["mean_pct"]) - float(r["observed_pct"]) for r in rows]
+    assert m["mean_signed_error_points"] == pytest.approx(sum(err) / 7, abs=1e-3)

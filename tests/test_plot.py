@@ -85,3 +85,39 @@ def test_failed_predictions_are_skipped(fitted, tmp_path):
     curve = np.where(np.arange(curve.shape[0])[:, None] == 0, np.nan, curve)
     _check_png(plot_subject_fits(broken, batch, grid, curve, tmp_path / "p.png"))
     _check_png(plot_observed_vs_predicted(broken, batch, tmp_path / "o.png"))
+
+
+def test_axes_are_clipped_to_the_data(fitted, tmp_path, monkeypatch):
+    """A complete response predicted at 1e-18 mm3 (and a failed fit at 1e30) no longer
+    stretches the observed-vs-predicted axes or a subject's panel: both span the observed
+    volumes (widened 3x), the outliers sit at the edge and are counted in the title."""
+    import fitcsc._plot as plot
+
+    batch, result, grid, curve, _ = fitted
+    logp = np.asarray(result.log_volume_pred).copy()
+    cens = np.asarray(batch.censored)
+    assert cens.any()
+    logp[cens] = np.log(1e-18)
+    i, j = np.argwhere(np.asarray(batch.mask) & ~cens)[0]
+    logp[i, j] = np.log(1e30)
+    stretched = result.__class__(**{**{f: getattr(result, f)
+                                       for f in result.__dataclass_fields__},
+                                    "log_volume_pred": jnp.asarray(logp)})
+    seen = []
+    real = plot._save
+    monkeypatch.setattr(plot, "_save", lambda fig, path: (seen.append(
+        [(ax.get_xlim(), ax.get_ylim(), ax.get_title()) for ax in fig.axes]), real(fig, path))[1])
+    _check_png(plot_observed_vs_predicted(stretched, batch, tmp_path / "ovp.png"))
+    vol = np.asarray(batch.volume_mm3)[np.asarray(batch.mask)]
+    lo, hi = vol.min() / 3, vol.max() * 3
+    ((xlim, ylim, title),) = seen[0]
+    np.testing.assert_allclose([xlim, ylim], [[lo, hi], [lo, hi]], rtol=1e-12)
+    n_out = int(cens.sum()) + 1
+    assert f"{n_out} predictions beyond the axes, at the edge" in title
+    # per-subject panels: the curve falls to 1e-18 after a complete response
+    low_curve = np.where(np.arange(curve.shape[1]) > 25, 1e-18, curve)
+    _check_png(plot_subject_fits(stretched, batch, grid, low_curve, tmp_path / "p.png"))
+    mask = np.asarray(batch.mask)
+    for k, (_, ylim_k, _) in enumerate(seen[1][:batch.n_subjects]):
+        v = np.asarray(batch.volume_mm3)[k][mask[k]]
+        np.testing.assert_allclose(ylim_k, [v.min() / 3, v.max() * 3], rtol=1e-12)

@@ -1,4 +1,5 @@
-"""`fitcsc predict`: a hand-written regimen file, predicted from a saved trial fit."""
+"""`fitcsc predict`: a hand-written regimen file, predicted from a saved trial fit;
+every refusal of what the fit cannot support, and arm independence."""
 
 import csv
 import json
@@ -23,60 +24,227 @@ TCH,carboplatin,600,mg,0,21,6,0.5
 TCH,trastuzumab,8,mg/kg,0,,1,1.5
 TCH,trastuzumab,6,mg/kg,21,21,16,0.5
 """
+# the same TCH arm beside a second one with half the carboplatin dose
+TWO_TCH = MY_TRIAL + """TCH300,docetaxel,75,mg/m2,0,21,6,1
+TCH300,carboplatin,300,mg,0,21,6,0.5
+TCH300,trastuzumab,8,mg/kg,0,,1,1.5
+TCH300,trastuzumab,6,mg/kg,21,21,16,0.5
+"""
+NERATINIB = """arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours
+TN,docetaxel,75,mg/m2,0,21,6,1
+TN,neratinib,240,mg,0,1,126,0
+"""
+PERTUZUMAB = """arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours
+TP,docetaxel,75,mg/m2,0,21,4,1
+TP,pertuzumab,840,mg,0,,1,1
+TP,pertuzumab,420,mg,21,21,3,0.5
+"""
 
 
-@pytest.fixture(scope="module")
-def fit_dir(tmp_path_factory):
-    regimens = fitcsc.read_regimen_table(CLINICAL / "regimens.csv")
-    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"]),
-            Arm("HERA-OBS", regimens["HERA-OBS"], setting="adjuvant", trial="HERA")]
-    names = ("log_kill_scale", "logit_her2_independent", "log_micromet_cells#HERA")
+def _save(d, arms, names, *, sd=0.2):
     tm = TrialModel.build(arms, names)
-    z = np.asarray(tm.z0())
-    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04, 0.01]), loss=0.0,
-                   converged=True, n_steps=1, start_losses=np.zeros(1))
-    d = tmp_path_factory.mktemp("fit")
+    z = np.array(tm.z0())
+    if "log_micromet_cells#HERA" in names:  # chemotherapy that leaves recurrences
+        z[names.index("log_micromet_cells#HERA")] = np.log(1e11)
+        z[names.index("log_kill_scale")] = np.log(4.0)
+    fit = TrialFit(names=names, z=z, cov=np.diag(np.full(len(names), sd**2)), loss=0.0,
+                   converged=True, n_steps=1, start_losses=np.zeros(1),
+                   hyper={"her2_drug_sd": 1.0, "chemo_drug_sd": 0.5, "trial_sd": 0.5})
     save_fit(d / "fit.json", tm, fit)
     return d
 
 
-def test_predict_hand_written_trial(fit_dir, tmp_path):
-    reg = tmp_path / "my_trial.csv"
-    reg.write_text(MY_TRIAL)
+@pytest.fixture(scope="module")
+def regimens():
+    return fitcsc.read_regimen_table(CLINICAL / "regimens.csv")
+
+
+@pytest.fixture(scope="module")
+def fit_dir(tmp_path_factory, regimens):
+    """pCR and adjuvant parameters: every definition and DFS are supported."""
+    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"]),
+            Arm("HERA-OBS", regimens["HERA-OBS"], setting="adjuvant", trial="HERA")]
+    names = ("log_kill_scale", "logit_her2_independent", "logit_breast_factor",
+             "logit_no_dcis", "log_her2_potency#trastuzumab", "log_her2_potency",
+             "log_micromet_cells#HERA")
+    return _save(tmp_path_factory.mktemp("fit"), arms, names)
+
+
+@pytest.fixture(scope="module")
+def pcr_only_dir(tmp_path_factory, regimens):
+    """A pCR-only fit with no breast or in-situ factor: total pCR only, no DFS."""
+    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
+    names = ("log_kill_scale", "log_her2_potency#trastuzumab")
+    return _save(tmp_path_factory.mktemp("pcronly"), arms, names)
+
+
+def _write(tmp_path, text, name="my_trial.csv"):
+    reg = tmp_path / name
+    reg.write_text(text)
+    return reg
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _predict(fit, reg, out, *extra):
+    return cli.main(["predict", "--fit", str(fit), "--regimens", str(reg), "--out", str(out),
+                     "--draws", "64", *extra])
+
+
+def _one_line_refusal(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_predict_hand_written_trial(fit_dir, tmp_path, capsys):
+    reg = _write(tmp_path, MY_TRIAL)
     out = tmp_path / "out"
-    code = cli.main(["predict", "--fit", str(fit_dir), "--regimens", str(reg), "--out",
-                     str(out), "--comparator", "TC", "--draws", "64", "--years", "3"])
+    code = _predict(fit_dir, reg, out, "--assume", "carboplatin=docetaxel", "--comparator",
+                    "TC", "--years", "3", "--years", "5", "--contrast", "TCH-TC",
+                    "--n-patients", "80")
     assert code == 0
-    with open(out / "predictions.csv", newline="") as fh:
-        rows = {r["arm"]: r for r in csv.DictReader(fh)}
-    assert set(rows) == {"TC", "TCH"}
-    for r in rows.values():
+    rows = _rows(out / "predictions.csv")
+    assert {(r["arm"], r["pcr_definition"]) for r in rows} == {
+        (a, d) for a in ("TC", "TCH") for d in ("ypT0/is ypN0", "ypT0/is", "ypT0", "ypT0 ypN0")}
+    by = {(r["arm"], r["pcr_definition"]): r for r in rows}
+    for r in rows:
         lo, mean, hi = float(r["pcr_lo"]), float(r["pcr_mean"]), float(r["pcr_hi"])
         assert 0.0 <= lo <= mean <= hi <= 1.0 and r["status"] == "ok"
-        assert 0.0 <= float(r["dfs_lo"]) <= float(r["dfs_hi"]) <= 1.0
-    assert float(rows["TC"]["dfs_hr_mean"]) == pytest.approx(1.0)  # itself
+        assert "carboplatin: assumed as docetaxel" in r["assumptions"]  # flagged prior-only
+    # a trial arm's observed rate (binomial on top) varies more than the rate itself
+    width = np.mean([float(r["pcr_hi"]) - float(r["pcr_lo"]) for r in rows])
+    pred = np.mean([float(r["pcr_pred_hi"]) - float(r["pcr_pred_lo"]) for r in rows])
+    assert pred > width
+    for a in ("TC", "TCH"):  # breast-only >= total; no in-situ residual is stricter
+        t, b = float(by[(a, "ypT0/is ypN0")]["pcr_map"]), float(by[(a, "ypT0/is")]["pcr_map"])
+        assert b >= t and float(by[(a, "ypT0")]["pcr_map"]) <= b
+        assert float(by[(a, "ypT0 ypN0")]["pcr_map"]) <= t
+    t = float(by[("TCH", "ypT0/is ypN0")]["pcr_map"])
+    assert 0.0 < t < 1.0 and float(by[("TCH", "ypT0 ypN0")]["pcr_map"]) < t
     # adding trastuzumab raises pCR and lowers the hazard
-    assert float(rows["TCH"]["pcr_map"]) > float(rows["TC"]["pcr_map"])
-    assert float(rows["TCH"]["dfs_hr_mean"]) < 1.0
+    assert float(by[("TCH", "ypT0/is ypN0")]["pcr_map"]) > float(by[("TC", "ypT0/is ypN0")]
+                                                                  ["pcr_map"])
+    dfs = _rows(out / "dfs.csv")
+    assert {(r["arm"], r["years"]) for r in dfs} == {(a, y) for a in ("TC", "TCH")
+                                                     for y in ("3", "5")}
+    for r in dfs:
+        assert 0.0 <= float(r["dfs_lo"]) <= float(r["dfs_hi"]) <= 1.0
+        if r["arm"] == "TC":
+            assert float(r["dfs_hr_geomean"]) == pytest.approx(1.0)  # itself
+        else:
+            assert float(r["dfs_hr_geomean"]) < 1.0
+    con = _rows(out / "contrasts.csv")
+    assert len(con) == 4 and all(r["contrast"] == "TCH-TC" for r in con)
+    draws = _rows(out / "pcr_draws.csv")  # paired draws: the contrast is their difference
+    tot = [r for r in draws if r["pcr_definition"] == "ypT0/is ypN0"]
+    assert len(tot) == 64
+    diff = np.array([float(r["TCH"]) - float(r["TC"]) for r in tot])
+    c = next(r for r in con if r["pcr_definition"] == "ypT0/is ypN0")
+    assert float(c["diff_mean"]) == pytest.approx(diff.mean(), abs=1e-4)
+    assert float(c["prob_a_better"]) == pytest.approx(np.mean(diff > 0), abs=1e-9)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_arms"] == 2 and summary["burden_trial"] == "HERA"
+    assert summary["n_patients"] == 80
     for name in ("dfs_curves.csv", "predictions.png"):
         assert (out / name).stat().st_size > 0
+    assert "prior-only" in capsys.readouterr().err  # the assumption shows on screen
 
 
-def test_predict_refuses_unknown_comparator(fit_dir, tmp_path, capsys):
-    reg = tmp_path / "my_trial.csv"
-    reg.write_text(MY_TRIAL)
-    code = cli.main(["predict", "--fit", str(fit_dir), "--regimens", str(reg), "--out",
-                     str(tmp_path / "o"), "--comparator", "XYZ"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "comparator" in err and "'XYZ'" in err and len(err.strip().splitlines()) == 1
+def test_arm_alone_equals_arm_beside_others(fit_dir, tmp_path):
+    """No arm's prediction depends on the other arms of its file."""
+    outs = []
+    for name, text in (("one.csv", MY_TRIAL), ("two.csv", TWO_TCH)):
+        reg = _write(tmp_path, text, name)
+        out = tmp_path / name.replace(".csv", "")
+        assert _predict(fit_dir, reg, out, "--assume", "carboplatin=docetaxel", "--comparator",
+                        "TC") == 0
+        outs.append(out)
+    for f, key in (("predictions.csv", ("arm", "pcr_definition")), ("dfs.csv", ("arm", "years"))):
+        a = {tuple(r[k] for k in key): r for r in _rows(outs[0] / f)}
+        b = {tuple(r[k] for k in key): r for r in _rows(outs[1] / f)}
+        for k, r in a.items():
+            assert r == b[k], (f, k)
+
+
+def test_predict_refuses_unfitted_drug(fit_dir, tmp_path, capsys):
+    reg = _write(tmp_path, MY_TRIAL)
+    assert _predict(fit_dir, reg, tmp_path / "o") == 2
+    _one_line_refusal(capsys, "'carboplatin'", "no fitted effect", "--assume carboplatin=")
+    reg = _write(tmp_path, NERATINIB, "ner.csv")
+    assert _predict(fit_dir, reg, tmp_path / "o") == 2
+    _one_line_refusal(capsys, "'neratinib'", "--assume neratinib=trastuzumab")
+    # an assumption must name a fitted drug of the same class
+    assert _predict(fit_dir, reg, tmp_path / "o", "--assume", "neratinib=docetaxel") == 2
+    _one_line_refusal(capsys, "not a fitted her2 drug")
+    # the class prior of a HER2 blocker: flagged, and wider than an assumed twin
+    reg = _write(tmp_path, PERTUZUMAB, "tp.csv")
+    args = ("--pcr-definition", "ypT0/is ypN0")
+    assert _predict(fit_dir, reg, tmp_path / "cls", "--assume", "pertuzumab=class", *args) == 0
+    r = _rows(tmp_path / "cls" / "predictions.csv")[0]
+    assert "class prior" in r["assumptions"]
+    assert _predict(fit_dir, reg, tmp_path / "twin", "--assume", "pertuzumab=trastuzumab",
+                    *args) == 0
+    t = _rows(tmp_path / "twin" / "predictions.csv")[0]
+    assert "assumed as trastuzumab" in t["assumptions"]
+    assert (float(r["pcr_hi"]) - float(r["pcr_lo"])) > (float(t["pcr_hi"]) - float(t["pcr_lo"]))
+
+
+def test_predict_without_dfs_data_refuses_dfs(pcr_only_dir, tmp_path, capsys):
+    reg = _write(tmp_path, MY_TRIAL)
+    args = ("--assume", "carboplatin=docetaxel")
+    for extra in (("--comparator", "TC"), ("--years", "3")):
+        assert _predict(pcr_only_dir, reg, tmp_path / "o", *args, *extra) == 2
+        _one_line_refusal(capsys, "no adjuvant data", "DFS")
+    # without asking for DFS: pCR only, under the definitions the fit supports
+    out = tmp_path / "pcr"
+    assert _predict(pcr_only_dir, reg, out, *args) == 0
+    assert {r["pcr_definition"] for r in _rows(out / "predictions.csv")} == {"ypT0/is ypN0"}
+    assert not (out / "dfs.csv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["pcr_definitions_refused"]) == {"ypT0/is", "ypT0", "ypT0 ypN0"}
+
+
+def test_predict_refuses_unsupported_definition(pcr_only_dir, tmp_path, capsys):
+    reg = _write(tmp_path, MY_TRIAL)
+    for d, need in (("ypT0/is", "logit_breast_factor"), ("ypT0 ypN0", "logit_no_dcis")):
+        assert _predict(pcr_only_dir, reg, tmp_path / "o", "--assume",
+                        "carboplatin=docetaxel", "--pcr-definition", d) == 2
+        _one_line_refusal(capsys, repr(d), need)
+
+
+def test_predict_refuses_bad_options(fit_dir, tmp_path, capsys):
+    reg = _write(tmp_path, MY_TRIAL)
+    cases = [(("--comparator", "XYZ"), ("comparator", "'XYZ'")),
+             (("--contrast", "TC-TC"), ("--contrast", "'TC-TC'")),
+             (("--contrast", "TC+TCH"), ("--contrast",)),
+             (("--n-patients", "0"), ("--n-patients",)),
+             (("--her2-dependence", "2,0"), ("--her2-dependence",)),
+             (("--burden-trial", "B-99"), ("--burden-trial", "'B-99'")),
+             (("--assume", "carboplatin"), ("--assume",))]
+    for extra, words in cases:
+        assert _predict(fit_dir, reg, tmp_path / "o", "--assume", "carboplatin=docetaxel",
+                        *extra) == 2
+        _one_line_refusal(capsys, *words)
 
 
 def test_predict_refuses_missing_fit(tmp_path, capsys):
-    reg = tmp_path / "my_trial.csv"
-    reg.write_text(MY_TRIAL)
-    code = cli.main(["predict", "--fit", str(tmp_path / "nofit"), "--regimens", str(reg),
-                     "--out", str(tmp_path / "o")])
-    assert code == 2 and "no fit.json" in capsys.readouterr().err
+    reg = _write(tmp_path, MY_TRIAL)
+    assert _predict(tmp_path / "nofit", reg, tmp_path / "o") == 2
+    assert "no fit.json" in capsys.readouterr().err
+
+
+def test_her2_low_population_is_flagged_and_weaker(fit_dir, tmp_path):
+    reg = _write(tmp_path, MY_TRIAL)
+    args = ("--assume", "carboplatin=docetaxel", "--pcr-definition", "ypT0/is ypN0")
+    assert _predict(fit_dir, reg, tmp_path / "hi", *args) == 0
+    assert _predict(fit_dir, reg, tmp_path / "lo", *args, "--her2-dependence", "0.2,0") == 0
+    hi = {r["arm"]: r for r in _rows(tmp_path / "hi" / "predictions.csv")}
+    lo = {r["arm"]: r for r in _rows(tmp_path / "lo" / "predictions.csv")}
+    assert float(lo["TCH"]["pcr_map"]) < float(hi["TCH"]["pcr_map"])
+    assert lo["TC"]["pcr_map"] == hi["TC"]["pcr_map"]  # no HER2 drug: unchanged
+    assert "HER2 dependence" in lo["TCH"]["assumptions"]

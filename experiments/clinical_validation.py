@@ -1,0 +1,430 @@
+"""Leave-one-trial-out validation of the clinical trial model: pCR and hazard ratios.
+
+Question: does the trial model predict the pCR of a neoadjuvant trial it was not fitted
+to, and the DFS hazard ratio of an adjuvant trial it was not fitted to, inside honest
+95% predictive intervals that are still narrow enough to say something?
+
+Folds. The neoadjuvant arms with counts in data/clinical/pcr_arms.csv come from five
+trials (MDACC with its 2007 extra cohort, NOAH, GeparQuattro, NeoSphere, NeoALTTO).
+Each fold fits the model to four trials and predicts every arm of the fifth under that
+trial's own pCR definition. The model is built on all arms, so a drug or a trial seen
+only in the left-out trial has a parameter with no data: its Laplace posterior is its
+prior (a new HER2 blocker's potency ~ N(class mean, her2_drug_sd), a new chemotherapy
+drug's potency ~ N(0, chemo_drug_sd) around the class kill per reference dose, a new
+trial's shift of log burden ~ N(0, trial_sd)), which is exactly the prior predictive a
+new trial gets from `fitcsc predict`. Such arms are marked in the table.
+
+Predictive interval of an arm: 95% central interval of the pCR count of a trial of the
+arm's size, over posterior draws of the fitted parameters (each draw: the arm's pCR rate,
+then a binomial count), i.e. parameter uncertainty, the new trial's effect and binomial
+sampling. Posterior draws: Laplace draws reweighted by Pareto-smoothed importance sampling
+to the exact posterior (`fitcsc._trial_fit.posterior_draws`; k_hat reported). PIT values
+(randomised at ties) give the calibration figure.
+
+Adjuvant: B-31/N9831 and HERA, each left out in turn. The fit uses every pCR count and
+the other trial's control landmark and hazard ratio; the left-out trial's burden is
+fitted to its own control arm's landmark (no HR enters), then its HR is predicted with a
+95% interval over the joint Laplace draws (burden included).
+
+Structures compared (``--structure``, see `STRUCTURES`): the shipped one and the
+alternatives of issue 12; each is scored by the same folds.
+
+Run: ``python experiments/clinical_validation.py [--quick] [--structure NAME] [--out DIR]``.
+Writes ``arms.csv``, ``hazard_ratios.csv``, ``summary.json``, ``calibration.png`` and
+``RESULT.md`` to ``--out`` (default experiments/results/clinical_validation/<structure>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fitcsc
+import fitcsc.summary as fs
+from fitcsc._plot import _pyplot, _save
+from fitcsc._run import _csv_text, write_atomic
+from fitcsc._trial_fit import (
+    Objective,
+    TrialData,
+    adjuvant_observations,
+    draw_values,
+    fit_trials,
+    pcr_observations,
+    posterior_draws,
+)
+from fitcsc._trials import STRUCTURES, TrialModel, trial_family
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLINICAL = ROOT / "data" / "clinical"
+VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (as pcr_fit.py)
+
+QUICK_FOLDS = ("NeoSphere", "MDACC")
+
+
+def load():
+    regimens = fitcsc.read_regimen_table(CLINICAL / "regimens.csv")
+    arms, obs = pcr_observations(fitcsc.read_clinical(CLINICAL / "pcr_arms.csv"), regimens,
+                                 volumes=VOLUMES)
+    adj = adjuvant_observations(fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv"),
+                                regimens)
+    return arms, obs, adj
+
+
+def _count_interval(rates, n, key, prob=0.95):
+    """Posterior predictive counts of a trial of size ``n``: draws (rates, one binomial
+    count per draw) -> (lo, hi) count interval and the count draws."""
+    counts = np.asarray(jax.random.binomial(key, n, jnp.clip(jnp.asarray(rates), 0, 1)))
+    lo, hi = np.quantile(counts, [(1 - prob) / 2, (1 + prob) / 2], method="inverted_cdf")
+    return float(lo), float(hi), counts
+
+
+def _pit(counts, k, key):
+    """Randomised PIT of an observed count ``k`` under predictive draws ``counts``."""
+    below, at = np.mean(counts < k), np.mean(counts == k)
+    return float(below + at * float(jax.random.uniform(key)))
+
+
+def posterior(objective, fit, args, key):
+    """``(draws, weights, k_hat)``: Laplace draws, reweighted by PSIS unless
+    ``--posterior laplace`` (then equal weights and k_hat NaN)."""
+    if args.posterior == "laplace":
+        draws = np.asarray(fs.laplace_draws(fit.z, fit.cov, n_draws=args.draws, key=key))
+        return draws, np.full(len(draws), 1.0 / len(draws)), float("nan")
+    return posterior_draws(objective, fit, args.draws, key, batch=args.batch)
+
+
+def resample(values, weights, seed):
+    """Equal-weight draws from weighted ones (multinomial resampling, seeded)."""
+    idx = np.random.default_rng(seed).choice(len(weights), size=len(weights), p=weights)
+    return np.asarray(values)[idx]
+
+
+def fit_fold(arms, obs, train, structure, args, extra=None):
+    """One fit on the observations of trials ``train`` (the model holds every arm)."""
+    tm = TrialModel.build(arms, n_nodes=args.nodes, n_her2=args.her2_nodes,
+                          **STRUCTURES[structure])
+    data = TrialData(pcr=[o for o in obs if trial_family(o.trial) in train],
+                     **(extra or {}))
+    objective = Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
+    fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
+    return tm, objective, fit
+
+
+def pcr_folds(arms, obs, structure, args, log):
+    families = list(dict.fromkeys(trial_family(o.trial) for o in obs))
+    folds = [f for f in families if not args.quick or f in QUICK_FOLDS]
+    rows = []
+    key = jax.random.PRNGKey(args.seed)
+    for held in folds:
+        t0 = time.perf_counter()
+        train = [f for f in families if f != held]
+        tm, objective, fit = fit_fold(arms, obs, train, structure, args)
+        draws, weights, k_hat = posterior(objective, fit, args,
+                                          jax.random.fold_in(key, len(rows)))
+        rates = resample(draw_values(lambda z, tm=tm: tm.pcr_rates(z)[0], draws,
+                                     batch=args.batch), weights, args.seed + len(rows))
+        point = np.asarray(tm.pcr_rates(jnp.asarray(fit.z))[0])
+        by_name = {a.name: a for a in arms}
+        fitted_drugs = {d for o in objective.data.pcr for d in by_name[o.arm].regimen.drugs}
+        for o in obs:
+            if trial_family(o.trial) != held:
+                continue
+            i = tm.arm_names.index(o.arm)
+            k1, k2, key = jax.random.split(key, 3)
+            lo, hi, counts = _count_interval(rates[:, i], o.n, k1)
+            prior_only = sorted(set(arms[i].regimen.drugs) - fitted_drugs)
+            rows.append({
+                "held_out": held, "trial": o.trial, "arm": o.arm,
+                "pcr_definition": o.definition, "n": o.n, "count": o.count,
+                "observed_pct": 100 * o.count / o.n, "map_pct": 100 * point[i],
+                "mean_pct": 100 * float(np.mean(rates[:, i])),
+                "rate_lo_pct": 100 * float(np.quantile(rates[:, i], 0.025)),
+                "rate_hi_pct": 100 * float(np.quantile(rates[:, i], 0.975)),
+                "pred_lo_pct": 100 * lo / o.n, "pred_hi_pct": 100 * hi / o.n,
+                "inside": bool(lo <= o.count <= hi),
+                "pit": _pit(counts, o.count, k2),
+                "drugs_prior_only": " ".join(prior_only),
+                "fit_loss": fit.loss, "fit_converged": fit.converged, "psis_k_hat": k_hat,
+            })
+        log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, "
+            + ", ".join(f"{r['arm']} {r['observed_pct']:.1f} in "
+                        f"[{r['pred_lo_pct']:.1f}, {r['pred_hi_pct']:.1f}]"
+                        for r in rows if r["held_out"] == held))
+    return rows
+
+
+def hr_folds(arms, obs, adj, structure, args, log):
+    """Leave one adjuvant trial out (see the module docstring)."""
+    adj_arms, landmarks, hrs = adj
+    rows = []
+    key = jax.random.PRNGKey(args.seed + 7)
+    families = list(dict.fromkeys(trial_family(o.trial) for o in obs))
+    for h in hrs:
+        held = next(a.trial for a in adj_arms if a.name == h.experimental)
+        t0 = time.perf_counter()
+        lm_train = [m for m in landmarks if _trial_of(adj_arms, m.arm) != held]
+        hr_train = [x for x in hrs if x is not h]
+        lm_held = [m for m in landmarks if _trial_of(adj_arms, m.arm) == held]
+        tm, objective, fit = fit_fold(arms + adj_arms, obs, families, structure, args,
+                                      extra={"landmarks": lm_train + lm_held,
+                                             "hrs": hr_train})
+        draws, weights, k_hat = posterior(objective, fit, args,
+                                          jax.random.fold_in(key, len(rows)))
+        ix = {a: i for i, a in enumerate(tm.arm_names)}
+        day = jnp.asarray([h.years * 365.25])
+
+        def log_hr(z, ie=ix[h.experimental], ic=ix[h.control], day=day, tm=tm):
+            dfs, _, _ = tm.dfs(z, day)
+            return jnp.log(jnp.log(jnp.clip(dfs[ie, 0], 1e-12, 1 - 1e-12))
+                           / jnp.log(jnp.clip(dfs[ic, 0], 1e-12, 1 - 1e-12)))
+
+        vals = resample(draw_values(log_hr, draws, batch=args.batch), weights,
+                        args.seed + 100 + len(rows))
+        lo, hi = np.exp(np.quantile(vals, [0.025, 0.975]))
+        hr_obs = float(np.exp(h.log_hr))
+        rows.append({"held_out": held, "comparison": h.name, "years": h.years,
+                     "published_hr": hr_obs,
+                     "published_lo": float(np.exp(h.log_hr - 1.96 * h.se)),
+                     "published_hi": float(np.exp(h.log_hr + 1.96 * h.se)),
+                     "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z)))),
+                     "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
+                     "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
+                     "fit_loss": fit.loss, "psis_k_hat": k_hat})
+        log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
+            f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
+    return rows
+
+
+def _trial_of(adj_arms, name):
+    return next(a.trial for a in adj_arms if a.name == name)
+
+
+def metrics(rows):
+    inside = [r["inside"] for r in rows]
+    err = [r["mean_pct"] - r["observed_pct"] for r in rows]
+    width = [r["pred_hi_pct"] - r["pred_lo_pct"] for r in rows]
+    with_fit = [r for r in rows if not r["drugs_prior_only"]]
+    return {"n_arms": len(rows), "n_inside_95": int(sum(inside)),
+            "share_inside_95": float(np.mean(inside)) if rows else float("nan"),
+            "mean_signed_error_points": float(np.mean(err)) if rows else float("nan"),
+            "mean_abs_error_points": float(np.mean(np.abs(err))) if rows else float("nan"),
+            "mean_width_95_points": float(np.mean(width)) if rows else float("nan"),
+            "n_arms_all_drugs_fitted": len(with_fit),
+            "share_inside_95_all_drugs_fitted": (float(np.mean([r["inside"]
+                                                                for r in with_fit]))
+                                                 if with_fit else float("nan"))}
+
+
+def main(args) -> dict:
+    t_start = time.perf_counter()
+    out = pathlib.Path(args.out or ROOT / "experiments" / "results" / "clinical_validation"
+                       / (args.structure + args.tag))
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (
+        lambda msg: None)
+    arms, obs, adj = load()
+    if args.only_hr:  # add the hazard-ratio folds to a finished pCR run in --out
+        rows = _read_rows(out / "arms.csv")
+    else:
+        log(f"structure {args.structure}: pCR folds")
+        rows = pcr_folds(arms, obs, args.structure, args, log)
+    hr_rows = [] if args.quick or args.no_hr else hr_folds(arms, obs, adj, args.structure,
+                                                            args, log)
+    summary = {
+        "question": "leave-one-trial-out prediction of pCR counts and adjuvant hazard ratios",
+        "structure": args.structure, "build_options": STRUCTURES[args.structure],
+        "quick": bool(args.quick),
+        "pcr": metrics(rows),
+        "hr": {"n": len(hr_rows), "n_inside_95": int(sum(r["inside"] for r in hr_rows))},
+        "targets": {"share_inside_95": ">= 0.80", "mean_signed_error_points": "within +-5",
+                    "mean_width_95_points": "< 30"},
+        "settings": {"posterior": args.posterior, "starts": args.starts, "steps": args.steps,
+                     "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
+                     "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
+                     "seed": args.seed},
+        "interval": "95% posterior predictive interval of the count for a trial of the "
+                    "arm's size: posterior draws of the parameters, then a binomial count",
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
+        "device": str(jax.devices()[0]),
+    }
+    keys = list(rows[0]) if rows else []
+    write_atomic(out / "arms.csv", _csv_text(keys, [[_fmt(r[k]) for k in keys] for r in rows]))
+    hkeys = list(hr_rows[0]) if hr_rows else ["held_out"]
+    write_atomic(out / "hazard_ratios.csv",
+                 _csv_text(hkeys, [[_fmt(r[k]) for k in hkeys] for r in hr_rows]))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _figure(rows, summary, out / "calibration.png")
+    _result_md(rows, hr_rows, summary, out / "RESULT.md")
+    if args.out is None:  # the committed results: one table over every structure run
+        _comparison(out.parent)
+    return summary
+
+
+def _comparison(root):
+    """``root/RESULT.md``: the structures run so far (``root/<structure>/summary.json``)
+    side by side, with the targets of issue 12."""
+    runs = []
+    for d in sorted(p for p in root.iterdir() if (p / "summary.json").exists()):
+        s = json.loads((d / "summary.json").read_text())
+        if not s.get("quick"):
+            runs.append((d.name, s))
+    lines = ["# Leave-one-trial-out validation: structures compared", "",
+             "Each structure is fitted to four of the five neoadjuvant trials and predicts the "
+             "fifth's arms (95% posterior predictive interval of the count for a trial of the "
+             "arm's size); see each folder's RESULT.md for the arms.", "",
+             "| structure | options | arms inside 95% PI | mean signed error (points) | "
+             "mean width (points) | inside, arms with fitted drugs | adjuvant HRs inside |",
+             "|---|---|---|---|---|---|---|",
+             "| target | | >= 80% | within +-5 | < 30 | | |"]
+    for name, s in runs:
+        m, st = s["pcr"], s["settings"]
+        opts = ", ".join(f"{k}={v}" for k, v in s["build_options"].items() if v is not False)
+        opts += f"; trial_sd={st.get('trial_sd')}, her2_drug_sd={st.get('her2_drug_sd', 1.0)}"
+        hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
+        lines.append(
+            f"| [{name}]({name}/RESULT.md) | {opts} | {m['n_inside_95']}/{m['n_arms']} "
+            f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
+            f"{m['mean_width_95_points']:.1f} | "
+            f"{100 * m['share_inside_95_all_drugs_fitted']:.0f}% of "
+            f"{m['n_arms_all_drugs_fitted']} | {hr} |")
+    write_atomic(root / "RESULT.md", "\n".join(lines) + "\n")
+
+
+def _read_rows(path):
+    """Rows of a previous run's arms.csv, typed as `pcr_folds` returns them."""
+    import csv
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: --only-hr needs a finished pCR run in --out")
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                if k in ("inside", "fit_converged"):
+                    row[k] = v == "True"
+                elif k in ("n", "count"):
+                    row[k] = int(v)
+                else:
+                    try:
+                        row[k] = float(v)
+                    except ValueError:
+                        row[k] = v
+            out.append(row)
+    return out
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _figure(rows, summary, path):
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.2), constrained_layout=True)
+    trials = list(dict.fromkeys(r["held_out"] for r in rows))
+    for r in rows:
+        c = f"C{trials.index(r['held_out'])}"
+        a1.errorbar(r["observed_pct"], r["mean_pct"],
+                    yerr=[[r["mean_pct"] - r["pred_lo_pct"]], [r["pred_hi_pct"] - r["mean_pct"]]],
+                    fmt="o" if r["inside"] else "x", color=c, ms=5, capsize=2, lw=0.8,
+                    mfc="none" if r["drugs_prior_only"] else c)
+        a1.annotate(r["arm"], (r["observed_pct"], r["mean_pct"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    for t in trials:
+        a1.plot([], [], "o", color=f"C{trials.index(t)}", label=t)
+    a1.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8)
+    a1.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR % (left-out trial)",
+           ylabel="predicted pCR %: mean and 95% predictive interval (n of the arm)",
+           title=f"leave one trial out ({summary['structure']}): "
+                 f"{summary['pcr']['n_inside_95']}/{summary['pcr']['n_arms']} inside")
+    a1.legend(fontsize=7, loc="upper left", title="left-out trial", title_fontsize=7)
+    nominal = np.linspace(0.05, 0.99, 40)
+    pit = np.asarray([r["pit"] for r in rows])
+    cover = [np.mean(np.abs(pit - 0.5) <= q / 2) for q in nominal] if rows else []
+    a2.plot(100 * nominal, 100 * np.asarray(cover), "o-", ms=3, label="left-out arms")
+    a2.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8, label="perfect calibration")
+    a2.set(xlim=(0, 100), ylim=(0, 100), xlabel="nominal central interval (%)",
+           ylabel="arms inside (%), from randomised PIT values",
+           title="interval calibration")
+    a2.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _result_md(rows, hr_rows, s, path):
+    m = s["pcr"]
+    lines = [
+        f"# Leave-one-trial-out validation ({s['structure']})", "",
+        f"pCR: {m['n_inside_95']} of {m['n_arms']} left-out arms inside their 95% "
+        f"predictive interval ({100 * m['share_inside_95']:.0f}%; target >= 80%); mean "
+        f"signed error {m['mean_signed_error_points']:+.1f} points (target within +-5); mean "
+        f"interval width {m['mean_width_95_points']:.1f} points (target < 30)."
+        + (" Quick run: two folds, few optimiser steps." if s["quick"] else ""), "",
+        f"Arms whose drugs all have a fitted effect: {m['n_arms_all_drugs_fitted']}, "
+        f"inside: {100 * m['share_inside_95_all_drugs_fitted']:.0f}%.", "",
+        "| left out | arm | definition | n | published % | predicted mean % | 95% PI % "
+        "| inside | prior-only drugs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['held_out']} | {r['arm']} | {r['pcr_definition']} | {r['n']} | "
+                     f"{r['observed_pct']:.1f} | {r['mean_pct']:.1f} | "
+                     f"{r['pred_lo_pct']:.1f}-{r['pred_hi_pct']:.1f} | "
+                     f"{'yes' if r['inside'] else 'NO'} | {r['drugs_prior_only'] or '-'} |")
+    if hr_rows:
+        lines += ["", f"Adjuvant hazard ratios, left out: {s['hr']['n_inside_95']} of "
+                  f"{s['hr']['n']} inside their 95% interval.", "",
+                  "| left out | comparison | published HR (95% CI) | predicted (95% interval) |",
+                  "|---|---|---|---|"]
+        for r in hr_rows:
+            lines.append(f"| {r['held_out']} | {r['comparison']} | {r['published_hr']:.2f} "
+                         f"({r['published_lo']:.2f}-{r['published_hi']:.2f}) | "
+                         f"{r['mean_hr']:.2f} ({r['pred_lo']:.2f}-{r['pred_hi']:.2f}) |")
+    lines += ["", f"Interval: {s['interval']}.", "",
+              f"Machine: {s['device']}, {s['precision']}; wall {s['wall_s']} s."]
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="two folds (NeoSphere, MDACC), 9 + 5 nodes, 1 start, 10 steps, "
+                   "100 draws, no hazard-ratio folds")
+    p.add_argument("--structure", default="continuous", choices=sorted(STRUCTURES))
+    p.add_argument("--starts", type=int, default=2)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--nodes", type=int, default=13, help="responsiveness nodes")
+    p.add_argument("--her2-nodes", type=int, default=7,
+                   help="HER2-dependence nodes (structures with continuous dependence)")
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--trial-sd", type=float, default=1.0,
+                   help="between-trial sd of log burden (prior of trial_effect#trial)")
+    p.add_argument("--her2-drug-sd", type=float, default=1.0,
+                   help="sd of a HER2 blocker's log potency around the class mean")
+    p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")
+    p.add_argument("--only-hr", action="store_true",
+                   help="run the hazard-ratio folds and reuse the pCR folds of --out")
+    p.add_argument("--posterior", default="psis", choices=("psis", "laplace"),
+                   help="Laplace draws reweighted by PSIS (default) or plain Laplace")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the default output folder's name")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.starts, args.steps, args.draws, args.nodes, args.her2_nodes = 1, 10, 100, 9, 5
+    return args
+
+
+if __name__ == "__main__":
+    s = main(parse_args(sys.argv[1:]))
+    print(json.dumps({"structure": s["structure"], **s["pcr"], "hr": s["hr"],
+                      "wall_s": s["wall_s"]}, indent=1))
