@@ -85,8 +85,7 @@ def main(args) -> dict:
     objective = Objective(tm, TrialData(pcr=obs), trial_sd=args.trial_sd,
                           her2_drug_sd=args.her2_drug_sd)
     t_fit = time.perf_counter()
-    fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed,
-                     progress=sys.stderr.isatty())
+    fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
     fit_s = time.perf_counter() - t_fit
 
     # posterior: Laplace draws reweighted by PSIS (then resampled to equal weights),
@@ -127,7 +126,7 @@ def main(args) -> dict:
         "quick": bool(args.quick),
         "optimiser": {"method": "Levenberg-Marquardt, forward-mode Jacobian, "
                                 f"{args.starts} Sobol starts",
-                      "accepted_steps": fit.n_steps, "converged": fit.converged,
+                      "lm_steps": fit.n_steps, "converged": fit.converged,
                       "start_losses": [round(float(v), 4) for v in fit.start_losses],
                       "fit_s": round(fit_s, 2)},
         "neg_log_posterior": fit.loss,
@@ -193,7 +192,7 @@ def _result_md(summary, rows, path):
     for n, e in summary["estimates"].items():
         lines.append(f"- {n}: {e['natural']:.3g} (z = {e['z']:.2f} +- {e['se_z']:.2f})")
     lines += ["", f"Optimiser: {summary['optimiser']['method']}; "
-              f"{summary['optimiser']['accepted_steps']} steps, converged: "
+              f"{summary['optimiser']['lm_steps']} LM evaluations, converged: "
               f"{summary['optimiser']['converged']}; fit {summary['optimiser']['fit_s']} s.",
               "", "Machine: " + summary["device"] + ", " + summary["precision"] + "."]
     write_atomic(path, "\n".join(lines) + "\n")

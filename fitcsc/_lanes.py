@@ -82,15 +82,20 @@ def _insert(base, idx, u):
 
 
 class ResidualProblem(eqx.Module):
-    """Any residual function ``fn(z, args) -> r``: the Jacobian by `jax.jacfwd`."""
+    """Any residual function ``fn(z, args) -> r``: the Jacobian by `jax.jacfwd`, or by
+    ``jac(z, args) -> (n_r, n_z)`` when given."""
 
     fn: Callable = eqx.field(static=True)
     args: object
+    jac: Callable | None = eqx.field(static=True, default=None)
     one_shot = True
     rounds = 1
 
     def start(self, z, member, idx):
         del member
+        if self.jac is not None:  # the free columns (0 where idx pads)
+            J = jnp.take(self.jac(z, self.args), idx, axis=1, mode="fill", fill_value=0)
+            return self.fn(z, self.args), J
 
         def f(u):
             r = self.fn(_insert(z, idx, u), self.args)

@@ -388,6 +388,7 @@ def least_squares(
     stall_atol: float = 0.0,
     stall_steps: int = 3,
     lanes: int | None = None,
+    jac: Callable | None = None,
 ) -> LeastSquaresResult:
     """Minimise ``0.5 |fn(z, args)|^2`` over an unconstrained vector ``z`` from several
     starts at once, with the package's one Levenberg–Marquardt.
@@ -407,6 +408,8 @@ def least_squares(
       fell by at most ``stall_atol + stall_rtol |loss|`` over ``stall_steps`` accepted
       steps (``stall_rtol=None``: off).
     - `lanes`: starts in flight at once (default: all).
+    - `jac`: ``jac(z, args) -> (n_r, n_z)``, the Jacobian of ``fn``, when it is cheaper
+      than `jax.jacfwd` of ``fn`` (default None: jacfwd). It must equal jacfwd's.
 
     **Returns:** a `LeastSquaresResult` (per start; ``.best`` picks one).
 
@@ -426,7 +429,7 @@ def least_squares(
     stop = make_stop(rtol=rtol, atol=atol, max_steps=max_steps, stall_rtol=stall_rtol,
                      stall_atol=stall_atol, stall_steps=stall_steps)
     n = z0.shape[0]
-    out = solve_members(ResidualProblem(fn, args), rule, stop, None, z0,
+    out = solve_members(ResidualProblem(fn, args, jac), rule, stop, None, z0,
                         np.ones(z0.shape, bool), lanes=lanes or n)
     status = np.where(out["converged"], FitStatus.CONVERGED, np.where(
         out["at_max"], FitStatus.MAX_STEPS, FitStatus.NONFINITE)).astype(np.int32)

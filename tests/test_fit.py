@@ -188,15 +188,22 @@ def test_failing_subject_is_isolated_bitwise(csc):
 
 @pytest.mark.slow
 def test_failing_subject_is_isolated_from_a_batch_without_it(csc):
-    """As above, against a fit of the batch from which the bad subject is removed."""
+    """As above, against a fit of the batch from which the bad subject is removed: the
+    same statuses and step counts, the same optima to rounding. (A batch of another
+    shape is another compiled program, whose reductions may round differently, so
+    bitwise equality is only asserted for batches of one shape, above.)"""
     batch, pred = csc["batch"], csc["pred"]
     bad = eqx.tree_at(lambda b: b.day, batch, batch.day.at[2].multiply(1e4))
     res = fit_map(pred, bad, num_starts=NUM_STARTS, sigma=NOISE_SD)
     without = fit_map(pred, batch.subset([0, 1, 3, 4]), num_starts=NUM_STARTS,
                       sigma=NOISE_SD)
-    for field in ("z", "loss", "status", "all_z", "all_losses", "all_status", "all_n_steps"):
+    for field in ("status", "all_status", "all_n_steps"):
         np.testing.assert_array_equal(np.asarray(getattr(res, field))[[0, 1, 3, 4]],
                                       np.asarray(getattr(without, field)), err_msg=field)
+    for field in ("z", "loss", "all_z", "all_losses"):
+        np.testing.assert_allclose(np.asarray(getattr(res, field))[[0, 1, 3, 4]],
+                                   np.asarray(getattr(without, field)), rtol=1e-10,
+                                   atol=1e-12, err_msg=field)
 
 
 @pytest.mark.slow

@@ -146,7 +146,9 @@ def _check(new: dict, old: dict, what: str, *, params: bool = True) -> None:
         assert n["loss"] <= o["loss"] + LOSS_TOL * (1 + abs(o["loss"])), (
             f"{what} {key}: loss {n['loss']} above the recorded optimum {o['loss']}")
         same_optimum = abs(n["loss"] - o["loss"]) <= LOSS_TOL * (1 + abs(o["loss"]))
-        if params and same_optimum and o.get("identifiable"):
+        # parameters where the recorded fit is an identified optimum (a fit stopped at
+        # the step cap is not one: e.g. a Gompertz capacity still running off to inf)
+        if params and same_optimum and o["status"] == "converged" and o.get("identifiable"):
             for label, v in o["values"].items():
                 if label.endswith("_se") or label in ("rmse_log_volume", "sigma",
                                                       "condition_number", "loss"):
