@@ -12,10 +12,13 @@ integrates one after another; padded segments have zero length and are no-ops.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
@@ -95,14 +98,39 @@ def integrate(
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(f), diffrax.Tsit5() if solver is None else solver, t0=t0, t1=t_end,
-        dt0=None, y0=y0, args=args, saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t_end)),
-        stepsize_controller=controller, max_steps=max_steps, adjoint=_adjoint(adjoint),
-        throw=False,
-    )
+    with _cacheable():
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(f), diffrax.Tsit5() if solver is None else solver, t0=t0,
+            t1=t_end, dt0=None, y0=y0, args=args,
+            saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t_end)),
+            stepsize_controller=controller, max_steps=max_steps,
+            adjoint=_adjoint(adjoint), throw=False,
+        )
     steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
     return sol.ys, _status(sol.result, sol.ys), steps
+
+
+@contextlib.contextmanager
+def _cacheable(throw: bool = False):
+    """Trace diffrax's input checks (``saveat.ts`` increasing and inside ``[t0, t1]``)
+    without a host callback when ``throw`` is False.
+
+    Under equinox's default ``EQX_ON_ERROR=raise`` each `equinox.internal.error_if`
+    embeds a host callback, and JAX never writes a program with host callbacks to the
+    persistent compilation cache, so every run would compile it again. Our ``ts`` are
+    clipped into ``[t0, t1]`` (and documented non-decreasing): the checks cannot fire,
+    and are traced as ``on_error="nan"`` (passed explicitly, so equinox's own cache of
+    traced checks never hands this mode to other callers).
+    """
+    if throw:
+        yield
+        return
+    original = eqxi.error_if
+    eqxi.error_if = functools.partial(original, on_error="nan")
+    try:
+        yield
+    finally:
+        eqxi.error_if = original
 
 
 def _adjoint(name: str):
@@ -177,11 +205,13 @@ def simulate(
     adj = _adjoint(adjoint)
 
     def solve(a, b, y):
-        sol = diffrax.diffeqsolve(
-            term, solver_, t0=a, t1=b, dt0=None, y0=y,
-            saveat=diffrax.SaveAt(ts=jnp.clip(ts, a, b), t1=True),
-            stepsize_controller=controller, max_steps=max_steps, adjoint=adj, throw=throw,
-        )
+        with _cacheable(throw):
+            sol = diffrax.diffeqsolve(
+                term, solver_, t0=a, t1=b, dt0=None, y0=y,
+                saveat=diffrax.SaveAt(ts=jnp.clip(ts, a, b), t1=True),
+                stepsize_controller=controller, max_steps=max_steps, adjoint=adj,
+                throw=throw,
+            )
         steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
         return sol.ys[:-1], sol.ys[-1], sol.result, steps
 
