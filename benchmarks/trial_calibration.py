@@ -35,7 +35,7 @@ from fitcsc._trial_fit import (
     pcr_observations,
     posterior_draws,
 )
-from fitcsc._trials import TrialModel
+from fitcsc._trials import STRUCTURES, TrialModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -49,8 +49,11 @@ from _common import (  # noqa: E402
 )
 
 CLINICAL = ROOT / "data" / "clinical"
-STRUCTURE = dict(heterogeneity="fraction", chemo_potency=True, her2_class=True, dcis=False)
-MODEL = dict(n_nodes=11, refine=8, n_burden=16)
+# the validated structure (experiments/clinical_validation.py); one trial: no trial effect,
+# and NeoSphere's definition (ypT0/is) has no in-situ factor
+STRUCTURE = {k: v for k, v in STRUCTURES["continuous_kill"].items()
+             if k not in ("trial_effects", "dcis")}
+MODEL = dict(n_nodes=11, n_her2=5, refine=8, n_burden=16)
 
 
 def setup():

@@ -31,7 +31,8 @@ SIMEONI_PSI = 20.0
 
 
 class NamedSpec(eqx.Module):
-    """A parameter spec over named scalars (for models outside `CSCParams`)."""
+    """A parameter spec over named scalars (for models outside `CSCParams`); a
+    `fitcsc.ParameterSpace` whose ``from_z`` gives a namespace of natural values."""
 
     names: tuple[str, ...] = eqx.field(static=True)
     transforms: tuple = eqx.field(static=True)
@@ -52,9 +53,19 @@ class NamedSpec(eqx.Module):
                                         enumerate(zip(self.names, self.transforms,
                                                       strict=True))})
 
-    def to_z(self, values: dict):
+    def to_z(self, values):
+        """Natural values (a dict, or the namespace `from_z` returns) -> ``z``."""
+        values = values if isinstance(values, dict) else vars(values)
         return jnp.stack([t.inverse(jnp.asarray(values[n], dtype=float))
                           for n, t in zip(self.names, self.transforms, strict=True)])
+
+    def natural(self, z):
+        """The parameters on their natural scale, shape ``(size,)``."""
+        return jnp.stack([t.forward(z[i]) for i, t in enumerate(self.transforms)])
+
+    def log_jacobian(self, z):
+        """``log |d natural / d z|`` (see `fitcsc.ParameterSpace`)."""
+        return sum(t.log_jacobian(z[i]) for i, t in enumerate(self.transforms))
 
 
 _SPECS = {

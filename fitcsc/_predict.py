@@ -376,6 +376,12 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     for a, f in arm_flags.items():
         if f:
             log(f"fitcsc predict: warning: arm {a}: prior-only assumption: {f}")
+    k_hat = posterior.get("k_hat")
+    if k_hat is not None and k_hat > 0.7:  # PSIS's own reliability threshold
+        posterior = {**posterior, "flag": (
+            f"posterior: PSIS k_hat {k_hat:.2f} > 0.7, the Laplace proposal is far from "
+            "the posterior; the intervals are approximate")}
+        log(f"fitcsc predict: warning: {posterior['flag']}")
     for d in unsupported:
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")

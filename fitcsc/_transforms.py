@@ -15,15 +15,53 @@ spec = fitcsc.ParamSpec(
 z = spec.to_z(params)
 params2, log_jac = spec.from_z(z, with_log_jacobian=True)
 ```
+
+Every parameter space that a sampler or optimiser can work in (a `ParamSpec`, a
+baseline's `NamedSpec`, a population model's `SiteSpace`, the trial model's space)
+implements `ParameterSpace`: ``size``, ``labels()``, ``to_z``, ``from_z``, ``natural``
+and ``log_jacobian``. A density written on the natural scale becomes a density of ``z``
+by adding ``log_jacobian(z)`` (`fitcsc.z_log_density`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+
+@runtime_checkable
+class ParameterSpace(Protocol):
+    """A model's parameters as a flat unconstrained vector ``z`` (static structure).
+
+    - ``size``: the length of ``z`` (an int property).
+    - ``labels()``: one distinct string per element of ``z``, in order.
+    - ``to_z(values)``: the model's own parameter object (a `CSCParams`, a dict of
+      natural-scale values, ...) -> ``z`` of shape ``(size,)``.
+    - ``from_z(z)``: ``z`` -> the model's parameter object (inverse of ``to_z``).
+    - ``natural(z)``: the free parameters on their natural scale, flat, shape
+      ``(size,)``, in the order of ``labels()``.
+    - ``log_jacobian(z)``: ``log |d natural / d z|`` (a scalar): add it to a log density
+      written on the natural scale to sample in ``z``.
+
+    All four functions are pure JAX (jit, vmap and grad through them).
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def labels(self) -> tuple[str, ...]: ...
+
+    def to_z(self, values: Any) -> jax.Array: ...
+
+    def from_z(self, z: jax.Array) -> Any: ...
+
+    def natural(self, z: jax.Array) -> jax.Array: ...
+
+    def log_jacobian(self, z: jax.Array) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +189,12 @@ class ParamSpec(eqx.Module):
         if names:
             params = eqx.tree_at(lambda p: [getattr(p, n) for n in names], params, values)
         return (params, log_jac) if with_log_jacobian else params
+
+    def natural(self, z):
+        """The free fields of ``from_z(z)``, flat, in the order of `labels`."""
+        params = self.from_z(z)
+        parts = [jnp.ravel(getattr(params, n)) for n in self.free]
+        return jnp.concatenate(parts) if parts else jnp.zeros((0,), jnp.result_type(z))
 
     def log_jacobian(self, z):
         """``log |d params / d z|`` summed over free elements."""

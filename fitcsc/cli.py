@@ -2,7 +2,7 @@
 
 Each subcommand is registered by a small function ``add_<name>_command(subparsers,
 common)`` listed in `COMMANDS`; it adds its parser and sets ``handler`` (a function
-``args -> exit code``). To add a command (``run``, ``simulate``, ``fit``, ``predict``),
+``args -> exit code``). To add a command (``run``, ``simulate``, ``fit``, ``predict``, ``sample``),
 write such a function and append it to `COMMANDS`.
 
 Exit codes (`main`): 0 success, 1 the run failed, 2 refused input or bad usage, 130
@@ -331,7 +331,14 @@ def add_predict_command(subparsers, common) -> None:
     add(subparsers, common)
 
 
-COMMANDS = [add_data_command, add_run_command, add_fit_command, add_predict_command]
+def add_sample_command(subparsers, common) -> None:
+    from ._sample_job import add_sample_command as add
+
+    add(subparsers, common)
+
+
+COMMANDS = [add_data_command, add_run_command, add_fit_command, add_predict_command,
+            add_sample_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
-"""Posterior summaries of fitted shared parameters: Laplace draws, NUTS and ArviZ tables.
+"""Posterior summaries: Laplace draws, NUTS, population posteriors and ArviZ tables and plots.
 
 This is the only module of fitcsc that imports ArviZ (so moving to ArviZ 1.x touches one
-file), and the home of NumPyro NUTS. It serves small posteriors (a handful of drug-effect
+file); the samplers live in `fitcsc._sample` (`nuts` here is `fitcsc.sample` with
+NumPyro's NUTS). It serves small posteriors (a handful of drug-effect
 parameters, say) whose log density is an expensive but differentiable JAX function of an
 unconstrained vector ``z``:
 
@@ -18,6 +19,12 @@ mean, lo, hi = fs.predictive_interval(pcr_of_z, draws)  # pCR and its 95% interv
 
 Or, where the Gaussian approximation is doubtful, `nuts` (warm-started at the MAP) and
 ``fs.to_inference_data(res.z, names, sample_stats=res.sample_stats, method="nuts")``.
+
+Population (hierarchical) posteriors of tumour curves (`fitcsc.PopulationModel`):
+`population_inference_data` (posterior, sample_stats, log_likelihood,
+posterior_predictive and observed_data groups with named dims), `summarize`,
+`convergence`, `loo_compare` (PSIS-LOO between models) and `plot_diagnostics` (rank,
+pair and forest plots).
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import MCMC, NUTS
 
 with warnings.catch_warnings():
     # arviz 0.2x announces its 1.x refactor with a FutureWarning at import; nothing for a
@@ -44,6 +50,8 @@ with warnings.catch_warnings():
     # every test run under ``filterwarnings = error``.
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
     import arviz as az
+
+from ._sample import sample
 
 __all__ = [
     "NutsResult",
@@ -55,6 +63,10 @@ __all__ = [
     "summarize",
     "to_inference_data",
     "write_summary_csv",
+    "population_inference_data",
+    "convergence",
+    "loo_compare",
+    "plot_diagnostics",
 ]
 
 SUMMARY_COLUMNS = (
@@ -164,17 +176,6 @@ class NutsResult(NamedTuple):
         return int(np.sum(self.sample_stats["diverging"]))
 
 
-# numpyro extra field -> ArviZ sample_stats name (as arviz.from_numpyro renames them)
-_NUTS_FIELDS = {
-    "diverging": "diverging",
-    "accept_prob": "acceptance_rate",
-    "num_steps": "n_steps",
-    "energy": "energy",
-    "potential_energy": "lp",
-    "adapt_state.step_size": "step_size",
-}
-
-
 def nuts(
     log_density: Callable[[jax.Array], jax.Array],
     z_init: Any,
@@ -182,29 +183,17 @@ def nuts(
     num_warmup: int = 500,
     num_samples: int = 500,
     num_chains: int = 4,
-    chain_method: Literal["vectorized", "sequential", "parallel"] = "vectorized",
     seed: int = 0,
-    progress_bar: bool = False,
     init_scale: float = 0.1,
     dense_mass: bool = True,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
 ) -> NutsResult:
-    """NumPyro NUTS on ``log_density`` in the unconstrained space, warm-started near the MAP.
+    """NumPyro NUTS on ``log_density`` in the unconstrained space, warm-started near the MAP:
+    `fitcsc.sample` with ``method="nuts"`` (vectorized chains), dense mass by default.
 
-    **Arguments:**
-    - `log_density`: ``z -> scalar`` log posterior density (up to a constant) of
-      ``z`` of shape ``(d,)``, differentiable by JAX; include any transform log-Jacobian.
-    - `z_init`: start, shape ``(d,)`` (each chain starts at ``z_init`` plus
-      ``init_scale`` times a standard normal jitter) or ``(num_chains, d)`` (used as is).
-    - `num_warmup`, `num_samples`, `num_chains`: per chain.
-    - `chain_method`: ``"vectorized"`` (all chains in one vmapped program, the default),
-      ``"sequential"`` or ``"parallel"`` (one device per chain).
-    - `seed`: integer seed of the jitter and the sampler.
-    - `progress_bar`: NumPyro's progress bar.
-    - `init_scale`: jitter scale in ``z`` units.
-    - `dense_mass`, `target_accept_prob`, `max_tree_depth`: NUTS options; a dense mass
-      matrix suits the few, correlated parameters this is meant for.
+    **Arguments:** as `fitcsc.sample`; `z_init` ``(d,)`` (jittered by ``init_scale``) or
+    ``(num_chains, d)``.
 
     **Returns:** a `NutsResult`: ``z`` of shape ``(num_chains, num_samples, d)`` and
     ``sample_stats`` with ArviZ names (``diverging``, ``acceptance_rate``, ``n_steps``,
@@ -212,34 +201,11 @@ def nuts(
 
     **Raises:** `ValueError` if ``z_init`` has the wrong shape or non-finite entries.
     """
-    z0 = jnp.asarray(z_init, dtype=float)
-    key_init, key_run = jax.random.split(jax.random.key(seed))
-    if z0.ndim == 1:
-        jitter = jax.random.normal(key_init, (num_chains, z0.shape[0]))
-        init = z0[None, :] + init_scale * jitter
-    elif z0.ndim == 2 and z0.shape[0] == num_chains:
-        init = z0
-    else:
-        raise ValueError(f"nuts: z_init must have shape (d,) or (num_chains={num_chains}, d),"
-                         f" got {z0.shape}")
-    if not bool(jnp.all(jnp.isfinite(init))):
-        raise ValueError("nuts: z_init has non-finite entries")
-
-    def potential(z):
-        return -log_density(z)
-
-    kernel = NUTS(potential_fn=potential, dense_mass=dense_mass,
+    post = sample(log_density, z_init, method="nuts", num_warmup=num_warmup,
+                  num_samples=num_samples, num_chains=num_chains, seed=seed,
+                  init_scale=init_scale, dense_mass=dense_mass,
                   target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                num_chains=num_chains, chain_method=chain_method, progress_bar=progress_bar)
-    mcmc.run(key_run, init_params=init if num_chains > 1 else init[0],
-             extra_fields=tuple(_NUTS_FIELDS))
-    z = np.asarray(mcmc.get_samples(group_by_chain=True))
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {_NUTS_FIELDS[k]: np.asarray(v) for k, v in extra.items() if k in _NUTS_FIELDS}
-    stats["lp"] = -stats["lp"]  # potential energy is -log density
-    stats["tree_depth"] = np.log2(stats["n_steps"]).astype(int) + 1
-    return NutsResult(z=z.reshape(num_chains, num_samples, -1), sample_stats=stats)
+    return NutsResult(z=post.z, sample_stats=post.sample_stats)
 
 
 def natural_name(name: str) -> str:
@@ -327,13 +293,15 @@ def _single_chain_diagnostics(idata: az.InferenceData) -> dict[str, np.ndarray]:
     return out
 
 
-def summarize(idata: az.InferenceData, *, hdi_prob: float = 0.95) -> list[dict[str, Any]]:
+def summarize(idata: az.InferenceData, *, hdi_prob: float = 0.95,
+              var_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per posterior variable: mean, sd, highest-density interval and diagnostics.
 
     **Arguments:**
     - `idata`: from `to_inference_data` (any InferenceData with a ``posterior`` works;
       array variables give one row per element, named ``name[i]``).
     - `hdi_prob`: probability mass of the HDI.
+    - `var_names`: the variables to summarise (default all).
 
     **Returns:** a list of dicts with keys ``name``, ``mean``, ``sd``, ``hdi_lo``,
     ``hdi_hi``, ``mcse_mean``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (floats; ``r_hat``
@@ -344,7 +312,7 @@ def summarize(idata: az.InferenceData, *, hdi_prob: float = 0.95) -> list[dict[s
         raise ValueError(f"summarize: hdi_prob must be in (0, 1), got {hdi_prob}")
     one_chain = idata.posterior.sizes["chain"] < 2
     df = az.summary(idata, kind="stats" if one_chain else "all", hdi_prob=hdi_prob,
-                    round_to="none")
+                    round_to="none", var_names=None if var_names is None else list(var_names))
     if one_chain:
         for col, values in _single_chain_diagnostics(idata).items():
             df[col] = values
@@ -439,6 +407,172 @@ def predictive_interval(
     q = 50.0 * np.array([1.0 - prob, 1.0 + prob])
     lo, hi = np.percentile(out, q, axis=0)
     return out.mean(axis=0), lo, hi
+
+
+# ---- population posteriors (fitcsc._population) -------------------------------------
+
+POPULATION_SITES = ("typical", "beta", "sigma")  # and omega_<level>, eta_<level>
+
+
+def population_inference_data(pop, post, derived: Mapping[str, np.ndarray]) -> az.InferenceData:
+    """A `fitcsc.PopulationModel`'s posterior as ArviZ `InferenceData`.
+
+    **Arguments:** ``pop``; ``post``, the `fitcsc.Posterior` of ``pop.log_density``;
+    ``derived``, `fitcsc._population.posterior_derived` of ``post.z``.
+
+    **Returns:** groups ``posterior`` (``typical`` and ``beta`` over dim
+    ``fixed_effect``, ``omega_<level>`` over ``<level>_effect``, ``eta_<level>`` over
+    ``(<level>, <level>_effect)``, ``sigma``, and ``theta``, each curve's parameters on
+    their natural scale, over ``(subject, parameter)``), ``sample_stats``,
+    ``log_likelihood``, ``posterior_predictive`` and ``observed_data`` (variable
+    ``volume_mm3`` over dim ``obs``, one entry per real observation, with coordinates
+    ``subject``, ``arm``, ``day`` and ``censored``; a censored entry holds its detection
+    limit). Attributes: sampler, settings and timing.
+    """
+    mask = np.asarray(pop.curves.mask)
+    ci, oi = np.nonzero(mask)
+    posterior = {k: np.asarray(derived[k]) for k in (*POPULATION_SITES, "theta")}
+    dims = {"typical": ["fixed_effect"], "beta": ["fixed_effect"],
+            "theta": ["subject", "parameter"], "volume_mm3": ["obs"]}
+    coords = {"fixed_effect": list(pop.fe_labels), "subject": list(pop.subject),
+              "parameter": list(pop.labels), "obs": np.arange(ci.size)}
+    for lev, labs, names in zip(pop.levels, pop.re_labels, pop.group_names, strict=True):
+        posterior[f"omega_{lev}"] = np.asarray(derived[f"omega_{lev}"])
+        posterior[f"eta_{lev}"] = np.asarray(derived[f"eta_{lev}"])
+        dims[f"omega_{lev}"] = [f"{lev}_effect"]
+        dims[f"eta_{lev}"] = [lev, f"{lev}_effect"]
+        coords[f"{lev}_effect"] = list(labs)
+        coords[lev] = list(names)
+    c = pop.curves
+    observed = np.asarray(c.volume_mm3)[ci, oi]
+    attrs = {"inference_library": "fitcsc", "method": post.method,
+             **{f"setting_{k}": v if isinstance(v, (float, str)) or v is None else int(v)
+                for k, v in post.settings.items()},
+             **{f"timing_{k}": float(v) for k, v in post.timing.items()}}
+    idata = az.from_dict(
+        posterior=posterior, sample_stats=dict(post.sample_stats),
+        log_likelihood={"volume_mm3": np.asarray(derived["log_likelihood"])[..., ci, oi]},
+        posterior_predictive={"volume_mm3": np.asarray(derived["volume_rep"])[..., ci, oi]},
+        observed_data={"volume_mm3": observed}, coords=coords, dims=dims, attrs=attrs,
+        posterior_attrs=attrs)
+    obs_coords = {"subject": ("obs", np.asarray(pop.subject)[ci]),
+                  "arm": ("obs", np.asarray(pop.arm)[ci]),
+                  "day": ("obs", np.asarray(c.day)[ci, oi]),
+                  "censored": ("obs", np.asarray(c.censored)[ci, oi])}
+    for group in ("log_likelihood", "posterior_predictive", "observed_data"):
+        setattr(idata, group, getattr(idata, group).assign_coords(obs_coords))
+    return idata
+
+
+def population_var_names(idata: az.InferenceData) -> list[str]:
+    """The population-level variables (``typical``, the ``omega_*``, ``sigma``)."""
+    return ["typical", *[v for v in idata.posterior.data_vars if v.startswith("omega_")],
+            "sigma"]
+
+
+def convergence(idata: az.InferenceData) -> dict[str, Any]:
+    """Worst R-hat and smallest bulk/tail ESS over every sampled site (``beta``,
+    ``omega_*``, ``eta_*``, ``sigma``) and over ``typical`` alone, and the divergences."""
+    sampled = [v for v in idata.posterior.data_vars
+               if v in ("beta", "sigma") or v.startswith(("omega_", "eta_"))]
+
+    def worst(names):
+        rh = az.rhat(idata, var_names=names)
+        bulk = az.ess(idata, var_names=names, method="bulk")
+        tail = az.ess(idata, var_names=names, method="tail")
+        return (max(float(np.nanmax(rh[v].values)) for v in names),
+                min(float(np.nanmin(bulk[v].values)) for v in names),
+                min(float(np.nanmin(tail[v].values)) for v in names))
+
+    r_all, b_all, t_all = worst(sampled)
+    r_pop, b_pop, t_pop = worst(population_var_names(idata))
+    div = idata.sample_stats.get("diverging")
+    return {"rhat_max": r_all, "ess_bulk_min": b_all, "ess_tail_min": t_all,
+            "rhat_max_population": r_pop, "ess_bulk_min_population": b_pop,
+            "ess_tail_min_population": t_pop,
+            "n_divergent": 0 if div is None else int(div.values.sum()),
+            "n_draws": int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])}
+
+
+def loo_compare(idatas: Mapping[str, az.InferenceData]) -> list[dict[str, Any]]:
+    """PSIS-LOO comparison (`arviz.compare`, stacking weights) of models fitted to the
+    same observations: one row per model, best first, with ``elpd_loo``, ``se``,
+    ``p_loo``, ``elpd_diff``, ``dse``, ``weight`` and the number of observations whose
+    Pareto k exceeds 0.7 (``n_k_high``: their LOO estimate is unreliable)."""
+    # an observation whose log-likelihood is the same in every draw (short runs) gives
+    # arviz's Pareto fit a zero tail: a harmless division by zero
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", UserWarning)  # high-k notes: counted below
+        # arviz 0.23's compare uses a pandas keyword that pandas 3 deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        table = az.compare(dict(idatas), ic="loo")
+        k_high = {name: int((az.loo(d, pointwise=True).pareto_k.values > 0.7).sum())
+                  for name, d in idatas.items()}
+    return [{"model": str(name), "rank": int(r["rank"]), "elpd_loo": float(r["elpd_loo"]),
+             "se": float(r["se"]), "p_loo": float(r["p_loo"]),
+             "elpd_diff": float(r["elpd_diff"]), "dse": float(r["dse"]),
+             "weight": float(r["weight"]), "n_k_high": k_high[name]}
+            for name, r in table.iterrows()]
+
+
+def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
+                     forest_var: str = "typical", forest_coords=None,
+                     forest_xlabel: str = "value (natural scale)") -> list[str]:
+    """Rank plots with densities (``trace_rank.png``), a pair plot of the fixed effects
+    named in ``pair_coords`` on the sampled scale (``pair.png``, divergences marked) and a
+    forest plot of ``forest_var`` (``forest.png``, 95% HDI, one row per element of ``forest_coords``
+    (its last dim; default all), R-hat beside).
+    **Returns:** the files written."""
+    from ._plot import _pyplot
+
+    plt = _pyplot()
+    out = pathlib.Path(out_dir)
+    with warnings.catch_warnings():
+        # arviz 0.23 calls a matplotlib helper that matplotlib 3.11 deprecates
+        warnings.filterwarnings("ignore", message=".*alias_mapping")
+        _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel)
+    plt.close("all")
+    return [str(out / f) for f in ("trace_rank.png", "pair.png", "forest.png")]
+
+
+def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel):
+    from ._plot import _save
+
+    names = population_var_names(idata)
+    n_rows = sum(idata.posterior[v].size // (idata.posterior.sizes["chain"]
+                                             * idata.posterior.sizes["draw"]) for v in names)
+    axes = np.atleast_2d(az.plot_trace(idata, var_names=names, kind="rank_bars",
+                                       compact=False, figsize=(11, 1.5 * n_rows + 1)))
+    for row in axes:
+        row[0].title.set_fontsize(8)
+        row[1].title.set_fontsize(8)
+        row[1].set_ylabel("chain", fontsize=8)
+    axes[-1, 0].set_xlabel("value (natural scale; omega_*, sigma: SDs on the log/logit scale)")
+    axes[-1, 1].set_xlabel("rank of the draw among all chains (flat bars: chains agree)")
+    fig = axes[0, 0].figure
+    fig.suptitle("Posterior by chain: densities (left) and rank plots (right)")
+    fig.set_layout_engine("constrained")
+    _save(fig, out / "trace_rank.png")
+    coords = {"fixed_effect": list(pair_coords)} if pair_coords else None
+    axes = az.plot_pair(idata, var_names=["beta"], coords=coords, kind="scatter",
+                        divergences=True, figsize=(10, 10), textsize=7,
+                        scatter_kwargs={"alpha": 0.15})
+    fig = np.ravel(axes)[0].figure
+    fig.suptitle("Fixed effects, joint posterior on the sampled scale (log for positive, "
+                 "logit for bounded parameters; red: divergent draws)", fontsize=9)
+    _save(fig, out / "pair.png")
+    fcoords = None if forest_coords is None else {
+        idata.posterior[forest_var].dims[-1]: list(forest_coords)}
+    sub = idata.posterior[forest_var] if fcoords is None else idata.posterior[
+        forest_var].sel(fcoords)
+    n = sub.size // (idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])
+    axes = az.plot_forest(idata, var_names=[forest_var], coords=fcoords, combined=True,
+                          hdi_prob=0.95, r_hat=True, textsize=8, figsize=(10, 1.4 + 0.3 * n))
+    axes[0].set_xlabel(forest_xlabel)
+    axes[0].set_title("Posterior medians, 50% and 95% HDIs", fontsize=9)
+    fig = axes[0].figure
+    fig.set_layout_engine("constrained")
+    _save(fig, out / "forest.png")
 
 
 def psis_log_weights(log_ratios: Any) -> tuple[np.ndarray, float]:

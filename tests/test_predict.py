@@ -248,3 +248,26 @@ def test_her2_low_population_is_flagged_and_weaker(fit_dir, tmp_path):
     assert float(lo["TCH"]["pcr_map"]) < float(hi["TCH"]["pcr_map"])
     assert lo["TC"]["pcr_map"] == hi["TC"]["pcr_map"]  # no HER2 drug: unchanged
     assert "HER2 dependence" in lo["TCH"]["assumptions"]
+
+
+def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
+    """Saved draws whose PSIS k_hat exceeds 0.7 (the Laplace proposal far from the
+    posterior) give a warning on screen and a flag in summary.json; k_hat below it none."""
+    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
+    names = ("log_kill_scale", "log_her2_potency#trastuzumab")
+    tm = TrialModel.build(arms, names)
+    z = np.array(tm.z0())
+    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04]), loss=0.0, converged=True,
+                   n_steps=1, start_losses=np.zeros(1), hyper={})
+    draws = z[None, :] + 0.1 * np.random.default_rng(0).standard_normal((50, 2))
+    reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    for k_hat, flagged in ((1.2, True), (0.4, False)):
+        d = tmp_path / f"fit{k_hat}"
+        d.mkdir()
+        save_fit(d / "fit.json", tm, fit, draws=draws, posterior={"k_hat": k_hat})
+        capsys.readouterr()
+        assert _predict(d, reg, tmp_path / f"out{k_hat}") == 0
+        err = capsys.readouterr().err
+        summary = json.loads((tmp_path / f"out{k_hat}" / "summary.json").read_text())
+        assert ("k_hat 1.20 > 0.7" in err) == flagged
+        assert ("flag" in summary["posterior"]) == flagged

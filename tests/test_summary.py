@@ -2,6 +2,7 @@
 
 import csv
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +204,87 @@ def test_predictive_interval_linear_matches_normal_quantiles():
         np.testing.assert_allclose(c, w, rtol=1e-12)
     with pytest.raises(ValueError, match="prob"):
         fs.predictive_interval(fn, x, prob=1.5)
+
+
+# ---- population posteriors -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def population_posteriors():
+    """Exponential and logistic population posteriors of the same synthetic curves."""
+    from fitcsc._arms import default_arm_regimens
+    from fitcsc._data import TidyTable
+    from fitcsc._population import posterior_derived
+
+    rng = np.random.default_rng(5)
+    days = np.arange(0.0, 22.0, 3.0)
+    n = 6
+    vol = np.concatenate([100 * np.exp((0.04 + 0.01 * rng.normal()) * days
+                                       + 0.1 * rng.normal(size=days.size)) for _ in range(n)])
+    arms = np.repeat(["control", "control", "control", "Trast", "Trast", "Trast"], days.size)
+    table = TidyTable(study=np.array(["s"] * vol.size), arm=arms,
+                      subject=np.repeat([f"m{i}" for i in range(n)], days.size),
+                      day=np.tile(days, n), volume_mm3=vol)
+    regs = default_arm_regimens(table, warn=False)
+    batch = fitcsc.make_batch(table, regs)
+    out = {}
+    for kind in ("exponential", "logistic"):
+        pop = fitcsc.baseline_population(kind, batch, [regs[a] for a in batch.arm])
+        post = fitcsc.sample(pop.log_density, pop.space.to_z(pop.init_values()),
+                             method="chees", num_chains=4, num_warmup=150, num_samples=100)
+        derived = posterior_derived(pop, post.z, jax.random.key(1))
+        out[kind] = (pop, post, fs.population_inference_data(pop, post, derived), derived)
+    return batch, out
+
+
+def test_population_inference_data_groups_and_dims(population_posteriors):
+    batch, out = population_posteriors
+    pop, _, idata, _ = out["exponential"]
+    for g in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive",
+              "observed_data"):
+        assert g in idata.groups(), g
+    n_obs = int(np.asarray(batch.mask).sum())
+    assert idata.log_likelihood["volume_mm3"].dims == ("chain", "draw", "obs")
+    assert idata.observed_data.sizes["obs"] == n_obs
+    assert idata.posterior["typical"].dims == ("chain", "draw", "fixed_effect")
+    assert list(idata.posterior["fixed_effect"].values) == list(pop.fe_labels)
+    assert idata.posterior["eta_animal"].dims == ("chain", "draw", "animal", "animal_effect")
+    assert idata.posterior["theta"].dims == ("chain", "draw", "subject", "parameter")
+    np.testing.assert_allclose(idata.observed_data["volume_mm3"].values,
+                               np.asarray(batch.volume_mm3)[np.asarray(batch.mask)])
+    assert set(idata.observed_data["arm"].values) == {"control", "Trast"}
+    v0 = [i for i, f in enumerate(pop.fe_labels) if f.startswith("initial_volume_mm3")]
+    np.testing.assert_allclose(idata.posterior["typical"].values[..., v0],
+                               np.exp(idata.posterior["beta"].values[..., v0]), rtol=1e-12)
+    rows = fs.summarize(idata, var_names=fs.population_var_names(idata))
+    assert {r["name"] for r in rows} >= {"sigma", "typical[initial_volume_mm3|control]"}
+    c = fs.convergence(idata)
+    assert c["n_draws"] == 400 and c["rhat_max"] >= c["rhat_max_population"] - 1e-12
+    assert 0 <= c["n_divergent"] <= 400 and c["ess_bulk_min"] > 0
+
+
+def test_loo_compare_against_hand_computed_lppd(population_posteriors):
+    _, out = population_posteriors
+    rows = fs.loo_compare({k: v[2] for k, v in out.items()})
+    assert [r["rank"] for r in rows] == [0, 1]
+    assert abs(sum(r["weight"] for r in rows) - 1.0) < 1e-9
+    for r in rows:
+        idata = out[r["model"]][2]
+        ll = idata.log_likelihood["volume_mm3"].values
+        ll = ll.reshape(-1, ll.shape[-1])
+        lppd = float(np.sum(np.log(np.mean(np.exp(ll), axis=0))))
+        np.testing.assert_allclose(r["p_loo"], lppd - r["elpd_loo"], rtol=1e-6, atol=1e-6)
+        assert r["elpd_loo"] <= lppd
+    assert rows[0]["elpd_diff"] == 0.0 and rows[1]["elpd_diff"] >= 0.0
+
+
+def test_population_plots(population_posteriors, tmp_path):
+    from fitcsc._population_plot import plot_ppc, plot_vpc
+
+    _, out = population_posteriors
+    idata = out["logistic"][2]
+    files = fs.plot_diagnostics(idata, tmp_path, forest_coords=None)
+    cov = plot_ppc(idata, tmp_path / "ppc.png")
+    plot_vpc(idata, tmp_path / "vpc.png")
+    for f in [*files, tmp_path / "ppc.png", tmp_path / "vpc.png"]:
+        assert pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0.5 < cov <= 1.0

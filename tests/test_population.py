@@ -1,0 +1,182 @@
+"""Population models: the parameter-space protocol, the log density against a hand-written
+reference (scipy.stats), gradients, failures, vmap and retracing, bad input."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import fitcsc
+from fitcsc._arms import ARM_EC50_MG_PER_L, default_arm_regimens
+from fitcsc._data import TidyTable
+from fitcsc._population import _vmapped_jacobians, forward_predict, population_model
+
+DAYS = np.array([0.0, 4.0, 8.0, 13.0, 21.0])
+
+
+def _table(n_mice=4, seed=0):
+    rng = np.random.default_rng(seed)
+    arms = ["control", "Trast"] * (n_mice // 2)
+    subjects = [f"m{i}" for i in range(n_mice)]
+    vol = 80.0 * np.exp(0.05 * np.tile(DAYS, n_mice) + 0.2 * rng.normal(size=n_mice * 5))
+    vol[3] = 0.0  # one zero volume: censored (M3)
+    return TidyTable(study=np.array(["s"] * (n_mice * 5)), arm=np.repeat(arms, 5),
+                     subject=np.repeat(subjects, 5), day=np.tile(DAYS, n_mice),
+                     volume_mm3=vol, extra={"line": np.repeat(["A", "A", "B", "B"][:n_mice],
+                                                             5)})
+
+
+def _exp_pop(**kw):
+    table = _table()
+    batch = fitcsc.make_batch(table, default_arm_regimens(table, warn=False))
+    pred = fitcsc.baseline_predictor("exponential")
+    options = dict(fixed={"initial_volume_mm3": "shared", "growth_rate": "arm"},
+                   random={"animal": ("initial_volume_mm3",), "line": ("growth_rate",)},
+                   groups={"line": ["A", "A", "B", "B"]},
+                   prior_loc={"initial_volume_mm3": math.log(80.0), "growth_rate": 0.0},
+                   prior_scale={"initial_volume_mm3": 1.0, "growth_rate": 0.1},
+                   omega_scale={"animal": 0.7, "line": 0.05}, sigma_scale=0.4)
+    options.update(kw)
+    return fitcsc.population_model(pred, batch, **options), batch
+
+
+def _csc_pop(rtol=1e-8, max_steps=512):
+    table = _table()
+    batch = fitcsc.make_batch(table, default_arm_regimens(table, warn=False))
+    model = fitcsc.ModelConfig(crowding="logistic", drugs=batch.drugs)
+    ref = fitcsc.default_params(model, ec50_mg_per_L=ARM_EC50_MG_PER_L, bulk_death_rate=0.3)
+    spec = fitcsc.ParamSpec({"csc_division_rate": fitcsc.Positive(),
+                             "her2_efficacy_bulk": fitcsc.Interval(0.0, 1.0)}, ref)
+    pred = fitcsc.csc_predictor(model, spec, rtol=rtol, max_steps=max_steps)
+    growth = ("csc_division_rate", "initial_volume_mm3")
+    pop = population_model(pred, batch, uses={"control": growth, "Trast": pred.spec.labels()},
+                           random={"animal": growth})
+    return pop, batch
+
+
+def test_parameter_spaces_implement_the_protocol():
+    pop, _ = _exp_pop()
+    model = fitcsc.ModelConfig(drugs=("trastuzumab",))
+    spec = fitcsc.ParamSpec({"self_renewal": fitcsc.Interval(0.5, 1.0),
+                             "ec50_mg_per_L": fitcsc.Positive()}, fitcsc.default_params(model))
+    spaces = [spec, fitcsc.baseline_predictor("simeoni").spec, pop.space]
+    rng = np.random.default_rng(1)
+    for space in spaces:
+        assert isinstance(space, fitcsc.ParameterSpace)
+        z = jnp.asarray(rng.normal(size=space.size))
+        assert len(space.labels()) == space.size == len(set(space.labels()))
+        np.testing.assert_allclose(space.to_z(space.from_z(z)), z, rtol=1e-10, atol=1e-12)
+        # elementwise transforms: log|det J| is the sum of the log diagonal of jacfwd
+        jac = jax.jacfwd(space.natural)(z)
+        np.testing.assert_allclose(jac, np.diag(np.diag(jac)), atol=1e-14)
+        np.testing.assert_allclose(space.log_jacobian(z), np.sum(np.log(np.abs(np.diag(jac)))),
+                                   rtol=1e-10)
+
+
+def test_log_density_matches_scipy_reference():
+    pop, batch = _exp_pop()
+    rng = np.random.default_rng(2)
+    z = jnp.asarray(rng.normal(scale=0.3, size=pop.space.size))
+    v = {k: np.asarray(x) for k, x in pop.space.from_z(z).items()}
+    assert pop.fe_labels == ("initial_volume_mm3", "growth_rate|control", "growth_rate|Trast")
+    ref = stats.norm.logpdf(v["beta"], [math.log(80.0), 0.0, 0.0], [1.0, 0.1, 0.1]).sum()
+    ref += stats.halfnorm.logpdf(v["omega_animal"], scale=0.7).sum()
+    ref += stats.halfnorm.logpdf(v["omega_line"], scale=0.05).sum()
+    ref += stats.norm.logpdf(v["eta_animal"]).sum() + stats.norm.logpdf(v["eta_line"]).sum()
+    ref += stats.halfnorm.logpdf(v["sigma"], scale=0.4)
+    day, vol = np.asarray(batch.day), np.asarray(batch.volume_mm3)
+    cens = np.asarray(batch.censored)
+    for i, (arm, line) in enumerate(zip(batch.arm, "AABB", strict=True)):
+        log_v0 = v["beta"][0] + v["omega_animal"][0] * v["eta_animal"][i, 0]
+        rate = v["beta"][1 if arm == "control" else 2] + v["omega_line"][0] * v["eta_line"][
+            "AB".index(line), 0]
+        lp = log_v0 + rate * (day[i] - day[i, 0])
+        zs = (np.log(vol[i]) - lp) / v["sigma"]
+        ref += np.where(cens[i], stats.norm.logcdf(zs),
+                        stats.norm.logpdf(np.log(vol[i]), lp, v["sigma"]) - np.log(vol[i])).sum()
+    ref += np.log(v["omega_animal"]).sum() + np.log(v["omega_line"]).sum() + np.log(v["sigma"])
+    assert cens.sum() == 1
+    np.testing.assert_allclose(pop.log_density(z), ref, rtol=1e-10)
+    ll = pop.pointwise_log_likelihood(pop.space.from_z(z))
+    d = pop.derived(z, jax.random.key(0))
+    np.testing.assert_allclose(ll, d["log_likelihood"], rtol=1e-10)
+    np.testing.assert_allclose(d["theta"][:, 0], np.exp(np.asarray(pop.curve_z(
+        pop.space.from_z(z)))[:, 0]), rtol=1e-12)
+
+
+def test_csc_gradient_paced_and_vmapped_jacobians_agree_with_finite_differences():
+    pop, _ = _csc_pop()
+    z = pop.space.to_z(pop.init_values()) + 0.05
+    f = jax.jit(jax.value_and_grad(pop.log_density))
+    lp, g = f(z)
+    assert np.isfinite(lp)
+    for i in (0, 1, 3, pop.space.size - 1):
+        e = 1e-5
+        fd = (pop.log_density(z.at[i].add(e)) - pop.log_density(z.at[i].add(-e))) / (2 * e)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-4, atol=1e-4)
+    zc = pop.curve_z(pop.space.from_z(z))
+    lp_p, st_p = forward_predict(pop.predictor, zc, pop.curves)
+    lp_v, st_v, J_v = _vmapped_jacobians(pop.predictor, zc, pop.curves)
+    from fitcsc._fit_stacked import paced_log_pred
+
+    _, _, J_p, _ = paced_log_pred(pop.predictor, zc, pop.curves)
+    m = np.asarray(pop.curves.mask)
+    np.testing.assert_allclose(np.asarray(lp_p)[m], np.asarray(lp_v)[m], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(J_p)[m], np.asarray(J_v)[m], atol=1e-5)
+    assert np.all(np.asarray(st_p) == 0) and np.all(np.asarray(st_v) == 0)
+
+
+def test_vmap_over_chains_equals_loop_and_no_retrace():
+    pop, _ = _csc_pop()
+    z0 = pop.space.to_z(pop.init_values())
+    Z = z0[None] + 0.1 * jax.random.normal(jax.random.key(3), (3, z0.size))
+    traces = []
+
+    def f(z):
+        traces.append(1)
+        return jax.value_and_grad(pop.log_density)(z)
+
+    fj = jax.jit(f)
+    loop = [fj(z) for z in Z]
+    assert len(traces) == 1  # new values never retrace
+    vm = jax.jit(jax.vmap(jax.value_and_grad(pop.log_density)))(Z)
+    np.testing.assert_allclose(vm[0], [v for v, _ in loop], rtol=1e-9)
+    np.testing.assert_allclose(vm[1], np.stack([g for _, g in loop]), rtol=1e-7, atol=1e-8)
+
+
+def test_failed_solve_is_minus_inf_with_finite_gradient():
+    pop, _ = _csc_pop(max_steps=4)  # too few steps: every solve fails
+    z = pop.space.to_z(pop.init_values())
+    lp, g = jax.value_and_grad(pop.log_density)(z)
+    assert lp == -np.inf
+    assert np.all(np.isfinite(np.asarray(g)))
+    d = pop.derived(z, jax.random.key(0))
+    assert np.all(np.isneginf(np.asarray(d["log_likelihood"])))
+
+
+def test_init_values_from_curve_estimates():
+    pop, _ = _exp_pop()
+    zc = np.asarray(pop.z_ref).copy()
+    zc[:, 1] = [0.02, 0.04, 0.03, 0.05]  # growth rates; arms alternate control/Trast
+    zc[2, 0] = np.nan  # a curve not estimated: the others set the fixed effect
+    v = pop.init_values(zc, 0.3)
+    np.testing.assert_allclose(v["beta"][1:], [0.025, 0.045])
+    np.testing.assert_allclose(v["beta"][0], np.nanmean(zc[:, 0]))
+    assert float(v["sigma"]) == 0.3
+    assert np.all((0.05 <= np.asarray(v["omega_line"])) & (np.asarray(v["omega_line"]) <= 0.05))
+    assert np.isfinite(pop.log_density(pop.space.to_z(v)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"fixed": {"growth": "shared"}}, "unknown parameter"),
+    ({"fixed": {"growth_rate": "line"}}, "'shared' or 'arm'"),
+    ({"random": {"cage": ("growth_rate",)}, "groups": {}}, "need groups"),
+    ({"groups": {"line": ["A"]}}, "one per subject"),
+    ({"uses": {"control": ("rate",)}}, "unknown parameter"),
+])
+def test_bad_designs_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _exp_pop(**kw)
