@@ -34,7 +34,7 @@ from jaxtyping import Array, Float
 from ._fit_predict import AbstractPredictor, CSCPredictor
 from ._fit_solve import residuals_jacobian, sigma_mle
 from ._model import initial_state, model_rhs, total_cells
-from ._paced import controller, records, refresh, setup, step
+from ._paced import controller, paced_solve, records, refresh, setup, step
 from ._regimen import discontinuity_times
 from ._simulate import Status
 
@@ -114,29 +114,39 @@ class PacedEvaluator(eqx.Module):
 
         return jax.vmap(tangent, out_axes=(None, 0))(S, E)
 
+    @staticmethod
+    def _norm(err):
+        return jnp.sqrt(jnp.mean(err[0] ** 2))  # states only
+
     def _ctrl(self):
-        return controller(self.predictor.rtol, self.predictor.atol,
-                          lambda err: jnp.sqrt(jnp.mean(err[0] ** 2)))  # states only
+        return controller(self.predictor.rtol, self.predictor.atol, self._norm)
 
     def _record(self, state):
         model = self.predictor.model
         return total_cells(model, state[0]), total_cells(model, state[1])
 
-    def start(self, z, s, idx):
-        model = self.predictor.model
-        E = basis(idx, z.shape[0])
-
+    def _initial(self, z, s, E):
+        """The state at ``tau = 0`` and its sensitivities along the rows of ``E``."""
         def y0(z_):
-            return initial_state(model, self.predictor.params(z_, s))
+            return initial_state(self.predictor.model, self.predictor.params(z_, s))
 
-        y, S = jax.vmap(lambda e: jax.jvp(y0, (z,), (e,)), out_axes=(None, 0))(E)
+        return jax.vmap(lambda e: jax.jvp(y0, (z,), (e,)), out_axes=(None, 0))(E)
+
+    def _times(self, s):
+        """Output times and dose discontinuities, in the member's own time."""
         tau_obs = jnp.where(s.mask, s.day - s.t0_day, jnp.inf)
-        if model.drugs:  # the dose discontinuities, in the member's own time
+        if self.predictor.model.drugs:
             end = jnp.max(jnp.where(s.mask, tau_obs, 0.0))
             jumps = discontinuity_times(s.schedule, s.t0_day + end + 1.0) - s.t0_day
         else:
             jumps = jnp.full((1,), jnp.inf)
-        c = setup(self._rhs, self._ctrl(), (y, S), (z, s, E), tau_obs, jumps, self._record)
+        return tau_obs, jumps
+
+    def start(self, z, s, idx):
+        E = basis(idx, z.shape[0])
+        tau_obs, jumps = self._times(s)
+        c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), (z, s, E), tau_obs,
+                  jumps, self._record)
         return dict(c=c, z=z, E=E)
 
     def advance(self, ev, data, busy):
@@ -155,6 +165,10 @@ class PacedEvaluator(eqx.Module):
 
     def result(self, ev, s):
         (N, dN), status, _ = records(ev["c"])
+        return self._finish(N, dN, status, s)
+
+    def _finish(self, N, dN, status, s):
+        """``(log V, status, d log V / dz)`` of one member from its recorded cells."""
         v = N / self.predictor.model.cells_per_mm3
         good = jnp.where(s.mask, (v > 0) & jnp.isfinite(v), True)
         ok = jnp.all(good) & jnp.all(jnp.isfinite(jnp.where(s.mask[:, None], dN, 0.0)))
@@ -162,6 +176,29 @@ class PacedEvaluator(eqx.Module):
         J = jnp.where(s.mask[:, None], dN / jnp.where(v > 0, N, 1.0)[:, None], 0.0)
         status = jnp.where((status == Status.SUCCESS) & ~ok, Status.NONFINITE, status)
         return log_pred, status.astype(jnp.int32), J
+
+
+def paced_log_pred(predictor, Z, data, active=None):
+    """Log volumes and their full Jacobian for every member at ``Z``, each solved at its
+    own pace: the paced evaluator's ODE and sensitivities in one
+    `fitcsc._paced.paced_solve`, for callers outside the LM (the population model).
+
+    **Arguments:** ``Z`` ``(M, n_z)``; ``data`` a `SubjectData` with leading axis M;
+    ``active`` ``(M,)`` bool: members to solve (default all; the others come back
+    failed, without ODE work).
+
+    **Returns:** ``(log_pred (M, n_obs), status (M,), J (M, n_obs, n_z), steps (M,))``.
+    """
+    PacedEvaluator.check(predictor, "paced_log_pred")
+    ev = PacedEvaluator(predictor)
+    E = jnp.broadcast_to(jnp.eye(Z.shape[1], dtype=Z.dtype), (Z.shape[0],) + (Z.shape[1],) * 2)
+    tau_obs, jumps = jax.vmap(ev._times)(data)
+    (N, dN), status, steps = paced_solve(
+        ev._rhs, jax.vmap(ev._initial)(Z, data, E), (Z, data, E), tau_obs, jumps,
+        ev._record, rtol=predictor.rtol, atol=predictor.atol,
+        max_steps=predictor.max_steps, norm=ev._norm, active=active)
+    log_pred, status, J = jax.vmap(ev._finish)(N, dN, status, data)
+    return log_pred, status, J, steps
 
 
 def make_evaluator(name: str, predictor, who: str = "fit_map"):
