@@ -96,3 +96,20 @@ def test_cache_can_be_turned_off(tmp_path):
                    capture_output=True)
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["compile"]["cache_dir"] is None and not (tmp_path / "cache").exists()
+
+
+def test_simulate_restores_equinox_checks():
+    """`simulate` traces diffrax's ts checks without host callbacks (so the persistent
+    cache keeps its programs) and leaves equinox's `error_if` as it found it."""
+    import equinox.internal as eqxi
+    import jax.numpy as jnp
+
+    import fitcsc
+
+    before = eqxi.error_if
+    model = fitcsc.ModelConfig(crowding="logistic")
+    args = (model, fitcsc.default_params(model), None, jnp.linspace(0.0, 5.0, 6))
+    assert "callback" not in fitcsc.simulate.lower(*args).as_text().lower()
+    sol = fitcsc.simulate(*args)
+    assert eqxi.error_if is before
+    assert int(sol.status) == 0 and np.all(np.isfinite(np.asarray(sol.volume_mm3)))
