@@ -193,21 +193,10 @@ def b47_threshold(tm, pub, hs, hr_lo):
     and the HR at ``hs[-1]``. ``tm`` holds the two TC arms only (cheap); the burden is
     recalibrated per draw."""
     hs = jnp.asarray(hs)
-    b = pub["b47"]
-    i_s, i_d, i_m = tm.names.index(H_S), tm.names.index(H_D), tm.names.index(M_B47)
-    days = jnp.asarray([b["followup_years"] * YEAR])
+    grid = b47_hr_grid(tm, pub, hs)
 
     def fn(z):
-        lm, _ = _fitted.calibrate_burden(tm, z, tm.mixture(z), 0, i_m,
-                                         b["landmark_years"] * YEAR, b["control_landmark"])
-        z = z.at[i_m].set(lm)
-
-        def hr_at(h):
-            zh = z.at[i_s].set(h).at[i_d].set(0.0)
-            dfs = tm.dfs(zh, days)[0]  # over the HER2-independent mixture
-            return hazard_ratio(dfs[1, 0], dfs[0, 0])
-
-        loghr = jnp.log(jnp.clip(jax.vmap(hr_at)(hs), 1e-300, None))
+        loghr = jnp.log(jnp.clip(grid(z), 1e-300, None))
         below = loghr < jnp.log(hr_lo)
         k = jnp.argmax(below)  # first grid point below the limit
         k0 = jnp.maximum(k - 1, 0)
