@@ -373,9 +373,6 @@ def test_status_codes_per_subject_and_max_steps(g_batch):
         fit_map(GOMPERTZ, g_batch, num_starts=1, max_steps=1, throw=True)
 
 
-@pytest.mark.xfail(reason="issue 13, open: a Gompertz profile point ends at the LM's step "
-                   "cap (the optimiser crawls); not yet fixed on the engine branch either",
-                   strict=False)
 def test_profile_minimum_is_at_the_map(g_batch, g_fit):
     offsets = np.array([-0.2, -0.05, 0.0, 0.05, 0.2])
     for i in range(3):  # the grid is in z for an int spec: one grid per subject

@@ -185,10 +185,6 @@ def test_shared_growth_job_reaches_the_golden_optima(golden, subset, tmp_path):
                 1 + abs(o["group_loss"])), s
 
 
-@pytest.mark.xfail(strict=True, reason="known regression of the fit engine, open: the "
-                   "profile of X.1004.BK20 (a flat Gompertz fit, capacity -> inf) at the "
-                   "recorded rate 2.78e-4 stops at the step cap with loss 96.57 against the "
-                   "recorded converged 46.29")
 def test_gompertz_fit_and_profile_reach_the_golden_optima(golden, subset):
     # the profile on the recorded grid: the median of the fitted rates moves with the
     # curves whose Gompertz fit is flat (capacity -> inf at any small rate)
