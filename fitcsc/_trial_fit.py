@@ -513,9 +513,12 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
     the first start), by the package's one Levenberg–Marquardt (`fitcsc.least_squares`,
     MINPACK's bounded rule) with the objective's split Jacobian (`Objective.jacobian`).
     ``max_steps``: evaluations per start. A start also stops (converged) once five
-    accepted steps together lowered the loss by at most ``1e-4 (1 + loss)``: far below
-    one unit of log-likelihood; sloppy directions would otherwise crawl, and the loss is
-    what the fit reports.
+    accepted steps together lowered the loss by at most ``1e-6 (1 + loss)``
+    (`STALL_RTOL`): sloppy directions would otherwise crawl to the cap. At ``1e-4`` the
+    fits stopped short of the optimum in their sloppy directions: the Laplace
+    posterior, centred there, then missed the mode (the quick pCR fit's MAP rates fell
+    outside their own predictive intervals); at ``1e-6`` the measured fits end within
+    ``2e-6`` of the loss the LM's own tests (no stall test) reach.
     **Returns:** a `TrialFit` (the best start; covariance ``(J^T J)^+``)."""
     from ._lm import least_squares
 
@@ -544,7 +547,7 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
                     hyper=dict(objective.hyper))
 
 
-STALL_RTOL = 1e-4  # fit_trials' stall test: relative (and absolute) loss decrease
+STALL_RTOL = 1e-6  # fit_trials' stall test: relative (and absolute) loss decrease
 
 
 def _objective_jacobian(objective):
