@@ -130,8 +130,7 @@ def main(args) -> dict:
                       **hyper)
     start = np.concatenate([np.asarray(doc["z"]), fit_a.z,
                             [np.log(1e5), np.log(0.01 / 0.99)][:len(link_names)]])
-    fit_b = fit_trials(obj_b, n_starts=args.starts, max_steps=args.steps, start=start,
-                       progress=sys.stderr.isatty())
+    fit_b = fit_trials(obj_b, n_starts=args.starts, max_steps=args.steps, start=start)
     pred_b = obj_b.predictions(jnp.asarray(fit_b.z))
     draws_b, w_b, k_hat_b = posterior_draws(obj_b, fit_b, args.draws,
                                             jax.random.PRNGKey(args.seed + 1))

@@ -75,8 +75,7 @@ def main(args) -> dict:
         start = jnp.asarray([z_all[list(tm_all.names).index(n)] for n in names])
         obj = Objective(tm, data)
         t0 = time.perf_counter()
-        fit = fit_trials(obj, n_starts=1, start=start, max_steps=args.steps,
-                         progress=not args.no_progress and sys.stderr.isatty())
+        fit = fit_trials(obj, n_starts=1, start=start, max_steps=args.steps)
         fits[label] = (fit, round(time.perf_counter() - t0, 2))
         objectives[label] = obj
 
@@ -206,7 +205,6 @@ def parse_args(argv=None):
     p.add_argument("--fit", default=str(_fitted.DEFAULT_FIT),
                    help="saved pCR fit (fit.json or its directory)")
     p.add_argument("--steps", type=int, default=None, help="LM steps per fit (60; quick 6)")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "hr_subgroups"))
     a = p.parse_args(argv)
     if a.steps is None:

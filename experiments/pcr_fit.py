@@ -64,7 +64,7 @@ def main(args) -> dict:
                                nodes=args.nodes, her2_nodes=args.her2_nodes,
                                structure=args.structure, trial_sd=args.trial_sd,
                                her2_drug_sd=args.her2_drug_sd, draws=args.draws,
-                               seed=args.seed, progress=sys.stderr.isatty())
+                               seed=args.seed)
     (out / "report.md").replace(out / "RESULT.md")
     return summary
 

@@ -49,6 +49,8 @@ from ._fit_profile import profile as profile
 from ._fitrun import fit_job as fit_job
 from ._likelihood import log_likelihood as log_likelihood
 from ._likelihood import residuals as residuals
+from ._lm import LeastSquaresResult as LeastSquaresResult
+from ._lm import least_squares as least_squares
 from ._model import CELLS_PER_MM3 as CELLS_PER_MM3
 from ._model import ModelConfig as ModelConfig
 from ._model import initial_state as initial_state

@@ -59,6 +59,13 @@ class NamedSpec(eqx.Module):
         return jnp.stack([t.inverse(jnp.asarray(values[n], dtype=float))
                           for n, t in zip(self.names, self.transforms, strict=True)])
 
+    def log_natural(self, z, name: str):
+        """``log`` of the positive parameter ``name`` at ``z``, without overflow (``z``
+        itself for a `Positive` transform)."""
+        i = self.names.index(name)
+        t = self.transforms[i]
+        return z[i] if isinstance(t, Positive) else jnp.log(t.forward(z[i]))
+
     def natural(self, z):
         """The parameters on their natural scale, shape ``(size,)``."""
         return jnp.stack([t.forward(z[i]) for i, t in enumerate(self.transforms)])
@@ -98,9 +105,13 @@ class BaselinePredictor(AbstractPredictor):
             K, V0 = p.capacity_mm3, p.initial_volume_mm3
             return jnp.log(K) - jnp.log1p((K / V0 - 1.0) * jnp.exp(-p.growth_rate * tau)), ok
         if self.kind == "gompertz":
-            K = p.capacity_mm3
-            return jnp.log(K) + jnp.log(p.initial_volume_mm3 / K) * jnp.exp(
-                -p.gompertz_rate * tau), ok
+            # in logs of V0 and K, never K itself: a flat curve's fit runs K off to
+            # infinity (an exponential limit), where log(V0 / K) differentiated
+            # through K^2 gave a zero Jacobian column (from K > 1e154: the LM then
+            # crawls) and exp(z) overflows (from K > 1e308: a NaN Jacobian)
+            decay = -p.gompertz_rate * tau
+            return (self.spec.log_natural(z, "initial_volume_mm3") * jnp.exp(decay)
+                    - self.spec.log_natural(z, "capacity_mm3") * jnp.expm1(decay)), ok
         return self._simeoni(p, subject)
 
     def _simeoni(self, p, subject):

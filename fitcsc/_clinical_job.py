@@ -62,7 +62,6 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                      nodes: int = 13, her2_nodes: int = 7, structure: str = DEFAULT_STRUCTURE,
                      trial_sd: float = DEFAULT_TRIAL_SD, her2_drug_sd: float = 1.0,
                      draws: int = 2000, seed: int = 0, clinical_dir=None,
-                     progress: bool = False,
                      log: Callable[[str], None] | None = None) -> dict:
     """Fit the trial model to the published pCR counts and write the run folder.
 
@@ -90,8 +89,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     say(f"fitting {len(tm.names)} parameters to {len(obs)} arms "
         f"({starts} start{'s' * (starts > 1)}, at most {steps} steps each)")
     t_fit = time.perf_counter()
-    fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed,
-                     progress=progress)
+    fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed)
     fit_s = time.perf_counter() - t_fit
 
     say(f"posterior: {draws} Laplace draws reweighted by PSIS")
@@ -162,7 +160,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                   "her2_drug_sd": her2_drug_sd},
         "optimiser": {"method": "Levenberg-Marquardt, forward-mode Jacobian, "
                                 f"{starts} Sobol starts",
-                      "max_steps": steps, "accepted_steps": fit.n_steps,
+                      "max_steps": steps, "lm_steps": fit.n_steps,
                       "converged": fit.converged,
                       "start_losses": [round(float(v), 4) for v in fit.start_losses],
                       "fit_s": round(fit_s, 2)},
@@ -288,7 +286,7 @@ def _report(s, rows, rows_post, path) -> None:
         "",
         "## Fit",
         "",
-        f"Negative log posterior {s['neg_log_posterior']:.3f}; {o['accepted_steps']} steps; "
+        f"Negative log posterior {s['neg_log_posterior']:.3f}; {o['lm_steps']} LM evaluations; "
         f"converged: {o['converged']}; fit {o['fit_s']} s, posterior {p['posterior_s']} s, "
         f"total {s['wall_s']} s. {s['n_within_binomial_ci95']} of {s['n_arms']} arms: fitted "
         "pCR inside the exact binomial 95% CI of the published count (in sample; "

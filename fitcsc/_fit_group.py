@@ -13,9 +13,10 @@ Groups are padded to the same number of curves (padding curves have no observati
 ``z`` has one layout for every group: the union over groups. An element that a group
 does not use (an arm it lacks, a padding curve, a shared parameter that none of its
 curves informs) is *fixed* there: it stays at its reference, has a zero Jacobian column
-and a NaN standard error. Everything else is `fit_map`'s engine: multi-start
-Levenberg–Marquardt vmapped over groups and starts, a status per group, so one failing
-group never changes another.
+and a NaN standard error. Everything else is `fit_map`'s engine: the one multi-start
+Levenberg–Marquardt over groups and starts, a status per group, so one failing group
+never changes another; the evaluator is `jax.jacfwd` (the group predictor assembles its
+Jacobian from the curves').
 
 Each curve is predicted by an ordinary per-curve predictor (e.g. `csc_predictor`) whose
 ``z`` is assembled from the group's ``z``. Its Jacobian is computed per curve with
@@ -33,9 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
-from ._fit import FitResult, _fit_core, _init_z, _prepare
+from ._fit import (
+    FitResult,
+    _fit_optax,
+    _prepare,
+    fit_members,
+    lm_options,
+    reference_starts,
+    starts,
+)
 from ._fit_predict import AbstractPredictor, SubjectData, subject_data
-from ._fit_solve import FitStatus, lm_options, nll_from_log
+from ._fit_solve import FitStatus, nll_from_log
 from ._transforms import Real
 
 SEP = "|"  # group-z labels: "<label>" (shared), "<label>|<arm>", "<label>|curve<k>"
@@ -430,6 +439,8 @@ def fit_groups(
     trust_region: str | tuple | None = None,
     stall_rtol: float | None = None,
     stall_steps: int = 3,
+    lanes: int | None = None,
+    progress=None,
 ) -> GroupFitResult:
     """Fit the curves of each group together, with parameters shared within the group.
 
@@ -446,7 +457,8 @@ def fit_groups(
       if at least one curve of the group uses it, else fixed at the reference. Default:
       every arm uses every label.
     - the rest as in `fit_map` (`sigma="estimate"`: one sigma per group; `trust_region`,
-      `stall_rtol` and `stall_steps` for ``method="lm"``).
+      `stall_rtol` and `stall_steps` for ``method="lm"``; `lanes`: groups x starts in
+      flight; `progress(n_done)`).
 
     **Returns:** a `GroupFitResult`: ``.groups`` is the `FitResult` over groups (the
     group ``z``, labels ``"<label>"``, ``"<label>|<arm>"``, ``"<label>|curve<k>"``),
@@ -466,18 +478,41 @@ def fit_groups(
     gb = group_batch(batch, groups, predictor.spec.labels(), shared=shared,
                      per_subject=per_subject, uses=uses)
     gpred = group_predictor(predictor, gb)
-    has_cens = bool(np.any(np.asarray(batch.censored) & np.asarray(batch.mask)))
-    opts, unit, _, scale, sigma0 = _prepare(
-        "fit_groups", gpred, gb.n_groups, has_cens, num_starts=num_starts, key=key,
-        z_init=None, start_scale=start_scale, method=method, sigma=sigma, rtol=rtol,
-        atol=atol, max_steps=max_steps, optimiser=optimiser)
-    opts = lm_options(opts, trust_region=trust_region, stall_rtol=stall_rtol,
-                      stall_steps=stall_steps, who="fit_groups")
-    z_ref = _init_z(gpred, gb.data)
-    out = _fit_core(gpred, gb.data, z_ref, unit, scale, sigma0, opts, float(max_condition))
-    res = FitResult(**out, labels=gpred.spec.labels(), subject=gb.groups,
-                    arm=("",) * gb.n_groups, study=("",) * gb.n_groups, method=method)
+    res = fit_group_batch(gpred, gb, num_starts=num_starts, key=key, start_scale=start_scale,
+                          method=method, sigma=sigma, rtol=rtol, atol=atol,
+                          max_steps=max_steps, optimiser=optimiser,
+                          max_condition=max_condition, trust_region=trust_region,
+                          stall_rtol=stall_rtol, stall_steps=stall_steps, lanes=lanes,
+                          progress=progress)
     return expand(gpred, gb, res, batch)
+
+
+def fit_group_batch(gpred: GroupPredictor, gb: GroupBatch, *, num_starts=8, key=None,
+                    start_scale=1.0, method="lm", sigma=0.2, rtol=1e-8, atol=1e-8,
+                    max_steps=None, optimiser=None, max_condition=1e6, trust_region=None,
+                    stall_rtol=None, stall_steps=3, lanes=None, progress=None,
+                    who: str = "fit_groups") -> FitResult:
+    """The `FitResult` over the groups of ``gb`` (one member per group and start)."""
+    has_cens = bool(np.any(np.asarray(gb.data.mask & gb.data.censored)))
+    opts, seed, _, scale, sigma0 = _prepare(
+        who, gpred, gb.n_groups, has_cens, num_starts=num_starts, key=key, z_init=None,
+        start_scale=start_scale, method=method, sigma=sigma, rtol=rtol, atol=atol,
+        max_steps=max_steps, optimiser=optimiser)
+    rule, stop = lm_options(opts, trust_region=trust_region, stall_rtol=stall_rtol,
+                            stall_steps=stall_steps, who=who)
+    z_ref, free = reference_starts(gpred, gb.data)
+    z0 = starts(z_ref, free, int(num_starts), scale, seed)
+    if method == "optax":
+        out = _fit_optax(gpred, gb.data, jnp.asarray(z0), jnp.asarray(sigma0), opts,
+                         jnp.asarray(free), float(max_condition))
+    else:
+        out = fit_members(who, gpred, gb.data, z0=z0, free=free, sigma0=sigma0, opts=opts,
+                          rule=rule, stop=stop, evaluator="jacfwd", lanes=lanes,
+                          max_condition=max_condition, progress=progress)
+        out.pop("info")
+    return FitResult(**{k: jnp.asarray(v) for k, v in out.items()},
+                     labels=gpred.spec.labels(), subject=gb.groups,
+                     arm=("",) * gb.n_groups, study=("",) * gb.n_groups, method=method)
 
 
 def expand(gpred: GroupPredictor, gb: GroupBatch, res: FitResult, batch) -> GroupFitResult:

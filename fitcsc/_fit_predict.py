@@ -157,7 +157,9 @@ class CSCPredictor(AbstractPredictor):
     max_steps: int = eqx.field(static=True)
     v0_from_data: bool = eqx.field(static=True)  # V0 fixed at the first observation
 
-    def _params(self, z, subject):
+    def params(self, z, subject):
+        """The `CSCParams` of ``z`` for ``subject`` (its V0 pinned to its first
+        observation when the predictor says so)."""
         params = self.spec.from_z(z)
         if self.v0_from_data:
             params = eqx.tree_at(lambda p: p.initial_volume_mm3, params,
@@ -165,7 +167,7 @@ class CSCPredictor(AbstractPredictor):
         return params
 
     def __call__(self, z, subject):
-        sol = simulate(self.model, self._params(z, subject), subject.schedule, subject.day,
+        sol = simulate(self.model, self.params(z, subject), subject.schedule, subject.day,
                        t0=subject.t0_day, rtol=self.rtol, atol=self.atol,
                        max_steps=self.max_steps, adjoint="forward", throw=False)
         v = sol.volume_mm3

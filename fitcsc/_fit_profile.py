@@ -1,9 +1,11 @@
 """Profile likelihoods, batched over grid values and subjects (identifiability, DESIGN §4).
 
-For one parameter pinned at each grid value, the others are re-optimised (LM, from the
-MAP estimate, at the MAP's sigma) for every subject, all in one compiled call. A flat
-profile (``delta`` below ~1.92 over a wide range) flags a parameter the data do not
-identify; where ``delta`` crosses 1.92 gives a 95% likelihood-based interval.
+For one parameter pinned at each grid value, the others are re-optimised (the package's
+LM, from the MAP estimate, at the MAP's sigma) for every subject: each (grid value,
+subject) is one member of the fit engine, the pinned element held by the member's free
+mask, all in one program. A flat profile (``delta`` below ~1.92 over a wide range)
+flags a parameter the data do not identify; where ``delta`` crosses 1.92 gives a 95%
+likelihood-based interval.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._fit import _prepare, fit_members, lm_options, reference_starts
 from ._fit_predict import AbstractPredictor, subject_data
-from ._fit_solve import Options, solve_lm
 
 
 class ProfileResult(eqx.Module):
@@ -28,21 +30,6 @@ class ProfileResult(eqx.Module):
     status: Int[Array, "n_grid n_subjects"]  # `FitStatus`
     z: Float[Array, "n_grid n_subjects n_z"]  # full z at each profile point
     name: str = eqx.field(static=True)
-
-
-class _Pinned(AbstractPredictor):
-    """``predictor`` with element ``index`` of ``z`` pinned at ``value``."""
-
-    spec: object  # the inner predictor's (only used for its size by the solver)
-    inner: AbstractPredictor
-    index: int = eqx.field(static=True)
-    value: Array
-
-    def full(self, z_rest):
-        return jnp.insert(z_rest, self.index, self.value)
-
-    def __call__(self, z_rest, subject):
-        return self.inner(self.full(z_rest), subject)
 
 
 def _grid_to_z(spec, label, grid):
@@ -59,21 +46,9 @@ def _grid_to_z(spec, label, grid):
     return lookup[label.split("[")[0]].inverse(grid)
 
 
-@eqx.filter_jit
-def _profile_core(predictor, data, z_map, sigma, index, z_grid, opts):
-    rest = jnp.delete(z_map, index, axis=1, assume_unique_indices=True)
-
-    def one(zv, d, z0, s):
-        pinned = _Pinned(predictor.spec, predictor, index, zv)
-        m = solve_lm(pinned, d, z0, s, opts)
-        return m.loss, m.status, pinned.full(m.z)
-
-    per_subject = jax.vmap(one, in_axes=(None, 0, 0, 0))
-    return jax.vmap(per_subject, in_axes=(0, None, None, None))(z_grid, data, rest, sigma)
-
-
 def profile(predictor, batch, result, name: str, grid, *, rtol: float = 1e-8,
-            atol: float = 1e-8, max_steps: int = 200) -> ProfileResult:
+            atol: float = 1e-8, max_steps: int = 200, trust_region=None,
+            evaluator: str = "auto") -> ProfileResult:
     """Profile likelihood of parameter ``name`` over ``grid`` for every subject.
 
     **Arguments:**
@@ -84,7 +59,7 @@ def profile(predictor, batch, result, name: str, grid, *, rtol: float = 1e-8,
     - `name`: one of ``result.labels`` (e.g. ``"self_renewal"``, ``"ec50_mg_per_L[0]"``).
     - `grid`: values of the parameter, on its natural scale for a `ParamSpec` (in ``z``
       for an int spec), shape ``(n_grid,)``.
-    - `rtol`, `atol`, `max_steps`: LM options.
+    - `rtol`, `atol`, `max_steps`, `trust_region`, `evaluator`: as in `fit_map`.
 
     Sigma is held at each subject's MAP value (``result.sigma``).
 
@@ -101,10 +76,27 @@ def profile(predictor, batch, result, name: str, grid, *, rtol: float = 1e-8,
     if tuple(result.subject) != tuple(batch.subject):
         raise ValueError("profile: `result` was not fitted on this batch")
     grid = np.asarray(grid, dtype=float).reshape(-1)
-    z_grid = _grid_to_z(predictor.spec, name, grid)
-    opts = Options(method="lm", rtol=float(rtol), atol=float(atol),
-                    max_steps=int(max_steps), estimate_sigma=False, refit_sigma=False)
-    loss, status, z = _profile_core(predictor, subject_data(batch), result.z, result.sigma,
-                                    labels.index(name), z_grid, opts)
-    return ProfileResult(value=jnp.asarray(grid), z_value=z_grid, loss=loss,
-                         delta=loss - result.loss[None, :], status=status, z=z, name=name)
+    z_grid = np.asarray(_grid_to_z(predictor.spec, name, grid))
+    k = labels.index(name)
+    n, g = batch.n_subjects, grid.size
+    opts, _, _, _, sigma = _prepare(
+        "profile", predictor, n * g, False, num_starts=1, key=None, z_init=None,
+        start_scale=0.0, method="lm", sigma=np.tile(np.asarray(result.sigma), g),
+        rtol=rtol, atol=atol, max_steps=max_steps, optimiser=None)
+    rule, stop = lm_options(opts, trust_region=trust_region, who="profile")
+    data = subject_data(batch)
+    _, free = reference_starts(predictor, data)
+    z0 = np.tile(np.asarray(result.z, float), (g, 1))  # (grid x subject, n_z)
+    z0[:, k] = np.repeat(z_grid, n)
+    free = np.tile(free, (g, 1))
+    free[:, k] = False
+    each = np.tile(np.arange(n), g)
+    members = jax.tree_util.tree_map(lambda x: np.asarray(x)[each], data)
+    out = fit_members("profile", predictor, members, z0=z0[:, None, :], free=free,
+                      sigma0=sigma, opts=opts, rule=rule, stop=stop, evaluator=evaluator)
+    loss = out["loss"].reshape(g, n)
+    return ProfileResult(value=jnp.asarray(grid), z_value=jnp.asarray(z_grid),
+                         loss=jnp.asarray(loss),
+                         delta=jnp.asarray(loss - np.asarray(result.loss)[None, :]),
+                         status=jnp.asarray(out["status"].reshape(g, n)),
+                         z=jnp.asarray(out["z"].reshape(g, n, -1)), name=name)

@@ -1,15 +1,12 @@
-"""One batch member of a fit: one subject from one start (vmapped by `fit_map`).
-
-Levenberg–Marquardt (optimistix) on the residuals of `_likelihood`, or an optax
-optimiser on the negative log-likelihood with forward-mode gradients. A failed or
-non-finite prediction turns into a large finite residual without gradient, so the
-optimiser retreats from it; the member's own status records what happened, and no
-member ever changes another.
+"""What one member of a tumour-curve fit (one subject or group from one start) needs
+beside the LM: its statuses, residuals, -log-likelihood and sigma's MLE, and the
+``method="optax"`` optimiser (an optax optimiser on the negative log-likelihood with
+forward-mode gradients, vmapped over members; a failed prediction costs `PENALTY`).
+The Levenberg–Marquardt is `fitcsc._lm`, driven by `fitcsc._lanes`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 
@@ -17,7 +14,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-import optimistix as optx
 from jaxtyping import Array
 
 from ._likelihood import log_likelihood_from_log, residuals_from_log
@@ -46,7 +42,7 @@ class FitStatus(enum.IntEnum):
 
 
 class Options(eqx.Module):
-    """Static solver options of a fit (changing them recompiles)."""
+    """Static options of a fit that are not the LM's (`fitcsc._lm.Stop`)."""
 
     method: str = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
@@ -55,65 +51,6 @@ class Options(eqx.Module):
     estimate_sigma: bool = eqx.field(static=True)
     refit_sigma: bool = eqx.field(static=True)
     optimiser: object = eqx.field(static=True, default=None)
-    # Levenberg–Marquardt only (see `lm_options`); the defaults are optimistix's solver
-    trust_region: tuple[float, float, float, float] | None = eqx.field(static=True,
-                                                                     default=None)
-    stall_rtol: float | None = eqx.field(static=True, default=None)
-    stall_steps: int = eqx.field(static=True, default=3)
-
-
-# Trust-region constants of Levenberg–Marquardt, as (high_cutoff, high_constant,
-# low_cutoff, low_constant) of `optimistix.ClassicalTrustRegion`: a step is accepted when
-# the actual/predicted reduction ratio is at least low_cutoff (else the radius shrinks by
-# low_constant), and the radius grows by high_constant when the ratio exceeds high_cutoff.
-TRUST_REGIONS = {
-    "optimistix": None,  # optimistix's defaults (0.99, 3.5, 0.01, 0.25; Gould et al.)
-    # MINPACK-like: accept nearly every decrease, widen whenever the quadratic model is
-    # fair. Parameters whose optimum lies at a transform's bound (z -> +-inf, where the
-    # Jacobian column vanishes) then leave in a few steps instead of crawling.
-    "eager": (0.5, 3.0, 1e-4, 0.25),
-    # MINPACK lmder's kind of rule (batching="stacked" only): a bound on the scaled
-    # step |D p| (D: the largest column norms of J so far) rather than a damping,
-    # Gauss-Newton whenever its step lies inside, lmder's ftol test on Gauss-Newton
-    # steps (fitcsc._fit_stacked: bounded_step, bound_update, BOUND_FACTOR, BOUND_GROW)
-    "bounded": "bounded",
-}
-
-
-def lm_options(opts: Options, *, trust_region=None, stall_rtol=None, stall_steps=3,
-               who: str = "fit_map") -> Options:
-    """``opts`` with the Levenberg–Marquardt extras checked and set.
-
-    - `trust_region`: a name in `TRUST_REGIONS` or a 4-tuple of floats (None: optimistix's;
-      ``"bounded"`` only with ``batching="stacked"``).
-    - `stall_rtol`, `stall_steps`: stop a member (as converged) once its loss fell by no
-      more than ``stall_rtol * |loss|`` over ``stall_steps`` accepted steps (None: off).
-      Boundary optima, where ``z`` runs off to infinity and optimistix's test (both the
-      step in ``z`` and the change in the residuals small) never holds, then stop.
-    """
-    if trust_region is None and stall_rtol is None:
-        return opts
-    if opts.method != "lm":
-        raise ValueError(f"{who}: trust_region and stall_rtol are options of method='lm'")
-    if isinstance(trust_region, str):
-        if trust_region not in TRUST_REGIONS:
-            raise ValueError(f"{who}: trust_region must be one of {sorted(TRUST_REGIONS)} or "
-                             f"a 4-tuple, got {trust_region!r}")
-        trust_region = TRUST_REGIONS[trust_region]
-    elif trust_region is not None:
-        trust_region = tuple(float(x) for x in trust_region)
-        if len(trust_region) != 4 or not 0 <= trust_region[2] <= trust_region[0]:
-            raise ValueError(f"{who}: trust_region must be (high_cutoff, high_constant, "
-                             f"low_cutoff, low_constant) with low_cutoff <= high_cutoff, "
-                             f"got {trust_region!r}")
-    if stall_rtol is not None:
-        stall_rtol = float(stall_rtol)
-        if not (math.isfinite(stall_rtol) and stall_rtol >= 0):
-            raise ValueError(f"{who}: stall_rtol must be finite and >= 0, got {stall_rtol!r}")
-    if int(stall_steps) != stall_steps or stall_steps < 1:
-        raise ValueError(f"{who}: stall_steps must be an integer >= 1, got {stall_steps!r}")
-    return dataclasses.replace(opts, trust_region=trust_region, stall_rtol=stall_rtol,
-                               stall_steps=int(stall_steps))
 
 
 def _log_obs(data):
@@ -132,59 +69,18 @@ def member_residuals(predictor, data, z, sigma):
 
 
 def residuals_jacobian(log_pred, status, J_lp, data, sigma):
-    """Residuals and their Jacobian from log predictions and ``J_lp = d log_pred / d z``
-    (one member, or members on leading axes with ``sigma`` broadcastable to
-    ``log_pred``); failed members as in `member_residuals`."""
+    """Residuals, their Jacobian and whether they are usable, from log predictions and
+    ``J_lp = d log_pred / d z`` (one member, or members on leading axes with ``sigma``
+    broadcastable to ``log_pred``). The residuals are elementwise in ``log_pred``, so
+    one JVP gives ``d r_i / d log_pred_i``. **Returns:** ``(r, J_r, ok)``; ``ok`` is
+    False where the prediction failed or a residual is not finite."""
 
     def raw(lp):
         return residuals_from_log(lp, _log_obs(data), data.mask, data.censored, sigma)
 
-    # the residuals are elementwise in log_pred: one JVP gives d r_i / d log_pred_i
     r, d = jax.jvp(raw, (log_pred,), (jnp.ones_like(log_pred),))
-    ok = ((status == 0) & jnp.all(jnp.isfinite(r), axis=-1))[..., None]
-    r = jnp.where(ok, r, jnp.where(data.mask, PENALTY, 0.0))
-    J_r = jnp.where(ok[..., None], d[..., None] * J_lp, 0.0)
-    return r, J_r
-
-
-@eqx.filter_custom_jvp
-def dense_residuals(z, predictor, data, sigma):
-    """`member_residuals` whose JVP materialises the Jacobian with one `jax.jacfwd`.
-
-    Under `jax.linearize` (as Levenberg–Marquardt uses it) the linear part is then a
-    matrix product, instead of the whole ODE solve run again for every Jacobian-vector
-    product: less to compile and less to run. A predictor with a method
-    ``log_pred_jacobian(z, data) -> (log_pred, status, d log_pred / d z)`` (e.g. a group
-    fit's, which assembles it from small per-curve Jacobians) supplies it itself.
-    """
-    return member_residuals(predictor, data, z, sigma)
-
-
-@dense_residuals.def_jvp
-def _dense_residuals_jvp(primals, tangents):
-    z, predictor, data, sigma = primals
-    t_z, *t_rest = tangents
-    if t_z is None or jax.tree_util.tree_leaves(t_rest):  # not only z: plain JVP
-        def fn(z_, predictor_, data_, sigma_):
-            return member_residuals(predictor_, data_, z_, sigma_)
-
-        t_all = jax.tree_util.tree_map(
-            lambda t, p: t if t is not None else (
-                jnp.zeros_like(p) if eqx.is_inexact_array(p) else None),
-            list(tangents), list(primals), is_leaf=lambda x: x is None)
-        return eqx.filter_jvp(fn, tuple(primals), tuple(t_all))
-
-    if hasattr(predictor, "log_pred_jacobian"):  # the predictor builds its own Jacobian
-        log_pred, status, J_lp = predictor.log_pred_jacobian(z, data)
-        r, J_r = residuals_jacobian(log_pred, status, J_lp, data, sigma)
-        return (r, (log_pred, status)), (J_r @ t_z, (J_lp @ t_z, None))
-
-    def fn(z_):
-        r, (log_pred, status) = member_residuals(predictor, data, z_, sigma)
-        return (r, log_pred), (r, log_pred, status)
-
-    (J_r, J_lp), (r, log_pred, status) = jax.jacfwd(fn, has_aux=True)(z)
-    return (r, (log_pred, status)), (J_r @ t_z, (J_lp @ t_z, None))
+    ok = (status == 0) & jnp.all(jnp.isfinite(r), axis=-1)
+    return r, d[..., None] * J_lp, ok
 
 
 def nll_from_log(log_pred, data, sigma):
@@ -221,7 +117,9 @@ def sigma_mle(log_pred, data, sigma0):
     return jnp.where(n >= 2, jnp.exp(u), sigma0)
 
 
-def _status(opt_ok, opt_max_steps, sim_status, loss, z):
+def fit_status(opt_ok, opt_max_steps, sim_status, loss, z):
+    """`FitStatus` of a member: converged, at the step cap, or failed; non-finite loss
+    or parameters, and a failed simulation, override."""
     code = jnp.where(opt_ok, FitStatus.CONVERGED,
                      jnp.where(opt_max_steps, FitStatus.MAX_STEPS, FitStatus.SOLVER_FAILURE))
     code = jnp.where(jnp.isfinite(loss) & jnp.all(jnp.isfinite(z)), code, FitStatus.NONFINITE)
@@ -239,113 +137,6 @@ class Member(eqx.Module):
     sigma: Array
     jac: Array  # d residuals / d z at z (n_obs, n_z), residuals at `sigma`
     log_pred: Array  # (n_obs,)
-
-
-class _StallingLM(optx.AbstractLeastSquaresSolver):
-    """A Gauss–Newton solver (``inner``) that also stops once the loss at its accepted
-    points fell by no more than ``stall_rtol * |loss|`` over ``stall_steps`` accepted
-    steps. Per member under vmap: a stopped member no longer changes."""
-
-    inner: optx.AbstractGaussNewton
-    stall_rtol: float = eqx.field(static=True)
-    stall_steps: int = eqx.field(static=True)
-
-    @property
-    def rtol(self):
-        return self.inner.rtol
-
-    @property
-    def atol(self):
-        return self.inner.atol
-
-    @property
-    def norm(self):
-        return self.inner.norm
-
-    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
-        state = self.inner.init(fn, y, args, options, f_struct, aux_struct, tags)
-        # (inner state, reference loss, accepted steps since it, stalled)
-        return state, jnp.asarray(jnp.inf, y.dtype), jnp.asarray(0), jnp.asarray(False)
-
-    def step(self, fn, y, args, options, state, tags):
-        inner, ref, count, _ = state
-        y, new, aux = self.inner.step(fn, y, args, options, inner, tags)
-        loss = 0.5 * jnp.sum(new.f_info.residual**2)  # at the last accepted point
-        accepted = new.num_accepted_steps > inner.num_accepted_steps
-        count = count + accepted.astype(count.dtype)
-        first = accepted & ~jnp.isfinite(ref)
-        check = accepted & ~first & (count >= self.stall_steps)
-        stalled = check & (ref - loss <= self.stall_rtol * jnp.abs(loss))
-        reset = first | check
-        return y, (new, jnp.where(reset, loss, ref), jnp.where(reset, 0, count),
-                   stalled), aux
-
-    def terminate(self, fn, y, args, options, state, tags):
-        done, result = self.inner.terminate(fn, y, args, options, state[0], tags)
-        return done | state[3], result
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        return self.inner.postprocess(fn, y, aux, args, options, state[0], tags, result)
-
-
-def _lm_solver(opts):
-    solver = optx.LevenbergMarquardt(rtol=opts.rtol, atol=opts.atol)
-    if opts.trust_region == "bounded":
-        raise ValueError("trust_region='bounded' is a rule of fit_map(batching='stacked'); "
-                         "with batching='vmap' use 'eager', a 4-tuple or None")
-    if opts.trust_region is not None:
-        hc, hk, lc, lk = opts.trust_region
-        search = optx.ClassicalTrustRegion(high_cutoff=hc, high_constant=hk,
-                                           low_cutoff=lc, low_constant=lk)
-        solver = eqx.tree_at(lambda s: s.search, solver, search)
-    if opts.stall_rtol is not None:
-        solver = _StallingLM(solver, opts.stall_rtol, opts.stall_steps)
-    return solver
-
-
-def _lm(predictor, data, z0, sigma, opts):
-    solver = _lm_solver(opts)
-    sol = optx.least_squares(
-        lambda z, _: dense_residuals(z, predictor, data, sigma),
-        solver, z0, has_aux=True, max_steps=opts.max_steps, throw=False)
-    ok = sol.result == optx.RESULTS.successful
-    at_max = sol.result == optx.RESULTS.nonlinear_max_steps_reached
-    # The solver state holds residuals, Jacobian and aux at the returned (last
-    # accepted) point, so no further solve of the model is needed.
-    state = sol.state[0] if isinstance(solver, _StallingLM) else sol.state
-    log_pred, sim_status = state.aux
-    jac = state.f_info.jac.as_matrix()
-    return sol.value, ok, at_max, sol.stats["num_steps"], log_pred, sim_status, jac
-
-
-def solve_lm(predictor, data, z0, sigma0, opts) -> Member:
-    """LM from ``z0``. With ``opts.estimate_sigma`` sigma is then set to its MLE for
-    the fitted predictions; with ``opts.refit_sigma`` (censored points, whose M3 terms
-    make the optimum depend on sigma) LM and the sigma update alternate 3 times."""
-    if opts.refit_sigma:
-        def round_(_, carry):
-            z, sigma, steps = carry[:3]
-            z, ok, at_max, k, log_pred, sim_status, jac = _lm(predictor, data, z, sigma,
-                                                              opts)
-            new_sigma = sigma_mle(log_pred, data, sigma)
-            return (z, new_sigma, (steps + k).astype(jnp.int32), sigma, ok, at_max,
-                    log_pred, sim_status.astype(jnp.int32), jac)
-
-        head = (z0, sigma0, jnp.zeros((), jnp.int32))
-        shapes = jax.eval_shape(round_, 0, head + (None,) * 6)
-        init = head + tuple(jnp.zeros(s.shape, s.dtype) for s in shapes[3:])
-        out = jax.lax.fori_loop(0, 3, round_, init)
-        z, _, steps, sigma, ok, at_max, log_pred, sim_status, jac = out
-    else:
-        z, ok, at_max, steps, log_pred, sim_status, jac = _lm(predictor, data, z0, sigma0,
-                                                              opts)
-        sigma = sigma0
-        if opts.estimate_sigma:  # no censoring: the optimum does not depend on sigma
-            sigma = sigma_mle(log_pred, data, sigma0)
-            jac = jac * (sigma0 / sigma)
-    loss = nll_from_log(log_pred, data, sigma)
-    return Member(z, loss, _status(ok, at_max, sim_status, loss, z), steps, sigma, jac,
-                  log_pred)
 
 
 def solve_optax(predictor, data, z0, sigma0, opts) -> Member:
@@ -393,6 +184,6 @@ def solve_optax(predictor, data, z0, sigma0, opts) -> Member:
     _, _, _, w, _, k, done = jax.lax.while_loop(cond, body, init)
     z, sigma = split(w)
     jac, (log_pred, sim_status) = jax.jacfwd(
-        lambda z_: dense_residuals(z_, predictor, data, sigma), has_aux=True)(z)
+        lambda z_: member_residuals(predictor, data, z_, sigma), has_aux=True)(z)
     nll = nll_from_log(log_pred, data, sigma)
-    return Member(z, nll, _status(done, ~done, sim_status, nll, z), k, sigma, jac, log_pred)
+    return Member(z, nll, fit_status(done, ~done, sim_status, nll, z), k, sigma, jac, log_pred)

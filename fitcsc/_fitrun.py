@@ -40,9 +40,10 @@ import numpy as np
 from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regimens, is_arm_drug
 from ._baselines import BASELINES, baseline_predictor
 from ._batch import SubjectBatch, make_batch
+from ._compile import CompileStats
 from ._drugs import CATALOGUE, default_pk
 from ._errors import FitcscInputError
-from ._fit import fit_map
+from ._fit import bucket, evaluator_option, fit_map
 from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
 from ._model import ModelConfig
@@ -54,9 +55,9 @@ from ._transforms import Interval, ParamSpec, Positive
 
 MODELS = ("csc", *BASELINES)
 LM_TOL = 1e-6  # rtol = atol of Levenberg–Marquardt (on z and on the loss)
-# MINPACK-like trust region and the stall stop: boundary optima (an efficacy -> 0 or 1)
-# stop in ~20 steps instead of crawling to the cap (benchmarks/README.md, batch_fit)
-LM_EXTRAS = {"trust_region": "eager", "stall_rtol": 1e-8, "stall_steps": 2}
+# MINPACK lmder's step bound and the stall stop: boundary optima (an efficacy -> 0 or
+# 1) stop instead of crawling to the cap (benchmarks/README.md, batch_fit)
+LM_EXTRAS = {"trust_region": "bounded", "stall_rtol": 1e-8, "stall_steps": 2}
 GRID_POINTS, QUICK_GRID_POINTS = 120, 40  # fine grid of the fitted curves
 QUICK_STARTS, QUICK_MAX_STEPS, QUICK_MAX_SUBJECTS = 2, 100, 8
 PLOTS = ("fits_subjects.png", "observed_vs_predicted.png", "residuals.png", "multistart.png")
@@ -113,6 +114,121 @@ def csc_arm_spec(model: ModelConfig) -> ParamSpec:
     for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
         free.update(CLASS_FREE[c])
     return ParamSpec(free, ref)
+
+
+def drug_slots(regs, species):
+    """Drug kinds (class, PK) of the regimens, in order: ``(slot drugs, {drug: slot})``.
+
+    One model with a drug slot per kind fits every subject of a job (one compiled
+    program): each subject's doses go to the slot of its drug. **Raises:**
+    `FitcscInputError` for an arm with two drugs of the same kind.
+    """
+    kinds: dict[tuple, int] = {}
+    drugs, slot = [], {}
+    for reg in regs:
+        for d in reg.drugs:
+            key = (CATALOGUE[d].drug_class, repr(default_pk(d, species)))
+            if key not in kinds:
+                kinds[key] = len(drugs)
+                drugs.append(d)
+            slot[d] = kinds[key]
+    for reg in regs:
+        used = [slot[d] for d in reg.drugs]
+        if len(set(used)) < len(used):
+            raise FitcscInputError(
+                f"arm {reg.name!r} has two drugs of the same class and PK",
+                expected="at most one drug of each class and PK per arm",
+                value=", ".join(reg.drugs))
+    return tuple(drugs), slot
+
+
+def slot_batch(batch: SubjectBatch, slot: dict, drugs: tuple) -> SubjectBatch:
+    """``batch`` with each dose's drug index moved to its drug's slot in ``drugs``."""
+    if not drugs:
+        return dataclasses.replace(batch, drugs=drugs)
+    table = np.asarray([slot.get(d, 0) for d in batch.drugs] or [0])
+    drug, mask = np.asarray(batch.schedule.drug), np.asarray(batch.schedule.mask)
+    schedule = eqx.tree_at(lambda s: s.drug, batch.schedule,
+                           jnp.asarray(np.where(mask, table[drug], 0)))
+    return dataclasses.replace(batch, schedule=schedule, drugs=drugs)
+
+
+def csc_union_spec(model: ModelConfig) -> ParamSpec:
+    """The spec of every subject of a job at once: growth (v_S, p), every class's
+    effects for the model's drug slots, V0 (added by `csc_predictor`); reference and
+    fixed values as in `csc_arm_spec`. Each subject estimates a part of it (its
+    free mask, `ArmPredictor`)."""
+    ref = default_params(model, **CSC_REFERENCE)
+    if model.drugs:
+        arm = jnp.asarray([is_arm_drug(d) for d in model.drugs], bool)
+        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
+                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
+    free = {**BASE_FREE, **CONTROL_FREE}
+    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
+        free.update(CLASS_FREE[c])
+    return ParamSpec(free, ref)
+
+
+def label_needs(labels, model: ModelConfig) -> tuple:
+    """What each element of a union spec needs to be estimated for a subject: None
+    (always: v_S, V0), ``()`` (no dose at all: p, as in `csc_arm_spec`), the drug slots
+    of which one must be dosed (a class's effect; a per-drug field its slot), or
+    ``"never"`` (a per-drug field of a slot whose drug is of another class)."""
+    classes = [CATALOGUE[d].drug_class for d in model.drugs]
+    out = []
+    for label in labels:
+        field = label.split("[")[0]
+        if field in BASE_FREE or field == "initial_volume_mm3":
+            out.append(None)
+        elif field in CONTROL_FREE:
+            out.append(())
+        elif "[" in label:  # a per-drug field: its slot, if the slot's drug is its class
+            k = int(label[:-1].split("[")[1])
+            out.append((k,) if classes[k] == PER_DRUG_CLASS[field] else "never")
+        else:
+            cls = next(c for c, f in CLASS_FREE.items() if field in f)
+            out.append(tuple(k for k, c in enumerate(classes) if c == cls))
+    return tuple(out)
+
+
+class ArmPredictor(CSCPredictor):
+    """A CSC predictor over a union spec whose free elements follow each subject's
+    dosed drug slots (`label_needs`): the per-arm spec of `csc_arm_spec` as a mask, so
+    that every regimen shape shares one compiled program."""
+
+    needs: tuple = eqx.field(static=True, default=())
+
+    def free_slots(self, dosed) -> np.ndarray:
+        """The free mask (host) of a subject dosed with drug slots ``dosed``."""
+        dosed = set(dosed)
+        return np.asarray([n is None or (n == () and not dosed)
+                           or (n != "never" and bool(dosed & set(n))) for n in self.needs],
+                          bool)
+
+    def free_mask(self, subject):
+        n_drugs = max(len(self.model.drugs), 1)
+        s = subject.schedule
+        dosed = jnp.zeros((n_drugs,), bool).at[s.drug].max(s.mask)
+        cols = []
+        for n in self.needs:
+            if n is None:
+                cols.append(jnp.ones((), bool))
+            elif n == ():
+                cols.append(~jnp.any(dosed))
+            elif n == "never":
+                cols.append(jnp.zeros((), bool))
+            else:
+                cols.append(jnp.any(dosed[jnp.asarray(n)]))
+        return jnp.stack(cols)
+
+
+def arm_predictor(model: ModelConfig, **ode) -> ArmPredictor:
+    """The job's CSC predictor for ``model`` (every drug slot of the data); ``ode``:
+    `csc_predictor`'s ``rtol``, ``atol``, ``max_steps``."""
+    base = csc_predictor(model, csc_union_spec(model), **ode)
+    return ArmPredictor(model=base.model, spec=base.spec, rtol=base.rtol, atol=base.atol,
+                        max_steps=base.max_steps, v0_from_data=base.v0_from_data,
+                        needs=label_needs(base.spec.labels(), model))
 
 
 @dataclasses.dataclass
@@ -180,63 +296,34 @@ def _regimen_of(regimens, subject, arm) -> Regimen:
     return regimens[subject] if subject in regimens else regimens[arm]
 
 
-def _groups(batch, regs, model, species):
-    """``[(drugs of the group's model, subject indices)]``: CSC subjects grouped by the
-    classes and PK of their drugs; baselines: one group."""
+def _shapes(batch, regs, model):
+    """Subjects by the classes of their regimen's drugs (what the summary lists)."""
     if model != "csc":
-        return [((), np.arange(batch.n_subjects))]
-    groups: dict[tuple, tuple[tuple[str, ...], list[int]]] = {}
+        return {(): list(range(batch.n_subjects))}
+    out: dict[tuple, list[int]] = {}
     for i, reg in enumerate(regs):
-        key = tuple((CATALOGUE[d].drug_class, repr(default_pk(d, species)))
-                    for d in reg.drugs)
-        groups.setdefault(key, (reg.drugs, []))[1].append(i)
-    return [(drugs, np.asarray(idx)) for drugs, idx in groups.values()]
+        out.setdefault(tuple(CATALOGUE[d].drug_class for d in reg.drugs), []).append(i)
+    return out
 
 
-def _ode_steps(predictor, gb) -> np.ndarray:
-    """ODE solver steps of one forward solve per subject of ``gb`` at its start ``z``."""
-
-    @jax.jit
-    @jax.vmap
-    def steps(s):
-        z = predictor.init_z(s)
-        sol = simulate(predictor.model, predictor._params(z, s), s.schedule, s.day,
-                       t0=s.t0_day, rtol=predictor.rtol, atol=predictor.atol,
-                       max_steps=predictor.max_steps, throw=False)
-        return sol.num_steps
-
-    return np.asarray(steps(subject_data(gb)))
-
-
-def _group_batch(batch, idx, regs, drugs):
-    """Rows ``idx`` of ``batch`` with drug slots renumbered to the group's ``drugs``
-    (each subject's own drugs, position by position)."""
-    sub = batch.subset(idx)
-    if not drugs:
-        return sub
-    drug, mask = np.asarray(sub.schedule.drug), np.asarray(sub.schedule.mask)
-    new = np.zeros_like(drug)
-    for r, i in enumerate(idx):
-        slot = np.zeros(max(len(batch.drugs), 1), dtype=drug.dtype)
-        for pos, d in enumerate(regs[i].drugs):
-            slot[batch.drugs.index(d)] = pos
-        new[r] = np.where(mask[r], slot[drug[r]], 0)
-    schedule = eqx.tree_at(lambda s: s.drug, sub.schedule, jnp.asarray(new))
-    return SubjectBatch(day=sub.day, volume_mm3=sub.volume_mm3, mask=sub.mask,
-                        censored=sub.censored, t0_day=sub.t0_day, schedule=schedule,
-                        subject=sub.subject, arm=sub.arm, study=sub.study, drugs=drugs)
+def grid_curves(predictor, data, z, grid):
+    """Fitted volume [mm3], CSC fraction (NaN for baselines) and status on ``grid``
+    (host arrays; subjects padded to a bucket, so few programs compile)."""
+    n = np.asarray(z).shape[0]
+    idx = np.resize(np.arange(n), bucket(n, 8))
+    pick = jax.tree_util.tree_map(lambda x: np.asarray(x)[idx], (data, z, grid))
+    return tuple(np.asarray(x)[:n] for x in _grid_curves(predictor, *pick))
 
 
 @eqx.filter_jit
 def _grid_curves(predictor, data, z, grid):
-    """Fitted volume [mm3], CSC fraction (NaN for baselines) and status on ``grid``."""
 
     def one(d, z_, g):
         gd = SubjectData(day=g, volume_mm3=jnp.full(g.shape, d.first_volume_mm3),
                          mask=jnp.ones(g.shape, bool), censored=jnp.zeros(g.shape, bool),
                          t0_day=d.t0_day, schedule=d.schedule)
         if isinstance(predictor, CSCPredictor):  # simulate, for the CSC fraction
-            sol = simulate(predictor.model, predictor._params(z_, gd), d.schedule, g,
+            sol = simulate(predictor.model, predictor.params(z_, gd), d.schedule, g,
                            t0=d.t0_day, rtol=predictor.rtol, atol=predictor.atol,
                            max_steps=4 * predictor.max_steps)
             return sol.volume_mm3, sol.csc_fraction, sol.status
@@ -246,15 +333,13 @@ def _grid_curves(predictor, data, z, grid):
     return jax.vmap(one)(data, z, grid)
 
 
-def _column(label, own_drugs):
-    """CSV column of a spec label for a subject with drugs ``own_drugs``; None if the
-    element is not this subject's (a per-drug field of another class)."""
+def _column(label, own_drugs, slot):
+    """CSV column of a union-spec label for a subject with drugs ``own_drugs``: the
+    field, or ``field[drug]`` (the drug in that slot) when the arm has several drugs."""
     if "[" not in label:
         return label
-    field, i = label[:-1].split("[")
-    drug = own_drugs[int(i)]
-    if PER_DRUG_CLASS.get(field, CATALOGUE[drug].drug_class) != CATALOGUE[drug].drug_class:
-        return None
+    field, k = label[:-1].split("[")
+    drug = next(d for d in own_drugs if slot[d] == int(k))
     return field if len(own_drugs) == 1 else f"{field}[{drug}]"
 
 
@@ -269,7 +354,7 @@ def fit_job(
     regimens_file=None,
     model: str = "csc",
     starts: int = 4,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     quick: bool = False,
     max_subjects: int | None = None,
     sigma: float | str = "estimate",
@@ -279,8 +364,9 @@ def fit_job(
     cmt_drugs: dict[int, str] | None = None,
     share_growth_by: str | None = None,
     progress: bool = True,
-    schedule: bool = True,
-    batching: str = "vmap",
+    evaluator: str = "auto",
+    batching: str | None = None,
+    lanes: int | None = None,
     data_options: dict | None = None,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
@@ -292,8 +378,11 @@ def fit_job(
     - `regimens_file`: regimen table for a tidy CSV; without it, `default_arm_regimens`
       (controls untreated, one constant effect per treated arm; listed in the summary's
       warnings).
-    - `model`: ``"csc"`` (`csc_arm_spec`, logistic crowding) or one of `BASELINES`.
-    - `starts`: multi-start starts per subject; `chunk_size`: subjects per compiled call.
+    - `model`: ``"csc"`` (each subject the per-arm spec of `csc_arm_spec`, logistic
+      crowding) or one of `BASELINES`.
+    - `starts`: multi-start starts per subject.
+    - `chunk_size`: subjects per `fit_map` call (default: all in one; every call runs
+      the same compiled program); with `share_growth_by`, curves per call.
     - `quick`: at most 2 starts, 100 optimiser steps, a coarse curve grid and, unless
       `max_subjects` is given, the first 8 subjects.
     - `max_subjects`: fit only the first subjects of the file.
@@ -303,14 +392,17 @@ def fit_job(
     - `cmt_drugs`: NONMEM only: ``{CMT: drug}`` (see `read_nonmem`).
     - `share_growth_by`: a column of the data (e.g. ``"pdx_line"``): fit the curves of
       each of its groups together, growth shared and drug effects per arm (CSC model
-      only; see `fitcsc._fitrun_group`); ``chunk_size`` then counts curves per call.
-    - `progress`: a progress bar over chunks (only on a terminal).
-    - `schedule`: CSC model, per-subject fits: chunk a group's subjects in the order of
-      their ODE solver steps at the start (one forward solve each), so that members of a
-      vmapped chunk finish together; False: file order.
-    - `batching`: ``"vmap"`` or ``"stacked"`` (`fit_map`'s option; CSC model): each
-      chunk's members integrated as one ODE system. Groups it cannot run (log-kill
-      chemotherapy) and baselines use ``"vmap"``; the summary counts both.
+      only; see `fitcsc._fitrun_group`).
+    - `progress`: a progress bar over subjects (only on a terminal).
+    - `evaluator`: `fit_map`'s (``"auto"``: paced ODE solves for the CSC model, jacfwd
+      for the baselines and group fits); `batching`: its former name.
+    - `lanes`: fits in flight at once (`fit_map`'s ``lanes``; default 128).
+
+    CSC subjects of every regimen shape are fitted by one model with a drug slot per
+    drug kind of the data (`drug_slots`) and a union spec (`csc_union_spec`), each
+    subject estimating the part of it that its arm identifies (`ArmPredictor`): one
+    compiled program for the whole file. ``summary.json`` records the compilations
+    (``compile``: count, seconds, persistent-cache hits).
     - `data_options`: reader options of the data file (``duplicates``, NONMEM
       ``time_unit``, ``amount_unit``; see `fitcsc._data.read_volumes`).
 
@@ -320,18 +412,42 @@ def fit_job(
     whose fit fails never stops the job: see its ``status`` in ``fits.csv``.
     """
     t_start = time.perf_counter()
+    with CompileStats() as comp:
+        summary = _fit_job(data_file, out_dir, regimens_file=regimens_file, model=model,
+                           starts=starts, chunk_size=chunk_size, quick=quick,
+                           max_subjects=max_subjects, sigma=sigma, species=species,
+                           detection_limit_mm3=detection_limit_mm3, max_panels=max_panels,
+                           cmt_drugs=cmt_drugs, share_growth_by=share_growth_by,
+                           progress=progress, evaluator=evaluator, batching=batching,
+                           lanes=lanes, data_options=data_options, t_start=t_start)
+    summary["compile"] = comp.summary()
+    summary["wall_s"] = round(time.perf_counter() - t_start, 3)
+    write_atomic(pathlib.Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, quick,
+             max_subjects, sigma, species, detection_limit_mm3, max_panels, cmt_drugs,
+             share_growth_by, progress, evaluator, batching, lanes, data_options,
+             t_start) -> dict:
     _check_options(model, sigma, starts=starts, chunk_size=chunk_size,
-                   max_subjects=max_subjects, max_panels=max_panels)
+                   max_subjects=max_subjects, max_panels=max_panels, lanes=lanes)
     n_grid, max_steps = GRID_POINTS, None
     if quick:
         starts, n_grid, max_steps = min(starts, QUICK_STARTS), QUICK_GRID_POINTS, QUICK_MAX_STEPS
         max_subjects = QUICK_MAX_SUBJECTS if max_subjects is None else max_subjects
-    if batching not in ("vmap", "stacked"):
+    try:
+        evaluator = evaluator_option(evaluator, batching, "fit")
+    except ValueError as err:
         raise FitcscInputError("bad --batching", column="--batching",
-                               expected="vmap or stacked", value=batching)
-    if share_growth_by is not None and batching != "vmap":
-        raise FitcscInputError("--share-growth-by fits are vmapped only",
-                               column="--batching", expected="vmap", value=batching)
+                               expected="vmap or stacked", value=batching) from err
+    if evaluator not in ("auto", "paced", "jacfwd"):
+        raise FitcscInputError("bad --evaluator", column="--evaluator",
+                               expected="auto, paced or jacfwd", value=evaluator)
+    if share_growth_by is not None and evaluator == "paced":
+        raise FitcscInputError("--share-growth-by fits run the jacfwd evaluator",
+                               column="--evaluator", expected="auto or jacfwd",
+                               value=evaluator)
     if share_growth_by is not None and model != "csc":
         raise FitcscInputError("--share-growth-by needs the CSC model", column="--model",
                                expected="csc", value=model)
@@ -348,10 +464,19 @@ def fit_job(
                          progress=progress, source=source, notes=notes,
                          data_file=getattr(data_file, "path", data_file),
                          detection_limit_mm3=detection_limit_mm3, quick=quick,
-                         t_start=t_start)
-    groups = _groups(batch, regs, model, species)
-
+                         t_start=t_start, lanes=lanes)
     n = batch.n_subjects
+    if model == "csc":
+        drugs, slot = drug_slots(regs, species)
+        predictor = arm_predictor(ModelConfig(crowding="logistic", drugs=drugs,
+                                              species=species))
+        fit_batch = slot_batch(batch, slot, drugs)
+        free = [predictor.free_slots({slot[d] for d in reg.drugs}) for reg in regs]
+    else:
+        predictor, fit_batch, slot = baseline_predictor(model), batch, {}
+        free = [np.ones(predictor.spec.size, bool)] * n
+    labels = tuple(predictor.spec.labels())
+
     fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
                    np.full((n, batch.n_obs), np.nan), np.full((n, starts), np.nan),
                    np.full((n, starts), -1))
@@ -360,82 +485,74 @@ def fit_job(
                                                                              strict=True)])
     curves = np.full((2, *grid.shape), np.nan)  # fitted volume, CSC fraction
     per_subject: list[dict] = [{"params": {}} for _ in range(n)]
-    errors, group_info = [], []
-    n_chunks = sum(-(-len(idx) // chunk_size) for _, idx in groups)
-    chunk_batching = {"vmap": 0, "stacked": 0}
+    errors: list[str] = []
+    size = n if chunk_size is None else min(int(chunk_size), n)
+    info = {}
 
     from tqdm import tqdm
 
-    bar = tqdm(total=n_chunks, desc=f"fit {model}", unit="chunk",
+    bar = tqdm(total=n, desc=f"fit {model}", unit="subject",
                disable=not (progress and sys.stderr.isatty()))
-    for drugs, idx in groups:
-        t_group = time.perf_counter()
-        if model == "csc":
-            cfg = ModelConfig(crowding="logistic", drugs=drugs, species=species)
-            predictor = csc_predictor(cfg, csc_arm_spec(cfg))
-        else:
-            predictor = baseline_predictor(model)
-        labels = tuple(predictor.spec.labels())
-        how = "stacked" if (batching == "stacked" and model == "csc"
-                            and not predictor.model.has_log_kill) else "vmap"
-        size = min(chunk_size, len(idx))  # every chunk of the group: one compiled shape
-        if schedule and model == "csc" and len(idx) > size:
-            # lockstep: a vmapped chunk runs until its slowest member is done, so members
-            # of similar ODE cost go together (benchmarks/README.md, batch_fit)
-            idx = idx[np.argsort(_ode_steps(predictor, _group_batch(batch, idx, regs, drugs)),
-                                 kind="stable")]
-        for chunk in (idx[k:k + size] for k in range(0, len(idx), size)):
-            padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
-            gb = _group_batch(batch, padded, regs, drugs)
-            try:
-                r = fit_map(predictor, gb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
-                            atol=LM_TOL, max_steps=max_steps, batching=how, **LM_EXTRAS)
-                chunk_batching[how] += 1
-                vol, frac, _ = _grid_curves(predictor, subject_data(gb), r.z,
-                                            jnp.asarray(grid[padded]))
-                a = {k: np.asarray(getattr(r, k))[:len(chunk)] for k in _RESULT_FIELDS}
-            except Exception as err:  # one chunk failing never stops the job
-                errors.append(f"{type(err).__name__} fitting {list(gb.subject)}: {err}")
-                bar.update(1)
-                continue
-            for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
-                getattr(fits, f)[chunk] = a[f]
-            curves[0, chunk], curves[1, chunk] = vol[:len(chunk)], frac[:len(chunk)]
-            for j, i in enumerate(chunk):
-                own = regs[i].drugs if drugs else ()
-                for c, label in enumerate(labels):
-                    if (col := _column(label, own)) is not None:
-                        per_subject[i]["params"][col] = (a["theta"][j, c], a["se_theta"][j, c])
-                per_subject[i].update({k: a[k][j] for k in _RESULT_FIELDS[5:]},
-                                      n_free=len(labels) + isinstance(sigma, str))
-            bar.update(1)
-        group_info.append(dict(arms=sorted({batch.arm[i] for i in idx}),
-                               drug_classes=[CATALOGUE[d].drug_class for d in drugs],
-                               n_subjects=len(idx), labels=list(labels),
-                               seconds=round(time.perf_counter() - t_group, 3)))
+    for k in range(0, n, size):
+        chunk = np.arange(k, min(k + size, n))
+
+        def tick(done, base=k):
+            bar.n = base + done // starts
+            bar.refresh()
+
+        try:
+            sub = fit_batch.subset(chunk)
+            r = fit_map(predictor, sub, num_starts=starts, sigma=sigma, rtol=LM_TOL,
+                        atol=LM_TOL, max_steps=max_steps, evaluator=evaluator,
+                        lanes=lanes, progress=tick, **LM_EXTRAS)
+            vol, frac, _ = grid_curves(predictor, subject_data(sub), np.asarray(r.z),
+                                       grid[chunk])
+            a = {f: np.asarray(getattr(r, f)) for f in _RESULT_FIELDS}
+        except Exception as err:  # one chunk failing never stops the job
+            errors.append(f"{type(err).__name__} fitting {[batch.subject[i] for i in chunk]}"
+                          f": {err}")
+            continue
+        for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
+            getattr(fits, f)[chunk] = a[f]
+        curves[0, chunk], curves[1, chunk] = vol, frac
+        for j, i in enumerate(chunk):
+            own = regs[i].drugs if model == "csc" else ()
+            for c, label in enumerate(labels):
+                if free[i][c]:
+                    col = _column(label, own, slot)
+                    per_subject[i]["params"][col] = (a["theta"][j, c], a["se_theta"][j, c])
+            per_subject[i].update({f: a[f][j] for f in _RESULT_FIELDS[5:]},
+                                  n_free=int(free[i].sum()) + isinstance(sigma, str))
+    bar.n = n
     bar.close()
     t_fit = time.perf_counter() - t_start
+    ev = evaluator if evaluator != "auto" else (
+        "paced" if model == "csc" and not predictor.model.has_log_kill else "jacfwd")
+    info = dict(evaluator=ev, lanes=lanes or "default (128, fewer for a small fit)")
 
     out = pathlib.Path(out_dir)
     statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
                              max_panels=max_panels, csc=model == "csc")
-    summary = {
+    shape_info = [dict(arms=sorted({batch.arm[i] for i in idx}), drug_classes=list(cls),
+                       n_subjects=len(idx), labels=[lab for c, lab in enumerate(labels)
+                                                    if free[idx[0]][c]])
+                  for cls, idx in _shapes(batch, regs, model).items()]
+    return {
         "job": f"per-subject maximum-likelihood fits ({model})",
         "data_file": str(data_file),
         "regimen_source": source,
         "model": model,
         "model_config": (dict(crowding="logistic", species=species, chemo_mode="concentration",
-                              reference=CSC_REFERENCE) if model == "csc" else None),
-        "groups": group_info,
-        "spec_labels": sorted({lab for gi in group_info for lab in gi["labels"]}),
-        "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
-        "batching": batching, "chunks_by_batching": chunk_batching,
+                              reference=CSC_REFERENCE, drug_slots=list(predictor.model.drugs))
+                         if model == "csc" else None),
+        "groups": shape_info,
+        "spec_labels": sorted({lab for gi in shape_info for lab in gi["labels"]}),
+        "starts": int(starts), "chunk_size": chunk_size, "quick": bool(quick),
+        **info,
         "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
         **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
-                     "wall_s and fit_s include JAX compilation (one per group)"),
+                     "wall_s and fit_s include JAX compilation (see compile)"),
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) -> dict:

@@ -14,10 +14,10 @@ reference, as in a per-curve treated fit); v_S always.
 All curves use one model whose drug slots are the drug *kinds* of the data (class and
 PK: with default arm regimens one slot per class, since every arm pseudo-drug has the
 same constant unit exposure); each curve's doses go to the slot of its drug, and its
-effect parameters are its arm's. Groups are fitted in chunks of ``chunk_size // (most
-curves in a group)`` groups (at least 1), the last one padded by repeating a group, so
-every chunk reuses one compiled fit; groups with censored (zero) volumes, whose fit
-alternates LM and the sigma update, are chunked apart from the others.
+effect parameters are its arm's. All groups go to one `fit_group_batch` call (the
+fit engine's lanes take them one after another; with ``chunk_size``, calls of
+``chunk_size // (most curves in a group)`` groups, each the same compiled program); a
+group with censored (zero) volumes alternates LM and the sigma update in its lane.
 
 ``fits.csv`` keeps one row per subject: the group column after ``study``, the shared
 parameters repeated on every row of the group, the arm's effects on each of its curves.
@@ -28,43 +28,34 @@ parameters repeated on every row of the group, the arm's effects on each of its 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._arms import ARM_EC50_MG_PER_L, is_arm_drug
-from ._batch import SubjectBatch
-from ._drugs import CATALOGUE, default_pk
+from ._drugs import CATALOGUE
 from ._errors import FitcscInputError
-from ._fit import FitResult, _fit_core, _init_z, _prepare
-from ._fit_group import GroupBatch, expand, group_batch, group_predictor
+from ._fit_group import GroupBatch, expand, fit_group_batch, group_batch, group_predictor
 from ._fit_predict import csc_predictor, subject_data
-from ._fit_solve import lm_options
 from ._fitrun import (
-    BASE_FREE,
     CLASS_FREE,
-    CONTROL_FREE,
     CSC_REFERENCE,
     LM_EXTRAS,
     LM_TOL,
     PER_DRUG_CLASS,
     JobFits,
-    _grid_curves,
     _status_name,
+    csc_union_spec,
+    drug_slots,
+    grid_curves,
     job_record,
+    slot_batch,
     write_outputs,
 )
 from ._model import ModelConfig
-from ._params import default_params
-from ._run import write_atomic
-from ._transforms import ParamSpec
 
 SHARED = ("csc_division_rate", "self_renewal")
 PER_SUBJECT = ("initial_volume_mm3",)
@@ -95,52 +86,6 @@ def _table_groups(table, column, subjects):
                                    file=table.path or None, column=column,
                                    expected="a group name", value=v)
     return [of[s] for s in subjects]
-
-
-def drug_slots(regs, species):
-    """Drug kinds (class, PK) of the regimens, in order: ``(slot drugs, {drug: slot})``."""
-    kinds: dict[tuple, int] = {}
-    drugs, slot = [], {}
-    for reg in regs:
-        for d in reg.drugs:
-            key = (CATALOGUE[d].drug_class, repr(default_pk(d, species)))
-            if key not in kinds:
-                kinds[key] = len(drugs)
-                drugs.append(d)
-            slot[d] = kinds[key]
-    for reg in regs:
-        used = [slot[d] for d in reg.drugs]
-        if len(set(used)) < len(used):
-            raise FitcscInputError(
-                f"arm {reg.name!r} has two drugs of the same class and PK",
-                expected="at most one drug of each class and PK per arm for a shared-growth "
-                "fit", value=", ".join(reg.drugs))
-    return tuple(drugs), slot
-
-
-def slot_batch(batch: SubjectBatch, slot: dict, drugs: tuple) -> SubjectBatch:
-    """``batch`` with each dose's drug index moved to its drug's slot in ``drugs``."""
-    if not drugs:
-        return batch
-    table = np.asarray([slot.get(d, 0) for d in batch.drugs] or [0])
-    drug, mask = np.asarray(batch.schedule.drug), np.asarray(batch.schedule.mask)
-    schedule = eqx.tree_at(lambda s: s.drug, batch.schedule,
-                           jnp.asarray(np.where(mask, table[drug], 0)))
-    return dataclasses.replace(batch, schedule=schedule, drugs=drugs)
-
-
-def csc_group_spec(model: ModelConfig) -> ParamSpec:
-    """Per-curve spec of a shared-growth fit: growth, every class's effects, V0 (added
-    by `csc_predictor`); reference and fixed values as in `csc_arm_spec`."""
-    ref = default_params(model, **CSC_REFERENCE)
-    if model.drugs:
-        arm = jnp.asarray([is_arm_drug(d) for d in model.drugs], bool)
-        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
-                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
-    free = {**BASE_FREE, **CONTROL_FREE}
-    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
-        free.update(CLASS_FREE[c])
-    return ParamSpec(free, ref)
 
 
 def arm_uses(reg, slot, control: bool) -> set[str]:
@@ -175,21 +120,14 @@ def _take_groups(gb: GroupBatch, idx) -> GroupBatch:
                       local_labels=gb.local_labels)
 
 
-def _first(res: FitResult, n: int, names) -> FitResult:
-    arrays = {f.name: np.asarray(getattr(res, f.name))[:n] for f in dataclasses.fields(res)
-              if f.name not in ("labels", "subject", "arm", "study", "method")}
-    return FitResult(**{k: jnp.asarray(v) for k, v in arrays.items()}, labels=res.labels,
-                     subject=tuple(names), arm=("",) * n, study=("",) * n, method=res.method)
-
-
 def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps, sigma,
               species, n_grid, max_panels, progress, source, notes, data_file,
-              detection_limit_mm3, quick, t_start) -> dict:
+              detection_limit_mm3, quick, t_start, lanes=None) -> dict:
     """The shared-growth job on a loaded table and batch (see `fit_job`)."""
     groups = _table_groups(table, column, batch.subject)
     drugs, slot = drug_slots(regs, species)
     model = ModelConfig(crowding="logistic", drugs=drugs, species=species)
-    pred = csc_predictor(model, csc_group_spec(model), rtol=ODE_RTOL)
+    pred = csc_predictor(model, csc_union_spec(model), rtol=ODE_RTOL)
     labels = tuple(pred.spec.labels())
     uses = {}
     for a, reg in zip(batch.arm, regs, strict=True):
@@ -198,16 +136,7 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
     gb = group_batch(sb, groups, labels, shared=SHARED, per_subject=PER_SUBJECT, uses=uses)
     gpred = group_predictor(pred, gb)
     n_curves = int(gb.curve_subject.shape[1])
-    per_chunk = max(1, chunk_size // n_curves)
-    # groups with censored points need the sigma/LM alternation (3 LM rounds): chunk
-    # them apart, so that the other chunks run (and compile) without it
-    g_cens = np.asarray(jnp.any(gb.data.mask & gb.data.censored, axis=1))
-    prepared = {c: _prepare(
-        "fit", gpred, per_chunk, c, num_starts=starts, key=None, z_init=None,
-        start_scale=1.0, method="lm", sigma=sigma, rtol=LM_TOL, atol=LM_TOL,
-        max_steps=max_steps, optimiser=None) for c in (False, True)}
-    prepared = {c: (lm_options(p[0], **LM_EXTRAS, who="fit"), *p[1:])
-                for c, p in prepared.items()}
+    per_chunk = gb.n_groups if chunk_size is None else max(1, int(chunk_size) // n_curves)
 
     n = batch.n_subjects
     fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
@@ -219,33 +148,31 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
     curves = np.full((2, *grid.shape), np.nan)
     per_subject: list[dict] = [{"params": {}} for _ in range(n)]
     group_rows, errors = [], []
-    chunks = [part[k:k + per_chunk] for part in (np.flatnonzero(~g_cens),
-                                                 np.flatnonzero(g_cens))
-              for k in range(0, len(part), per_chunk)]
+    chunks = [np.arange(k, min(k + per_chunk, gb.n_groups))
+              for k in range(0, gb.n_groups, per_chunk)]
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(chunks), desc="fit csc (shared growth)", unit="chunk",
+    bar = tqdm(total=gb.n_groups, desc="fit csc (shared growth)", unit="group",
                disable=not (progress and sys.stderr.isatty()))
     t_fit0 = time.perf_counter()
     for chunk in chunks:
-        padded = np.concatenate([chunk, np.repeat(chunk[:1], per_chunk - len(chunk))])
-        cgb = _take_groups(gb, padded)
-        opts, unit, _, scale, sigma0 = prepared[bool(g_cens[chunk[0]])]
+        cgb = _take_groups(gb, chunk)
+
+        def tick(done, base=int(chunk[0])):
+            bar.n = base + done // starts
+            bar.refresh()
+
         try:
-            out_ = _fit_core(gpred, cgb.data, _init_z(gpred, cgb.data), unit, scale,
-                             sigma0, opts, 1e6)
-            res = FitResult(**out_, labels=gpred.spec.labels(), subject=cgb.groups,
-                            arm=("",) * per_chunk, study=("",) * per_chunk, method="lm")
-            res = _first(res, len(chunk), cgb.groups[:len(chunk)])
-            real = _take_groups(gb, chunk)
-            sub = np.sort(np.asarray(real.curve_subject)[np.asarray(real.curve_subject) >= 0])
-            view = expand(gpred, real, res, sb.subset(sub))
-            vol, frac, _ = _grid_curves(pred, subject_data(sb.subset(sub)), view.z,
-                                        jnp.asarray(grid[sub]))
+            res = fit_group_batch(gpred, cgb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
+                                  atol=LM_TOL, max_steps=max_steps, lanes=lanes,
+                                  progress=tick, who="fit", **LM_EXTRAS)
+            sub = np.sort(np.asarray(cgb.curve_subject)[np.asarray(cgb.curve_subject) >= 0])
+            view = expand(gpred, cgb, res, sb.subset(sub))
+            vol, frac, _ = grid_curves(pred, subject_data(sb.subset(sub)),
+                                       np.asarray(view.z), grid[sub])
         except Exception as err:  # one chunk failing never stops the job
             errors.append(f"{type(err).__name__} fitting groups {list(cgb.groups)}: {err}")
-            bar.update(1)
             continue
         rows_g = {g: i for i, g in enumerate(res.subject)}
         v = {k: np.asarray(getattr(view, k)) for k in (
@@ -269,8 +196,8 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
                 condition_number=float(r["condition_number"][gi]),
                 identifiable=bool(r["identifiable"][gi]), best_start=int(r["best_start"][gi]),
                 n_steps=int(r["n_steps"][gi]), group=view.group[j])
-        curves[0, sub], curves[1, sub] = np.asarray(vol), np.asarray(frac)
-        free = np.asarray(jax.vmap(gpred.free_mask)(_take_groups(gb, chunk).data))
+        curves[0, sub], curves[1, sub] = vol, frac
+        free = np.asarray(cgb.data.free)
         for gi, g in enumerate(res.subject):
             members = [i for j, i in enumerate(sub) if view.group[j] == g]
             m_obs = int(np.asarray(batch.mask)[members].sum())
@@ -282,7 +209,7 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
                                    status=_status_name(int(status[gi]))))
             for i in members:
                 per_subject[i]["group_stats"] = group_rows[-1]
-        bar.update(1)
+    bar.n = gb.n_groups
     bar.close()
     t_fit = time.perf_counter() - t_fit0
 
@@ -305,17 +232,15 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "shared": list(SHARED), "per_subject": list(PER_SUBJECT),
         "per_arm": sorted({lab for lab in labels if lab not in SHARED + PER_SUBJECT}),
         "n_groups": gb.n_groups, "curves_per_group_max": n_curves,
-        "groups_per_chunk": per_chunk, "n_z": gpred.spec.size,
+        "groups_per_chunk": per_chunk, "n_z": gpred.spec.size, "evaluator": "jacfwd",
         "groups": group_rows,
         "group_status_counts": g_counts, "n_groups_failed": n_groups_failed,
         "spec_labels": list(labels),
-        "starts": int(starts), "chunk_size": int(chunk_size), "quick": bool(quick),
+        "starts": int(starts), "chunk_size": chunk_size, "quick": bool(quick),
         "sigma": sigma if isinstance(sigma, str) else float(sigma),
         "sigma_note": "one sigma per group" if isinstance(sigma, str) else "fixed",
         "detection_limit_mm3": float(detection_limit_mm3),
         **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
-                     "wall_s and fit_s include JAX compilation (one for the chunks of "
-                     "groups without censored points, one for those with)"),
+                     "wall_s and fit_s include JAX compilation (see compile)"),
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

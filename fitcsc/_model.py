@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._drugs import CATALOGUE, SPECIES, canonical_drug
+from ._pk import concentrations, pk_arrays
 
 CROWDING = ("none", "logistic", "gompertz")
 PLASTICITY = ("none", "constant", "signal")
@@ -240,6 +241,26 @@ def vector_field(model: ModelConfig, t, y, params, conc):
         for i in range(1, model.damage_chain):
             d[f"X{i + 1}"] = k_tr * (X[i - 1] - X[i])
     return jnp.stack([d[n] for n in model.state_names])
+
+
+def model_rhs(model: ModelConfig, params, schedule):
+    """The right-hand side ``f(t, y, args=None)`` of ``model`` with ``params`` under
+    ``schedule`` (a `DoseSchedule`): `vector_field` at the closed-form concentrations of
+    every drug. The one builder of the model's ODE: `fitcsc.simulate` integrates it with
+    diffrax, the paced evaluator of the fit engine with its forward sensitivities.
+
+    **Raises:** `ValueError` if ``params.pk`` does not hold one PK model per drug.
+    """
+    if len(params.pk) != len(model.drugs):
+        raise ValueError(f"params.pk has {len(params.pk)} PK models for "
+                         f"{len(model.drugs)} drugs {model.drugs}")
+    coefs, rates = pk_arrays(params.pk)
+
+    def f(t, y, args=None):
+        del args
+        return vector_field(model, t, y, params, concentrations(coefs, rates, schedule, t))
+
+    return f
 
 
 def initial_state(model: ModelConfig, params):

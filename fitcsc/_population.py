@@ -47,8 +47,8 @@ import numpyro.distributions as dist
 from jaxtyping import Array, Float, Int
 from numpyro.infer.util import log_density as _numpyro_log_density
 
+from ._evaluators import paced_log_pred
 from ._fit_predict import AbstractPredictor, CSCPredictor, SubjectData, subject_data
-from ._fit_stacked import paced_log_pred
 from ._likelihood import log_likelihood_from_log
 from ._transforms import Positive, Real
 
@@ -108,7 +108,7 @@ def _vmapped_jacobians(predictor, zc, curves):
 
 def _jacobians(predictor):
     """``(zc, curves) -> (log V, status, J)`` of every curve: the paced solver
-    (`fitcsc._fit_stacked.paced_log_pred`: each curve's ODE and sensitivities at its own
+    (`fitcsc._evaluators.paced_log_pred`: each curve's ODE and sensitivities at its own
     pace) for the CSC model, else `jax.jacfwd` under `jax.vmap`. Under `jax.vmap` (chains,
     replications) the batch is flattened into more curves of one solve."""
     paced = isinstance(predictor, CSCPredictor) and not predictor.model.has_log_kill

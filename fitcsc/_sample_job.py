@@ -55,6 +55,9 @@ def progress_printer(stream=None, *, quiet: bool = False):
     return report
 
 
+MAP_Z_LIMIT = 30.0  # |z| beyond this (a factor e^30 on the natural scale): a boundary
+
+
 def map_curve_z(pop, batch, *, num_starts: int = 4, max_steps=None):
     """Per-curve MAP (`fit_map`) in the layout of ``pop.labels``: ``(curve_z, sigma, info)``.
 
@@ -80,6 +83,9 @@ def map_curve_z(pop, batch, *, num_starts: int = 4, max_steps=None):
         zc[:, labels.index(lab)] = np.asarray(res.z)[:, j]
     ok = np.asarray(res.status) <= 1
     zc[~ok] = np.nan
+    # a boundary optimum (a rate running off to 0: the LM may leave it anywhere far out
+    # on the flat side) is no start: its prior mean starts that element instead
+    zc[np.abs(zc) > MAP_Z_LIMIT] = np.nan
     sigma = np.where(ok, np.asarray(res.sigma), np.nan)
     info = {"map": "fit_map per curve (" + ", ".join(pred.spec.labels()) + ")",
             "map_s": round(time.perf_counter() - t, 2),

@@ -1,6 +1,8 @@
 """Simulation: the only caller of diffrax.
 
-`simulate` integrates any configured model under any dosing schedule and returns
+`simulate` integrates any configured model (its right-hand side from
+`fitcsc._model.model_rhs`, the one builder the fit engine's paced evaluator also uses)
+under any dosing schedule and returns
 states, total cells, volume, CSC fraction and a status code. Concentrations are
 closed-form (see `_pk`), so their jumps at bolus doses and infusion starts/ends are
 handed to the step-size controller as known discontinuities (``jump_ts``). State
@@ -10,10 +12,13 @@ integrates one after another; padded segments have zero length and are no-ops.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
@@ -22,11 +27,10 @@ from ._model import (
     ModelConfig,
     initial_state,
     log_kill_jump,
+    model_rhs,
     stem_cells,
     total_cells,
-    vector_field,
 )
-from ._pk import concentrations, pk_arrays
 from ._regimen import DoseSchedule, discontinuity_times, empty_schedule
 
 
@@ -59,13 +63,6 @@ class Solution(eqx.Module):
     csc_fraction: Float[Array, " n_t"]  # (S + Q + R) / total cells
     status: Int[Array, ""]  # a `Status` code
     num_steps: Int[Array, ""]  # accepted + rejected solver steps
-
-
-def _pk_arrays(model: ModelConfig, params):
-    if len(params.pk) != len(model.drugs):
-        raise ValueError(f"params.pk has {len(params.pk)} PK models for "
-                         f"{len(model.drugs)} drugs {model.drugs}")
-    return pk_arrays(params.pk)
 
 
 def _status(result, ys):
@@ -101,14 +98,39 @@ def integrate(
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(f), diffrax.Tsit5() if solver is None else solver, t0=t0, t1=t_end,
-        dt0=None, y0=y0, args=args, saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t_end)),
-        stepsize_controller=controller, max_steps=max_steps, adjoint=_adjoint(adjoint),
-        throw=False,
-    )
+    with _cacheable():
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(f), diffrax.Tsit5() if solver is None else solver, t0=t0,
+            t1=t_end, dt0=None, y0=y0, args=args,
+            saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t_end)),
+            stepsize_controller=controller, max_steps=max_steps,
+            adjoint=_adjoint(adjoint), throw=False,
+        )
     steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
     return sol.ys, _status(sol.result, sol.ys), steps
+
+
+@contextlib.contextmanager
+def _cacheable(throw: bool = False):
+    """Trace diffrax's input checks (``saveat.ts`` increasing and inside ``[t0, t1]``)
+    without a host callback when ``throw`` is False.
+
+    Under equinox's default ``EQX_ON_ERROR=raise`` each `equinox.internal.error_if`
+    embeds a host callback, and JAX never writes a program with host callbacks to the
+    persistent compilation cache, so every run would compile it again. Our ``ts`` are
+    clipped into ``[t0, t1]`` (and documented non-decreasing): the checks cannot fire,
+    and are traced as ``on_error="nan"`` (passed explicitly, so equinox's own cache of
+    traced checks never hands this mode to other callers).
+    """
+    if throw:
+        yield
+        return
+    original = eqxi.error_if
+    eqxi.error_if = functools.partial(original, on_error="nan")
+    try:
+        yield
+    finally:
+        eqxi.error_if = original
 
 
 def _adjoint(name: str):
@@ -171,12 +193,8 @@ def simulate(
         schedule = empty_schedule(1)
     t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype=float)
     t_end = jnp.maximum(ts[-1], t0)
-    coefs, rates = _pk_arrays(model, params)
+    f = model_rhs(model, params, schedule)
     y0 = initial_state(model, params)
-
-    def f(t, y, args):
-        return vector_field(model, t, y, params, concentrations(coefs, rates, schedule, t))
-
     term = diffrax.ODETerm(f)
     solver_ = diffrax.Tsit5() if solver is None else solver
     if model.drugs:
@@ -187,11 +205,13 @@ def simulate(
     adj = _adjoint(adjoint)
 
     def solve(a, b, y):
-        sol = diffrax.diffeqsolve(
-            term, solver_, t0=a, t1=b, dt0=None, y0=y,
-            saveat=diffrax.SaveAt(ts=jnp.clip(ts, a, b), t1=True),
-            stepsize_controller=controller, max_steps=max_steps, adjoint=adj, throw=throw,
-        )
+        with _cacheable(throw):
+            sol = diffrax.diffeqsolve(
+                term, solver_, t0=a, t1=b, dt0=None, y0=y,
+                saveat=diffrax.SaveAt(ts=jnp.clip(ts, a, b), t1=True),
+                stepsize_controller=controller, max_steps=max_steps, adjoint=adj,
+                throw=throw,
+            )
         steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
         return sol.ys[:-1], sol.ys[-1], sol.result, steps
 

@@ -13,8 +13,9 @@ Data (``data/clinical`` schema, `fitcsc.read_clinical`):
 
 The objective is ``0.5 sum r^2`` over binomial deviance residuals, HR z-scores and a
 weak normal prior on every unconstrained parameter (sd ``prior_sd`` around the
-documented default), i.e. a MAP estimate. Levenberg–Marquardt (forward-mode Jacobian)
-from several scrambled Sobol starts; standard errors from the Gauss–Newton
+documented default), i.e. a MAP estimate, by the package's one Levenberg–Marquardt
+(`fitcsc.least_squares`, forward-mode split Jacobian) from several scrambled Sobol
+starts; standard errors from the Gauss–Newton
 Hessian ``J^T J`` at the optimum.
 """
 
@@ -27,10 +28,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from scipy.stats import qmc
 
 from ._endpoints import binomial_log_likelihood
+from ._fit_solve import FitStatus
 from ._trials import BREAST_ONLY, Arm, TrialModel, hazard_ratio, reference_kill
 
 TOTAL = ("ypT0/is ypN0", "ypT0 ypN0")
@@ -506,13 +507,21 @@ class TrialFit:
 
 
 def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
-               max_steps: int = 200, seed: int = 0, progress: bool = False,
-               start=None) -> TrialFit:
-    """MAP by Levenberg–Marquardt from ``n_starts`` starts (the default, then scrambled
-    Sobol points within ``+- spread`` of it on the unconstrained scale; ``start``
-    replaces the default as the first start); the residual
-    Jacobian is forward-mode, and the few shared parameters make each step cheap.
+               max_steps: int = 200, seed: int = 0, start=None) -> TrialFit:
+    """MAP from ``n_starts`` starts (the default, then scrambled Sobol points within
+    ``+- spread`` of it on the unconstrained scale; ``start`` replaces the default as
+    the first start), by the package's one Levenberg–Marquardt (`fitcsc.least_squares`,
+    MINPACK's bounded rule) with the objective's split Jacobian (`Objective.jacobian`).
+    ``max_steps``: evaluations per start. A start also stops (converged) once five
+    accepted steps together lowered the loss by at most ``1e-6 (1 + loss)``
+    (`STALL_RTOL`): sloppy directions would otherwise crawl to the cap. At ``1e-4`` the
+    fits stopped short of the optimum in their sloppy directions: the Laplace
+    posterior, centred there, then missed the mode (the quick pCR fit's MAP rates fell
+    outside their own predictive intervals); at ``1e-6`` the measured fits end within
+    ``2e-6`` of the loss the LM's own tests (no stall test) reach.
     **Returns:** a `TrialFit` (the best start; covariance ``(J^T J)^+``)."""
+    from ._lm import least_squares
+
     z0 = objective.z_prior if start is None else jnp.asarray(start, float)
     d = z0.shape[0]
     starts = [np.asarray(z0)]
@@ -520,58 +529,33 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
         m = int(np.ceil(np.log2(n_starts - 1))) if n_starts > 2 else 0
         u = qmc.Sobol(d, scramble=True, seed=seed).random_base2(m)[: n_starts - 1]
         starts += list(np.asarray(z0) + spread * (2 * u - 1))
-    res = jax.jit(objective)
-    jac = jax.jit(objective.jacobian)
-    results = [_levenberg_marquardt(res, jac, jnp.asarray(z), max_steps, progress)
-               for z in starts]
-    losses = np.asarray([r[1] for r in results])
+    out = least_squares(objective, np.stack(starts), max_steps=max_steps,
+                        stall_rtol=STALL_RTOL, stall_atol=STALL_RTOL, stall_steps=5,
+                        jac=_objective_jacobian(objective))
+    status = np.asarray(out.status)
+    losses = np.where(status <= FitStatus.MAX_STEPS, np.asarray(out.loss), np.inf)
     best = int(np.argmin(losses))
-    z, _, converged, n_steps = results[best]
-    J = np.asarray(jac(z))
+    J = np.asarray(out.jac[best])
     if np.all(np.isfinite(J)):
         cov = np.linalg.pinv(J.T @ J, rcond=1e-12)
     else:
         cov = np.full((d, d), np.nan)
-    return TrialFit(names=objective.tm.names, z=np.asarray(z), cov=cov,
-                    loss=float(losses[best]), converged=converged, n_steps=n_steps,
-                    start_losses=losses, hyper=dict(objective.hyper))
+    return TrialFit(names=objective.tm.names, z=np.asarray(out.z[best]), cov=cov,
+                    loss=float(losses[best]),
+                    converged=bool(status[best] == FitStatus.CONVERGED),
+                    n_steps=int(out.n_steps[best]), start_losses=losses,
+                    hyper=dict(objective.hyper))
 
 
-def _levenberg_marquardt(res, jac, z, max_steps, progress):
-    """Damped Gauss-Newton with an adaptive damping; converged when five accepted
-    steps together lower the loss by less than 1e-4 (relative; far below one unit of
-    log-likelihood here), or the gradient is
-    below 1e-6 (sloppy directions crawl; the loss is what the fit reports)."""
-    r = res(z)
-    loss = float(0.5 * r @ r)
-    if not np.isfinite(loss):
-        return z, np.inf, False, 0
-    mu, converged, k, history = 1e-3, False, 0, [loss]
-    bar = tqdm.trange(max_steps, desc="trial fit", disable=not progress, leave=False)
-    for k in bar:  # noqa: B007 (k is the step count after the loop)
-        J = jac(z)
-        g = J.T @ r
-        if float(jnp.max(jnp.abs(g))) < 1e-6:
-            converged = True
-            break
-        JtJ = J.T @ J
-        step = jnp.linalg.solve(JtJ + mu * jnp.diag(jnp.maximum(jnp.diag(JtJ), 1e-9)), -g)
-        r_new = res(z + step)
-        new = float(0.5 * r_new @ r_new)
-        if np.isfinite(new) and new < loss:
-            z, r, mu = z + step, r_new, max(mu / 3.0, 1e-12)
-            loss = new
-            history.append(loss)
-            done = len(history) > 5 and history[-6] - loss < 1e-4 * (1.0 + loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if done:
-                converged = True
-                break
-        else:
-            mu *= 4.0
-            if mu > 1e10:
-                break
-    return z, loss, converged, k + 1
+STALL_RTOL = 1e-6  # fit_trials' stall test: relative (and absolute) loss decrease
+
+
+def _objective_jacobian(objective):
+    def jac(z, args):
+        del args
+        return objective.jacobian(z)
+
+    return jac
 
 
 # ---------------------------------------------------------------- saving and loading

@@ -204,16 +204,14 @@ def add_data_command(subparsers, common) -> None:
 
 
 def enable_compile_cache() -> None:
-    """Use JAX's persistent compilation cache so a second run skips XLA compilation.
+    """Use JAX's persistent compilation cache so a second run compiles nothing.
 
     Location: ``$FITCSC_CACHE_DIR``, else ``~/.cache/fitcsc/jax``; ``FITCSC_CACHE_DIR=off``
-    disables it.
+    disables it (`fitcsc._compile.enable_compile_cache`).
     """
-    import jax
+    from ._compile import enable_compile_cache as enable
 
-    where = os.environ.get("FITCSC_CACHE_DIR", str(pathlib.Path.home() / ".cache/fitcsc/jax"))
-    if where.lower() != "off":
-        jax.config.update("jax_compilation_cache_dir", where)
+    enable()
 
 
 def _simulate(args) -> int:
@@ -254,8 +252,7 @@ def _run(args) -> int:
     enable_compile_cache()
     log = None if args.quiet else (lambda line: print(f"fitcsc run: {line}", file=sys.stderr))
     s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
-                         draws=args.draws, seed=args.seed, structure=args.structure,
-                         progress=not args.quiet and sys.stderr.isatty(), log=log)
+                         draws=args.draws, seed=args.seed, structure=args.structure, log=log)
     for w in s["warnings"]:
         print(f"fitcsc run: warning: {w}", file=sys.stderr)
     if not args.quiet:
@@ -319,7 +316,8 @@ def add_report_command(subparsers, common) -> None:
 def _fit(args) -> int:
     from ._fitrun import fit_job
 
-    enable_compile_cache()
+    if not args.no_compile_cache:
+        enable_compile_cache()
     data = _resolve_input(args.data)
     regimens = None if args.regimens is None else _resolve_input(args.regimens)
     from ._data import detect_kind
@@ -332,8 +330,8 @@ def _fit(args) -> int:
                       detection_limit_mm3=args.detection_limit_mm3,
                       cmt_drugs=options.pop("cmt_drugs"), data_options=options,
                       species=args.species or "mouse",
-                      share_growth_by=args.share_growth_by, batching=args.batching,
-                      progress=not (args.no_progress or args.quiet))
+                      share_growth_by=args.share_growth_by, evaluator=args.evaluator,
+                      batching=args.batching, progress=not (args.no_progress or args.quiet))
     for note in summary["warnings"] + summary["errors"]:
         print(f"fitcsc: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
@@ -369,20 +367,25 @@ def add_fit_command(subparsers, common) -> None:
     f.add_argument("--out", metavar="DIR", required=True, help="output directory")
     f.add_argument("--model", choices=MODELS, default="csc", help="model (default csc)")
     f.add_argument("--starts", type=int, default=4, help="starts per subject (default 4)")
-    f.add_argument("--chunk-size", type=int, default=64,
-                   help="subjects (curves, with --share-growth-by) per compiled call "
-                   "(default 64)")
+    f.add_argument("--chunk-size", type=int, default=None,
+                   help="subjects (curves, with --share-growth-by) per call of the fit "
+                   "engine (default: all; every call runs the same compiled program)")
     f.add_argument("--share-growth-by", metavar="COLUMN", default=None,
                    help="fit the curves of each group of this data column together "
                    "(e.g. pdx_line): CSC growth (csc_division_rate, self_renewal) shared "
                    "by the group and estimated jointly with its untreated curve(s), drug "
                    "effects per group and arm, initial volume per curve; fits.csv keeps "
                    "one row per subject, the shared values repeated")
-    f.add_argument("--batching", choices=("vmap", "stacked"), default="vmap",
-                   help="vmap: each fit its own ODE solve under jax.vmap (default); "
-                   "stacked: a chunk's fits integrated as one ODE system with a batched "
-                   "Levenberg-Marquardt, the same optima, about 2.5x faster on PDXE curves "
-                   "(more compile time; CSC model, not log-kill chemotherapy)")
+    f.add_argument("--evaluator", choices=("auto", "paced", "jacfwd"), default="auto",
+                   help="how residuals and Jacobians are computed: paced (the CSC model's "
+                   "ODE and sensitivities, each fit at its own pace; the fastest), jacfwd "
+                   "(jax.jacfwd of any model); auto (default): paced where it runs")
+    f.add_argument("--batching", choices=("vmap", "stacked"), default=None,
+                   help="former name of --evaluator: vmap = jacfwd, stacked = paced")
+    f.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use the persistent compilation cache (default: on, in "
+                   "$FITCSC_CACHE_DIR or ~/.cache/fitcsc/jax; FITCSC_CACHE_DIR=off also "
+                   "turns it off)")
     f.add_argument("--max-subjects", type=int, default=None, metavar="N",
                    help="fit only the first N subjects")
     f.add_argument("--quick", action="store_true",

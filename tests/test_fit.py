@@ -188,15 +188,22 @@ def test_failing_subject_is_isolated_bitwise(csc):
 
 @pytest.mark.slow
 def test_failing_subject_is_isolated_from_a_batch_without_it(csc):
-    """As above, against a fit of the batch from which the bad subject is removed."""
+    """As above, against a fit of the batch from which the bad subject is removed: the
+    same statuses and step counts, the same optima to rounding. (A batch of another
+    shape is another compiled program, whose reductions may round differently, so
+    bitwise equality is only asserted for batches of one shape, above.)"""
     batch, pred = csc["batch"], csc["pred"]
     bad = eqx.tree_at(lambda b: b.day, batch, batch.day.at[2].multiply(1e4))
     res = fit_map(pred, bad, num_starts=NUM_STARTS, sigma=NOISE_SD)
     without = fit_map(pred, batch.subset([0, 1, 3, 4]), num_starts=NUM_STARTS,
                       sigma=NOISE_SD)
-    for field in ("z", "loss", "status", "all_z", "all_losses", "all_status", "all_n_steps"):
+    for field in ("status", "all_status", "all_n_steps"):
         np.testing.assert_array_equal(np.asarray(getattr(res, field))[[0, 1, 3, 4]],
                                       np.asarray(getattr(without, field)), err_msg=field)
+    for field in ("z", "loss", "all_z", "all_losses"):
+        np.testing.assert_allclose(np.asarray(getattr(res, field))[[0, 1, 3, 4]],
+                                   np.asarray(getattr(without, field)), rtol=1e-10,
+                                   atol=1e-12, err_msg=field)
 
 
 @pytest.mark.slow
@@ -366,9 +373,6 @@ def test_status_codes_per_subject_and_max_steps(g_batch):
         fit_map(GOMPERTZ, g_batch, num_starts=1, max_steps=1, throw=True)
 
 
-@pytest.mark.xfail(reason="issue 13, open: a Gompertz profile point ends at the LM's step "
-                   "cap (the optimiser crawls); not yet fixed on the engine branch either",
-                   strict=False)
 def test_profile_minimum_is_at_the_map(g_batch, g_fit):
     offsets = np.array([-0.2, -0.05, 0.0, 0.05, 0.2])
     for i in range(3):  # the grid is in z for an int spec: one grid per subject
@@ -420,7 +424,7 @@ def test_eager_trust_region_and_stall_stop_a_boundary_optimum(g_batch):
         return log_v - 0.5 * jax.nn.sigmoid(z[3]) * (s.day - s.t0_day) / 30.0, status
 
     pred = FunctionPredictor(slowed, 4, init=lambda s: jnp.append(gompertz_init(s), 0.0))
-    plain = fit_map(pred, g_batch, num_starts=1)  # optimistix's defaults: z[3] crawls
+    plain = fit_map(pred, g_batch, num_starts=1, trust_region="damping")  # z[3] crawls
     fast = fit_map(pred, g_batch, num_starts=1, trust_region="eager", stall_rtol=1e-8)
     assert np.all(np.asarray(fast.status) == FitStatus.CONVERGED)
     assert int(np.sum(fast.n_steps)) < int(np.sum(plain.n_steps))

@@ -141,34 +141,22 @@ def test_fit_job_chunks_pad_and_match_one_chunk(volumes, tmp_path):
             np.testing.assert_allclose(float(a[col]), float(b[col]), rtol=1e-5, err_msg=col)
 
 
-def test_fit_job_schedule_only_reorders(volumes, tmp_path):
-    """Cost-sorted chunks (the default) change which curves share a vmapped chunk, not
-    any curve's fit: the same rows as in file order, chunk by chunk of 2."""
-    kw = dict(model="csc", quick=True, chunk_size=2, progress=False)
-    fit_job(volumes, tmp_path / "plain", schedule=False, **kw)
-    fit_job(volumes, tmp_path / "sched", **kw)
-    (h1, r1), (h2, r2) = _rows(tmp_path / "plain"), _rows(tmp_path / "sched")
-    assert h1 == h2 and [r["subject"] for r in r2] == ["c0", "c1", "p0", "p1", "p2"]
-    for a, b in zip(r1, r2, strict=True):
-        assert a["status"] == b["status"]
-        for col in ("loss", "csc_division_rate", "kill_rate", "initial_volume_mm3"):
-            if a[col]:
-                np.testing.assert_allclose(float(a[col]), float(b[col]), rtol=1e-6,
-                                           err_msg=f"{a['subject']} {col}")
-
-
-def test_fit_batching_stacked_reaches_the_vmapped_fits(volumes, tmp_path, capsys):
-    """`fitcsc fit --batching stacked`: the same statuses and optima as the vmapped job
-    (sigma estimated, so the censoring-aware sigma refit runs stacked too)."""
-    kw = dict(model="csc", quick=True, chunk_size=2, progress=False)
-    fit_job(volumes, tmp_path / "vmap", **kw)
-    code = main(["fit", "--data", str(volumes), "--out", str(tmp_path / "stk"), "--quick",
-                 "--chunk-size", "2", "--batching", "stacked", "--no-progress"])
+def test_fit_evaluators_reach_the_same_fits(volumes, tmp_path, capsys):
+    """`fitcsc fit` runs the paced evaluator by default; `--evaluator jacfwd` (and the
+    former `--batching vmap`) reaches the same statuses and optima (sigma estimated, so
+    the censoring-aware sigma refit runs in both); one lane program each."""
+    code = main(["fit", "--data", str(volumes), "--out", str(tmp_path / "paced"), "--quick",
+                 "--no-progress"])
     assert code == 0
-    summary = json.loads((tmp_path / "stk" / "summary.json").read_text())
-    assert summary["batching"] == "stacked"
-    assert summary["chunks_by_batching"] == {"vmap": 0, "stacked": 3}
-    (h1, r1), (h2, r2) = _rows(tmp_path / "vmap"), _rows(tmp_path / "stk")
+    fast = json.loads((tmp_path / "paced" / "summary.json").read_text())
+    assert fast["evaluator"] == "paced"
+    assert {"n_compiles", "compile_s", "n_cache_hits"} <= set(fast["compile"])
+    assert "jit(_run)" in fast["compile"]["programs"]
+    code = main(["fit", "--data", str(volumes), "--out", str(tmp_path / "jac"), "--quick",
+                 "--batching", "vmap", "--no-progress"])
+    assert code == 0
+    assert json.loads((tmp_path / "jac" / "summary.json").read_text())["evaluator"] == "jacfwd"
+    (h1, r1), (h2, r2) = _rows(tmp_path / "paced"), _rows(tmp_path / "jac")
     assert h1 == h2
     for a, b in zip(r1, r2, strict=True):
         assert a["subject"] == b["subject"] and a["status"] == b["status"]
@@ -176,8 +164,8 @@ def test_fit_batching_stacked_reaches_the_vmapped_fits(volumes, tmp_path, capsys
             np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-6,
                                        err_msg=a["subject"])
     assert main(["fit", "--data", str(volumes), "--out", str(tmp_path / "x"),
-                 "--share-growth-by", "study", "--batching", "stacked"]) == 2
-    assert "vmapped only" in capsys.readouterr().err
+                 "--share-growth-by", "study", "--evaluator", "paced"]) == 2
+    assert "jacfwd evaluator" in capsys.readouterr().err
 
 
 @pytest.mark.slow

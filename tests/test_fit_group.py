@@ -225,8 +225,7 @@ CSC_TRUTH = {  # line: (v_S, p, {arm: effects})
 def _csc_volumes(path):
     """Noise-free curves simulated with the job's own model: default arm regimens
     (constant unit exposure from day 0), one drug slot per class."""
-    from fitcsc._fitrun import _load, _regimen_of
-    from fitcsc._fitrun_group import csc_group_spec, drug_slots, slot_batch
+    from fitcsc._fitrun import _load, _regimen_of, csc_union_spec, drug_slots, slot_batch
 
     days = np.arange(0.0, 43.0, 3.5)
     rows = ["study,arm,subject,day,volume_mm3,pdx_line"]
@@ -238,7 +237,7 @@ def _csc_volumes(path):
     regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     drugs, slot = drug_slots(regs, "mouse")
     model = fitcsc.ModelConfig(crowding="logistic", drugs=drugs, species="mouse")
-    ref = csc_group_spec(model).reference
+    ref = csc_union_spec(model).reference
     sb = slot_batch(batch, slot, drugs)
     rng = np.random.default_rng(0)
     out = {}

@@ -1,4 +1,5 @@
-"""paced_solve: many small ODE solves, each member at its own pace, against closed forms."""
+"""paced_solve: many small ODE solves, each member at its own pace, against closed forms
+(and setup/step, the pieces the fit engine's lanes step one at a time)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from fitcsc._paced import paced_solve, tsit5_step
 from fitcsc._simulate import Status
 
-M = 70  # > 4 * 16: the unfinished members are gathered into a smaller batch once
+M = 70  # members solved together, each at its own pace
 
 
 def decay(tau, y, args):

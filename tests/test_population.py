@@ -120,7 +120,7 @@ def test_csc_gradient_paced_and_vmapped_jacobians_agree_with_finite_differences(
     zc = pop.curve_z(pop.space.from_z(z))
     lp_p, st_p = forward_predict(pop.predictor, zc, pop.curves)
     lp_v, st_v, J_v = _vmapped_jacobians(pop.predictor, zc, pop.curves)
-    from fitcsc._fit_stacked import paced_log_pred
+    from fitcsc._evaluators import paced_log_pred
 
     _, _, J_p, _ = paced_log_pred(pop.predictor, zc, pop.curves)
     m = np.asarray(pop.curves.mask)
