@@ -73,13 +73,13 @@ def test_jit_equals_eager():
 
 def test_no_retrace_when_only_values_change(monkeypatch):
     calls = []
-    original = _sim_module.vector_field
+    original = _sim_module.model_rhs  # simulate builds its right-hand side once per trace
 
     def counting(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(_sim_module, "vector_field", counting)
+    monkeypatch.setattr(_sim_module, "model_rhs", counting)
     # a configuration no other test compiles, so the jit cache starts empty for it
     model = fitcsc.ModelConfig(crowding="logistic", drugs=("trastuzumab",),
                                cells_per_mm3=1.2345e6)

@@ -54,7 +54,9 @@ def test_mixed_batch_compiles_one_lane_program(tmp_path):
     assert sorted(tuple(g["drug_classes"]) for g in a["groups"]) == [
         (), ("chemo",), ("cytostatic",), ("her2",)]
     assert _lanes.TRACES["lanes"] == n0 + 1  # four free-parameter sets, one program
-    assert a["compile"]["programs"].count("jit(_run)") == 1
+    # at most one XLA compile of it: none where an in-process CLI test of this session
+    # turned JAX's persistent cache on and an earlier session left the program there
+    assert a["compile"]["programs"].count("jit(_run)") <= 1
     # quick: the first 8 subjects of each file, so the same lane bucket (16 members)
     b = fit_job(second, tmp_path / "b", starts=2, quick=True, progress=False)
     assert b["n_subjects"] == 8 and b["n_failed"] == 0
