@@ -3,7 +3,7 @@
 Known parameters (the MAP of the trial model fitted to the published NeoSphere counts)
 generate pCR counts for the four NeoSphere arms; each replicate is fitted (MAP by
 Levenberg-Marquardt, posterior by PSIS-reweighted Laplace draws, as
-`fitcsc._trial_fit.posterior_draws`), and the 90% and 50% posterior predictive intervals
+`fitcsc.trials.posterior_draws`), and the 90% and 50% posterior predictive intervals
 of a *new* trial arm of the same size are checked against a fresh count drawn from the
 true rates. Calibrated intervals contain it 90% (50%) of the time.
 
@@ -26,16 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import fitcsc
-from fitcsc._trial_fit import (
+from fitcsc.trials import (
+    STRUCTURES,
     Objective,
     PcrObservation,
     TrialData,
+    TrialModel,
     draw_values,
     fit_trials,
     pcr_observations,
     posterior_draws,
 )
-from fitcsc._trials import STRUCTURES, TrialModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fitcsc
-from fitcsc._trial_fit import load_fit
-from fitcsc._trials import TrialModel, from_natural
+from fitcsc.trials import TrialModel, from_natural, load_fit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLINICAL = ROOT / "data" / "clinical"
@@ -107,7 +106,7 @@ def arms_inside(rates, arm_names, obs, ci95) -> list[str]:
 def natural_value(doc: dict, name: str) -> float:
     """A parameter's natural-scale value in a saved fit (estimate or fixed), or the
     documented default for fits made before the parameter existed."""
-    from fitcsc._trials import PARAMETERS
+    from fitcsc.trials import PARAMETERS
 
     for src in (doc.get("natural", {}), doc.get("fixed", {})):
         if name in src:

@@ -12,7 +12,7 @@ A. Out of sample. The drug parameters come from the pCR fit (``--fit``, default
    posterior (burden held at its fit).
 B. Joint. pCR counts, control landmarks, both log hazard ratios and (unless
    ``--no-links``) the published HER2+ hazard ratios of pCR vs no pCR
-   (`fitcsc._trial_fit.LINKS_USED`) in one MAP fit (the pCR fit's priors), with a
+   (`fitcsc.trials.LINKS_USED`) in one MAP fit (the pCR fit's priors), with a
    posterior of PSIS-reweighted Laplace draws saved for `fitcsc predict`. The links enter
    through `TrialModel.pcr_outcome`: a neoadjuvant patient's pCR comes from her primary,
    her recurrence from distant micrometastases (their own burden, a fraction of CSCs out
@@ -48,9 +48,10 @@ import fitcsc.summary as fs
 from fitcsc._drugs import CATALOGUE
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import (
+from fitcsc.trials import (
     Objective,
     TrialData,
+    TrialModel,
     adjuvant_observations,
     fit_trials,
     link_observations,
@@ -58,7 +59,6 @@ from fitcsc._trial_fit import (
     posterior_draws,
     save_fit,
 )
-from fitcsc._trials import TrialModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLINICAL = ROOT / "data" / "clinical"

@@ -18,7 +18,7 @@ Predictive interval of an arm: 95% central interval of the pCR count of a trial 
 arm's size, over posterior draws of the fitted parameters (each draw: the arm's pCR rate,
 then a binomial count), i.e. parameter uncertainty, the new trial's effect and binomial
 sampling. Posterior draws: Laplace draws reweighted by Pareto-smoothed importance sampling
-to the exact posterior (`fitcsc._trial_fit.posterior_draws`; k_hat reported). PIT values
+to the exact posterior (`fitcsc.trials.posterior_draws`; k_hat reported). PIT values
 (randomised at ties) give the calibration figure.
 
 Adjuvant: B-31/N9831 and HERA, each left out in turn. The fit uses every pCR count and
@@ -50,16 +50,18 @@ import fitcsc
 import fitcsc.summary as fs
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import (
+from fitcsc.trials import (
+    STRUCTURES,
     Objective,
     TrialData,
+    TrialModel,
     adjuvant_observations,
     draw_values,
     fit_trials,
     pcr_observations,
     posterior_draws,
+    trial_family,
 )
-from fitcsc._trials import STRUCTURES, TrialModel, trial_family
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLINICAL = ROOT / "data" / "clinical"

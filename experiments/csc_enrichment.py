@@ -49,7 +49,7 @@ import fitcsc
 import fitcsc.summary as fs
 from fitcsc import DoseLine, Regimen
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trials import Arm
+from fitcsc.trials import Arm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402

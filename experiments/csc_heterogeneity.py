@@ -37,7 +37,7 @@ from scipy.stats import chi2
 
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import Objective, TrialData, fit_trials
+from fitcsc.trials import Objective, TrialData, fit_trials
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402

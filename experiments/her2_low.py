@@ -17,7 +17,7 @@ on a grid; a HER2-low tumour is otherwise the fitted HER2+ tumour (same growth,
 chemotherapy sensitivity and spread): an assumption. B-47's micrometastatic burden is
 not known: it is calibrated so that the chemotherapy-alone arm (TC x6) reaches the
 published 5-yr IDFS (89.2%); then the trastuzumab arm is a prediction. The HR is the
-cumulative-hazard ratio at the median follow-up (3.8 yr; `fitcsc._trials.hazard_ratio`).
+cumulative-hazard ratio at the median follow-up (3.8 yr; `fitcsc.trials.hazard_ratio`).
 The control arm carries the trastuzumab lines at dose 0 so both arms are evaluated on
 the same day (see `_fitted.zero_dose_pad`). Sensitivity: the AC -> weekly paclitaxel
 backbone (B47-*-ACP), calibrated the same way. Reference: the HER2+ joint B-31/N9831
@@ -55,8 +55,7 @@ import fitcsc
 import fitcsc.summary as fs
 from fitcsc import DoseLine, Regimen
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import load_draws
-from fitcsc._trials import Arm, from_natural, hazard_ratio
+from fitcsc.trials import Arm, from_natural, hazard_ratio, load_draws
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402

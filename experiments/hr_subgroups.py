@@ -11,7 +11,7 @@ not depend on HER2 (a logit shift of the HER2-independent fraction,
 
 Method: the saved all-patient pCR fit (experiments/pcr_fit.py) is the start. The trials
 publish subgroup percentages without subgroup sizes, so sizes and counts are derived
-(`fitcsc._trial_fit.hr_pcr_observations`: each trial's HR+ share from the mixture
+(`fitcsc.trials.hr_pcr_observations`: each trial's HR+ share from the mixture
 identity, counts that add up to the arm's published count). Each arm's population is its
 trial's HR+ share of HR+ tumours and the rest HR-. Three MAP fits of every parameter on
 the same data (subgroup counts where published, all-patient counts elsewhere): no
@@ -41,8 +41,7 @@ from scipy.stats import chi2
 import fitcsc
 from fitcsc._plot import _pyplot, _save
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trial_fit import Objective, TrialData, fit_trials, hr_pcr_observations
-from fitcsc._trials import to_natural
+from fitcsc.trials import Objective, TrialData, fit_trials, hr_pcr_observations, to_natural
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402

@@ -53,7 +53,7 @@ import numpy as np
 import fitcsc
 import fitcsc.summary as fs
 from fitcsc._run import _csv_text, write_atomic
-from fitcsc._trials import Arm, hazard_ratio
+from fitcsc.trials import Arm, hazard_ratio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402

@@ -4,7 +4,7 @@ Question: can one CSC model with shared drug-effect parameters reproduce the pub
 pCR rates of the neoadjuvant HER2+ trial arms in data/clinical (MDACC, NOAH,
 GeparQuattro, NeoSphere, NeoALTTO), each under its own regimen and pCR definition?
 
-Model (`fitcsc._trials.TrialModel`, structure ``--structure``, default the one chosen
+Model (`fitcsc.trials.TrialModel`, structure ``--structure``, default the one chosen
 out of sample by experiments/clinical_validation.py): the SD model without crowding,
 simulated exactly along each arm's exposure grid. Patients differ in responsiveness (one
 log-normal factor on chemotherapy kill and tumour turnover), in HER2 dependence
@@ -48,7 +48,7 @@ from fitcsc._clinical_job import (
     clinical_fit_job,
     load_pcr,
 )
-from fitcsc._trials import STRUCTURES
+from fitcsc.trials import STRUCTURES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,25 +1,34 @@
-"""Clinical endpoints from one simulated residual state: pCR, cure, DFS (DESIGN §3).
+"""Clinical endpoints from one residual state: pCR, cure, DFS (DESIGN §3).
 
-Virtual patients vary log-normally around typical parameters; their random effects
-``eta`` are drawn once (common random numbers, `draw_eta`) or placed on Gauss–Hermite
-nodes (`gauss_hermite_eta`), so arm-level predictions are smooth, differentiable
-functions of the parameters. Everything vmaps over patients (and, one level up, arms).
+The one module of endpoint formulas. `fitcsc.TrialModel` (every fitted trial
+prediction) and the patient-level API below both use them:
 
-Per patient, at surgery (or at the end of therapy) ``t``:
+- `lineage`: a residual CSC's chance ``pi = max(0, 1 - d/b)`` of founding a lasting
+  lineage (supercritical birth-death lineage with birth ``b = v_S p`` and death ``d =
+  v_S (1 - p) + delta_S``, drug washed out) and the CSC net rate ``lambda = b - d``.
+- `log_lasting_lineages`: the expected number of lasting lineages, ``pi S e^{-lambda
+  t}`` with ``S`` the residual CSCs ``t`` days after the start of therapy. Without drug,
+  ``pi S e^{-lambda t}`` is a martingale of the branching process, so drug-free growth
+  leaves it unchanged and only the drugs' extra killing lowers it, whatever the
+  evaluation day.
+- `cure_probability`: ``P(cure) = exp(-pi S e^{-lambda t})``, exact for a Poisson number
+  of founding CSCs (the Poisson generating function).
+- `recurrence_day`: a non-cured patient's lineages regrow at ``lambda`` from the residual
+  at day ``t`` until ``detection_cells``: ``t_rec = t + (ln detection - ln S) / lambda``
+  (back-extrapolated, so earlier than ``t``, when the residual is already above
+  detection; never when ``lambda <= 0``).
+- `dfs_given`: ``DFS(s) = P(cure) + (1 - P(cure)) sigmoid((t_rec - s) / w)``, the
+  recurrence timing smoothed by a logistic of width ``w`` (`TIMING_SD_DAY`, the spread
+  of lineage establishment), which keeps DFS differentiable.
+- `hazard_ratio`: the ratio of cumulative hazards ``log DFS_e / log DFS_c``.
+- pCR: residual invasive cells are Poisson with mean ``N_inv`` (all living tumour cells;
+  damaged transit cells are dying and do not count), so ``P(pCR) = exp(-N_inv)``.
 
-- ``P(pCR) = exp(-N_inv(t))``: residual invasive cells are Poisson with mean ``N_inv``
-  (all living tumour cells; damaged transit cells are dying and do not count).
-- ``P(cure) = exp(-pi S_res)``: each residual CSC founds a lasting lineage with
-  probability ``pi = max(0, 1 - d/b)`` (supercritical birth-death lineage with birth
-  ``b = v_S p`` and death ``d = v_S (1 - p) + delta_S``, drug washed out). With a
-  Poisson number of residual CSCs this is exact (the Poisson generating function).
-- Recurrence: a non-cured patient's surviving lineages regrow at the CSC net rate
-  ``lambda = b - d`` from about ``1/pi`` cells each (the branching-process size of a
-  surviving lineage) until ``detection_cells``; ``t_rec = t + ln(detection_cells pi /
-  (pi S_res)) / lambda`` for ``pi S_res < detection_cells pi``. Its timing is smoothed
-  by a logistic of width ``timing_sd_day`` (the spread of lineage establishment),
-  which keeps DFS differentiable: ``DFS(s) = P(cure) + (1 - P(cure)) sigma((t_rec -
-  s)/w)``.
+Virtual patients of the patient-level API vary log-normally around typical parameters;
+their random effects ``eta`` are drawn once (common random numbers, `draw_eta`) or
+placed on Gauss–Hermite nodes (`gauss_hermite_eta`), so arm-level predictions are
+smooth, differentiable functions of the parameters. Everything vmaps over patients
+(and, one level up, arms).
 
 pCR and recurrence come from the same state, so a patient can reach pCR and recur
 (``N_inv`` small but ``pi S_res`` not) or be cured without pCR.
@@ -93,12 +102,53 @@ def individual_params(params, omega: dict[str, float | Array], eta, *, hr_positi
     return eqx.tree_at(lambda p: [getattr(p, n) for n in names + extra], params, values)
 
 
+TIMING_SD_DAY = 90.0  # width of the recurrence-timing logistic (every DFS uses it)
+
+
+def lineage(division_rate, self_renewal, death_rate):
+    """``(pi, lambda)`` of CSCs with these rates (see the module docstring)."""
+    b = division_rate * self_renewal
+    d = division_rate * (1.0 - self_renewal) + death_rate
+    return jnp.maximum(1.0 - d / b, 0.0), b - d
+
+
 def lineage_survival(params):
     """``(pi, lambda)``: a residual CSC's chance of a lasting lineage and its net rate."""
-    b = params.csc_division_rate * params.self_renewal
-    d = params.csc_division_rate * (1.0 - params.self_renewal) + params.csc_death_rate
-    pi = jnp.maximum(1.0 - d / b, 0.0)
-    return pi, b - d
+    return lineage(params.csc_division_rate, params.self_renewal, params.csc_death_rate)
+
+
+def log_lasting_lineages(log_pi, log_residual_csc, lam, days_since_start):
+    """``log(pi S e^{-lambda t})``: the expected lasting lineages, drug-free growth
+    since the start of therapy discounted (a martingale; module docstring)."""
+    return log_pi + log_residual_csc - lam * days_since_start
+
+
+def cure_probability(log_founders):
+    """``exp(-founders)`` from ``log founders`` (`log_lasting_lineages`)."""
+    return jnp.exp(-jnp.exp(jnp.minimum(log_founders, 40.0)))
+
+
+def recurrence_day(day, log_residual_csc, lam, detection_cells):
+    """``day + (ln detection_cells - ln S) / lambda``; ``inf`` where ``lambda <= 0``."""
+    grow = (jnp.log(detection_cells) - log_residual_csc) / jnp.where(lam > 0, lam, 1.0)
+    return jnp.where(lam > 0, day + grow, jnp.inf)
+
+
+def dfs_given(cure, t_rec, days, timing_sd_day: float = TIMING_SD_DAY):
+    """``P(cure) + (1 - P(cure)) sigmoid((t_rec - days) / w)`` (broadcasting); a
+    non-finite ``t_rec`` (no regrowth) counts as never."""
+    finite = jnp.isfinite(t_rec)
+    still = jnp.where(finite, jax.nn.sigmoid((jnp.where(finite, t_rec, 0.0) - days)
+                                             / timing_sd_day), 1.0)
+    return cure + (1.0 - cure) * still
+
+
+def hazard_ratio(dfs_e, dfs_c):
+    """Cumulative-hazard ratio ``log DFS_e / log DFS_c`` at the same day (with cure
+    fractions the hazards are not proportional; this is the Cox estimate's
+    large-sample limit only when they are)."""
+    return jnp.log(jnp.clip(dfs_e, 1e-12, 1 - 1e-12)) / jnp.log(
+        jnp.clip(dfs_c, 1e-12, 1 - 1e-12))
 
 
 class Endpoints(eqx.Module):
@@ -108,13 +158,14 @@ class Endpoints(eqx.Module):
     residual_csc: Float[Array, ""]  # S + Q + R at t
     p_pcr: Float[Array, ""]
     p_cure: Float[Array, ""]
-    recurrence_day: Float[Array, ""]  # t_rec if not cured (inf if pi = 0)
+    recurrence_day: Float[Array, ""]  # t_rec if not cured (inf if pi = 0 or lambda <= 0)
     status: Array
 
 
 def patient_endpoints(model: ModelConfig, params, schedule, t_day, *, t0_day=0.0,
                       detection_cells: float = 1e9, **simulate_kw) -> Endpoints:
-    """Simulate one patient to ``t_day`` and compute pCR, cure and recurrence time."""
+    """Simulate one patient from ``t0_day`` to ``t_day`` and compute pCR, cure and
+    recurrence time (module docstring)."""
     ts = jnp.stack([jnp.asarray(t0_day, float), jnp.asarray(t_day, float)])
     sol = simulate(model, params, schedule, ts, t0=t0_day, **simulate_kw)
     y = sol.states[-1]
@@ -122,24 +173,22 @@ def patient_endpoints(model: ModelConfig, params, schedule, t_day, *, t0_day=0.0
     stem = [model.index(n) for n in model.stem_states]
     n_inv = jnp.maximum(jnp.sum(y[jnp.asarray(living)]), 0.0)
     s_res = jnp.maximum(jnp.sum(y[jnp.asarray(stem)]), 0.0)
+    log_s = jnp.log(jnp.maximum(s_res, 1e-300))
     pi, lam = lineage_survival(params)
-    founders = jnp.maximum(pi * s_res, 1e-300)
-    grow = jnp.log(detection_cells * jnp.maximum(pi, 1e-300) / founders)
-    t_rec = jnp.where((pi > 0) & (lam > 0), t_day + jnp.maximum(grow, 0.0) / jnp.where(
-        lam > 0, lam, 1.0), jnp.inf)
+    log_f = log_lasting_lineages(jnp.log(jnp.maximum(pi, 1e-300)), log_s, lam,
+                                 jnp.asarray(t_day, float) - t0_day)
+    t_rec = jnp.where(pi > 0, recurrence_day(t_day, log_s, lam, detection_cells), jnp.inf)
     return Endpoints(invasive_cells=n_inv, residual_csc=s_res, p_pcr=jnp.exp(-n_inv),
-                     p_cure=jnp.exp(-pi * s_res), recurrence_day=t_rec, status=sol.status)
+                     p_cure=cure_probability(log_f), recurrence_day=t_rec,
+                     status=sol.status)
 
 
-def dfs_curve(endpoints: Endpoints, days, *, timing_sd_day: float = 60.0, weights=None):
+def dfs_curve(endpoints: Endpoints, days, *, timing_sd_day: float = TIMING_SD_DAY,
+              weights=None):
     """Population DFS at ``days`` from per-patient endpoints (leading patient axis)."""
     days = jnp.asarray(days, float)
-    t_rec = endpoints.recurrence_day[:, None]
-    finite = jnp.isfinite(t_rec)
-    still = jnp.where(finite, jax.nn.sigmoid((jnp.where(finite, t_rec, 0.0) - days[None, :])
-                                             / timing_sd_day), 1.0)
-    pc = endpoints.p_cure[:, None]
-    per_patient = pc + (1.0 - pc) * still
+    per_patient = dfs_given(endpoints.p_cure[:, None], endpoints.recurrence_day[:, None],
+                            days[None, :], timing_sd_day)
     if weights is None:
         return jnp.mean(per_patient, axis=0)
     return jnp.sum(weights[:, None] * per_patient, axis=0)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._drugs import CATALOGUE
+from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
 from ._plot import _pyplot, _save
 from ._run import _csv_text, write_atomic
@@ -54,7 +55,6 @@ from ._trials import (
     TUMOUR_VOLUME_MM3,
     Arm,
     TrialModel,
-    hazard_ratio,
     reference_kill,
 )
 

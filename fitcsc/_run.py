@@ -1,6 +1,6 @@
-"""The main job on the embedded default data: the published regimens, simulated.
+"""``fitcsc simulate``: the published regimens, simulated with illustrative parameters.
 
-Until the fitting issues land, ``fitcsc run`` simulates every regimen in
+``fitcsc simulate`` simulates every regimen in
 ``data/clinical/regimens.csv`` (the arms of the published neoadjuvant and adjuvant
 HER2+ trials) with one CSC model and *illustrative, not fitted* parameters, all arms
 in one vmapped call, and sets the typical patient's residual invasive cells at the
@@ -10,8 +10,9 @@ assumed surgery day beside each trial's published pCR rate. It writes
 Illustrative calibration (documented, not data): a 3-cm HER2+ tumour (14,000 mm3,
 1% CSCs) with a volume doubling time of several months; trastuzumab/pertuzumab/
 lapatinib block HER2 with EC50 10 mg/L; each chemotherapy drug's kill rate is set so
-that one standard dose (the median dose of that drug in the table) kills one natural
-log of cycling cells, with CSCs spared tenfold (sigma_S = 0.1).
+that one reference dose (``fitcsc._trials.CHEMO_REFERENCE_DOSE``, the trial model's
+calibration) kills one natural log of cycling cells, with CSCs spared tenfold (sigma_S
+= 0.1); so an arm's trajectory never depends on the other arms in the table.
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._drugs import CATALOGUE
 from ._model import ModelConfig
 from ._params import default_params
-from ._pk import pk_arrays
 from ._regimen import stack_schedules
 from ._simulate import Status, simulate
 
@@ -88,18 +87,6 @@ def published_pcr(path: pathlib.Path) -> dict[str, dict]:
     return out
 
 
-def _kill_rates(model, params, regimens):
-    """Per-drug chemo kill rate giving one ln-kill per median dose [L/(mg day)]."""
-    coefs, rates = pk_arrays(params.pk)
-    auc_per_mg = np.asarray(jnp.sum(coefs / rates, axis=1))
-    kill = np.zeros(len(model.drugs))
-    for j, d in enumerate(model.drugs):
-        amounts = [e[2] for r in regimens.values() for e in r.events("human") if e[1] == d]
-        if CATALOGUE[d].drug_class == "chemo" and amounts:
-            kill[j] = 1.0 / (float(np.median(amounts)) * auc_per_mg[j])
-    return kill
-
-
 def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_times=120):
     """Simulate every regimen of ``regimen_file`` and write the outputs to ``out_dir``.
 
@@ -107,6 +94,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
     """
     from ._data import read_regimen_table
     from ._plot import plot_regimen_run
+    from ._trials import reference_kill
 
     t_start = time.perf_counter()
     regimen_file = pathlib.Path(regimen_file or REPO_DATA / "clinical" / "regimens.csv")
@@ -121,7 +109,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
     model = ModelConfig(crowding="logistic", drugs=drugs, species="human")
     params = default_params(model, **ILLUSTRATIVE)
     params = eqx.tree_at(lambda p: p.kill_rate, params,
-                         jnp.asarray(_kill_rates(model, params, regimens)))
+                         jnp.asarray(reference_kill(model)))
     max_doses = max(1, max(regimens[a].n_doses for a in arms))
     schedules = [regimens[a].to_schedule(drugs, species="human", max_doses=max_doses)
                  for a in arms]

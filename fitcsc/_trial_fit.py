@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import qmc
 
-from ._endpoints import binomial_log_likelihood
+from ._endpoints import binomial_log_likelihood, hazard_ratio
 from ._fit_solve import FitStatus
-from ._trials import BREAST_ONLY, Arm, TrialModel, hazard_ratio, reference_kill
+from ._trials import BREAST_ONLY, Arm, TrialModel, reference_kill
 
 TOTAL = ("ypT0/is ypN0", "ypT0 ypN0")
 YEAR = 365.25

@@ -50,6 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._drugs import CATALOGUE
+from ._endpoints import (
+    TIMING_SD_DAY,
+    cure_probability,
+    dfs_given,
+    lineage,
+    log_lasting_lineages,
+    recurrence_day,
+)
 from ._model import ModelConfig, _hill
 from ._params import default_params
 from ._pk import concentrations, cumulative_exposure, pk_arrays
@@ -233,7 +241,7 @@ class TrialModel(eqx.Module):
     settings: tuple[str, ...] = eqx.field(static=True)
     trials: tuple[str, ...] = eqx.field(static=True)
     base: object
-    base_kill: jax.Array  # per drug, 1 ln-kill per median dose [L/(mg day)]
+    base_kill: jax.Array  # per drug, 1 ln-kill per reference dose [L/(mg day)]
     grid: ExposureGrid
     eval_day: jax.Array
     volume_mm3: jax.Array
@@ -250,7 +258,7 @@ class TrialModel(eqx.Module):
     burden_sd: float = eqx.field(static=True, default=1.0)
     micromet_sd: float = eqx.field(static=True, default=1.5)
     detection_cells: float = eqx.field(static=True, default=1e9)
-    timing_sd_day: float = eqx.field(static=True, default=90.0)
+    timing_sd_day: float = eqx.field(static=True, default=TIMING_SD_DAY)
     heterogeneity: str = eqx.field(static=True, default="fraction")
     n_her2: int = eqx.field(static=True, default=9)  # HER2-dependence nodes (continuous)
 
@@ -516,8 +524,7 @@ class TrialModel(eqx.Module):
             log_int = jnp.log(jnp.maximum(integral, 1e-300)) + m[:, 0]
             log_d = a_d[:, -1] + jnp.logaddexp(log_d0, log_s0 + log_int)
             log_s = log_s0 + a_s[:, -1]
-            pi = jnp.maximum(1.0 - ((1 - pp) * vs + ds) / (pp * vs), 0.0)
-            lam = vs * (2 * pp - 1) - ds
+            pi, lam = lineage(vs, pp, ds)
             log_inv = jnp.logaddexp(log_s, log_d) - jnp.log(cells)
             return (log_inv, log_s - jnp.log(cells), jnp.broadcast_to(
                 jnp.log(jnp.maximum(pi, 1e-300)), log_s.shape),
@@ -728,23 +735,20 @@ class TrialModel(eqx.Module):
         # expected lasting lineages: pi S e^{-lambda t} is conserved by drug-free
         # growth (a martingale of the branching process), so only the drug's extra
         # killing since day 0 lowers it, whatever the evaluation day
-        log_founders = f_pi[..., None] + log_res - (f_lam * self.eval_day[:, None])[..., None]
+        log_founders = log_lasting_lineages(f_pi[..., None], log_res, f_lam[..., None],
+                                            self.eval_day[:, None, None])
         if protected is not None:  # out of reach: pi S0, S0 the untreated initial CSCs
             log_p, log_s0 = protected
             log_s0m = (log_s0 + log_m)[:, None, None] + x  # (arms, 1, burden)
             log_founders = jnp.logaddexp(jnp.log1p(-jnp.exp(log_p)) + log_founders,
                                          log_p + f_pi[..., None] + log_s0m)
             log_res = jnp.logaddexp(jnp.log1p(-jnp.exp(log_p)) + log_res, log_p + log_s0m)
-        founders = jnp.exp(jnp.minimum(log_founders, 40.0))
-        cure = jnp.exp(-founders)
-        lam_pos = jnp.maximum(f_lam, 1e-6)[..., None]
-        # regrowth at the CSC net rate from the residual at the evaluation day; a
-        # residual already above detection recurred earlier (back-extrapolated)
-        grow = (jnp.log(self.detection_cells) - log_res) / lam_pos
-        t_rec = self.eval_day[:, None, None] + grow
+        cure = cure_probability(log_founders)
+        # regrowth at the CSC net rate from the residual at the evaluation day
+        t_rec = recurrence_day(self.eval_day[:, None, None], log_res, f_lam[..., None],
+                               self.detection_cells)
         days = jnp.asarray(days_after_start, float)
-        still = jax.nn.sigmoid((t_rec[..., None] - days) / self.timing_sd_day)
-        per = cure[..., None] + (1.0 - cure[..., None]) * still
+        per = dfs_given(cure[..., None], t_rec[..., None], days, self.timing_sd_day)
         return (jnp.sum(per * wx[:, None], axis=-2), jnp.sum(cure * wx, axis=-1), w)
 
     def _protected(self, z):
@@ -787,12 +791,6 @@ class TrialModel(eqx.Module):
         d_p = jnp.einsum("paf,pafd->ad", wp, dfs)
         d_n = jnp.einsum("paf,pafd->ad", wn, dfs)
         return n_p, d_p / n_p[:, None], d_n / n_n[:, None]
-
-
-def hazard_ratio(dfs_e, dfs_c):
-    """Cumulative-hazard ratio ``log DFS_e / log DFS_c`` (see the module docstring)."""
-    return jnp.log(jnp.clip(dfs_e, 1e-12, 1 - 1e-12)) / jnp.log(
-        jnp.clip(dfs_c, 1e-12, 1 - 1e-12))
 
 
 # One standard administration of each chemotherapy drug in early HER2+ breast cancer

@@ -9,6 +9,7 @@ import pytest
 from scipy import integrate, stats
 
 import fitcsc
+from fitcsc._endpoints import hazard_ratio
 from fitcsc._pk import TwoCompartment, unit_auc, unit_response
 from fitcsc._trial_fit import (
     Objective,
@@ -22,7 +23,7 @@ from fitcsc._trial_fit import (
     pcr_observations,
     save_fit,
 )
-from fitcsc._trials import Arm, TrialModel, hazard_ratio
+from fitcsc._trials import Arm, TrialModel
 
 CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"
 

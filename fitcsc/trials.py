@@ -1,0 +1,58 @@
+"""The public trial API: fit the CSC trial model to published arms and predict new ones.
+
+Everything an experiment, a benchmark or a user script needs to work with trials,
+under public names (the implementation lives in private modules that may move)::
+
+    from fitcsc.trials import Arm, TrialModel, TrialData, Objective, fit_trials
+
+- Model: `TrialModel` (arm-level pCR, cure, DFS from one residual state; its
+  structures in `STRUCTURES`, its parameters and priors in `PARAMETERS`), `Arm` (one
+  published arm and its regimen), `trial_family`, and the parameter scales
+  `to_natural` / `from_natural` (``z`` value ↔ natural value of one named parameter).
+- Endpoint formulas (one module, shared with the patient-level API ``fitcsc.
+  patient_endpoints``): `hazard_ratio`, `TIMING_SD_DAY`.
+- Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
+  `adjuvant_observations`, `link_observations` with `LINKS_USED`,
+  `hr_pcr_observations`).
+- Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
+  `posterior_draws` (PSIS-reweighted Laplace) and `draw_values`.
+- Files: `save_fit`, `load_fit`, `load_draws`, `model_from_fit` (the ``fit.json`` that
+  ``fitcsc run`` writes and ``fitcsc predict`` reads).
+"""
+
+from ._endpoints import TIMING_SD_DAY, hazard_ratio
+from ._trial_fit import (
+    LINKS_USED,
+    Objective,
+    PcrObservation,
+    TrialData,
+    TrialFit,
+    adjuvant_observations,
+    draw_values,
+    fit_trials,
+    hr_pcr_observations,
+    link_observations,
+    load_draws,
+    load_fit,
+    model_from_fit,
+    pcr_observations,
+    posterior_draws,
+    save_fit,
+)
+from ._trials import (
+    PARAMETERS,
+    STRUCTURES,
+    Arm,
+    TrialModel,
+    from_natural,
+    to_natural,
+    trial_family,
+)
+
+__all__ = [
+    "LINKS_USED", "PARAMETERS", "STRUCTURES", "TIMING_SD_DAY", "Arm", "Objective", "PcrObservation",
+    "TrialData", "TrialFit", "TrialModel", "adjuvant_observations", "draw_values",
+    "fit_trials", "from_natural", "hazard_ratio", "hr_pcr_observations",
+    "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
+    "posterior_draws", "save_fit", "to_natural", "trial_family",
+]
