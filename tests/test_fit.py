@@ -13,64 +13,36 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from helpers import (
+    DAYS,
+    FREE,
+    LIMIT,
+    MODEL,
+    NOISE_SD,
+    NUM_STARTS,
+    REGIMEN,
+    SPEC,
+    TRUE,
+    bad_batches,
+    true_volumes,
+    write_batch,
+)
 
-import fitcsc
-from fitcsc._data import make_batch, read_tidy_csv
 from fitcsc._fit import fit_map, sobol_unit
 from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
 from fitcsc._fit_profile import profile
 from fitcsc._fit_solve import FitStatus, member_residuals
 from fitcsc._likelihood import log_likelihood_from_log
 
-# ---------------------------------------------------------------- CSC model set-up --
-MODEL = fitcsc.ModelConfig(crowding="logistic", drugs=("trastuzumab",), species="mouse")
-REF = fitcsc.default_params(MODEL, carrying_capacity_cells=5e9, bulk_death_rate=0.2,
-                            initial_csc_fraction=0.1, csc_division_rate=0.4,
-                            self_renewal=0.7, her2_efficacy_csc=0.5, her2_efficacy_bulk=0.8)
-SPEC = fitcsc.ParamSpec({"csc_division_rate": fitcsc.Positive(),
-                         "self_renewal": fitcsc.Interval(0.5, 1.0),
-                         "her2_efficacy_csc": fitcsc.Interval(0.0, 1.0)}, REF)
-FREE = ("csc_division_rate", "self_renewal", "her2_efficacy_csc", "initial_volume_mm3")
-DAYS = np.array([-7.0, -4, 0, 3, 7, 10, 14, 21, 28, 35])  # treatment from day 0
-LIMIT = 5.0  # detection limit [mm3]
-TRUE = np.array([[0.30, 0.68, 0.30, 80.0], [0.35, 0.72, 0.40, 90.0],
-                 [0.40, 0.75, 0.50, 100.0], [0.45, 0.78, 0.60, 110.0],
-                 [0.40, 0.55, 0.95, 60.0]])  # the last one: complete response (zeros late)
-REGIMEN = fitcsc.Regimen((fitcsc.DoseLine("trastuzumab", 10.0, "mg/kg", n_doses=5,
-                                          interval_day=7.0),))
-NOISE_SD = 0.05
-NUM_STARTS = 4
-
-
-def _true_volumes():
-    sched = REGIMEN.to_schedule(MODEL.drugs, species="mouse")
-    out = []
-    for row in TRUE:
-        p = eqx.tree_at(lambda q: [getattr(q, n) for n in FREE], REF,
-                        [jnp.asarray(v) for v in row])
-        out.append(fitcsc.simulate(MODEL, p, sched, jnp.asarray(DAYS), t0=DAYS[0]).volume_mm3)
-    return np.asarray(out)
-
-
-def _write_batch(path, volumes, days, regimens=None, limit=LIMIT):
-    """Through the user's path: a tidy CSV (volume 0 below the limit), then make_batch."""
-    lines = ["study,arm,subject,day,volume_mm3"]
-    arm = "trastuzumab" if regimens else "control"
-    for i, (d_row, v_row) in enumerate(zip(days, volumes, strict=True)):
-        for d, v in zip(d_row, v_row, strict=True):
-            lines.append(f"syn,{arm},m{i},{float(d)},{0.0 if v < limit else float(v)}")
-    path.write_text("\n".join(lines) + "\n")
-    return make_batch(read_tidy_csv(path), regimens, detection_limit_mm3=limit)
-
 
 @pytest.fixture(scope="module")
 def csc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
-    vols = _true_volumes()
+    vols = true_volumes()
     noise = np.asarray(jax.random.normal(jax.random.key(0), vols.shape))
     days = np.tile(DAYS, (len(TRUE), 1))
-    batch = _write_batch(tmp / "clean.csv", vols, days, {"trastuzumab": REGIMEN})
-    noisy = _write_batch(tmp / "noisy.csv", vols * np.exp(NOISE_SD * noise), days,
+    batch = write_batch(tmp / "clean.csv", vols, days, {"trastuzumab": REGIMEN})
+    noisy = write_batch(tmp / "noisy.csv", vols * np.exp(NOISE_SD * noise), days,
                          {"trastuzumab": REGIMEN})
     pred = csc_predictor(MODEL, SPEC)
     result = fit_map(pred, batch, num_starts=NUM_STARTS, sigma=NOISE_SD)
@@ -154,17 +126,6 @@ def test_standard_errors_match_finite_difference_jacobian(csc, residual_fn):
 
 SPEC_TR = [lambda z: np.exp(z), lambda z: 0.5 + 0.5 / (1 + np.exp(-z)),
            lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(z)]
-
-
-def bad_batches(batch, k):
-    """``{expected status: batch with subject k spoilt}``."""
-    return {
-        # observations 10,000 times later: the solver reaches the predictor's max_steps
-        FitStatus.SOLVER_FAILURE: eqx.tree_at(lambda b: b.day, batch,
-                                              batch.day.at[k].multiply(1e4)),
-        FitStatus.NONFINITE: eqx.tree_at(lambda b: b.volume_mm3, batch,
-                                         batch.volume_mm3.at[k, 3].set(jnp.nan)),
-    }
 
 
 def test_failing_subject_is_isolated_bitwise(csc):
@@ -279,7 +240,7 @@ def g_batch(tmp_path_factory):
     log_v = np.array([np.asarray(gompertz(jnp.asarray(z), _Sub(d))[0])
                       for z, d in zip(G_TRUE, G_DAYS, strict=True)])
     vols = np.exp(log_v + 0.1 * np.random.default_rng(1).standard_normal(log_v.shape))
-    return _write_batch(tmp_path_factory.mktemp("g") / "g.csv", vols, G_DAYS, limit=1.0)
+    return write_batch(tmp_path_factory.mktemp("g") / "g.csv", vols, G_DAYS, limit=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +275,7 @@ def test_censoring_with_estimated_sigma_refits(tmp_path):
     days = np.linspace(0.0, 30.0, 10)[None]
     rng = np.random.default_rng(2)
     vols = 40.0 * np.exp(-0.1 * days + 0.05 * rng.standard_normal(days.shape))
-    batch = _write_batch(tmp_path / "cr.csv", vols, days, limit=10.0)
+    batch = write_batch(tmp_path / "cr.csv", vols, days, limit=10.0)
     line = FunctionPredictor(lambda z_, s: (z_[0] + z_[1] * (s.day - s.t0_day),
                                             jnp.asarray(0)),
                              2, init=lambda s: jnp.array([jnp.log(s.volume_mm3[0]), 0.0]))
@@ -344,7 +305,7 @@ def _wave(z, s):
 def test_multistart_finds_the_global_optimum(tmp_path):
     days = np.linspace(0.0, 10.0, 25)[None]
     vols = np.exp(np.log(50.0) + np.sin(2.0 * days))
-    batch = _write_batch(tmp_path / "w.csv", vols, days)
+    batch = write_batch(tmp_path / "w.csv", vols, days)
     pred = FunctionPredictor(_wave, 2, init=lambda s: jnp.array([jnp.log(50.0), 0.6]))
     res = fit_map(pred, batch, num_starts=16, start_scale=np.array([0.0, 2.0]))
     losses, status = np.asarray(res.all_losses[0]), np.asarray(res.all_status[0])

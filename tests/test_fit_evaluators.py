@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_fit import (
+from helpers import (
     DAYS,
     FREE,
     MODEL,
@@ -20,9 +20,9 @@ from test_fit import (
     REGIMEN,
     SPEC,
     TRUE,
-    _true_volumes,
-    _write_batch,
     bad_batches,
+    true_volumes,
+    write_batch,
 )
 
 import fitcsc
@@ -62,14 +62,14 @@ def evaluate(evaluator, z, data, free=None):
 @pytest.fixture(scope="module")
 def stk(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paced")
-    vols = _true_volumes()
+    vols = true_volumes()
     noise = np.asarray(jax.random.normal(jax.random.key(1), vols.shape))
     # ragged: subject 1 starts at day 0 (its own t0, doses at its start), subject 3
     # stops at day 21
     days = [DAYS, DAYS[2:], DAYS, DAYS[:-2], DAYS]
     vols = [v[len(DAYS) - len(d):] if d[0] == 0 else v[: len(d)]
             for v, d in zip(vols * np.exp(NOISE_SD * noise), days, strict=True)]
-    batch = _write_batch(tmp / "noisy.csv", vols, days, {"trastuzumab": REGIMEN})
+    batch = write_batch(tmp / "noisy.csv", vols, days, {"trastuzumab": REGIMEN})
     pred = csc_predictor(MODEL, SPEC)
     paced = fit_map(pred, batch, num_starts=NUM_STARTS, sigma=NOISE_SD, evaluator="paced",
                     **LM)
@@ -159,8 +159,8 @@ def test_estimated_sigma_with_censored_points_as_with_jacfwd(stk):
 
 
 def test_paced_fit_recovers_noise_free_parameters(tmp_path):
-    vols = _true_volumes()[:4]
-    batch = _write_batch(tmp_path / "clean.csv", vols, np.tile(DAYS, (4, 1)),
+    vols = true_volumes()[:4]
+    batch = write_batch(tmp_path / "clean.csv", vols, np.tile(DAYS, (4, 1)),
                          {"trastuzumab": REGIMEN})
     res = fit_map(csc_predictor(MODEL, SPEC), batch, num_starts=2, sigma=NOISE_SD,
                   evaluator="paced", **LM)
