@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import pathlib
-import platform
 import tempfile
 import time
 
@@ -33,6 +32,7 @@ from ._drugs import CATALOGUE
 from ._model import ModelConfig
 from ._params import default_params
 from ._pk import pk_arrays
+from ._record import run_record
 from ._regimen import stack_schedules
 from ._simulate import Status, simulate
 
@@ -165,9 +165,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
         "illustrative_parameters": ILLUSTRATIVE,
         "surgery_weeks_after_last_dose": SURGERY_WEEKS,
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "device": str(jax.devices()[0]),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        **run_record(),  # deterministic: no random stream
         "outputs": ["arms.csv", "trajectories.csv", "regimens.png"],
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
