@@ -162,7 +162,7 @@ def _line_of(text: str, table: str | None, key: str) -> int | None:
         m = head.match(line)
         if m:
             current = m.group(1).strip('"')
-            if current == key and table is None:
+            if current == (key if table is None else f"{table}.{key}"):
                 return n
             continue
         if current == table and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
@@ -256,7 +256,8 @@ def load_config(path, parser, command) -> tuple[dict, dict]:
                           "at the top level")
     for key, value in doc.get(command, {}).items():
         if key not in opts:
-            raise unknown(opts, command, key, value, f"of `fitcsc {command}`")
+            raise unknown(opts, command, key, f"[{command}.{key}]" if isinstance(
+                value, dict) else value, f"of `fitcsc {command}`")
         got_opts[key] = check(opts, command, key, value)
     return got_glob, got_opts
 
@@ -335,7 +336,7 @@ def runtime(args):
                 have = sorted({d.platform for d in jax.devices()})
                 raise FitcscInputError(
                     f"--device {args.device}: JAX sees no {args.device.upper()} on this "
-                    "machine", column="--device", expected="one of " + ", ".join(have),
+                    "machine", expected="--device " + " or ".join(have),
                     value=args.device) from None
             jax.config.update("jax_default_device", device)
         args.x64 = bool(jax.config.jax_enable_x64)
