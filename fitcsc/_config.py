@@ -403,7 +403,7 @@ def write_config(parser, args) -> pathlib.Path | None:
     if out is None or not pathlib.Path(out).is_dir():
         return None
     doc, unset = resolved_config(parser, args)
-    path = pathlib.Path(out) / CONFIG_NAME
+    path = pathlib.Path(os.path.abspath(out)) / CONFIG_NAME
     head = [f"# fitcsc {args.command}: the resolved configuration of this run (command line,",
             "# --config file and defaults; paths absolute). Repeat the run with",
             f"#   fitcsc {args.command} --config {path} --out NEW_DIR"]

@@ -1,7 +1,8 @@
 """The bad-input corpus (tests/bad_inputs/): every malformed file is refused by
-``fitcsc data validate`` (a run configuration: by ``fitcsc fit --config``) with exit code 2 and one line naming file, line, column,
-expectation and value; a legitimate oddity is accepted, with a warning line where it is
-worth a look. ``expected.csv`` says which, file by file; README.md says why."""
+``fitcsc data validate`` (a run configuration: by ``fitcsc fit --config``) with exit
+code 2 and one line naming file, line, column (or TOML key), expectation and value; a
+legitimate oddity is accepted, with a warning line where it is worth a look.
+``expected.csv`` says which, file by file; README.md says why."""
 
 from __future__ import annotations
 

@@ -112,11 +112,16 @@ def test_refused_config_one_line_exit_2(tmp_path, capsys):
     assert main(["report", "runs/x", "--config", str(cfg)]) == 2
 
 
-def test_fit_reruns_from_its_config_bit_for_bit(volumes, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("model, extra", [
+    ("gompertz", []),
+    pytest.param("csc", ["--quick"], marks=pytest.mark.slow),  # the paced CSC fit, ~1 min
+])
+def test_fit_reruns_from_its_config_bit_for_bit(volumes, tmp_path, monkeypatch, capsys,
+                                                 model, extra):
     monkeypatch.chdir(volumes.parent)  # relative paths on the command line
     first, again = tmp_path / "a", tmp_path / "b"
     assert main(["--quiet", "fit", "--data", volumes.name, "--out", str(first), "--model",
-                 "gompertz", "--starts", "3", "--no-progress"]) == 0
+                 model, "--starts", "3", "--no-progress", *extra]) == 0
     cfg = tomllib.loads((first / "config.toml").read_text())
     options = set(_command_actions(build_parser(), "fit"))
     unset = {"regimens", "chunk_size", "share_growth_by", "batching", "max_subjects",
@@ -124,7 +129,8 @@ def test_fit_reruns_from_its_config_bit_for_bit(volumes, tmp_path, monkeypatch, 
     assert set(cfg["fit"]) == options - unset
     assert cfg["fit"]["data"] == str(volumes) and cfg["fit"]["out"] == str(first)
     assert cfg["fit"]["device"] == jax.default_backend() and cfg["fit"]["x64"] is True
-    assert (cfg["fit"]["starts"], cfg["fit"]["model"], cfg["quiet"]) == (3, "gompertz", True)
+    assert (cfg["fit"]["starts"], cfg["fit"]["model"], cfg["quiet"]) == (3, model, True)
+    assert cfg["fit"]["quick"] is bool(extra)
     monkeypatch.chdir(tmp_path)  # the configuration's paths are absolute
     assert main(["fit", "--config", str(first / "config.toml"), "--out", str(again)]) == 0
     assert "fitcsc fit: 4 subjects" not in capsys.readouterr().out  # quiet, from the file
