@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import json
 import os
 import pathlib
 import re
@@ -220,8 +221,9 @@ def load_config(path, parser, command) -> tuple[dict, dict]:
     commands = _subparsers(parser)
 
     def refuse(message, table, key, expected, value=None):
+        name = key if re.fullmatch(r"[\w-]+", key) else json.dumps(key)  # as TOML quotes it
         return FitcscInputError(message, file=str(path), row=_line_of(text, table, key),
-                                key=key if table is None else f"{table}.{key}",
+                                key=name if table is None else f"{table}.{name}",
                                 expected=expected, value=value)
 
     def check(actions, table, key, value):
@@ -289,7 +291,7 @@ def apply_config(parser, argv):
     """
     found = _pre_parse(parser, argv)
     if found is None:
-        return lambda args: None
+        return _check_loaded
     command, path = found
     got_glob, got_opts = load_config(path, parser, command)
     later = {}
@@ -304,11 +306,22 @@ def apply_config(parser, argv):
                 target.set_defaults(**{dest: value})
 
     def finish(args):
+        _check_loaded(args, path)
         for dest, value in later.items():
             if getattr(args, dest, None) is None:
                 setattr(args, dest, value)
 
     return finish
+
+
+def _check_loaded(args, path=None) -> None:
+    """Refuse a ``--config`` that argparse took from an abbreviation (``--conf``) and so
+    was never read."""
+    from ._errors import FitcscInputError
+
+    if getattr(args, "config", None) not in (None, path):
+        raise FitcscInputError("--config: the option was abbreviated", expected="--config "
+                               "written in full", value=args.config)
 
 
 @contextlib.contextmanager

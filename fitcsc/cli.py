@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         finish = apply_config(parser, argv)  # --config FILE: its values become defaults
         args = parser.parse_args(argv)
+        finish(args)
     except SystemExit as exit_:  # usage errors and --help
         return exit_.code if isinstance(exit_.code, int) else 2
     except FitcscInputError as err:  # a refused --config file
@@ -487,18 +488,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(err)
         print(f"{parser.prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
-    finish(args)
     if args.data_dir is not None:
         os.environ["FITCSC_DATA_DIR"] = str(args.data_dir)
     error = None
     with _collect_warnings() as notes:
         try:
-            if args.drug_catalogue:
-                from ._drug_catalogue import load_drug_catalogue
-
-                for path in args.drug_catalogue:
-                    load_drug_catalogue(path)
             with runtime(args):  # --device, --x64: before the job makes any array
+                if args.drug_catalogue:
+                    from ._drug_catalogue import load_drug_catalogue
+
+                    for path in args.drug_catalogue:
+                        load_drug_catalogue(path)
                 code = int(args.handler(args))
                 if code in (0, 1) and args.command in CONFIG_COMMANDS:
                     write_config(parser, args)

@@ -11,11 +11,15 @@ import subprocess
 import sys
 import tomllib
 
+import hypothesis.strategies as st
 import jax
 import numpy as np
 import pytest
+import tomli_w
+from hypothesis import HealthCheck, given, settings
 
-from fitcsc._config import CONFIG_COMMANDS, _command_actions, apply_config
+from fitcsc._config import CONFIG_COMMANDS, _command_actions, apply_config, load_config
+from fitcsc._errors import FitcscInputError
 from fitcsc.cli import build_parser, main
 
 TIMES = ("wall_s", "fit_s", "map_s", "warm_start_s", "posterior_s", "seconds")
@@ -110,6 +114,11 @@ def test_refused_config_one_line_exit_2(tmp_path, capsys):
     assert "missing.toml: file not found" in capsys.readouterr().err
     # only the commands that run jobs take a configuration
     assert main(["report", "runs/x", "--config", str(cfg)]) == 2
+    capsys.readouterr()
+    # an abbreviation argparse accepts would go unread: refused
+    assert main(["simulate", "--conf", str(cfg)]) == 2
+    assert capsys.readouterr().err.startswith("fitcsc: error: --config: the option was "
+                                              "abbreviated; expected --config written in full")
 
 
 @pytest.mark.parametrize("model, extra", [
@@ -198,3 +207,28 @@ def test_device_gpu_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert "cpu" not in summary["device"].lower() and summary["n_failed"] == 0
+
+
+_SCALARS = st.one_of(st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=12), st.sampled_from(["csc", "gpu", "1=trastuzumab"]))
+_PARSER = build_parser()
+_KEYS = st.one_of(st.sampled_from(sorted(_command_actions(_PARSER, "fit"))
+                                  + ["data_dir", "quiet", "fit", "sample", "starts"]),
+                  st.text(min_size=1, max_size=8))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(_SCALARS, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=8)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=120),
+                 st.dictionaries(_KEYS, _VALUES, max_size=5).map(
+                     lambda d: tomli_w.dumps(d).encode())))
+def test_any_file_is_a_configuration_or_refused_in_one_line(tmp_path, content):
+    """The config loader never raises anything but `FitcscInputError` (one line)."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    try:
+        load_config(path, _PARSER, "fit")
+    except FitcscInputError as err:
+        assert "\n" not in str(err) and str(err).startswith(str(path))
