@@ -28,6 +28,11 @@ TIMES = ("wall_s", "fit_s", "map_s", "warm_start_s", "posterior_s", "seconds")
 @pytest.fixture(autouse=True)
 def _no_compile_cache(monkeypatch):
     monkeypatch.setenv("FITCSC_CACHE_DIR", "off")  # keep the test session's JAX config
+    # a run from a config.toml sets FITCSC_DATA_DIR (its data_dir): restored afterwards
+    before = os.environ.get("FITCSC_DATA_DIR")
+    monkeypatch.setenv("FITCSC_DATA_DIR", before or "")
+    if before is None:
+        monkeypatch.delenv("FITCSC_DATA_DIR")
 
 
 @pytest.fixture(scope="module")
