@@ -18,7 +18,14 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 
-from fitcsc._config import CONFIG_COMMANDS, _command_actions, apply_config, load_config
+from fitcsc._config import (
+    CONFIG_COMMANDS,
+    PATH_METAVARS,
+    _command_actions,
+    apply_config,
+    load_config,
+    resolved_config,
+)
 from fitcsc._errors import FitcscInputError
 from fitcsc.cli import build_parser, main
 
@@ -105,6 +112,30 @@ def test_every_option_has_a_key_and_help_says_how(capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert "--config FILE.toml" in text and f"[{command}] table" in text
         assert f"fitcsc {command} --config OUT/config.toml" in text
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_resolved_config_of_every_command_reads_back(command, tmp_path, monkeypatch):
+    """Every option of every command, written by `resolved_config`, reads back (the
+    file's layout is the reader's) with the value the command line gave it."""
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    actions = _command_actions(parser, command)
+    argv = [command, *[a for act in actions.values() if act.required
+                       for a in (act.option_strings[0], "x")], "--no-x64", "--device", "cpu"]
+    args = parser.parse_args(argv)
+    doc, unset = resolved_config(parser, args)
+    assert set(doc[command]) | {u.split(".", 1)[1] for u in unset if "." in u} == set(actions)
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(doc))
+    glob, opts = load_config(path, parser, command)
+    assert opts.keys() == doc[command].keys() and glob.keys() == doc.keys() - {command}
+    for dest, value in opts.items():
+        expect = getattr(args, dest)
+        if actions[dest].metavar in PATH_METAVARS:  # paths: absolute
+            expect = os.path.abspath(expect)
+        assert value == expect, dest
+    assert (opts["x64"], opts["device"]) == (False, "cpu")
 
 
 def test_refused_config_one_line_exit_2(tmp_path, capsys):
