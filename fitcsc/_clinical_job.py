@@ -71,7 +71,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     """
     import fitcsc.summary as fs
 
-    from ._fitrun import _versions
+    from ._record import run_record
     from ._trial_fit import Objective, TrialData, fit_trials, posterior_draws, save_fit
     from ._trials import STRUCTURES, TrialModel, to_natural
 
@@ -176,9 +176,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "psis_k_hat": k_hat, "prior_only": prior_only, "warnings": warnings,
         "seed": seed,
         "wall_s": round(time.perf_counter() - t_start, 2),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "device": str(jax.devices()[0]),
-        "versions": _versions(),  # the same record as fitcsc fit's
+        **run_record(starts=seed, posterior_draws=seed, resampling=seed),
     }
     save_fit(out / "fit.json", tm, fit, extra={
         "n_arms": summary["n_arms"], "n_within_binomial_ci95": summary["n_within_binomial_ci95"],

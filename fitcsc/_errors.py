@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class FitcscInputError(ValueError):
-    """Bad user input: one line naming file, column, row, expectation and value.
+    """Bad user input: one line naming file, column (or TOML key), row, expectation and
+    value.
 
     ``row`` is the 1-based line number in the file as a text editor shows it (the
     header is line 1), so that a user can jump straight to it.
@@ -19,8 +20,10 @@ class FitcscInputError(ValueError):
         row: int | None = None,
         expected: str | None = None,
         value: object = None,
+        key: str | None = None,
     ):
         self.file = file
+        self.key = key
         self.column = column
         self.row = row
         self.expected = expected
@@ -32,6 +35,8 @@ class FitcscInputError(ValueError):
             parts.append(f"line {row}")
         if column is not None:
             parts.append(f"column '{column}'")
+        if key is not None:  # a key of a TOML file
+            parts.append(f"key '{key}'")
         where = ", ".join(parts)
         text = f"{where}: {message}" if where else message
         if expected is not None:

@@ -24,11 +24,9 @@ the plots ``fits_subjects.png``, ``observed_vs_predicted.png``, ``residuals.png`
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import math
 import pathlib
-import platform
 import sys
 import time
 
@@ -48,6 +46,7 @@ from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
 from ._model import ModelConfig
 from ._params import default_params
+from ._record import run_record
 from ._regimen import Regimen
 from ._run import _csv_text, write_atomic
 from ._simulate import simulate
@@ -571,9 +570,7 @@ def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) 
         "fit_s": round(t_fit, 3),
         "wall_s": round(time.perf_counter() - t_start, 3),
         "timing_note": timing_note,
-        "device": str(jax.devices()[0]),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "versions": _versions(),
+        **run_record(sobol_starts=0),  # fit_map's scrambled Sobol starts, fixed seed
         "warnings": notes,
         "errors": errors,
         "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
@@ -680,17 +677,3 @@ def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=N
                 _fmt(g["loss"]), _fmt(g["aic"]), _fmt(g["bic"]), str(g["n_free"])]
         rows.append(row)
     return _csv_text(header, rows)
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("fitcsc", "jax", "jaxlib", "diffrax", "optimistix", "equinox", "numpy"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    if out["fitcsc"] is None:  # not installed (run from a checkout)
-        from . import __version__
-
-        out["fitcsc"] = __version__
-    return out

@@ -47,6 +47,7 @@ from ._drugs import CATALOGUE
 from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
 from ._plot import _pyplot, _save
+from ._record import run_record
 from ._run import _csv_text, write_atomic
 from ._trial_fit import YEAR, draw_values, load_draws, load_fit
 from ._trials import (
@@ -402,8 +403,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
                     "the rate a trial arm of n_patients observes (binomial per draw)",
         "hazard_ratio": "ratio of cumulative hazards at the horizon",
         "wall_s": round(time.perf_counter() - t_start, 2),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "device": str(jax.devices()[0]),
+        **run_record(posterior_draws=seed, binomial_counts=seed),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

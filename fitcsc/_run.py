@@ -21,7 +21,6 @@ import csv
 import json
 import os
 import pathlib
-import platform
 import tempfile
 import time
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from ._model import ModelConfig
 from ._params import default_params
+from ._record import run_record
 from ._regimen import stack_schedules
 from ._simulate import Status, simulate
 
@@ -153,9 +153,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
         "illustrative_parameters": ILLUSTRATIVE,
         "surgery_weeks_after_last_dose": SURGERY_WEEKS,
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "device": str(jax.devices()[0]),
-        "precision": "float64" if jax.config.jax_enable_x64 else "float32",
-        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        **run_record(),  # deterministic: no random stream
         "outputs": ["arms.csv", "trajectories.csv", "regimens.png"],
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

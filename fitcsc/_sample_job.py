@@ -30,6 +30,7 @@ from ._fit import fit_map
 from ._fitrun import LM_EXTRAS, LM_TOL, _load, _regimen_of
 from ._population import posterior_derived
 from ._population_csc import V0, baseline_population, csc_population
+from ._record import run_record
 from ._run import write_atomic
 from ._sample import METHODS, sample
 from ._transforms import Interval
@@ -218,7 +219,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "n_parameters": pop.space.size, "sampler": post.settings, "timing": post.timing,
         "warm_start": start_info, "convergence": diag, "notes": notes,
         "wall_s": round(time.perf_counter() - t0, 2),
-        "device": str(jax.devices()[0]), "precision": str(np.asarray(jax.numpy.zeros(())).dtype),
+        **run_record(sampler=seed, posterior_predictive=seed + 1),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
@@ -234,9 +235,9 @@ def add_sample_command(subparsers, common) -> None:
         "start; writes posterior.nc (ArviZ InferenceData), summary.csv, summary.json and "
         "trace/rank, pair, forest, posterior predictive and VPC plots. Exit 0 ok, 2 on "
         "refused input.")
-    p.add_argument("--data", required=True, help="tidy CSV or NONMEM file")
-    p.add_argument("--regimens", default=None, help="regimen table (tidy CSV only)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--data", metavar="FILE", required=True, help="tidy CSV or NONMEM file")
+    p.add_argument("--regimens", metavar="FILE", default=None, help="regimen table (tidy CSV only)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
     p.add_argument("--model", default="csc", choices=("csc", *BASELINES))
     p.add_argument("--group-by", default=None,
                    help="column whose groups (e.g. pdx_line) get random effects on growth "

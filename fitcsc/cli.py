@@ -12,7 +12,9 @@ interrupted. Refused input prints one line, ``fitcsc: error: <file>, line <n>, c
 about legitimate but odd input print as ``fitcsc: warning: ...`` lines when the command
 ends, except when the input is refused (then one line says why). Global options (before
 or after the command): ``--data-dir``, ``--drug-catalogue FILE``, ``--quiet``,
-``--debug``.
+``--debug``. ``fit``, ``sample``, ``simulate``, ``predict`` and ``run`` also take
+``--config FILE.toml``, ``--device cpu|gpu`` and ``--x64/--no-x64``, and store the
+resolved configuration in their result folder (`fitcsc._config`).
 
 Examples::
 
@@ -32,6 +34,7 @@ import sys
 import traceback
 import warnings
 
+from ._config import CONFIG_COMMANDS, add_run_options, apply_config, runtime, write_config
 from ._data_show import plural as _n
 from ._errors import DataError, DataWarning, FitcscInputError
 
@@ -61,6 +64,9 @@ def _parse_cmt(text: str) -> tuple[int, str]:
     if not sep or not cmt.strip().isdigit() or not drug.strip():
         raise argparse.ArgumentTypeError(f"expected CMT=DRUG (e.g. 1=trastuzumab), got {text!r}")
     return int(cmt), drug.strip()
+
+
+_parse_cmt.to_text = lambda pair: f"{pair[0]}={pair[1]}"  # its inverse, for config.toml
 
 
 def _data_options(args) -> dict:
@@ -437,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers, common)
+    for name in CONFIG_COMMANDS:
+        add_run_options(subparsers.choices[name], name)
     return parser
 
 
@@ -468,21 +476,32 @@ def main(argv: list[str] | None = None) -> int:
     that prints.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        finish = apply_config(parser, argv)  # --config FILE: its values become defaults
         args = parser.parse_args(argv)
+        finish(args)
     except SystemExit as exit_:  # usage errors and --help
         return exit_.code if isinstance(exit_.code, int) else 2
+    except FitcscInputError as err:  # a refused --config file
+        if "--debug" in argv:
+            traceback.print_exception(err)
+        print(f"{parser.prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
     if args.data_dir is not None:
         os.environ["FITCSC_DATA_DIR"] = str(args.data_dir)
     error = None
     with _collect_warnings() as notes:
         try:
-            if args.drug_catalogue:
-                from ._drug_catalogue import load_drug_catalogue
+            with runtime(args):  # --device, --x64: before the job makes any array
+                if args.drug_catalogue:
+                    from ._drug_catalogue import load_drug_catalogue
 
-                for path in args.drug_catalogue:
-                    load_drug_catalogue(path)
-            code = int(args.handler(args))
+                    for path in args.drug_catalogue:
+                        load_drug_catalogue(path)
+                code = int(args.handler(args))
+                if code in (0, 1) and args.command in CONFIG_COMMANDS:
+                    write_config(parser, args)
         except FitcscInputError as err:
             error, code, message = err, 2, " ".join(str(err).splitlines())
         except KeyboardInterrupt as err:

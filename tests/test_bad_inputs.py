@@ -1,7 +1,8 @@
 """The bad-input corpus (tests/bad_inputs/): every malformed file is refused by
-``fitcsc data validate`` with exit code 2 and one line naming file, line, column,
-expectation and value; a legitimate oddity is accepted, with a warning line where it is
-worth a look. ``expected.csv`` says which, file by file; README.md says why."""
+``fitcsc data validate`` (a run configuration: by ``fitcsc fit --config``) with exit
+code 2 and one line naming file, line, column (or TOML key), expectation and value; a
+legitimate oddity is accepted, with a warning line where it is worth a look.
+``expected.csv`` says which, file by file; README.md says why."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def test_corpus_has_40_files_each_documented():
     for name in files:
         assert f"`{name}`" in readme, name
     kinds = {f.split("/")[0] for f in files}
-    assert kinds == {"tidy", "regimen", "nonmem", "catalogue"}
+    assert kinds == {"tidy", "regimen", "nonmem", "catalogue", "config"}
+    assert sum(k.startswith("config/") for k in files) >= 5
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['file']} {c['args']}".strip() for c in CASES])
@@ -46,6 +48,8 @@ def test_corpus_file(case, tmp_path, capsys):
         regimen = tmp_path / "regimen.csv"
         regimen.write_text(GOOD_REGIMEN, encoding="utf-8")
         code = main(["--drug-catalogue", str(path), "data", "validate", str(regimen)])
+    elif args[:1] == ["config"]:  # a TOML run configuration of the command args[1]
+        code = main([args[1], "--config", str(path)])
     else:
         code = main(["data", "validate", str(path), *args])
     out, err = capsys.readouterr()
@@ -56,7 +60,8 @@ def test_corpus_file(case, tmp_path, capsys):
         if case["line"]:
             assert f", line {case['line']}" in err
         if case["column"]:
-            assert f"column '{case['column']}': " in err
+            where = "key" if args[:1] == ["config"] else "column"
+            assert f"{where} '{case['column']}': " in err
         assert "; expected " in err
         if case["value"]:
             assert err.rstrip("\n").endswith(f", got {case['value']}")
