@@ -26,6 +26,9 @@ supplies an assumption, flagged in the ``assumptions`` column and on screen:
   ``logit_breast_factor``; ypT0 and ypT0 ypN0 need ``logit_no_dcis``);
 - DFS, hazard ratios or a burden trial from a fit without adjuvant data.
 
+The folder gets ``report.md`` (`fitcsc._report.write_report`) beside the CSVs and
+``predictions.png``.
+
 No arm's prediction depends on the other arms of the file: kill rates are per reference
 dose (`fitcsc._trials.CHEMO_REFERENCE_DOSE`) or from the fit, never from the file.
 """
@@ -64,6 +67,7 @@ _NEEDS = {"ypT0/is ypN0": (), "ypT0/is": ("logit_breast_factor",),
           "ypT0": ("logit_breast_factor", "logit_no_dcis"),
           "ypT0 ypN0": ("logit_no_dcis",)}
 DEFAULT_N_PATIENTS = 100
+JOB = "prediction from a saved trial fit"  # summary.json's "job"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,7 +390,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")
     summary = {
-        "job": "prediction from a saved trial fit", "fit": str(fit_dir),
+        "job": JOB, "fit": str(fit_dir),
         "regimens": str(regimen_file), "n_arms": len(arm_names),
         "n_failed": int(np.sum(status != "ok")), "pcr_definitions": definitions,
         "pcr_definitions_refused": {d: missing[d] for d in unsupported},
@@ -406,6 +410,9 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         "device": str(jax.devices()[0]),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from ._report import write_report
+
+    write_report(out)
     return summary
 
 

@@ -10,7 +10,8 @@ nearby), samples (`fitcsc.sample`), and writes
   population-level variables (typical values, random-effect SDs, sigma);
 - ``summary.json``: settings, timing, convergence (worst R-hat over every sampled
   variable, smallest ESS, divergences) and the warm start;
-- plots: ``trace_rank.png``, ``pair.png``, ``forest.png``, ``ppc.png``, ``vpc.png``.
+- plots: ``trace_rank.png``, ``pair.png``, ``forest.png``, ``ppc.png``, ``vpc.png``;
+- ``report.md`` (`fitcsc._report.write_report`).
 
 Progress of the MAP, the warm-up and the sampling goes to stderr on a terminal.
 """
@@ -34,6 +35,7 @@ from ._run import write_atomic
 from ._sample import METHODS, sample
 from ._transforms import Interval
 
+JOB = "population posterior (fitcsc sample)"  # summary.json's "job"
 DEFAULTS = dict(num_chains=8, num_warmup=500, num_samples=500)
 QUICK = dict(num_chains=4, num_warmup=40, num_samples=40)
 
@@ -186,7 +188,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
                num_chains: int | None = None, num_warmup: int | None = None,
                num_samples: int | None = None, dense_mass: bool = False, seed: int = 0,
                detection_limit_mm3: float = 1.0, species: str = "mouse",
-               quick: bool = False, progress: bool = True) -> dict:
+               quick: bool = False, progress: bool = True, report: bool = True) -> dict:
     """Run the sample job (see the module docstring). **Returns:** the summary."""
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir)
@@ -198,20 +200,26 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         None, with_table=True)
     pop, _ = build(table, regimens, batch, model=model, group_by=group_by,
                               effects=effects)
-    report = progress_printer(quiet=not progress)
-    if report:
+    show = progress_printer(quiet=not progress)
+    if show:
         sys.stderr.write(f"MAP warm start of {batch.n_subjects} curves ...\n")
     values, start_info = warm_start(pop, batch, num_starts=2 if quick else 4,
                                     max_steps=100 if quick else None,
                                     refine_steps=50 if quick else 300)
     post = sample(pop.log_density, pop.space.to_z(values), method=method,
-                  dense_mass=dense_mass, seed=seed, progress=report, **settings)
+                  dense_mass=dense_mass, seed=seed, progress=show, **settings)
     diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1))
+    mask, cens = np.asarray(batch.mask), np.asarray(batch.censored & batch.mask)
+    arms = {a: {"curves": int(np.sum(np.asarray(batch.arm) == a)),
+                "observations": int(mask[np.asarray(batch.arm) == a].sum()),
+                "censored": int(cens[np.asarray(batch.arm) == a].sum())}
+            for a in dict.fromkeys(batch.arm)}
     summary = {
+        "job": JOB, "quick": bool(quick),
         "data": str(getattr(data_file, "path", data_file)), "regimens": source,
         "model": model, "group_by": group_by, "effects": effects,
         "n_curves": batch.n_subjects, "n_observations": int(np.asarray(batch.mask).sum()),
-        "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
+        "n_censored": int(cens.sum()), "arms": arms,
         "fixed_effects": list(pop.fe_labels),
         "random_effects": {lev: list(labs) for lev, labs in zip(pop.levels, pop.re_labels,
                                                                 strict=True)},
@@ -221,6 +229,10 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "device": str(jax.devices()[0]), "precision": str(np.asarray(jax.numpy.zeros(())).dtype),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    if report:
+        from ._report import write_report
+
+        write_report(out)
     return summary
 
 
