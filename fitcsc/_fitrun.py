@@ -548,7 +548,7 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                   for cls, idx in _shapes(batch, regs, model).items()]
     return {
         "job": f"{JOB} ({model})",
-        "data_file": str(data_file),
+        "data_file": str(getattr(data_file, "path", data_file)),  # a TidyTable: its file
         "regimen_source": source,
         "model": model,
         "model_config": (dict(crowding="logistic", species=species, chemo_mode="concentration",

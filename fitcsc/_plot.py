@@ -271,8 +271,10 @@ def plot_multistart(result, path, *, floor=1e-8):
         ax.semilogy(x[bad], np.full(int(bad.sum()), top), "x", ms=4, color="tab:red",
                     label="failed start")
     ax.axhline(floor, color="0.6", ls=":", lw=0.8)
+    same = bool(np.any(good)) and bool(np.all(gap[good] <= floor))
     ax.set(xlabel="subject", ylabel="loss − best loss (−log-likelihood)",
-           title=f"Multi-start spread ({n_starts} starts per subject)")
+           title=f"Multi-start spread ({n_starts} starts per subject)"
+           + (f"\nevery start within {floor:g} of its subject's best loss" if same else ""))
     if n <= 40:
         ax.set_xticks(np.arange(n))
         ax.set_xticklabels(result.subject, rotation=90, fontsize=6)

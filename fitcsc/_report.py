@@ -102,12 +102,17 @@ def _num(text) -> float:
 
 def _g(v, digits=3) -> str:
     v = _num(v)
-    return f"{v:.{digits}g}" if math.isfinite(v) else "n/a"
+    return f"{v:.{digits}g}" if math.isfinite(v) else "n/a" if math.isnan(v) else f"{v}"
+
+
+def cell(value) -> str:
+    """A Markdown table cell: ``|`` (in a variable's name) escaped."""
+    return str(value).replace("|", "\\|")
 
 
 def _table(header, rows) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows] + [""])
+            + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows] + [""])
 
 
 def _figure(d, name, caption) -> list[str]:
@@ -139,6 +144,16 @@ def _unit(name) -> str:
         if field.endswith(suffix):
             return unit
     return ""
+
+
+def _var_unit(name) -> str:
+    """Unit of a population variable of ``summary.csv``: a typical value's is its
+    parameter's; the SDs (omega, sigma) are on the log or logit scale."""
+    if name.startswith("typical["):
+        return _unit(name[len("typical["):].split("|")[0].rstrip("]")) or "-"
+    if name.startswith("omega_"):
+        return "SD on the sampled scale"
+    return "SD of log volume" if name == "sigma" else "-"
 
 
 def _named(name) -> str:
@@ -227,21 +242,22 @@ def _data_lines(preds, subjects_by_arm, limit_mm3) -> list[str]:
 
 
 def _param_summary(fits, params) -> list[str]:
-    """Per parameter and arm (and over all arms): the fits' median estimate, the spread
-    of estimates across subjects, the median standard error and the fits without one."""
-    arms = list(dict.fromkeys(r["arm"] for r in fits))
+    """Per parameter and arm (and over all arms, where several estimate it): the fits'
+    median estimate, the spread of estimates across subjects, the median standard error
+    and the fits without one (an SE of a fit that is not identifiable is left out)."""
     table = []
     for p in params:
+        got = [r for r in fits if r["status"] in OK_STATUSES and r[p] != ""]
+        arms = list(dict.fromkeys(r["arm"] for r in got))
         for arm in [*arms, "all arms"] if len(arms) > 1 else arms:
-            rows = [r for r in fits if (arm == "all arms" or r["arm"] == arm)
-                    and r["status"] in OK_STATUSES and r[p] != ""]
-            if not rows:
-                continue
+            rows = [r for r in got if arm in ("all arms", r["arm"])]
             est = np.array([_num(r[p]) for r in rows])
-            se = np.array([_num(r[f"{p}_se"]) for r in rows])
+            se = np.array([_num(r[f"{p}_se"]) if r["identifiable"] != "false" else math.nan
+                           for r in rows])
             q1, med, q3 = np.percentile(est, [25, 50, 75])
             ok = np.isfinite(se)
-            rel = np.median(se[ok] / np.abs(est[ok])) if ok.any() and np.all(est[ok]) else math.nan
+            nz = ok & (est != 0)
+            rel = np.median(se[nz] / np.abs(est[nz])) if nz.any() else math.nan
             table.append([_named(p), arm, len(rows), _g(med), f"{_g(q1)} to {_g(q3)}",
                           _g(np.median(se[ok])) if ok.any() else "n/a",
                           f"{100 * rel:.0f}%" if math.isfinite(rel) else "n/a",
@@ -265,9 +281,10 @@ def _fit_lines(d, s) -> list[str]:
     n_cens = sum(p["censored"] != "0" for p in preds)
     grouped = "share_growth_by" in s
     o = s["optimiser"]
-    lines = [f"# Maximum-likelihood fits ({s['model']}) of {s['data_file']}", "",
-             SECTIONS[0], "",
-             f"`{s['data_file']}`: {_plural(n, 'subject')} in {_plural(len(by_arm), 'arm')} "
+    source = f"`{s['data_file']}`" if s["data_file"] else "a table given in memory"
+    lines = [f"# Maximum-likelihood fits ({s['model']}) of {pathlib.Path(s['data_file']).name}",
+             "", SECTIONS[0], "",
+             f"{source}: {_plural(n, 'subject')} in {_plural(len(by_arm), 'arm')} "
              f"(studies: {', '.join(sorted({r['study'] for r in fits}))}), "
              f"{_plural(n_obs, 'observation')}, {n_cens} left-censored (below the "
              f"detection limit {s['detection_limit_mm3']:g} mm3, M3 likelihood). "
@@ -337,9 +354,12 @@ def _fit_lines(d, s) -> list[str]:
         notes.append(f"{_plural(len(bad), 'fit')} failed (no parameters reported): "
                      + _listed([f"{r['subject']} ({r['status']})" for r in bad]))
     if unident:
-        notes.append(f"not identifiable from its curve: {_listed(unident)}")
+        notes.append(f"{_plural(len(unident), 'fit')} not identifiable from the curve "
+                     "(Jacobian condition number above its limit; their SEs are left out "
+                     f"of the parameter table): {_listed(unident)}")
     no_se = [p for p in params if any(r[p] != "" and not math.isfinite(_num(r[f"{p}_se"]))
-                                      for r in fits if r["status"] in OK_STATUSES)]
+                                      for r in fits if r["status"] in OK_STATUSES
+                                      and r["identifiable"] != "false")]
     if no_se:
         notes.append("parameters without a standard error in some fits (not identified "
                      "there): " + ", ".join(no_se))
@@ -364,8 +384,10 @@ def _listed(items) -> str:
 def _sample_lines(d, s) -> list[str]:
     rows = _read_csv(d / "summary.csv")
     c, sm, ws = s["convergence"], s["sampler"], s["warm_start"]
-    lines = [f"# Population posterior ({s['model']}) of {s['data']}", "", SECTIONS[0], "",
-             f"`{s['data']}`: {_plural(s['n_curves'], 'curve')}, "
+    lines = [f"# Population posterior ({s['model']}) of {pathlib.Path(s['data']).name}", "",
+             SECTIONS[0], "",
+             (f"`{s['data']}`" if s["data"] else "a table given in memory")
+             + f": {_plural(s['n_curves'], 'curve')}, "
              f"{_plural(s['n_observations'], 'observation')}, {s['n_censored']} "
              "left-censored (M3). Regimens: " + f"{s['regimens']}.", ""]
     lines += _table(["arm", "curves", "observations", "censored"],
@@ -393,8 +415,8 @@ def _sample_lines(d, s) -> list[str]:
     lines += [SECTIONS[3], "",
               "Posterior mean, sd and 95% HDI of the population-level variables (natural "
               "scale), with their bulk ESS and R-hat (`summary.csv`).", ""]
-    lines += _table(["variable", "mean", "sd", "95% HDI", "bulk ESS", "R-hat"],
-                    [[r["name"], _g(r["mean"]), _g(r["sd"]),
+    lines += _table(["variable", "unit", "mean", "sd", "95% HDI", "bulk ESS", "R-hat"],
+                    [[r["name"], _var_unit(r["name"]), _g(r["mean"]), _g(r["sd"]),
                       f"{_g(r['hdi_lo'])} to {_g(r['hdi_hi'])}", _g(r["ess_bulk"]),
                       _g(r["r_hat"], 4)] for r in rows])
     lines += _figure(d, "forest.png", "forest plot")
@@ -431,7 +453,7 @@ def _predict_lines(d, s) -> list[str]:
     dfs = _read_csv(d / "dfs.csv") if s["dfs"] else []
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     post = s["posterior"]
-    lines = [f"# Predicted outcomes of {s['regimens']}", "", SECTIONS[0], "",
+    lines = [f"# Predicted outcomes of {pathlib.Path(s['regimens']).name}", "", SECTIONS[0], "",
              f"{_plural(s['n_arms'], 'arm')} of the regimen table `{s['regimens']}` "
              f"({', '.join(arms)}), each a virtual trial arm of {s['n_patients']} patients; "
              f"nothing is fitted here: the parameters come from the fit in `{s['fit']}` "

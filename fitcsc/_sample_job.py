@@ -161,6 +161,7 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     import fitcsc.summary as fs
 
     from ._population_plot import plot_ppc, plot_vpc
+    from ._report import _unit
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,10 +175,15 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     effects = [f for f in pop.fe_labels if not f.startswith(V0)]
     bounded = [f for f, t in zip(pop.fe_labels, pop.fe_transforms, strict=True)
                if isinstance(t, Interval)]
+    # one scale per forest plot: the bounded fractions, else the effects without V0 (a
+    # volume of 100 mm3 beside rates of 0.05/day hides the rates)
+    units = {_unit(f.split("|")[0]) for f in effects}
     fs.plot_diagnostics(idata, out, pair_coords=pair or effects[:6],
-                        forest_coords=bounded or None,
+                        forest_coords=bounded or effects or None,
                         forest_xlabel="fraction (efficacies, self-renewal p), typical value"
-                        if bounded else "value (natural scale)")
+                        if bounded else "typical value (natural scale"
+                        + (f", [{units.pop()}])" if len(units) == 1 and "" not in units
+                           else ")"))
     coverage = plot_ppc(idata, out / "ppc.png")
     plot_vpc(idata, out / "vpc.png")
     return {**fs.convergence(idata), "ppc_coverage90": coverage}, idata, rows

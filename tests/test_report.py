@@ -1,13 +1,15 @@
 """Reports (`fitcsc._report`): every job writes report.md with its sections and figures,
 and `fitcsc report DIR` rebuilds it byte for byte from the folder's files.
 
-The fit and sample jobs run here (baseline models, quick settings: seconds); the run and
-predict reports are checked on the quick runs of tests/test_run_cli.py and
-tests/test_predict.py (`check_report`), so no job runs twice.
+The checks run on the quick jobs the job tests already run (no job runs twice in CI):
+`check_fit_report` in tests/test_fit_cli.py, `check_sample_report` in
+tests/test_sample_cli.py, `check_report` on the run of tests/test_run_cli.py and the
+prediction of tests/test_predict.py. Refusals are tested here.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -15,7 +17,7 @@ import shutil
 import matplotlib.image
 import pytest
 
-from fitcsc._report import SECTIONS, job_kind
+from fitcsc._report import SECTIONS, cell, job_kind
 from fitcsc.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,47 +57,63 @@ def check_report(out, kind, tmp_path, *, figures=()) -> str:
     return text
 
 
-def _volumes(tmp_path):
-    """Two arms of three mice, one regressing below the detection limit (censored)."""
-    lines = ["study,arm,subject,day,volume_mm3"]
-    for i in range(6):
-        arm, rate = ("control", 0.06) if i < 3 else ("paclitaxel", -0.03 - 0.17 * (i == 5))
-        for d in range(0, 29, 4):
-            v = 100 * 2.718281828 ** (rate * d + 0.05 * ((i * 7 + d) % 5 - 2))
-            lines.append(f"syn,{arm},m{i},{d},{0.0 if v < 1 else v:.3f}")
-    path = tmp_path / "volumes.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
-def test_fit_report(tmp_path):
-    out = tmp_path / "fit"
-    assert main(["--quiet", "fit", "--data", str(_volumes(tmp_path)), "--out", str(out),
-                 "--model", "exponential", "--quick", "--no-progress"]) == 0
+def check_fit_report(out, tmp_path) -> str:
+    """A `fitcsc fit` folder's report (`check_report`): the data overview counts
+    subjects, arms, observations and censored ones as fits.csv and predictions.csv do;
+    every estimated parameter is summarised per arm and over all arms, with its unit."""
     text = check_report(out, "fit", tmp_path, figures=(
         "fits_by_arm.png", "fits_subjects.png", "observed_vs_predicted.png",
         "residuals.png", "multistart.png"))
-    # data overview: both arms, the censored observation counted
-    assert "6 subjects in 2 arms" in text and "48 observations, 2 left-censored" in text
-    # parameters summarised per arm and over all arms, with units
-    for arm in ("control", "paclitaxel", "all arms"):
-        assert f"| growth_rate [1/day] | {arm} |" in text, arm
-    assert "| initial_volume_mm3 [mm3] | control | 3 |" in text
-    assert "quick run" in text  # a smoke run says so
+    fits, preds = _csv(out / "fits.csv"), _csv(out / "predictions.csv")
+    arms = sorted({r["arm"] for r in fits})
+    n_cens = sum(p["censored"] == "1" for p in preds)
+    assert (f"{len(fits)} subjects in {len(arms)} arms" in text
+            and f"{len(preds)} observations, {n_cens} left-censored" in text)
+    for a in arms:
+        mine = [p for p in preds if p["arm"] == a]
+        n_sub = len({r["subject"] for r in fits if r["arm"] == a})
+        assert f"| {a} | {n_sub} | {len(mine)} | {sum(p['censored'] == '1' for p in mine)} |" \
+            in text, a
+    params = [h for h in fits[0] if f"{h}_se" in fits[0]]
+    assert params
+    for name in params:
+        got = {r["arm"] for r in fits if r[name] != "" and r["status"] in (
+            "converged", "max_steps")}
+        for a in [*got, "all arms"] if len(got) > 1 else got:
+            assert re.search(rf"\| {re.escape(name)}( \[[^\]]+\])? \| {a} \| \d+ \|", text), (
+                name, a)
+    assert "| growth_rate [1/day] |" in text or "growth_rate" not in params
+    assert "| initial_volume_mm3 [mm3] |" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert ("quick run" in text) == summary["quick"]  # a smoke run says so
+    return text
 
 
-def test_sample_report(tmp_path):
-    out = tmp_path / "sample"
-    assert main(["--quiet", "sample", "--data", str(_volumes(tmp_path)), "--out", str(out),
-                 "--model", "exponential", "--quick"]) == 0
+def check_sample_report(out, tmp_path) -> str:
+    """A `fitcsc sample` folder's report: per-arm curves, observations and censoring;
+    R-hat, ESS and divergences; every row of summary.csv in the parameter table."""
     text = check_report(out, "sample", tmp_path, figures=(
         "trace_rank.png", "pair.png", "forest.png", "ppc.png", "vpc.png"))
-    assert "| control | 3 | 24 | 0 |" in text and "| paclitaxel | 3 | 24 | 2 |" in text
-    assert "max R-hat" in text and "divergent transitions in 160 draws" in text
-    rows = (out / "summary.csv").read_text().splitlines()[1:]
-    for r in rows:  # every population variable in the parameter table
-        assert f"| {r.split(',')[0]} |" in text
-    assert "smallest ESS" in text  # 160 draws: fewer than 400 effective ones, flagged
+    s = json.loads((out / "summary.json").read_text())
+    assert sum(v["curves"] for v in s["arms"].values()) == s["n_curves"]
+    assert sum(v["censored"] for v in s["arms"].values()) == s["n_censored"]
+    for a, v in s["arms"].items():
+        assert f"| {a} | {v['curves']} | {v['observations']} | {v['censored']} |" in text
+    c = s["convergence"]
+    assert "max R-hat" in text and (f"{c['n_divergent']} divergent transitions in "
+                                    f"{c['n_draws']} draws") in text
+    lines = text.splitlines()
+    for r in _csv(out / "summary.csv"):  # every population variable, with its mean
+        row = [x for x in lines if x.startswith(f"| {cell(r['name'])} |")]
+        assert len(row) == 1 and f"| {float(r['mean']):.3g} |" in row[0], r["name"]
+    if min(c["ess_bulk_min"], c["ess_tail_min"]) < 400:
+        assert "smallest ESS" in text  # few effective draws are flagged
+    return text
 
 
 def test_report_refuses_other_folders(tmp_path, capsys):
