@@ -285,7 +285,8 @@ def plot_multistart(result, path, *, floor=1e-8):
 def plot_pcr_arms(rows, path):
     """Fitted against published pCR per arm (``arms.csv`` rows of `fitcsc run`), with
     the exact 95% CI of the published count and the 95% posterior interval of the fit,
-    coloured by trial; squares mark arms fitted outside the published CI."""
+    coloured by trial, each arm labelled; squares mark arms fitted outside the published
+    CI. Both axes span the intervals (5 points beyond, within 0-100%)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
     trials = list(dict.fromkeys(r["trial"] for r in rows))
@@ -303,9 +304,13 @@ def plot_pcr_arms(rows, path):
                     else None)
         ax.annotate(r["arm_id"], (obs, pred), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    ax.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8)
+    ends = [float(r[k]) for r in rows for k in ("observed_ci95_lo", "observed_ci95_hi",
+                                                 "predicted_lo95", "predicted_hi95")]
+    lo, hi = max(0.0, min(ends, default=0.0) - 5), min(100.0, max(ends, default=100.0) + 5)
+    ax.plot([lo, hi], [lo, hi], color="0.5", ls="--", lw=0.8)
     ax.legend(fontsize=7, loc="upper left")
-    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR, % of patients (exact 95% CI)",
+    ax.set_aspect("equal")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="published pCR, % of patients (exact 95% CI)",
            ylabel="fitted pCR, % of patients (95% posterior interval)",
            title="pCR per arm: fitted vs published (squares: outside the CI)")
     return _save(fig, path)
