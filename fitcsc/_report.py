@@ -323,7 +323,10 @@ def _fit_lines(d, s) -> list[str]:
               "Status of the fits: " + ", ".join(f"{v} {k}" for k, v in counts.items())
               + f" (of {n}). {s['n_max_steps']} stopped at the step cap; {s['n_failed']} "
               f"failed; {len(unident)} not identifiable (Jacobian condition number above "
-              "its limit: some parameter combination is not determined by the curve).", ""]
+              "its limit: some parameter combination is not determined by the curve)."
+              + (" Groups: " + ", ".join(f"{v} {k}" for k, v in
+                                         s["group_status_counts"].items())
+                 + f" (of {s['n_groups']})." if grouped else ""), ""]
     lines += _table(["arm", "fits reported", "median RMSE of log volume",
                      "median condition number"],
                     [[a, len(v), _g(np.median(v)) if v else "n/a",
@@ -334,8 +337,9 @@ def _fit_lines(d, s) -> list[str]:
     lines += [SECTIONS[3], "",
               "Estimates on the natural scale, summarised across subjects (fits that "
               "converged or stopped at the step cap); SE: each fit's asymptotic standard "
-              "error (Gauss-Newton). Every subject's estimate and SE are in `fits.csv`.",
-              ""]
+              "error (Gauss-Newton). Every subject's estimate and SE are in `fits.csv`."
+              + (" A value shared by a group repeats on each of its curves." if grouped
+                 else ""), ""]
     lines += _param_summary(fits, params)
     lines += [SECTIONS[4], "",
               "Observed volumes and the fitted values at the observation days, by arm "

@@ -181,9 +181,9 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     fs.plot_diagnostics(idata, out, pair_coords=pair or effects[:6],
                         forest_coords=bounded or effects or None,
                         forest_xlabel="fraction (efficacies, self-renewal p), typical value"
-                        if bounded else "typical value (natural scale"
-                        + (f", [{units.pop()}])" if len(units) == 1 and "" not in units
-                           else ")"))
+                        if bounded else "typical value " + (
+                            f"[{units.pop()}]" if len(units) == 1 and "" not in units
+                            else "(natural scale)"))
     coverage = plot_ppc(idata, out / "ppc.png")
     plot_vpc(idata, out / "vpc.png")
     return {**fs.convergence(idata), "ppc_coverage90": coverage}, idata, rows

@@ -557,8 +557,10 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
     fig.set_layout_engine("constrained")
     _save(fig, out / "trace_rank.png")
     coords = {"fixed_effect": list(pair_coords)} if pair_coords else None
+    n_pair = len(pair_coords) if pair_coords else idata.posterior["beta"].shape[-1]
+    side = min(10.0, 2.5 + 2.5 * max(n_pair - 1, 1))  # a lone pair is no 10-inch panel
     axes = az.plot_pair(idata, var_names=["beta"], coords=coords, kind="scatter",
-                        divergences=True, figsize=(10, 10), textsize=7,
+                        divergences=True, figsize=(side, side), textsize=7,
                         scatter_kwargs={"alpha": float(np.clip(  # visible when few
                             100 / idata.posterior.sizes["draw"] / idata.posterior.sizes[
                                 "chain"] * 2, 0.15, 0.6))})
