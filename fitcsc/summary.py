@@ -558,14 +558,14 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
     _save(fig, out / "trace_rank.png")
     coords = {"fixed_effect": list(pair_coords)} if pair_coords else None
     n_pair = len(pair_coords) if pair_coords else idata.posterior["beta"].shape[-1]
-    side = min(10.0, 2.5 + 2.5 * max(n_pair - 1, 1))  # a lone pair is no 10-inch panel
+    side = min(10.0, 3.5 + 2.5 * max(n_pair - 1, 1))  # a lone pair is no 10-inch panel
     axes = az.plot_pair(idata, var_names=["beta"], coords=coords, kind="scatter",
                         divergences=True, figsize=(side, side), textsize=7,
                         scatter_kwargs={"alpha": float(np.clip(  # visible when few
                             100 / idata.posterior.sizes["draw"] / idata.posterior.sizes[
                                 "chain"] * 2, 0.15, 0.6))})
     fig = np.ravel(axes)[0].figure
-    fig.suptitle("Fixed effects, joint posterior on the sampled scale (log for positive, "
+    fig.suptitle("Fixed effects, joint posterior on the sampled scale\n(log for positive, "
                  "logit for bounded parameters; red: divergent draws)", fontsize=9)
     _save(fig, out / "pair.png")
     fcoords = None if forest_coords is None else {
