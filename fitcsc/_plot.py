@@ -335,6 +335,9 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
     cens = np.array([r["censored"] != "0" for r in rows])
     lo, hi = data_limits(np.where(cens, limit_mm3, vol))
     days = [num(r["day"]) for r in rows]
+    by_arm: dict = {}  # arm -> subject -> rows
+    for r in rows:
+        by_arm.setdefault(r["arm"], {}).setdefault(r["subject"], []).append(r)
     ncol = min(len(arms), 4) or 1
     nrow = max(1, -(-len(arms) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol + 0.4, 2.9 * nrow + 0.6),
@@ -344,9 +347,8 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
             ax.set_axis_off()
             continue
         arm, c = arms[k], colours[arms[k]]
-        subjects = list(dict.fromkeys(r["subject"] for r in rows if r["arm"] == arm))
-        for s in subjects:
-            mine = [r for r in rows if r["subject"] == s and r["arm"] == arm]
+        subjects = by_arm[arm]
+        for mine in subjects.values():
             d = np.array([num(r["day"]) for r in mine])
             v = np.array([num(r["volume_mm3"]) for r in mine])
             cz = np.array([r["censored"] != "0" for r in mine])
