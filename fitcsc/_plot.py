@@ -325,8 +325,10 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
     import numpy as np
 
     plt = _pyplot()
-    arms = list(dict.fromkeys(r["arm"] for r in rows))[:max_arms]
+    all_arms = list(dict.fromkeys(r["arm"] for r in rows))
+    arms = all_arms[:max_arms]
     colours = _arm_colours(arms)
+    rows = [r for r in rows if r["arm"] in colours]  # the axes span what is shown
 
     def num(text):
         return float(text) if text != "" else np.nan
@@ -367,8 +369,7 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
             ax.set_ylabel("tumour volume [mm³]", fontsize=8)
         if k >= len(arms) - ncol:
             ax.set_xlabel("day", fontsize=8)
-    n_all = len(dict.fromkeys(r["arm"] for r in rows))
-    shown = "" if n_all == len(arms) else f" (first {len(arms)} of {n_all} arms)"
+    shown = "" if len(all_arms) == len(arms) else f" (first {len(arms)} of {len(all_arms)} arms)"
     fig.suptitle(f"Observed (•, ▽ censored at the limit) and fitted (—) volumes by arm"
                  f"{shown}", fontsize=9)
     return _save(fig, path)

@@ -254,7 +254,8 @@ def _param_summary(fits, params) -> list[str]:
             est = np.array([_num(r[p]) for r in rows])
             se = np.array([_num(r[f"{p}_se"]) if r["identifiable"] != "false" else math.nan
                            for r in rows])
-            q1, med, q3 = np.percentile(est, [25, 50, 75])
+            # nearest-rank quantiles: an estimate run off to inf is never subtracted
+            q1, med, q3 = np.percentile(est, [25, 50, 75], method="nearest")
             ok = np.isfinite(se)
             nz = ok & (est != 0)
             rel = np.median(se[nz] / np.abs(est[nz])) if nz.any() else math.nan
