@@ -9,9 +9,9 @@ sampling (PSIS k_hat reported, and flagged above 0.7).
 
 Writes to ``out_dir``: ``fit.json`` (+ its draws, a saved fit `fitcsc predict --fit` can
 use), ``arms.csv`` (published vs fitted pCR per arm, with intervals), ``posterior.csv``
-(ArviZ summary on the natural scale), ``pcr_fit.png``, ``summary.json`` and
-``report.md`` (data, model and settings, fit, parameter table with uncertainty,
-predictive check, warnings).
+(ArviZ summary on the natural scale), ``summary.json``, and ``report.md`` with
+``pcr_fit.png``, built from those files by `fitcsc._report.write_report` (data, model
+and settings, fit, parameter table with uncertainty, predictive check, warnings).
 
 NOAH (locally advanced, T3/T4) starts from a 5-cm median tumour (65,000 mm3), the
 others from a 3-cm one (14,000 mm3): an assumption, written into the report.
