@@ -9,9 +9,9 @@ sampling (PSIS k_hat reported, and flagged above 0.7).
 
 Writes to ``out_dir``: ``fit.json`` (+ its draws, a saved fit `fitcsc predict --fit` can
 use), ``arms.csv`` (published vs fitted pCR per arm, with intervals), ``posterior.csv``
-(ArviZ summary on the natural scale), ``pcr_fit.png``, ``summary.json`` and
-``report.md`` (data, model and settings, fit, parameter table with uncertainty,
-predictive check, warnings).
+(ArviZ summary on the natural scale), ``summary.json``, and ``report.md`` with
+``pcr_fit.png``, built from those files by `fitcsc._report.write_report` (data, model
+and settings, fit, parameter table with uncertainty, predictive check, warnings).
 
 NOAH (locally advanced, T3/T4) starts from a 5-cm median tumour (65,000 mm3), the
 others from a 3-cm one (14,000 mm3): an assumption, written into the report.
@@ -187,133 +187,11 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "structure": structure}, draws=z_draws,
         posterior={"method": "Laplace draws reweighted by PSIS, resampled", "k_hat": k_hat})
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _figure(rows, out / "pcr_fit.png")
-    _report(summary, rows, rows_post, out / "report.md")
+    from ._report import write_report
+
+    write_report(out)  # report.md and pcr_fit.png, from the files above
     return summary
 
 
 JOB = "fitcsc run: clinical trial model fitted to the published pCR counts"
 
-
-def write_report(run_dir) -> pathlib.Path:
-    """Rebuild ``report.md`` and ``pcr_fit.png`` of a `fitcsc run` folder from its
-    ``summary.json``, ``arms.csv`` and ``posterior.csv`` (`fitcsc report RUN_DIR`).
-
-    **Raises:** `FitcscInputError` naming the file when the folder is not a finished
-    ``fitcsc run`` (a missing file, or another job's summary)."""
-    import csv
-
-    from ._errors import FitcscInputError
-
-    d = pathlib.Path(run_dir)
-    paths = {n: d / n for n in ("summary.json", "arms.csv", "posterior.csv")}
-    for path in paths.values():
-        if not path.is_file():
-            raise FitcscInputError(f"{path}: no such file; expected a folder written by "
-                                   f"`fitcsc run` (it holds {', '.join(paths)})")
-    try:
-        summary = json.loads(paths["summary.json"].read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FitcscInputError(f"{paths['summary.json']}: not JSON ({err})") from None
-    job = summary.get("job") if isinstance(summary, dict) else None
-    if job != JOB:
-        raise FitcscInputError(f"{paths['summary.json']}: key 'job': expected {JOB!r} (a "
-                               f"`fitcsc run` folder; reports of other jobs are not written "
-                               f"yet), got {job!r}")
-    with open(paths["arms.csv"], newline="") as fh:
-        rows = [r[:12] + [r[12] == "True"] + r[13:] for r in list(csv.reader(fh))[1:]]
-    with open(paths["posterior.csv"], newline="") as fh:
-        rows_post = [{k: (v if k in ("name", "method") else float(v)) for k, v in r.items()}
-                     for r in csv.DictReader(fh)]
-    _figure(rows, d / "pcr_fit.png")
-    _report(summary, rows, rows_post, d / "report.md")
-    return d / "report.md"
-
-
-def _figure(rows, path) -> None:
-    from ._plot import _pyplot, _save
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
-    trials = list(dict.fromkeys(r[0] for r in rows))
-    for r in rows:
-        obs, lo, hi = float(r[6]), float(r[7]), float(r[8])
-        pred, plo, phi = float(r[9]), float(r[10]), float(r[11])
-        ax.errorbar(obs, pred, xerr=[[max(obs - lo, 0)], [max(hi - obs, 0)]],
-                    yerr=[[max(pred - plo, 0)], [max(phi - pred, 0)]],
-                    fmt="o" if r[12] else "s", ms=4, capsize=2, lw=0.8,
-                    color=f"C{trials.index(r[0]) % 10}",
-                    label=r[0] if r[0] not in ax.get_legend_handles_labels()[1] else None)
-        ax.annotate(r[1], (obs, pred), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR, % of patients (exact 95% CI)",
-           ylabel="fitted pCR, % of patients (95% posterior interval)",
-           title="pCR per arm: fitted vs published (squares: outside the CI)")
-    _save(fig, path)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if np.isfinite(v) else "n/a"
-
-
-def _report(s, rows, rows_post, path) -> None:
-    """``report.md``: what a reviewer reads first."""
-    d, m, o, p = s["data"], s["model"], s["optimiser"], s["posterior"]
-    opts = ", ".join(f"{k}={v}" for k, v in m["build_options"].items())
-    lines = [
-        "# Clinical trial model fitted to published pCR counts",
-        "",
-        "## Data",
-        "",
-        f"{d['n_arms']} neoadjuvant HER2+ arms ({d['n_patients']} patients) from "
-        f"{len(d['trials'])} trial report{'s' * (len(d['trials']) > 1)} in "
-        f"`{d['pcr_arms']}`, each with its regimen "
-        f"(`{d['regimens']}`) and its own pCR definition. Assumed starting tumour volume: "
-        f"{d['start_volume_mm3']['default']:g} mm3 (3-cm primary), NOAH "
-        f"{d['start_volume_mm3'].get('NOAH', 0):g} mm3 (locally advanced).",
-        "",
-        "## Model and settings",
-        "",
-        f"Structure `{m['structure']}` ({opts}); "
-        f"{m['n_parameters']} parameters; quadrature {m['responsiveness_nodes']} "
-        f"responsiveness x {m['her2_nodes']} HER2 nodes; between-trial sd of log burden "
-        f"{m['trial_sd']:g}; sd of a HER2 blocker's log potency {m['her2_drug_sd']:g}. "
-        f"MAP: {o['method']}, at most {o['max_steps']} steps. Posterior: {p['method']} "
-        f"({p['n_draws']} draws). Seed {s['seed']}; {s['device']}, {s['precision']}.",
-        "",
-        "## Fit",
-        "",
-        f"Negative log posterior {s['neg_log_posterior']:.3f}; {o['lm_steps']} LM evaluations; "
-        f"converged: {o['converged']}; fit {o['fit_s']} s, posterior {p['posterior_s']} s, "
-        f"total {s['wall_s']} s. {s['n_within_binomial_ci95']} of {s['n_arms']} arms: fitted "
-        "pCR inside the exact binomial 95% CI of the published count (in sample; "
-        "experiments/clinical_validation.py scores held-out trials). PSIS k_hat "
-        f"{p['psis_k_hat']:.2f}.",
-        "",
-        "![fitted vs published pCR](pcr_fit.png)",
-        "",
-        "| trial | arm | definition | n | published % (95% CI) | fitted % (95% interval) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[3]} | {r[4]} | {r[6]} ({r[7]}-{r[8]}) | "
-                     f"{r[9]} ({r[10]}-{r[11]}) |")
-    lines += ["", "## Parameters", "",
-              "Natural scale (each name's transform of its unconstrained z, as in "
-              "posterior.csv's `*_natural` rows). MAP from the fit; mean, sd and 95% HDI "
-              "over the reweighted posterior draws (ArviZ).", "",
-              "| parameter | MAP | mean | sd | 95% HDI |", "|---|---|---|---|---|"]
-    for r in rows_post:
-        name = r["name"].removesuffix("_natural")
-        if name == r["name"]:
-            continue
-        est = s["estimates"].get(name, {})
-        lines.append(f"| {name} | {_fmt(est.get('natural', float('nan')))} | "
-                     f"{_fmt(r['mean'])} | {_fmt(r['sd'])} | {_fmt(r['hdi_lo'])} to "
-                     f"{_fmt(r['hdi_hi'])} |")
-    lines += ["", "## Warnings", ""]
-    lines += [f"- {w}" for w in s["warnings"]] or ["- none"]
-    lines += ["", "Files: `fit.json` (use with `fitcsc predict --fit` on this folder), "
-              "`arms.csv`, `posterior.csv`, `pcr_fit.png`, `summary.json`."]
-    write_atomic(path, "\n".join(lines) + "\n")

@@ -60,6 +60,8 @@ LM_EXTRAS = {"trust_region": "bounded", "stall_rtol": 1e-8, "stall_steps": 2}
 GRID_POINTS, QUICK_GRID_POINTS = 120, 40  # fine grid of the fitted curves
 QUICK_STARTS, QUICK_MAX_STEPS, QUICK_MAX_SUBJECTS = 2, 100, 8
 PLOTS = ("fits_subjects.png", "observed_vs_predicted.png", "residuals.png", "multistart.png")
+JOB = "per-subject maximum-likelihood fits"  # summary.json's "job": JOB (model)
+GROUP_JOB = "maximum-likelihood fits (csc), growth shared within each"  # ... 'column'
 
 # Reference (start 0, and the value of every fixed parameter) of a per-curve CSC fit: a
 # tumour with 10% CSCs whose bulk cannot sustain itself (v_D - delta_D = -0.05/day),
@@ -367,6 +369,7 @@ def fit_job(
     batching: str | None = None,
     lanes: int | None = None,
     data_options: dict | None = None,
+    report: bool = True,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -404,6 +407,8 @@ def fit_job(
     (``compile``: count, seconds, persistent-cache hits).
     - `data_options`: reader options of the data file (``duplicates``, NONMEM
       ``time_unit``, ``amount_unit``; see `fitcsc._data.read_volumes`).
+    - `report`: write ``report.md`` (and ``fits_by_arm.png``) at the end
+      (`fitcsc._report.write_report`).
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -422,6 +427,10 @@ def fit_job(
     summary["compile"] = comp.summary()
     summary["wall_s"] = round(time.perf_counter() - t_start, 3)
     write_atomic(pathlib.Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if report:
+        from ._report import write_report
+
+        write_report(out_dir)
     return summary
 
 
@@ -537,8 +546,8 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                                                     if free[idx[0]][c]])
                   for cls, idx in _shapes(batch, regs, model).items()]
     return {
-        "job": f"per-subject maximum-likelihood fits ({model})",
-        "data_file": str(data_file),
+        "job": f"{JOB} ({model})",
+        "data_file": str(getattr(data_file, "path", data_file)),  # a TidyTable: its file
         "regimen_source": source,
         "model": model,
         "model_config": (dict(crowding="logistic", species=species, chemo_mode="concentration",
@@ -573,7 +582,8 @@ def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) 
         **run_record(sobol_starts=0),  # fit_map's scrambled Sobol starts, fixed seed
         "warnings": notes,
         "errors": errors,
-        "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS],
+        "outputs": ["summary.json", "fits.csv", "predictions.csv", *PLOTS, "report.md",
+                    "fits_by_arm.png"],
     }
 
 

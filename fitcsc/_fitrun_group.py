@@ -43,6 +43,7 @@ from ._fit_predict import csc_predictor, subject_data
 from ._fitrun import (
     CLASS_FREE,
     CSC_REFERENCE,
+    GROUP_JOB,
     LM_EXTRAS,
     LM_TOL,
     PER_DRUG_CLASS,
@@ -221,7 +222,7 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         g_counts[r["status"]] = g_counts.get(r["status"], 0) + 1
     n_groups_failed = gb.n_groups - g_counts.get("converged", 0) - g_counts.get("max_steps", 0)
     summary = {
-        "job": f"maximum-likelihood fits (csc), growth shared within each {column!r}",
+        "job": f"{GROUP_JOB} {column!r}",
         "data_file": str(data_file),
         "regimen_source": source,
         "model": "csc",

@@ -271,10 +271,105 @@ def plot_multistart(result, path, *, floor=1e-8):
         ax.semilogy(x[bad], np.full(int(bad.sum()), top), "x", ms=4, color="tab:red",
                     label="failed start")
     ax.axhline(floor, color="0.6", ls=":", lw=0.8)
+    same = bool(np.any(good)) and bool(np.all(gap[good] <= floor))
     ax.set(xlabel="subject", ylabel="loss − best loss (−log-likelihood)",
-           title=f"Multi-start spread ({n_starts} starts per subject)")
+           title=f"Multi-start spread ({n_starts} starts per subject)"
+           + (f"\nevery start within {floor:g} of its subject's best loss" if same else ""))
     if n <= 40:
         ax.set_xticks(np.arange(n))
         ax.set_xticklabels(result.subject, rotation=90, fontsize=6)
     ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_pcr_arms(rows, path):
+    """Fitted against published pCR per arm (``arms.csv`` rows of `fitcsc run`), with
+    the exact 95% CI of the published count and the 95% posterior interval of the fit,
+    coloured by trial, each arm labelled; squares mark arms fitted outside the published
+    CI. Both axes span the intervals (5 points beyond, within 0-100%)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
+    trials = list(dict.fromkeys(r["trial"] for r in rows))
+    for r in rows:
+        obs, lo, hi = (float(r[k]) for k in ("observed_pct", "observed_ci95_lo",
+                                              "observed_ci95_hi"))
+        pred, plo, phi = (float(r[k]) for k in ("predicted_pct", "predicted_lo95",
+                                                 "predicted_hi95"))
+        inside = r["predicted_within_observed_ci"] == "True"
+        ax.errorbar(obs, pred, xerr=[[max(obs - lo, 0)], [max(hi - obs, 0)]],
+                    yerr=[[max(pred - plo, 0)], [max(phi - pred, 0)]],
+                    fmt="o" if inside else "s", ms=4, capsize=2, lw=0.8,
+                    color=f"C{trials.index(r['trial']) % 10}",
+                    label=r["trial"] if r["trial"] not in ax.get_legend_handles_labels()[1]
+                    else None)
+        ax.annotate(r["arm_id"], (obs, pred), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ends = [float(r[k]) for r in rows for k in ("observed_ci95_lo", "observed_ci95_hi",
+                                                 "predicted_lo95", "predicted_hi95")]
+    lo, hi = max(0.0, min(ends, default=0.0) - 5), min(100.0, max(ends, default=100.0) + 5)
+    ax.plot([lo, hi], [lo, hi], color="0.5", ls="--", lw=0.8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_aspect("equal")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="published pCR, % of patients (exact 95% CI)",
+           ylabel="fitted pCR, % of patients (95% posterior interval)",
+           title="pCR per arm: fitted vs published (squares: outside the CI)")
+    return _save(fig, path)
+
+
+def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
+    """One panel per arm (the first ``max_arms``): every subject's observed volumes
+    (dots; censored ones as open triangles at the detection limit ``limit_mm3``) and its
+    fitted values at the observation days (line), coloured by arm, from the rows of a
+    fit job's ``predictions.csv``. Shared log volume axis clipped to the observed data
+    (`data_limits`): a fitted value beyond it is drawn at the edge."""
+    import numpy as np
+
+    plt = _pyplot()
+    all_arms = list(dict.fromkeys(r["arm"] for r in rows))
+    arms = all_arms[:max_arms]
+    colours = _arm_colours(arms)
+    rows = [r for r in rows if r["arm"] in colours]  # the axes span what is shown
+
+    def num(text):
+        return float(text) if text != "" else np.nan
+
+    vol = np.array([num(r["volume_mm3"]) for r in rows])
+    cens = np.array([r["censored"] != "0" for r in rows])
+    lo, hi = data_limits(np.where(cens, limit_mm3, vol))
+    days = [num(r["day"]) for r in rows]
+    by_arm: dict = {}  # arm -> subject -> rows
+    for r in rows:
+        by_arm.setdefault(r["arm"], {}).setdefault(r["subject"], []).append(r)
+    ncol = min(len(arms), 4) or 1
+    nrow = max(1, -(-len(arms) // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol + 0.4, 2.9 * nrow + 0.6),
+                             squeeze=False, sharey=True, constrained_layout=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(arms):
+            ax.set_axis_off()
+            continue
+        arm, c = arms[k], colours[arms[k]]
+        subjects = by_arm[arm]
+        for mine in subjects.values():
+            d = np.array([num(r["day"]) for r in mine])
+            v = np.array([num(r["volume_mm3"]) for r in mine])
+            cz = np.array([r["censored"] != "0" for r in mine])
+            pred = np.array([num(r["volume_pred_mm3"]) for r in mine])
+            ax.semilogy(d[~cz], v[~cz], "o", ms=3, alpha=0.8, color=c)
+            ax.semilogy(d[cz], np.full(int(cz.sum()), limit_mm3), "v", ms=4, mfc="none",
+                        color=c)
+            ok = np.isfinite(pred)
+            ax.semilogy(d[ok], np.clip(pred[ok], lo, hi), "-", lw=0.9, alpha=0.8, color=c)
+        ax.set_ylim(lo, hi)
+        ax.set_xlim(min(days) - 1, max(days) + 1)
+        ax.set_title(f"{arm} ({len(subjects)} subject{'s' * (len(subjects) != 1)})",
+                     fontsize=8, color=c)
+        ax.tick_params(which="both", labelsize=7)
+        if k % ncol == 0:
+            ax.set_ylabel("tumour volume [mm³]", fontsize=8)
+        if k >= len(arms) - ncol:
+            ax.set_xlabel("day", fontsize=8)
+    shown = "" if len(all_arms) == len(arms) else f" (first {len(arms)} of {len(all_arms)} arms)"
+    fig.suptitle(f"Observed (•, ▽ censored at the limit) and fitted (—) volumes by arm"
+                 f"{shown}", fontsize=9)
     return _save(fig, path)

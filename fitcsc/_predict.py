@@ -26,6 +26,9 @@ supplies an assumption, flagged in the ``assumptions`` column and on screen:
   ``logit_breast_factor``; ypT0 and ypT0 ypN0 need ``logit_no_dcis``);
 - DFS, hazard ratios or a burden trial from a fit without adjuvant data.
 
+The folder gets ``report.md`` (`fitcsc._report.write_report`) beside the CSVs and
+``predictions.png``.
+
 No arm's prediction depends on the other arms of the file: kill rates are per reference
 dose (`fitcsc._trials.CHEMO_REFERENCE_DOSE`) or from the fit, never from the file.
 """
@@ -65,6 +68,7 @@ _NEEDS = {"ypT0/is ypN0": (), "ypT0/is": ("logit_breast_factor",),
           "ypT0": ("logit_breast_factor", "logit_no_dcis"),
           "ypT0 ypN0": ("logit_no_dcis",)}
 DEFAULT_N_PATIENTS = 100
+JOB = "prediction from a saved trial fit"  # summary.json's "job"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,7 +391,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")
     summary = {
-        "job": "prediction from a saved trial fit", "fit": str(fit_dir),
+        "job": JOB, "fit": str(fit_dir),
         "regimens": str(regimen_file), "n_arms": len(arm_names),
         "n_failed": int(np.sum(status != "ok")), "pcr_definitions": definitions,
         "pcr_definitions_refused": {d: missing[d] for d in unsupported},
@@ -406,6 +410,9 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         **run_record(posterior_draws=seed, binomial_counts=seed),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from ._report import write_report
+
+    write_report(out)
     return summary
 
 
@@ -429,8 +436,10 @@ def _interval(x, prob=0.95):
 
 def _figure(names, definitions, pcr, counts, curves, comparators, path):
     plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.35 * len(names) + 3.5),
-                                 constrained_layout=True)
+    n_panels = 1 if curves is None else 2  # DFS beside pCR only when predicted
+    fig, axes = plt.subplots(1, n_panels, figsize=(6.5 * n_panels, 0.35 * len(names) + 3.5),
+                             squeeze=False, constrained_layout=True)
+    a1 = axes[0, 0]
     y = np.arange(len(names))[::-1]
     for k, d in enumerate(definitions):
         off = 0.12 * (k - (len(definitions) - 1) / 2)
@@ -443,19 +452,19 @@ def _figure(names, definitions, pcr, counts, curves, comparators, path):
                     capsize=2, lw=2)
     a1.set_yticks(y, names, fontsize=7)
     a1.set(xlabel="predicted pCR %: rate (thick, 95%) and a trial arm's observed rate "
-           "(thin, 95%)", xlim=(0, 100), title="neoadjuvant")
+           "(thin, 95%)", xlim=(0, 100), ylim=(-0.6, len(names) - 0.4),
+           title="neoadjuvant" + ("" if curves is not None else
+                                  " (no DFS: the fit has no adjuvant data)"))
     if definitions:
         a1.legend(fontsize=7, title="pCR definition", title_fontsize=7)
     if curves is not None:
         years, dfs = curves
+        a2 = axes[0, 1]
         for i, a in enumerate(names):
             a2.plot(years, 100 * dfs[i], label=a, lw=2 if a in comparators else 1)
         a2.set(xlabel="years from start of adjuvant therapy", ylabel="DFS % (MAP)",
                ylim=(max(0, 100 * dfs.min() - 5), 100), title="adjuvant")
         a2.legend(fontsize=7)
-    else:
-        a2.axis("off")
-        a2.text(0.5, 0.5, "no DFS: the fit has no adjuvant data", ha="center", va="center")
     _save(fig, path)
 
 
@@ -485,7 +494,8 @@ def _predict_cli(args) -> int:
                       contrasts=args.contrast or (), assume=args.assume or (),
                       her2_dependence=dep, volume_mm3=args.volume_mm3, n_draws=args.draws,
                       burden_trial=args.burden_trial, seed=args.seed)
-    files = ["predictions.csv", "pcr_draws.csv", "predictions.png", "summary.json"]
+    files = ["predictions.csv", "pcr_draws.csv", "predictions.png", "summary.json",
+             "report.md"]
     files += ["contrasts.csv"] if summary["contrasts"] else []
     files += ["dfs.csv", "dfs_curves.csv"] if summary["dfs"] else []
     print(f"fitcsc predict: {summary['n_arms']} arms x {len(summary['pcr_definitions'])} pCR "

@@ -10,7 +10,8 @@ nearby), samples (`fitcsc.sample`), and writes
   population-level variables (typical values, random-effect SDs, sigma);
 - ``summary.json``: settings, timing, convergence (worst R-hat over every sampled
   variable, smallest ESS, divergences) and the warm start;
-- plots: ``trace_rank.png``, ``pair.png``, ``forest.png``, ``ppc.png``, ``vpc.png``.
+- plots: ``trace_rank.png``, ``pair.png``, ``forest.png``, ``ppc.png``, ``vpc.png``;
+- ``report.md`` (`fitcsc._report.write_report`).
 
 Progress of the MAP, the warm-up and the sampling goes to stderr on a terminal.
 """
@@ -35,6 +36,7 @@ from ._run import write_atomic
 from ._sample import METHODS, sample
 from ._transforms import Interval
 
+JOB = "population posterior (fitcsc sample)"  # summary.json's "job"
 DEFAULTS = dict(num_chains=8, num_warmup=500, num_samples=500)
 QUICK = dict(num_chains=4, num_warmup=40, num_samples=40)
 
@@ -160,6 +162,7 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     import fitcsc.summary as fs
 
     from ._population_plot import plot_ppc, plot_vpc
+    from ._report import _unit
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,10 +176,15 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     effects = [f for f in pop.fe_labels if not f.startswith(V0)]
     bounded = [f for f, t in zip(pop.fe_labels, pop.fe_transforms, strict=True)
                if isinstance(t, Interval)]
+    # one scale per forest plot: the bounded fractions, else the effects without V0 (a
+    # volume of 100 mm3 beside rates of 0.05/day hides the rates)
+    units = {_unit(f.split("|")[0]) for f in effects}
     fs.plot_diagnostics(idata, out, pair_coords=pair or effects[:6],
-                        forest_coords=bounded or None,
+                        forest_coords=bounded or effects or None,
                         forest_xlabel="fraction (efficacies, self-renewal p), typical value"
-                        if bounded else "value (natural scale)")
+                        if bounded else "typical value " + (
+                            f"[{units.pop()}]" if len(units) == 1 and "" not in units
+                            else "(natural scale)"))
     coverage = plot_ppc(idata, out / "ppc.png")
     plot_vpc(idata, out / "vpc.png")
     return {**fs.convergence(idata), "ppc_coverage90": coverage}, idata, rows
@@ -187,7 +195,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
                num_chains: int | None = None, num_warmup: int | None = None,
                num_samples: int | None = None, dense_mass: bool = False, seed: int = 0,
                detection_limit_mm3: float = 1.0, species: str = "mouse",
-               quick: bool = False, progress: bool = True) -> dict:
+               quick: bool = False, progress: bool = True, report: bool = True) -> dict:
     """Run the sample job (see the module docstring). **Returns:** the summary."""
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir)
@@ -199,20 +207,26 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         None, with_table=True)
     pop, _ = build(table, regimens, batch, model=model, group_by=group_by,
                               effects=effects)
-    report = progress_printer(quiet=not progress)
-    if report:
+    show = progress_printer(quiet=not progress)
+    if show:
         sys.stderr.write(f"MAP warm start of {batch.n_subjects} curves ...\n")
     values, start_info = warm_start(pop, batch, num_starts=2 if quick else 4,
                                     max_steps=100 if quick else None,
                                     refine_steps=50 if quick else 300)
     post = sample(pop.log_density, pop.space.to_z(values), method=method,
-                  dense_mass=dense_mass, seed=seed, progress=report, **settings)
+                  dense_mass=dense_mass, seed=seed, progress=show, **settings)
     diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1))
+    mask, cens = np.asarray(batch.mask), np.asarray(batch.censored & batch.mask)
+    arms = {a: {"curves": int(np.sum(np.asarray(batch.arm) == a)),
+                "observations": int(mask[np.asarray(batch.arm) == a].sum()),
+                "censored": int(cens[np.asarray(batch.arm) == a].sum())}
+            for a in dict.fromkeys(batch.arm)}
     summary = {
+        "job": JOB, "quick": bool(quick),
         "data": str(getattr(data_file, "path", data_file)), "regimens": source,
         "model": model, "group_by": group_by, "effects": effects,
         "n_curves": batch.n_subjects, "n_observations": int(np.asarray(batch.mask).sum()),
-        "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
+        "n_censored": int(cens.sum()), "arms": arms,
         "fixed_effects": list(pop.fe_labels),
         "random_effects": {lev: list(labs) for lev, labs in zip(pop.levels, pop.re_labels,
                                                                 strict=True)},
@@ -222,6 +236,10 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         **run_record(sampler=seed, posterior_predictive=seed + 1),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    if report:
+        from ._report import write_report
+
+        write_report(out)
     return summary
 
 

@@ -299,7 +299,7 @@ def add_run_command(subparsers, common) -> None:
 
 
 def _report(args) -> int:
-    from ._clinical_job import write_report
+    from ._report import write_report
 
     path = write_report(args.run_dir)
     if not args.quiet:
@@ -308,14 +308,17 @@ def _report(args) -> int:
 
 
 def add_report_command(subparsers, common) -> None:
-    """``fitcsc report RUN_DIR``: rebuild a run folder's report from its files."""
+    """``fitcsc report RUN_DIR``: rebuild a job folder's report from its files."""
     r = subparsers.add_parser(
-        "report", parents=[common], help="rebuild the report of a run folder",
-        description="Rebuild report.md (and its figure) of a folder written by `fitcsc "
-        "run` from its summary.json, arms.csv and posterior.csv.",
+        "report", parents=[common], help="rebuild the report of a job folder",
+        description="Rebuild report.md (and the figures only the report draws) of a "
+        "folder written by fitcsc run, fit, sample or predict, from the files the job "
+        "wrote there (the kind comes from its summary.json); each job writes the same "
+        "report when it ends. Any other folder is refused (exit 2).",
         epilog="example: fitcsc report runs/default",
     )
-    r.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by fitcsc run")
+    r.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a folder written by fitcsc run, fit, sample or predict")
     r.set_defaults(handler=_report)
 
 
@@ -346,7 +349,7 @@ def _fit(args) -> int:
     if not args.quiet:
         print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')}{shared} fitted with "
               f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
-              "{summary.json, fits.csv, *.png}")
+              "{summary.json, fits.csv, report.md, *.png}")
     ok = summary["n_subjects"] - summary["n_failed"] > 0 and not summary["errors"]
     return 0 if ok else 1
 

@@ -547,18 +547,25 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
         row[0].title.set_fontsize(8)
         row[1].title.set_fontsize(8)
         row[1].set_ylabel("chain", fontsize=8)
-    axes[-1, 0].set_xlabel("value (natural scale; omega_*, sigma: SDs on the log/logit scale)")
-    axes[-1, 1].set_xlabel("rank of the draw among all chains (flat bars: chains agree)")
+        row[1].set_xlabel("")  # one axis label, on the last row
+    axes[-1, 0].set_xlabel("value (natural scale; omega_*, sigma: SDs on the log/logit "
+                           "scale)", fontsize=8)
+    axes[-1, 1].set_xlabel("rank of the draw among all chains (flat bars: chains agree)",
+                           fontsize=8)
     fig = axes[0, 0].figure
     fig.suptitle("Posterior by chain: densities (left) and rank plots (right)")
     fig.set_layout_engine("constrained")
     _save(fig, out / "trace_rank.png")
     coords = {"fixed_effect": list(pair_coords)} if pair_coords else None
+    n_pair = len(pair_coords) if pair_coords else idata.posterior["beta"].shape[-1]
+    side = min(10.0, 3.5 + 2.5 * max(n_pair - 1, 1))  # a lone pair is no 10-inch panel
     axes = az.plot_pair(idata, var_names=["beta"], coords=coords, kind="scatter",
-                        divergences=True, figsize=(10, 10), textsize=7,
-                        scatter_kwargs={"alpha": 0.15})
+                        divergences=True, figsize=(side, side), textsize=7,
+                        scatter_kwargs={"alpha": float(np.clip(  # visible when few
+                            100 / idata.posterior.sizes["draw"] / idata.posterior.sizes[
+                                "chain"] * 2, 0.15, 0.6))})
     fig = np.ravel(axes)[0].figure
-    fig.suptitle("Fixed effects, joint posterior on the sampled scale (log for positive, "
+    fig.suptitle("Fixed effects, joint posterior on the sampled scale\n(log for positive, "
                  "logit for bounded parameters; red: divergent draws)", fontsize=9)
     _save(fig, out / "pair.png")
     fcoords = None if forest_coords is None else {

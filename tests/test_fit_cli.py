@@ -12,6 +12,7 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
+from test_report import check_fit_report
 
 from fitcsc._data import data_dir
 from fitcsc._fitrun import PLOTS, fit_job
@@ -124,6 +125,7 @@ def test_fit_baseline(volumes, tmp_path, capsys):
                 expect = float(by["c0"]["initial_volume_mm3"]) * np.exp(
                     float(by["c0"]["growth_rate"]) * float(p["day"]))
                 assert float(p["volume_pred_mm3"]) == pytest.approx(expect, rel=1e-4)
+    check_fit_report(out, tmp_path)  # report.md, rebuilt identically by fitcsc report
 
 
 def test_fit_job_chunks_pad_and_match_one_chunk(volumes, tmp_path):

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from test_report import check_report
 
 import fitcsc
 from fitcsc import cli
@@ -153,6 +154,12 @@ def test_predict_hand_written_trial(fit_dir, tmp_path, capsys):
     for name in ("dfs_curves.csv", "predictions.png"):
         assert (out / name).stat().st_size > 0
     assert "prior-only" in capsys.readouterr().err  # the assumption shows on screen
+    text = check_report(out, "predict", tmp_path, figures=("predictions.png",))
+    for r in rows:  # every arm and definition with its interval; the assumption warned
+        assert (f"| {r['arm']} | {r['pcr_definition']} | {100 * float(r['pcr_map']):.1f} | "
+                f"{100 * float(r['pcr_mean']):.1f} ({100 * float(r['pcr_lo']):.1f}-") in text
+    assert "prior-only assumption: carboplatin: assumed as docetaxel" in text
+    assert "| TCH-TC |" in text and "| TCH | 3 |" in text  # contrast, DFS
 
 
 def test_arm_alone_equals_arm_beside_others(fit_dir, tmp_path):

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+from test_report import check_report
 
 from fitcsc import cli
 
@@ -75,21 +76,9 @@ def test_simulate_writes_the_regimens(tmp_path):
     assert s["n_failed"] == 0 and s["n_arms"] == len(rows)
 
 
-def test_report_rebuilds_the_run_report(quick_run, tmp_path, capsys):
-    import shutil
-
+def test_report_rebuilds_the_run_report(quick_run, tmp_path):
     _, out = quick_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    (copy / "report.md").unlink()
-    (copy / "pcr_fit.png").unlink()
-    assert cli.main(["--quiet", "report", str(copy)]) == 0
-    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
-    assert (copy / "pcr_fit.png").stat().st_size > 0
-    # a folder of another job, or no folder, is refused in one line naming the file
-    (copy / "summary.json").write_text('{"job": "prediction from a saved trial fit"}')
-    capsys.readouterr()
-    assert cli.main(["report", str(copy)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "summary.json" in err and "'job'" in err
-    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+    text = check_report(out, "run", tmp_path, figures=("pcr_fit.png",))
+    with open(out / "arms.csv", newline="") as fh:  # every arm in the predictive check
+        for r in csv.DictReader(fh):
+            assert f"| {r['trial']} | {r['arm_id']} | {r['pcr_definition']} |" in text

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from test_report import check_sample_report
 
 from fitcsc.cli import main
 
@@ -61,6 +62,7 @@ def test_sample_baseline_quick(volumes, tmp_path, capsys):
     assert summary["sampler"]["method"] == "chees" and summary["convergence"]["n_draws"] == 160
     assert groups["observed_data"].sizes["obs"] == 42
     assert "fitcsc sample: 6 curves" in capsys.readouterr().out
+    check_sample_report(out, tmp_path)  # report.md, rebuilt identically by fitcsc report
 
 
 @pytest.mark.slow
