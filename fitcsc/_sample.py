@@ -373,7 +373,6 @@ def sample(
         timing[f"{phase}_s"] = time.perf_counter() - t
         if phase == "warmup":
             carry = store.save("warmup", carry)
-    timing["resumed_parts"] = len(store.checkpoint.resumed) if checkpoint is not None else 0
 
     z = np.swapaxes(np.concatenate([np.asarray(d) for d in draws]), 0, 1)
     out = finish_stats({k: np.swapaxes(np.concatenate([np.asarray(s[k]) for s in stats]), 0, 1)
