@@ -6,8 +6,8 @@ named part, e.g. ``warmup.npz``), written atomically, beside ``manifest.json``, 
 holds the job's name and a hash of its inputs and options (`fingerprint`). A run with
 ``resume=True`` (``--resume``) on the same ``OUT`` loads the finished chunks instead of
 redoing them; a chunk's result never depends on what ran before it in the process, so
-the outputs equal an uninterrupted run's. The folder is removed when the job ends with
-every chunk done.
+the outputs equal an uninterrupted run's. The folder is removed (`remove`) once the
+job has written all its outputs with every chunk done.
 
 Refused in one line (`FitcscInputError`, exit 2): ``--resume`` when the checkpoint was
 written by other data or options (different hash), and a run *without* ``--resume``
@@ -117,12 +117,13 @@ class Checkpoint:
         return KeyboardInterrupt(f"interrupted; {n} finished chunk(s) kept in {self.dir}: "
                                  "run the same command with --resume to continue")
 
-    def finish(self) -> dict:
-        """Remove the folder (every chunk done); returns the record for summary.json."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return {"resumed_chunks": len(self.resumed), "computed_chunks": len(self.saved)}
+    def record(self, *, kept: bool = False) -> dict:
+        """The summary.json record: parts loaded and computed (and where the folder is
+        ``kept``, when a chunk failed: ``--resume`` retries only the failed ones)."""
+        out = {"resumed_chunks": len(self.resumed), "computed_chunks": len(self.saved)}
+        return {**out, "kept": str(self.dir)} if kept else out
 
-    def record(self) -> dict:
-        """The summary.json record of a run that keeps its checkpoint (a chunk failed)."""
-        return {"resumed_chunks": len(self.resumed), "computed_chunks": len(self.saved),
-                "kept": str(self.dir)}
+
+def remove(out) -> None:
+    """Remove the checkpoint of ``out`` (call once every output is written)."""
+    shutil.rmtree(pathlib.Path(out) / DIR, ignore_errors=True)

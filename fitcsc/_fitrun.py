@@ -41,6 +41,7 @@ from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regim
 from ._baselines import BASELINES, baseline_predictor
 from ._batch import SubjectBatch, make_batch
 from ._checkpoint import Checkpoint, fingerprint
+from ._checkpoint import remove as remove_checkpoint
 from ._compile import CompileStats
 from ._drugs import CATALOGUE, default_pk
 from ._errors import FitcscInputError
@@ -434,6 +435,8 @@ def fit_job(
     summary["compile"] = comp.summary()
     summary["wall_s"] = round(time.perf_counter() - t_start, 3)
     write_atomic(pathlib.Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if not summary["errors"]:  # every chunk done and every output written
+        remove_checkpoint(out_dir)
     return summary
 
 
@@ -547,7 +550,7 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
         "paced" if model == "csc" and not predictor.model.has_log_kill else "jacfwd")
     info = dict(evaluator=ev, lanes=lanes or "default (128, fewer for a small fit)",
                 n_chunks=len(chunks),
-                checkpoint=ckpt.record() if errors else ckpt.finish())
+                checkpoint=ckpt.record(kept=bool(errors)))
 
     out = pathlib.Path(out_dir)
     statuses = write_outputs(out, batch, fits, per_subject, grid, curves,

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._baselines import BASELINES
 from ._checkpoint import Checkpoint, fingerprint
+from ._checkpoint import remove as remove_checkpoint
 from ._fit import fit_map
 from ._fitrun import LM_EXTRAS, LM_TOL, _load, _regimen_of
 from ._population import posterior_derived
@@ -242,9 +243,10 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "warm_start": start_info, "convergence": diag, "notes": notes,
         "wall_s": round(time.perf_counter() - t0, 2),
         "device": str(jax.devices()[0]), "precision": str(np.asarray(jax.numpy.zeros(())).dtype),
-        "checkpoint": ckpt.finish(),
+        "checkpoint": ckpt.record(),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    remove_checkpoint(out)  # every output written
     return summary
 
 

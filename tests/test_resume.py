@@ -67,36 +67,57 @@ def _cli(argv):
     return [sys.executable, "-m", "fitcsc.cli", *argv]
 
 
-def test_kill_9_then_resume_redoes_no_finished_chunk(volumes, reference, tmp_path, capsys):
-    ref, out, n_chunks = reference, tmp_path / "out", N_SUBJECTS // CHUNK
-
-    proc = subprocess.Popen(_cli(_fit_argv(volumes, out)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    first = out / ".checkpoint" / "chunk_00000.npz"
+def _wait_for(path, proc, timeout=240):
     t0 = time.monotonic()
-    while not first.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
+    while not path.exists() and proc.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    kept = sorted(p.name for p in (out / ".checkpoint").glob("chunk_*.npz"))
+
+
+@pytest.mark.slow
+def test_sigint_then_kill_9_then_resume_redoes_no_finished_chunk(volumes, reference,
+                                                                 tmp_path, capsys):
+    """A real process: Ctrl-C (SIGINT) once the first chunk is saved: exit 130, one line
+    saying how to resume. Resumed, then ``kill -9`` once it has saved a chunk of its
+    own; resumed again: no saved chunk is redone (their files untouched until the end,
+    the summary's count) and fits.csv equals the uninterrupted run's byte for byte."""
+    ref, out, n_chunks = reference, tmp_path / "out", N_SUBJECTS // CHUNK
+    ck = out / ".checkpoint"
+    proc = subprocess.Popen(_cli(_fit_argv(volumes, out)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(ck / "chunk_00000.npz", proc)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].strip()
+    assert proc.returncode == 130, err
+    assert len(err.splitlines()) == 1 and "--resume" in err and str(ck) in err
+    kept = sorted(p.name for p in ck.glob("chunk_*.npz"))
     assert 1 <= len(kept) < n_chunks and not (out / "fits.csv").exists()
-    mtimes = {n: (out / ".checkpoint" / n).stat().st_mtime_ns for n in kept}
 
     # without --resume the unfinished run is refused, in one line, and left as it was
     assert main(_fit_argv(volumes, out)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unfinished run" in err and "--resume" in err
-    assert {n: (out / ".checkpoint" / n).stat().st_mtime_ns for n in kept} == mtimes
 
-    resumed = subprocess.run(_cli(_fit_argv(volumes, out, "--resume")), capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    proc = subprocess.Popen(_cli(_fit_argv(volumes, out, "--resume")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(ck / f"chunk_{len(kept):05d}.npz", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kept = sorted(p.name for p in ck.glob("chunk_*.npz"))
+    assert len(kept) < n_chunks and not (out / "fits.csv").exists()
+    mtimes = {n: (ck / n).stat().st_mtime_ns for n in kept}
+
+    proc = subprocess.Popen(_cli(_fit_argv(volumes, out, "--resume")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "fits.csv", proc)  # written just before the checkpoint is removed
+    assert {n: (ck / n).stat().st_mtime_ns for n in kept} == mtimes
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, err
     record = json.loads((out / "summary.json").read_text())["checkpoint"]
     assert record == {"resumed_chunks": len(kept), "computed_chunks": n_chunks - len(kept)}
     assert (out / "fits.csv").read_bytes() == (ref / "fits.csv").read_bytes()
     assert (out / "predictions.csv").read_bytes() == (ref / "predictions.csv").read_bytes()
-    assert not (out / ".checkpoint").exists()
+    assert not ck.exists()
 
 
 def test_resume_refuses_other_data_or_options(volumes, tmp_path, capsys):
@@ -234,10 +255,7 @@ def test_sample_job_kill_9_then_resume(volumes, tmp_path):
     assert main(["sample", "--data", str(volumes), "--out", str(ref), *argv]) == 0
     proc = subprocess.Popen(_cli(["sample", "--data", str(volumes), "--out", str(out), *argv]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / ".checkpoint" / "draws_00000.npz"
-    t0 = time.monotonic()
-    while not first.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
-        time.sleep(0.005)
+    _wait_for(out / ".checkpoint" / "draws_00000.npz", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
