@@ -38,6 +38,8 @@ import numpy as np
 from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regimens, is_arm_drug
 from ._baselines import BASELINES, baseline_predictor
 from ._batch import SubjectBatch, make_batch
+from ._checkpoint import Checkpoint, fingerprint
+from ._checkpoint import remove as remove_checkpoint
 from ._compile import CompileStats
 from ._drugs import CATALOGUE, default_pk
 from ._errors import FitcscInputError
@@ -370,6 +372,7 @@ def fit_job(
     lanes: int | None = None,
     data_options: dict | None = None,
     report: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Fit every subject of ``data_file`` separately and write the results to ``out_dir``.
 
@@ -409,6 +412,14 @@ def fit_job(
       ``time_unit``, ``amount_unit``; see `fitcsc._data.read_volumes`).
     - `report`: write ``report.md`` (and ``fits_by_arm.png``) at the end
       (`fitcsc._report.write_report`).
+    - `resume`: continue the interrupted run whose checkpoint ``out_dir`` holds.
+
+    Every finished chunk is checkpointed in ``out_dir/.checkpoint`` (`fitcsc._checkpoint`;
+    removed when every chunk is done): with `resume`, finished chunks are loaded, not
+    refitted, and the outputs equal an uninterrupted run's (``fits.csv`` byte for byte).
+    Without `resume`, an ``out_dir`` holding an unfinished run's checkpoint is refused;
+    with `resume`, one of other data or options is refused. Ctrl-C raises
+    `KeyboardInterrupt` with a message saying how to resume; the checkpoint stays.
 
     **Returns:** the summary (also ``summary.json``).
 
@@ -423,7 +434,8 @@ def fit_job(
                            detection_limit_mm3=detection_limit_mm3, max_panels=max_panels,
                            cmt_drugs=cmt_drugs, share_growth_by=share_growth_by,
                            progress=progress, evaluator=evaluator, batching=batching,
-                           lanes=lanes, data_options=data_options, t_start=t_start)
+                           lanes=lanes, data_options=data_options, t_start=t_start,
+                           resume=resume)
     summary["compile"] = comp.summary()
     summary["wall_s"] = round(time.perf_counter() - t_start, 3)
     write_atomic(pathlib.Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -431,13 +443,15 @@ def fit_job(
         from ._report import write_report
 
         write_report(out_dir)
+    if not summary["errors"]:  # every chunk done and every output written
+        remove_checkpoint(out_dir)
     return summary
 
 
 def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, quick,
              max_subjects, sigma, species, detection_limit_mm3, max_panels, cmt_drugs,
              share_growth_by, progress, evaluator, batching, lanes, data_options,
-             t_start) -> dict:
+             t_start, resume) -> dict:
     _check_options(model, sigma, starts=starts, chunk_size=chunk_size,
                    max_subjects=max_subjects, max_panels=max_panels, lanes=lanes)
     n_grid, max_steps = GRID_POINTS, None
@@ -463,6 +477,15 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
         data_file, regimens_file, model, species, detection_limit_mm3, max_subjects,
         cmt_drugs, with_table=True, data_options=data_options)
     regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    options = dict(model=model, starts=starts, chunk_size=chunk_size, quick=quick,
+                   max_subjects=max_subjects, sigma=sigma, species=species,
+                   detection_limit_mm3=detection_limit_mm3, share_growth_by=share_growth_by,
+                   evaluator=evaluator, lanes=lanes, max_steps=max_steps, n_grid=n_grid)
+    digest = fingerprint(options, batch, [(r.name, r.drugs, repr(r)) for r in regs],
+                         None if share_growth_by is None else [
+                             table.study.tolist(), table.subject.tolist(),
+                             table.extra.get(share_growth_by, np.array([])).tolist()])
+    ckpt = Checkpoint(out_dir, "fit", digest, resume=resume)
     if share_growth_by is not None:
         from ._fitrun_group import group_job
 
@@ -472,7 +495,7 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                          progress=progress, source=source, notes=notes,
                          data_file=getattr(data_file, "path", data_file),
                          detection_limit_mm3=detection_limit_mm3, quick=quick,
-                         t_start=t_start, lanes=lanes)
+                         t_start=t_start, lanes=lanes, checkpoint=ckpt)
     n = batch.n_subjects
     if model == "csc":
         drugs, slot = drug_slots(regs, species)
@@ -501,25 +524,22 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
 
     bar = tqdm(total=n, desc=f"fit {model}", unit="subject",
                disable=not (progress and sys.stderr.isatty()))
-    for k in range(0, n, size):
-        chunk = np.arange(k, min(k + size, n))
-
-        def tick(done, base=k):
-            bar.n = base + done // starts
-            bar.refresh()
-
-        try:
-            sub = fit_batch.subset(chunk)
-            r = fit_map(predictor, sub, num_starts=starts, sigma=sigma, rtol=LM_TOL,
-                        atol=LM_TOL, max_steps=max_steps, evaluator=evaluator,
-                        lanes=lanes, progress=tick, **LM_EXTRAS)
-            vol, frac, _ = grid_curves(predictor, subject_data(sub), np.asarray(r.z),
-                                       grid[chunk])
-            a = {f: np.asarray(getattr(r, f)) for f in _RESULT_FIELDS}
-        except Exception as err:  # one chunk failing never stops the job
-            errors.append(f"{type(err).__name__} fitting {[batch.subject[i] for i in chunk]}"
-                          f": {err}")
-            continue
+    chunks = [np.arange(k, min(k + size, n)) for k in range(0, n, size)]
+    for c, chunk in enumerate(chunks):
+        a = ckpt.load(chunk_name(c))
+        if a is None:
+            try:
+                a = _fit_chunk(predictor, fit_batch.subset(chunk), grid[chunk], bar,
+                               int(chunk[0]), starts=starts, sigma=sigma,
+                               max_steps=max_steps, evaluator=evaluator, lanes=lanes)
+            except KeyboardInterrupt:
+                raise ckpt.interrupted() from None
+            except Exception as err:  # one chunk failing never stops the job
+                errors.append(f"{type(err).__name__} fitting "
+                              f"{[batch.subject[i] for i in chunk]}: {err}")
+                continue
+            ckpt.save(chunk_name(c), a)
+        vol, frac = a["grid_volume_mm3"], a["grid_csc_fraction"]
         for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
             getattr(fits, f)[chunk] = a[f]
         curves[0, chunk], curves[1, chunk] = vol, frac
@@ -536,7 +556,9 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
     t_fit = time.perf_counter() - t_start
     ev = evaluator if evaluator != "auto" else (
         "paced" if model == "csc" and not predictor.model.has_log_kill else "jacfwd")
-    info = dict(evaluator=ev, lanes=lanes or "default (128, fewer for a small fit)")
+    info = dict(evaluator=ev, lanes=lanes or "default (128, fewer for a small fit)",
+                n_chunks=len(chunks),
+                checkpoint=ckpt.record(kept=bool(errors)))
 
     out = pathlib.Path(out_dir)
     statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
@@ -561,6 +583,29 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
         **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
                      "wall_s and fit_s include JAX compilation (see compile)"),
     }
+
+
+def chunk_name(c: int) -> str:
+    """The checkpoint name of chunk ``c`` of a fit job."""
+    return f"chunk_{c:05d}"
+
+
+def _fit_chunk(predictor, sub, grid, bar, base, *, starts, sigma, max_steps, evaluator,
+               lanes) -> dict:
+    """Fit the subjects of batch ``sub``: the `_RESULT_FIELDS` and the fitted curves on
+    ``grid`` (host arrays; what a checkpoint holds). A function of its arguments only,
+    so a resumed run refits a chunk exactly as an uninterrupted one."""
+
+    def tick(done):
+        bar.n = base + done // starts
+        bar.refresh()
+
+    r = fit_map(predictor, sub, num_starts=starts, sigma=sigma, rtol=LM_TOL, atol=LM_TOL,
+                max_steps=max_steps, evaluator=evaluator, lanes=lanes, progress=tick,
+                **LM_EXTRAS)
+    vol, frac, _ = grid_curves(predictor, subject_data(sub), np.asarray(r.z), grid)
+    return {**{f: np.asarray(getattr(r, f)) for f in _RESULT_FIELDS},
+            "grid_volume_mm3": vol, "grid_csc_fraction": frac}
 
 
 def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) -> dict:

@@ -49,6 +49,7 @@ from ._fitrun import (
     PER_DRUG_CLASS,
     JobFits,
     _status_name,
+    chunk_name,
     csc_union_spec,
     drug_slots,
     grid_curves,
@@ -121,9 +122,38 @@ def _take_groups(gb: GroupBatch, idx) -> GroupBatch:
                       local_labels=gb.local_labels)
 
 
+VIEW_FIELDS = ("status", "loss", "log_volume_pred", "theta", "se_theta", "sigma",
+               "rmse_log_volume")
+RES_FIELDS = ("status", "loss", "all_losses", "all_status", "condition_number",
+              "identifiable", "best_start", "n_steps")
+
+
+def _fit_chunk(gpred, pred, cgb, sb, grid, bar, base, *, starts, sigma, max_steps,
+               lanes) -> dict:
+    """Fit the groups of ``cgb``: the group results, their per-curve view and fitted
+    curves as host arrays (what a checkpoint holds; a function of its arguments only)."""
+
+    def tick(done):
+        bar.n = base + done // starts
+        bar.refresh()
+
+    res = fit_group_batch(gpred, cgb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
+                          atol=LM_TOL, max_steps=max_steps, lanes=lanes, progress=tick,
+                          who="fit", **LM_EXTRAS)
+    sub = np.sort(np.asarray(cgb.curve_subject)[np.asarray(cgb.curve_subject) >= 0])
+    view = expand(gpred, cgb, res, sb.subset(sub))
+    vol, frac, _ = grid_curves(pred, subject_data(sb.subset(sub)), np.asarray(view.z),
+                               grid[sub])
+    return {"sub": sub, "grid_volume_mm3": vol, "grid_csc_fraction": frac,
+            "view_group": np.asarray(list(view.group), dtype=str),
+            "res_subject": np.asarray(list(res.subject), dtype=str),
+            **{"view_" + k: np.asarray(getattr(view, k)) for k in VIEW_FIELDS},
+            **{"res_" + k: np.asarray(getattr(res, k)) for k in RES_FIELDS}}
+
+
 def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps, sigma,
               species, n_grid, max_panels, progress, source, notes, data_file,
-              detection_limit_mm3, quick, t_start, lanes=None) -> dict:
+              detection_limit_mm3, quick, t_start, checkpoint, lanes=None) -> dict:
     """The shared-growth job on a loaded table and batch (see `fit_job`)."""
     groups = _table_groups(table, column, batch.subject)
     drugs, slot = drug_slots(regs, species)
@@ -157,34 +187,28 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
     bar = tqdm(total=gb.n_groups, desc="fit csc (shared growth)", unit="group",
                disable=not (progress and sys.stderr.isatty()))
     t_fit0 = time.perf_counter()
-    for chunk in chunks:
+    for c, chunk in enumerate(chunks):
         cgb = _take_groups(gb, chunk)
-
-        def tick(done, base=int(chunk[0])):
-            bar.n = base + done // starts
-            bar.refresh()
-
-        try:
-            res = fit_group_batch(gpred, cgb, num_starts=starts, sigma=sigma, rtol=LM_TOL,
-                                  atol=LM_TOL, max_steps=max_steps, lanes=lanes,
-                                  progress=tick, who="fit", **LM_EXTRAS)
-            sub = np.sort(np.asarray(cgb.curve_subject)[np.asarray(cgb.curve_subject) >= 0])
-            view = expand(gpred, cgb, res, sb.subset(sub))
-            vol, frac, _ = grid_curves(pred, subject_data(sb.subset(sub)),
-                                       np.asarray(view.z), grid[sub])
-        except Exception as err:  # one chunk failing never stops the job
-            errors.append(f"{type(err).__name__} fitting groups {list(cgb.groups)}: {err}")
-            continue
-        rows_g = {g: i for i, g in enumerate(res.subject)}
-        v = {k: np.asarray(getattr(view, k)) for k in (
-            "status", "loss", "log_volume_pred", "theta", "se_theta", "sigma",
-            "rmse_log_volume")}
-        r = {k: np.asarray(getattr(res, k)) for k in (
-            "status", "all_losses", "all_status", "condition_number", "identifiable",
-            "best_start", "n_steps")}
+        a = checkpoint.load(chunk_name(c))
+        if a is None:
+            try:
+                a = _fit_chunk(gpred, pred, cgb, sb, grid, bar, int(chunk[0]), starts=starts,
+                               sigma=sigma, max_steps=max_steps, lanes=lanes)
+            except KeyboardInterrupt:
+                raise checkpoint.interrupted() from None
+            except Exception as err:  # one chunk failing never stops the job
+                errors.append(f"{type(err).__name__} fitting groups {list(cgb.groups)}: "
+                              f"{err}")
+                continue
+            checkpoint.save(chunk_name(c), a)
+        sub, vol, frac = a["sub"], a["grid_volume_mm3"], a["grid_csc_fraction"]
+        view_group, res_subject = a["view_group"].tolist(), a["res_subject"].tolist()
+        rows_g = {g: i for i, g in enumerate(res_subject)}
+        v = {k: a["view_" + k] for k in VIEW_FIELDS}
+        r = {k: a["res_" + k] for k in RES_FIELDS}
         status = r["status"]
         for j, i in enumerate(sub):
-            gi = rows_g[view.group[j]]
+            gi = rows_g[view_group[j]]
             fits.status[i], fits.loss[i] = int(v["status"][j]), v["loss"][j]
             fits.log_volume_pred[i] = v["log_volume_pred"][j]
             fits.all_losses[i], fits.all_status[i] = r["all_losses"][gi], r["all_status"][gi]
@@ -196,14 +220,14 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
                 sigma=float(v["sigma"][j]), rmse_log_volume=float(v["rmse_log_volume"][j]),
                 condition_number=float(r["condition_number"][gi]),
                 identifiable=bool(r["identifiable"][gi]), best_start=int(r["best_start"][gi]),
-                n_steps=int(r["n_steps"][gi]), group=view.group[j])
+                n_steps=int(r["n_steps"][gi]), group=view_group[j])
         curves[0, sub], curves[1, sub] = vol, frac
         free = np.asarray(cgb.data.free)
-        for gi, g in enumerate(res.subject):
-            members = [i for j, i in enumerate(sub) if view.group[j] == g]
+        for gi, g in enumerate(res_subject):
+            members = [i for j, i in enumerate(sub) if view_group[j] == g]
             m_obs = int(np.asarray(batch.mask)[members].sum())
             k = int(free[gi].sum()) + isinstance(sigma, str)
-            loss = float(res.loss[gi])
+            loss = float(r["loss"][gi])
             group_rows.append(dict(group=g, n_curves=len(members), n_obs=m_obs, n_free=k,
                                    loss=loss, aic=2 * k + 2 * loss,
                                    bic=k * math.log(max(m_obs, 1)) + 2 * loss,
@@ -233,7 +257,9 @@ def group_job(table, batch, regs, out, *, column, starts, chunk_size, max_steps,
         "shared": list(SHARED), "per_subject": list(PER_SUBJECT),
         "per_arm": sorted({lab for lab in labels if lab not in SHARED + PER_SUBJECT}),
         "n_groups": gb.n_groups, "curves_per_group_max": n_curves,
-        "groups_per_chunk": per_chunk, "n_z": gpred.spec.size, "evaluator": "jacfwd",
+        "groups_per_chunk": per_chunk, "n_chunks": len(chunks),
+        "checkpoint": checkpoint.record(kept=bool(errors)),
+        "n_z": gpred.spec.size, "evaluator": "jacfwd",
         "groups": group_rows,
         "group_status_counts": g_counts, "n_groups_failed": n_groups_failed,
         "spec_labels": list(labels),

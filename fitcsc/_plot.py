@@ -56,13 +56,7 @@ def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, pa
            ylabel="published pCR [%] (trial's primary definition)",
            title="Illustrative parameters — not a fit")
     axes[0].legend(fontsize=5, ncol=2, loc="lower left")
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------
@@ -71,7 +65,7 @@ def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, pa
 # ``all_losses`` and ``all_status`` (n, n_starts), aligned with ``batch``'s subjects.
 
 
-def _save(fig, path) -> pathlib.Path:
+def _save(fig, path, *, dpi: int = 110) -> pathlib.Path:
     """Save ``fig`` as PNG through a temporary file and an atomic rename; close it."""
     import os
     import tempfile
@@ -82,7 +76,7 @@ def _save(fig, path) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -152,6 +152,45 @@ def _scan(step, n):
     return jax.jit(run)
 
 
+class _CarryStore:
+    """Sampler pytrees (chain states, adapted kernel, draws) to and from a checkpoint's
+    arrays. `save` returns the tree as `load` would give it back, so a run continues
+    from exactly what a resumed run starts from. PRNG keys are stored as key data."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.treedef = {}  # of each kind of part: "warmup", "draws"
+
+    def save(self, name, tree):
+        if self.checkpoint is None:
+            return tree
+        leaves, self.treedef[name.split("_")[0]] = jax.tree_util.tree_flatten(tree)
+        arrays = {}
+        for j, x in enumerate(leaves):
+            is_key = jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+            arrays[f"{'key' if is_key else 'leaf'}_{j:04d}"] = np.asarray(
+                jax.random.key_data(x) if is_key else x)
+        self.checkpoint.save(name, arrays)
+        return self._tree(name, arrays)
+
+    def load(self, name, shape_of=None):
+        """The tree saved as ``name`` or None; ``shape_of()`` gives its structure when no
+        tree has been seen yet (e.g. `jax.eval_shape` of the warm-up)."""
+        arrays = None if self.checkpoint is None else self.checkpoint.load(name)
+        if arrays is None:
+            return None
+        kind = name.split("_")[0]
+        if kind not in self.treedef:
+            self.treedef[kind] = jax.tree_util.tree_structure(shape_of())
+        return self._tree(name, arrays)
+
+    def _tree(self, name, arrays):
+        leaves = [jax.random.wrap_key_data(jnp.asarray(v)) if k.startswith("key")
+                  else jnp.asarray(v) for k, v in sorted(arrays.items(),
+                                                         key=lambda kv: kv[0][-4:])]
+        return jax.tree_util.tree_unflatten(self.treedef[name.split("_")[0]], leaves)
+
+
 def _check(method, num_warmup, num_samples, num_chains, dense_mass):
     if method not in METHODS:
         raise ValueError(f"sample: method must be one of {METHODS}, got {method!r}")
@@ -219,6 +258,7 @@ def sample(
     init_scale: float = 0.1,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    checkpoint=None,
 ) -> Posterior:
     """Sample ``log_density`` (of ``z``, shape ``(d,)``) with ``num_chains`` vectorized chains.
 
@@ -236,6 +276,12 @@ def sample(
     - `seed`: integer seed (jitter and sampler).
     - `progress`: ``callback(phase, done, total)`` called after every chunk of steps,
       ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.summary.progress_printer`).
+    - `checkpoint`: a `fitcsc._checkpoint.Checkpoint` (``load(name)``, ``save(name,
+      arrays)``): the chain states and adapted kernel after warm-up (``warmup``) and
+      every chunk of draws with the chain states after it (``draws_00003``) are saved;
+      parts already there are loaded, not rerun, so an interrupted run resumes to the
+      same draws (each chunk's key depends on its index only). NUTS's warm-up is saved
+      when it ends (an interruption during it reruns it).
 
     **Returns:** a `Posterior`: ``z`` ``(num_chains, num_samples, d)``, ``sample_stats``
     (``diverging``, ``acceptance_rate``, ``n_steps`` (gradient evaluations), ``energy``,
@@ -259,16 +305,22 @@ def sample(
                          "density (a failed solve?); start from a MAP or a valid point")
     timing = {"compile_s": 0.0, "warmup_s": 0.0, "sampling_s": 0.0}
     report = progress or (lambda phase, done, total: None)
-    chunk = _chunk(num_warmup, num_samples, progress is not None)
+    # with a checkpoint, chunks as with progress whatever the progress: the draws of a
+    # resumed run must not depend on whether either run printed progress
+    chunk = _chunk(num_warmup, num_samples, progress is not None or checkpoint is not None)
+    store = _CarryStore(checkpoint)
 
     if method == "nuts":
         init, step = _nuts(log_density, num_warmup, dense_mass, target_accept_prob,
                            max_tree_depth)
-        t = time.perf_counter()  # NUTS's initial step-size search, compiled
-        carry = jax.block_until_ready(jax.jit(init)(jax.random.split(key_warm, num_chains),
-                                                    z0))
-        timing["init_s"] = time.perf_counter() - t
-        phases = [("warmup", num_warmup), ("sampling", num_samples)]
+        keys_warm = jax.random.split(key_warm, num_chains)
+        carry = store.load("warmup", lambda: jax.eval_shape(init, keys_warm, z0))
+        phases = [("sampling", num_samples)]
+        if carry is None:
+            t = time.perf_counter()  # NUTS's initial step-size search, compiled
+            carry = jax.block_until_ready(jax.jit(init)(keys_warm, z0))
+            timing["init_s"] = time.perf_counter() - t
+            phases.insert(0, ("warmup", num_warmup))
     else:
         done = [0]
 
@@ -279,32 +331,48 @@ def sample(
 
         warmup, step = _chees(log_density, num_chains, num_warmup, num_samples, step_size,
                               learning_rate, on_step=tick if progress is not None else None)
-        t = time.perf_counter()
-        compiled = jax.jit(warmup).lower(key_warm, z0).compile()
-        timing["compile_s"] += time.perf_counter() - t
-        report("warmup", 0, num_warmup)
-        t = time.perf_counter()
-        carry = jax.block_until_ready(compiled(key_warm, z0))
-        timing["warmup_s"] = time.perf_counter() - t
-        report("warmup", num_warmup, num_warmup)
+        carry = store.load("warmup", lambda: jax.eval_shape(warmup, key_warm, z0))
+        if carry is None:
+            t = time.perf_counter()
+            compiled = jax.jit(warmup).lower(key_warm, z0).compile()
+            timing["compile_s"] += time.perf_counter() - t
+            report("warmup", 0, num_warmup)
+            t = time.perf_counter()
+            carry = store.save("warmup", jax.block_until_ready(compiled(key_warm, z0)))
+            timing["warmup_s"] = time.perf_counter() - t
+            report("warmup", num_warmup, num_warmup)
         phases = [("sampling", num_samples)]
 
-    t = time.perf_counter()
-    run = _scan(step, chunk).lower(carry, key_run).compile()
-    timing["compile_s"] += time.perf_counter() - t
+    run = None
     draws, stats = [], []
-    for p, (phase, total) in enumerate(phases):
+    # each phase's keys: NUTS warm-up 0, sampling 1; ChEES sampling 0 (its warm-up apart)
+    fold = {"warmup": 0, "sampling": int(method == "nuts")}
+    for phase, total in phases:
         report(phase, 0, total)
         t = time.perf_counter()
-        for i, key in enumerate(jax.random.split(jax.random.fold_in(key_run, p),
+        for i, key in enumerate(jax.random.split(jax.random.fold_in(key_run, fold[phase]),
                                                  total // chunk)):
-            carry, (z, st) = run(carry, key)
+            name = f"draws_{i:05d}"
+            got = store.load(name, lambda c=carry: jax.eval_shape(
+                _scan(step, chunk), c, key_run)) if phase == "sampling" else None
+            if got is not None:
+                carry, (z, st) = got
+            else:
+                if run is None:
+                    tc = time.perf_counter()
+                    run = _scan(step, chunk).lower(carry, key_run).compile()
+                    timing["compile_s"] += time.perf_counter() - tc
+                carry, (z, st) = run(carry, key)
+                jax.block_until_ready(z)
+                if phase == "sampling":
+                    carry, (z, st) = store.save(name, (carry, (z, st)))
             if phase == "sampling":
                 draws.append(z)
                 stats.append(st)
-            jax.block_until_ready(z)
             report(phase, (i + 1) * chunk, total)
         timing[f"{phase}_s"] = time.perf_counter() - t
+        if phase == "warmup":
+            carry = store.save("warmup", carry)
 
     z = np.swapaxes(np.concatenate([np.asarray(d) for d in draws]), 0, 1)
     out = finish_stats({k: np.swapaxes(np.concatenate([np.asarray(s[k]) for s in stats]), 0, 1)

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 
 from ._baselines import BASELINES
+from ._checkpoint import Checkpoint, fingerprint
+from ._checkpoint import remove as remove_checkpoint
 from ._fit import fit_map
 from ._fitrun import LM_EXTRAS, LM_TOL, _load, _regimen_of
 from ._population import posterior_derived
@@ -195,8 +197,15 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
                num_chains: int | None = None, num_warmup: int | None = None,
                num_samples: int | None = None, dense_mass: bool = False, seed: int = 0,
                detection_limit_mm3: float = 1.0, species: str = "mouse",
-               quick: bool = False, progress: bool = True, report: bool = True) -> dict:
-    """Run the sample job (see the module docstring). **Returns:** the summary."""
+               quick: bool = False, progress: bool = True, report: bool = True,
+               resume: bool = False) -> dict:
+    """Run the sample job (see the module docstring). **Returns:** the summary.
+
+    The warm start, the warm-up and every chunk of draws are checkpointed in
+    ``out_dir/.checkpoint`` (`fitcsc._checkpoint`, removed at the end); with `resume`,
+    an interrupted run continues from them to the same draws. Without it, an
+    ``out_dir`` holding an unfinished run's checkpoint is refused. `report`: write
+    ``report.md`` at the end (`fitcsc._report.write_report`)."""
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir)
     settings = dict(QUICK if quick else DEFAULTS)
@@ -205,16 +214,33 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
     batch, regimens, source, notes, table = _load(
         data_file, regimens_file, model, species, detection_limit_mm3, 8 if quick else None,
         None, with_table=True)
-    pop, _ = build(table, regimens, batch, model=model, group_by=group_by,
-                              effects=effects)
+    pop, groups = build(table, regimens, batch, model=model, group_by=group_by,
+                        effects=effects)
+    regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    options = dict(model=model, group_by=group_by, effects=effects, method=method,
+                   dense_mass=dense_mass, seed=seed, detection_limit_mm3=detection_limit_mm3,
+                   species=species, quick=quick, **settings)
+    ckpt = Checkpoint(out, "sample", fingerprint(
+        options, batch, [(r.name, r.drugs, repr(r)) for r in regs], list(groups)),
+        resume=resume)
     show = progress_printer(quiet=not progress)
-    if show:
-        sys.stderr.write(f"MAP warm start of {batch.n_subjects} curves ...\n")
-    values, start_info = warm_start(pop, batch, num_starts=2 if quick else 4,
-                                    max_steps=100 if quick else None,
-                                    refine_steps=50 if quick else 300)
-    post = sample(pop.log_density, pop.space.to_z(values), method=method,
-                  dense_mass=dense_mass, seed=seed, progress=show, **settings)
+    try:
+        saved = ckpt.load("warm_start")
+        if saved is None:
+            if show:
+                sys.stderr.write(f"MAP warm start of {batch.n_subjects} curves ...\n")
+            values, start_info = warm_start(pop, batch, num_starts=2 if quick else 4,
+                                            max_steps=100 if quick else None,
+                                            refine_steps=50 if quick else 300)
+            z_start = np.asarray(pop.space.to_z(values))
+            ckpt.save("warm_start", {"z": z_start, "info": json.dumps(start_info)})
+            start_info = json.loads(json.dumps(start_info))  # as a resumed run reads it
+        else:
+            z_start, start_info = saved["z"], json.loads(str(saved["info"]))
+        post = sample(pop.log_density, z_start, method=method, dense_mass=dense_mass,
+                      seed=seed, progress=show, checkpoint=ckpt, **settings)
+    except KeyboardInterrupt:
+        raise ckpt.interrupted() from None
     diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1))
     mask, cens = np.asarray(batch.mask), np.asarray(batch.censored & batch.mask)
     arms = {a: {"curves": int(np.sum(np.asarray(batch.arm) == a)),
@@ -234,12 +260,14 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "warm_start": start_info, "convergence": diag, "notes": notes,
         "wall_s": round(time.perf_counter() - t0, 2),
         **run_record(sampler=seed, posterior_predictive=seed + 1),
+        "checkpoint": ckpt.record(),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     if report:
         from ._report import write_report
 
         write_report(out)
+    remove_checkpoint(out)  # every output written
     return summary
 
 
@@ -272,6 +300,9 @@ def add_sample_command(subparsers, common) -> None:
     p.add_argument("--species", default="mouse", choices=("mouse", "human"))
     p.add_argument("--quick", action="store_true",
                    help="8 curves, 4 chains x 40 + 40 iterations (a smoke test)")
+    from .cli import add_resume_option
+
+    add_resume_option(p, "part (warm start, warm-up, chunk of draws)")
     p.set_defaults(handler=_run)
 
 
@@ -286,7 +317,7 @@ def _run(args) -> int:
                    num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
                    dense_mass=args.dense_mass, seed=args.seed,
                    detection_limit_mm3=args.detection_limit_mm3, species=args.species,
-                   quick=args.quick, progress=not args.quiet)
+                   quick=args.quick, progress=not args.quiet, resume=args.resume)
     c = s["convergence"]
     if args.quiet:
         return 0

@@ -340,7 +340,8 @@ def _fit(args) -> int:
                       cmt_drugs=options.pop("cmt_drugs"), data_options=options,
                       species=args.species or "mouse",
                       share_growth_by=args.share_growth_by, evaluator=args.evaluator,
-                      batching=args.batching, progress=not (args.no_progress or args.quiet))
+                      batching=args.batching, progress=not (args.no_progress or args.quiet),
+                      resume=args.resume)
     for note in summary["warnings"] + summary["errors"]:
         print(f"fitcsc: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
@@ -401,7 +402,19 @@ def add_fit_command(subparsers, common) -> None:
                    help="2 starts, 100 optimiser steps, first 8 subjects (unless "
                    "--max-subjects), coarse curves")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_resume_option(f, "chunk (--chunk-size subjects)")
     f.set_defaults(handler=_fit)
+
+
+def add_resume_option(parser, what: str) -> None:
+    """``--resume`` of a job that checkpoints every finished ``what`` (`fitcsc._checkpoint`)."""
+    parser.add_argument(
+        "--resume", action="store_true",
+        help=f"continue the interrupted run (Ctrl-C, kill) whose checkpoint --out holds: "
+        f"every finished {what} is saved in OUT/.checkpoint and not redone; the results "
+        "equal an uninterrupted run's. Refused when the data or options differ. Without "
+        "--resume, an OUT holding an unfinished run's checkpoint is refused (never "
+        "overwritten): resume it, or delete OUT/.checkpoint to start over")
 
 
 def add_predict_command(subparsers, common) -> None:
@@ -508,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         except FitcscInputError as err:
             error, code, message = err, 2, " ".join(str(err).splitlines())
         except KeyboardInterrupt as err:
-            error, code, message = err, 130, "interrupted"
+            error, code, message = err, 130, str(err) or "interrupted"
         except Exception as err:  # a failure of the run, not of the input
             error, code = err, 1
             message = (f"the run failed: {type(err).__name__}: "

@@ -29,13 +29,11 @@ pair and forest plots).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
@@ -51,6 +49,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
     import arviz as az
 
+from ._run import write_atomic
 from ._sample import sample
 
 __all__ = [
@@ -352,17 +351,7 @@ def write_summary_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
     for r in rows:
         w.writerow([repr(v) if isinstance(v, float) else ("" if v is None else v)
                     for v in (r.get(k) for k in header)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would survive the rename
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def predictive_interval(
