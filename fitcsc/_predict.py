@@ -498,9 +498,10 @@ def _predict_cli(args) -> int:
              "report.md"]
     files += ["contrasts.csv"] if summary["contrasts"] else []
     files += ["dfs.csv", "dfs_curves.csv"] if summary["dfs"] else []
-    print(f"fitcsc predict: {summary['n_arms']} arms x {len(summary['pcr_definitions'])} pCR "
-          f"definitions ({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> "
-          f"{args.out}/{{{', '.join(files)}}}")
+    if not args.quiet:  # warnings and flags print whatever --quiet says (predict's log)
+        print(f"fitcsc predict: {summary['n_arms']} arms x {len(summary['pcr_definitions'])} "
+              f"pCR definitions ({summary['n_failed']} failed) in {summary['wall_s']:.1f} s "
+              f"-> {args.out}/{{{', '.join(files)}}}")
     return 0 if summary["n_failed"] == 0 else 1
 
 

@@ -178,6 +178,16 @@ def test_arm_alone_equals_arm_beside_others(fit_dir, tmp_path):
             assert r == b[k], (f, k)
 
 
+def test_predict_quiet_prints_flags_only(fit_dir, tmp_path, capsys):
+    """--quiet silences the summary line, never a flag (the prior-only assumption)."""
+    reg = _write(tmp_path, MY_TRIAL, "quiet.csv")
+    capsys.readouterr()
+    assert _predict(fit_dir, reg, tmp_path / "quiet", "--quiet", "--assume",
+                    "carboplatin=docetaxel") == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "prior-only" in cap.err
+
+
 def test_predict_refuses_unfitted_drug(fit_dir, tmp_path, capsys):
     reg = _write(tmp_path, MY_TRIAL)
     assert _predict(fit_dir, reg, tmp_path / "o") == 2
