@@ -280,7 +280,9 @@ def add_sample_command(subparsers, common) -> None:
         "CSC model (or a baseline) with the ODE solve inside, sampled from a MAP warm "
         "start; writes posterior.nc (ArviZ InferenceData), summary.csv, summary.json and "
         "trace/rank, pair, forest, posterior predictive and VPC plots. Exit 0 ok, 2 on "
-        "refused input.")
+        "refused input.",
+        epilog="example: fitcsc sample --data volumes.csv --regimens regimens.csv --out "
+        "runs/sample --group-by pdx_line (add --resume to continue an interrupted run)")
     p.add_argument("--data", metavar="FILE", required=True, help="tidy CSV or NONMEM file")
     p.add_argument("--regimens", metavar="FILE", default=None, help="regimen table (tidy CSV only)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
