@@ -37,7 +37,7 @@ def fingerprint(*parts) -> str:
     """SHA-256 of ``parts``: arrays (and pytrees of arrays) by dtype, shape and bytes,
     everything else by its JSON (or ``repr``); plus the precision and package versions
     (a resumed run must compute exactly what the interrupted one did)."""
-    from ._fitrun import _versions
+    from ._record import versions
 
     h = hashlib.sha256()
 
@@ -57,7 +57,7 @@ def fingerprint(*parts) -> str:
             add(repr(jax.tree_util.tree_structure(part)))
         else:
             add(part)
-    add([bool(jax.config.jax_enable_x64), _versions()])
+    add([bool(jax.config.jax_enable_x64), versions()])
     return h.hexdigest()
 
 
