@@ -90,9 +90,10 @@ class Checkpoint:
                     file=str(manifest), expected=f"the {old_job} run with fingerprint "
                     f"{old_digest[:12]} (same data, options, precision and versions)",
                     value=f"{job} {digest[:12]}")
-        else:
-            write_atomic(manifest, json.dumps({"job": job, "fingerprint": digest},
-                                              indent=2) + "\n")
+        # the manifest is written with the first finished part (`save`), so a run refused
+        # before any work leaves no folder behind
+        self._manifest = (manifest, json.dumps({"job": job, "fingerprint": digest},
+                                               indent=2) + "\n")
 
     def load(self, name: str) -> dict | None:
         """The arrays of the finished part ``name``, or None when it is not done."""
@@ -106,6 +107,9 @@ class Checkpoint:
 
     def save(self, name: str, arrays: dict) -> None:
         """Save the finished part ``name`` (arrays, or strings) atomically."""
+        manifest, text = self._manifest
+        if not manifest.exists():
+            write_atomic(manifest, text)
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         write_atomic(self.dir / f"{name}.npz", buf.getvalue())

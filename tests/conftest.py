@@ -1,11 +1,22 @@
-"""Shared pytest set-up: float64 for every test (the project's precision; importing
-fitcsc also turns it on unless FITCSC_FLOAT32=1) and the tests folder on the path so that
-test modules import `helpers` (shared constants and builders)."""
+"""Shared pytest set-up:
 
+- float64 for every test (the project's precision; importing fitcsc also turns it on
+  unless FITCSC_FLOAT32=1);
+- the tests folder on the path, so that test modules import `helpers` (shared constants
+  and builders);
+- JAX's persistent compilation cache off for the whole session (``FITCSC_CACHE_DIR=off``,
+  inherited by subprocesses). In-process CLI runs would otherwise turn it on for the rest
+  of their worker, and a full run with -n 2 and an empty cache once crashed a worker
+  (segmentation fault inside JAX's cache write). The tests of the cache give their
+  subprocesses a directory of their own (tests/test_fit_compile.py).
+"""
+
+import os
 import pathlib
 import sys
 
 import jax
 
+os.environ["FITCSC_CACHE_DIR"] = "off"
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
