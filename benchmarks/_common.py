@@ -14,7 +14,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +25,10 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
     import fitcsc
-
 import jax  # noqa: E402  (fitcsc sets float64 on import)
 import jax.numpy as jnp  # noqa: E402
+
+from fitcsc.files import write_atomic  # noqa: E402
 
 BASE_PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "numpy", "scipy")
 
@@ -111,23 +111,9 @@ def command_line() -> str:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and `os.replace`, so a
+    """Write ``obj`` as JSON to ``path`` atomically (`fitcsc.files.write_atomic`), so a
     reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class CompileMeter:

@@ -119,9 +119,9 @@ def run(replicates: int, draws: int, seed: int, log) -> dict:
 
 
 def figure(result, path):
-    from fitcsc._plot import _pyplot, _save
+    from fitcsc.files import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), constrained_layout=True)
     nominal = [50, 90, 95]
     got = [100 * result[f"coverage{q}"] for q in nominal]
@@ -132,7 +132,7 @@ def figure(result, path):
            title=f"trial-model intervals: {result['replicates']} replicates x "
                  f"{len(result['n'])} arms", xlim=(40, 100), ylim=(40, 100))
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:

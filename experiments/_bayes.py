@@ -16,10 +16,10 @@ import jax
 import numpy as np
 
 import fitcsc.summary as fs
-from fitcsc._plot import _pyplot, _save
 from fitcsc._population_csc import baseline_population
 from fitcsc._sample import sample
 from fitcsc._sample_job import posterior_outputs, progress_printer, warm_start
+from fitcsc.files import pyplot, save_figure
 
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
 
@@ -76,7 +76,7 @@ def her2_terms(idata, csc: str, bulk: str, out_png, *, title: str) -> dict:
     res = {"csc_term": _stats(a), "bulk_term": _stats(b), "correlation": r,
            "p_csc_gt_bulk": float(np.mean(a > b)),
            "p_csc_gt_0.1": float(np.mean(a > 0.1)), "p_bulk_gt_0.1": float(np.mean(b > 0.1))}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
     axes[0].scatter(a, b, s=3, alpha=0.25, color="C3", label="posterior draws")
     prior = 1 / (1 + np.exp(-np.random.default_rng(1).normal(0, 1.5, (2, 2000))))
@@ -92,7 +92,7 @@ def her2_terms(idata, csc: str, bulk: str, out_png, *, title: str) -> dict:
                 ylabel="posterior density [1/unit]", title="marginal posteriors")
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return res
 
 

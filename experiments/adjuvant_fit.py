@@ -46,8 +46,7 @@ import numpy as np
 import fitcsc
 import fitcsc.summary as fs
 from fitcsc._drugs import CATALOGUE
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
     Objective,
     TrialData,
@@ -157,7 +156,7 @@ def main(args) -> dict:
     header = ["comparison", "horizon_years", "published_hr", "published_lo95",
               "published_hi95", "out_of_sample_hr", "out_of_sample_lo95",
               "out_of_sample_hi95", "joint_hr", "joint_lo95", "joint_hi95"]
-    write_atomic(out / "hazard_ratios.csv", _csv_text(header, table))
+    write_atomic(out / "hazard_ratios.csv", csv_text(header, table))
     link_rows = []
     if links:
         lhr = fs.predictive_interval(lambda z: jnp.exp(obj_b.link_log_hr(z)), draws_b,
@@ -199,7 +198,7 @@ def main(args) -> dict:
 
 
 def _figure(tm_a, z_a, tm_b, z_b, adj_arms, landmarks, table, path):
-    plt = _pyplot()
+    plt = pyplot()
 
     years = np.linspace(0.0, 5.0, 61)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
@@ -231,7 +230,7 @@ def _figure(tm_a, z_a, tm_b, z_b, adj_arms, landmarks, table, path):
     ax.axvline(1.0, color="0.5", ls="--", lw=0.8)
     ax.set(xlabel="DFS hazard ratio (95% interval)", title="trastuzumab vs control")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _result_md(summary, path):

@@ -48,8 +48,7 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
     STRUCTURES,
     Objective,
@@ -258,10 +257,10 @@ def main(args) -> dict:
         "device": str(jax.devices()[0]),
     }
     keys = list(rows[0]) if rows else []
-    write_atomic(out / "arms.csv", _csv_text(keys, [[_fmt(r[k]) for k in keys] for r in rows]))
+    write_atomic(out / "arms.csv", csv_text(keys, [[_fmt(r[k]) for k in keys] for r in rows]))
     hkeys = list(hr_rows[0]) if hr_rows else ["held_out"]
     write_atomic(out / "hazard_ratios.csv",
-                 _csv_text(hkeys, [[_fmt(r[k]) for k in hkeys] for r in hr_rows]))
+                 csv_text(hkeys, [[_fmt(r[k]) for k in hkeys] for r in hr_rows]))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _figure(rows, summary, out / "calibration.png")
     _result_md(rows, hr_rows, summary, out / "RESULT.md")
@@ -337,7 +336,7 @@ def _fmt(v):
 
 
 def _figure(rows, summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.2), constrained_layout=True)
     trials = list(dict.fromkeys(r["held_out"] for r in rows))
     for r in rows:
@@ -365,7 +364,7 @@ def _figure(rows, summary, path):
            ylabel="arms inside (%), from randomised PIT values",
            title="interval calibration")
     a2.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _result_md(rows, hr_rows, s, path):

@@ -48,7 +48,7 @@ import numpy as np
 import fitcsc
 import fitcsc.summary as fs
 from fitcsc import DoseLine, Regimen
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, write_atomic
 from fitcsc.trials import Arm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -236,14 +236,14 @@ def main(args) -> dict:
             "csc_fraction_min_over_patients": float(f_map[i].min()),
             "csc_fraction_max_over_patients": float(f_map[i].max())})
     header = list(rows[0])
-    write_atomic(out / "arms.csv", _csv_text(header, [[
+    write_atomic(out / "arms.csv", csv_text(header, [[
         f"{r[h]:.6g}" if isinstance(r[h], float) else r[h] for h in header] for r in rows]))
     trows = []
     for lab, tr in traj.items():
         for t, f, v in zip(tr["day"], tr["csc_fraction"], tr["volume_mm3_per_mm3"],
                            strict=True):
             trows.append([lab, f"{t:.4g}", f"{f:.6g}", f"{v:.6g}"])
-    write_atomic(out / "trajectories.csv", _csv_text(
+    write_atomic(out / "trajectories.csv", csv_text(
         ["arm", "day", "csc_fraction", "volume_relative_to_start"], trows))
 
     # the ODE solve and the exact solution agree at surgery (typical patient)

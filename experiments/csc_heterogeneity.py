@@ -35,8 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import chi2
 
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import Objective, TrialData, fit_trials
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -102,7 +101,7 @@ def main(args) -> dict:
     for r in rows:
         r["lr_vs_sd0"] = 2.0 * (null - r["neg_log_posterior"])
     header = list(rows[0])
-    write_atomic(out / "profile.csv", _csv_text(header, [[
+    write_atomic(out / "profile.csv", csv_text(header, [[
         f"{r[h]:.6g}" if isinstance(r[h], float) else str(r[h]) for h in header]
         for r in rows]))
     summary = {
@@ -126,7 +125,7 @@ def main(args) -> dict:
 
 
 def figure(rows, s, out):
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     sd = [r["csc_fraction_sd"] for r in rows]
     a0.plot(sd, [r["lr_vs_sd0"] for r in rows], "o-")
@@ -140,7 +139,7 @@ def figure(rows, s, out):
     a1.set(xlabel="sd of log initial CSC fraction",
            ylabel="median log10 residual CSCs / initial cells",
            title=f"state at surgery, {s['state_arm']}")
-    _save(fig, out / "profile.png")
+    save_figure(fig, out / "profile.png")
 
 
 def _result_md(s, path):

@@ -54,7 +54,7 @@ import numpy as np
 import fitcsc
 import fitcsc.summary as fs
 from fitcsc import DoseLine, Regimen
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, write_atomic
 from fitcsc.trials import Arm, from_natural, hazard_ratio, load_draws
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -322,7 +322,7 @@ def _grid_csv(hs, hd, grid, in_ci, est, adj):
         for j, b in enumerate(hd):
             rows.append([f"{a:.6g}", f"{b:.6g}"] + [f"{grid[k][i, j]:.6g}" for k in keys]
                         + [bool(in_ci[i, j]), bool(est[i, j]), bool(adj[i, j])])
-    return _csv_text(["h_S", "h_D", *keys, "hr_in_b47_ci", "established_no_response",
+    return csv_text(["h_S", "h_D", *keys, "hr_in_b47_ci", "established_no_response",
                       "adjuvant_cure_gain"], rows)
 
 

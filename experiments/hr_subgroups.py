@@ -39,8 +39,7 @@ import numpy as np
 from scipy.stats import chi2
 
 import fitcsc
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import Objective, TrialData, fit_trials, hr_pcr_observations, to_natural
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -99,7 +98,7 @@ def main(args) -> dict:
             inside[m] += row[f"inside_{m}"]
         table.append(row)
     header = list(table[0])
-    write_atomic(out / "subgroups.csv", _csv_text(header, [[
+    write_atomic(out / "subgroups.csv", csv_text(header, [[
         f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h]) for h in header]
         for r in table]))
     figure(table, out)
@@ -137,7 +136,7 @@ def main(args) -> dict:
 
 
 def figure(table, out):
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True, sharey=True)
     for ax, m in zip(axes, ("none", "both"), strict=True):
         for k, g in enumerate(("HR+", "HR-")):
@@ -156,7 +155,7 @@ def figure(table, out):
                ylabel="model pCR %", title=f"covariate: {m}")
         ax.legend(fontsize=8)
     fig.suptitle("pCR by hormone-receptor subgroup: no covariate vs both shifts", fontsize=10)
-    _save(fig, out / "hr_subgroups.png")
+    save_figure(fig, out / "hr_subgroups.png")
 
 
 def _result_md(s, table, path):

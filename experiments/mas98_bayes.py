@@ -40,7 +40,7 @@ from _bayes import fit_population, her2_terms, identification, loo_against_basel
 import fitcsc
 from fitcsc._arms import register_arm_drug
 from fitcsc._population_csc import csc_population
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = "mas98_06_pdx/mas98_06_tumor_volume.csv"
@@ -99,7 +99,7 @@ def main(args) -> dict:
                                               progress=not args.no_progress)
     cols = ["model", "rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight",
             "n_k_high"]
-    write_atomic(out / "loo.csv", _csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
+    write_atomic(out / "loo.csv", csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
                                                     else str(r[c]) for c in cols]
                                                    for r in loo]))
     summary = {

@@ -39,8 +39,7 @@ from scipy import stats
 
 import fitcsc
 from fitcsc._fitrun import fit_job
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = "mas98_06_pdx/mas98_06_tumor_volume.csv"
@@ -126,7 +125,7 @@ def model_slopes(out, table):
 
 
 def figure(rows, out):
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     treated = [r for r in rows if r["arm"] != CONTROL]
     for k, name in enumerate(EFFECTS):
@@ -155,7 +154,7 @@ def figure(rows, out):
     ax1.set(xlabel="observed slope reduction vs control [1/day] (median per arm)",
             ylabel="fitted slope reduction vs control [1/day]",
             title=f"days {SLOPE_DAYS[0]:g}-{SLOPE_DAYS[1]:g}: model vs data")
-    _save(fig, out / "effects.png")
+    save_figure(fig, out / "effects.png")
 
 
 def main(args) -> dict:
@@ -169,7 +168,7 @@ def main(args) -> dict:
                       progress=not args.no_progress)
     rows = arm_rows(out / "fit" / "fits.csv", table, model_slopes(out, table))
     header = list(rows[0])
-    write_atomic(out / "arms.csv", _csv_text(
+    write_atomic(out / "arms.csv", csv_text(
         header, [[f"{r[h]:.6g}" if isinstance(r[h], float) else str(r[h]) for h in header]
                  for r in rows]))
     figure(rows, out)

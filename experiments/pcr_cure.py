@@ -52,7 +52,7 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, write_atomic
 from fitcsc.trials import Arm, hazard_ratio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -312,9 +312,9 @@ def main(args) -> dict:
         HEADLINE, vals[0], lo, hi, strict=True)}
 
     rows = _arm_rows(pairs, pub, runs)
-    write_atomic(out / "arms.csv", _csv_text(list(rows[0]), [list(r.values()) for r in rows]))
+    write_atomic(out / "arms.csv", csv_text(list(rows[0]), [list(r.values()) for r in rows]))
     link_rows = _link_rows(links, head)
-    write_atomic(out / "links.csv", _csv_text(list(link_rows[0]),
+    write_atomic(out / "links.csv", csv_text(list(link_rows[0]),
                                               [list(r.values()) for r in link_rows]))
     pooled = {f"rho={rho}": {d: {k: float(v) if jnp.ndim(v) == 0 else None
                                  for k, v in r["pooled"][d].items() if jnp.ndim(v) == 0}

@@ -38,9 +38,8 @@ from _bayes import fit_population, her2_terms, identification, md_table
 
 import fitcsc
 from fitcsc._arms import default_arm_regimens
-from fitcsc._plot import _pyplot, _save
 from fitcsc._population_csc import csc_population
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "pdxe_brca"
@@ -100,7 +99,7 @@ def line_effects(pop, idata, lines, markers):
 
 
 def lines_figure(rows, path):
-    plt = _pyplot()
+    plt = pyplot()
     params = [("her2_efficacy_csc", "ε_S: trastuzumab, CSC self-renewal blocked [fraction]"),
               ("her2_efficacy_bulk", "ε_D: trastuzumab, bulk division blocked [fraction]"),
               ("kill_rate", "k: paclitaxel bulk kill rate [1/day]")]
@@ -125,7 +124,7 @@ def lines_figure(rows, path):
         ax.title.set_fontsize(9)
         ax.yaxis.label.set_fontsize(8)
         ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main(args) -> dict:
@@ -147,7 +146,7 @@ def main(args) -> dict:
               for lab in pop.re_labels[pop.levels.index("line")]}
     rows = line_effects(pop, idata, lines, read_markers(args.data_dir))
     cols = list(rows[0]) if rows else []
-    write_atomic(out / "lines.csv", _csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
+    write_atomic(out / "lines.csv", csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
                                                       else str(r[c]) for c in cols]
                                                      for r in rows]))
     lines_figure(rows, out / "lines.png")

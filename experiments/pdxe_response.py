@@ -38,8 +38,7 @@ from scipy import stats
 
 import fitcsc
 from fitcsc._fitrun import fit_job
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "pdxe_brca"
@@ -177,11 +176,11 @@ def _fmt(x):
 
 def _table_text(rows):
     header = list(rows[0])
-    return _csv_text(header, [[_fmt(r[h]) for h in header] for r in rows])
+    return csv_text(header, [[_fmt(r[h]) for h in header] for r in rows])
 
 
 def figures(rows, out):
-    plt = _pyplot()
+    plt = pyplot()
     usable = [r for r in rows if r["status"] in ("converged", "max_steps")]
     arms = [a for a in TRASTUZUMAB_ARMS if any(r["arm"] == a for r in usable)]
     fig, axes = plt.subplots(len(arms) or 1, 2, figsize=(10, 4 * max(len(arms), 1)),
@@ -203,7 +202,7 @@ def figures(rows, out):
                    ylabel=name, title=f"{arm}: {name.split('_')[-1]} term")
     fig.suptitle("HER2-class efficacy per line vs ERBB2 (blue: 95% interval; red: flagged, "
                  "at a bound or interval over half the range)", fontsize=10)
-    _save(fig, out / "her2_vs_erbb2.png")
+    save_figure(fig, out / "her2_vs_erbb2.png")
 
     pac = [r for r in usable if r["arm"] == CHEMO_ARM]
     fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
@@ -217,7 +216,7 @@ def figures(rows, out):
            ylabel="CSC sparing (k_S / k_D)",
            title=f"paclitaxel per line (red: an estimate flagged; kill < {KILL_FLOOR:g} "
            "drawn at it)")
-    _save(fig, out / "paclitaxel.png")
+    save_figure(fig, out / "paclitaxel.png")
 
 
 def _median_iqr(values):

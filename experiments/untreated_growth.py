@@ -37,8 +37,7 @@ import numpy as np
 
 import fitcsc
 from fitcsc._fitrun import fit_job
-from fitcsc._plot import _pyplot, _save
-from fitcsc._run import _csv_text, write_atomic
+from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = "vaghi2020_untreated/vaghi2020_tumor_volume.csv"
@@ -100,7 +99,7 @@ def _fmt(x):
 
 
 def figure(rows, out):
-    plt = _pyplot()
+    plt = pyplot()
     lines = list(dict.fromkeys(r["cell_line"] for r in rows))
     fig, axes = plt.subplots(1, len(lines), figsize=(5.5 * len(lines), 4.2), squeeze=False,
                              constrained_layout=True)
@@ -118,7 +117,7 @@ def figure(rows, out):
                ", ".join(f"{m[:4]} {w}" for m, w in zip(MODELS, wins, strict=True)))
     fig.suptitle("Untreated growth (Vaghi 2020): per-curve AIC against the best law "
                  f"(dashed: {SUPPORT:g} units)", fontsize=10)
-    _save(fig, out / "aic.png")
+    save_figure(fig, out / "aic.png")
 
 
 def main(args) -> dict:
@@ -135,7 +134,7 @@ def main(args) -> dict:
     rows = per_curve_rows(out, table)
     header = list(rows[0])
     write_atomic(out / "per_curve.csv",
-                 _csv_text(header, [[_fmt(r[h]) for h in header] for r in rows]))
+                 csv_text(header, [[_fmt(r[h]) for h in header] for r in rows]))
     figure(rows, out)
     by_line = {}
     for line in dict.fromkeys(r["cell_line"] for r in rows):

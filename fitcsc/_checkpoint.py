@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ._errors import FitcscInputError
-from ._run import write_atomic
+from .files import write_atomic
 
 DIR = ".checkpoint"
 
@@ -37,7 +37,7 @@ def fingerprint(*parts) -> str:
     """SHA-256 of ``parts``: arrays (and pytrees of arrays) by dtype, shape and bytes,
     everything else by its JSON (or ``repr``); plus the precision and package versions
     (a resumed run must compute exactly what the interrupted one did)."""
-    from ._record import versions
+    from .files import versions
 
     h = hashlib.sha256()
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import beta
 
-from ._run import REPO_DATA, _csv_text, write_atomic
+from ._run import REPO_DATA
+from .files import csv_text, write_atomic
 
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (assumption)
 QUICK_TRIALS = ("NeoSphere",)
@@ -71,9 +72,9 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     """
     import fitcsc.summary as fs
 
-    from ._record import run_record
     from ._trial_fit import Objective, TrialData, fit_trials, posterior_draws, save_fit
     from ._trials import STRUCTURES, TrialModel, to_natural
+    from .files import run_record
 
     if structure not in STRUCTURES:
         raise ValueError(f"structure {structure!r} is not one of {sorted(STRUCTURES)}")
@@ -125,7 +126,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
               "observed_pct", "observed_ci95_lo", "observed_ci95_hi", "predicted_pct",
               "predicted_lo95", "predicted_hi95", "predicted_within_observed_ci",
               "observed_total_pcr_pct", "predicted_total_pcr_pct", "status"]
-    write_atomic(out / "arms.csv", _csv_text(header, rows))
+    write_atomic(out / "arms.csv", csv_text(header, rows))
 
     # what the data say little about: posterior sd of z close to its prior sd
     prior_sd = np.broadcast_to(np.asarray(objective.prior_scale, float), (len(tm.names),))

@@ -410,7 +410,7 @@ def write_config(parser, args) -> pathlib.Path | None:
     (atomically); None when the command has no output folder or it does not exist."""
     import tomli_w
 
-    from ._run import write_atomic
+    from .files import write_atomic
 
     out = getattr(args, "out", None)
     if out is None or not pathlib.Path(out).is_dir():

@@ -48,11 +48,10 @@ from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
 from ._model import ModelConfig
 from ._params import default_params
-from ._record import run_record
 from ._regimen import Regimen
-from ._run import _csv_text, write_atomic
 from ._simulate import simulate
 from ._transforms import Interval, ParamSpec, Positive
+from .files import csv_text, run_record, write_atomic
 
 MODELS = ("csc", *BASELINES)
 LM_TOL = 1e-6  # rtol = atol of Levenberg–Marquardt (on z and on the loss)
@@ -692,7 +691,7 @@ def _predictions_csv(batch, fits) -> str:
             rows.append([s, batch.arm[i], cell(float(day[i, j])), cell(float(vol[i, j])),
                          str(int(cens[i, j])), cell(lp), cell(math.exp(lp) if ok else math.nan),
                          cell(res)])
-    return _csv_text(["subject", "arm", "day", "volume_mm3", "censored", "log_volume_pred",
+    return csv_text(["subject", "arm", "day", "volume_mm3", "censored", "log_volume_pred",
                       "volume_pred_mm3", "residual_log"], rows)
 
 
@@ -731,4 +730,4 @@ def _fits_csv(batch, fits, statuses, per_subject, *, group_column=None, groups=N
             row += ["", "", "", ""] if g is None else [
                 _fmt(g["loss"]), _fmt(g["aic"]), _fmt(g["bic"]), str(g["n_free"])]
         rows.append(row)
-    return _csv_text(header, rows)
+    return csv_text(header, rows)

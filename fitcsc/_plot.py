@@ -11,16 +11,7 @@ written atomically.
 
 from __future__ import annotations
 
-import pathlib
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .files import pyplot, save_figure
 
 
 def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, path):
@@ -29,7 +20,7 @@ def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, pa
     **Arguments:** ``arms`` (n,), ``ts``/``volume_mm3``/``csc_fraction`` (n, n_t),
     ``residual_cells`` (n,) at surgery, ``pcr`` a dict regimen -> published pCR row.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), constrained_layout=True)
     cmap = plt.get_cmap("tab20")
     for i, arm in enumerate(arms):
@@ -56,33 +47,13 @@ def plot_regimen_run(arms, ts, volume_mm3, csc_fraction, residual_cells, pcr, pa
            ylabel="published pCR [%] (trial's primary definition)",
            title="Illustrative parameters — not a fit")
     axes[0].legend(fontsize=5, ncol=2, loc="lower left")
-    return _save(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------
 # Per-subject fits. ``result`` is a `FitResult`, or any object with its per-subject
 # fields ``subject``, ``arm``, ``status``, ``loss``, ``log_volume_pred`` (n, n_obs),
 # ``all_losses`` and ``all_status`` (n, n_starts), aligned with ``batch``'s subjects.
-
-
-def _save(fig, path, *, dpi: int = 110) -> pathlib.Path:
-    """Save ``fig`` as PNG through a temporary file and an atomic rename; close it."""
-    import os
-    import tempfile
-
-    plt = _pyplot()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def _arrays(result, batch):
@@ -117,7 +88,7 @@ def _status_text(code) -> str:
 
 
 def _arm_colours(arms):
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return {a: cmap(i % 10) for i, a in enumerate(dict.fromkeys(arms))}
 
@@ -139,7 +110,7 @@ def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fra
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     day, vol, obs, cens, _, status = _arrays(result, batch)
     n = min(len(batch.subject), int(max_panels))
     ncol = min(n, 6)
@@ -177,7 +148,7 @@ def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fra
     shown = "" if n == len(batch.subject) else f" (first {n} of {len(batch.subject)})"
     fig.suptitle(f"Fitted tumour volumes{shown}: data •, censored ▽ at the limit, "
                  "fit —, CSC fraction --", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_observed_vs_predicted(result, batch, path):
@@ -189,7 +160,7 @@ def plot_observed_vs_predicted(result, batch, path):
     ``<`` or ``>`` and counted in the title."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     _, vol, obs, cens, logp, _ = _arrays(result, batch)
     with np.errstate(over="ignore"):
         pred = np.exp(logp)
@@ -216,7 +187,7 @@ def plot_observed_vs_predicted(result, batch, path):
     ax.title.set_fontsize(9)
     if len(colours) <= 12:
         ax.legend(fontsize=6, loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_residuals(result, batch, path):
@@ -224,7 +195,7 @@ def plot_residuals(result, batch, path):
     coloured by arm; zero line."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     day, vol, obs, _, logp, _ = _arrays(result, batch)
     res = np.log(np.where(obs, vol, 1.0)) - logp
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
@@ -237,7 +208,7 @@ def plot_residuals(result, batch, path):
            title="Residuals of the fits (uncensored observations)")
     if len(set(batch.arm)) <= 12:
         ax.legend(fontsize=6, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_multistart(result, path, *, floor=1e-8):
@@ -248,7 +219,7 @@ def plot_multistart(result, path, *, floor=1e-8):
 
     from ._fit_solve import FitStatus
 
-    plt = _pyplot()
+    plt = pyplot()
     losses = np.asarray(result.all_losses, float)
     st = np.asarray(result.all_status)
     n, n_starts = losses.shape
@@ -273,7 +244,7 @@ def plot_multistart(result, path, *, floor=1e-8):
         ax.set_xticks(np.arange(n))
         ax.set_xticklabels(result.subject, rotation=90, fontsize=6)
     ax.legend(fontsize=7, loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pcr_arms(rows, path):
@@ -281,7 +252,7 @@ def plot_pcr_arms(rows, path):
     the exact 95% CI of the published count and the 95% posterior interval of the fit,
     coloured by trial, each arm labelled; squares mark arms fitted outside the published
     CI. Both axes span the intervals (5 points beyond, within 0-100%)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
     trials = list(dict.fromkeys(r["trial"] for r in rows))
     for r in rows:
@@ -307,7 +278,7 @@ def plot_pcr_arms(rows, path):
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="published pCR, % of patients (exact 95% CI)",
            ylabel="fitted pCR, % of patients (95% posterior interval)",
            title="pCR per arm: fitted vs published (squares: outside the CI)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
@@ -318,7 +289,7 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
     (`data_limits`): a fitted value beyond it is drawn at the edge."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     all_arms = list(dict.fromkeys(r["arm"] for r in rows))
     arms = all_arms[:max_arms]
     colours = _arm_colours(arms)
@@ -366,4 +337,4 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
     shown = "" if len(all_arms) == len(arms) else f" (first {len(arms)} of {len(all_arms)} arms)"
     fig.suptitle(f"Observed (•, ▽ censored at the limit) and fitted (—) volumes by arm"
                  f"{shown}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._plot import _arm_colours, _pyplot, _save
+from ._plot import _arm_colours
+from .files import pyplot, save_figure
 
 PERCENTILES = (10.0, 50.0, 90.0)
 
@@ -28,7 +29,7 @@ def _obs(idata):
 def plot_ppc(idata, path, *, prob: float = 0.9) -> float:
     """Observed vs posterior predictive (median, ``prob`` interval) per observation.
     **Returns:** the fraction of uncensored observations inside their interval."""
-    plt = _pyplot()
+    plt = pyplot()
     y, rep, arm, _, cens = _obs(idata)
     lo, med, hi = np.nanpercentile(rep, [50 * (1 - prob), 50, 50 * (1 + prob)], axis=0)
     inside = (y >= lo) & (y <= hi)
@@ -51,7 +52,7 @@ def plot_ppc(idata, path, *, prob: float = 0.9) -> float:
            title=f"Posterior predictive check: {coverage:.1%} of observed volumes inside "
                  f"their {prob:.0%} interval")
     ax.legend(fontsize=7, ncol=2, loc="upper left", markerscale=2)
-    _save(fig, path)
+    save_figure(fig, path)
     return coverage
 
 
@@ -70,7 +71,7 @@ def plot_vpc(idata, path, *, n_bins: int = 8, prob: float = 0.9, min_obs: int = 
     """Visual predictive check, one panel per arm, volume on a log axis. Bins with fewer
     than ``min_obs`` observations are left out. Censored observations enter at their
     detection limit in both the data and (below it) the replicates."""
-    plt = _pyplot()
+    plt = pyplot()
     y, rep, arm, day, cens = _obs(idata)
     arms = list(dict.fromkeys(arm))
     colours = _arm_colours(arm)
@@ -114,4 +115,4 @@ def plot_vpc(idata, path, *, n_bins: int = 8, prob: float = 0.9, min_obs: int = 
                  f"dotted/solid/dotted)\nover the {prob:.0%} intervals of the same "
                  f"percentiles in posterior replicates (bands); ▽ below the detection limit",
                  fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -49,9 +49,6 @@ import numpy as np
 from ._drugs import CATALOGUE
 from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
-from ._plot import _pyplot, _save
-from ._record import run_record
-from ._run import _csv_text, write_atomic
 from ._trial_fit import YEAR, draw_values, load_draws, load_fit
 from ._trials import (
     CHEMO_REFERENCE_DOSE,
@@ -61,6 +58,7 @@ from ._trials import (
     TrialModel,
     reference_kill,
 )
+from .files import csv_text, pyplot, run_record, save_figure, write_atomic
 
 NEW_TRIAL = "new trial"
 # what each pCR definition needs the fit to have estimated
@@ -326,7 +324,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
             p, c = pcr[:, k, i], counts[:, k, i]
             rows.append([a, d, n_patients, _f(point["pcr"][k, i]), _f(p.mean()),
                          *_interval(p), *_interval(c), arm_flags[a], status[i]])
-    write_atomic(out / "predictions.csv", _csv_text(
+    write_atomic(out / "predictions.csv", csv_text(
         ["arm", "pcr_definition", "n_patients", "pcr_map", "pcr_mean", "pcr_lo", "pcr_hi",
          "pcr_pred_lo", "pcr_pred_hi", "assumptions", "status"], rows))
     c_rows = []
@@ -340,11 +338,11 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
                            "; ".join(dict.fromkeys(x for x in (arm_flags[a], arm_flags[b])
                                                    if x))])
     if pairs:
-        write_atomic(out / "contrasts.csv", _csv_text(
+        write_atomic(out / "contrasts.csv", csv_text(
             ["contrast", "pcr_definition", "n_patients_per_arm", "diff_mean", "diff_lo",
              "diff_hi", "prob_a_better", "pred_diff_lo", "pred_diff_hi", "assumptions"],
             c_rows))
-    write_atomic(out / "pcr_draws.csv", _csv_text(
+    write_atomic(out / "pcr_draws.csv", csv_text(
         ["draw", "pcr_definition", *arm_names],
         [[j, d, *[f"{v:.6g}" for v in pcr[j, k]]] for k, d in enumerate(definitions)
          for j in range(pcr.shape[0])]))
@@ -367,12 +365,12 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
                     h = h[np.isfinite(h)]
                     d_rows.append(base + [c, _f(np.exp(np.mean(np.log(h)))), *_interval(h),
                                           arm_flags[a]])
-        write_atomic(out / "dfs.csv", _csv_text(
+        write_atomic(out / "dfs.csv", csv_text(
             ["arm", "years", "dfs_map", "dfs_mean", "dfs_lo", "dfs_hi", "comparator",
              "dfs_hr_geomean", "dfs_hr_lo", "dfs_hr_hi", "assumptions"], d_rows))
         days = jnp.linspace(0.0, max(max(years), 5.0), 61) * YEAR
         curves = np.asarray(tm_adj.dfs(jnp.asarray(z_map), days)[0])
-        write_atomic(out / "dfs_curves.csv", _csv_text(
+        write_atomic(out / "dfs_curves.csv", csv_text(
             ["arm", "years", "dfs"], [[a, f"{float(t) / YEAR:.4g}", f"{curves[i, k]:.5f}"]
                                       for i, a in enumerate(arm_names)
                                       for k, t in enumerate(days)]))
@@ -435,7 +433,7 @@ def _interval(x, prob=0.95):
 
 
 def _figure(names, definitions, pcr, counts, curves, comparators, path):
-    plt = _pyplot()
+    plt = pyplot()
     n_panels = 1 if curves is None else 2  # DFS beside pCR only when predicted
     fig, axes = plt.subplots(1, n_panels, figsize=(6.5 * n_panels, 0.35 * len(names) + 3.5),
                              squeeze=False, constrained_layout=True)
@@ -465,7 +463,7 @@ def _figure(names, definitions, pcr, counts, curves, comparators, path):
         a2.set(xlabel="years from start of adjuvant therapy", ylabel="DFS % (MAP)",
                ylim=(max(0, 100 * dfs.min() - 5), 100), title="adjuvant")
         a2.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _pair(text):

@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from ._errors import FitcscInputError
-from ._run import write_atomic
+from .files import write_atomic
 
 SECTIONS = ("## Data", "## Model and settings", "## Fit quality and diagnostics",
             "## Parameters", "## Predictive checks", "## Warnings")

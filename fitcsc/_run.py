@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import equinox as eqx
@@ -31,9 +29,9 @@ import numpy as np
 
 from ._model import ModelConfig
 from ._params import default_params
-from ._record import run_record
 from ._regimen import stack_schedules
 from ._simulate import Status, simulate
+from .files import csv_text, run_record, write_atomic
 
 REPO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 SURGERY_WEEKS = 4.0  # assumed: surgery 4 weeks after the last preoperative dose
@@ -51,37 +49,6 @@ ILLUSTRATIVE = dict(
     csc_sparing=0.1,
     ec50_mg_per_L=10.0,
 )
-
-
-def write_atomic(path: pathlib.Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``path`` through a temporary file in the same folder
-    and an atomic rename: ``path`` is the old file or the whole new one, never a part
-    (a run killed meanwhile leaves at most a hidden ``.name.*`` temporary)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
-        binary = isinstance(text, bytes)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _csv_text(header, rows) -> str:
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def published_pcr(path: pathlib.Path) -> dict[str, dict]:
@@ -141,7 +108,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
             pub.get("pcr_definition", ""), pub.get("pcr_pct", ""), pub.get("n_patients", ""),
             Status(int(status[i])).name,
         ])
-    write_atomic(out / "arms.csv", _csv_text(
+    write_atomic(out / "arms.csv", csv_text(
         ["arm", "trial", "surgery_day", "residual_invasive_cells", "p_pcr_typical_patient",
          "csc_fraction_at_surgery", "published_pcr_definition", "published_pcr_pct",
          "n_patients", "status"], arm_rows))
@@ -149,7 +116,7 @@ def run_default(regimen_file=None, out_dir="runs/default", *, quick=False, n_tim
              f"{float(sols.csc_fraction[i, k]):.6g}"]
             for i, a in enumerate(arms) for k in range(ts.shape[1])]
     write_atomic(out / "trajectories.csv",
-                 _csv_text(["arm", "day", "volume_mm3", "csc_fraction"], traj))
+                 csv_text(["arm", "day", "volume_mm3", "csc_fraction"], traj))
     plot_regimen_run(arms, ts, np.asarray(sols.volume_mm3), np.asarray(sols.csc_fraction),
                      residual, pcr, out / "regimens.png")
     summary = {

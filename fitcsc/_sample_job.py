@@ -33,10 +33,9 @@ from ._fit import fit_map
 from ._fitrun import LM_EXTRAS, LM_TOL, _load, _regimen_of
 from ._population import posterior_derived
 from ._population_csc import V0, baseline_population, csc_population
-from ._record import run_record
-from ._run import write_atomic
 from ._sample import METHODS, sample
 from ._transforms import Interval
+from .files import run_record, write_atomic
 
 JOB = "population posterior (fitcsc sample)"  # summary.json's "job"
 DEFAULTS = dict(num_chains=8, num_warmup=500, num_samples=500)

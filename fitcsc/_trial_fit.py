@@ -568,7 +568,7 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None, *,
     rebuild the model for new regimens (`load_fit`); with ``draws`` (equal-weight
     posterior draws ``(n, d)`` of ``z``), also `DRAWS_FILE` beside it, which
     `fitcsc predict` then uses instead of Laplace draws; ``posterior`` describes them."""
-    from ._run import _csv_text, write_atomic
+    from .files import csv_text, write_atomic
 
     path = pathlib.Path(path)
     post = {"method": "laplace", "draws_file": None}
@@ -577,7 +577,7 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None, *,
         if draws.ndim != 2 or draws.shape[1] != len(fit.names):
             raise ValueError(f"save_fit: draws must be (n, {len(fit.names)}), got "
                              f"{draws.shape}")
-        write_atomic(path.with_name(DRAWS_FILE), _csv_text(
+        write_atomic(path.with_name(DRAWS_FILE), csv_text(
             list(fit.names), [[repr(float(v)) for v in row] for row in draws]))
         post = {"method": "draws", "draws_file": DRAWS_FILE, "n_draws": len(draws)}
     post |= posterior or {}

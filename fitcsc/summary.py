@@ -49,8 +49,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
     import arviz as az
 
-from ._run import write_atomic
 from ._sample import sample
+from .files import write_atomic
 
 __all__ = [
     "NutsResult",
@@ -512,9 +512,9 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
     forest plot of ``forest_var`` (``forest.png``, 95% HDI, one row per element of ``forest_coords``
     (its last dim; default all), R-hat beside).
     **Returns:** the files written."""
-    from ._plot import _pyplot
+    from .files import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     out = pathlib.Path(out_dir)
     with warnings.catch_warnings():
         # arviz 0.23 calls a matplotlib helper that matplotlib 3.11 deprecates
@@ -525,7 +525,7 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
 
 
 def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel):
-    from ._plot import _save
+    from .files import save_figure
 
     names = population_var_names(idata)
     n_rows = sum(idata.posterior[v].size // (idata.posterior.sizes["chain"]
@@ -544,7 +544,7 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
     fig = axes[0, 0].figure
     fig.suptitle("Posterior by chain: densities (left) and rank plots (right)")
     fig.set_layout_engine("constrained")
-    _save(fig, out / "trace_rank.png")
+    save_figure(fig, out / "trace_rank.png")
     coords = {"fixed_effect": list(pair_coords)} if pair_coords else None
     n_pair = len(pair_coords) if pair_coords else idata.posterior["beta"].shape[-1]
     side = min(10.0, 3.5 + 2.5 * max(n_pair - 1, 1))  # a lone pair is no 10-inch panel
@@ -556,7 +556,7 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
     fig = np.ravel(axes)[0].figure
     fig.suptitle("Fixed effects, joint posterior on the sampled scale\n(log for positive, "
                  "logit for bounded parameters; red: divergent draws)", fontsize=9)
-    _save(fig, out / "pair.png")
+    save_figure(fig, out / "pair.png")
     fcoords = None if forest_coords is None else {
         idata.posterior[forest_var].dims[-1]: list(forest_coords)}
     sub = idata.posterior[forest_var] if fcoords is None else idata.posterior[
@@ -568,7 +568,7 @@ def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, fore
     axes[0].set_title("Posterior medians, 50% and 95% HDIs", fontsize=9)
     fig = axes[0].figure
     fig.set_layout_engine("constrained")
-    _save(fig, out / "forest.png")
+    save_figure(fig, out / "forest.png")
 
 
 def psis_log_weights(log_ratios: Any) -> tuple[np.ndarray, float]:

@@ -104,8 +104,8 @@ def test_axes_are_clipped_to_the_data(fitted, tmp_path, monkeypatch):
                                        for f in result.__dataclass_fields__},
                                     "log_volume_pred": jnp.asarray(logp)})
     seen = []
-    real = plot._save
-    monkeypatch.setattr(plot, "_save", lambda fig, path: (seen.append(
+    real = plot.save_figure
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: (seen.append(
         [(ax.get_xlim(), ax.get_ylim(), ax.get_title()) for ax in fig.axes]), real(fig, path))[1])
     _check_png(plot_observed_vs_predicted(stretched, batch, tmp_path / "ovp.png"))
     vol = np.asarray(batch.volume_mm3)[np.asarray(batch.mask)]

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from fitcsc._run import write_atomic
 from fitcsc.cli import main
+from fitcsc.files import write_atomic
 
 N_SUBJECTS, CHUNK = 16, 2  # 8 chunks
 
