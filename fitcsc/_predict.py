@@ -184,6 +184,19 @@ def _kill_per_reference(drug, a) -> float:
                                             species="human"))[0])
 
 
+def parse_contrast(text: str, arms, source="the regimen file") -> tuple[str, str]:
+    """``--contrast A-B`` as the pair ``(A, B)`` of two different arms of ``arms``. Arm
+    names may contain "-" themselves (``NEOSPHERE-TH-NEOSPHERE-THP``): the contrast is the
+    one split at a "-" whose two sides are both arms; none, or more than one, is refused."""
+    splits = [(text[:i], text[i + 1:]) for i, ch in enumerate(text) if ch == "-"]
+    found = [(a, b) for a, b in splits if a in arms and b in arms and a != b]
+    if len(found) == 1:
+        return found[0]
+    why = (f"two different arms of {source} ({', '.join(arms)})" if not found else
+           "an unambiguous split: it reads as " + " or ".join(f"{a!r} - {b!r}" for a, b in found))
+    raise FitcscInputError(f"--contrast: expected ARM-ARM with {why}, got {text!r}")
+
+
 def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators=(),
             years=(), n_patients=DEFAULT_N_PATIENTS, contrasts=(), assume=(),
             her2_dependence=None, volume_mm3=TUMOUR_VOLUME_MM3, n_draws=1000,
@@ -229,13 +242,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         if c not in regimens:
             raise FitcscInputError(f"{regimen_file}: column arm: comparator arm expected, "
                                    f"got {c!r} (arms: {', '.join(arm_names)})")
-    pairs = []
-    for c in contrasts:
-        a, sep, b = c.partition("-")
-        if not sep or a not in regimens or b not in regimens or a == b:
-            raise FitcscInputError(f"--contrast: expected ARM-ARM with two different arms of "
-                                   f"{regimen_file} ({', '.join(arm_names)}), got {c!r}")
-        pairs.append((a, b))
+    pairs = [parse_contrast(c, arm_names, regimen_file) for c in contrasts]
     if n_patients < 1:
         raise FitcscInputError(f"--n-patients: expected a trial arm size >= 1, got {n_patients}")
     if burden_trial is not None and burden_trial not in trials:

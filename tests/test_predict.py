@@ -11,6 +11,8 @@ from test_report import check_report
 
 import fitcsc
 from fitcsc import cli
+from fitcsc._errors import FitcscInputError
+from fitcsc._predict import parse_contrast
 from fitcsc._trial_fit import TrialFit, save_fit
 from fitcsc._trials import Arm, TrialModel
 
@@ -247,6 +249,18 @@ def test_predict_refuses_bad_options(fit_dir, tmp_path, capsys):
         assert _predict(fit_dir, reg, tmp_path / "o", "--assume", "carboplatin=docetaxel",
                         *extra) == 2
         _one_line_refusal(capsys, *words)
+
+
+def test_contrast_names_arms_that_contain_dashes():
+    arms = ["NEOSPHERE-TH", "NEOSPHERE-THP", "TC", "A", "B-C", "A-B", "C"]
+    assert parse_contrast("NEOSPHERE-TH-NEOSPHERE-THP", arms) == ("NEOSPHERE-TH",
+                                                                  "NEOSPHERE-THP")
+    assert parse_contrast("TC-NEOSPHERE-TH", arms) == ("TC", "NEOSPHERE-TH")
+    with pytest.raises(FitcscInputError, match="unambiguous.*'A' - 'B-C' or 'A-B' - 'C'"):
+        parse_contrast("A-B-C", arms)
+    for bad in ("TC-TC", "TC+TH", "TC-", "-TC", "NEOSPHERE-TH-XX"):
+        with pytest.raises(FitcscInputError, match="two different arms"):
+            parse_contrast(bad, arms)
 
 
 def test_predict_refuses_missing_fit(tmp_path, capsys):
