@@ -12,7 +12,7 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-from test_report import check_fit_report
+from helpers import check_fit_report
 
 from fitcsc._data import data_dir
 from fitcsc._fitrun import PLOTS, fit_job

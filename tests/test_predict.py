@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from test_report import check_report
+from helpers import check_report
 
 import fitcsc
 from fitcsc import cli

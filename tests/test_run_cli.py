@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from test_report import check_report
+from helpers import check_report
 
 from fitcsc import cli
 

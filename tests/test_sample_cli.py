@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from test_report import check_sample_report
+from helpers import check_sample_report
 
 from fitcsc.cli import main
 
