@@ -78,7 +78,7 @@ from scipy.integrate import RK45
 from scipy.optimize import least_squares
 from scipy.special import expit, log_ndtr
 
-from fitcsc import _fitrun  # the fit job's union model and per-arm spec
+from fitcsc import _csc_spec, _fitrun  # the fit job: its loader, union model and per-arm spec
 from fitcsc._compile import CompileStats
 from fitcsc._fit import reference_starts
 from fitcsc._fit import sobol_unit as fitcsc_sobol_unit
@@ -127,11 +127,11 @@ class Group:
         self.idx = np.asarray(idx)
         self.model = fitcsc.ModelConfig(crowding="logistic", drugs=self.drugs,
                                         species=SPECIES)
-        self.spec = _fitrun.csc_arm_spec(self.model)
+        self.spec = _csc_spec.csc_arm_spec(self.model)
         self.pred = predictor(self.model, self.spec)
         sub_regs = [regs[i] for i in self.idx]
-        _, slot = _fitrun.drug_slots(sub_regs, SPECIES)
-        self.batch = _fitrun.slot_batch(batch.subset(self.idx), slot, self.drugs)
+        _, slot = _csc_spec.drug_slots(sub_regs, SPECIES)
+        self.batch = _csc_spec.slot_batch(batch.subset(self.idx), slot, self.drugs)
         self.labels = tuple(self.pred.spec.labels())
         self.n_z = len(self.labels)
         data = fitcsc.subject_data(self.batch)
@@ -483,10 +483,10 @@ class UnionFit:
     def __init__(self, batch, regs, idx, num_starts: int):
         self.idx = np.asarray(idx)
         sub_regs = [regs[i] for i in self.idx]
-        drugs, slot = _fitrun.drug_slots(sub_regs, SPECIES)
+        drugs, slot = _csc_spec.drug_slots(sub_regs, SPECIES)
         self.model = fitcsc.ModelConfig(crowding="logistic", drugs=drugs, species=SPECIES)
         self.pred = predictor_arm(self.model)
-        self.batch = _fitrun.slot_batch(batch.subset(self.idx), slot, drugs)
+        self.batch = _csc_spec.slot_batch(batch.subset(self.idx), slot, drugs)
         data = fitcsc.subject_data(self.batch)
         self.z_ref, self.free = reference_starts(self.pred, data)
         self.z0 = fit_starts(self.z_ref, self.free, num_starts, START_SCALE, START_SEED)
@@ -500,8 +500,9 @@ class UnionFit:
 
 
 def predictor_arm(model):
-    return _fitrun.arm_predictor(model, rtol=ODE_RTOL, atol=ODE_ATOL_CELLS,
-                                 max_steps=ODE_MAX_STEPS)
+    return _csc_spec.arm_predictor(fitcsc.csc_predictor(
+        model, _csc_spec.csc_union_spec(model), rtol=ODE_RTOL, atol=ODE_ATOL_CELLS,
+        max_steps=ODE_MAX_STEPS))
 
 
 def _free_take(u: UnionFit, g: Group):
@@ -791,7 +792,7 @@ def synthetic_group(n: int, seed: int):
         else:
             z[:, j] = np.log(med) + sd * rng.standard_normal(n)
     model = fitcsc.ModelConfig(crowding="logistic", species=SPECIES)
-    spec = _fitrun.csc_arm_spec(model)
+    spec = _csc_spec.csc_arm_spec(model)
     full = predictor(model, spec).spec  # with initial_volume_mm3 free, last
     ts = jnp.asarray(SYN_DAYS)
 
@@ -953,13 +954,13 @@ def workload(groups) -> dict:
         "regimen table: fitcsc.ModelConfig(crowding='logistic', drugs=(the arm's "
         "pseudo-drug,)), states S, D; each treated arm a constant drug effect from day 0 "
         "(fitcsc.default_arm_regimens: C = 1 mg/L, EC50 1e-9 mg/L), its class from the "
-        "arm name; spec fitcsc._fitrun.csc_arm_spec",
+        "arm name; spec fitcsc._csc_spec.csc_arm_spec",
         "groups": {g.cls: {"n_curves": g.n, "drugs_of_group_model": list(g.drugs),
                            "free": list(g.labels),
                            "transforms": {k: repr(v) for k, v in g.pred.spec.transforms},
                            "n_arms": len({g.batch.arm[i] for i in range(g.n)})}
                    for g in groups},
-        "fixed": {k: float(v) for k, v in _fitrun.CSC_REFERENCE.items()},
+        "fixed": {k: float(v) for k, v in _csc_spec.CSC_REFERENCE.items()},
         "fixed_note": "CSC_REFERENCE of the fit job: the value of every parameter that a "
         "group does not free, and the reference start (V0: the curve's first observation)",
         "observation_model": f"log-normal, sigma = {SIGMA} fixed; volumes below "

@@ -1,24 +1,25 @@
-"""The fit job: every subject of a tumour-volume file fitted separately, in batches.
+"""The fit job (`fitcsc fit`): one job for per-curve and shared-growth fits.
 
 `fit_job` reads a tidy CSV (or NONMEM event data), builds each arm's regimen (from a
 regimen table, from the NONMEM dose records, or `default_arm_regimens`: one constant
-effect per treated arm), and fits each subject by maximum likelihood with `fit_map`
-(multi-start Levenberg–Marquardt, sigma estimated per subject): the CSC model or a
-baseline (exponential, logistic, Gompertz, Simeoni).
+effect per treated arm), and fits by maximum likelihood (multi-start Levenberg–Marquardt,
+sigma estimated) the CSC model or a baseline (exponential, logistic, Gompertz, Simeoni).
 
-CSC fits are grouped by the *shape* of their regimen: subjects whose regimens have the
-same drug classes and PK (e.g. every constant-effect HER2 arm) share one model, one
-parameter spec and one compiled fit; each subject's free parameters cover only its own
-arm's drug effects. Each group is fitted in chunks of ``chunk_size`` subjects (the last
-one padded by repeating a subject, padding dropped), so every chunk after a group's
-first reuses its compiled code. A subject whose fit fails gets a failure status; the job
-goes on. (With a regimen table, an arm that combines drug classes frees each per-drug
-effect field for all its drugs; the elements of another class's drug do not change the
-fit, are left empty in ``fits.csv`` and make that subject's Jacobian singular.)
+One chunk loop runs over *fit units* (`SubjectUnits`: each subject fitted alone by
+`fit_map`; `GroupUnits`, ``--share-growth-by COLUMN``: the curves of each group fitted
+together by `fit_group_batch`, growth shared and drug effects per arm). Both use one
+model with a drug slot per drug kind of the data and the union spec of
+`fitcsc._csc_spec` (each curve estimating its arm's part), so every regimen shape shares
+one compiled program; ``chunk_size`` cuts the units into calls of that many subjects
+(curves, for groups), each checkpointed; a unit whose fit fails gets a failure status
+and the job goes on. (With a regimen table, an arm that combines drug classes frees each
+per-drug effect field for all its drugs; the elements of another class's drug do not
+change the fit, are left empty in ``fits.csv`` and make that subject's Jacobian
+singular.)
 
-Outputs (written atomically): ``summary.json``, ``fits.csv`` (one row per subject) and
-the plots ``fits_subjects.png``, ``observed_vs_predicted.png``, ``residuals.png``,
-``multistart.png``.
+Outputs (written atomically): ``summary.json``, ``fits.csv`` (one row per subject),
+``predictions.csv`` and the plots ``fits_subjects.png``, ``observed_vs_predicted.png``,
+``residuals.png``, ``multistart.png``.
 """
 
 from __future__ import annotations
@@ -35,22 +36,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._arms import ARM_EC50_MG_PER_L, constant_effect_message, default_arm_regimens, is_arm_drug
+from ._arms import constant_effect_message, default_arm_regimens
 from ._baselines import BASELINES, baseline_predictor
-from ._batch import SubjectBatch, make_batch
+from ._batch import make_batch
 from ._checkpoint import Checkpoint, fingerprint
 from ._checkpoint import remove as remove_checkpoint
 from ._compile import CompileStats
-from ._drugs import CATALOGUE, default_pk
+from ._csc_spec import (
+    CSC_REFERENCE,
+    arm_predictor,
+    arm_uses,
+    csc_union_spec,
+    drug_slots,
+    param_column,
+    slot_batch,
+)
+from ._drugs import CATALOGUE
 from ._errors import FitcscInputError
 from ._fit import bucket, evaluator_option, fit_map
+from ._fit_group import GroupBatch, expand, fit_group_batch, group_batch, group_predictor
 from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
 from ._fit_solve import FitStatus
 from ._model import ModelConfig
-from ._params import default_params
 from ._regimen import Regimen
 from ._simulate import simulate
-from ._transforms import Interval, ParamSpec, Positive
 from .files import csv_text, run_record, write_atomic
 
 MODELS = ("csc", *BASELINES)
@@ -63,175 +72,13 @@ QUICK_STARTS, QUICK_MAX_STEPS, QUICK_MAX_SUBJECTS = 2, 100, 8
 PLOTS = ("fits_subjects.png", "observed_vs_predicted.png", "residuals.png", "multistart.png")
 JOB = "per-subject maximum-likelihood fits"  # summary.json's "job": JOB (model)
 GROUP_JOB = "maximum-likelihood fits (csc), growth shared within each"  # ... 'column'
-
-# Reference (start 0, and the value of every fixed parameter) of a per-curve CSC fit: a
-# tumour with 10% CSCs whose bulk cannot sustain itself (v_D - delta_D = -0.05/day),
-# growing at v_S (2p - 1) = 0.06/day once CSCs lead; logistic crowding at K = 1e10
-# cells (10,000 mm3, above every PDX volume).
-CSC_REFERENCE = dict(csc_division_rate=0.3, self_renewal=0.6, bulk_division_rate=0.25,
-                     bulk_death_rate=0.3, initial_csc_fraction=0.1,
-                     carrying_capacity_cells=1e10, her2_efficacy_csc=0.5,
-                     her2_efficacy_bulk=0.5, csc_sparing=0.2, kill_rate=0.1,
-                     cytostatic_efficacy=0.5, csc_kill_rate=0.1)
-# Free parameters (see `csc_arm_spec`): what one curve can identify.
-BASE_FREE = {"csc_division_rate": Positive()}
-CONTROL_FREE = {"self_renewal": Interval(0.5, 1.0)}
-CLASS_FREE = {
-    "her2": {"her2_efficacy_csc": Interval(0.0, 1.0), "her2_efficacy_bulk": Interval(0.0, 1.0)},
-    "chemo": {"kill_rate": Positive(), "csc_sparing": Interval(0.0, 1.0)},
-    "cytostatic": {"cytostatic_efficacy": Interval(0.0, 1.0)},
-    "csc": {"csc_kill_rate": Positive()},
-}
-PER_DRUG_CLASS = {"kill_rate": "chemo", "cytostatic_efficacy": "cytostatic",
-                  "csc_kill_rate": "csc"}
-
-
-def csc_arm_spec(model: ModelConfig) -> ParamSpec:
-    """The default spec of a per-curve CSC fit for ``model`` (its drugs: one arm's).
-
-    Free: ``csc_division_rate`` v_S (Positive) and ``initial_volume_mm3`` (added by
-    `csc_predictor`); for an untreated subject also ``self_renewal`` p (Interval(0.5,
-    1)); per drug class present: HER2, ``her2_efficacy_csc`` and ``her2_efficacy_bulk``
-    (Interval(0, 1)); chemo, ``kill_rate`` (Positive) and ``csc_sparing`` (Interval(0,
-    1)); cytostatic, ``cytostatic_efficacy`` (Interval(0, 1)); CSC-targeted,
-    ``csc_kill_rate`` (Positive). Everything else stays at `CSC_REFERENCE`; arm
-    pseudo-drugs get EC50 = `ARM_EC50_MG_PER_L` (full inhibition at C = 1 mg/L).
-
-    Why so few: one volume curve shows about three rates, the CSCs' net growth v_S (2p
-    - 1), their output of bulk cells 2 v_S (1 - p) and the bulk's own net rate. With
-    the bulk kinetics and the initial CSC fraction fixed, a control curve identifies v_S
-    and p. In a treated curve that starts at the first dose, a constant drug effect is
-    confounded with the intrinsic kinetics (a chemo kill adds to the bulk death rate,
-    HER2 blockade of CSCs rescales p), so there p stays at its reference and the drug's
-    parameters carry the difference. Freeing p and the bulk death rate as well was
-    tried on PDXE curves: most fits then ran into the optimiser's step cap along flat
-    directions.
-    """
-    ref = default_params(model, **{k: v for k, v in CSC_REFERENCE.items()})
-    arm = jnp.asarray([is_arm_drug(d) for d in model.drugs], bool)
-    if model.drugs:
-        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
-                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
-    free = dict(BASE_FREE) if model.drugs else {**BASE_FREE, **CONTROL_FREE}
-    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
-        free.update(CLASS_FREE[c])
-    return ParamSpec(free, ref)
-
-
-def drug_slots(regs, species):
-    """Drug kinds (class, PK) of the regimens, in order: ``(slot drugs, {drug: slot})``.
-
-    One model with a drug slot per kind fits every subject of a job (one compiled
-    program): each subject's doses go to the slot of its drug. **Raises:**
-    `FitcscInputError` for an arm with two drugs of the same kind.
-    """
-    kinds: dict[tuple, int] = {}
-    drugs, slot = [], {}
-    for reg in regs:
-        for d in reg.drugs:
-            key = (CATALOGUE[d].drug_class, repr(default_pk(d, species)))
-            if key not in kinds:
-                kinds[key] = len(drugs)
-                drugs.append(d)
-            slot[d] = kinds[key]
-    for reg in regs:
-        used = [slot[d] for d in reg.drugs]
-        if len(set(used)) < len(used):
-            raise FitcscInputError(
-                f"arm {reg.name!r} has two drugs of the same class and PK",
-                expected="at most one drug of each class and PK per arm",
-                value=", ".join(reg.drugs))
-    return tuple(drugs), slot
-
-
-def slot_batch(batch: SubjectBatch, slot: dict, drugs: tuple) -> SubjectBatch:
-    """``batch`` with each dose's drug index moved to its drug's slot in ``drugs``."""
-    if not drugs:
-        return dataclasses.replace(batch, drugs=drugs)
-    table = np.asarray([slot.get(d, 0) for d in batch.drugs] or [0])
-    drug, mask = np.asarray(batch.schedule.drug), np.asarray(batch.schedule.mask)
-    schedule = eqx.tree_at(lambda s: s.drug, batch.schedule,
-                           jnp.asarray(np.where(mask, table[drug], 0)))
-    return dataclasses.replace(batch, schedule=schedule, drugs=drugs)
-
-
-def csc_union_spec(model: ModelConfig) -> ParamSpec:
-    """The spec of every subject of a job at once: growth (v_S, p), every class's
-    effects for the model's drug slots, V0 (added by `csc_predictor`); reference and
-    fixed values as in `csc_arm_spec`. Each subject estimates a part of it (its
-    free mask, `ArmPredictor`)."""
-    ref = default_params(model, **CSC_REFERENCE)
-    if model.drugs:
-        arm = jnp.asarray([is_arm_drug(d) for d in model.drugs], bool)
-        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
-                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
-    free = {**BASE_FREE, **CONTROL_FREE}
-    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in model.drugs):
-        free.update(CLASS_FREE[c])
-    return ParamSpec(free, ref)
-
-
-def label_needs(labels, model: ModelConfig) -> tuple:
-    """What each element of a union spec needs to be estimated for a subject: None
-    (always: v_S, V0), ``()`` (no dose at all: p, as in `csc_arm_spec`), the drug slots
-    of which one must be dosed (a class's effect; a per-drug field its slot), or
-    ``"never"`` (a per-drug field of a slot whose drug is of another class)."""
-    classes = [CATALOGUE[d].drug_class for d in model.drugs]
-    out = []
-    for label in labels:
-        field = label.split("[")[0]
-        if field in BASE_FREE or field == "initial_volume_mm3":
-            out.append(None)
-        elif field in CONTROL_FREE:
-            out.append(())
-        elif "[" in label:  # a per-drug field: its slot, if the slot's drug is its class
-            k = int(label[:-1].split("[")[1])
-            out.append((k,) if classes[k] == PER_DRUG_CLASS[field] else "never")
-        else:
-            cls = next(c for c, f in CLASS_FREE.items() if field in f)
-            out.append(tuple(k for k, c in enumerate(classes) if c == cls))
-    return tuple(out)
-
-
-class ArmPredictor(CSCPredictor):
-    """A CSC predictor over a union spec whose free elements follow each subject's
-    dosed drug slots (`label_needs`): the per-arm spec of `csc_arm_spec` as a mask, so
-    that every regimen shape shares one compiled program."""
-
-    needs: tuple = eqx.field(static=True, default=())
-
-    def free_slots(self, dosed) -> np.ndarray:
-        """The free mask (host) of a subject dosed with drug slots ``dosed``."""
-        dosed = set(dosed)
-        return np.asarray([n is None or (n == () and not dosed)
-                           or (n != "never" and bool(dosed & set(n))) for n in self.needs],
-                          bool)
-
-    def free_mask(self, subject):
-        n_drugs = max(len(self.model.drugs), 1)
-        s = subject.schedule
-        dosed = jnp.zeros((n_drugs,), bool).at[s.drug].max(s.mask)
-        cols = []
-        for n in self.needs:
-            if n is None:
-                cols.append(jnp.ones((), bool))
-            elif n == ():
-                cols.append(~jnp.any(dosed))
-            elif n == "never":
-                cols.append(jnp.zeros((), bool))
-            else:
-                cols.append(jnp.any(dosed[jnp.asarray(n)]))
-        return jnp.stack(cols)
-
-
-def arm_predictor(model: ModelConfig, **ode) -> ArmPredictor:
-    """The job's CSC predictor for ``model`` (every drug slot of the data); ``ode``:
-    `csc_predictor`'s ``rtol``, ``atol``, ``max_steps``."""
-    base = csc_predictor(model, csc_union_spec(model), **ode)
-    return ArmPredictor(model=base.model, spec=base.spec, rtol=base.rtol, atol=base.atol,
-                        max_steps=base.max_steps, v0_from_data=base.v0_from_data,
-                        needs=label_needs(base.spec.labels(), model))
-
+# Shared-growth fits: estimated per group, per curve; the ODE rtol of their curves (a
+# group's LM steps wait for the slowest of its curves' solves; 1e-6, a relative volume
+# error far below the measurement error, made one PDXE line's fit several times faster
+# than the per-curve fits' 1e-8 on a 2-core CPU, same optimum).
+SHARED = ("csc_division_rate", "self_renewal")
+PER_SUBJECT = ("initial_volume_mm3",)
+GROUP_ODE_RTOL = 1e-6
 
 @dataclasses.dataclass
 class JobFits:
@@ -335,16 +182,6 @@ def _grid_curves(predictor, data, z, grid):
     return jax.vmap(one)(data, z, grid)
 
 
-def _column(label, own_drugs, slot):
-    """CSV column of a union-spec label for a subject with drugs ``own_drugs``: the
-    field, or ``field[drug]`` (the drug in that slot) when the arm has several drugs."""
-    if "[" not in label:
-        return label
-    field, k = label[:-1].split("[")
-    drug = next(d for d in own_drugs if slot[d] == int(k))
-    return field if len(own_drugs) == 1 else f"{field}[{drug}]"
-
-
 def _fmt(x) -> str:
     return "" if x is None else f"{x:.6g}"
 
@@ -396,7 +233,7 @@ def fit_job(
     - `cmt_drugs`: NONMEM only: ``{CMT: drug}`` (see `read_nonmem`).
     - `share_growth_by`: a column of the data (e.g. ``"pdx_line"``): fit the curves of
       each of its groups together, growth shared and drug effects per arm (CSC model
-      only; see `fitcsc._fitrun_group`).
+      only; see `fitcsc._fitrun.GroupUnits`).
     - `progress`: a progress bar over subjects (only on a terminal).
     - `evaluator`: `fit_map`'s (``"auto"``: paced ODE solves for the CSC model, jacfwd
       for the baselines and group fits); `batching`: its former name.
@@ -485,28 +322,16 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                              table.study.tolist(), table.subject.tolist(),
                              table.extra.get(share_growth_by, np.array([])).tolist()])
     ckpt = Checkpoint(out_dir, "fit", digest, resume=resume)
-    if share_growth_by is not None:
-        from ._fitrun_group import group_job
-
-        return group_job(table, batch, regs, pathlib.Path(out_dir), column=share_growth_by,
-                         starts=starts, chunk_size=chunk_size, max_steps=max_steps,
-                         sigma=sigma, species=species, n_grid=n_grid, max_panels=max_panels,
-                         progress=progress, source=source, notes=notes,
-                         data_file=getattr(data_file, "path", data_file),
-                         detection_limit_mm3=detection_limit_mm3, quick=quick,
-                         t_start=t_start, lanes=lanes, checkpoint=ckpt)
-    n = batch.n_subjects
-    if model == "csc":
-        drugs, slot = drug_slots(regs, species)
-        predictor = arm_predictor(ModelConfig(crowding="logistic", drugs=drugs,
-                                              species=species))
-        fit_batch = slot_batch(batch, slot, drugs)
-        free = [predictor.free_slots({slot[d] for d in reg.drugs}) for reg in regs]
+    fit_options = dict(starts=starts, sigma=sigma, max_steps=max_steps, lanes=lanes)
+    if share_growth_by is None:
+        units = SubjectUnits(batch, regs, model=model, species=species,
+                             evaluator=evaluator, **fit_options)
     else:
-        predictor, fit_batch, slot = baseline_predictor(model), batch, {}
-        free = [np.ones(predictor.spec.size, bool)] * n
-    labels = tuple(predictor.spec.labels())
+        units = GroupUnits(batch, regs, share_growth_by,
+                           table_groups(table, share_growth_by, batch.subject),
+                           species=species, **fit_options)
 
+    n = batch.n_subjects
     fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
                    np.full((n, batch.n_obs), np.nan), np.full((n, starts), np.nan),
                    np.full((n, starts), -1))
@@ -516,69 +341,51 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
     curves = np.full((2, *grid.shape), np.nan)  # fitted volume, CSC fraction
     per_subject: list[dict] = [{"params": {}} for _ in range(n)]
     errors: list[str] = []
-    size = n if chunk_size is None else min(int(chunk_size), n)
-    info = {}
+    chunks = units.chunks(chunk_size)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=n, desc=f"fit {model}", unit="subject",
+    bar = tqdm(total=units.n, desc=units.desc, unit=units.unit,
                disable=not (progress and sys.stderr.isatty()))
-    chunks = [np.arange(k, min(k + size, n)) for k in range(0, n, size)]
+    t_fit0 = time.perf_counter()
     for c, chunk in enumerate(chunks):
         a = ckpt.load(chunk_name(c))
         if a is None:
             try:
-                a = _fit_chunk(predictor, fit_batch.subset(chunk), grid[chunk], bar,
-                               int(chunk[0]), starts=starts, sigma=sigma,
-                               max_steps=max_steps, evaluator=evaluator, lanes=lanes)
+                a = _fit_chunk(units, chunk, grid, bar)
             except KeyboardInterrupt:
                 raise ckpt.interrupted() from None
             except Exception as err:  # one chunk failing never stops the job
-                errors.append(f"{type(err).__name__} fitting "
-                              f"{[batch.subject[i] for i in chunk]}: {err}")
+                errors.append(f"{type(err).__name__} fitting {units.describe(chunk)}: {err}")
                 continue
             ckpt.save(chunk_name(c), a)
-        vol, frac = a["grid_volume_mm3"], a["grid_csc_fraction"]
-        for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
-            getattr(fits, f)[chunk] = a[f]
-        curves[0, chunk], curves[1, chunk] = vol, frac
-        for j, i in enumerate(chunk):
-            own = regs[i].drugs if model == "csc" else ()
-            for c, label in enumerate(labels):
-                if free[i][c]:
-                    col = _column(label, own, slot)
-                    per_subject[i]["params"][col] = (a["theta"][j, c], a["se_theta"][j, c])
-            per_subject[i].update({f: a[f][j] for f in _RESULT_FIELDS[5:]},
-                                  n_free=int(free[i].sum()) + isinstance(sigma, str))
-    bar.n = n
+        units.absorb(chunk, a, fits, per_subject, curves)
+    bar.n = units.n
     bar.close()
-    t_fit = time.perf_counter() - t_start
-    ev = evaluator if evaluator != "auto" else (
-        "paced" if model == "csc" and not predictor.model.has_log_kill else "jacfwd")
-    info = dict(evaluator=ev, lanes=lanes or "default (128, fewer for a small fit)",
-                n_chunks=len(chunks),
-                checkpoint=ckpt.record(kept=bool(errors)))
+    t_fit = time.perf_counter() - t_fit0
 
-    out = pathlib.Path(out_dir)
-    statuses = write_outputs(out, batch, fits, per_subject, grid, curves,
-                             max_panels=max_panels, csc=model == "csc")
-    shape_info = [dict(arms=sorted({batch.arm[i] for i in idx}), drug_classes=list(cls),
-                       n_subjects=len(idx), labels=[lab for c, lab in enumerate(labels)
-                                                    if free[idx[0]][c]])
-                  for cls, idx in _shapes(batch, regs, model).items()]
+    grouped = share_growth_by is not None
+    statuses = write_outputs(pathlib.Path(out_dir), batch, fits, per_subject, grid, curves,
+                             max_panels=max_panels, csc=model == "csc",
+                             group_column=share_growth_by,
+                             groups=units.group_of if grouped else None)
+    model_config = None
+    if model == "csc":
+        model_config = dict(crowding="logistic", species=species, chemo_mode="concentration",
+                            reference=CSC_REFERENCE, drug_slots=list(units.drugs))
+        if grouped:
+            model_config["ode_rtol"] = GROUP_ODE_RTOL
     return {
-        "job": f"{JOB} ({model})",
+        "job": f"{GROUP_JOB} {share_growth_by!r}" if grouped else f"{JOB} ({model})",
         "data_file": str(getattr(data_file, "path", data_file)),  # a TidyTable: its file
         "regimen_source": source,
         "model": model,
-        "model_config": (dict(crowding="logistic", species=species, chemo_mode="concentration",
-                              reference=CSC_REFERENCE, drug_slots=list(predictor.model.drugs))
-                         if model == "csc" else None),
-        "groups": shape_info,
-        "spec_labels": sorted({lab for gi in shape_info for lab in gi["labels"]}),
+        "model_config": model_config,
+        **units.summary(),
         "starts": int(starts), "chunk_size": chunk_size, "quick": bool(quick),
-        **info,
-        "sigma": sigma, "detection_limit_mm3": float(detection_limit_mm3),
+        "n_chunks": len(chunks), "checkpoint": ckpt.record(kept=bool(errors)),
+        "sigma": sigma if isinstance(sigma, str) else float(sigma),
+        "detection_limit_mm3": float(detection_limit_mm3),
         **job_record(statuses, max_steps, t_fit, t_start, notes, errors,
                      "wall_s and fit_s include JAX compilation (see compile)"),
     }
@@ -589,22 +396,241 @@ def chunk_name(c: int) -> str:
     return f"chunk_{c:05d}"
 
 
-def _fit_chunk(predictor, sub, grid, bar, base, *, starts, sigma, max_steps, evaluator,
-               lanes) -> dict:
-    """Fit the subjects of batch ``sub``: the `_RESULT_FIELDS` and the fitted curves on
-    ``grid`` (host arrays; what a checkpoint holds). A function of its arguments only,
-    so a resumed run refits a chunk exactly as an uninterrupted one."""
+def _fit_chunk(units, chunk, grid, bar) -> dict:
+    """Fit the units ``chunk`` (`SubjectUnits.fit` / `GroupUnits.fit`): host arrays,
+    what a checkpoint holds; a function of its arguments only, so a resumed run refits
+    a chunk exactly as an uninterrupted one."""
+    base = int(chunk[0])
 
-    def tick(done):
-        bar.n = base + done // starts
+    def tick(done):  # fit_map / fit_group_batch count finished starts
+        bar.n = base + done // units.starts
         bar.refresh()
 
-    r = fit_map(predictor, sub, num_starts=starts, sigma=sigma, rtol=LM_TOL, atol=LM_TOL,
-                max_steps=max_steps, evaluator=evaluator, lanes=lanes, progress=tick,
-                **LM_EXTRAS)
-    vol, frac, _ = grid_curves(predictor, subject_data(sub), np.asarray(r.z), grid)
-    return {**{f: np.asarray(getattr(r, f)) for f in _RESULT_FIELDS},
-            "grid_volume_mm3": vol, "grid_csc_fraction": frac}
+    return units.fit(chunk, grid, tick)
+
+
+class SubjectUnits:
+    """Fit units of the per-curve job: each subject alone (`fit_map`); the CSC model's
+    subjects through one `arm_predictor` (each its arm's part of the union spec)."""
+
+    unit = "subject"
+
+    def __init__(self, batch, regs, *, model, species, evaluator, starts, sigma, max_steps,
+                 lanes):
+        self.batch, self.regs, self.model, self.evaluator = batch, regs, model, evaluator
+        self.starts, self.sigma, self.max_steps, self.lanes = starts, sigma, max_steps, lanes
+        self.n, self.desc = batch.n_subjects, f"fit {model}"
+        if model == "csc":
+            self.drugs, self.slot = drug_slots(regs, species)
+            model_cfg = ModelConfig(crowding="logistic", drugs=self.drugs, species=species)
+            self.predictor = arm_predictor(csc_predictor(model_cfg, csc_union_spec(model_cfg)))
+            self.fit_batch = slot_batch(batch, self.slot, self.drugs)
+            self.free = [self.predictor.free_slots({self.slot[d] for d in reg.drugs})
+                         for reg in regs]
+        else:
+            self.predictor, self.fit_batch = baseline_predictor(model), batch
+            self.drugs, self.slot = (), {}
+            self.free = [np.ones(self.predictor.spec.size, bool)] * self.n
+        self.labels = tuple(self.predictor.spec.labels())
+
+    def chunks(self, chunk_size):
+        size = self.n if chunk_size is None else min(int(chunk_size), self.n)
+        return [np.arange(k, min(k + size, self.n)) for k in range(0, self.n, size)]
+
+    def describe(self, chunk) -> str:
+        return str([self.batch.subject[i] for i in chunk])
+
+    def fit(self, chunk, grid, tick) -> dict:
+        sub = self.fit_batch.subset(chunk)
+        r = fit_map(self.predictor, sub, num_starts=self.starts, sigma=self.sigma,
+                    rtol=LM_TOL, atol=LM_TOL, max_steps=self.max_steps,
+                    evaluator=self.evaluator, lanes=self.lanes, progress=tick, **LM_EXTRAS)
+        vol, frac, _ = grid_curves(self.predictor, subject_data(sub), np.asarray(r.z),
+                                   grid[chunk])
+        return {**{f: np.asarray(getattr(r, f)) for f in _RESULT_FIELDS},
+                "grid_volume_mm3": vol, "grid_csc_fraction": frac}
+
+    def absorb(self, chunk, a, fits, per_subject, curves):
+        for f in ("status", "loss", "log_volume_pred", "all_losses", "all_status"):
+            getattr(fits, f)[chunk] = a[f]
+        curves[0, chunk], curves[1, chunk] = a["grid_volume_mm3"], a["grid_csc_fraction"]
+        for j, i in enumerate(chunk):
+            own = self.regs[i].drugs if self.model == "csc" else ()
+            for c, label in enumerate(self.labels):
+                if self.free[i][c]:
+                    per_subject[i]["params"][param_column(label, own, self.slot)] = (
+                        a["theta"][j, c], a["se_theta"][j, c])
+            per_subject[i].update({f: a[f][j] for f in _RESULT_FIELDS[5:]},
+                                  n_free=int(self.free[i].sum()) + isinstance(self.sigma, str))
+
+    def summary(self) -> dict:
+        shapes = [dict(arms=sorted({self.batch.arm[i] for i in idx}), drug_classes=list(cls),
+                       n_subjects=len(idx), labels=[lab for c, lab in enumerate(self.labels)
+                                                    if self.free[idx[0]][c]])
+                  for cls, idx in _shapes(self.batch, self.regs, self.model).items()]
+        ev = self.evaluator if self.evaluator != "auto" else (
+            "paced" if self.model == "csc" and not self.predictor.model.has_log_kill
+            else "jacfwd")
+        return {"groups": shapes,
+                "spec_labels": sorted({lab for g in shapes for lab in g["labels"]}),
+                "evaluator": ev, "lanes": self.lanes or "default (128, fewer for a small fit)"}
+
+
+class GroupUnits:
+    """Fit units of the shared-growth job (``--share-growth-by COLUMN``): every group of
+    curves (e.g. a PDX line) is one member of `fit_group_batch`. `SHARED` growth
+    kinetics (v_S, p) are shared by the group's curves; each arm present has its own
+    drug effects (its part of the union spec, `arm_uses`); each curve its own V0.
+    Growth and effects are estimated jointly, so the untreated curve pins the growth
+    that the treated curves' effects are measured against; p is estimated only in
+    groups with an untreated curve (elsewhere it stays at the reference, as in a
+    per-curve treated fit); v_S always. A group with censored (zero) volumes alternates
+    LM and the sigma update in its lane. ``chunk_size`` counts curves: calls of
+    ``chunk_size // (most curves in a group)`` groups.
+
+    ``fits.csv`` keeps one row per subject: the group column after ``study``, the
+    shared parameters repeated on every row of the group, the arm's effects on each of
+    its curves; ``loss`` is the curve's share of its group's -log-likelihood;
+    ``group_loss``, ``group_aic``, ``group_bic`` and ``group_n_free`` are the group's
+    (the per-curve ``aic``/``bic`` are left empty: the parameters are not the curve's
+    own)."""
+
+    unit = "group"
+    desc = "fit csc (shared growth)"
+
+    def __init__(self, batch, regs, column, group_of, *, species, starts, sigma, max_steps,
+                 lanes):
+        self.batch, self.regs, self.column, self.group_of = batch, regs, column, group_of
+        self.starts, self.sigma, self.max_steps, self.lanes = starts, sigma, max_steps, lanes
+        self.drugs, self.slot = drug_slots(regs, species)
+        model = ModelConfig(crowding="logistic", drugs=self.drugs, species=species)
+        self.pred = csc_predictor(model, csc_union_spec(model), rtol=GROUP_ODE_RTOL)
+        self.labels = tuple(self.pred.spec.labels())
+        uses = {}
+        for a, reg in zip(batch.arm, regs, strict=True):
+            uses.setdefault(a, arm_uses(reg, self.slot, control=not reg.drugs))
+        self.sb = slot_batch(batch, self.slot, self.drugs)
+        self.gb = group_batch(self.sb, group_of, self.labels, shared=SHARED,
+                              per_subject=PER_SUBJECT, uses=uses)
+        self.gpred = group_predictor(self.pred, self.gb)
+        self.n = self.gb.n_groups
+        self.n_curves = int(self.gb.curve_subject.shape[1])
+        self.rows: list[dict] = []
+
+    def chunks(self, chunk_size):
+        self.per_chunk = (self.n if chunk_size is None
+                          else max(1, int(chunk_size) // self.n_curves))
+        return [np.arange(k, min(k + self.per_chunk, self.n))
+                for k in range(0, self.n, self.per_chunk)]
+
+    def describe(self, chunk) -> str:
+        return f"groups {[self.gb.groups[i] for i in chunk]}"
+
+    def fit(self, chunk, grid, tick) -> dict:
+        cgb = _take_groups(self.gb, chunk)
+        res = fit_group_batch(self.gpred, cgb, num_starts=self.starts, sigma=self.sigma,
+                              rtol=LM_TOL, atol=LM_TOL, max_steps=self.max_steps,
+                              lanes=self.lanes, progress=tick, who="fit", **LM_EXTRAS)
+        cs = np.asarray(cgb.curve_subject)
+        sub = np.sort(cs[cs >= 0])
+        view = expand(self.gpred, cgb, res, self.sb.subset(sub))
+        vol, frac, _ = grid_curves(self.pred, subject_data(self.sb.subset(sub)),
+                                   np.asarray(view.z), grid[sub])
+        return {"sub": sub, "grid_volume_mm3": vol, "grid_csc_fraction": frac,
+                "view_group": np.asarray(list(view.group), dtype=str),
+                "res_subject": np.asarray(list(res.subject), dtype=str),
+                **{"view_" + k: np.asarray(getattr(view, k)) for k in _VIEW_FIELDS},
+                **{"res_" + k: np.asarray(getattr(res, k)) for k in _GROUP_FIELDS}}
+
+    def absorb(self, chunk, a, fits, per_subject, curves):
+        sub = a["sub"]
+        view_group, res_subject = a["view_group"].tolist(), a["res_subject"].tolist()
+        row_of = {g: i for i, g in enumerate(res_subject)}
+        v = {k: a["view_" + k] for k in _VIEW_FIELDS}
+        r = {k: a["res_" + k] for k in _GROUP_FIELDS}
+        for j, i in enumerate(sub):
+            gi = row_of[view_group[j]]
+            fits.status[i], fits.loss[i] = int(v["status"][j]), v["loss"][j]
+            fits.log_volume_pred[i] = v["log_volume_pred"][j]
+            fits.all_losses[i], fits.all_status[i] = r["all_losses"][gi], r["all_status"][gi]
+            for c, label in enumerate(self.labels):
+                if np.isfinite(v["theta"][j, c]):
+                    col = param_column(label, self.regs[i].drugs, self.slot, by_class=True)
+                    per_subject[i]["params"][col] = (float(v["theta"][j, c]),
+                                                     float(v["se_theta"][j, c]))
+            per_subject[i].update(
+                sigma=float(v["sigma"][j]), rmse_log_volume=float(v["rmse_log_volume"][j]),
+                condition_number=float(r["condition_number"][gi]),
+                identifiable=bool(r["identifiable"][gi]), best_start=int(r["best_start"][gi]),
+                n_steps=int(r["n_steps"][gi]), group=view_group[j])
+        curves[0, sub], curves[1, sub] = a["grid_volume_mm3"], a["grid_csc_fraction"]
+        free = np.asarray(self.gb.data.free)[np.asarray(chunk)]
+        mask = np.asarray(self.batch.mask)
+        for gi, g in enumerate(res_subject):
+            members = [i for j, i in enumerate(sub) if view_group[j] == g]
+            m_obs = int(mask[members].sum())
+            k = int(free[gi].sum()) + isinstance(self.sigma, str)
+            loss = float(r["loss"][gi])
+            self.rows.append(dict(group=g, n_curves=len(members), n_obs=m_obs, n_free=k,
+                                  loss=loss, aic=2 * k + 2 * loss,
+                                  bic=k * math.log(max(m_obs, 1)) + 2 * loss,
+                                  status=_status_name(int(r["status"][gi]))))
+            for i in members:
+                per_subject[i]["group_stats"] = self.rows[-1]
+
+    def summary(self) -> dict:
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        ok = counts.get("converged", 0) + counts.get("max_steps", 0)
+        return {
+            "share_growth_by": self.column,
+            "shared": list(SHARED), "per_subject": list(PER_SUBJECT),
+            "per_arm": sorted({lab for lab in self.labels if lab not in SHARED + PER_SUBJECT}),
+            "n_groups": self.n, "curves_per_group_max": self.n_curves,
+            "groups_per_chunk": self.per_chunk, "n_z": self.gpred.spec.size,
+            "evaluator": "jacfwd", "groups": self.rows, "group_status_counts": counts,
+            "n_groups_failed": self.n - ok, "spec_labels": list(self.labels),
+            "sigma_note": "one sigma per group" if isinstance(self.sigma, str) else "fixed"}
+
+
+def table_groups(table, column, subjects):
+    """Each subject's value of ``column`` (``study`` or an extra column of the table;
+    one per subject, else refused)."""
+    values = table.study if column == "study" else table.extra.get(column)
+    if values is None:
+        raise FitcscInputError(f"no column {column!r} to share growth by",
+                               file=table.path or None, column=column,
+                               expected="study or one of the table's extra columns: "
+                               + (", ".join(table.extra) or "none"), value=column)
+    of: dict[str, str] = {}
+    for s, v in zip(table.subject.tolist(), values.tolist(), strict=True):
+        if of.setdefault(s, v) != v:
+            raise FitcscInputError(f"subject {s!r} has more than one {column!r}",
+                                   file=table.path or None, column=column,
+                                   expected="one value per subject",
+                                   value=f"{of[s]!r} and {v!r}")
+        if v.strip() == "":
+            raise FitcscInputError(f"subject {s!r} has an empty {column!r}",
+                                   file=table.path or None, column=column,
+                                   expected="a group name", value=v)
+    return [of[s] for s in subjects]
+
+
+def _take_groups(gb: GroupBatch, idx) -> GroupBatch:
+    idx = np.asarray(idx)
+    return GroupBatch(data=jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[idx]),
+                                                  gb.data),
+                      curve_subject=jnp.asarray(np.asarray(gb.curve_subject)[idx]),
+                      entry_local=gb.entry_local, entry_kind=gb.entry_kind,
+                      entry_key=gb.entry_key, groups=tuple(gb.groups[i] for i in idx),
+                      local_labels=gb.local_labels)
+
+
+_VIEW_FIELDS = ("status", "loss", "log_volume_pred", "theta", "se_theta", "sigma",
+                "rmse_log_volume")
+_GROUP_FIELDS = ("status", "loss", "all_losses", "all_status", "condition_number",
+                 "identifiable", "best_start", "n_steps")
 
 
 def job_record(statuses, max_steps, t_fit, t_start, notes, errors, timing_note) -> dict:

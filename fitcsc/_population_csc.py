@@ -1,7 +1,7 @@
 """The default population designs of tumour-volume data: the CSC model and the baselines.
 
 `csc_population` builds a `PopulationModel` of the CSC model (S/D, logistic crowding,
-`fitcsc._fitrun.CSC_REFERENCE` for what is not estimated) from a batch and its regimens:
+`fitcsc._csc_spec.CSC_REFERENCE` for what is not estimated) from a batch and its regimens:
 
 - growth: CSC division rate v_S (log-normal between animals, or between groups such as
   PDX lines when ``group_by`` is given), self-renewal p and the carrying capacity K of
@@ -32,9 +32,9 @@ import jax.numpy as jnp
 
 from ._arms import ARM_EC50_MG_PER_L, is_arm_drug
 from ._baselines import baseline_predictor
+from ._csc_spec import CLASS_FREE, CSC_REFERENCE, PER_DRUG_CLASS
 from ._drugs import CATALOGUE
 from ._fit_predict import csc_predictor
-from ._fitrun import CLASS_FREE, CSC_REFERENCE, PER_DRUG_CLASS
 from ._model import ModelConfig
 from ._params import default_params
 from ._population import population_model

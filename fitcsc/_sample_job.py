@@ -145,9 +145,9 @@ def build(table, regimens, batch, *, model="csc", group_by=None, effects="arm",
     if group_by is None:
         groups = list(batch.study)
     else:
-        from ._fitrun_group import _table_groups
+        from ._fitrun import table_groups
 
-        groups = _table_groups(table, group_by, batch.subject)
+        groups = table_groups(table, group_by, batch.subject)
     if model == "csc":
         pop = csc_population(batch, regs, groups=None if group_by is None else groups,
                              effects=effects, stimulation=stimulation,

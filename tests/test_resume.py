@@ -165,7 +165,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(volumes, reference, tmp
 @pytest.mark.slow
 def test_shared_growth_job_resumes_to_the_same_fits(volumes, tmp_path, monkeypatch):
     """The group job (one chunk per cage): interrupted in its second chunk, resumed."""
-    import fitcsc._fitrun_group as fitrun_group
+    import fitcsc._fitrun as fitrun
 
     argv = ["--model", "csc", "--share-growth-by", "cage", "--chunk-size", "4",
             "--max-subjects", "8"]
@@ -177,7 +177,7 @@ def test_shared_growth_job_resumes_to_the_same_fits(volumes, tmp_path, monkeypat
     assert main([*_fit_argv(volumes8, ref), *argv]) == 0
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["n_chunks"] == 2 and summary["n_groups"] == 2
-    real, calls = fitrun_group._fit_chunk, []
+    real, calls = fitrun._fit_chunk, []
 
     def interrupted(*args, **kw):
         calls.append(1)
@@ -185,9 +185,9 @@ def test_shared_growth_job_resumes_to_the_same_fits(volumes, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(fitrun_group, "_fit_chunk", interrupted)
+    monkeypatch.setattr(fitrun, "_fit_chunk", interrupted)
     assert main([*_fit_argv(volumes8, out), *argv]) == 130
-    monkeypatch.setattr(fitrun_group, "_fit_chunk", real)
+    monkeypatch.setattr(fitrun, "_fit_chunk", real)
     assert main([*_fit_argv(volumes8, out, "--resume"), *argv]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoint"] == {"resumed_chunks": 1, "computed_chunks": 1}
