@@ -24,40 +24,24 @@ import jax.numpy as jnp
 
 from ._fit_predict import AbstractPredictor, SubjectData
 from ._simulate import integrate
-from ._transforms import Positive, Real
+from ._transforms import ElementwiseSpace, Positive, Real, elementwise_to_z
 
 BASELINES = ("exponential", "logistic", "gompertz", "simeoni")
 SIMEONI_PSI = 20.0
 
 
-class NamedSpec(eqx.Module):
+class NamedSpec(ElementwiseSpace):
     """A parameter spec over named scalars (for models outside `CSCParams`); a
     `fitcsc.ParameterSpace` whose ``from_z`` gives a namespace of natural values."""
 
-    names: tuple[str, ...] = eqx.field(static=True)
-    transforms: tuple = eqx.field(static=True)
-
-    @property
-    def free(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def size(self) -> int:
-        return len(self.names)
-
-    def labels(self) -> tuple[str, ...]:
-        return self.names
-
     def from_z(self, z):
-        return types.SimpleNamespace(**{n: t.forward(z[i]) for i, (n, t) in
-                                        enumerate(zip(self.names, self.transforms,
-                                                      strict=True))})
+        return types.SimpleNamespace(**dict(zip(self.names, self.natural(z), strict=True)))
 
     def to_z(self, values):
         """Natural values (a dict, or the namespace `from_z` returns) -> ``z``."""
         values = values if isinstance(values, dict) else vars(values)
-        return jnp.stack([t.inverse(jnp.asarray(values[n], dtype=float))
-                          for n, t in zip(self.names, self.transforms, strict=True)])
+        return elementwise_to_z(self.transforms, jnp.stack(
+            [jnp.asarray(values[n], dtype=float) for n in self.names]))
 
     def log_natural(self, z, name: str):
         """``log`` of the positive parameter ``name`` at ``z``, without overflow (``z``
@@ -65,14 +49,6 @@ class NamedSpec(eqx.Module):
         i = self.names.index(name)
         t = self.transforms[i]
         return z[i] if isinstance(t, Positive) else jnp.log(t.forward(z[i]))
-
-    def natural(self, z):
-        """The parameters on their natural scale, shape ``(size,)``."""
-        return jnp.stack([t.forward(z[i]) for i, t in enumerate(self.transforms)])
-
-    def log_jacobian(self, z):
-        """``log |d natural / d z|`` (see `fitcsc.ParameterSpace`)."""
-        return sum(t.log_jacobian(z[i]) for i, t in enumerate(self.transforms))
 
 
 _SPECS = {

@@ -28,7 +28,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._evaluators import CurveMember, CurveProblem, default_evaluator, make_evaluator
-from ._fit_predict import AbstractPredictor, FunctionPredictor, constrained, subject_data
+from ._fit_predict import AbstractPredictor, FunctionPredictor, subject_data
 from ._fit_solve import FitStatus, Options, fit_status, nll_from_log, sigma_mle, solve_optax
 from ._lanes import DEFAULT_LANES, solve_members
 from ._lm import as_rule, make_stop
@@ -130,7 +130,7 @@ def _uncertainty(spec, J, z, status, max_condition, free=None):
     ev = jnp.linalg.eigvalsh(jtj)
     ev_min = ev[jnp.sum(~free)]
     cond = jnp.where(bad, jnp.nan, jnp.sqrt(ev[-1] / jnp.maximum(ev_min, 0.0)))
-    Jt = jax.jacfwd(lambda z_: constrained(spec, z_))(z)
+    Jt = jax.jacfwd(spec.natural)(z)
     se_t = jnp.sqrt(jnp.diag(Jt @ cov @ Jt.T))
     cov = jnp.where(bad | ~both, jnp.nan, cov)
     se_t = jnp.where(bad | ~free, jnp.nan, se_t)
@@ -247,7 +247,7 @@ def _summarise(predictor, data, rec, sigma0, free, estimate: bool, max_condition
     obs = data.mask & ~data.censored
     sq = jnp.where(obs, (jnp.log(jnp.where(obs, data.volume_mm3, 1.0)) - lp) ** 2, 0.0)
     rmse = jnp.sqrt(jnp.sum(sq, axis=1) / jnp.maximum(jnp.sum(obs, axis=1), 1))
-    theta = jax.vmap(lambda z_: constrained(predictor.spec, z_))(b_z)
+    theta = jax.vmap(predictor.spec.natural)(b_z)
     return dict(z=b_z, loss=pick(loss), status=b_status, sigma=pick(sigma),
                 n_steps=pick(rec["n_steps"]).astype(jnp.int32), best_start=best.astype(
                     jnp.int32), all_z=rec["z"], all_losses=loss, all_status=status,

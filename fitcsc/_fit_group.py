@@ -45,7 +45,7 @@ from ._fit import (
 )
 from ._fit_predict import AbstractPredictor, SubjectData, subject_data
 from ._fit_solve import FitStatus, nll_from_log
-from ._transforms import Real
+from ._transforms import ElementwiseSpace
 
 SEP = "|"  # group-z labels: "<label>" (shared), "<label>|<arm>", "<label>|curve<k>"
 
@@ -81,28 +81,9 @@ class GroupData(eqx.Module):
         return _flat(self.curves.censored)
 
 
-class GroupSpec(eqx.Module):
-    """Labels and transforms of a group fit's ``z`` (static)."""
-
-    entries: tuple[str, ...] = eqx.field(static=True)
-    transforms: tuple = eqx.field(static=True)  # per element: Positive, Interval, Real
-
-    @property
-    def size(self) -> int:
-        return len(self.entries)
-
-    @property
-    def free(self) -> tuple[str, ...]:
-        return self.entries
-
-    def labels(self) -> tuple[str, ...]:
-        return self.entries
-
-    def natural(self, z):
-        """``z`` on the natural scale, element by element."""
-        if not self.entries:
-            return z
-        return jnp.stack([t.forward(z[i]) for i, t in enumerate(self.transforms)])
+class GroupSpec(ElementwiseSpace):
+    """The `fitcsc.ParameterSpace` of a group fit's ``z``: one label (``names``) and one
+    transform per element (static); values are flat natural-scale arrays."""
 
 
 class GroupPredictor(AbstractPredictor):
@@ -222,17 +203,6 @@ class GroupBatch(eqx.Module):
         return len(self.groups)
 
 
-def _label_transforms(spec) -> tuple:
-    """One transform per element of a per-curve spec's ``z`` (Real without transforms)."""
-    labels = tuple(spec.labels())
-    trs = getattr(spec, "transforms", None)
-    if trs is None or not hasattr(spec, "free"):
-        return (Real(),) * len(labels)
-    lookup = dict(trs) if all(isinstance(t, tuple) and len(t) == 2 for t in trs) else dict(
-        zip(spec.free, trs, strict=True))
-    return tuple(lookup[lab.split("[")[0]] for lab in labels)
-
-
 def group_batch(batch, groups: Sequence[str], local_labels: Sequence[str], *,
                 shared: Sequence[str], per_subject: Sequence[str] = (),
                 uses: Mapping[str, Sequence[str]] | Callable | None = None) -> GroupBatch:
@@ -323,7 +293,7 @@ def group_batch(batch, groups: Sequence[str], local_labels: Sequence[str], *,
 
 def group_predictor(curve: AbstractPredictor, gb: GroupBatch) -> GroupPredictor:
     """The group predictor of ``curve`` for the layout of ``gb``."""
-    trs = _label_transforms(curve.spec)
+    trs = curve.spec.element_transforms()
     entries = tuple(
         gb.local_labels[j] + ("" if kind == "shared" else SEP + key)
         for j, kind, key in zip(gb.entry_local, gb.entry_kind, gb.entry_key, strict=True))

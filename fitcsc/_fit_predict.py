@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._model import ModelConfig
 from ._regimen import DoseSchedule
 from ._simulate import simulate
-from ._transforms import Fixed, ParamSpec, Positive
+from ._transforms import Fixed, ParamSpec, Positive, Real
 
 
 class SubjectData(eqx.Module):
@@ -58,39 +58,49 @@ def subject_data(batch, index: int | None = None) -> SubjectData:
 
 
 class SizeSpec(eqx.Module):
-    """Spec of a predictor without a `ParamSpec`: ``z`` is used as it is."""
+    """The `fitcsc.ParameterSpace` of a predictor given only ``len(z)``: ``z`` is used as
+    it is (every element `Real`, natural == ``z``, log-Jacobian 0)."""
 
     size: int = eqx.field(static=True)
 
     def labels(self) -> tuple[str, ...]:
         return tuple(f"z[{i}]" for i in range(self.size))
 
+    def to_z(self, values):
+        return jnp.asarray(values, dtype=float)
+
+    def from_z(self, z):
+        return z
+
+    def natural(self, z):
+        return z
+
+    def log_jacobian(self, z):
+        return jnp.zeros((), jnp.result_type(z))
+
+    def element_transforms(self) -> tuple:
+        return (Real(),) * self.size
+
+    def reference_z(self):
+        return jnp.zeros((self.size,))
+
+
+_CONTRACT = ("size", "labels", "to_z", "from_z", "natural", "log_jacobian",
+             "element_transforms", "reference_z")
+
 
 def as_spec(spec_or_size):
-    """A `ParamSpec` (or duck-typed spec) as it is; an int as `SizeSpec`."""
+    """A `fitcsc.ParameterSpace` as it is; an int as `SizeSpec`.
+
+    **Raises:** `TypeError` naming what a spec lacks of the contract.
+    """
     if isinstance(spec_or_size, int):
         return SizeSpec(int(spec_or_size))
-    for attr in ("size", "labels"):
-        if not hasattr(spec_or_size, attr):
-            raise TypeError(f"spec must be a fitcsc.ParamSpec or an int (the length of z), "
-                            f"got {type(spec_or_size).__name__} without `{attr}`")
+    missing = [a for a in _CONTRACT if not hasattr(spec_or_size, a)]
+    if missing:
+        raise TypeError(f"spec must be a fitcsc.ParameterSpace or an int (the length of z), "
+                        f"got {type(spec_or_size).__name__} without {missing}")
     return spec_or_size
-
-
-def constrained(spec, z: Float[Array, " n_z"]) -> Float[Array, " n_z"]:
-    """The free parameters on their natural scale, flat, in the order of ``labels()``.
-
-    For a `ParamSpec` (or any spec with ``free`` and ``from_z``) this is ``from_z(z)``'s
-    free fields; for a spec with a ``natural(z)`` method (e.g. a group fit's `GroupSpec`)
-    that; for a `SizeSpec` it is ``z``.
-    """
-    if hasattr(spec, "natural"):
-        return spec.natural(z)
-    if hasattr(spec, "free") and hasattr(spec, "from_z"):
-        params = spec.from_z(z)
-        parts = [jnp.ravel(getattr(params, n)) for n in spec.free]
-        return jnp.concatenate(parts) if parts else jnp.zeros((0,), z.dtype)
-    return z
 
 
 class AbstractPredictor(eqx.Module):
@@ -104,9 +114,8 @@ class AbstractPredictor(eqx.Module):
 
     def init_z(self, subject: SubjectData) -> Float[Array, " n_z"]:
         """The reference start of a subject (start 0 of the multi-start)."""
-        if hasattr(self.spec, "to_z") and hasattr(self.spec, "reference"):
-            return self.spec.to_z(self.spec.reference)
-        return jnp.zeros((self.spec.size,))
+        del subject
+        return self.spec.reference_z()
 
     def free_mask(self, subject: SubjectData) -> Bool[Array, " n_z"]:
         """Which elements of ``z`` are estimated for this subject (default: all). The

@@ -33,17 +33,9 @@ class ProfileResult(eqx.Module):
 
 
 def _grid_to_z(spec, label, grid):
-    """The grid in ``z``: through the label's transform if the spec has transforms
-    (`ParamSpec`: ``(name, transform)`` pairs; or ``transforms`` aligned with ``free``)."""
-    grid = jnp.asarray(grid, dtype=float)
-    trs = getattr(spec, "transforms", None)
-    if trs is None or not hasattr(spec, "free"):
-        return grid  # no transform: the grid is in z
-    if all(isinstance(t, tuple) and len(t) == 2 for t in trs):
-        lookup = dict(trs)
-    else:
-        lookup = dict(zip(spec.free, trs, strict=True))
-    return lookup[label.split("[")[0]].inverse(grid)
+    """The natural-scale grid of ``label`` in ``z``, through its element's transform."""
+    i = tuple(spec.labels()).index(label)
+    return spec.element_transforms()[i].inverse(jnp.asarray(grid, dtype=float))
 
 
 def profile(predictor, batch, result, name: str, grid, *, rtol: float = 1e-8,

@@ -92,6 +92,12 @@ class SiteSpace(eqx.Module):
     def log_jacobian(self, z) -> Array:
         return sum(jnp.sum(tr.log_jacobian(u)) for u, tr in self._split(z).values())
 
+    def element_transforms(self) -> tuple:
+        return tuple(tr for _, shape, tr, _ in self.sites for _ in range(math.prod(shape)))
+
+    def reference_z(self) -> Array:
+        return jnp.zeros((self.size,))
+
 
 def _vmapped_jacobians(predictor, zc, curves):
     """Per curve ``(log V, status, d log V / d z)`` by `jax.jacfwd` of the predictor."""

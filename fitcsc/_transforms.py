@@ -18,9 +18,10 @@ params2, log_jac = spec.from_z(z, with_log_jacobian=True)
 
 Every parameter space that a sampler or optimiser can work in (a `ParamSpec`, a
 baseline's `NamedSpec`, a population model's `SiteSpace`, the trial model's space)
-implements `ParameterSpace`: ``size``, ``labels()``, ``to_z``, ``from_z``, ``natural``
-and ``log_jacobian``. A density written on the natural scale becomes a density of ``z``
-by adding ``log_jacobian(z)`` (`fitcsc.z_log_density`).
+implements `ParameterSpace`: ``size``, ``labels()``, ``to_z``, ``from_z``, ``natural``,
+``log_jacobian``, ``element_transforms()`` and ``reference_z()``; the engine reads a
+space through these only (no attribute probing). A density written on the natural
+scale becomes a density of ``z`` by adding ``log_jacobian(z)`` (`fitcsc.z_log_density`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ class ParameterSpace(Protocol):
       ``(size,)``, in the order of ``labels()``.
     - ``log_jacobian(z)``: ``log |d natural / d z|`` (a scalar): add it to a log density
       written on the natural scale to sample in ``z``.
+    - ``element_transforms()``: one transform (`Positive`, `Interval` or `Real`) per
+      element of ``z``, so that ``natural(z)[i] == element_transforms()[i].forward(z[i])``
+      (profile grids and group fits map natural values to ``z`` through it).
+    - ``reference_z()``: the reference ``z`` (start 0 of a multi-start fit; zeros where a
+      space has no reference).
 
-    All four functions are pure JAX (jit, vmap and grad through them).
+    The four functions of ``z`` are pure JAX (jit, vmap and grad through them).
     """
 
     @property
@@ -62,6 +68,10 @@ class ParameterSpace(Protocol):
     def natural(self, z: jax.Array) -> jax.Array: ...
 
     def log_jacobian(self, z: jax.Array) -> jax.Array: ...
+
+    def element_transforms(self) -> tuple: ...
+
+    def reference_z(self) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +129,27 @@ class Fixed:
     """Not estimated: the reference value, or ``value`` if given."""
 
     value: float | None = None
+
+
+def elementwise_natural(transforms: tuple, z):
+    """``z`` on the natural scale, element ``i`` through ``transforms[i]``."""
+    if not transforms:
+        return jnp.zeros((0,), jnp.result_type(z))
+    return jnp.stack([t.forward(z[i]) for i, t in enumerate(transforms)])
+
+
+def elementwise_to_z(transforms: tuple, values):
+    """Natural values (shape ``(len(transforms),)``) -> ``z``, element by element."""
+    x = jnp.asarray(values, dtype=float)
+    if not transforms:
+        return jnp.zeros((0,))
+    return jnp.stack([t.inverse(x[i]) for i, t in enumerate(transforms)])
+
+
+def elementwise_log_jacobian(transforms: tuple, z):
+    """``log |d natural / d z|`` of `elementwise_natural` (a scalar)."""
+    return sum((t.log_jacobian(z[i]) for i, t in enumerate(transforms)),
+               jnp.zeros((), jnp.result_type(z)))
 
 
 class ParamSpec(eqx.Module):
@@ -199,3 +230,59 @@ class ParamSpec(eqx.Module):
     def log_jacobian(self, z):
         """``log |d params / d z|`` summed over free elements."""
         return self.from_z(z, with_log_jacobian=True)[1]
+
+    def element_transforms(self) -> tuple:
+        """One transform per element of ``z`` (a per-drug field repeats its own)."""
+        tr = dict(self.transforms)
+        return tuple(tr[n] for n, k in zip(self.free, self.sizes(), strict=True)
+                     for _ in range(k))
+
+    def reference_z(self):
+        """``to_z`` of the reference values."""
+        return self.to_z(self.reference)
+
+
+class ElementwiseSpace(eqx.Module):
+    """A `ParameterSpace` over named scalars, element ``i`` of ``z`` through
+    ``transforms[i]`` (`Positive`, `Interval` or `Real`); ``to_z``/``from_z`` take and
+    give the flat natural-scale array (a group fit's ``z``; the baselines' `NamedSpec`
+    and the trial model's space give named values instead)."""
+
+    names: tuple[str, ...] = eqx.field(static=True)
+    transforms: tuple = eqx.field(static=True)
+    reference: tuple = eqx.field(static=True, default=())  # reference z; () for zeros
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        return self.names
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def labels(self) -> tuple[str, ...]:
+        return self.names
+
+    def natural(self, z):
+        """``z`` on the natural scale, shape ``(size,)``."""
+        return elementwise_natural(self.transforms, z)
+
+    def from_z(self, z):
+        return self.natural(z)
+
+    def to_z(self, values):
+        return elementwise_to_z(self.transforms, values)
+
+    def log_jacobian(self, z):
+        """``log |d natural / d z|`` (see `ParameterSpace`)."""
+        return elementwise_log_jacobian(self.transforms, z)
+
+    def element_transforms(self) -> tuple:
+        return self.transforms
+
+    def reference_z(self):
+        """``reference`` (as ``z``), or zeros where a predictor gives each curve (or group)
+        its own start."""
+        if self.reference:
+            return jnp.asarray(self.reference, dtype=float)
+        return jnp.zeros((self.size,))

@@ -62,6 +62,7 @@ from ._model import ModelConfig, _hill
 from ._params import default_params
 from ._pk import concentrations, cumulative_exposure, pk_arrays
 from ._regimen import Regimen
+from ._transforms import ElementwiseSpace, Interval, Positive, Real
 
 # Fixed, documented calibration (DESIGN §3; illustrative where the literature is silent).
 BASE = dict(
@@ -134,6 +135,7 @@ STRUCTURES = {
 }
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
+_SPACE = {"exp": Positive(), "sigmoid": Interval(0.0, 1.0), "identity": Real()}
 DEFINITIONS = ("ypT0/is ypN0", "ypT0/is", "ypT0", "ypT0 ypN0")
 BREAST_ONLY = ("ypT0/is", "ypT0")  # definitions that ignore nodal residual
 NO_DCIS = ("ypT0", "ypT0 ypN0")  # definitions that count in-situ residual as no pCR
@@ -369,8 +371,17 @@ class TrialModel(eqx.Module):
         return jnp.asarray([from_natural(n, self.fixed[n.split("#")[0]])
                             for n in self.names], float)
 
+    @property
+    def space(self) -> ElementwiseSpace:
+        """The `fitcsc.ParameterSpace` of ``z`` (the free parameters, in ``names``
+        order; reference: `z0`), for samplers and the engine."""
+        return ElementwiseSpace(self.names, tuple(_SPACE[PARAMETERS[n.split("#")[0]][0]]
+                                                  for n in self.names),
+                                tuple(float(x) for x in self.z0()))
+
     def natural(self, z) -> dict:
-        """``{name: value}`` on the natural scale, free and fixed together."""
+        """``{name: value}`` on the natural scale, free and fixed together (the free ones
+        are ``space.natural(z)``)."""
         out = dict(self.fixed)
         for i, n in enumerate(self.names):
             out[n] = to_natural(n, z[i])

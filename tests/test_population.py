@@ -12,6 +12,8 @@ from scipy import stats
 import fitcsc
 from fitcsc._arms import ARM_EC50_MG_PER_L, default_arm_regimens
 from fitcsc._data import TidyTable
+from fitcsc._fit_group import GroupSpec
+from fitcsc._fit_predict import SizeSpec
 from fitcsc._population import _vmapped_jacobians, forward_predict, population_model
 
 DAYS = np.array([0.0, 4.0, 8.0, 13.0, 21.0])
@@ -62,10 +64,18 @@ def test_parameter_spaces_implement_the_protocol():
     model = fitcsc.ModelConfig(drugs=("trastuzumab",))
     spec = fitcsc.ParamSpec({"self_renewal": fitcsc.Interval(0.5, 1.0),
                              "ec50_mg_per_L": fitcsc.Positive()}, fitcsc.default_params(model))
-    spaces = [spec, fitcsc.baseline_predictor("simeoni").spec, pop.space]
+    group = GroupSpec(("a", "b|x", "c"), (fitcsc.Positive(), fitcsc.Interval(-1.0, 2.0),
+                                           fitcsc.Real()))
+    spaces = [spec, fitcsc.baseline_predictor("simeoni").spec, pop.space, SizeSpec(3), group]
     rng = np.random.default_rng(1)
     for space in spaces:
         assert isinstance(space, fitcsc.ParameterSpace)
+        # the engine's view: natural == element-wise transforms, reference in z
+        trs = space.element_transforms()
+        assert len(trs) == space.size and np.shape(space.reference_z()) == (space.size,)
+        z1 = jnp.asarray(rng.normal(size=space.size))
+        np.testing.assert_allclose(space.natural(z1), [t.forward(z1[i])
+                                                      for i, t in enumerate(trs)], rtol=1e-14)
         z = jnp.asarray(rng.normal(size=space.size))
         assert len(space.labels()) == space.size == len(set(space.labels()))
         np.testing.assert_allclose(space.to_z(space.from_z(z)), z, rtol=1e-10, atol=1e-12)

@@ -264,3 +264,23 @@ def test_csc_fraction_spread_matches_direct_integral(neosphere):
     big = tm.residuals(zs, log_fraction_shift=50.0)
     base = tm.residuals(zs, log_fraction_shift=np.log(0.5 / tm.base.initial_csc_fraction))
     np.testing.assert_allclose(np.asarray(big[0]), np.asarray(base[0]), rtol=1e-12)
+
+
+def test_trial_model_space_is_the_parameter_space_of_its_z(neosphere):
+    """`TrialModel.space` implements `fitcsc.ParameterSpace`: its natural values are the
+    model's own (`TrialModel.natural`), its log-Jacobian the log-determinant of
+    d natural / d z by autodiff, its reference the model's start."""
+    arms, _ = neosphere
+    tm = TrialModel.build(arms, heterogeneity="continuous", trial_effects=True)
+    space = tm.space
+    assert isinstance(space, fitcsc.ParameterSpace) and space.labels() == tm.names
+    kinds = {type(t).__name__ for t in space.element_transforms()}
+    assert kinds == {"Positive", "Interval", "Real"}  # every kind of PARAMETERS is there
+    np.testing.assert_allclose(space.reference_z(), tm.z0(), rtol=0, atol=0)
+    z = tm.z0() + jnp.asarray(np.random.default_rng(3).normal(scale=0.5, size=space.size))
+    nat = tm.natural(z)
+    np.testing.assert_allclose(space.natural(z), [nat[n] for n in tm.names], rtol=1e-14)
+    np.testing.assert_allclose(space.to_z(space.from_z(z)), z, rtol=1e-10, atol=1e-12)
+    jac = jax.jacfwd(space.natural)(z)
+    _, logdet = np.linalg.slogdet(np.asarray(jac))
+    np.testing.assert_allclose(space.log_jacobian(z), logdet, rtol=1e-10)
