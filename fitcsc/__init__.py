@@ -34,7 +34,6 @@ from ._errors import DataWarning as DataWarning
 from ._errors import FitcscInputError as FitcscInputError
 from ._errors import RegimenError as RegimenError
 from ._fit import FitResult as FitResult
-from ._fit import FitStatus as FitStatus
 from ._fit import fit_map as fit_map
 from ._fit_group import GroupFitResult as GroupFitResult
 from ._fit_group import fit_groups as fit_groups
@@ -76,8 +75,9 @@ from ._sample import Posterior as Posterior
 from ._sample import sample as sample
 from ._sample import z_log_density as z_log_density
 from ._simulate import Solution as Solution
-from ._simulate import Status as Status
 from ._simulate import simulate as simulate
+from ._status import FitStatus as FitStatus
+from ._status import Status as Status
 from ._transforms import Fixed as Fixed
 from ._transforms import Interval as Interval
 from ._transforms import ParameterSpace as ParameterSpace

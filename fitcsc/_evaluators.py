@@ -36,7 +36,7 @@ from ._fit_solve import residuals_jacobian, sigma_mle
 from ._model import initial_state, model_rhs, total_cells
 from ._paced import controller, paced_solve, records, refresh, setup, step
 from ._regimen import discontinuity_times
-from ._simulate import Status
+from ._status import Status
 
 EVALUATORS = ("paced", "jacfwd")
 

@@ -29,9 +29,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._evaluators import CurveMember, CurveProblem, default_evaluator, make_evaluator
 from ._fit_predict import AbstractPredictor, FunctionPredictor, subject_data
-from ._fit_solve import FitStatus, Options, fit_status, nll_from_log, sigma_mle, solve_optax
+from ._fit_solve import Options, nll_from_log, sigma_mle, solve_optax
 from ._lanes import DEFAULT_LANES, solve_members
 from ._lm import as_rule, make_stop
+from ._status import FitStatus, fit_status
 
 DEFAULT_OPTIMISER = optax.adam(0.05)  # module level: a new optimiser object recompiles
 

@@ -44,7 +44,8 @@ from ._fit import (
     starts,
 )
 from ._fit_predict import AbstractPredictor, SubjectData, subject_data
-from ._fit_solve import FitStatus, nll_from_log
+from ._fit_solve import nll_from_log
+from ._status import FitStatus
 from ._transforms import ElementwiseSpace
 
 SEP = "|"  # group-z labels: "<label>" (shared), "<label>|<arm>", "<label>|curve<k>"

@@ -7,7 +7,6 @@ The Levenberg–Marquardt is `fitcsc._lm`, driven by `fitcsc._lanes`.
 
 from __future__ import annotations
 
-import enum
 import math
 
 import equinox as eqx
@@ -17,28 +16,10 @@ import optax
 from jaxtyping import Array
 
 from ._likelihood import log_likelihood_from_log, residuals_from_log
+from ._status import fit_status
 
 PENALTY = 1e6  # residual of a real observation when the prediction failed
 SIGMA_MIN, SIGMA_MAX = 1e-4, 10.0
-
-
-class FitStatus(enum.IntEnum):
-    """Outcome of one fit (one subject, or one start of one subject)."""
-
-    CONVERGED = 0
-    MAX_STEPS = 1  # the optimiser reached `max_steps`: increase it or loosen rtol/atol
-    SOLVER_FAILURE = 2  # the simulation (or the optimiser's linear solve) failed
-    NONFINITE = 3  # non-finite loss or parameters: check data and starting values
-
-    @property
-    def message(self) -> str:
-        return {
-            0: "converged",
-            1: "the optimiser reached max_steps; increase `max_steps` or loosen rtol/atol",
-            2: "the simulation failed at the estimate (e.g. it reached the predictor's "
-               "max_steps); check parameter values or raise the predictor's max_steps",
-            3: "non-finite loss or parameters; check the data and the starting values",
-        }[int(self)]
 
 
 class Options(eqx.Module):
@@ -115,16 +96,6 @@ def sigma_mle(log_pred, data, sigma0):
     any_cens = jnp.any(data.mask & data.censored)
     u = jnp.where(any_cens, jax.lax.fori_loop(0, 20, newton, u0), u0)
     return jnp.where(n >= 2, jnp.exp(u), sigma0)
-
-
-def fit_status(opt_ok, opt_max_steps, sim_status, loss, z):
-    """`FitStatus` of a member: converged, at the step cap, or failed; non-finite loss
-    or parameters, and a failed simulation, override."""
-    code = jnp.where(opt_ok, FitStatus.CONVERGED,
-                     jnp.where(opt_max_steps, FitStatus.MAX_STEPS, FitStatus.SOLVER_FAILURE))
-    code = jnp.where(jnp.isfinite(loss) & jnp.all(jnp.isfinite(z)), code, FitStatus.NONFINITE)
-    code = jnp.where(sim_status == 0, code, FitStatus.SOLVER_FAILURE)
-    return code.astype(jnp.int32)
 
 
 class Member(eqx.Module):

@@ -56,10 +56,10 @@ from ._errors import FitcscInputError
 from ._fit import bucket, evaluator_option, fit_map
 from ._fit_group import GroupBatch, expand, fit_group_batch, group_batch, group_predictor
 from ._fit_predict import CSCPredictor, SubjectData, csc_predictor, subject_data
-from ._fit_solve import FitStatus
 from ._model import ModelConfig
 from ._regimen import Regimen
 from ._simulate import simulate
+from ._status import FitStatus
 from .files import csv_text, run_record, write_atomic
 
 MODELS = ("csc", *BASELINES)
@@ -88,7 +88,7 @@ class JobFits:
     subject: tuple[str, ...]
     arm: tuple[str, ...]
     study: tuple[str, ...]
-    status: np.ndarray  # FitStatus code, -1 = the chunk raised
+    status: np.ndarray  # FitStatus code (RAISED: the chunk raised)
     loss: np.ndarray
     log_volume_pred: np.ndarray  # (n_subjects, n_obs)
     all_losses: np.ndarray  # (n_subjects, n_starts)
@@ -96,7 +96,7 @@ class JobFits:
 
 
 def _status_name(code: int) -> str:
-    return "error" if code < 0 else FitStatus(code).name.lower()
+    return FitStatus(int(code)).label
 
 
 def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
@@ -332,9 +332,10 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
                            species=species, **fit_options)
 
     n = batch.n_subjects
-    fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, -1), np.full(n, np.nan),
-                   np.full((n, batch.n_obs), np.nan), np.full((n, starts), np.nan),
-                   np.full((n, starts), -1))
+    raised = int(FitStatus.RAISED)  # until its chunk's fit lands
+    fits = JobFits(batch.subject, batch.arm, batch.study, np.full(n, raised),
+                   np.full(n, np.nan), np.full((n, batch.n_obs), np.nan),
+                   np.full((n, starts), np.nan), np.full((n, starts), raised))
     day, mask = np.asarray(batch.day), np.asarray(batch.mask)
     grid = np.stack([np.linspace(d[m][0], d[m][-1], n_grid) for d, m in zip(day, mask,
                                                                              strict=True)])

@@ -69,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._fit_solve import FitStatus
+from ._status import FitStatus
 
 
 class Stop(eqx.Module):

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._simulate import Status
+from ._status import Status
 
 _TABLEAU = diffrax.Tsit5.tableau
 _ERROR_ORDER = diffrax.Tsit5().error_order(diffrax.ODETerm(lambda t, y, a: y))

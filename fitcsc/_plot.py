@@ -81,7 +81,7 @@ def data_limits(volume_mm3, *, pad=3.0):
 
 
 def _status_text(code) -> str:
-    from ._fit_solve import FitStatus
+    from ._status import FitStatus
 
     code = int(code)
     return "error" if code < 0 else FitStatus(code).name.lower()
@@ -217,7 +217,7 @@ def plot_multistart(result, path, *, floor=1e-8):
     the top). Many starts near the floor mean the optimum was found repeatedly."""
     import numpy as np
 
-    from ._fit_solve import FitStatus
+    from ._status import FitStatus
 
     plt = pyplot()
     losses = np.asarray(result.all_losses, float)

@@ -49,6 +49,7 @@ import numpy as np
 from ._drugs import CATALOGUE
 from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
+from ._status import outcome
 from ._trial_fit import YEAR, draw_values, load_draws, load_fit
 from ._trials import (
     CHEMO_REFERENCE_DOSE,
@@ -323,7 +324,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     counts = np.stack([np.random.default_rng([seed, zlib.crc32(a.encode())]).binomial(
         n_patients, np.clip(pcr[..., i], 0.0, 1.0)) for i, a in enumerate(arm_names)],
         axis=-1) / n_patients
-    status = np.where(np.max(vals["status"], axis=0) > 0, "failed", "ok")
+    status = np.vectorize(outcome, otypes=[str])(np.max(vals["status"], axis=0))
     out = pathlib.Path(out_dir)
     rows = []
     for k, d in enumerate(definitions):

@@ -30,7 +30,8 @@ import numpy as np
 from ._model import ModelConfig
 from ._params import default_params
 from ._regimen import stack_schedules
-from ._simulate import Status, simulate
+from ._simulate import simulate
+from ._status import Status
 from .files import csv_text, run_record, write_atomic
 
 REPO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data"

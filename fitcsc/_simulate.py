@@ -13,7 +13,6 @@ integrates one after another; padded segments have zero length and are no-ops.
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 
 import diffrax
@@ -32,25 +31,7 @@ from ._model import (
     total_cells,
 )
 from ._regimen import DoseSchedule, discontinuity_times, empty_schedule
-
-
-class Status(enum.IntEnum):
-    """Outcome of one trajectory (one batch member)."""
-
-    SUCCESS = 0
-    MAX_STEPS = 1  # the solver hit `max_steps`: increase `max_steps` or check stiffness
-    SOLVER_FAILURE = 2  # step size collapsed or another solver error
-    NONFINITE = 3  # NaN/inf in the output: check parameter values
-
-    @property
-    def message(self) -> str:
-        return {
-            0: "success",
-            1: "the solver reached max_steps; increase `max_steps`, or use a stiff "
-               "solver (solver=diffrax.Kvaerno5()) for extreme parameter values",
-            2: "the ODE solver failed (step size underflow); check parameter values",
-            3: "non-finite values in the solution; check parameter values",
-        }[int(self)]
+from ._status import Status
 
 
 class Solution(eqx.Module):

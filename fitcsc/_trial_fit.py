@@ -31,7 +31,7 @@ import numpy as np
 from scipy.stats import qmc
 
 from ._endpoints import binomial_log_likelihood, hazard_ratio
-from ._fit_solve import FitStatus
+from ._status import FitStatus
 from ._trials import BREAST_ONLY, Arm, TrialModel, reference_kill
 
 TOTAL = ("ypT0/is ypN0", "ypT0 ypN0")

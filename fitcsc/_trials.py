@@ -62,6 +62,7 @@ from ._model import ModelConfig, _hill
 from ._params import default_params
 from ._pk import concentrations, cumulative_exposure, pk_arrays
 from ._regimen import Regimen
+from ._status import Status
 from ._transforms import ElementwiseSpace, Interval, Positive, Real
 
 # Fixed, documented calibration (DESIGN §3; illustrative where the literature is silent).
@@ -543,7 +544,7 @@ class TrialModel(eqx.Module):
 
         outs = jax.vmap(one_node, out_axes=1)(self.nodes())
         finite = jnp.all(jnp.isfinite(jnp.stack(outs[:2])), axis=0)
-        status = jnp.where(finite, 0, 3).astype(jnp.int32)
+        status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE).astype(jnp.int32)
         return (*outs, status)
 
     # ------------------------------------------------------------------ integration

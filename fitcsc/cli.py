@@ -37,6 +37,7 @@ import warnings
 from ._config import CONFIG_COMMANDS, add_run_options, apply_config, runtime, write_config
 from ._data_show import plural as _n
 from ._errors import DataError, DataWarning, FitcscInputError
+from ._status import Exit, job_exit
 
 
 def _resolve_input(name: str) -> pathlib.Path:
@@ -230,7 +231,7 @@ def _simulate(args) -> int:
         print(f"fitcsc simulate: {summary['n_arms']} regimens simulated "
               f"({summary['n_failed']} failed) in {summary['wall_s']:.1f} s -> {args.out}/"
               f"{{summary.json, arms.csv, trajectories.csv, regimens.png}}")
-    return 0 if summary["n_failed"] == 0 else 1
+    return job_exit(summary["n_failed"] == 0)
 
 
 def add_simulate_command(subparsers, common) -> None:
@@ -351,8 +352,7 @@ def _fit(args) -> int:
         print(f"fitcsc fit: {_n(summary['n_subjects'], 'subject')}{shared} fitted with "
               f"{summary['model']} ({counts}) in {summary['wall_s']:.1f} s -> {args.out}/"
               "{summary.json, fits.csv, report.md, *.png}")
-    ok = summary["n_subjects"] - summary["n_failed"] > 0 and not summary["errors"]
-    return 0 if ok else 1
+    return job_exit(summary["n_subjects"] - summary["n_failed"] > 0 and not summary["errors"])
 
 
 def add_fit_command(subparsers, common) -> None:
@@ -516,18 +516,18 @@ def main(argv: list[str] | None = None) -> int:
                     for path in args.drug_catalogue:
                         load_drug_catalogue(path)
                 code = int(args.handler(args))
-                if code in (0, 1) and args.command in CONFIG_COMMANDS:
+                if code in (Exit.OK, Exit.FAILED) and args.command in CONFIG_COMMANDS:
                     write_config(parser, args)
         except FitcscInputError as err:
-            error, code, message = err, 2, " ".join(str(err).splitlines())
+            error, code, message = err, Exit.INPUT, " ".join(str(err).splitlines())
         except KeyboardInterrupt as err:
-            error, code, message = err, 130, str(err) or "interrupted"
+            error, code, message = err, Exit.INTERRUPTED, str(err) or "interrupted"
         except Exception as err:  # a failure of the run, not of the input
-            error, code = err, 1
+            error, code = err, Exit.FAILED
             message = (f"the run failed: {type(err).__name__}: "
                        f"{' '.join(str(err).splitlines())}"
                        + ("" if args.debug else " (run with --debug for the traceback)"))
-    if code != 2:
+    if code != Exit.INPUT:
         for note in notes:
             print(f"fitcsc: warning: {note}", file=sys.stderr)
     if error is None:

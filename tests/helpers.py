@@ -20,8 +20,8 @@ import numpy as np
 
 import fitcsc
 from fitcsc._data import make_batch, read_tidy_csv
-from fitcsc._fit_solve import FitStatus
 from fitcsc._report import SECTIONS, cell, job_kind
+from fitcsc._status import FitStatus
 from fitcsc.cli import main
 
 MODEL = fitcsc.ModelConfig(crowding="logistic", drugs=("trastuzumab",), species="mouse")

@@ -31,8 +31,9 @@ from helpers import (
 from fitcsc._fit import fit_map, sobol_unit
 from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
 from fitcsc._fit_profile import profile
-from fitcsc._fit_solve import FitStatus, member_residuals
+from fitcsc._fit_solve import member_residuals
 from fitcsc._likelihood import log_likelihood_from_log
+from fitcsc._status import FitStatus
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import fitcsc
 from fitcsc._evaluators import JacfwdEvaluator, PacedEvaluator, basis
 from fitcsc._fit import fit_map, pad_observations
 from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
-from fitcsc._fit_solve import FitStatus
+from fitcsc._status import FitStatus
 
 LM = dict(trust_region="bounded", stall_rtol=1e-8, stall_steps=2)
 

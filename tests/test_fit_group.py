@@ -23,7 +23,7 @@ import fitcsc
 from fitcsc._data import make_batch, read_tidy_csv
 from fitcsc._fit_group import fit_groups
 from fitcsc._fit_predict import FunctionPredictor
-from fitcsc._fit_solve import FitStatus
+from fitcsc._status import FitStatus
 from fitcsc.cli import main
 
 

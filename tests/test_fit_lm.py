@@ -17,9 +17,9 @@ import pytest
 import scipy.optimize
 
 import fitcsc
-from fitcsc._fit_solve import FitStatus
 from fitcsc._lanes import ResidualProblem, solve_members
 from fitcsc._lm import Damping, as_rule, bounded_step, least_squares, make_stop
+from fitcsc._status import FitStatus
 
 T = jnp.linspace(0.0, 6.0, 25)
 Y = 3.0 * jnp.exp(-0.7 * T) + 0.5 + 0.02 * jnp.sin(5.0 * T)

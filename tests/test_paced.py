@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fitcsc._paced import paced_solve, tsit5_step
-from fitcsc._simulate import Status
+from fitcsc._status import Status
 
 M = 70  # members solved together, each at its own pace
 
