@@ -141,13 +141,30 @@ def finish_stats(stats: dict) -> dict:
     return out
 
 
-def _scan(step, n):
+def _scan(step, n, thinning=1):
+    """``n`` kept draws, each after ``thinning`` sampler steps (every ``thinning``-th
+    draw is kept). The step keys are ``jax.random.split(key, n * thinning)`` in order
+    whatever the thinning, so a thinned run's draws are every ``thinning``-th draw of
+    an unthinned run of ``n * thinning`` steps from the same carry and key. A kept
+    draw's ``diverging`` is whether any of its ``thinning`` steps diverged; its other
+    statistics are those of the kept step."""
+
     def run(carry, key):
         def body(c, k):
             c, z, stats = step(c, k)
             return c, (z, stats)
 
-        return jax.lax.scan(body, carry, jax.random.split(key, n))
+        if thinning == 1:
+            return jax.lax.scan(body, carry, jax.random.split(key, n))
+
+        def thinned(c, ks):
+            c, (z, stats) = jax.lax.scan(body, c, ks)
+            kept = jax.tree_util.tree_map(lambda x: x[-1], (z, stats))
+            kept[1]["diverging"] = jnp.any(stats["diverging"], axis=0)
+            return c, kept
+
+        keys = jax.random.split(key, n * thinning).reshape(n, thinning)
+        return jax.lax.scan(thinned, carry, keys)
 
     return jax.jit(run)
 
@@ -191,13 +208,13 @@ class _CarryStore:
         return jax.tree_util.tree_unflatten(self.treedef[name.split("_")[0]], leaves)
 
 
-def _check(method, num_warmup, num_samples, num_chains, dense_mass):
+def _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning=1):
     if method not in METHODS:
         raise ValueError(f"sample: method must be one of {METHODS}, got {method!r}")
     if dense_mass and method != "nuts":
         raise ValueError("sample: dense_mass=True needs method='nuts'")
     for name, v in (("num_warmup", num_warmup), ("num_samples", num_samples),
-                    ("num_chains", num_chains)):
+                    ("num_chains", num_chains), ("thinning", thinning)):
         if int(v) != v or v < (0 if name == "num_warmup" else 1):
             raise ValueError(f"sample: {name} must be an integer >= "
                              f"{0 if name == 'num_warmup' else 1}, got {v!r}")
@@ -218,28 +235,34 @@ def run_chains(
     max_tree_depth: int = 10,
     step_size: float = 0.1,
     learning_rate: float = 0.025,
+    thinning: int = 1,
 ):
     """`sample`'s warm-up and sampling as one pure function of ``(z0, key)``, to trace
     inside `jax.jit` and `jax.vmap` (e.g. over simulated data sets).
 
-    ``z0``: ``(num_chains, d)`` starts. **Returns:** ``(z, stats)``: draws ``(num_samples,
-    num_chains, d)`` and `Posterior`'s statistics, each ``(num_samples, num_chains)``.
+    ``z0``: ``(num_chains, d)`` starts. ``thinning``: keep every ``thinning``-th draw
+    after warm-up (``num_samples * thinning`` sampler steps per chain); the kept draws
+    are exactly every ``thinning``-th draw of the run with ``thinning=1`` and
+    ``num_samples * thinning`` draws, same key. **Returns:** ``(z, stats)``: draws
+    ``(num_samples, num_chains, d)`` and `Posterior`'s statistics, each ``(num_samples,
+    num_chains)`` (``diverging``: any divergence among a kept draw's steps).
     """
     num_chains = z0.shape[0]
-    _check(method, num_warmup, num_samples, num_chains, dense_mass)
+    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning)
+    steps = num_samples * thinning
     key_warm, key_run = jax.random.split(key)
     if method == "nuts":
         init, step = _nuts(log_density, num_warmup, dense_mass, target_accept_prob,
                            max_tree_depth)
         carry = init(jax.random.split(key_warm, num_chains), z0)
-        n = num_warmup + num_samples
+        if num_warmup:  # NUTS's keys live in its states: the scan keys are not used
+            carry, _ = _scan(step, num_warmup)(carry, jax.random.fold_in(key_run, 1))
     else:
-        warmup, step = _chees(log_density, num_chains, num_warmup, num_samples, step_size,
+        warmup, step = _chees(log_density, num_chains, num_warmup, steps, step_size,
                               learning_rate)
         carry = warmup(key_warm, z0)
-        n = num_samples
-    _, (z, stats) = _scan(step, n)(carry, key_run)
-    return jax.tree_util.tree_map(lambda x: x[n - num_samples:], (z, stats))
+    _, (z, stats) = _scan(step, num_samples, thinning)(carry, key_run)
+    return z, stats
 
 
 def sample(
@@ -259,6 +282,7 @@ def sample(
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint=None,
+    thinning: int = 1,
 ) -> Posterior:
     """Sample ``log_density`` (of ``z``, shape ``(d,)``) with ``num_chains`` vectorized chains.
 
@@ -269,7 +293,14 @@ def sample(
     - `z_init`: the warm start, ``(d,)`` (each chain at ``z_init + init_scale *
       Normal(0, 1)``) or ``(num_chains, d)``; e.g. the MAP from `fitcsc.fit_map`.
     - `method`: ``"nuts"`` (NumPyro) or ``"chees"`` (BlackJAX ChEES-HMC).
-    - `num_warmup`, `num_samples`, `num_chains`: per chain.
+    - `num_warmup`, `num_samples`, `num_chains`: per chain; `num_samples` is the number
+      of draws kept per chain.
+    - `thinning`: keep every `thinning`-th draw after warm-up (an integer >= 1; default
+      1, every draw): the sampling phase takes ``num_samples * thinning`` steps per chain
+      (its time, in ``sampling_s``, grows with it) and keeps ``num_samples``, for
+      near-independent draws at a fraction of the memory. A kept draw's ``diverging``
+      says whether any of its ``thinning`` steps diverged; its other statistics are
+      those of its own step. ChEES's jitter covers all ``num_samples * thinning`` steps.
     - `dense_mass`: NUTS only: adapt a dense mass matrix (default diagonal).
     - `target_accept_prob`, `max_tree_depth`: NUTS options.
     - `step_size`, `learning_rate`: ChEES's first step size and its Adam learning rate.
@@ -289,9 +320,10 @@ def sample(
     ``sampling_s``; compile apart from both; NUTS also ``init_s``, its initial step-size
     search with its compilation) and ``settings``.
 
-    **Raises:** `ValueError` for an unknown method, a bad shape or a non-finite start.
+    **Raises:** `ValueError` for an unknown method, a bad shape, a bad count (`thinning`
+    included) or a non-finite start.
     """
-    _check(method, num_warmup, num_samples, num_chains, dense_mass)
+    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning)
     z0 = jnp.asarray(z_init, dtype=float)
     key_init, key_warm, key_run = jax.random.split(jax.random.key(seed), 3)
     if z0.ndim == 1:
@@ -329,8 +361,9 @@ def sample(
             if done[0] % chunk == 0 and done[0] < num_warmup:
                 report("warmup", done[0], num_warmup)
 
-        warmup, step = _chees(log_density, num_chains, num_warmup, num_samples, step_size,
-                              learning_rate, on_step=tick if progress is not None else None)
+        warmup, step = _chees(log_density, num_chains, num_warmup, num_samples * thinning,
+                              step_size, learning_rate,
+                              on_step=tick if progress is not None else None)
         carry = store.load("warmup", lambda: jax.eval_shape(warmup, key_warm, z0))
         if carry is None:
             t = time.perf_counter()
@@ -343,26 +376,27 @@ def sample(
             report("warmup", num_warmup, num_warmup)
         phases = [("sampling", num_samples)]
 
-    run = None
+    runs = {}  # compiled chunk of each phase (one program when not thinning)
     draws, stats = [], []
     # each phase's keys: NUTS warm-up 0, sampling 1; ChEES sampling 0 (its warm-up apart)
     fold = {"warmup": 0, "sampling": int(method == "nuts")}
     for phase, total in phases:
         report(phase, 0, total)
         t = time.perf_counter()
+        thin = thinning if phase == "sampling" else 1
         for i, key in enumerate(jax.random.split(jax.random.fold_in(key_run, fold[phase]),
                                                  total // chunk)):
             name = f"draws_{i:05d}"
             got = store.load(name, lambda c=carry: jax.eval_shape(
-                _scan(step, chunk), c, key_run)) if phase == "sampling" else None
+                _scan(step, chunk, thinning), c, key_run)) if phase == "sampling" else None
             if got is not None:
                 carry, (z, st) = got
             else:
-                if run is None:
+                if thin not in runs:
                     tc = time.perf_counter()
-                    run = _scan(step, chunk).lower(carry, key_run).compile()
+                    runs[thin] = _scan(step, chunk, thin).lower(carry, key_run).compile()
                     timing["compile_s"] += time.perf_counter() - tc
-                carry, (z, st) = run(carry, key)
+                carry, (z, st) = runs[thin](carry, key)
                 jax.block_until_ready(z)
                 if phase == "sampling":
                     carry, (z, st) = store.save(name, (carry, (z, st)))
@@ -379,6 +413,7 @@ def sample(
                         for k in stats[0]})
     settings = {"method": method, "num_warmup": int(num_warmup),
                 "num_samples": int(num_samples), "num_chains": int(num_chains),
+                "thinning": int(thinning),
                 "dense_mass": bool(dense_mass), "seed": int(seed)}
     if method == "nuts":
         settings.update(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)

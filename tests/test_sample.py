@@ -1,5 +1,5 @@
 """fitcsc.sample: NUTS (diagonal, dense) and ChEES on Gaussians with a known answer,
-statistics, progress, timing, vmap of run_chains, bad input."""
+statistics, progress, timing, vmap of run_chains, thinning, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,41 @@ def test_run_chains_vmaps_over_data_sets():
     assert vm.shape == (2, 20, 4, 3)
 
 
+@pytest.mark.parametrize("method", ["chees", "nuts"])
+def test_thinning_keeps_every_kth_draw(method):
+    """run_chains(thinning=k, num_samples=n) == every k-th draw of run_chains(num_samples=
+    n * k) with the same key: the same chains, k times fewer draws kept."""
+    z0 = MU + 0.3 * jax.random.normal(jax.random.key(3), (4, 3))
+    key = jax.random.key(5)
+
+    def run(n, k):
+        return jax.jit(lambda z, kk: run_chains(log_gauss, z, kk, method=method,
+                                                num_warmup=40, num_samples=n,
+                                                thinning=k))(z0, key)
+
+    z3, st3 = run(8, 3)
+    z1, st1 = run(24, 1)
+    assert z3.shape == (8, 4, 3) and st3["diverging"].shape == (8, 4)
+    np.testing.assert_allclose(z3, z1[2::3], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(st3["lp"], st1["lp"][2::3], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(st3["diverging"],
+                                  np.asarray(st1["diverging"]).reshape(8, 3, 4).any(axis=1))
+
+
+def test_sample_thinning_shape_and_settings():
+    calls = []
+    post = fitcsc.sample(log_gauss, MU, method="chees", num_chains=4, num_warmup=100,
+                         num_samples=50, thinning=4, seed=2,
+                         progress=lambda phase, done, total: calls.append((phase, done, total)))
+    assert post.z.shape == (4, 50, 3)
+    assert all(v.shape == (4, 50) for v in post.sample_stats.values())
+    assert post.settings["thinning"] == 4 and post.settings["num_samples"] == 50
+    assert ("sampling", 50, 50) in calls  # progress counts kept draws
+    np.testing.assert_allclose(post.sample_stats["lp"],
+                               np.apply_along_axis(log_gauss, -1, post.z), atol=1e-8)
+    assert np.all(np.isfinite(post.z))
+
+
 def test_minus_inf_is_a_divergence_not_a_crash():
     def truncated(z):  # a half-space the sampler cannot enter
         return jnp.where(z[0] > 3.0, -jnp.inf, log_gauss(z))
@@ -83,6 +118,8 @@ def test_minus_inf_is_a_divergence_not_a_crash():
     ({"method": "hmc"}, "method"),
     ({"method": "chees", "dense_mass": True}, "dense_mass"),
     ({"num_samples": 0}, "num_samples"),
+    ({"thinning": 0}, "thinning"),
+    ({"thinning": 2.5}, "thinning"),
     ({"method": "chees", "num_chains": 1}, "num_chains >= 2"),
     ({"z_init": np.zeros((3, 3)), "num_chains": 2}, "z_init"),
     ({"z_init": np.array([np.nan, 0.0, 0.0])}, "non-finite"),
