@@ -588,3 +588,18 @@ def psis_log_weights(log_ratios: Any) -> tuple[np.ndarray, float]:
         raise ValueError("psis_log_weights: every log ratio is -inf or NaN")
     lw, k = az.psislw(lr - np.max(lr))
     return np.asarray(lw), float(k)
+
+
+def chain_diagnostics(z: Any) -> dict[str, float]:
+    """Worst R-hat (rank-normalised, split) and smallest bulk and tail ESS over the
+    elements of ``z`` ``(chains, draws, d)`` (ArviZ): ``rhat_max``, ``ess_bulk_min``,
+    ``ess_tail_min``. R-hat is NaN for a single chain."""
+    x = np.asarray(z, dtype=float)
+    if x.ndim != 3:
+        raise ValueError(f"chain_diagnostics: expected (chains, draws, d), got {x.shape}")
+    ds = az.convert_to_dataset({"z": x})
+    r = np.asarray(az.rhat(ds)["z"].values) if x.shape[0] > 1 else np.full(1, math.nan)
+    rhat = float(np.max(r[np.isfinite(r)])) if np.any(np.isfinite(r)) else math.nan
+    return {"rhat_max": rhat,
+            "ess_bulk_min": float(np.nanmin(az.ess(ds, method="bulk")["z"].values)),
+            "ess_tail_min": float(np.nanmin(az.ess(ds, method="tail")["z"].values))}
