@@ -13,8 +13,9 @@ targets (`log_density`):
 - ``"laplace"``: the Laplace draws alone, equal weights: the fast alternative (no
   objective evaluation), and no diagnostic of its own.
 - ``"nuts"``: NumPyro's NUTS through `fitcsc.sample` (vectorized chains), started from
-  Laplace draws around the MAP (warm start), gradients by the objective's forward-mode
-  Jacobian (``-J^T r``); R-hat, bulk/tail ESS and divergences reported.
+  Laplace draws around the MAP (warm start), in coordinates whitened by the Laplace
+  covariance, gradients by the objective's forward-mode Jacobian (``-J^T r``); R-hat,
+  bulk/tail ESS and divergences reported.
 - ``"chees"``: BlackJAX ChEES-HMC through `fitcsc.sample`, the same density and starts.
 
 `posterior_flag` turns the diagnostics into one line when the draws cannot be trusted:
@@ -129,6 +130,17 @@ def _finite(lp):
     return jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
 
 
+def _laplace_root(cov, d) -> np.ndarray:
+    """``R`` with ``R R^T`` the covariance ``cov`` (eigenvalues floored at ``1e-12`` of
+    the largest, so that ``R`` is invertible); the identity if ``cov`` is not finite."""
+    cov = np.asarray(cov, float)
+    if cov.shape != (d, d) or not np.all(np.isfinite(cov)):
+        return np.eye(d)
+    w, v = np.linalg.eigh(0.5 * (cov + cov.T))
+    top = max(float(np.max(w)), 1e-300)
+    return v * np.sqrt(np.clip(w, 1e-12 * top, None))
+
+
 def _seed(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
@@ -152,7 +164,9 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
     - `dense_mass`, `target_accept_prob`, `max_tree_depth`: NUTS options.
     - `init_scale`: the chains start at ``MAP + init_scale * (Laplace draw - MAP)``
       (overdispersed starts make R-hat meaningful); a start whose density is not finite
-      falls back to the MAP.
+      falls back to the MAP. The chains run in coordinates whitened by the Laplace
+      covariance (``z = MAP + R u``, ``R R^T = cov``), so the samplers' unit mass matrix
+      starts near the posterior's scales; draws and diagnostics are of ``z``.
     - `progress`: `fitcsc.sample`'s progress callback (MCMC).
 
     **Returns:** a `TrialPosterior` (unpacks as ``draws, weights, k_hat`` too).
@@ -180,19 +194,25 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
 
     from ._sample import sample
 
-    lp = log_density(objective)
+    # sampled in whitened coordinates u, z = MAP + root u with root root^T the Laplace
+    # covariance (a linear map: the density keeps its shape, the Jacobian is constant), so
+    # the samplers' unit mass matrix starts close to the posterior's scales
+    root = _laplace_root(cov, z_map.size)
+    lp_z = log_density(objective)
+
+    def lp(u):
+        return lp_z(jnp.asarray(z_map) + jnp.asarray(root) @ u)
+
     key_init, key_run = jax.random.split(key)
     num_samples = -(-n_draws // num_chains)
-    starts = np.broadcast_to(z_map, (num_chains, z_map.size)).copy()
-    if np.all(np.isfinite(cov)):
-        lap = np.asarray(fs.laplace_draws(z_map, cov, n_draws=num_chains, key=key_init))
-        starts = z_map + init_scale * (lap - z_map)
+    starts = init_scale * np.asarray(jax.random.normal(key_init, (num_chains, z_map.size)))
     ok = np.isfinite(np.asarray(jax.jit(jax.vmap(lp))(jnp.asarray(starts))))
-    starts[~ok] = z_map
+    starts[~ok] = 0.0  # the MAP
     post = sample(lp, starts, method=method, num_warmup=num_warmup, num_samples=num_samples,
                   num_chains=num_chains, dense_mass=dense_mass,
                   target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
                   seed=_seed(key_run), progress=progress)
+    post = post._replace(z=z_map + np.asarray(post.z) @ root.T)
     diag = fs.chain_diagnostics(post.z)
     diag |= {"n_divergent": post.num_divergent, "num_chains": num_chains,
              "num_warmup": int(num_warmup), "num_samples": num_samples,
