@@ -69,8 +69,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                      log: Callable[[str], None] | None = None) -> dict:
     """Fit the trial model to the published pCR counts and write the run folder.
 
-    ``quick``: NeoSphere's arms only, 1 start, 25 steps, 200 draws (MCMC: at most 100
-    warm-up steps), coarse grids (a
+    ``quick``: NeoSphere's arms only, 1 start, 25 steps, at most 200 draws (MCMC: at
+    most 100 warm-up steps), coarse grids (a
     smoke run, not a result). ``posterior``: ``"psis"``, ``"laplace"``, ``"nuts"`` or
     ``"chees"`` (`fitcsc._trial_posterior.posterior_draws`; ``chains`` and ``warmup``
     per chain for the last two). ``log``: called with one line per phase (None: silent).
@@ -89,8 +89,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     if posterior not in METHODS:
         raise ValueError(f"posterior {posterior!r} is not one of {METHODS}")
     if quick:
-        starts, steps, draws, nodes, her2_nodes = 1, 25, 200, 9, 5
-        warmup = min(warmup, 100)
+        starts, steps, nodes, her2_nodes = 1, 25, 9, 5
+        draws, warmup = min(draws, 200), min(warmup, 100)
     say = log or (lambda _line: None)
     t_start = time.perf_counter()
     out = pathlib.Path(out_dir)

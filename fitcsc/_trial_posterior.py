@@ -14,8 +14,8 @@ targets (`log_density`):
   objective evaluation), and no diagnostic of its own.
 - ``"nuts"``: NumPyro's NUTS through `fitcsc.sample` (vectorized chains), started from
   Laplace draws around the MAP (warm start), in coordinates whitened by the Laplace
-  covariance, gradients by the objective's forward-mode Jacobian (``-J^T r``); R-hat,
-  bulk/tail ESS and divergences reported.
+  covariance, gradients by reverse mode (or the objective's forward-mode Jacobian,
+  ``-J^T r``, `log_density`); R-hat, bulk/tail ESS and divergences reported.
 - ``"chees"``: BlackJAX ChEES-HMC through `fitcsc.sample`, the same density and starts.
 
 `posterior_flag` turns the diagnostics into one line when the draws cannot be trusted:
@@ -101,11 +101,20 @@ def _num(v):
     return int(v) if v.is_integer() and abs(v) < 2**53 else (v if math.isfinite(v) else None)
 
 
-def log_density(objective) -> Callable[[jax.Array], jax.Array]:
+def log_density(objective, *, gradient: str = "reverse") -> Callable[[jax.Array], jax.Array]:
     """``z -> -0.5 |r(z)|^2`` of ``objective`` (a residual function of ``z``; priors are
-    among its residuals), ``-inf`` where it is not finite, with a reverse-mode gradient
-    ``-J^T r`` from the objective's forward-mode Jacobian (``objective.jacobian`` when it
-    has one, else `jax.jacfwd`): few parameters, many residuals."""
+    among its residuals), ``-inf`` where it is not finite.
+
+    ``gradient``: ``"reverse"`` (JAX's reverse mode through the objective; the default:
+    on the quick clinical objective, 16 parameters, 4 vmapped chains, measured 0.03 s
+    per gradient against 0.34 s for the forward-mode Jacobian) or ``"forward"`` (``-J^T
+    r`` from ``objective.jacobian`` when it has one, else `jax.jacfwd`: for objectives
+    reverse mode cannot differentiate, e.g. an ODE solve in a ``while_loop``)."""
+    if gradient == "reverse":
+        return lambda z: _finite(-0.5 * jnp.sum(objective(z) ** 2))
+    if gradient != "forward":
+        raise ValueError(f"log_density: gradient must be 'reverse' or 'forward', got "
+                         f"{gradient!r}")
     jac = getattr(objective, "jacobian", None) or jax.jacfwd(objective)
 
     @jax.custom_vjp
@@ -149,6 +158,7 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
                     batch: int = 100, num_chains: int = 4, num_warmup: int = 500,
                     dense_mass: bool = False, target_accept_prob: float = 0.8,
                     max_tree_depth: int = 10, init_scale: float = 1.0,
+                    gradient: str = "reverse",
                     progress: Callable[[str, int, int], None] | None = None
                     ) -> TrialPosterior:
     """``n_draws`` draws of ``z`` from the posterior ``exp(-0.5 |objective(z)|^2)`` of a
@@ -167,6 +177,7 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
       falls back to the MAP. The chains run in coordinates whitened by the Laplace
       covariance (``z = MAP + R u``, ``R R^T = cov``), so the samplers' unit mass matrix
       starts near the posterior's scales; draws and diagnostics are of ``z``.
+    - `gradient`: ``"reverse"`` or ``"forward"`` (`log_density`).
     - `progress`: `fitcsc.sample`'s progress callback (MCMC).
 
     **Returns:** a `TrialPosterior` (unpacks as ``draws, weights, k_hat`` too).
@@ -198,7 +209,7 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
     # covariance (a linear map: the density keeps its shape, the Jacobian is constant), so
     # the samplers' unit mass matrix starts close to the posterior's scales
     root = _laplace_root(cov, z_map.size)
-    lp_z = log_density(objective)
+    lp_z = log_density(objective, gradient=gradient)
 
     def lp(u):
         return lp_z(jnp.asarray(z_map) + jnp.asarray(root) @ u)

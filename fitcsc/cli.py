@@ -297,7 +297,8 @@ def add_run_command(subparsers, common) -> None:
     r.add_argument("--out", metavar="DIR", default="runs/default",
                    help="output directory (default runs/default)")
     r.add_argument("--quick", action="store_true",
-                   help="smoke run: NeoSphere arms only, 1 start, 25 steps, 200 draws")
+                   help="smoke run: NeoSphere arms only, 1 start, 25 steps, at most 200 "
+                   "draws")
     r.add_argument("--starts", type=int, default=4, help="optimiser starts (default 4)")
     r.add_argument("--steps", type=int, default=200,
                    help="Levenberg-Marquardt steps per start at most (default 200)")

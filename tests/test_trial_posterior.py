@@ -78,20 +78,18 @@ def _check(post, exact, ess, dims=(0, 1), k=4.5):
         assert np.all(np.abs(q - e["q"]) < k * se_q + 0.01), (i, q, e["q"])
 
 
-@pytest.mark.parametrize("method", ["nuts", "chees"])
-def test_mcmc_matches_quadrature(method, exact):
+@pytest.mark.parametrize("method, chains", [("nuts", 4), ("chees", 8)])
+def test_mcmc_matches_quadrature(method, chains, exact):
+    # ChEES adapts its step size across chains: with 4 it kept 3-10 divergent
+    # transitions per 4000 draws on this ridge (seeds 1-4), with 8 none
     post = posterior_draws(banana, _fit(), 4000, jax.random.PRNGKey(1), method=method,
-                           num_chains=4, num_warmup=500)
+                           num_chains=chains, num_warmup=500)
     assert isinstance(post, TrialPosterior) and post.method == method
     assert post.draws.shape == (4000, 2)
     assert np.allclose(post.weights, 1 / 4000)
     d = post.diagnostics
     assert d["rhat_max"] <= 1.01 and d["ess_bulk_min"] > 400, d
-    if method == "nuts":
-        assert d["n_divergent"] == 0 and posterior_flag(post) is None, d
-    else:  # ChEES's step size targets acceptance 0.65: a rare divergence on the ridge
-        assert d["n_divergent"] <= 4, d  # (0-4 per 4000 draws over seeds and chain counts)
-        assert (posterior_flag(post) is None) == (d["n_divergent"] == 0)
+    assert d["n_divergent"] == 0 and posterior_flag(post) is None, d
     _check(post, exact, min(d["ess_bulk_min"], d["ess_tail_min"]))
 
 
@@ -144,3 +142,14 @@ def test_flag_for_unconverged_chains():
 def test_unknown_method_refused():
     with pytest.raises(ValueError, match="method must be one of"):
         posterior_draws(banana, _fit(), 10, jax.random.PRNGKey(0), method="hmc")
+
+
+def test_forward_and_reverse_gradients_agree():
+    from fitcsc._trial_posterior import log_density
+
+    z = jnp.asarray([0.3, -0.7])
+    g = [jax.grad(log_density(banana, gradient=m))(z) for m in ("reverse", "forward")]
+    assert np.allclose(g[0], g[1], rtol=1e-12)
+    assert np.isclose(log_density(banana)(z), -0.5 * np.sum(np.asarray(banana(z)) ** 2))
+    with pytest.raises(ValueError, match="gradient must be"):
+        log_density(banana, gradient="numeric")
