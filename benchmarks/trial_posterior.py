@@ -7,14 +7,16 @@ posterior mean and sd of every parameter (z scale) and each arm's pCR rate (mean
 95% interval), so the approximations (Laplace, PSIS) can be read against the samplers.
 
 Run: ``python benchmarks/trial_posterior.py [--methods laplace psis chees nuts]
-[--chains 8] [--warmup 300] [--draws 800]``; writes ``benchmarks/results/trial_posterior.json``
-(``--out`` to change).
+[--chains 8] [--warmup 300] [--draws 800] [--max-tree-depth 10]``; writes
+``benchmarks/results/trial_posterior.json`` (``--out`` to change; ``--merge`` adds the
+methods run to those already there, each method with its own settings).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 
@@ -43,9 +45,15 @@ def main(argv=None) -> dict:
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--draws", type=int, default=800)
+    p.add_argument("--max-tree-depth", type=int, default=10, help="NUTS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "trial_posterior.json"))
+    p.add_argument("--merge", action="store_true",
+                   help="keep the methods already in --out (each with its own settings)")
     args = p.parse_args(argv)
+    old = {}
+    if args.merge and pathlib.Path(args.out).exists():
+        old = json.loads(pathlib.Path(args.out).read_text())["methods"]
 
     arms, obs = load_pcr(None, QUICK_TRIALS)
     tm = TrialModel.build(arms, n_nodes=9, n_her2=5, **STRUCTURES[DEFAULT_STRUCTURE])
@@ -59,18 +67,20 @@ def main(argv=None) -> dict:
            "arms": [o.arm for o in obs],
            "published_pct": [100 * o.count / o.n for o in obs],
            "map_pct": (100 * point).tolist(), "fit_s": round(fit_s, 1),
-           "settings": vars(args), "methods": {}}
+           "methods": old}
+    settings = {k: v for k, v in vars(args).items() if k not in ("methods", "out", "merge")}
     for m in args.methods:
         t = time.perf_counter()
         post = posterior_draws(objective, fit, args.draws, jax.random.PRNGKey(args.seed),
-                               method=m, num_chains=args.chains, num_warmup=args.warmup)
+                               method=m, num_chains=args.chains, num_warmup=args.warmup,
+                               max_tree_depth=args.max_tree_depth)
         wall = time.perf_counter() - t
         z = post.equal_weight(args.seed)
         rates = 100 * draw_values(rates_fn, z, batch=100)
         rec = post.record()
         out["methods"][m] = {
-            "wall_s": round(wall, 1), "diagnostics": {k: v for k, v in rec.items()
-                                                       if k not in ("method", "sampler")},
+            "settings": settings, "wall_s": round(wall, 1),
+            "diagnostics": {k: v for k, v in rec.items() if k not in ("method", "sampler")},
             "flag": posterior_flag(post),
             "z_mean": z.mean(axis=0).tolist(), "z_sd": z.std(axis=0).tolist(),
             "pcr_mean_pct": rates.mean(axis=0).tolist(),

@@ -313,7 +313,8 @@ def add_run_command(subparsers, common) -> None:
                    "the chains warm-started from the MAP; flagged when they cannot be "
                    "trusted (k_hat > 0.7, R-hat > 1.01, any divergence)")
     r.add_argument("--chains", type=int, default=4,
-                   help="nuts/chees: chains, vectorized (default 4)")
+                   help="nuts/chees: chains, vectorized (default 4; ChEES adapts its step "
+                   "size across chains: 8 or more measured better)")
     r.add_argument("--warmup", type=int, default=500,
                    help="nuts/chees: warm-up steps per chain (default 500; --quick: at most "
                    "100)")
