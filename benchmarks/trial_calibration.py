@@ -82,9 +82,10 @@ def run(replicates: int, draws: int, seed: int, log) -> dict:
                               for o, k in zip(obs, counts, strict=True)])
         objective = Objective(tm, data)
         fit = fit_trials(objective, n_starts=1, max_steps=100, start=z_true)
-        z, w, k_hat = posterior_draws(objective, fit, draws, jax.random.PRNGKey(seed + r))
-        idx = rng.choice(len(w), size=len(w), p=w)
-        rates = draw_values(rates_fn, z[idx], batch=100)
+        post = posterior_draws(objective, fit, draws, jax.random.PRNGKey(seed + r))
+        k_hat = post.k_hat
+        idx = rng.choice(len(post.weights), size=len(post.weights), p=post.weights)
+        rates = draw_values(rates_fn, post.draws[idx], batch=100)
         pred = rng.binomial(n[None, :], np.clip(rates, 0, 1))  # a new trial of each arm
         fresh = rng.binomial(n, p_true)
         row = {"replicate": r, "k_hat": k_hat, "converged": fit.converged,

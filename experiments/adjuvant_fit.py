@@ -131,9 +131,9 @@ def main(args) -> dict:
                             [np.log(1e5), np.log(0.01 / 0.99)][:len(link_names)]])
     fit_b = fit_trials(obj_b, n_starts=args.starts, max_steps=args.steps, start=start)
     pred_b = obj_b.predictions(jnp.asarray(fit_b.z))
-    draws_b, w_b, k_hat_b = posterior_draws(obj_b, fit_b, args.draws,
-                                            jax.random.PRNGKey(args.seed + 1))
-    draws_b = draws_b[np.random.default_rng(args.seed).choice(len(w_b), size=len(w_b), p=w_b)]
+    post_b = posterior_draws(obj_b, fit_b, args.draws, jax.random.PRNGKey(args.seed + 1))
+    k_hat_b = post_b.k_hat
+    draws_b = post_b.equal_weight(args.seed)  # resampled by the PSIS weights
     hr_b = fs.predictive_interval(lambda z: jnp.exp(obj_b.predictions(z)["log_hr"]),
                                   draws_b, batch=100)
     idata = fs.to_inference_data(draws_b, list(tm_b.names), method="laplace")

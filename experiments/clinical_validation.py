@@ -17,9 +17,12 @@ new trial gets from `fitcsc predict`. Such arms are marked in the table.
 Predictive interval of an arm: 95% central interval of the pCR count of a trial of the
 arm's size, over posterior draws of the fitted parameters (each draw: the arm's pCR rate,
 then a binomial count), i.e. parameter uncertainty, the new trial's effect and binomial
-sampling. Posterior draws: Laplace draws reweighted by Pareto-smoothed importance sampling
-to the exact posterior (`fitcsc.trials.posterior_draws`; k_hat reported). PIT values
-(randomised at ties) give the calibration figure.
+sampling. Posterior draws (`fitcsc.trials.posterior_draws`, ``--posterior``): Laplace
+draws reweighted by Pareto-smoothed importance sampling to the exact posterior (``psis``,
+the default; k_hat reported), plain Laplace draws (``laplace``), or NUTS / ChEES-HMC
+chains warm-started from the fold's MAP (``nuts``, ``chees``; R-hat, ESS and divergences
+reported per fold, and `fitcsc.trials.posterior_flag` when they cannot be trusted). PIT
+values (randomised at ties) give the calibration figure.
 
 Adjuvant: B-31/N9831 and HERA, each left out in turn. The fit uses every pCR count and
 the other trial's control landmark and hazard ratio; the left-out trial's burden is
@@ -47,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import fitcsc
-import fitcsc.summary as fs
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
     STRUCTURES,
@@ -59,6 +61,7 @@ from fitcsc.trials import (
     fit_trials,
     pcr_observations,
     posterior_draws,
+    posterior_flag,
     trial_family,
 )
 
@@ -93,12 +96,19 @@ def _pit(counts, k, key):
 
 
 def posterior(objective, fit, args, key):
-    """``(draws, weights, k_hat)``: Laplace draws, reweighted by PSIS unless
-    ``--posterior laplace`` (then equal weights and k_hat NaN)."""
-    if args.posterior == "laplace":
-        draws = np.asarray(fs.laplace_draws(fit.z, fit.cov, n_draws=args.draws, key=key))
-        return draws, np.full(len(draws), 1.0 / len(draws)), float("nan")
-    return posterior_draws(objective, fit, args.draws, key, batch=args.batch)
+    """The fold's `TrialPosterior` by ``--posterior`` (psis, laplace: equal weights and
+    k_hat NaN, nuts, chees: ``--chains`` chains of ``--warmup`` warm-up steps)."""
+    return posterior_draws(objective, fit, args.draws, key, method=args.posterior,
+                           batch=args.batch, num_chains=args.chains, num_warmup=args.warmup)
+
+
+def mcmc_columns(post) -> dict:
+    """Per-fold sampler diagnostics for the tables (nuts, chees; none otherwise)."""
+    if post.method not in ("nuts", "chees"):
+        return {}
+    d = post.diagnostics
+    return {"rhat_max": d["rhat_max"], "ess_bulk_min": d["ess_bulk_min"],
+            "n_divergent": d["n_divergent"], "posterior_flag": posterior_flag(post) or ""}
 
 
 def resample(values, weights, seed):
@@ -127,10 +137,9 @@ def pcr_folds(arms, obs, structure, args, log):
         t0 = time.perf_counter()
         train = [f for f in families if f != held]
         tm, objective, fit = fit_fold(arms, obs, train, structure, args)
-        draws, weights, k_hat = posterior(objective, fit, args,
-                                          jax.random.fold_in(key, len(rows)))
-        rates = resample(draw_values(lambda z, tm=tm: tm.pcr_rates(z)[0], draws,
-                                     batch=args.batch), weights, args.seed + len(rows))
+        post = posterior(objective, fit, args, jax.random.fold_in(key, len(rows)))
+        rates = resample(draw_values(lambda z, tm=tm: tm.pcr_rates(z)[0], post.draws,
+                                     batch=args.batch), post.weights, args.seed + len(rows))
         point = np.asarray(tm.pcr_rates(jnp.asarray(fit.z))[0])
         by_name = {a.name: a for a in arms}
         fitted_drugs = {d for o in objective.data.pcr for d in by_name[o.arm].regimen.drugs}
@@ -152,7 +161,8 @@ def pcr_folds(arms, obs, structure, args, log):
                 "inside": bool(lo <= o.count <= hi),
                 "pit": _pit(counts, o.count, k2),
                 "drugs_prior_only": " ".join(prior_only),
-                "fit_loss": fit.loss, "fit_converged": fit.converged, "psis_k_hat": k_hat,
+                "fit_loss": fit.loss, "fit_converged": fit.converged,
+                "psis_k_hat": post.k_hat, **mcmc_columns(post),
             })
         log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, "
             + ", ".join(f"{r['arm']} {r['observed_pct']:.1f} in "
@@ -176,8 +186,7 @@ def hr_folds(arms, obs, adj, structure, args, log):
         tm, objective, fit = fit_fold(arms + adj_arms, obs, families, structure, args,
                                       extra={"landmarks": lm_train + lm_held,
                                              "hrs": hr_train})
-        draws, weights, k_hat = posterior(objective, fit, args,
-                                          jax.random.fold_in(key, len(rows)))
+        post = posterior(objective, fit, args, jax.random.fold_in(key, len(rows)))
         ix = {a: i for i, a in enumerate(tm.arm_names)}
         day = jnp.asarray([h.years * 365.25])
 
@@ -186,7 +195,7 @@ def hr_folds(arms, obs, adj, structure, args, log):
             return jnp.log(jnp.log(jnp.clip(dfs[ie, 0], 1e-12, 1 - 1e-12))
                            / jnp.log(jnp.clip(dfs[ic, 0], 1e-12, 1 - 1e-12)))
 
-        vals = resample(draw_values(log_hr, draws, batch=args.batch), weights,
+        vals = resample(draw_values(log_hr, post.draws, batch=args.batch), post.weights,
                         args.seed + 100 + len(rows))
         lo, hi = np.exp(np.quantile(vals, [0.025, 0.975]))
         hr_obs = float(np.exp(h.log_hr))
@@ -197,10 +206,24 @@ def hr_folds(arms, obs, adj, structure, args, log):
                      "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z)))),
                      "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
                      "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
-                     "fit_loss": fit.loss, "psis_k_hat": k_hat})
+                     "fit_loss": fit.loss, "psis_k_hat": post.k_hat, **mcmc_columns(post)})
         log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
             f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
     return rows
+
+
+def posterior_check(rows) -> dict:
+    """Over the folds: PSIS k_hat range (psis), or the worst R-hat, smallest bulk ESS,
+    divergences and flagged folds (nuts, chees)."""
+    k = [float(r["psis_k_hat"]) for r in rows if np.isfinite(float(r["psis_k_hat"]))]
+    out = {"k_hat_min": min(k), "k_hat_max": max(k)} if k else {}
+    if rows and "rhat_max" in rows[0]:
+        folds = {r.get("held_out", "") + r.get("comparison", ""): r for r in rows}
+        out |= {"rhat_max": max(float(r["rhat_max"]) for r in rows),
+                "ess_bulk_min": min(float(r["ess_bulk_min"]) for r in rows),
+                "n_divergent": int(sum(int(r["n_divergent"]) for r in folds.values())),
+                "n_folds_flagged": sum(bool(r["posterior_flag"]) for r in folds.values())}
+    return out
 
 
 def _trial_of(adj_arms, name):
@@ -246,10 +269,13 @@ def main(args) -> dict:
         "hr": {"n": len(hr_rows), "n_inside_95": int(sum(r["inside"] for r in hr_rows))},
         "targets": {"share_inside_95": ">= 0.80", "mean_signed_error_points": "within +-5",
                     "mean_width_95_points": "< 30"},
+        "posterior_check": posterior_check(rows + hr_rows),
         "settings": {"posterior": args.posterior, "starts": args.starts, "steps": args.steps,
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
-                     "seed": args.seed},
+                     "seed": args.seed}
+        | ({"chains": args.chains, "warmup": args.warmup}
+           if args.posterior in ("nuts", "chees") else {}),
         "interval": "95% posterior predictive interval of the count for a trial of the "
                     "arm's size: posterior draws of the parameters, then a binomial count",
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -294,6 +320,7 @@ def _comparison(root):
         k = [r["psis_k_hat"] for r in _read_rows(root / name / "arms.csv")]
         k += [r["psis_k_hat"] for r in _read_rows(root / name / "hazard_ratios.csv")
               if "psis_k_hat" in r]
+        k = [v for v in k if np.isfinite(v)] or [float("nan")]
         lines.append(
             f"| [{name}]({name}/RESULT.md) | {opts} | {m['n_inside_95']}/{m['n_arms']} "
             f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
@@ -396,6 +423,14 @@ def _result_md(rows, hr_rows, s, path):
             lines.append(f"| {r['held_out']} | {r['comparison']} | {r['published_hr']:.2f} "
                          f"({r['published_lo']:.2f}-{r['published_hi']:.2f}) | "
                          f"{r['mean_hr']:.2f} ({r['pred_lo']:.2f}-{r['pred_hi']:.2f}) |")
+    pc = s.get("posterior_check", {})
+    if "rhat_max" in pc:
+        st = s["settings"]
+        lines += ["", f"Posterior: {st['posterior']} ({st['chains']} chains, {st['warmup']} "
+                  f"warm-up steps, {st['draws']} draws per fold): worst R-hat "
+                  f"{pc['rhat_max']:.3f}, smallest bulk ESS {pc['ess_bulk_min']:.0f}, "
+                  f"{pc['n_divergent']} divergent transitions, {pc['n_folds_flagged']} "
+                  "folds flagged (R-hat > 1.01 or a divergence)."]
     lines += ["", f"Interval: {s['interval']}.", "",
               f"Machine: {s['device']}, {s['precision']}; wall {s['wall_s']} s."]
     write_atomic(path, "\n".join(lines) + "\n")
@@ -421,8 +456,12 @@ def parse_args(argv=None):
     p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")
     p.add_argument("--only-hr", action="store_true",
                    help="run the hazard-ratio folds and reuse the pCR folds of --out")
-    p.add_argument("--posterior", default="psis", choices=("psis", "laplace"),
-                   help="Laplace draws reweighted by PSIS (default) or plain Laplace")
+    p.add_argument("--posterior", default="psis", choices=("psis", "laplace", "nuts", "chees"),
+                   help="Laplace draws reweighted by PSIS (default), plain Laplace, or NUTS "
+                   "/ ChEES-HMC chains warm-started from each fold's MAP")
+    p.add_argument("--chains", type=int, default=4, help="nuts/chees: chains (default 4)")
+    p.add_argument("--warmup", type=int, default=500,
+                   help="nuts/chees: warm-up steps per chain (default 500; --quick 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the default output folder's name")
@@ -430,6 +469,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.starts, args.steps, args.draws, args.nodes, args.her2_nodes = 1, 10, 100, 9, 5
+        args.warmup = min(args.warmup, 100)
     return args
 
 

@@ -5,7 +5,10 @@ sample by experiments/clinical_validation.py) with shared drug effects to every
 neoadjuvant HER2+ arm with a pCR count in ``data/clinical/pcr_arms.csv``, each under its
 own regimen (``regimens.csv``) and pCR definition; MAP by Levenberg-Marquardt from
 several starts; posterior by Laplace draws reweighted with Pareto-smoothed importance
-sampling (PSIS k_hat reported, and flagged above 0.7).
+sampling (``posterior="psis"``, the default: PSIS k_hat reported, and flagged above 0.7),
+plain Laplace draws (``"laplace"``), or NUTS / ChEES-HMC chains warm-started from the
+MAP (``"nuts"``, ``"chees"``: R-hat, ESS and divergences reported, flagged at R-hat >
+1.01 or any divergence); `fitcsc._trial_posterior`.
 
 Writes to ``out_dir``: ``fit.json`` (+ its draws, a saved fit `fitcsc predict --fit` can
 use), ``arms.csv`` (published vs fitted pCR per arm, with intervals), ``posterior.csv``
@@ -36,7 +39,6 @@ VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (assumption
 QUICK_TRIALS = ("NeoSphere",)
 DEFAULT_STRUCTURE = "continuous_kill"  # chosen out of sample (experiments/clinical_validation)
 DEFAULT_TRIAL_SD = 1.0  # the largest marginal likelihood of 0.25, 0.5, 1 (experiments/pcr_fit)
-K_HAT_LIMIT = 0.7  # PSIS: weights unreliable above
 PRIOR_ONLY_RATIO = 0.9  # posterior sd / prior sd above this: the data say little
 
 
@@ -63,23 +65,32 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                      nodes: int = 13, her2_nodes: int = 7, structure: str = DEFAULT_STRUCTURE,
                      trial_sd: float = DEFAULT_TRIAL_SD, her2_drug_sd: float = 1.0,
                      draws: int = 2000, seed: int = 0, clinical_dir=None,
+                     posterior: str = "psis", chains: int = 4, warmup: int = 500,
                      log: Callable[[str], None] | None = None) -> dict:
     """Fit the trial model to the published pCR counts and write the run folder.
 
-    ``quick``: NeoSphere's arms only, 1 start, 25 steps, 200 draws, coarse grids (a
-    smoke run, not a result). ``log``: called with one line per phase (None: silent).
+    ``quick``: NeoSphere's arms only, 1 start, 25 steps, at most 200 draws (MCMC: at
+    most 100 warm-up steps), coarse grids (a
+    smoke run, not a result). ``posterior``: ``"psis"``, ``"laplace"``, ``"nuts"`` or
+    ``"chees"`` (`fitcsc._trial_posterior.posterior_draws`; ``chains`` and ``warmup``
+    per chain for the last two). ``log``: called with one line per phase (None: silent).
     **Returns:** the summary written to ``summary.json``.
     """
     import fitcsc.summary as fs
 
-    from ._trial_fit import Objective, TrialData, fit_trials, posterior_draws, save_fit
+    from ._sample_job import progress_printer
+    from ._trial_fit import Objective, TrialData, fit_trials, save_fit
+    from ._trial_posterior import LABELS, METHODS, posterior_draws
     from ._trials import STRUCTURES, TrialModel, to_natural
     from .files import run_record
 
     if structure not in STRUCTURES:
         raise ValueError(f"structure {structure!r} is not one of {sorted(STRUCTURES)}")
+    if posterior not in METHODS:
+        raise ValueError(f"posterior {posterior!r} is not one of {METHODS}")
     if quick:
-        starts, steps, draws, nodes, her2_nodes = 1, 25, 200, 9, 5
+        starts, steps, nodes, her2_nodes = 1, 25, 9, 5
+        draws, warmup = min(draws, 200), min(warmup, 100)
     say = log or (lambda _line: None)
     t_start = time.perf_counter()
     out = pathlib.Path(out_dir)
@@ -93,13 +104,19 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed)
     fit_s = time.perf_counter() - t_fit
 
-    say(f"posterior: {draws} Laplace draws reweighted by PSIS")
+    say(f"posterior: {draws} draws, {LABELS[posterior]}")
     t_post = time.perf_counter()
-    z_draws, weights, k_hat = posterior_draws(objective, fit, draws,
-                                              jax.random.PRNGKey(seed))
-    z_draws = z_draws[np.random.default_rng(seed).choice(len(weights), size=len(weights),
-                                                         p=weights)]
-    idata = fs.to_inference_data(z_draws, list(tm.names), method="laplace",
+    progress = progress_printer(quiet=log is None)  # on a terminal only
+    post = posterior_draws(objective, fit, draws, jax.random.PRNGKey(seed), method=posterior,
+                           num_chains=chains, num_warmup=warmup, progress=progress)
+    z_draws = post.equal_weight(seed)  # PSIS: resampled by the weights
+    record = post.record()
+    if posterior == "psis":
+        record["method"] += ", resampled"
+    k_hat = record.get("k_hat")
+    idata = fs.to_inference_data(z_draws, list(tm.names),
+                                 method="laplace" if posterior not in ("nuts", "chees")
+                                 else posterior,
                                  transforms={n: (lambda v, n=n: np.asarray(
                                      to_natural(n, jnp.asarray(v)))) for n in tm.names})
     rows_post = fs.summarize(idata)
@@ -137,10 +154,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     if not fit.converged:
         warnings.append(f"the optimiser stopped at its step cap ({steps}) before converging: "
                         "raise --steps")
-    if not k_hat < K_HAT_LIMIT:
-        warnings.append(f"PSIS k_hat {k_hat:.2f} > {K_HAT_LIMIT}: the posterior is far from "
-                        "the Laplace Gaussian and the importance weights rest on few draws; "
-                        "intervals are approximate")
+    if record["flag"]:
+        warnings.append(record["flag"])
     if prior_only:
         warnings.append("not identified by these data (posterior sd > "
                         f"{PRIOR_ONLY_RATIO:g} x prior sd): " + ", ".join(prior_only))
@@ -169,10 +184,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "estimates": {n: {"z": float(fit.z[i]), "se_z": float(fit.se[i]),
                           "natural": float(to_natural(n, fit.z[i]))}
                       for i, n in enumerate(tm.names)},
-        "posterior": {"method": "Laplace draws (Gauss-Newton Hessian) reweighted by PSIS, "
-                                "resampled; ArviZ summary in posterior.csv",
-                      "n_draws": draws, "psis_k_hat": k_hat,
-                      "flag": None if k_hat < K_HAT_LIMIT else "unreliable (k_hat > 0.7)",
+        "posterior": {**record, "method": record["method"] + "; ArviZ summary in "
+                      "posterior.csv", "n_draws": draws, "psis_k_hat": k_hat,
                       "posterior_s": round(post_s, 2)},
         "psis_k_hat": k_hat, "prior_only": prior_only, "warnings": warnings,
         "seed": seed,
@@ -186,7 +199,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "precision": summary["precision"], "estimates": summary["estimates"],
         "data": "pcr_arms.csv (all-patient rows with counts)",
         "structure": structure}, draws=z_draws,
-        posterior={"method": "Laplace draws reweighted by PSIS, resampled", "k_hat": k_hat})
+        posterior=record)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     from ._report import write_report
 

@@ -3,7 +3,8 @@
 From a fit directory (``fit.json`` written by experiments/pcr_fit.py or
 experiments/adjuvant_fit.py) and a regimen table (the format of
 data/clinical/regimens.csv, documented in data/README.md), every arm is predicted as one
-arm of a new trial, over draws of the fit's Laplace posterior:
+arm of a new trial, over the fit's saved posterior draws (PSIS-reweighted Laplace, NUTS
+or ChEES: ``fitcsc run --posterior``), else Laplace draws:
 
 - neoadjuvant: the pCR rate under every requested definition (surgery 4 weeks after the
   last dose): the arm's rate (mean, 95% interval) and the 95% posterior predictive
@@ -24,7 +25,10 @@ supplies an assumption, flagged in the ``assumptions`` column and on screen:
   prior);
 - a pCR definition whose factor the fit did not estimate (breast-only needs
   ``logit_breast_factor``; ypT0 and ypT0 ypN0 need ``logit_no_dcis``);
-- DFS, hazard ratios or a burden trial from a fit without adjuvant data.
+- DFS, hazard ratios or a burden trial from a fit without adjuvant data;
+- posterior draws that cannot be trusted (PSIS k_hat > 0.7, MCMC R-hat > 1.01 or any
+  divergence; `fitcsc._trial_posterior.posterior_flag`): flagged on screen, in
+  ``summary.json`` (``posterior.flag``) and in the report.
 
 The folder gets ``report.md`` (`fitcsc._report.write_report`) beside the CSVs and
 ``predictions.png``.
@@ -51,6 +55,7 @@ from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
 from ._status import outcome
 from ._trial_fit import YEAR, draw_values, load_draws, load_fit
+from ._trial_posterior import posterior_flag
 from ._trials import (
     CHEMO_REFERENCE_DOSE,
     DEFINITIONS,
@@ -387,12 +392,13 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     for a, f in arm_flags.items():
         if f:
             log(f"fitcsc predict: warning: arm {a}: prior-only assumption: {f}")
-    k_hat = posterior.get("k_hat")
-    if k_hat is not None and k_hat > 0.7:  # PSIS's own reliability threshold
-        posterior = {**posterior, "flag": (
-            f"posterior: PSIS k_hat {k_hat:.2f} > 0.7, the Laplace proposal is far from "
-            "the posterior; the intervals are approximate")}
-        log(f"fitcsc predict: warning: {posterior['flag']}")
+    # the fit's posterior diagnostics (PSIS k_hat; MCMC R-hat, divergences), checked
+    # here again: a flag is shown on screen whatever --quiet says, and in the report
+    posterior = {k: v for k, v in posterior.items() if k != "flag"}
+    flag = posterior_flag(posterior)
+    if flag:
+        posterior["flag"] = flag
+        log(f"fitcsc predict: warning: {flag}")
     for d in unsupported:
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")

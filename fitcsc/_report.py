@@ -26,6 +26,7 @@ import re
 import numpy as np
 
 from ._errors import FitcscInputError
+from ._trial_posterior import describe
 from .files import write_atomic
 
 SECTIONS = ("## Data", "## Model and settings", "## Fit quality and diagnostics",
@@ -195,7 +196,7 @@ def _run_lines(d, s) -> list[str]:
         f"{p['posterior_s']} s, total {s['wall_s']} s. {s['n_within_binomial_ci95']} of "
         f"{s['n_arms']} arms: fitted pCR inside the exact binomial 95% CI of the published "
         "count (in sample; experiments/clinical_validation.py scores held-out trials). "
-        f"PSIS k_hat {p['psis_k_hat']:.2f} (reliable below 0.7).", "",
+        + _posterior_check(p), "",
         SECTIONS[3], "",
         "Natural scale (each name's transform of its unconstrained z, as in "
         "posterior.csv's `*_natural` rows). MAP from the fit; mean, sd and 95% HDI over "
@@ -221,6 +222,15 @@ def _run_lines(d, s) -> list[str]:
     lines += ["Files: `fit.json` (use with `fitcsc predict --fit` on this folder), "
               "`arms.csv`, `posterior.csv`, `pcr_fit.png`, `summary.json`."]
     return lines
+
+
+def _posterior_check(p) -> str:
+    """The run's posterior diagnostics in words, with its flag in bold when raised (a
+    summary written before `fitcsc run --posterior` existed: its PSIS k_hat)."""
+    if "sampler" not in p:
+        return f"PSIS k_hat {p['psis_k_hat']:.2f} (reliable below 0.7)."
+    text = f"Posterior ({p['sampler']}): {describe(p)}."
+    return text + (f" **Flag: {p['flag']}**" if p.get("flag") else "")
 
 
 # ----------------------------------------------------------------------------------
@@ -474,8 +484,10 @@ def _predict_lines(d, s) -> list[str]:
              f"{s['wall_s']} s.", "",
              SECTIONS[2], "",
              f"{s['n_failed']} of {s['n_arms']} arms failed (a solver failure in some draw)."
-             + (f" PSIS k_hat of the fit's posterior {post['k_hat']:.2f}."
-                if post.get("k_hat") is not None else ""), "",
+             + (f" Posterior diagnostics of the fit: {describe(post)}." if "rhat_max" in post
+                else f" PSIS k_hat of the fit's posterior {post['k_hat']:.2f}."
+                if post.get("k_hat") is not None else "")
+             + (f" **Flag: {post['flag']}**" if post.get("flag") else ""), "",
              SECTIONS[3], "",
              "Predicted pCR per arm and definition: the rate at the MAP, its posterior "
              "mean and 95% interval, and the 95% interval of the rate a trial arm of "

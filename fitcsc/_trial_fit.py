@@ -455,25 +455,6 @@ def draw_values(fn, draws, *, batch: int = 100) -> np.ndarray:
                                   *chunks)
 
 
-def posterior_draws(objective, fit, n_draws, key, *, batch: int = 100):
-    """Draws from the fit's posterior: Laplace draws (the Gauss-Newton Hessian at the
-    MAP) reweighted by Pareto-smoothed importance sampling to the exact (unnormalised)
-    posterior ``exp(-0.5 |r(z)|^2)``. The Gaussian in ``z`` puts mass where the real
-    posterior has little (the pCR rates saturate); the weights take it back.
-
-    **Returns:** ``(draws (n, d), weights (n,) summing to 1, k_hat)``; ``k_hat`` above
-    0.7 means the weights are unreliable (the posterior is far from any Gaussian)."""
-    import fitcsc.summary as fs
-
-    draws = np.asarray(fs.laplace_draws(fit.z, fit.cov, n_draws=n_draws, key=key))
-    loss = draw_values(lambda z: 0.5 * jnp.sum(objective(z) ** 2), draws, batch=batch)
-    prec = np.linalg.pinv(np.asarray(fit.cov), rcond=1e-12, hermitian=True)
-    d = draws - np.asarray(fit.z)[None, :]
-    log_q = -0.5 * np.einsum("ni,ij,nj->n", d, prec, d)
-    lw, k_hat = fs.psis_log_weights(-loss - log_q)
-    return draws, np.exp(lw - np.max(lw)) / np.sum(np.exp(lw - np.max(lw))), k_hat
-
-
 def weighted_quantile(values, weights, q) -> np.ndarray:
     """Quantiles ``q`` of ``values`` (n, ...) under ``weights`` (n,), per trailing
     element (the inverse of the weighted empirical CDF, mid-point interpolated)."""

@@ -255,23 +255,33 @@ def add_simulate_command(subparsers, common) -> None:
 
 def _run(args) -> int:
     from ._clinical_job import clinical_fit_job
+    from ._trial_posterior import describe
 
+    least = {"chains": 2 if args.posterior == "chees" else 1, "warmup": 1}
+    for name, low in least.items():
+        if getattr(args, name) < low:
+            raise FitcscInputError(f"--{name}: expected an integer >= {low}"
+                                   + (" (ChEES adapts across chains)" if low == 2
+                                      else "") + f", got {getattr(args, name)}")
     enable_compile_cache()
     log = None if args.quiet else (lambda line: print(f"fitcsc run: {line}", file=sys.stderr))
     s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
-                         draws=args.draws, seed=args.seed, structure=args.structure, log=log)
+                         draws=args.draws, seed=args.seed, structure=args.structure,
+                         posterior=args.posterior, chains=args.chains, warmup=args.warmup,
+                         log=log)
     for w in s["warnings"]:
         print(f"fitcsc run: warning: {w}", file=sys.stderr)
     if not args.quiet:
         print(f"fitcsc run: {s['n_arms']} arms fitted in {s['wall_s']:.0f} s; "
-              f"{s['n_within_binomial_ci95']} inside the published 95% CI; PSIS k_hat "
-              f"{s['psis_k_hat']:.2f} -> {args.out}/report.md")
+              f"{s['n_within_binomial_ci95']} inside the published 95% CI; posterior "
+              f"{args.posterior}: {describe(s['posterior'])} -> {args.out}/report.md")
     return 0
 
 
 def add_run_command(subparsers, common) -> None:
     """``fitcsc run``: the main job, a fit of the embedded published data in data/."""
     from ._clinical_job import DEFAULT_STRUCTURE
+    from ._trial_posterior import METHODS
     from ._trials import STRUCTURES
 
     r = subparsers.add_parser(
@@ -288,7 +298,8 @@ def add_run_command(subparsers, common) -> None:
     r.add_argument("--out", metavar="DIR", default="runs/default",
                    help="output directory (default runs/default)")
     r.add_argument("--quick", action="store_true",
-                   help="smoke run: NeoSphere arms only, 1 start, 25 steps, 200 draws")
+                   help="smoke run: NeoSphere arms only, 1 start, 25 steps, at most 200 "
+                   "draws")
     r.add_argument("--starts", type=int, default=4, help="optimiser starts (default 4)")
     r.add_argument("--steps", type=int, default=200,
                    help="Levenberg-Marquardt steps per start at most (default 200)")
@@ -296,6 +307,18 @@ def add_run_command(subparsers, common) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of starts and draws")
     r.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
                    help=f"trial model structure (default {DEFAULT_STRUCTURE})")
+    r.add_argument("--posterior", default="psis", choices=METHODS,
+                   help="posterior draws saved with the fit: psis (Laplace draws reweighted "
+                   "by Pareto-smoothed importance sampling, the default), laplace (the fast "
+                   "Gaussian alternative), nuts (NumPyro NUTS) or chees (BlackJAX ChEES-HMC), "
+                   "the chains warm-started from the MAP; flagged when they cannot be "
+                   "trusted (k_hat > 0.7, R-hat > 1.01, any divergence)")
+    r.add_argument("--chains", type=int, default=4,
+                   help="nuts/chees: chains, vectorized (default 4; ChEES adapts its step "
+                   "size across chains: 8 or more measured better)")
+    r.add_argument("--warmup", type=int, default=500,
+                   help="nuts/chees: warm-up steps per chain (default 500; --quick: at most "
+                   "100)")
     r.set_defaults(handler=_run)
 
 

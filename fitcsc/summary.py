@@ -219,7 +219,7 @@ def to_inference_data(
     transforms: Mapping[str, Callable[[Any], Any]] | None = None,
     sample_stats: Mapping[str, Any] | None = None,
     observed: Mapping[str, Any] | None = None,
-    method: Literal["laplace", "nuts"] = "laplace",
+    method: Literal["laplace", "nuts", "chees"] = "laplace",
 ) -> az.InferenceData:
     """Draws of ``z`` as an ArviZ `InferenceData` with one scalar variable per parameter.
 
@@ -233,7 +233,7 @@ def to_inference_data(
     - `sample_stats`: optional ``{stat: array}``, each ``(chains, draws)`` (``(draws,)``
       for 2-D ``samples``), e.g. `NutsResult.sample_stats`.
     - `observed`: optional ``{name: array}`` stored as the ``observed_data`` group.
-    - `method`: how the draws were made, ``"laplace"`` or ``"nuts"``; stored in
+    - `method`: how the draws were made, ``"laplace"``, ``"nuts"`` or ``"chees"``; stored in
       ``idata.posterior.attrs["method"]``.
 
     **Returns:** an `arviz.InferenceData` with groups ``posterior`` (dims ``chain``,
@@ -251,8 +251,8 @@ def to_inference_data(
     names = tuple(names)
     if len(names) != x.shape[-1] or len(set(names)) != len(names):
         raise ValueError(f"to_inference_data: need {x.shape[-1]} distinct names, got {names}")
-    if method not in ("laplace", "nuts"):
-        raise ValueError(f"to_inference_data: method must be 'laplace' or 'nuts', "
+    if method not in ("laplace", "nuts", "chees"):
+        raise ValueError(f"to_inference_data: method must be 'laplace', 'nuts' or 'chees', "
                          f"got {method!r}")
     posterior = {n: x[..., i] for i, n in enumerate(names)}
     for n, f in (transforms or {}).items():
@@ -588,3 +588,18 @@ def psis_log_weights(log_ratios: Any) -> tuple[np.ndarray, float]:
         raise ValueError("psis_log_weights: every log ratio is -inf or NaN")
     lw, k = az.psislw(lr - np.max(lr))
     return np.asarray(lw), float(k)
+
+
+def chain_diagnostics(z: Any) -> dict[str, float]:
+    """Worst R-hat (rank-normalised, split) and smallest bulk and tail ESS over the
+    elements of ``z`` ``(chains, draws, d)`` (ArviZ): ``rhat_max``, ``ess_bulk_min``,
+    ``ess_tail_min``. R-hat is NaN for a single chain."""
+    x = np.asarray(z, dtype=float)
+    if x.ndim != 3:
+        raise ValueError(f"chain_diagnostics: expected (chains, draws, d), got {x.shape}")
+    ds = az.convert_to_dataset({"z": x})
+    r = np.asarray(az.rhat(ds)["z"].values) if x.shape[0] > 1 else np.full(1, math.nan)
+    rhat = float(np.max(r[np.isfinite(r)])) if np.any(np.isfinite(r)) else math.nan
+    return {"rhat_max": rhat,
+            "ess_bulk_min": float(np.nanmin(az.ess(ds, method="bulk")["z"].values)),
+            "ess_tail_min": float(np.nanmin(az.ess(ds, method="tail")["z"].values))}

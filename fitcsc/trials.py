@@ -14,8 +14,11 @@ under public names (the implementation lives in private modules that may move)::
 - Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
   `adjuvant_observations`, `link_observations` with `LINKS_USED`,
   `hr_pcr_observations`).
-- Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
-  `posterior_draws` (PSIS-reweighted Laplace) and `draw_values`.
+- Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start) and
+  `draw_values`.
+- Posterior: `posterior_draws` (``method="psis"``, the default: Laplace draws reweighted
+  by PSIS; ``"laplace"``; ``"nuts"``; ``"chees"``) returning a `TrialPosterior`, and
+  `posterior_flag` (one line when the draws cannot be trusted).
 - Files: `save_fit`, `load_fit`, `load_draws`, `model_from_fit` (the ``fit.json`` that
   ``fitcsc run`` writes and ``fitcsc predict`` reads).
 """
@@ -36,9 +39,9 @@ from ._trial_fit import (
     load_fit,
     model_from_fit,
     pcr_observations,
-    posterior_draws,
     save_fit,
 )
+from ._trial_posterior import TrialPosterior, posterior_draws, posterior_flag
 from ._trials import (
     PARAMETERS,
     STRUCTURES,
@@ -54,5 +57,6 @@ __all__ = [
     "TrialData", "TrialFit", "TrialModel", "adjuvant_observations", "draw_values",
     "fit_trials", "from_natural", "hazard_ratio", "hr_pcr_observations",
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
-    "posterior_draws", "save_fit", "to_natural", "trial_family",
+    "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
+    "TrialPosterior",
 ]

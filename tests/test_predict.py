@@ -302,3 +302,34 @@ def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
         summary = json.loads((tmp_path / f"out{k_hat}" / "summary.json").read_text())
         assert ("k_hat 1.20 > 0.7" in err) == flagged
         assert ("flag" in summary["posterior"]) == flagged
+
+
+def test_unconverged_chains_are_flagged(tmp_path, regimens, capsys):
+    """Saved MCMC draws whose R-hat exceeds 1.01 or that had divergences (`fitcsc run
+    --posterior nuts`) are flagged on screen, in summary.json and in the report; the flag
+    is computed again from the diagnostics, not taken from the file; clean chains give
+    none."""
+    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
+    names = ("log_kill_scale", "log_her2_potency#trastuzumab")
+    tm = TrialModel.build(arms, names)
+    z = np.array(tm.z0())
+    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04]), loss=0.0, converged=True,
+                   n_steps=1, start_losses=np.zeros(1), hyper={})
+    draws = z[None, :] + 0.1 * np.random.default_rng(0).standard_normal((50, 2))
+    reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    for tag, rhat, n_div, flagged in (("bad", 1.05, 2, True), ("good", 1.003, 0, False)):
+        d = tmp_path / f"fit_{tag}"
+        d.mkdir()
+        save_fit(d / "fit.json", tm, fit, draws=draws, posterior={
+            "sampler": "nuts", "method": "NUTS", "rhat_max": rhat, "ess_bulk_min": 400.0,
+            "n_divergent": n_div, "flag": None})
+        capsys.readouterr()
+        out = tmp_path / f"out_{tag}"
+        assert _predict(d, reg, out, "--quiet") == 0
+        err = capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        report = (out / "report.md").read_text()
+        assert ("R-hat 1.050 > 1.01" in err and "2 divergent" in err) == flagged, err
+        assert ("flag" in summary["posterior"]) == flagged
+        assert ("**Flag: posterior: R-hat 1.050" in report) == flagged
+        assert "R-hat max" in report  # the diagnostics are stated either way

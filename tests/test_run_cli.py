@@ -27,9 +27,15 @@ def test_run_fits_the_embedded_data_and_writes_a_report(quick_run):
     assert s["n_arms"] == 4 and s["data"]["n_patients"] == 107 + 107 + 107 + 96  # NeoSphere
     assert s["precision"] == "float64" and "jax" in s["versions"]
     assert any("quick run" in w for w in s["warnings"])  # a smoke run says so
+    # the default posterior: PSIS-reweighted Laplace draws, its k_hat and flag recorded
+    post = json.loads((out / "fit.json").read_text())["posterior"]
+    assert s["posterior"]["sampler"] == post["sampler"] == "psis"
+    assert post["k_hat"] == s["psis_k_hat"] and "flag" in post
+    assert (post["flag"] is not None) == (post["k_hat"] > 0.7)
+    assert (post["flag"] in s["warnings"]) if post["flag"] else True
     report = (out / "report.md").read_text()
     for section in ("## Data", "## Model and settings", "## Fit", "## Parameters",
-                    "## Warnings", "pcr_fit.png"):
+                    "## Warnings", "pcr_fit.png", "Posterior (psis): PSIS k_hat"):
         assert section in report, section
     # the parameter table: one row per fitted parameter, on the natural scale
     fit = json.loads((out / "fit.json").read_text())
@@ -82,3 +88,39 @@ def test_report_rebuilds_the_run_report(quick_run, tmp_path):
     with open(out / "arms.csv", newline="") as fh:  # every arm in the predictive check
         for r in csv.DictReader(fh):
             assert f"| {r['trial']} | {r['arm_id']} | {r['pcr_definition']} |" in text
+
+
+@pytest.mark.slow
+def test_run_with_mcmc_saves_chains_that_predict_uses(tmp_path, capsys):
+    """`fitcsc run --posterior chees` (small: 2 chains, 10 warm-up steps, 40 draws): the
+    draws, their R-hat, ESS and divergences are saved with the fit and stated in the
+    report; `fitcsc predict` from it states them too, and shows the flag when raised."""
+    out = tmp_path / "run"
+    code = cli.main(["--quiet", "run", "--quick", "--out", str(out), "--posterior", "chees",
+                     "--chains", "2", "--warmup", "10", "--draws", "40"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    fit = json.loads((out / "fit.json").read_text())
+    post = fit["posterior"]
+    assert post["sampler"] == s["posterior"]["sampler"] == "chees"
+    for key in ("rhat_max", "ess_bulk_min", "n_divergent", "flag"):
+        assert key in post and key in s["posterior"], key
+    assert post["n_draws"] == 40 and post["num_chains"] == 2
+    report = (out / "report.md").read_text()
+    assert "Posterior (chees): R-hat max" in report
+    assert (post["flag"] is not None) == ("**Flag: posterior:" in report)
+    reg = tmp_path / "trial.csv"
+    reg.write_text("arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours\n"
+                   "TH,docetaxel,75,mg/m2,0,21,4,1\n"
+                   "TH,trastuzumab,6,mg/kg,0,21,4,1.5\n")
+    capsys.readouterr()
+    code = cli.main(["--quiet", "predict", "--fit", str(out), "--regimens", str(reg),
+                     "--out", str(tmp_path / "pred"), "--draws", "40"])
+    assert code == 0
+    err = capsys.readouterr().err
+    pred = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert pred["posterior"]["sampler"] == "chees"
+    assert (post["flag"] is not None) == ("flag" in pred["posterior"]) == ("R-hat" in err
+                                                                          or "divergent" in err)
+    assert "Posterior diagnostics of the fit: R-hat max" in (
+        tmp_path / "pred" / "report.md").read_text()
