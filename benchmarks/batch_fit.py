@@ -154,9 +154,9 @@ def load_file(path: Path, n: int | None, seed: int):
     """The file as ``fitcsc fit`` reads it (default arm regimens) and ``n`` of its curves
     (all, or a fixed random subset): ``(batch, regimens, kept indices)``; padding
     shapes are the full file's."""
-    batch, regimens, _, _ = _fitrun._load(path, None, "csc", SPECIES, DETECTION_LIMIT_MM3,
+    batch, regimens, _, _ = _fitrun.load_job_data(path, None, "csc", SPECIES, DETECTION_LIMIT_MM3,
                                           None, None)
-    regs = [_fitrun._regimen_of(regimens, s, a)
+    regs = [_fitrun.regimen_of(regimens, s, a)
             for s, a in zip(batch.subject, batch.arm, strict=True)]
     keep = np.arange(batch.n_subjects)
     if n is not None and n < batch.n_subjects:

@@ -362,10 +362,10 @@ def runtime(args):
 
 def _path(value: str) -> str:
     from ._errors import FitcscInputError
-    from .cli import _resolve_input
+    from .cli import resolve_input
 
     try:
-        found = _resolve_input(value)
+        found = resolve_input(value)
     except FitcscInputError:
         found = pathlib.Path(value)
     return os.path.abspath(found)

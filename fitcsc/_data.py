@@ -170,7 +170,7 @@ class TidyTable:
             line=None if self.line is None else self.line[keep])
 
 
-def _build_table(path, records, error, extra_names=(), columns=None,
+def build_table(path, records, error, extra_names=(), columns=None,
                  duplicates="refuse") -> TidyTable:
     """Check cross-row rules, resolve duplicates and sort. ``records``: (line, study,
     arm, subject, day, volume_mm3, extras) in file order, each already checked on its
@@ -343,7 +343,7 @@ def read_tidy_csv(path, *, duplicates: str = "refuse") -> TidyTable:
             raise c.fail("negative volume", line, name["volume_mm3"], _VOLUME,
                          f[idx["volume_mm3"]])
         records.append((line, *ids, day, volume, tuple(f[j] for j in extra_idx)))
-    return _build_table(c.path, records, DataError, extra_names, columns=name,
+    return build_table(c.path, records, DataError, extra_names, columns=name,
                         duplicates=duplicates)
 
 

@@ -48,8 +48,8 @@ from ._drugs import (
     DRUG_CLASSES,
     SPECIES,
     DrugInfo,
-    _ka_for_tmax,
     canonical_drug,
+    ka_for_tmax,
     register_drug,
 )
 from ._errors import CatalogueError, DataWarning
@@ -123,7 +123,7 @@ def _pk(where, species, fields):
     volume = num[v_key] * (BODY_WEIGHT_KG[species] if v_key == "volume_L_per_kg" else 1.0)
     if model == "one_compartment":
         return OneCompartment(t_half_day, volume)
-    ka = _ka_for_tmax(t_half_day, num["tmax_h"] / 24.0)
+    ka = ka_for_tmax(t_half_day, num["tmax_h"] / 24.0)
     return OneCompartmentOral(t_half_day, volume, ka, num.get("bioavailability", 1.0))
 
 

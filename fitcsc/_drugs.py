@@ -79,7 +79,7 @@ def _short(t_half_day, v_l_per_kg, species):
     return OneCompartment(half_life_day=t_half_day, volume_L=v_l_per_kg * BODY_WEIGHT_KG[species])
 
 
-def _ka_for_tmax(t_half_day: float, tmax_day: float) -> float:
+def ka_for_tmax(t_half_day: float, tmax_day: float) -> float:
     """Absorption rate ka [1/day] of a one-compartment oral model whose concentration
     peaks at ``tmax_day``: ``tmax = ln(ka/k)/(ka - k)``, solved by bisection on the
     branch ka > k when ``tmax < 1/k``, else on ka < k (flip-flop)."""
@@ -109,7 +109,7 @@ def _oral(t_half_h, volume_L, tmax_h, bioavailability=1.0):
     """Human one-compartment oral PK from a label t1/2 [h], (apparent) volume [L] and
     Tmax [h]; the mouse PK allometric (both times scaled, same volume per kg)."""
     f = ALLOMETRIC_TIME_FACTOR
-    ka = _ka_for_tmax(t_half_h / 24.0, tmax_h / 24.0)
+    ka = ka_for_tmax(t_half_h / 24.0, tmax_h / 24.0)
     return (OneCompartmentOral(t_half_h / 24.0, volume_L, ka, bioavailability),
             OneCompartmentOral(t_half_h / 24.0 * f, volume_L / _HUMAN_KG * _MOUSE_KG,
                                ka / f, bioavailability))

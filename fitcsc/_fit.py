@@ -291,7 +291,7 @@ def fit_members(who, predictor, data, *, z0, free, sigma0, opts, rule, stop,
 
 
 @eqx.filter_jit
-def _fit_optax(predictor, data, z0, sigma0, opts, free, max_condition):
+def fit_optax(predictor, data, z0, sigma0, opts, free, max_condition):
     """``method="optax"``: each member its own optax loop, vmapped."""
     n, S = z0.shape[:2]
     rep = jax.tree_util.tree_map(lambda x: jnp.repeat(x, S, axis=0), data)
@@ -391,7 +391,7 @@ def fit_map(
                         "carries its own `spec`")
     evaluator = evaluator_option(evaluator, batching, "fit_map")
     has_cens = bool(np.any(np.asarray(batch.censored) & np.asarray(batch.mask)))
-    opts, seed, z_init, scale, sigma0 = _prepare(
+    opts, seed, z_init, scale, sigma0 = prepare_fit(
         "fit_map", predictor, batch.n_subjects, has_cens, num_starts=num_starts, key=key,
         z_init=z_init, start_scale=start_scale, method=method, sigma=sigma, rtol=rtol,
         atol=atol, max_steps=max_steps, optimiser=optimiser)
@@ -408,7 +408,7 @@ def fit_map(
                           lanes=lanes, max_condition=max_condition, progress=progress)
         out.pop("info")
     else:
-        out = _fit_optax(predictor, data, jnp.asarray(z0), jnp.asarray(sigma0), opts,
+        out = fit_optax(predictor, data, jnp.asarray(z0), jnp.asarray(sigma0), opts,
                          jnp.asarray(free), float(max_condition))
     result = FitResult(**{k: jnp.asarray(v) for k, v in out.items()},
                        labels=tuple(predictor.spec.labels()), subject=tuple(batch.subject),
@@ -445,7 +445,7 @@ def lm_options(opts: Options, *, trust_region=None, stall_rtol=None, stall_steps
         stall_steps=stall_steps, who=who)
 
 
-def _prepare(who, predictor, n_members, has_cens, *, num_starts, key, z_init, start_scale,
+def prepare_fit(who, predictor, n_members, has_cens, *, num_starts, key, z_init, start_scale,
              method, sigma, rtol, atol, max_steps, optimiser):
     """Check options on concrete values; returns ``(opts, seed, z_init, scale, sigma0)``
     (host arrays).

@@ -36,10 +36,10 @@ from jaxtyping import Array, Bool, Int
 
 from ._fit import (
     FitResult,
-    _fit_optax,
-    _prepare,
     fit_members,
+    fit_optax,
     lm_options,
+    prepare_fit,
     reference_starts,
     starts,
 )
@@ -465,7 +465,7 @@ def fit_group_batch(gpred: GroupPredictor, gb: GroupBatch, *, num_starts=8, key=
                     who: str = "fit_groups") -> FitResult:
     """The `FitResult` over the groups of ``gb`` (one member per group and start)."""
     has_cens = bool(np.any(np.asarray(gb.data.mask & gb.data.censored)))
-    opts, seed, _, scale, sigma0 = _prepare(
+    opts, seed, _, scale, sigma0 = prepare_fit(
         who, gpred, gb.n_groups, has_cens, num_starts=num_starts, key=key, z_init=None,
         start_scale=start_scale, method=method, sigma=sigma, rtol=rtol, atol=atol,
         max_steps=max_steps, optimiser=optimiser)
@@ -474,7 +474,7 @@ def fit_group_batch(gpred: GroupPredictor, gb: GroupBatch, *, num_starts=8, key=
     z_ref, free = reference_starts(gpred, gb.data)
     z0 = starts(z_ref, free, int(num_starts), scale, seed)
     if method == "optax":
-        out = _fit_optax(gpred, gb.data, jnp.asarray(z0), jnp.asarray(sigma0), opts,
+        out = fit_optax(gpred, gb.data, jnp.asarray(z0), jnp.asarray(sigma0), opts,
                          jnp.asarray(free), float(max_condition))
     else:
         out = fit_members(who, gpred, gb.data, z0=z0, free=free, sigma0=sigma0, opts=opts,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._fit import _prepare, fit_members, lm_options, reference_starts
+from ._fit import fit_members, lm_options, prepare_fit, reference_starts
 from ._fit_predict import AbstractPredictor, subject_data
 
 
@@ -71,7 +71,7 @@ def profile(predictor, batch, result, name: str, grid, *, rtol: float = 1e-8,
     z_grid = np.asarray(_grid_to_z(predictor.spec, name, grid))
     k = labels.index(name)
     n, g = batch.n_subjects, grid.size
-    opts, _, _, _, sigma = _prepare(
+    opts, _, _, _, sigma = prepare_fit(
         "profile", predictor, n * g, False, num_starts=1, key=None, z_init=None,
         start_scale=0.0, method="lm", sigma=np.tile(np.asarray(result.sigma), g),
         rtol=rtol, atol=atol, max_steps=max_steps, optimiser=None)

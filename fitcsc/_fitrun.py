@@ -99,7 +99,7 @@ def _status_name(code: int) -> str:
     return FitStatus(int(code)).label
 
 
-def _load(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
+def load_job_data(data_file, regimens_file, model, species, limit, max_subjects, cmt_drugs, *,
           with_table=False, data_options=None):
     """Batch, regimens (or None), regimen source and warnings (and the table, with
     ``with_table``). ``data_file`` may also be a `TidyTable` already read."""
@@ -139,7 +139,7 @@ def _head(table, n):
         line=None if table.line is None else table.line[keep])
 
 
-def _regimen_of(regimens, subject, arm) -> Regimen:
+def regimen_of(regimens, subject, arm) -> Regimen:
     if regimens is None:
         return Regimen(name=arm)
     return regimens[subject] if subject in regimens else regimens[arm]
@@ -309,10 +309,10 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
     if share_growth_by is not None and model != "csc":
         raise FitcscInputError("--share-growth-by needs the CSC model", column="--model",
                                expected="csc", value=model)
-    batch, regimens, source, notes, table = _load(
+    batch, regimens, source, notes, table = load_job_data(
         data_file, regimens_file, model, species, detection_limit_mm3, max_subjects,
         cmt_drugs, with_table=True, data_options=data_options)
-    regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    regs = [regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     options = dict(model=model, starts=starts, chunk_size=chunk_size, quick=quick,
                    max_subjects=max_subjects, sigma=sigma, species=species,
                    detection_limit_mm3=detection_limit_mm3, share_growth_by=share_growth_by,

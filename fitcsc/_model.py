@@ -141,7 +141,7 @@ class ModelConfig(eqx.Module):
         return self.chemo_mode == "log_kill" and bool(self.drug_mask("chemo").any())
 
 
-def _hill(conc, ec50, hill):
+def hill_response(conc, ec50, hill):
     """``C^n / (EC50^n + C^n)``, differentiable at ``C = 0``."""
     pos = conc > 0
     x = jnp.exp(hill * (jnp.log(jnp.where(pos, conc, 1.0)) - jnp.log(ec50)))
@@ -157,7 +157,7 @@ def drug_effects(model: ModelConfig, params, conc):
     if not model.drugs:
         zero = jnp.zeros(())
         return zero, jnp.ones(()), zero, zero
-    I = _hill(conc, params.ec50_mg_per_L, params.hill)
+    I = hill_response(conc, params.ec50_mg_per_L, params.hill)
     her2, chemo = model.drug_mask("her2"), model.drug_mask("chemo")
     csc, cyto = model.drug_mask("csc"), model.drug_mask("cytostatic")
     B = 1.0 - jnp.prod(jnp.where(her2, 1.0 - I, 1.0))

@@ -25,7 +25,7 @@ import dataclasses
 import pathlib
 
 from ._csv import read_csv_rows, relocate_error
-from ._data import TidyTable, _build_table
+from ._data import TidyTable, build_table
 from ._drugs import DOSE_UNITS, canonical_drug
 from ._errors import DataError, RegimenError
 from ._regimen import DoseLine, Regimen
@@ -188,7 +188,7 @@ def read_nonmem(
     _check_one_arm(c, name, arm_key, get)
     renamed = {"arm": name.get(arm_key, arm_column), "study": name.get("STUDY", "STUDY")}
     columns = {**renamed, "day": name["TIME"], "volume_mm3": name["DV"], "subject": name["ID"]}
-    table = _build_table(c.path, records, DataError, extra_names, columns=columns,
+    table = build_table(c.path, records, DataError, extra_names, columns=columns,
                          duplicates=duplicates)
     regimens = {s: Regimen(tuple(ls), name=s) for s, ls in regimen_lines.items()}
     return table, regimens

@@ -87,7 +87,7 @@ def _status_text(code) -> str:
     return "error" if code < 0 else FitStatus(code).name.lower()
 
 
-def _arm_colours(arms):
+def arm_colours(arms):
     plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return {a: cmap(i % 10) for i, a in enumerate(dict.fromkeys(arms))}
@@ -117,7 +117,7 @@ def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fra
     nrow = max(1, -(-n // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.4, 2.2 * nrow + 0.5),
                              squeeze=False, constrained_layout=True)
-    colours = _arm_colours(batch.arm)
+    colours = arm_colours(batch.arm)
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.set_axis_off()
@@ -169,7 +169,7 @@ def plot_observed_vs_predicted(result, batch, path):
     low, high = seen & (pred < lo), seen & (pred > hi)
     x = np.clip(pred, lo, hi)
     fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
-    colours = _arm_colours(batch.arm)
+    colours = arm_colours(batch.arm)
     for a, c in colours.items():
         rows = np.asarray([x_ == a for x_ in batch.arm])[:, None]
         inside = seen & rows & ~low & ~high
@@ -199,7 +199,7 @@ def plot_residuals(result, batch, path):
     day, vol, obs, _, logp, _ = _arrays(result, batch)
     res = np.log(np.where(obs, vol, 1.0)) - logp
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for a, c in _arm_colours(batch.arm).items():
+    for a, c in arm_colours(batch.arm).items():
         rows = np.asarray([x == a for x in batch.arm])
         o = obs & rows[:, None] & np.isfinite(res)
         ax.plot(day[o], res[o], "o", ms=3, alpha=0.7, color=c, label=a)
@@ -292,7 +292,7 @@ def plot_arm_fits(rows, path, *, limit_mm3=1.0, max_arms=12):
     plt = pyplot()
     all_arms = list(dict.fromkeys(r["arm"] for r in rows))
     arms = all_arms[:max_arms]
-    colours = _arm_colours(arms)
+    colours = arm_colours(arms)
     rows = [r for r in rows if r["arm"] in colours]  # the axes span what is shown
 
     def num(text):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._plot import _arm_colours
+from ._plot import arm_colours
 from .files import pyplot, save_figure
 
 PERCENTILES = (10.0, 50.0, 90.0)
@@ -34,7 +34,7 @@ def plot_ppc(idata, path, *, prob: float = 0.9) -> float:
     lo, med, hi = np.nanpercentile(rep, [50 * (1 - prob), 50, 50 * (1 + prob)], axis=0)
     inside = (y >= lo) & (y <= hi)
     coverage = float(inside[~cens].mean()) if (~cens).any() else float("nan")
-    colours = _arm_colours(arm)
+    colours = arm_colours(arm)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
     for a, c in colours.items():
         m = (arm == a) & ~cens
@@ -74,7 +74,7 @@ def plot_vpc(idata, path, *, n_bins: int = 8, prob: float = 0.9, min_obs: int = 
     plt = pyplot()
     y, rep, arm, day, cens = _obs(idata)
     arms = list(dict.fromkeys(arm))
-    colours = _arm_colours(arm)
+    colours = arm_colours(arm)
     ncol = min(4, len(arms))
     nrow = -(-len(arms) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False,

@@ -490,7 +490,7 @@ def _pair(text):
 
 
 def _predict_cli(args) -> int:
-    from .cli import _resolve_input, enable_compile_cache
+    from .cli import enable_compile_cache, resolve_input
 
     enable_compile_cache()
     dep = _pair(args.her2_dependence) if args.her2_dependence else None
@@ -500,7 +500,7 @@ def _predict_cli(args) -> int:
     if args.volume_mm3 <= 0:
         raise FitcscInputError(f"--volume-mm3: expected a tumour volume > 0 mm3, got "
                                f"{args.volume_mm3}")
-    summary = predict(args.fit, _resolve_input(args.regimens), args.out,
+    summary = predict(args.fit, resolve_input(args.regimens), args.out,
                       pcr_definitions=args.pcr_definition, comparators=args.comparator or (),
                       years=args.years or (), n_patients=args.n_patients,
                       contrasts=args.contrast or (), assume=args.assume or (),

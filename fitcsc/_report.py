@@ -131,7 +131,7 @@ def _plural(n, word) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _unit(name) -> str:
+def param_unit(name) -> str:
     """Unit of a parameter (from `CSCParams`'s field comments, or its name), or ''."""
     from ._params import CSCParams
 
@@ -151,14 +151,14 @@ def _var_unit(name) -> str:
     """Unit of a population variable of ``summary.csv``: a typical value's is its
     parameter's; the SDs (omega, sigma) are on the log or logit scale."""
     if name.startswith("typical["):
-        return _unit(name[len("typical["):].split("|")[0].rstrip("]")) or "-"
+        return param_unit(name[len("typical["):].split("|")[0].rstrip("]")) or "-"
     if name.startswith("omega_"):
         return "SD on the sampled scale"
     return "SD of log volume" if name == "sigma" else "-"
 
 
 def _named(name) -> str:
-    unit = _unit(name)
+    unit = param_unit(name)
     return f"{name} [{unit}]" if unit and unit != "-" else name
 
 

@@ -30,7 +30,7 @@ from ._baselines import BASELINES
 from ._checkpoint import Checkpoint, fingerprint
 from ._checkpoint import remove as remove_checkpoint
 from ._fit import fit_map
-from ._fitrun import LM_EXTRAS, LM_TOL, _load, _regimen_of
+from ._fitrun import LM_EXTRAS, LM_TOL, load_job_data, regimen_of
 from ._population import posterior_derived
 from ._population_csc import V0, baseline_population, csc_population
 from ._sample import METHODS, sample
@@ -141,7 +141,7 @@ def warm_start(pop, batch, *, num_starts: int = 4, max_steps=None, refine_steps:
 def build(table, regimens, batch, *, model="csc", group_by=None, effects="arm",
           stimulation=False):
     """``(pop, groups)`` for the job (see the module docstring)."""
-    regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    regs = [regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     if group_by is None:
         groups = list(batch.study)
     else:
@@ -163,7 +163,7 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
     import fitcsc.summary as fs
 
     from ._population_plot import plot_ppc, plot_vpc
-    from ._report import _unit
+    from ._report import param_unit
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def posterior_outputs(pop, post, out, *, key, pair=None) -> dict:
                if isinstance(t, Interval)]
     # one scale per forest plot: the bounded fractions, else the effects without V0 (a
     # volume of 100 mm3 beside rates of 0.05/day hides the rates)
-    units = {_unit(f.split("|")[0]) for f in effects}
+    units = {param_unit(f.split("|")[0]) for f in effects}
     fs.plot_diagnostics(idata, out, pair_coords=pair or effects[:6],
                         forest_coords=bounded or effects or None,
                         forest_xlabel="fraction (efficacies, self-renewal p), typical value"
@@ -210,12 +210,12 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
     settings = dict(QUICK if quick else DEFAULTS)
     settings.update({k: v for k, v in dict(num_chains=num_chains, num_warmup=num_warmup,
                                             num_samples=num_samples).items() if v is not None})
-    batch, regimens, source, notes, table = _load(
+    batch, regimens, source, notes, table = load_job_data(
         data_file, regimens_file, model, species, detection_limit_mm3, 8 if quick else None,
         None, with_table=True)
     pop, groups = build(table, regimens, batch, model=model, group_by=group_by,
                         effects=effects)
-    regs = [_regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
+    regs = [regimen_of(regimens, s, a) for s, a in zip(batch.subject, batch.arm, strict=True)]
     options = dict(model=model, group_by=group_by, effects=effects, method=method,
                    dense_mass=dense_mass, seed=seed, detection_limit_mm3=detection_limit_mm3,
                    species=species, quick=quick, **settings)
@@ -308,11 +308,11 @@ def add_sample_command(subparsers, common) -> None:
 
 
 def _run(args) -> int:
-    from .cli import _resolve_input, enable_compile_cache
+    from .cli import enable_compile_cache, resolve_input
 
     enable_compile_cache()
-    regimens = None if args.regimens is None else _resolve_input(args.regimens)
-    s = sample_job(_resolve_input(args.data), args.out, regimens_file=regimens,
+    regimens = None if args.regimens is None else resolve_input(args.regimens)
+    s = sample_job(resolve_input(args.data), args.out, regimens_file=regimens,
                    model=args.model,
                    group_by=args.group_by, effects=args.effects, method=args.method,
                    num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,

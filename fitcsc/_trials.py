@@ -58,7 +58,7 @@ from ._endpoints import (
     log_lasting_lineages,
     recurrence_day,
 )
-from ._model import ModelConfig, _hill
+from ._model import ModelConfig, hill_response
 from ._params import default_params
 from ._pk import concentrations, cumulative_exposure, pk_arrays
 from ._regimen import Regimen
@@ -454,7 +454,7 @@ class TrialModel(eqx.Module):
         g, p = self.grid, self.base
         her2 = jnp.asarray(self.model.drug_mask("her2"))[None, :, None]
         conc = g.conc * self.potency(z)[None, :, None]
-        inh = _hill(conc, p.ec50_mg_per_L[None, :, None], p.hill[None, :, None])
+        inh = hill_response(conc, p.ec50_mg_per_L[None, :, None], p.hill[None, :, None])
         b = 1.0 - jnp.prod(jnp.where(her2, 1.0 - inh, 1.0), axis=1)
         steps = 0.5 * jnp.diff(g.t, axis=1) * (b[:, 1:] + b[:, :-1])
         b_int = jnp.concatenate([jnp.zeros((b.shape[0], 1)), jnp.cumsum(steps, axis=1)],

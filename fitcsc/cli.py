@@ -40,7 +40,7 @@ from ._errors import DataError, DataWarning, FitcscInputError
 from ._status import Exit, job_exit
 
 
-def _resolve_input(name: str) -> pathlib.Path:
+def resolve_input(name: str) -> pathlib.Path:
     """``name`` as given if it exists (or is absolute), else relative to `data_dir`."""
     from ._data import data_dir
 
@@ -89,7 +89,7 @@ def _read_data_file(args):
     """``(kind, path, result)`` of the data commands: a `VolumeData`, regimens or rows."""
     from ._data import detect_kind, read_regimen_table, read_volumes
 
-    path = _resolve_input(args.file)
+    path = resolve_input(args.file)
     kind = detect_kind(path) if args.kind == "auto" else args.kind
     if kind == "regimen":
         return kind, path, read_regimen_table(path)
@@ -97,7 +97,7 @@ def _read_data_file(args):
         from ._clinical import read_clinical
 
         return kind, path, read_clinical(path, kind)
-    regimens = None if args.regimens is None else _resolve_input(args.regimens)
+    regimens = None if args.regimens is None else resolve_input(args.regimens)
     got = read_volumes(path, regimens, kind=kind, **_data_options(args))
     _warn_species(args, got.kind, path)
     return kind, path, got
@@ -351,8 +351,8 @@ def _fit(args) -> int:
 
     if not args.no_compile_cache:
         enable_compile_cache()
-    data = _resolve_input(args.data)
-    regimens = None if args.regimens is None else _resolve_input(args.regimens)
+    data = resolve_input(args.data)
+    regimens = None if args.regimens is None else resolve_input(args.regimens)
     from ._data import detect_kind
 
     _warn_species(args, detect_kind(data), data)

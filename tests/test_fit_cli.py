@@ -263,7 +263,7 @@ def test_pdxe_smoke_csc(tmp_path, capsys):
 
 def test_nonmem_data_bring_their_own_doses(tmp_path):
     from fitcsc._errors import DataError
-    from fitcsc._fitrun import _load
+    from fitcsc._fitrun import load_job_data as _load
 
     path = tmp_path / "nm.csv"
     path.write_text("ID,TIME,DV,AMT,EVID,CMT,ARM\n"

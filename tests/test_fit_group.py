@@ -226,7 +226,8 @@ def _csc_volumes(path):
     """Noise-free curves simulated with the job's own model: default arm regimens
     (constant unit exposure from day 0), one drug slot per class."""
     from fitcsc._csc_spec import csc_union_spec, drug_slots, slot_batch
-    from fitcsc._fitrun import _load, _regimen_of
+    from fitcsc._fitrun import load_job_data as _load
+    from fitcsc._fitrun import regimen_of as _regimen_of
 
     days = np.arange(0.0, 43.0, 3.5)
     rows = ["study,arm,subject,day,volume_mm3,pdx_line"]
