@@ -84,7 +84,7 @@ def her2_terms(idata, csc: str, bulk: str, out_png, *, title: str) -> dict:
     axes[0].set(xlim=(0, 1), ylim=(0, 1), xlabel="ε_S: CSC self-renewal blocked [fraction]",
                 ylabel="ε_D: bulk division blocked [fraction]",
                 title=f"joint posterior (corr {r:.2f})")
-    axes[0].legend(fontsize=8, markerscale=4)
+    axes[0].legend(fontsize=8, markerscale=4, loc="upper right")  # "best" is slow here
     bins = np.linspace(0, 1, 41)
     axes[1].hist(a, bins=bins, density=True, alpha=0.6, color="C0", label="ε_S (CSC term)")
     axes[1].hist(b, bins=bins, density=True, alpha=0.6, color="C1", label="ε_D (bulk term)")
