@@ -82,7 +82,11 @@ def main(args) -> dict:
     drugs = {d.split(":", 1)[1]: i for i, d in enumerate(batch.drugs)}
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
                          omega_scale={"animal|initial_volume_mm3": 3.0})
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    for key, v in (("num_chains", args.chains), ("num_warmup", args.warmup),
+                   ("num_samples", args.draws), ("thinning", args.thinning)):
+        if v is not None:
+            settings[key] = v
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
@@ -105,7 +109,11 @@ def main(args) -> dict:
     summary = {
         "question": "MAS98.06 (ER+, HER2 not amplified): trastuzumab on CSC self-renewal "
                     "or on bulk proliferation? What do the curves identify?",
-        "quick": bool(args.quick), "n_curves": batch.n_subjects, "arms": list(table.arms),
+        "quick": bool(args.quick),
+        "reduced": bool(not args.quick and any(settings.get(k, 1) != FULL.get(k, 1) for k in
+                                               ("num_chains", "num_warmup", "num_samples",
+                                                "thinning"))),
+        "n_curves": batch.n_subjects, "arms": list(table.arms),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
         "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs,
@@ -124,12 +132,15 @@ def _result_md(s, path):
              "proliferation?", "",
              ("Quick run (2 arms x 2 mice, 4 chains x 30 + 30 iterations): a smoke test, "
               "not a result." if s["quick"] else
-              f"Full run: {s['n_curves']} curves, {s['n_observations']} observations "
+              ("Reduced run (fewer chains/iterations than the script's full settings "
+               f"{FULL['num_chains']} x {FULL['num_warmup']} + {FULL['num_samples']}, "
+               "which did not fit the time available): " if s["reduced"] else "Full run: ")
+              + f"{s['n_curves']} curves, {s['n_observations']} observations "
               f"({s['n_censored']} below {s['detection_limit_mm3']:g} mm³, M3), pre-treatment "
               "growth included."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
-             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws; "
-             f"{s['n_parameters']} parameters.",
+             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
+             f" (thinning {s['sampler'].get('thinning', 1)}); {s['n_parameters']} parameters.",
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} over the population-level ones), min bulk ESS "
              f"{c['ess_bulk_min']:.0f}, min tail ESS {c['ess_tail_min']:.0f}, "
@@ -167,6 +178,10 @@ def parse_args(argv=None):
                    help=f"arms {QUICK_ARMS}, {QUICK_MICE} mice each, tiny sampler, one baseline")
     p.add_argument("--baselines", nargs="*", default=["exponential", "logistic", "gompertz",
                                                       "simeoni"])
+    p.add_argument("--chains", type=int, default=None, help="override the number of chains")
+    p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
+    p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
+    p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "mas98_bayes"))

@@ -200,7 +200,7 @@ def _result_md(s, rows, path):
              f"–{h['bulk_term']['q975']:.3f}); correlation {h['correlation']:.2f}; "
              f"P(ε_S > ε_D) = {h['p_csc_gt_bulk']:.2f}.",
              "- Between-line SD on the logit/log scale (posterior mean, 95%): "
-             + "; ".join(f"{k.split('[')[0]} {v['mean']:.2f} ({v['q025']:.2f}–{v['q975']:.2f})"
+             + "; ".join(f"{k} {v['mean']:.2f} ({v['q025']:.2f}–{v['q975']:.2f})"
                          for k, v in s["line_sd_z_scale"].items()) + ".",
              f"- ERBB2-amplified lines (CN > {AMPLIFIED_CN:g}) with a trastuzumab curve: "
              + (", ".join(f"{r['line']} ε_D {r['mean']:.2f} ({r['q025']:.2f}–{r['q975']:.2f})"
