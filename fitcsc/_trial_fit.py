@@ -455,22 +455,6 @@ def draw_values(fn, draws, *, batch: int = 100) -> np.ndarray:
                                   *chunks)
 
 
-def weighted_quantile(values, weights, q) -> np.ndarray:
-    """Quantiles ``q`` of ``values`` (n, ...) under ``weights`` (n,), per trailing
-    element (the inverse of the weighted empirical CDF, mid-point interpolated)."""
-    v = np.asarray(values, float)
-    w = np.asarray(weights, float)
-    order = np.argsort(v, axis=0)
-    vs = np.take_along_axis(v, order, axis=0)
-    ws = w[order]
-    cdf = (np.cumsum(ws, axis=0) - 0.5 * ws) / np.sum(w)
-    flat_v = vs.reshape(vs.shape[0], -1)
-    flat_c = cdf.reshape(cdf.shape[0], -1)
-    out = np.stack([np.interp(q, flat_c[:, j], flat_v[:, j]) for j in range(flat_v.shape[1])],
-                   axis=-1)
-    return out.reshape(np.shape(q) + v.shape[1:])
-
-
 @dataclasses.dataclass
 class TrialFit:
     names: tuple[str, ...]
