@@ -281,9 +281,9 @@ def test_her2_low_population_is_flagged_and_weaker(fit_dir, tmp_path):
     assert "HER2 dependence" in lo["TCH"]["assumptions"]
 
 
-def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
-    """Saved draws whose PSIS k_hat exceeds 0.7 (the Laplace proposal far from the
-    posterior) give a warning on screen and a flag in summary.json; k_hat below it none."""
+def _saved_draws_setup(tmp_path, regimens):
+    """A two-parameter trastuzumab fit with 50 draws around its start, and a regimen file
+    of one trastuzumab arm: ``(model, fit, draws, regimen path)``."""
     arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
     names = ("log_kill_scale", "log_her2_potency#trastuzumab")
     tm = TrialModel.build(arms, names)
@@ -292,6 +292,13 @@ def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
                    n_steps=1, start_losses=np.zeros(1), hyper={})
     draws = z[None, :] + 0.1 * np.random.default_rng(0).standard_normal((50, 2))
     reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    return tm, fit, draws, reg
+
+
+def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
+    """Saved draws whose PSIS k_hat exceeds 0.7 (the Laplace proposal far from the
+    posterior) give a warning on screen and a flag in summary.json; k_hat below it none."""
+    tm, fit, draws, reg = _saved_draws_setup(tmp_path, regimens)
     for k_hat, flagged in ((1.2, True), (0.4, False)):
         d = tmp_path / f"fit{k_hat}"
         d.mkdir()
@@ -309,14 +316,7 @@ def test_unconverged_chains_are_flagged(tmp_path, regimens, capsys):
     --posterior nuts`) are flagged on screen, in summary.json and in the report; the flag
     is computed again from the diagnostics, not taken from the file; clean chains give
     none."""
-    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
-    names = ("log_kill_scale", "log_her2_potency#trastuzumab")
-    tm = TrialModel.build(arms, names)
-    z = np.array(tm.z0())
-    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04]), loss=0.0, converged=True,
-                   n_steps=1, start_losses=np.zeros(1), hyper={})
-    draws = z[None, :] + 0.1 * np.random.default_rng(0).standard_normal((50, 2))
-    reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    tm, fit, draws, reg = _saved_draws_setup(tmp_path, regimens)
     for tag, rhat, n_div, flagged in (("bad", 1.05, 2, True), ("good", 1.003, 0, False)):
         d = tmp_path / f"fit_{tag}"
         d.mkdir()
