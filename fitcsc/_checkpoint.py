@@ -18,6 +18,7 @@ without a checkpoint runs from the start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -120,6 +121,15 @@ class Checkpoint:
         n = len(self.resumed) + len(self.saved)
         return KeyboardInterrupt(f"interrupted; {n} finished chunk(s) kept in {self.dir}: "
                                  "run the same command with --resume to continue")
+
+    @contextlib.contextmanager
+    def resumable(self):
+        """Ctrl-C anywhere inside (while fitting a chunk, saving one, loading the next or
+        merging it) becomes `interrupted`: one line saying how to resume."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
 
     def record(self, *, kept: bool = False) -> dict:
         """The summary.json record: parts loaded and computed (and where the folder is

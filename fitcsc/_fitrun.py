@@ -349,18 +349,18 @@ def _fit_job(data_file, out_dir, *, regimens_file, model, starts, chunk_size, qu
     bar = tqdm(total=units.n, desc=units.desc, unit=units.unit,
                disable=not (progress and sys.stderr.isatty()))
     t_fit0 = time.perf_counter()
-    for c, chunk in enumerate(chunks):
-        a = ckpt.load(chunk_name(c))
-        if a is None:
-            try:
-                a = _fit_chunk(units, chunk, grid, bar)
-            except KeyboardInterrupt:
-                raise ckpt.interrupted() from None
-            except Exception as err:  # one chunk failing never stops the job
-                errors.append(f"{type(err).__name__} fitting {units.describe(chunk)}: {err}")
-                continue
-            ckpt.save(chunk_name(c), a)
-        units.absorb(chunk, a, fits, per_subject, curves)
+    with ckpt.resumable():
+        for c, chunk in enumerate(chunks):
+            a = ckpt.load(chunk_name(c))
+            if a is None:
+                try:
+                    a = _fit_chunk(units, chunk, grid, bar)
+                except Exception as err:  # one chunk failing never stops the job
+                    errors.append(f"{type(err).__name__} fitting "
+                                  f"{units.describe(chunk)}: {err}")
+                    continue
+                ckpt.save(chunk_name(c), a)
+            units.absorb(chunk, a, fits, per_subject, curves)
     bar.n = units.n
     bar.close()
     t_fit = time.perf_counter() - t_fit0

@@ -223,7 +223,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         options, batch, [(r.name, r.drugs, repr(r)) for r in regs], list(groups)),
         resume=resume)
     show = progress_printer(quiet=not progress)
-    try:
+    with ckpt.resumable():
         saved = ckpt.load("warm_start")
         if saved is None:
             if show:
@@ -238,8 +238,6 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
             z_start, start_info = saved["z"], json.loads(str(saved["info"]))
         post = sample(pop.log_density, z_start, method=method, dense_mass=dense_mass,
                       seed=seed, progress=show, checkpoint=ckpt, **settings)
-    except KeyboardInterrupt:
-        raise ckpt.interrupted() from None
     diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1))
     mask, cens = np.asarray(batch.mask), np.asarray(batch.censored & batch.mask)
     arms = {a: {"curves": int(np.sum(np.asarray(batch.arm) == a)),
