@@ -361,8 +361,8 @@ def runtime(args):
 
 
 def _path(value: str) -> str:
+    from ._data import resolve_input
     from ._errors import FitcscInputError
-    from .cli import resolve_input
 
     try:
         found = resolve_input(value)

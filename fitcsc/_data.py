@@ -39,7 +39,7 @@ import numpy as np
 from ._batch import SubjectBatch as SubjectBatch  # re-exported
 from ._batch import make_batch as make_batch  # re-exported
 from ._csv import read_csv_rows
-from ._errors import DataError, DataWarning
+from ._errors import DataError, DataWarning, FitcscInputError
 from ._limits import DAY_EXPECTED, DUPLICATES, DUPLICATES_HINT, HORIZON_EXPECTED
 from ._limits import MAX_ABS_DAY as MAX_ABS_DAY  # re-exported
 from ._limits import MAX_DOSES_PER_LINE as MAX_DOSES_PER_LINE  # re-exported
@@ -422,3 +422,21 @@ def read_volumes(
         return VolumeData(table, None, kind, None)
     return VolumeData(table, read_regimen_table(regimens_file), kind,
                       f"regimen table {regimens_file}")
+
+
+def resolve_input(name: str) -> pathlib.Path:
+    """``name`` as given if it exists (or is absolute), else relative to `data_dir`."""
+    path = pathlib.Path(name)
+    if path.exists() or path.is_absolute():
+        return path
+    try:
+        base = data_dir()
+    except FitcscInputError:
+        return path  # the reader reports "file not found"
+    if (base / path).exists():
+        return base / path
+    raise DataError(
+        "file not found",
+        file=name,
+        expected=f"a file in the current directory or in the data directory {base}",
+    )

@@ -490,7 +490,8 @@ def _pair(text):
 
 
 def _predict_cli(args) -> int:
-    from .cli import enable_compile_cache, resolve_input
+    from ._compile import enable_compile_cache
+    from ._data import resolve_input
 
     enable_compile_cache()
     dep = _pair(args.her2_dependence) if args.her2_dependence else None

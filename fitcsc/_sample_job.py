@@ -299,14 +299,15 @@ def add_sample_command(subparsers, common) -> None:
     p.add_argument("--species", default="mouse", choices=("mouse", "human"))
     p.add_argument("--quick", action="store_true",
                    help="8 curves, 4 chains x 40 + 40 iterations (a smoke test)")
-    from .cli import add_resume_option
+    from ._checkpoint import add_resume_option
 
     add_resume_option(p, "part (warm start, warm-up, chunk of draws)")
     p.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
-    from .cli import enable_compile_cache, resolve_input
+    from ._compile import enable_compile_cache
+    from ._data import resolve_input
 
     enable_compile_cache()
     regimens = None if args.regimens is None else resolve_input(args.regimens)

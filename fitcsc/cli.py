@@ -29,35 +29,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pathlib
 import sys
 import traceback
 import warnings
 
+from ._checkpoint import add_resume_option
+from ._compile import enable_compile_cache
 from ._config import CONFIG_COMMANDS, add_run_options, apply_config, runtime, write_config
+from ._data import resolve_input
 from ._data_show import plural as _n
-from ._errors import DataError, DataWarning, FitcscInputError
+from ._errors import DataWarning, FitcscInputError
 from ._status import Exit, job_exit
-
-
-def resolve_input(name: str) -> pathlib.Path:
-    """``name`` as given if it exists (or is absolute), else relative to `data_dir`."""
-    from ._data import data_dir
-
-    path = pathlib.Path(name)
-    if path.exists() or path.is_absolute():
-        return path
-    try:
-        base = data_dir()
-    except FitcscInputError:
-        return path  # the reader reports "file not found"
-    if (base / path).exists():
-        return base / path
-    raise DataError(
-        "file not found",
-        file=name,
-        expected=f"a file in the current directory or in the data directory {base}",
-    )
 
 
 def _parse_cmt(text: str) -> tuple[int, str]:
@@ -208,17 +190,6 @@ def add_data_command(subparsers, common) -> None:
                        help="regimen table of a tidy volume file")
     v.set_defaults(handler=_data_validate)
     s.set_defaults(handler=_data_show)
-
-
-def enable_compile_cache() -> None:
-    """Use JAX's persistent compilation cache so a second run compiles nothing.
-
-    Location: ``$FITCSC_CACHE_DIR``, else ``~/.cache/fitcsc/jax``; ``FITCSC_CACHE_DIR=off``
-    disables it (`fitcsc._compile.enable_compile_cache`).
-    """
-    from ._compile import enable_compile_cache as enable
-
-    enable()
 
 
 def _simulate(args) -> int:
@@ -427,17 +398,6 @@ def add_fit_command(subparsers, common) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_resume_option(f, "chunk (--chunk-size subjects)")
     f.set_defaults(handler=_fit)
-
-
-def add_resume_option(parser, what: str) -> None:
-    """``--resume`` of a job that checkpoints every finished ``what`` (`fitcsc._checkpoint`)."""
-    parser.add_argument(
-        "--resume", action="store_true",
-        help=f"continue the interrupted run (Ctrl-C, kill) whose checkpoint --out holds: "
-        f"every finished {what} is saved in OUT/.checkpoint and not redone; the results "
-        "equal an uninterrupted run's. Refused when the data or options differ. Without "
-        "--resume, an OUT holding an unfinished run's checkpoint is refused (never "
-        "overwritten): resume it, or delete OUT/.checkpoint to start over")
 
 
 def add_predict_command(subparsers, common) -> None:
