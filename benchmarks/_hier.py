@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from _common import fitcsc
 
-from fitcsc._arms import ARM_EC50_MG_PER_L, default_arm_regimens
-from fitcsc._data import TidyTable
-from fitcsc._population import population_model
+from fitcsc import ARM_EC50_MG_PER_L, TidyTable, default_arm_regimens
+from fitcsc.population import population_model
 
 REFERENCE = dict(csc_division_rate=0.3, self_renewal=0.6, bulk_division_rate=0.25,
                  bulk_death_rate=0.3, initial_csc_fraction=0.1, carrying_capacity_cells=1e10,

@@ -61,10 +61,14 @@ from scipy import stats
 
 import fitcsc
 import fitcsc.summary as fs
-from fitcsc._arms import ARM_EC50_MG_PER_L
-from fitcsc._population import PopulationModel
-from fitcsc._sample import sample
-from fitcsc._sample_job import warm_start
+from fitcsc import ARM_EC50_MG_PER_L
+from fitcsc.population import (
+    PopulationModel,
+    forward_predict,
+    sample,
+    vmapped_jacobians,
+    warm_start,
+)
 
 STAN_PROGRAM = """
 functions {
@@ -241,9 +245,6 @@ def gradient_modes(pop, z, n_chains, repeats):
     """Seconds per vmapped value-and-gradient of the log-likelihood over ``n_chains``
     chains: paced forward mode (fitcsc's), vmapped `jax.jacfwd` of `diffeqsolve` (forward
     mode), and reverse mode through diffrax (`RecursiveCheckpointAdjoint`)."""
-    from fitcsc._likelihood import log_likelihood_from_log
-    from fitcsc._population import _vmapped_jacobians, forward_predict
-
     pred, c = pop.predictor, pop.curves
     Z = jnp.asarray(z[None] + 0.05 * np.random.default_rng(0).normal(size=(n_chains, z.size)))
 
@@ -259,7 +260,7 @@ def gradient_modes(pop, z, n_chains, repeats):
     predicts = {
         "paced_forward": lambda zc, curves: forward_predict(pred, zc, curves),
         "vmapped_jacfwd_forward": lambda zc, curves: forward_predict(
-            pred, zc, curves, jacobians=lambda a, b: _vmapped_jacobians(pred, a, b)),
+            pred, zc, curves, jacobians=lambda a, b: vmapped_jacobians(pred, a, b)),
         "reverse_recursive_checkpoint": reverse,
     }
     out = {}
@@ -267,7 +268,7 @@ def gradient_modes(pop, z, n_chains, repeats):
         def loglik(z_, predict=predict):
             values = pop.space.from_z(z_)
             lp, _ = predict(pop.curve_z(values), c)
-            return log_likelihood_from_log(lp, jnp.log(c.volume_mm3), c.mask, c.censored,
+            return fitcsc.log_likelihood_from_log(lp, jnp.log(c.volume_mm3), c.mask, c.censored,
                                            values["sigma"])[1]
 
         g = jax.jit(jax.vmap(jax.value_and_grad(loglik)))

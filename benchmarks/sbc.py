@@ -47,9 +47,8 @@ from _common import (
 from _hier import design, with_volumes
 from scipy import stats
 
-from fitcsc._compile import enable_compile_cache
-from fitcsc._sample import run_chains
-from fitcsc._sample_job import map_curve_z, refine
+from fitcsc import enable_compile_cache
+from fitcsc.population import map_curve_z, refine, run_chains
 
 MIN_REPLICATIONS = 100  # the "done": at least this many data sets
 

@@ -131,11 +131,9 @@ class NumpyModel:
     """
 
     def __init__(self, model, base, schedule):
-        from fitcsc._drugs import CATALOGUE  # drug classes only
-
         assert model.crowding == "logistic" and model.state_names == ("S", "D")
         assert model.chemo_mode == "concentration"
-        classes = [CATALOGUE[d].drug_class for d in model.drugs]
+        classes = [fitcsc.CATALOGUE[d].drug_class for d in model.drugs]
         assert set(classes) <= {"her2", "chemo"}
         self.her2 = np.array([c == "her2" for c in classes])
         self.chemo = np.array([c == "chemo" for c in classes])

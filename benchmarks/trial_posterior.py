@@ -25,15 +25,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import RESULTS, device_info, load_avg, precision, timestamp, versions
 
-from fitcsc._clinical_job import DEFAULT_STRUCTURE, QUICK_TRIALS, load_pcr  # noqa: E402
 from fitcsc.files import write_atomic  # noqa: E402
 from fitcsc.trials import (  # noqa: E402
+    DEFAULT_STRUCTURE,
+    QUICK_TRIALS,
     STRUCTURES,
     Objective,
     TrialData,
     TrialModel,
     draw_values,
     fit_trials,
+    load_pcr,
     posterior_draws,
     posterior_flag,
 )

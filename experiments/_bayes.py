@@ -16,10 +16,14 @@ import jax
 import numpy as np
 
 import fitcsc.summary as fs
-from fitcsc._population_csc import baseline_population
-from fitcsc._sample import sample
-from fitcsc._sample_job import posterior_outputs, progress_printer, warm_start
 from fitcsc.files import pyplot, save_figure
+from fitcsc.population import (
+    baseline_population,
+    posterior_outputs,
+    progress_printer,
+    sample,
+    warm_start,
+)
 
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
 

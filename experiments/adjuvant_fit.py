@@ -45,7 +45,6 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
-from fitcsc._drugs import CATALOGUE
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
     Objective,
@@ -121,7 +120,7 @@ def main(args) -> dict:
     tm_b = TrialModel.build(pcr_arms + adj_arms, pcr_names + tuple(burden) + link_names,
                             base_kill=doc["base_kill"], **opts)
     treated = [a.name for a in pcr_arms
-               if any(CATALOGUE[d].drug_class == "her2" for d in a.regimen.drugs)]
+               if any(fitcsc.CATALOGUE[d].drug_class == "her2" for d in a.regimen.drugs)]
     links = (link_observations(fitcsc.read_clinical(CLINICAL / "pcr_outcome_links.csv"),
                                treated) if args.links else [])
     hyper = {k: v for k, v in doc.get("hyper", {}).items()}

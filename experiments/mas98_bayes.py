@@ -38,9 +38,8 @@ import numpy as np
 from _bayes import fit_population, her2_terms, identification, loo_against_baselines, md_table
 
 import fitcsc
-from fitcsc._arms import register_arm_drug
-from fitcsc._population_csc import csc_population
 from fitcsc.files import csv_text, write_atomic
+from fitcsc.population import csc_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = "mas98_06_pdx/mas98_06_tumor_volume.csv"
@@ -53,7 +52,7 @@ QUICK = dict(method="chees", num_chains=4, num_warmup=30, num_samples=30, map_ma
 
 def regimens(arms):
     """Per arm: one constant-exposure pseudo-drug per agent named in the arm, from day 0."""
-    drug = {a: register_arm_drug(a, c) for a, c in AGENTS.items()}
+    drug = {a: fitcsc.register_arm_drug(a, c) for a, c in AGENTS.items()}
     out = {}
     for arm in arms:
         parts = [p for p in arm.split("_") if p in AGENTS]

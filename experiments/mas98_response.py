@@ -38,7 +38,6 @@ import numpy as np
 from scipy import stats
 
 import fitcsc
-from fitcsc._fitrun import fit_job
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -163,7 +162,7 @@ def main(args) -> dict:
     table = window(fitcsc.read_tidy_csv(fitcsc.data_dir(args.data_dir) / DATA), args.quick)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the constant-effect note: in summary
-        job = fit_job(table, out / "fit", share_growth_by="study", starts=args.starts,
+        job = fitcsc.fit_job(table, out / "fit", share_growth_by="study", starts=args.starts,
                       quick=args.quick, max_subjects=len(table.subjects),
                       progress=not args.no_progress)
     rows = arm_rows(out / "fit" / "fits.csv", table, model_slopes(out, table))

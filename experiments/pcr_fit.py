@@ -40,15 +40,15 @@ import json
 import pathlib
 import sys
 
-from fitcsc._clinical_job import (
+from fitcsc.trials import (
     DEFAULT_STRUCTURE,
     DEFAULT_TRIAL_SD,
     QUICK_TRIALS,  # noqa: F401  (used by adjuvant_fit.py through this module)
+    STRUCTURES,
     ci95,  # noqa: F401  (idem)
     clinical_fit_job,
     load_pcr,
 )
-from fitcsc.trials import STRUCTURES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

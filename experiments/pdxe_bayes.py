@@ -37,9 +37,8 @@ import numpy as np
 from _bayes import fit_population, her2_terms, identification, md_table
 
 import fitcsc
-from fitcsc._arms import default_arm_regimens
-from fitcsc._population_csc import csc_population
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
+from fitcsc.population import csc_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "pdxe_brca"
@@ -62,7 +61,7 @@ def load(data_dir, quick):
     if quick:
         lines = [ln for ln in lines if ln in QUICK_LINES]
     table = table.select(keep & np.isin(line, lines))
-    regs = default_arm_regimens(table, warn=False)
+    regs = fitcsc.default_arm_regimens(table, warn=False)
     batch = fitcsc.make_batch(table, regs)
     of = dict(zip(table.subject.tolist(), table.extra["pdx_line"].tolist(), strict=True))
     return table, batch, [regs[a] for a in batch.arm], [of[s] for s in batch.subject]

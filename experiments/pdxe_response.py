@@ -37,7 +37,6 @@ import numpy as np
 from scipy import stats
 
 import fitcsc
-from fitcsc._fitrun import fit_job
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -239,7 +238,7 @@ def main(args) -> dict:
         job = json.loads((out / "fit" / "summary.json").read_text())
         earlier_wall_s = json.loads((out / "summary.json").read_text())["wall_s"]
     else:
-        job = fit_job(table, out / "fit", share_growth_by=GROUP, starts=args.starts,
+        job = fitcsc.fit_job(table, out / "fit", share_growth_by=GROUP, starts=args.starts,
                       chunk_size=args.chunk_size, quick=args.quick,
                       max_subjects=table.n_rows, progress=not args.no_progress)
     markers = read_markers(base / "pdxe_brca_line_markers.csv")

@@ -36,7 +36,6 @@ import warnings
 import numpy as np
 
 import fitcsc
-from fitcsc._fitrun import fit_job
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -128,7 +127,7 @@ def main(args) -> dict:
     for m in MODELS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # untreated: no regimen note
-            jobs[m] = fit_job(table, out / f"fit_{m}", model=m, starts=args.starts,
+            jobs[m] = fitcsc.fit_job(table, out / f"fit_{m}", model=m, starts=args.starts,
                               quick=args.quick, max_subjects=len(table.subjects),
                               progress=not args.no_progress)
     rows = per_curve_rows(out, table)

@@ -8,12 +8,17 @@ import jax as _jax
 if _os.environ.get("FITCSC_FLOAT32", "0") != "1":
     _jax.config.update("jax_enable_x64", True)
 
+from ._arms import ARM_EC50_MG_PER_L as ARM_EC50_MG_PER_L
 from ._arms import default_arm_regimens as default_arm_regimens
+from ._arms import register_arm_drug as register_arm_drug
 from ._baselines import BASELINES as BASELINES
 from ._baselines import baseline_predictor as baseline_predictor
 from ._batch import SubjectBatch as SubjectBatch
 from ._batch import make_batch as make_batch
 from ._clinical import read_clinical as read_clinical
+from ._compile import CompileStats as CompileStats
+from ._compile import enable_compile_cache as enable_compile_cache
+from ._data import TidyTable as TidyTable
 from ._data import data_dir as data_dir
 from ._data import read_regimen_table as read_regimen_table
 from ._data import read_tidy_csv as read_tidy_csv
@@ -47,6 +52,7 @@ from ._fit_profile import ProfileResult as ProfileResult
 from ._fit_profile import profile as profile
 from ._fitrun import fit_job as fit_job
 from ._likelihood import log_likelihood as log_likelihood
+from ._likelihood import log_likelihood_from_log as log_likelihood_from_log
 from ._likelihood import residuals as residuals
 from ._lm import LeastSquaresResult as LeastSquaresResult
 from ._lm import least_squares as least_squares

@@ -99,7 +99,7 @@ class SiteSpace(eqx.Module):
         return jnp.zeros((self.size,))
 
 
-def _vmapped_jacobians(predictor, zc, curves):
+def vmapped_jacobians(predictor, zc, curves):
     """Per curve ``(log V, status, d log V / d z)`` by `jax.jacfwd` of the predictor."""
     def one(z, c):
         def f(z_):
@@ -123,7 +123,7 @@ def _jacobians(predictor):
     def jac(zc, curves):
         if paced:
             return paced_log_pred(predictor, zc, curves)[:3]
-        return _vmapped_jacobians(predictor, zc, curves)
+        return vmapped_jacobians(predictor, zc, curves)
 
     @jac.def_vmap
     def _rule(axis_size, in_batched, zc, curves):

@@ -19,10 +19,21 @@ under public names (the implementation lives in private modules that may move)::
 - Posterior: `posterior_draws` (``method="psis"``, the default: Laplace draws reweighted
   by PSIS; ``"laplace"``; ``"nuts"``; ``"chees"``) returning a `TrialPosterior`, and
   `posterior_flag` (one line when the draws cannot be trusted).
+- The published data and the shipped fit: `load_pcr` (the pCR arms and counts of
+  data/clinical), `clinical_fit_job` (what ``fitcsc run`` fits), `DEFAULT_STRUCTURE`,
+  `DEFAULT_TRIAL_SD`, `QUICK_TRIALS` (its choices), `ci95` (a binomial 95% interval).
 - Files: `save_fit`, `load_fit`, `load_draws`, `model_from_fit` (the ``fit.json`` that
   ``fitcsc run`` writes and ``fitcsc predict`` reads).
 """
 
+from ._clinical_job import (
+    DEFAULT_STRUCTURE,
+    DEFAULT_TRIAL_SD,
+    QUICK_TRIALS,
+    ci95,
+    clinical_fit_job,
+    load_pcr,
+)
 from ._endpoints import TIMING_SD_DAY, hazard_ratio
 from ._trial_fit import (
     LINKS_USED,
@@ -58,5 +69,6 @@ __all__ = [
     "fit_trials", "from_natural", "hazard_ratio", "hr_pcr_observations",
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
     "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
-    "TrialPosterior",
+    "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
+    "clinical_fit_job", "load_pcr",
 ]

@@ -14,7 +14,7 @@ from fitcsc._arms import ARM_EC50_MG_PER_L, default_arm_regimens
 from fitcsc._data import TidyTable
 from fitcsc._fit_group import GroupSpec
 from fitcsc._fit_predict import SizeSpec
-from fitcsc._population import _vmapped_jacobians, forward_predict, population_model
+from fitcsc._population import forward_predict, population_model, vmapped_jacobians
 
 DAYS = np.array([0.0, 4.0, 8.0, 13.0, 21.0])
 
@@ -117,7 +117,7 @@ def test_log_density_matches_scipy_reference():
         pop.space.from_z(z)))[:, 0]), rtol=1e-12)
 
 
-def test_csc_gradient_paced_and_vmapped_jacobians_agree_with_finite_differences():
+def test_csc_gradient_paced_andvmapped_jacobians_agree_with_finite_differences():
     pop, _ = _csc_pop()
     z = pop.space.to_z(pop.init_values()) + 0.05
     f = jax.jit(jax.value_and_grad(pop.log_density))
@@ -129,7 +129,7 @@ def test_csc_gradient_paced_and_vmapped_jacobians_agree_with_finite_differences(
         np.testing.assert_allclose(g[i], fd, rtol=1e-4, atol=1e-4)
     zc = pop.curve_z(pop.space.from_z(z))
     lp_p, st_p = forward_predict(pop.predictor, zc, pop.curves)
-    lp_v, st_v, J_v = _vmapped_jacobians(pop.predictor, zc, pop.curves)
+    lp_v, st_v, J_v = vmapped_jacobians(pop.predictor, zc, pop.curves)
     from fitcsc._evaluators import paced_log_pred
 
     _, _, J_p, _ = paced_log_pred(pop.predictor, zc, pop.curves)

@@ -1,0 +1,40 @@
+"""The public population (NLME) API: hierarchical models of tumour-volume curves and
+their posterior, under public names (the implementation lives in private modules that
+may move)::
+
+    from fitcsc.population import csc_population, warm_start, sample
+
+- Models: `population_model` (any per-curve predictor lifted to fixed, random and
+  grouped effects), `csc_population` and `baseline_population` (the CSC model and the
+  baselines with the design of ``fitcsc sample``), `PopulationModel`, `SiteSpace` (its
+  parameter space), `posterior_derived`.
+- Starting points: `map_curve_z` (a MAP fit per curve), `refine` (Adam on the log
+  density), `warm_start` (both, then the population mode).
+- Sampling: `sample` (ChEES-HMC or NUTS, chains vmapped, with checkpoints and
+  thinning), `run_chains` (the same from explicit per-chain starts), `Posterior`,
+  `z_log_density`.
+- Outputs: `posterior_outputs` (netCDF, summary tables and diagnostic plots of a
+  posterior), `progress_printer`.
+- Gradients: `forward_predict` (each curve's forward-mode Jacobian under reverse-mode
+  of the log density) and `vmapped_jacobians` (the same by ``jax.jacfwd`` under
+  ``jax.vmap``, the reference it is tested against).
+"""
+
+from ._population import (
+    PopulationModel,
+    SiteSpace,
+    forward_predict,
+    population_model,
+    posterior_derived,
+    vmapped_jacobians,
+)
+from ._population_csc import baseline_population, csc_population
+from ._sample import Posterior, run_chains, sample, z_log_density
+from ._sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
+
+__all__ = [
+    "Posterior", "PopulationModel", "SiteSpace", "baseline_population", "csc_population",
+    "forward_predict", "map_curve_z", "population_model", "posterior_derived",
+    "posterior_outputs", "progress_printer", "refine", "run_chains", "sample",
+    "vmapped_jacobians", "warm_start", "z_log_density",
+]
