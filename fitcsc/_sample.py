@@ -25,6 +25,7 @@ post.timing             # compile_s, warmup_s, sampling_s
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ("nuts", "chees")
+WARMUP_STATS = {  # per warm-up step, over the chains run in lockstep
+    "step_size": "step size (ChEES: the one shared; NUTS: the median over chains)",
+    "n_leapfrog": "leapfrog steps of the step, the most over chains (what a vmapped step "
+                  "costs; ChEES: its adapted trajectory length over step size)",
+    "acceptance_rate": "mean acceptance probability over chains",
+    "n_divergent": "chains whose transition diverged",
+}
 
 
 class Posterior(NamedTuple):
@@ -45,6 +53,7 @@ class Posterior(NamedTuple):
     method: str
     timing: dict[str, float]  # compile_s, warmup_s, sampling_s [s]
     settings: dict[str, Any]
+    warmup_stats: dict[str, np.ndarray] | None = None  # each (num_warmup,): WARMUP_STATS
 
     @property
     def num_divergent(self) -> int:
@@ -92,26 +101,56 @@ def _nuts(log_density, num_warmup, dense_mass, target_accept_prob, max_tree_dept
     return init, step
 
 
+def warmup_summary(warmup_stats: dict | None) -> dict | None:
+    """A `Posterior`'s warm-up in a few numbers (summary.json): the final step size,
+    the leapfrog steps per step (median over the last half, most over all), the mean
+    acceptance over the last half and the divergences; None without warm-up."""
+    if not warmup_stats or not len(warmup_stats["step_size"]):
+        return None
+    w = {k: np.asarray(v, float) for k, v in warmup_stats.items()}
+    half = w["step_size"].size // 2
+    return {"final_step_size": float(w["step_size"][-1]),
+            "n_leapfrog_median_last_half": float(np.median(w["n_leapfrog"][half:])),
+            "n_leapfrog_max": float(np.max(w["n_leapfrog"])),
+            "acceptance_rate_last_half": float(np.mean(w["acceptance_rate"][half:])),
+            "n_divergent": int(np.sum(w["n_divergent"]))}
+
+
+def _warmup_trace(stats) -> dict:
+    """`WARMUP_STATS` of one step of NUTS's chains from their statistics."""
+    return {"step_size": jnp.median(stats["step_size"]),
+            "n_leapfrog": jnp.max(stats["n_steps"]),
+            "acceptance_rate": jnp.mean(stats["acceptance_rate"]),
+            "n_divergent": jnp.sum(stats["diverging"])}
+
+
 def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learning_rate,
            on_step=None):
     import blackjax
     import optax
     from blackjax.mcmc import dynamic_hmc
 
-    def keep(state, info, adaptation):  # what the warm-up scan keeps: the step size
+    def keep(state, info, adaptation):  # what the warm-up scan keeps: WARMUP_STATS
+        trace = {"step_size": adaptation.step_size,
+                 "n_leapfrog": adaptation.trajectory_length / adaptation.step_size,
+                 "acceptance_rate": jnp.mean(info.acceptance_rate),
+                 "n_divergent": jnp.sum(info.is_divergent)}
         if on_step is not None:
-            jax.debug.callback(on_step)
-        return adaptation.step_size
+            jax.debug.callback(on_step, trace)
+        return trace
 
     max_bits = math.ceil(math.log2(num_warmup + num_samples))
     warm = blackjax.chees_adaptation(log_density, num_chains, adaptation_info_fn=keep,
                                      mass_matrix_estimation="diagonal")
 
     def warmup(key, z0):
-        (states, params), _ = warm.run(key, z0, step_size0, optax.adam(learning_rate),
-                                       num_warmup, max_sampling_steps=num_samples)
-        return states, (params["step_size"], params["inverse_mass_matrix"],
-                        params["integration_steps_params"][0])
+        """``(carry, trace)``: the chains and adapted kernel, and `WARMUP_STATS` per step."""
+        (states, params), info = warm.run(key, z0, step_size0, optax.adam(learning_rate),
+                                          num_warmup, max_sampling_steps=num_samples)
+        trace = getattr(info, "_wrapped_info", info)  # BlackJAX may wrap the scan's info
+        return (states, (params["step_size"], params["inverse_mass_matrix"],
+                         params["integration_steps_params"][0])), {
+            k: jnp.asarray(trace[k], float) for k in WARMUP_STATS}
 
     kernel = dynamic_hmc.build_kernel(
         next_random_arg_fn=lambda i: i + 1,
@@ -260,7 +299,7 @@ def run_chains(
     else:
         warmup, step = _chees(log_density, num_chains, num_warmup, steps, step_size,
                               learning_rate)
-        carry = warmup(key_warm, z0)
+        carry, _ = warmup(key_warm, z0)
     _, (z, stats) = _scan(step, num_samples, thinning)(carry, key_run)
     return z, stats
 
@@ -306,7 +345,9 @@ def sample(
     - `step_size`, `learning_rate`: ChEES's first step size and its Adam learning rate.
     - `seed`: integer seed (jitter and sampler).
     - `progress`: ``callback(phase, done, total)`` called after every chunk of steps,
-      ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.summary.progress_printer`).
+      ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.population.progress_printer`). A
+      callback with a ``diagnostics`` keyword also gets, during warm-up, the latest
+      step's `WARMUP_STATS` (floats), to watch step size and trajectory length adapt.
     - `checkpoint`: a `fitcsc._checkpoint.Checkpoint` (``load(name)``, ``save(name,
       arrays)``): the chain states and adapted kernel after warm-up (``warmup``) and
       every chunk of draws with the chain states after it (``draws_00003``) are saved;
@@ -318,7 +359,8 @@ def sample(
     (``diverging``, ``acceptance_rate``, ``n_steps`` (gradient evaluations), ``energy``,
     ``lp``, ``step_size``, ``tree_depth``), ``timing`` (``compile_s``, ``warmup_s``,
     ``sampling_s``; compile apart from both; NUTS also ``init_s``, its initial step-size
-    search with its compilation) and ``settings``.
+    search with its compilation), ``settings`` and ``warmup_stats`` (`WARMUP_STATS`, each
+    ``(num_warmup,)``: how the adaptation went, and what each warm-up step cost).
 
     **Raises:** `ValueError` for an unknown method, a bad shape, a bad count (`thinning`
     included) or a non-finite start.
@@ -337,6 +379,15 @@ def sample(
                          "density (a failed solve?); start from a MAP or a valid point")
     timing = {"compile_s": 0.0, "warmup_s": 0.0, "sampling_s": 0.0}
     report = progress or (lambda phase, done, total: None)
+    wants = progress is not None and "diagnostics" in inspect.signature(progress).parameters
+    latest = {}  # the last warm-up step's WARMUP_STATS, for a callback that wants them
+
+    def report_warmup(done):
+        if wants:
+            progress("warmup", done, num_warmup,
+                     diagnostics={k: float(v) for k, v in latest.items()})
+        else:
+            report("warmup", done, num_warmup)
     # with a checkpoint, chunks as with progress whatever the progress: the draws of a
     # resumed run must not depend on whether either run printed progress
     chunk = _chunk(num_warmup, num_samples, progress is not None or checkpoint is not None)
@@ -346,7 +397,11 @@ def sample(
         init, step = _nuts(log_density, num_warmup, dense_mass, target_accept_prob,
                            max_tree_depth)
         keys_warm = jax.random.split(key_warm, num_chains)
-        carry = store.load("warmup", lambda: jax.eval_shape(init, keys_warm, z0))
+        trace_shape = {k: jax.ShapeDtypeStruct((num_warmup,), jnp.result_type(float))
+                       for k in WARMUP_STATS}
+        saved = store.load("warmup", lambda: (jax.eval_shape(init, keys_warm, z0),
+                                              trace_shape))
+        carry, trace = (None, None) if saved is None else saved
         phases = [("sampling", num_samples)]
         if carry is None:
             t = time.perf_counter()  # NUTS's initial step-size search, compiled
@@ -356,28 +411,30 @@ def sample(
     else:
         done = [0]
 
-        def tick():  # one warm-up step done (a host callback from the compiled loop)
+        def tick(trace):  # one warm-up step done (a host callback from the compiled loop)
             done[0] += 1
+            latest.update(trace)
             if done[0] % chunk == 0 and done[0] < num_warmup:
-                report("warmup", done[0], num_warmup)
+                report_warmup(done[0])
 
         warmup, step = _chees(log_density, num_chains, num_warmup, num_samples * thinning,
                               step_size, learning_rate,
                               on_step=tick if progress is not None else None)
-        carry = store.load("warmup", lambda: jax.eval_shape(warmup, key_warm, z0))
-        if carry is None:
+        saved = store.load("warmup", lambda: jax.eval_shape(warmup, key_warm, z0))
+        if saved is None:
             t = time.perf_counter()
             compiled = jax.jit(warmup).lower(key_warm, z0).compile()
             timing["compile_s"] += time.perf_counter() - t
             report("warmup", 0, num_warmup)
             t = time.perf_counter()
-            carry = store.save("warmup", jax.block_until_ready(compiled(key_warm, z0)))
+            saved = store.save("warmup", jax.block_until_ready(compiled(key_warm, z0)))
             timing["warmup_s"] = time.perf_counter() - t
-            report("warmup", num_warmup, num_warmup)
+            report_warmup(num_warmup)
+        carry, trace = saved
         phases = [("sampling", num_samples)]
 
     runs = {}  # compiled chunk of each phase (one program when not thinning)
-    draws, stats = [], []
+    draws, stats, warm = [], [], []
     # each phase's keys: NUTS warm-up 0, sampling 1; ChEES sampling 0 (its warm-up apart)
     fold = {"warmup": 0, "sampling": int(method == "nuts")}
     for phase, total in phases:
@@ -403,10 +460,16 @@ def sample(
             if phase == "sampling":
                 draws.append(z)
                 stats.append(st)
-            report(phase, (i + 1) * chunk, total)
+                report(phase, (i + 1) * chunk, total)
+            else:
+                warm.append(jax.vmap(_warmup_trace)(st))
+                latest.update({k: v[-1] for k, v in warm[-1].items()})
+                report_warmup((i + 1) * chunk)
         timing[f"{phase}_s"] = time.perf_counter() - t
         if phase == "warmup":
-            carry = store.save("warmup", carry)
+            trace = {k: jnp.concatenate([w[k] for w in warm]).astype(float)
+                     for k in WARMUP_STATS}
+            carry, trace = store.save("warmup", (carry, trace))
 
     z = np.swapaxes(np.concatenate([np.asarray(d) for d in draws]), 0, 1)
     out = finish_stats({k: np.swapaxes(np.concatenate([np.asarray(s[k]) for s in stats]), 0, 1)
@@ -419,4 +482,6 @@ def sample(
         settings.update(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
     else:
         settings.update(learning_rate=learning_rate, step_size0=step_size)
-    return Posterior(z=z, sample_stats=out, method=method, timing=timing, settings=settings)
+    warmup_stats = None if trace is None else {k: np.asarray(trace[k]) for k in WARMUP_STATS}
+    return Posterior(z=z, sample_stats=out, method=method, timing=timing, settings=settings,
+                     warmup_stats=warmup_stats)

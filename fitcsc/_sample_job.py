@@ -33,7 +33,7 @@ from ._fit import fit_map
 from ._fitrun import LM_EXTRAS, LM_TOL, load_job_data, regimen_of
 from ._population import posterior_derived
 from ._population_csc import V0, baseline_population, csc_population
-from ._sample import METHODS, sample
+from ._sample import METHODS, sample, warmup_summary
 from ._transforms import Interval
 from .files import run_record, write_atomic
 
@@ -43,17 +43,21 @@ QUICK = dict(num_chains=4, num_warmup=40, num_samples=40)
 
 
 def progress_printer(stream=None, *, quiet: bool = False):
-    """A `fitcsc.sample` progress callback writing ``warmup 120/500`` to ``stream``
-    (default stderr), in place on a terminal; None when ``quiet`` or not a terminal."""
+    """A `fitcsc.sample` progress callback writing ``warmup 120/500 (31 s, step 0.04,
+    37 leapfrog, accept 0.71, 0 divergent)`` to ``stream`` (default stderr), in place on
+    a terminal; None when ``quiet`` or not a terminal."""
     stream = sys.stderr if stream is None else stream
     if quiet or not getattr(stream, "isatty", lambda: False)():
         return None
     t0 = time.perf_counter()
 
-    def report(phase, done, total):
+    def report(phase, done, total, diagnostics=None):
         end = "\n" if done == total else ""
-        stream.write(f"\r{phase:>8} {done:5d}/{total} ({time.perf_counter() - t0:6.0f} s)"
-                     + end)
+        d = diagnostics or {}
+        tail = (f", step {d['step_size']:.3g}, {d['n_leapfrog']:.0f} leapfrog, accept "
+                f"{d['acceptance_rate']:.2f}, {d['n_divergent']:.0f} divergent" if d else "")
+        stream.write(f"\r{phase:>8} {done:5d}/{total} ({time.perf_counter() - t0:6.0f} s"
+                     f"{tail})" + end)
         stream.flush()
 
     return report
@@ -254,6 +258,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "random_effects": {lev: list(labs) for lev, labs in zip(pop.levels, pop.re_labels,
                                                                 strict=True)},
         "n_parameters": pop.space.size, "sampler": post.settings, "timing": post.timing,
+        "warmup": warmup_summary(post.warmup_stats),
         "warm_start": start_info, "convergence": diag, "notes": notes,
         "wall_s": round(time.perf_counter() - t0, 2),
         **run_record(sampler=seed, posterior_predictive=seed + 1),

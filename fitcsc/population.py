@@ -11,8 +11,9 @@ may move)::
 - Starting points: `map_curve_z` (a MAP fit per curve), `refine` (Adam on the log
   density), `warm_start` (both, then the population mode).
 - Sampling: `sample` (ChEES-HMC or NUTS, chains vmapped, with checkpoints and
-  thinning), `run_chains` (the same from explicit per-chain starts), `Posterior`,
-  `z_log_density`.
+  thinning), `run_chains` (the same from explicit per-chain starts), `Posterior`
+  (with the warm-up's step sizes and leapfrog counts, `WARMUP_STATS`, summarised by
+  `warmup_summary`), `z_log_density`.
 - Outputs: `posterior_outputs` (netCDF, summary tables and diagnostic plots of a
   posterior), `progress_printer`.
 - Gradients: `forward_predict` (each curve's forward-mode Jacobian under reverse-mode
@@ -29,12 +30,12 @@ from ._population import (
     vmapped_jacobians,
 )
 from ._population_csc import baseline_population, csc_population
-from ._sample import Posterior, run_chains, sample, z_log_density
+from ._sample import WARMUP_STATS, Posterior, run_chains, sample, warmup_summary, z_log_density
 from ._sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
 
 __all__ = [
     "Posterior", "PopulationModel", "SiteSpace", "baseline_population", "csc_population",
     "forward_predict", "map_curve_z", "population_model", "posterior_derived",
     "posterior_outputs", "progress_printer", "refine", "run_chains", "sample",
-    "vmapped_jacobians", "warm_start", "z_log_density",
+    "vmapped_jacobians", "warm_start", "z_log_density", "WARMUP_STATS", "warmup_summary",
 ]

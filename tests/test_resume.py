@@ -239,6 +239,8 @@ def test_sampler_resumes_to_the_same_draws(method, tmp_path):
     np.testing.assert_array_equal(post.z, ref.z)
     for k, v in ref.sample_stats.items():
         np.testing.assert_array_equal(post.sample_stats[k], v, err_msg=k)
+    for k, v in ref.warmup_stats.items():  # the warm-up's trace is loaded with it
+        np.testing.assert_array_equal(post.warmup_stats[k], v, err_msg=k)
     if method == "chees":  # a checkpoint changes no draw (chunks as with progress)
         plain = sample(log_density, jnp.zeros(2), **kw, progress=lambda *a: None)
         np.testing.assert_array_equal(plain.z, ref.z)

@@ -43,6 +43,40 @@ def test_recovers_correlated_gaussian(method, dense):
     assert post.settings["method"] == method
 
 
+@pytest.mark.parametrize("method", ["nuts", "chees"])
+def test_warmup_stats_trace_the_adaptation(method):
+    """The warm-up's step sizes and leapfrog counts, step by step: shapes, the values
+    a callback with ``diagnostics`` sees, and (NUTS) the last step size is the one the
+    draws use; a Gaussian of scale 0.2 along one axis needs steps well under 1."""
+    from fitcsc.population import WARMUP_STATS, warmup_summary
+
+    seen = []
+
+    def progress(phase, done, total, diagnostics=None):
+        seen.append((phase, done, diagnostics))
+
+    post = fitcsc.sample(log_gauss, MU, method=method, num_chains=4, num_warmup=200,
+                         num_samples=50, seed=4, progress=progress)
+    w = post.warmup_stats
+    assert set(w) == set(WARMUP_STATS)
+    assert all(v.shape == (200,) and np.all(np.isfinite(v)) for v in w.values())
+    assert np.all(w["step_size"] > 0) and np.all(w["n_leapfrog"] >= 1)
+    assert np.all((w["acceptance_rate"] >= 0) & (w["acceptance_rate"] <= 1))
+    assert np.all((w["n_divergent"] >= 0) & (w["n_divergent"] <= 4))
+    assert 0.01 < w["step_size"][-1] < 1.0  # the narrow axis (SD 0.2) sets the step
+    if method == "nuts":  # adapted per chain: the draws' step sizes are the last ones
+        np.testing.assert_allclose(np.median(post.sample_stats["step_size"][:, 0]),
+                                   w["step_size"][-1], rtol=1e-12)
+    warm = [d for p, n, d in seen if p == "warmup" and 0 < n < 200]
+    assert warm and all(set(d) == set(WARMUP_STATS) for d in warm)
+    assert [d for p, n, d in seen if p == "sampling"] == [None] * sum(
+        p == "sampling" for p, _, _ in seen)
+    s = warmup_summary(w)
+    assert s["final_step_size"] == float(w["step_size"][-1])
+    assert s["n_leapfrog_max"] == float(w["n_leapfrog"].max())
+    assert s["n_divergent"] == int(w["n_divergent"].sum())
+
+
 def test_z_log_density_adds_the_log_jacobian():
     spec = fitcsc.baseline_predictor("gompertz").spec  # three Positive parameters
 
