@@ -23,6 +23,7 @@ from fitcsc.population import (
     progress_printer,
     sample,
     warm_start,
+    warmup_summary,
 )
 
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
@@ -41,6 +42,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
                                           pair=pair)
     record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
               "sampler": post.settings, "timing": post.timing, "warm_start": start,
+              "warmup": warmup_summary(post.warmup_stats),
               "convergence": diag, "wall_s": round(time.perf_counter() - t0, 1)}
     return idata, record, rows
 
