@@ -135,7 +135,7 @@ def replicate(tm, obs, z_true, p_true, rng, key, draws: int, *, methods=("psis",
             k_hat, ess = post.k_hat, float(1.0 / np.sum(post.weights ** 2))
         pred = rng.binomial(n[None, :], np.clip(rates, 0, 1))  # a new trial of each arm
         u = randomized_pit(pred, fresh, rng)
-        one = {"k_hat": k_hat, "ess": ess, "pit": u.tolist()}
+        one = {"k_hat": k_hat if np.isfinite(k_hat) else None, "ess": ess, "pit": u.tolist()}
         for level in levels:
             q = round(100 * level)
             lo, hi = np.quantile(pred, [(1 - level) / 2, (1 + level) / 2], axis=0,
@@ -188,7 +188,7 @@ def run(replicates: int, draws: int, seed: int, log, *, methods=METHODS) -> dict
                 + f" ({time.perf_counter() - t0:.1f} s)")
     wall = time.perf_counter() - t0
     later = {"n_compiles": stats.n_compiles - first["n_compiles"],
-             "compile_s": round(stats.compile_s - first["compile_s"], 2),
+             "compile_s": round(max(0.0, stats.compile_s - first["compile_s"]), 2),
              "programs": stats.programs[first["n_compiles"]:]} if replicates > 1 else {}
     n_int = replicates * len(n)
     summary = {}
@@ -210,7 +210,8 @@ def run(replicates: int, draws: int, seed: int, log, *, methods=METHODS) -> dict
             "pit_inside_acceptance90": bool(acceptance_region(0.9, n_int)[0] <= c90
                                             <= acceptance_region(0.9, n_int)[1]),
             "mean_width90_points": float(100 * np.mean(pooled("width90"))),
-            "median_k_hat": float(np.median([row[m]["k_hat"] for row in rows])),
+            "median_k_hat": (float(np.median(k_hats)) if (k_hats := [
+                row[m]["k_hat"] for row in rows if row[m]["k_hat"] is not None]) else None),
             "median_ess": float(np.median([row[m]["ess"] for row in rows])),
         }
         summary[m] = one
