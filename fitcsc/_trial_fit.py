@@ -22,9 +22,11 @@ Hessian ``J^T J`` at the optimum.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -270,6 +272,15 @@ class Objective:
     mean ``log_her2_potency`` is free, and ``trial_effect#trial ~ N(0, trial_sd)`` (the
     between-trial spread of log burden). The same distributions give a new drug's or a
     new trial's value in predictions (`new_draws`).
+
+    What it computes with is one pytree, ``core`` (an `ObjectiveCore`: the model and
+    the data as arrays, the data's structure static). `fit_trials` and
+    `fitcsc.trials.posterior_draws` pass ``core`` to their compiled programs as a traced
+    argument (the ``args`` of `fitcsc.least_squares`, `draw_values`), so another data
+    set of the same structure and shapes (the same arms, definitions and kinds of
+    observation: another replicate's counts, other trial sizes) compiles nothing new.
+    The arrays (``p_k``, ``prior_scale``, ...) and methods of ``core`` are also
+    attributes of the objective.
     """
 
     def __init__(self, tm: TrialModel, data: TrialData, *, prior_sd: float = 2.0,
@@ -280,17 +291,83 @@ class Objective:
                                                                 trial_sd)
         self.hyper = {"prior_sd": prior_sd, "chemo_drug_sd": chemo_drug_sd,
                       "her2_drug_sd": her2_drug_sd, "trial_sd": trial_sd}
+        self.core = ObjectiveCore.build(tm, data, prior_sd=prior_sd,
+                                        chemo_drug_sd=chemo_drug_sd,
+                                        her2_drug_sd=her2_drug_sd, trial_sd=trial_sd)
+
+    def __getattr__(self, name):  # only for names not found on the objective itself
+        if name == "core":
+            raise AttributeError(name)
+        return getattr(self.core, name)
+
+    def __call__(self, z, args=None, res=None):
+        """The residuals at ``z`` (``args`` is ignored: `fitcsc.least_squares`'s
+        signature)."""
+        del args
+        return self.core.residuals(z, res)
+
+    def predictions(self, z, res=None) -> dict:
+        """Every modelled quantity the data are compared with (`ObjectiveCore`)."""
+        return self.core.predictions(z, res)
+
+    def link_log_hr(self, z, res=None):
+        return self.core.link_log_hr(z, res)
+
+    def jacobian(self, z):
+        """``d self(z) / dz`` (`ObjectiveCore.jacobian`)."""
+        return self.core.jacobian(z)
+
+
+class ObjectiveCore(eqx.Module):
+    """The model and data of an `Objective` as one pytree: arrays (traced, so new
+    values, e.g. another data set's counts, never recompile) and the data's structure
+    (static: the pCR definitions, the number of observations of each kind, the prior
+    centres). Build with `ObjectiveCore.build` (`Objective` does)."""
+
+    tm: TrialModel
+    p_idx: jax.Array
+    p_n: jax.Array
+    p_k: jax.Array
+    p_nested: jax.Array
+    p_has_nested: jax.Array
+    p_margins: jax.Array
+    p_live: jax.Array
+    l_idx: jax.Array
+    l_days: jax.Array
+    l_k: jax.Array
+    l_n: jax.Array
+    h_e: jax.Array
+    h_c: jax.Array
+    h_days: jax.Array
+    h_obs: jax.Array
+    h_se: jax.Array
+    s_idx: jax.Array
+    s_pos: jax.Array
+    s_n: jax.Array
+    s_k: jax.Array
+    k_mask: jax.Array
+    k_days: jax.Array
+    k_obs: jax.Array
+    k_se: jax.Array
+    hr_share: jax.Array
+    z_prior: jax.Array
+    prior_scale: jax.Array
+    # structure (static)
+    p_definition: tuple[str, ...] = eqx.field(static=True)
+    has_margins: bool = eqx.field(static=True)
+    prior_centre_items: tuple[int, ...] = eqx.field(static=True)
+    n_pcr: int = eqx.field(static=True)
+    n_landmarks: int = eqx.field(static=True)
+    n_hrs: int = eqx.field(static=True)
+    n_hr_pcr: int = eqx.field(static=True)
+    n_links: int = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, tm: TrialModel, data: TrialData, *, prior_sd: float,
+              chemo_drug_sd: float, her2_drug_sd: float, trial_sd: float) -> ObjectiveCore:
         ix = {a: i for i, a in enumerate(tm.arm_names)}
-        self.p_idx = jnp.asarray([ix[o.arm] for o in data.pcr], int)
-        self.p_n = jnp.asarray([o.n for o in data.pcr], float)
-        self.p_k = jnp.asarray([o.count for o in data.pcr], float)
-        self.p_definition = tuple(o.definition for o in data.pcr)
         nested = [o.nested_total is not None and o.definition == "ypT0/is" for o in data.pcr]
         margins = [o.nested_total is not None and o.definition == "ypT0" for o in data.pcr]
-        self.p_has_nested = jnp.asarray(nested)
-        self.p_margins = jnp.asarray(margins)
-        self.has_margins = any(margins)
-        self.p_nested = jnp.asarray([o.nested_total or 0 for o in data.pcr], float)
         if any(o.n >= N_MAX_BOTH for o, m in zip(data.pcr, margins, strict=True) if m):
             raise ValueError(f"Objective: two-margin counts need n < {N_MAX_BOTH}")
         centre, sd = [], []
@@ -304,48 +381,66 @@ class Objective:
                 centre.append(-1), sd.append(trial_sd)
             else:
                 centre.append(-2), sd.append(prior_sd)
-        self.prior_centre = np.asarray(centre)
-        self.prior_scale = jnp.asarray(sd, float)
-        self.l_idx = jnp.asarray([ix[o.arm] for o in data.landmarks], int)
-        self.l_days = jnp.asarray([o.years * YEAR for o in data.landmarks], float)
-        self.l_k = jnp.asarray([o.rate * o.n for o in data.landmarks], float)
-        self.l_n = jnp.asarray([o.n for o in data.landmarks], float)
-        self.h_e = jnp.asarray([ix[o.experimental] for o in data.hrs], int)
-        self.h_c = jnp.asarray([ix[o.control] for o in data.hrs], int)
-        self.h_days = jnp.asarray([o.years * YEAR for o in data.hrs], float)
-        self.h_obs = jnp.asarray([o.log_hr for o in data.hrs], float)
-        self.h_se = jnp.asarray([o.se for o in data.hrs], float)
-        self.z_prior = tm.z0()
-        # arms with subgroup counts: their all-patient primary count is the subgroups'
-        # sum, so it is left out (the nested breast/total split is kept)
-        sub_arms = {o.arm for o in data.hr_pcr}
-        self.p_live = jnp.asarray([o.arm not in sub_arms for o in data.pcr])
-        self.s_idx = jnp.asarray([ix[o.arm] for o in data.hr_pcr], int)
-        self.s_pos = jnp.asarray([o.subgroup == "HR+" for o in data.hr_pcr])
-        self.s_n = jnp.asarray([o.n for o in data.hr_pcr], float)
-        self.s_k = jnp.asarray([o.count for o in data.hr_pcr], float)
-        self.k_mask = jnp.asarray([[a in o.arms for a in tm.arm_names] for o in data.links],
-                                  float).reshape(len(data.links), len(tm.arm_names))
-        self.k_days = jnp.asarray([o.years * YEAR for o in data.links], float)
-        self.k_obs = jnp.asarray([o.log_hr for o in data.links], float)
-        self.k_se = jnp.asarray([o.se for o in data.links], float)
         if data.hr_pcr and (data.landmarks or data.hrs):
             raise ValueError("Objective: hormone-receptor subgroups are fitted with pCR data "
                              "only (DFS has no HR covariate yet)")
+        # arms with subgroup counts: their all-patient primary count is the subgroups'
+        # sum, so it is left out (the nested breast/total split is kept)
+        sub_arms = {o.arm for o in data.hr_pcr}
         # every arm's population = its trial's HR+ share of HR+ tumours, the rest HR-;
         # trials without subgroup data get the mean share
         share = {o.trial: o.hr_positive_share for o in data.hr_pcr}
         mean = float(np.mean(list(share.values()))) if share else 0.0
         trial_of = {o.arm: o.trial for o in data.pcr}
-        self.hr_share = jnp.asarray([share.get(trial_of.get(a, ""), mean)
-                                     for a in tm.arm_names], float)
+
+        def arr(values, dtype=float):
+            return jnp.asarray(np.asarray(values, dtype))
+
+        return cls(
+            tm=tm,
+            p_idx=arr([ix[o.arm] for o in data.pcr], int),
+            p_n=arr([o.n for o in data.pcr]),
+            p_k=arr([o.count for o in data.pcr]),
+            p_nested=arr([o.nested_total or 0 for o in data.pcr]),
+            p_has_nested=arr(nested, bool), p_margins=arr(margins, bool),
+            p_live=arr([o.arm not in sub_arms for o in data.pcr], bool),
+            l_idx=arr([ix[o.arm] for o in data.landmarks], int),
+            l_days=arr([o.years * YEAR for o in data.landmarks]),
+            l_k=arr([o.rate * o.n for o in data.landmarks]),
+            l_n=arr([o.n for o in data.landmarks]),
+            h_e=arr([ix[o.experimental] for o in data.hrs], int),
+            h_c=arr([ix[o.control] for o in data.hrs], int),
+            h_days=arr([o.years * YEAR for o in data.hrs]),
+            h_obs=arr([o.log_hr for o in data.hrs]),
+            h_se=arr([o.se for o in data.hrs]),
+            s_idx=arr([ix[o.arm] for o in data.hr_pcr], int),
+            s_pos=arr([o.subgroup == "HR+" for o in data.hr_pcr], bool),
+            s_n=arr([o.n for o in data.hr_pcr]),
+            s_k=arr([o.count for o in data.hr_pcr]),
+            k_mask=arr([[a in o.arms for a in tm.arm_names] for o in data.links]).reshape(
+                len(data.links), len(tm.arm_names)),
+            k_days=arr([o.years * YEAR for o in data.links]),
+            k_obs=arr([o.log_hr for o in data.links]),
+            k_se=arr([o.se for o in data.links]),
+            hr_share=arr([share.get(trial_of.get(a, ""), mean) for a in tm.arm_names]),
+            z_prior=tm.z0(), prior_scale=arr(sd),
+            p_definition=tuple(o.definition for o in data.pcr), has_margins=any(margins),
+            prior_centre_items=tuple(int(c) for c in centre), n_pcr=len(data.pcr),
+            n_landmarks=len(data.landmarks), n_hrs=len(data.hrs),
+            n_hr_pcr=len(data.hr_pcr), n_links=len(data.links))
+
+    @property
+    def prior_centre(self) -> np.ndarray:
+        """Per parameter: the index of the parameter its prior is centred on, -1 for 0,
+        -2 for its default (`z_prior`)."""
+        return np.asarray(self.prior_centre_items, int)
 
     def predictions(self, z, res=None) -> dict:
         """Every modelled quantity the data are compared with; ``res``: precomputed
         `TrialModel.part_residuals` (see `jacobian`)."""
         tm = self.tm
         res = tm.population(z, res)
-        if self.data.hr_pcr:  # the population is a mixture of the two subgroups
+        if self.n_hr_pcr:  # the population is a mixture of the two subgroups
             tp, bp, sp = tm.pcr_pair(z, res, subgroup="HR+")
             tn, bn, sn = tm.pcr_pair(z, res, subgroup="HR-")
             f = self.hr_share
@@ -354,18 +449,18 @@ class Objective:
         else:
             total, breast, status = tm.pcr_pair(z, res)
         out = {"pcr_total": total, "pcr_breast": breast, "status": status}
-        if self.data.hr_pcr:
+        if self.n_hr_pcr:
             out["pcr_HR+"] = jnp.where(tm.breast_only, bp, tp)
             out["pcr_HR-"] = jnp.where(tm.breast_only, bn, tn)
-        if self.data.links:
+        if self.n_links:
             out["link_log_hr"] = self.link_log_hr(z, res)
         days = jnp.concatenate([self.l_days, self.h_days, jnp.zeros((1,))])
-        if self.data.landmarks or self.data.hrs:
+        if self.n_landmarks or self.n_hrs:
             dfs, cure, _ = tm.dfs(z, days, res)
             out["cure"] = cure
-            nl = len(self.data.landmarks)
+            nl = self.n_landmarks
             out["landmark"] = dfs[self.l_idx, jnp.arange(nl)]
-            hd = jnp.arange(len(self.data.hrs)) + nl
+            hd = jnp.arange(self.n_hrs) + nl
             out["log_hr"] = jnp.log(hazard_ratio(dfs[self.h_e, hd], dfs[self.h_c, hd]))
         return out
 
@@ -374,15 +469,16 @@ class Objective:
         over its arms (patients weighted equally per arm) at its horizon."""
         pcr, d_p, d_n = self.tm.pcr_outcome(z, self.k_days, res)  # (arms,), (arms, days)
         m = self.k_mask  # (links, arms)
-        i = jnp.arange(len(self.data.links))
+        i = jnp.arange(self.n_links)
         surv_p = (m @ (pcr[:, None] * d_p))[i, i] / (m @ pcr)
         surv_n = (m @ ((1.0 - pcr)[:, None] * d_n))[i, i] / (m @ (1.0 - pcr))
         return jnp.log(hazard_ratio(surv_p, surv_n))
 
-    def __call__(self, z, args=None, res=None):
+    def residuals(self, z, res=None):
+        """The residual vector at ``z`` (see the module docstring)."""
         pr = self.predictions(z, res)
         parts = []
-        if self.data.pcr:
+        if self.n_pcr:
             t = pr["pcr_total"][self.p_idx]
             b = pr["pcr_breast"][self.p_idx]
             prim = self.tm.by_definition(z, t, b, self.p_definition)
@@ -398,32 +494,35 @@ class Objective:
                 q = self.tm._value(z, "logit_no_dcis")
                 parts.append(_two_margin_residual(prim, t, q * t, self.p_k, self.p_nested,
                                                   jnp.where(self.p_margins, self.p_n, 0.0)))
-        if self.data.hr_pcr:
+        if self.n_hr_pcr:
             rate = jnp.where(self.s_pos, pr["pcr_HR+"][self.s_idx], pr["pcr_HR-"][self.s_idx])
             parts.append(_deviance_residual(rate, self.s_k, self.s_n))
-        if self.data.landmarks:
+        if self.n_landmarks:
             parts.append(_deviance_residual(pr["landmark"], self.l_k, self.l_n))
-        if self.data.hrs:
+        if self.n_hrs:
             parts.append((pr["log_hr"] - self.h_obs) / self.h_se)
-        if self.data.links:
+        if self.n_links:
             parts.append((pr["link_log_hr"] - self.k_obs) / self.k_se)
         parts.append(self.prior_residuals(z))
         return jnp.concatenate(parts)
 
+    __call__ = residuals
+
     def jacobian(self, z):
-        """``d self(z) / dz``, forward mode, with the expensive part (the population's
-        residual states, `TrialModel.part_residuals`) differentiated only along the
-        parameters it depends on (`sim_index`); equal to ``jax.jacfwd(self)(z)``."""
+        """``d residuals(z) / dz``, forward mode, with the expensive part (the
+        population's residual states, `TrialModel.part_residuals`) differentiated only
+        along the parameters it depends on (`sim_index`); equal to
+        ``jax.jacfwd(self.residuals)(z)``."""
         idx = self.sim_index
         res = self.tm.part_residuals(z)
-        j_z = jax.jacfwd(lambda zz: self(zz, res=res))(z)  # residual states held fixed
+        j_z = jax.jacfwd(lambda zz: self.residuals(zz, res=res))(z)  # states held fixed
         if idx.size == 0:
             return j_z
         floats, status = res[:4], res[4]  # the status codes are not differentiated
         jres = jax.jacfwd(lambda zs: self.tm.part_residuals(z.at[idx].set(zs))[:4])(z[idx])
         tangents = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, -1, 0), jres)
-        j_res = jax.vmap(lambda t: jax.jvp(lambda rr: self(z, res=(*rr, status)), (floats,),
-                                           (t,))[1])(tangents)  # (n_sim, m)
+        j_res = jax.vmap(lambda t: jax.jvp(lambda rr: self.residuals(z, res=(*rr, status)),
+                                           (floats,), (t,))[1])(tangents)  # (n_sim, m)
         return j_z.at[:, idx].add(j_res.T)
 
     @property
@@ -434,25 +533,58 @@ class Objective:
                            or (n.split("#")[0] in SIM_PARAMETERS_PER_DRUG and "#" in n)], int)
 
     def prior_residuals(self, z):
-        """``(z - centre) / sd`` per parameter (see the class docstring)."""
+        """``(z - centre) / sd`` per parameter (see `Objective`)."""
         c = self.prior_centre
         centre = jnp.where(c >= 0, z[np.maximum(c, 0)],
                            jnp.where(c == -1, 0.0, self.z_prior))
         return (z - centre) / self.prior_scale
 
 
-def draw_values(fn, draws, *, batch: int = 100) -> np.ndarray:
-    """``fn`` (a JAX function of one ``z``) at every row of ``draws`` ``(n, d)``: vmapped,
-    jitted once, in chunks of ``batch`` (the last padded, so nothing recompiles).
+# The compiled programs' entry points: module-level functions of ``(z, core)`` (a fixed
+# identity, the data traced in ``core``), so that every fit and every draw evaluation of
+# one data structure and shape reuses one program.
+def objective_residuals(z, core: ObjectiveCore):
+    """``core``'s residuals at ``z`` (`fitcsc.least_squares`'s ``fn(z, args)``)."""
+    return core.residuals(z)
+
+
+def objective_jacobian(z, core: ObjectiveCore):
+    """``core``'s Jacobian at ``z`` (`fitcsc.least_squares`'s ``jac(z, args)``)."""
+    return core.jacobian(z)
+
+
+def objective_loss(z, core: ObjectiveCore):
+    """``0.5 |r(z)|^2``: the negative log posterior up to a constant."""
+    return 0.5 * jnp.sum(core.residuals(z) ** 2)
+
+
+def draw_values(fn, draws, *, batch: int = 100, args=None) -> np.ndarray:
+    """``fn`` (a JAX function of one ``z``, or of ``(z, args)`` when ``args`` is given)
+    at every row of ``draws`` ``(n, d)``: vmapped, jitted, in chunks of ``batch`` (the
+    last padded, so nothing recompiles). With ``args`` (any pytree, e.g. an
+    `ObjectiveCore`: traced) the compiled program is kept per ``fn``, so a later call
+    with the same ``fn`` and args of the same structure and shapes compiles nothing:
+    pass a module-level function, not a new lambda each call.
     **Returns:** ``fn``'s output structure, each leaf ``(n, *leaf shape)``."""
     zs = np.asarray(draws, float)
     n = zs.shape[0]
     pad = (-n) % batch
     zp = np.concatenate([zs, np.repeat(zs[-1:], pad, axis=0)]) if pad else zs
-    f = jax.jit(jax.vmap(fn))
-    chunks = [f(jnp.asarray(zp[i:i + batch])) for i in range(0, zp.shape[0], batch)]
+    if args is None:
+        f = jax.jit(jax.vmap(fn))
+        chunks = [f(jnp.asarray(zp[i:i + batch])) for i in range(0, zp.shape[0], batch)]
+    else:
+        f = _batched(fn)
+        chunks = [f(jnp.asarray(zp[i:i + batch]), args) for i in range(0, zp.shape[0], batch)]
     return jax.tree_util.tree_map(lambda *c: np.concatenate([np.asarray(x) for x in c])[:n],
                                   *chunks)
+
+
+@functools.lru_cache(maxsize=64)
+def _batched(fn):
+    """``fn(z, args)`` vmapped over ``z`` and jitted (args filtered: arrays traced,
+    the rest static), one per ``fn``."""
+    return eqx.filter_jit(jax.vmap(fn, in_axes=(0, None)))
 
 
 @dataclasses.dataclass
@@ -494,9 +626,11 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
         m = int(np.ceil(np.log2(n_starts - 1))) if n_starts > 2 else 0
         u = qmc.Sobol(d, scramble=True, seed=seed).random_base2(m)[: n_starts - 1]
         starts += list(np.asarray(z0) + spread * (2 * u - 1))
-    out = least_squares(objective, np.stack(starts), max_steps=max_steps,
-                        stall_rtol=STALL_RTOL, stall_atol=STALL_RTOL, stall_steps=5,
-                        jac=_objective_jacobian(objective))
+    # the data travel as traced args (`ObjectiveCore`) of fixed functions: a new data set
+    # of the same structure and shapes reuses the compiled fit
+    out = least_squares(objective_residuals, np.stack(starts), objective.core,
+                        max_steps=max_steps, stall_rtol=STALL_RTOL, stall_atol=STALL_RTOL,
+                        stall_steps=5, jac=objective_jacobian)
     status = np.asarray(out.status)
     losses = np.where(status <= FitStatus.MAX_STEPS, np.asarray(out.loss), np.inf)
     best = int(np.argmin(losses))
@@ -513,14 +647,6 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
 
 
 STALL_RTOL = 1e-6  # fit_trials' stall test: relative (and absolute) loss decrease
-
-
-def _objective_jacobian(objective):
-    def jac(z, args):
-        del args
-        return objective.jacobian(z)
-
-    return jac
 
 
 # ---------------------------------------------------------------- saving and loading

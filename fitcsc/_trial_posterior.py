@@ -193,9 +193,14 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
         draws = np.asarray(fs.laplace_draws(z_map, cov, n_draws=n_draws, key=key))
         if method == "laplace":
             return TrialPosterior(draws, np.full(n_draws, 1.0 / n_draws), method)
-        from ._trial_fit import draw_values
+        from ._trial_fit import draw_values, objective_loss
 
-        loss = draw_values(lambda z: 0.5 * jnp.sum(objective(z) ** 2), draws, batch=batch)
+        core = getattr(objective, "core", None)  # a trial `Objective`: its data traced
+        if core is not None:
+            loss = draw_values(objective_loss, draws, batch=batch, args=core)
+        else:  # any residual function of z
+            loss = draw_values(lambda z: 0.5 * jnp.sum(objective(z) ** 2), draws,
+                               batch=batch)
         prec = np.linalg.pinv(cov, rcond=1e-12, hermitian=True)
         d = draws - z_map[None, :]
         log_q = -0.5 * np.einsum("ni,ij,nj->n", d, prec, d)
