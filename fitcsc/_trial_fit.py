@@ -593,10 +593,14 @@ class TrialFit:
     z: np.ndarray
     cov: np.ndarray
     loss: float
-    converged: bool
+    status: FitStatus  # of the best start (the one status chain, `fitcsc.FitStatus`)
     n_steps: int
     start_losses: np.ndarray
     hyper: dict = dataclasses.field(default_factory=dict)  # the objective's prior scales
+
+    @property
+    def converged(self) -> bool:
+        return self.status is FitStatus.CONVERGED
 
     @property
     def se(self) -> np.ndarray:
@@ -641,7 +645,7 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
         cov = np.full((d, d), np.nan)
     return TrialFit(names=objective.tm.names, z=np.asarray(out.z[best]), cov=cov,
                     loss=float(losses[best]),
-                    converged=bool(status[best] == FitStatus.CONVERGED),
+                    status=FitStatus(int(status[best])),
                     n_steps=int(out.n_steps[best]), start_losses=losses,
                     hyper=dict(objective.hyper))
 
@@ -688,7 +692,8 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None, *,
         "hyper": dict(fit.hyper),
         "reference_doses": bool(np.allclose(np.asarray(tm.base_kill),
                                             reference_kill(tm.model), rtol=1e-12)),
-        "loss": fit.loss, "converged": fit.converged, "n_steps": fit.n_steps,
+        "loss": fit.loss, "converged": fit.converged, "status": fit.status.label,
+        "n_steps": fit.n_steps,
         "posterior": post,
     } | (extra or {})
     write_atomic(path, json.dumps(doc, indent=2) + "\n")

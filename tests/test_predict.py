@@ -10,7 +10,7 @@ import pytest
 from helpers import check_report
 
 import fitcsc
-from fitcsc import cli
+from fitcsc import FitStatus, cli
 from fitcsc._errors import FitcscInputError
 from fitcsc._predict import parse_contrast
 from fitcsc._trial_fit import TrialFit, save_fit
@@ -51,7 +51,7 @@ def _save(d, arms, names, *, sd=0.2):
         z[names.index("log_micromet_cells#HERA")] = np.log(1e11)
         z[names.index("log_kill_scale")] = np.log(4.0)
     fit = TrialFit(names=names, z=z, cov=np.diag(np.full(len(names), sd**2)), loss=0.0,
-                   converged=True, n_steps=1, start_losses=np.zeros(1),
+                   status=FitStatus.CONVERGED, n_steps=1, start_losses=np.zeros(1),
                    hyper={"her2_drug_sd": 1.0, "chemo_drug_sd": 0.5, "trial_sd": 0.5})
     save_fit(d / "fit.json", tm, fit)
     return d
@@ -288,8 +288,8 @@ def _saved_draws_setup(tmp_path, regimens):
     names = ("log_kill_scale", "log_her2_potency#trastuzumab")
     tm = TrialModel.build(arms, names)
     z = np.array(tm.z0())
-    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04]), loss=0.0, converged=True,
-                   n_steps=1, start_losses=np.zeros(1), hyper={})
+    fit = TrialFit(names=names, z=z, cov=np.diag([0.04, 0.04]), loss=0.0,
+                   status=FitStatus.CONVERGED, n_steps=1, start_losses=np.zeros(1), hyper={})
     draws = z[None, :] + 0.1 * np.random.default_rng(0).standard_normal((50, 2))
     reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
     return tm, fit, draws, reg
