@@ -80,7 +80,9 @@ def main(args) -> dict:
     table, batch, regs = load(args.data_dir, args.quick)
     drugs = {d.split(":", 1)[1]: i for i, d in enumerate(batch.drugs)}
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
-                         omega_scale={"animal|initial_volume_mm3": 3.0})
+                         omega_scale={"animal|initial_volume_mm3": 3.0},
+                         **({} if args.vs_prior_sd is None else
+                            {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
     settings = dict(QUICK if args.quick else FULL)
     for key, v in (("num_chains", args.chains), ("num_warmup", args.warmup),
                    ("num_samples", args.draws), ("thinning", args.thinning)):
@@ -116,6 +118,7 @@ def main(args) -> dict:
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
         "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs,
+        "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -181,6 +184,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
     p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
     p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
+    p.add_argument("--vs-prior-sd", type=float, default=None,
+                   help="prior SD of log v_S (the CSC division rate; default 1.0): a smaller "
+                        "one keeps chains off fast, stiff divisions (see ATTEMPTS.md)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "mas98_bayes"))

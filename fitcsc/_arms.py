@@ -33,7 +33,7 @@ import re
 import warnings
 from collections.abc import Iterable
 
-from ._drugs import _ALIASES, CATALOGUE, DrugInfo, canonical_drug, register_drug
+from ._drugs import ALIASES, CATALOGUE, DrugInfo, canonical_drug, register_drug
 from ._errors import DataWarning
 from ._pk import OneCompartment
 from ._regimen import DoseLine, Regimen
@@ -69,7 +69,7 @@ def _drug_of_token(token: str) -> str | None:
         return None if is_arm_drug(name) else name
     if len(token) < _MIN_ABBREVIATION or not token.isalpha():
         return None
-    hits = {d for a, d in _ALIASES.items() if a.startswith(token) and not is_arm_drug(d)}
+    hits = {d for a, d in ALIASES.items() if a.startswith(token) and not is_arm_drug(d)}
     if len(hits) == 1:
         return hits.pop()
     # "trast" begins trastuzumab and trastuzumab_emtansine: take the one that every

@@ -251,12 +251,13 @@ _CATALOGUE = [
 CATALOGUE: dict[str, DrugInfo] = {}
 for _d in _CATALOGUE:
     CATALOGUE[_d.name] = _d
-_ALIASES = {a: d.name for d in _CATALOGUE for a in (d.name, *d.aliases)}
+# lower-case name or alias -> catalogue name (register_drug adds to it)
+ALIASES = {a: d.name for d in _CATALOGUE for a in (d.name, *d.aliases)}
 
 
 def canonical_drug(name: str) -> str | None:
     """The catalogue name of ``name`` (case-insensitive, aliases allowed), else None."""
-    return _ALIASES.get(name.strip().lower())
+    return ALIASES.get(name.strip().lower())
 
 
 def register_drug(info: DrugInfo) -> None:
@@ -272,7 +273,7 @@ def register_drug(info: DrugInfo) -> None:
         raise ValueError(f"payload {info.payload!r} of {info.name!r} is not in the catalogue")
     CATALOGUE[info.name] = info
     for a in (info.name, *info.aliases):
-        _ALIASES[a.lower()] = info.name
+        ALIASES[a.lower()] = info.name
 
 
 def default_pk(name: str, species: str):

@@ -75,7 +75,8 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     - `effects`: ``"arm"`` or ``"drug"`` for the tumour-level effect parameters.
     - `rtol`: ODE tolerance; `stimulation`: cytostatic efficacies in (-1, 1) instead of
       (0, 1), so that a growth factor can speed growth up.
-    - `priors`: passed to `population_model` (override the defaults above).
+    - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
+      0.5}``) overrides the defaults above for its labels only, a number all of them.
 
     **Returns:** the `PopulationModel`.
     """
@@ -111,6 +112,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
         group_of = {level: list(groups)}
     scale = {lab.split("[")[0]: PRIOR_SCALE.get(lab.split("[")[0], 1.5) for lab in labels}
     options = dict(prior_loc=PRIOR_LOC, prior_scale=scale, omega_scale=OMEGA_SCALE)
+    for key in ("prior_loc", "prior_scale", "omega_scale"):  # a dict overrides its labels
+        if isinstance(priors.get(key), dict):
+            options[key] = {**options[key], **priors.pop(key)}
     options.update(priors)
     return population_model(pred, batch, fixed=fixed, random=random, groups=group_of,
                             uses=uses, **options)

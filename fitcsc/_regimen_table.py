@@ -111,10 +111,10 @@ def unknown_drug_expectation() -> str:
 
 def _drug_hint(text: str) -> str:
     """`` (did you mean 'paclitaxel'?)`` for a near miss of a catalogue name, else ""."""
-    from ._drugs import _ALIASES
+    from ._drugs import ALIASES
 
-    close = difflib.get_close_matches(text.strip().lower(), list(_ALIASES), n=1, cutoff=0.8)
-    return f" (did you mean {_ALIASES[close[0]]!r}?)" if close else ""
+    close = difflib.get_close_matches(text.strip().lower(), list(ALIASES), n=1, cutoff=0.8)
+    return f" (did you mean {ALIASES[close[0]]!r}?)" if close else ""
 
 
 def check_schedule(c, line, dose_line: DoseLine, *, columns=None, shown=None) -> None:

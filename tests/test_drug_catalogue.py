@@ -13,7 +13,7 @@ from fitcsc._arms import arm_drug_class, constant_effect_message
 from fitcsc._data import read_regimen_table
 from fitcsc._drug_catalogue import load_drug_catalogue, read_drug_catalogue
 from fitcsc._drugs import (
-    _ALIASES,
+    ALIASES,
     ALLOMETRIC_TIME_FACTOR,
     CATALOGUE,
     DRUG_CLASSES,
@@ -26,12 +26,12 @@ from fitcsc.cli import main
 @pytest.fixture(autouse=True)
 def _restore_catalogue():
     """Registering is global: put the catalogue back after each test."""
-    drugs, aliases = dict(CATALOGUE), dict(_ALIASES)
+    drugs, aliases = dict(CATALOGUE), dict(ALIASES)
     yield
     CATALOGUE.clear()
     CATALOGUE.update(drugs)
-    _ALIASES.clear()
-    _ALIASES.update(aliases)
+    ALIASES.clear()
+    ALIASES.update(aliases)
 
 
 def _response(pk, t_day):
