@@ -39,7 +39,7 @@ METHODS = ("nuts", "chees")
 WARMUP_STATS = {  # per warm-up step, over the chains run in lockstep
     "step_size": "step size (ChEES: the one shared; NUTS: the median over chains)",
     "n_leapfrog": "leapfrog steps of the step, the most over chains (what a vmapped step "
-                  "costs; ChEES: its adapted trajectory length over step size)",
+                  "costs)",
     "acceptance_rate": "mean acceptance probability over chains",
     "n_divergent": "chains whose transition diverged",
 }
@@ -131,8 +131,9 @@ def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learnin
     from blackjax.mcmc import dynamic_hmc
 
     def keep(state, info, adaptation):  # what the warm-up scan keeps: WARMUP_STATS
-        trace = {"step_size": adaptation.step_size,
-                 "n_leapfrog": adaptation.trajectory_length / adaptation.step_size,
+        trace = {"step_size": adaptation.step_size,  # the leapfrog steps taken (jittered,
+                 # and after BlackJAX's trajectory-length floor), not the adapted length
+                 "n_leapfrog": jnp.max(info.num_integration_steps),
                  "acceptance_rate": jnp.mean(info.acceptance_rate),
                  "n_divergent": jnp.sum(info.is_divergent)}
         if on_step is not None:
