@@ -29,6 +29,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Var
 from jaxtyping import Array, Float
 
 from ._fit_predict import AbstractPredictor, CSCPredictor
@@ -80,6 +81,30 @@ class JacfwdEvaluator(eqx.Module):
         return ev
 
 
+def _z_dependent(params, z, s) -> tuple[int, ...]:
+    """Indices of the leaves of ``params(z, s)`` that depend on ``z`` (from the
+    function's jaxpr; static)."""
+    shape = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x),
+                                                                  jnp.result_type(x)),
+                                   (z, s))
+    closed = jax.make_jaxpr(params)(*shape)
+    dep = set(closed.jaxpr.invars[:1])  # z is the first argument (one leaf)
+    for eqn in closed.jaxpr.eqns:
+        if any(isinstance(v, Var) and v in dep for v in eqn.invars):
+            dep.update(eqn.outvars)
+    return tuple(i for i, v in enumerate(closed.jaxpr.outvars)
+                 if isinstance(v, Var) and v in dep)
+
+
+class _RhsArgs(eqx.Module):
+    """The right-hand side's arguments of one member (`PacedEvaluator._args`)."""
+
+    p: object  # the model parameters (a CSCParams)
+    dp: list  # tangents of the leaves ``dep`` of ``p``, leading axis: directions
+    s: object  # the member's SubjectData
+    dep: tuple = eqx.field(static=True)  # leaves of ``p`` that depend on z
+
+
 class PacedEvaluator(eqx.Module):
     """The CSC model's ODE and its sensitivities along the member's free elements,
     one paced Tsit5 step per iteration (see the module docstring)."""
@@ -100,19 +125,40 @@ class PacedEvaluator(eqx.Module):
                              "only steps up to jumps of the vector field); use "
                              "evaluator='jacfwd'")
 
-    def _field(self, t, y, z, s):
-        return model_rhs(self.predictor.model, self.predictor.params(z, s), s.schedule)(t, y)
+    def _args(self, z, s, E):
+        """What the right-hand side of one member needs, computed once per evaluation:
+        the model parameters at ``z`` and their tangents along the rows of ``E`` (only
+        of the parameters that depend on ``z``; the transforms then run once per
+        evaluation, not at every stage of every step)."""
+        p = self.predictor.params(z, s)
+        dep = _z_dependent(self.predictor.params, z, s)
 
-    def _rhs(self, tau, state, args):
+        def varying(z_):
+            leaves = jax.tree_util.tree_leaves(self.predictor.params(z_, s))
+            return [leaves[i] for i in dep]
+
+        _, dp = jax.vmap(lambda e: jax.jvp(varying, (z,), (e,)), out_axes=(None, 0))(E)
+        return _RhsArgs(p=p, dp=dp, s=s, dep=dep)
+
+    def _rhs(self, tau, state, a):
         """States and their sensitivities along the rows of ``E``, one member."""
         y, S = state
-        z, s, E = args
-        t = s.t0_day + tau
+        t = a.s.t0_day + tau
+        leaves, tree = jax.tree_util.tree_flatten(a.p)
 
-        def tangent(sj, e):
-            return jax.jvp(lambda y_, z_: self._field(t, y_, z_, s), (y, z), (sj, e))
+        def field(y_, varying):
+            lv = list(leaves)
+            for i, v in zip(a.dep, varying, strict=True):
+                lv[i] = v
+            params = jax.tree_util.tree_unflatten(tree, lv)
+            return model_rhs(self.predictor.model, params, a.s.schedule)(t, y_)
 
-        return jax.vmap(tangent, out_axes=(None, 0))(S, E)
+        at = [leaves[i] for i in a.dep]
+
+        def tangent(sj, dpj):
+            return jax.jvp(field, (y, at), (sj, dpj))
+
+        return jax.vmap(tangent, out_axes=(None, 0))(S, a.dp)
 
     @staticmethod
     def _norm(err):
@@ -145,13 +191,14 @@ class PacedEvaluator(eqx.Module):
     def start(self, z, s, idx):
         E = basis(idx, z.shape[0])
         tau_obs, jumps = self._times(s)
-        c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), (z, s, E), tau_obs,
-                  jumps, self._record)
-        return dict(c=c, z=z, E=E)
+        args = self._args(z, s, E)
+        c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), args, tau_obs, jumps,
+                  self._record)
+        return dict(c=c, args=args)
 
     def advance(self, ev, data, busy):
         c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
-        args = (ev["z"], data, ev["E"])
+        args = ev["args"]
         c = refresh(self._rhs, c, args)
         ctrl, n_max = self._ctrl(), self.predictor.max_steps
         c = jax.vmap(lambda ci, a: step(self._rhs, ctrl, ci, a, self._record, n_max))(c, args)
@@ -194,7 +241,8 @@ def paced_log_pred(predictor, Z, data, active=None):
     E = jnp.broadcast_to(jnp.eye(Z.shape[1], dtype=Z.dtype), (Z.shape[0],) + (Z.shape[1],) * 2)
     tau_obs, jumps = jax.vmap(ev._times)(data)
     (N, dN), status, steps = paced_solve(
-        ev._rhs, jax.vmap(ev._initial)(Z, data, E), (Z, data, E), tau_obs, jumps,
+        ev._rhs, jax.vmap(ev._initial)(Z, data, E), jax.vmap(ev._args)(Z, data, E), tau_obs,
+        jumps,
         ev._record, rtol=predictor.rtol, atol=predictor.atol,
         max_steps=predictor.max_steps, norm=ev._norm, active=active)
     log_pred, status, J = jax.vmap(ev._finish)(N, dN, status, data)

@@ -45,7 +45,6 @@ TRACES = {"lanes": 0}  # traces of the lane program (the compile-count test read
 STATS = {"iterations": 0, "services": 0, "lane_steps": 0, "ready_waiting": 0, "idle": 0,
          "calls": 0}
 DEFAULT_LANES = 128
-BLOCK = 32  # lanes advanced together: in the tail only the blocks holding busy lanes
 
 
 class LaneConfig(eqx.Module):
@@ -55,7 +54,6 @@ class LaneConfig(eqx.Module):
     slots: int = eqx.field(static=True)  # lanes served per iteration
     window: int = eqx.field(static=True)  # queue and outbox size
     threshold: int = eqx.field(static=True)  # ready lanes that start a service
-    block: int = eqx.field(static=True)  # lanes advanced together (the tail's unit)
 
 
 def _where(pred, new, old):
@@ -205,35 +203,28 @@ def _serve(problem, rule, stop, lanes, ready):
     return jax.vmap(lambda ln, rd: _next(problem, rule, stop, ln, rd))(lanes, ready)
 
 
-def _advance(problem, lanes, busy, C: int):
-    """Advance every lane's evaluation by one unit, in blocks of ``C`` lanes, only the
-    blocks up to the last busy lane (the tail's lanes are kept packed)."""
+def _advance(problem, lanes, busy):
+    """Advance every lane's evaluation by one unit, all lanes in one pass (idle lanes
+    too: on a CPU a pass costs mostly per operation, not per lane, so advancing only
+    the busy lanes, in blocks, was measured slower)."""
     if problem.one_shot:
         return lanes["ev"]
-    L = busy.shape[0]
-    if C >= L:
-        return problem.advance(lanes["ev"], lanes["member"], busy)
-    last = jnp.max(jnp.where(busy, jnp.arange(L), -1))
-    n_blocks = (last + C) // C
-
-    def block(b, ev):
-        def piece(tree):
-            return jax.tree_util.tree_map(
-                lambda x: jax.lax.dynamic_slice_in_dim(x, b * C, C), tree)
-
-        new = problem.advance(piece(ev), piece(lanes["member"]), piece(busy))
-        return jax.tree_util.tree_map(
-            lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, b * C, 0), ev, new)
-
-    return jax.lax.fori_loop(0, n_blocks, block, lanes["ev"])
+    return problem.advance(lanes["ev"], lanes["member"], busy)
 
 
-@eqx.filter_jit
+# The lane program runs thousands of iterations of many small operations: on a CPU
+# its time goes mostly to dispatching them, and XLA's default schedule, which
+# spreads independent operations over threads, costs more in hand-offs than it gains
+# (measured 10-15 % slower on a shared 2-core CPU).
+LOOP_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+
+
+@eqx.filter_jit(compiler_options=LOOP_COMPILER_OPTIONS)
 def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneConfig):
     """Run the lanes until the outbox is nearly full, the queue is empty and a lane
     idles while the host has more members (``more``), or every lane is idle."""
     TRACES["lanes"] += 1
-    L, F, W, C = cfg.lanes, cfg.slots, cfg.window, cfg.block
+    L, F, W = cfg.lanes, cfg.slots, cfg.window
     rec_shape = jax.eval_shape(
         lambda ln: _serve(problem, rule, stop, ln, jnp.ones((1,), bool))[1],
         _take(lanes, jnp.zeros((1,), jnp.int32)))
@@ -302,7 +293,7 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
     def body(c):
         lanes_, head_, outbox_, out_id_, n_out, _, stats = c
         busy = lanes_["id"] >= 0
-        lanes_ = dict(lanes_, ev=_advance(problem, lanes_, busy, C))
+        lanes_ = dict(lanes_, ev=_advance(problem, lanes_, busy))
         ready = busy & jax.vmap(problem.ready)(lanes_["ev"])
         # serve once enough lanes wait: a full set of slots while many lanes are busy,
         # at once in the tail (serving costs the LM's algebra and a solve's set-up)
@@ -317,15 +308,6 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         else:
             args = jax.lax.cond(now, service, lambda a: a, args)
         lanes_, head_, outbox_, out_id_, n_out, _ = args
-        if not problem.one_shot and C < L:  # the tail: pack busy lanes into few blocks
-            busy = lanes_["id"] >= 0
-            n_b = jnp.sum(busy, dtype=jnp.int32)
-            last = jnp.max(jnp.where(busy, jnp.arange(L), -1))
-            pack = (~more & (head_ >= count) & (n_b > 0)
-                    & ((n_b + C - 1) // C < (last + C) // C))
-            lanes_ = jax.lax.cond(
-                pack, lambda ln: _take(ln, jnp.argsort(ln["id"] < 0, stable=True)),
-                lambda ln: ln, lanes_)
         stats = stats + jnp.stack([jnp.ones((), jnp.int32), now.astype(jnp.int32),
                                    n_busy - n_ready, n_ready, L - n_busy])
         return (lanes_, head_, outbox_, out_id_, n_out, exit_now(lanes_, head_, n_out),
@@ -395,8 +377,7 @@ def solve_members(problem, rule, stop: Stop, members, z0, free, *, lanes: int = 
     F = L if problem.one_shot else int(slots or max(8, L // 8))
     F = min(F, L)
     W = int(window or max(2 * L, 4 * F))
-    cfg = LaneConfig(lanes=L, slots=F, window=W, threshold=int(threshold or F),
-                     block=min(L, BLOCK))
+    cfg = LaneConfig(lanes=L, slots=F, window=W, threshold=int(threshold or F))
     members = _host(members)
 
     def rows(ids):

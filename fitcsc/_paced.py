@@ -66,10 +66,10 @@ def _finite(tree):
                                 for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _put(hit, rec, out):
-    """``rec`` (one output) in the output slots where ``hit`` ``(n_obs,)``, else ``out``."""
-    return jax.tree_util.tree_map(
-        lambda r, o: jnp.where(hit.reshape((-1,) + (1,) * jnp.ndim(r)), r, o), rec, out)
+def _put(k, rec, out):
+    """``rec`` (one output) in the output slot ``k`` (dropped where ``k`` is out of
+    range), else ``out``: one row written, not the whole record."""
+    return jax.tree_util.tree_map(lambda r, o: o.at[k].set(r, mode="drop"), rec, out)
 
 
 def _combine(y0, dt, coefs, ks):
@@ -116,13 +116,18 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True):
                             lambda _, t, y_, a_: rhs(t, y_, a_), _ERROR_ORDER)
     rec0 = record(y)
     at0 = (t_sorted <= 0.0) & active
-    out = _put(at0, rec0, jax.tree_util.tree_map(
-        lambda r: jnp.full((n_obs,) + jnp.shape(r), jnp.nan), rec0))
+    out = jax.tree_util.tree_map(
+        lambda r: jnp.where(at0.reshape((-1,) + (1,) * jnp.ndim(r)), r,
+                            jnp.full((n_obs,) + jnp.shape(r), jnp.nan)), rec0)
     k = jnp.sum(at0)
+    # outputs at the same time as an earlier one (sorted) take its value in `records`
+    first = jnp.searchsorted(t_sorted, t_sorted, side="left").astype(jnp.int32)
+    n_same = jnp.searchsorted(t_sorted, t_sorted, side="right").astype(jnp.int32) - first
     n_real = jnp.sum(jnp.isfinite(t_sorted))
     finite = jnp.isfinite(dt0) & _finite(y)
     return dict(tau=jnp.zeros_like(dt0), y=y, k1=rhs(0.0, y, args), cstate=cstate, h=dt0,
-                k=k, out=out, steps=jnp.zeros((), jnp.int32),
+                k=k, out=out, steps=jnp.zeros((), jnp.int32), first=first,
+                n_same=n_same,
                 jump=jnp.zeros((), bool), done=(k >= n_real) | ~active | ~finite,
                 code=jnp.where(finite | ~active, Status.SUCCESS, Status.NONFINITE).astype(
                     jnp.int32), t_obs=t_sorted, order=order, n_real=n_real,
@@ -149,18 +154,22 @@ def step(rhs, ctrl, c, args, record, max_steps: int):
     h = jnp.where(finite, h, 0.2 * (t1 - t0))
     at_obs = keep & (t1 >= obs_next)
     at_jump = keep & (t1 >= before_jump) & ~at_obs
-    hit = at_obs & (t_obs == obs_next)
-    k = c["k"] + jnp.sum(hit)
+    # the output at k (and any at the same time: `records` copies it to them)
+    k = c["k"] + jnp.where(at_obs, c["n_same"][jnp.minimum(c["k"], n_obs - 1)], 0)
     steps = c["steps"] + 1
     finished = k >= c["n_real"]
     code = jnp.where(finished, Status.SUCCESS, jnp.where(
         steps >= max_steps, Status.MAX_STEPS, jnp.where(
             ~(h > 0), Status.SOLVER_FAILURE, Status.SUCCESS))).astype(jnp.int32)
+    done = c["done"]
     new = dict(c, tau=jnp.where(keep, jnp.where(at_jump, jump_next, t1), t0),
                y=_tree_where(keep, y1, c["y"]), k1=_tree_where(keep, k_last, c["k1"]),
-               cstate=cstate, h=h, k=k, out=_put(hit, record(y1), c["out"]), steps=steps,
-               jump=at_jump, done=finished | (code != Status.SUCCESS), code=code)
-    return _tree_where(c["done"], c, new)
+               cstate=cstate, h=h, k=k, steps=steps, jump=at_jump,
+               done=finished | (code != Status.SUCCESS), code=code)
+    new = _tree_where(done, {key: c[key] for key in new if key != "out"},
+                      {key: v for key, v in new.items() if key != "out"})
+    new["out"] = _put(jnp.where(at_obs & ~done, c["k"], n_obs), record(y1), c["out"])
+    return new
 
 
 def refresh(rhs, c, args):
@@ -177,7 +186,8 @@ def records(c):
     """One member's recorded values in the caller's order of output times (NaN at
     padding and where the solve stopped), its `Status` code and step count."""
     back = jnp.argsort(c["order"])
-    return (jax.tree_util.tree_map(lambda r: r[back], c["out"]), c["code"], c["steps"])
+    take = c["first"][back]  # an output at the same time as an earlier one: its value
+    return (jax.tree_util.tree_map(lambda r: r[take], c["out"]), c["code"], c["steps"])
 
 
 def paced_solve(
