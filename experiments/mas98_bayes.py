@@ -85,7 +85,8 @@ def main(args) -> dict:
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
     settings = dict(QUICK if args.quick else FULL)
     for key, v in (("num_chains", args.chains), ("num_warmup", args.warmup),
-                   ("num_samples", args.draws), ("thinning", args.thinning)):
+                   ("num_samples", args.draws), ("thinning", args.thinning),
+                   ("max_leapfrog_steps", args.max_leapfrog)):
         if v is not None:
             settings[key] = v
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
@@ -184,6 +185,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
     p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
     p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
+    p.add_argument("--max-leapfrog", type=int, default=None,
+                   help="ChEES: cap on leapfrog steps per transition (default 1000)")
     p.add_argument("--vs-prior-sd", type=float, default=None,
                    help="prior SD of log v_S (the CSC division rate; default 1.0): a smaller "
                         "one keeps chains off fast, stiff divisions (see ATTEMPTS.md)")

@@ -125,7 +125,7 @@ def _warmup_trace(stats) -> dict:
 
 
 def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learning_rate,
-           on_step=None):
+           max_leapfrog_steps=1000, on_step=None):
     import blackjax
     import optax
     from blackjax.mcmc import dynamic_hmc
@@ -142,7 +142,8 @@ def _chees(log_density, num_chains, num_warmup, num_samples, step_size0, learnin
 
     max_bits = math.ceil(math.log2(num_warmup + num_samples))
     warm = blackjax.chees_adaptation(log_density, num_chains, adaptation_info_fn=keep,
-                                     mass_matrix_estimation="diagonal")
+                                     mass_matrix_estimation="diagonal",
+                                     max_leapfrog_steps=int(max_leapfrog_steps))
 
     def warmup(key, z0):
         """``(carry, trace)``: the chains and adapted kernel, and `WARMUP_STATS` per step."""
@@ -248,13 +249,15 @@ class _CarryStore:
         return jax.tree_util.tree_unflatten(self.treedef[name.split("_")[0]], leaves)
 
 
-def _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning=1):
+def _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning=1,
+           max_leapfrog_steps=1000):
     if method not in METHODS:
         raise ValueError(f"sample: method must be one of {METHODS}, got {method!r}")
     if dense_mass and method != "nuts":
         raise ValueError("sample: dense_mass=True needs method='nuts'")
     for name, v in (("num_warmup", num_warmup), ("num_samples", num_samples),
-                    ("num_chains", num_chains), ("thinning", thinning)):
+                    ("num_chains", num_chains), ("thinning", thinning),
+                    ("max_leapfrog_steps", max_leapfrog_steps)):
         if int(v) != v or v < (0 if name == "num_warmup" else 1):
             raise ValueError(f"sample: {name} must be an integer >= "
                              f"{0 if name == 'num_warmup' else 1}, got {v!r}")
@@ -276,6 +279,7 @@ def run_chains(
     step_size: float = 0.1,
     learning_rate: float = 0.025,
     thinning: int = 1,
+    max_leapfrog_steps: int = 1000,
 ):
     """`sample`'s warm-up and sampling as one pure function of ``(z0, key)``, to trace
     inside `jax.jit` and `jax.vmap` (e.g. over simulated data sets).
@@ -288,7 +292,8 @@ def run_chains(
     num_chains)`` (``diverging``: any divergence among a kept draw's steps).
     """
     num_chains = z0.shape[0]
-    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning)
+    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning,
+           max_leapfrog_steps)
     steps = num_samples * thinning
     key_warm, key_run = jax.random.split(key)
     if method == "nuts":
@@ -299,7 +304,7 @@ def run_chains(
             carry, _ = _scan(step, num_warmup)(carry, jax.random.fold_in(key_run, 1))
     else:
         warmup, step = _chees(log_density, num_chains, num_warmup, steps, step_size,
-                              learning_rate)
+                              learning_rate, max_leapfrog_steps)
         carry, _ = warmup(key_warm, z0)
     _, (z, stats) = _scan(step, num_samples, thinning)(carry, key_run)
     return z, stats
@@ -323,6 +328,7 @@ def sample(
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint=None,
     thinning: int = 1,
+    max_leapfrog_steps: int = 1000,
 ) -> Posterior:
     """Sample ``log_density`` (of ``z``, shape ``(d,)``) with ``num_chains`` vectorized chains.
 
@@ -344,6 +350,11 @@ def sample(
     - `dense_mass`: NUTS only: adapt a dense mass matrix (default diagonal).
     - `target_accept_prob`, `max_tree_depth`: NUTS options.
     - `step_size`, `learning_rate`: ChEES's first step size and its Adam learning rate.
+    - `max_leapfrog_steps`: ChEES's cap on leapfrog steps per transition (BlackJAX's
+      default 1000): what one step can cost at most, in gradient evaluations. BlackJAX
+      floors the trajectory at the posterior's widest whitened direction once its
+      mass-matrix window fills, so on a strongly correlated posterior with a small step
+      size the steps run at this cap (`warmup_stats` shows it).
     - `seed`: integer seed (jitter and sampler).
     - `progress`: ``callback(phase, done, total)`` called after every chunk of steps,
       ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.population.progress_printer`). A
@@ -366,7 +377,8 @@ def sample(
     **Raises:** `ValueError` for an unknown method, a bad shape, a bad count (`thinning`
     included) or a non-finite start.
     """
-    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning)
+    _check(method, num_warmup, num_samples, num_chains, dense_mass, thinning,
+           max_leapfrog_steps)
     z0 = jnp.asarray(z_init, dtype=float)
     key_init, key_warm, key_run = jax.random.split(jax.random.key(seed), 3)
     if z0.ndim == 1:
@@ -419,7 +431,7 @@ def sample(
                 report_warmup(done[0])
 
         warmup, step = _chees(log_density, num_chains, num_warmup, num_samples * thinning,
-                              step_size, learning_rate,
+                              step_size, learning_rate, max_leapfrog_steps,
                               on_step=tick if progress is not None else None)
         saved = store.load("warmup", lambda: jax.eval_shape(warmup, key_warm, z0))
         if saved is None:
@@ -482,7 +494,8 @@ def sample(
     if method == "nuts":
         settings.update(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
     else:
-        settings.update(learning_rate=learning_rate, step_size0=step_size)
+        settings.update(learning_rate=learning_rate, step_size0=step_size,
+                        max_leapfrog_steps=int(max_leapfrog_steps))
     warmup_stats = None if trace is None else {k: np.asarray(trace[k]) for k in WARMUP_STATS}
     return Posterior(z=z, sample_stats=out, method=method, timing=timing, settings=settings,
                      warmup_stats=warmup_stats)

@@ -77,6 +77,19 @@ def test_warmup_stats_trace_the_adaptation(method):
     assert s["n_divergent"] == int(w["n_divergent"].sum())
 
 
+def test_chees_leapfrog_cap_bounds_every_step():
+    """``max_leapfrog_steps`` caps the leapfrog steps of every warm-up and sampling step
+    (the Gaussian's long axis asks for more than 3 at this step size)."""
+    post = fitcsc.sample(log_gauss, MU, method="chees", num_chains=4, num_warmup=150,
+                         num_samples=60, seed=5, max_leapfrog_steps=3)
+    assert post.warmup_stats["n_leapfrog"].max() <= 3
+    assert post.sample_stats["n_steps"].max() <= 3
+    assert post.settings["max_leapfrog_steps"] == 3
+    free = fitcsc.sample(log_gauss, MU, method="chees", num_chains=4, num_warmup=150,
+                         num_samples=60, seed=5)
+    assert free.warmup_stats["n_leapfrog"].max() > 3  # the cap, not the problem, binds
+
+
 def test_z_log_density_adds_the_log_jacobian():
     spec = fitcsc.baseline_predictor("gompertz").spec  # three Positive parameters
 
@@ -154,6 +167,7 @@ def test_minus_inf_is_a_divergence_not_a_crash():
     ({"num_samples": 0}, "num_samples"),
     ({"thinning": 0}, "thinning"),
     ({"thinning": 2.5}, "thinning"),
+    ({"method": "chees", "max_leapfrog_steps": 0}, "max_leapfrog_steps"),
     ({"method": "chees", "num_chains": 1}, "num_chains >= 2"),
     ({"z_init": np.zeros((3, 3)), "num_chains": 2}, "z_init"),
     ({"z_init": np.array([np.nan, 0.0, 0.0])}, "non-finite"),
