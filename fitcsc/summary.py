@@ -157,7 +157,13 @@ def laplace_draws(
     if w.shape[0] != z_map.shape[0]:
         raise ValueError(f"laplace_draws: cov shape {w.shape * 2} does not match z_map "
                          f"shape {z_map.shape}")
-    root = v * np.sqrt(np.clip(w, 0.0, None))  # cov = root @ root.T
+    # the symmetric square root (cov = root @ root.T): unique, so the draws of one key are a
+    # continuous function of cov. The eigenvector factor ``v * sqrt(w)`` is not: within
+    # an eigenspace of repeated eigenvalues (parameters known by their prior alone) its
+    # basis is arbitrary, and a perturbation of cov at round-off (another compilation or
+    # BLAS) rotated it, redrawing those directions (measured: draws 12 apart for a
+    # covariance changed by 2e-11)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
     key = jax.random.key(0) if key is None else key
     eps = np.asarray(jax.random.normal(key, (int(n_draws), z_map.shape[0])))
     return z_map + eps @ root.T

@@ -8,9 +8,11 @@ randomised PIT, under which a calibrated predictive puts it inside the central `
 with probability exactly ``level`` (discreteness included). The replicates are
 independent, so the number of the ``R x 4`` fresh counts inside the 90% intervals is
 ``Bin(R x 4, 0.9)`` when the intervals are calibrated and the arms of one replicate are
-independent (the 50-replicate benchmark measured the variance of the per-replicate count
-at 0.7-1.2 times the binomial one: no sign of within-replicate clustering). The test
-accepts the central 99.9% region of that binomial, computed, not guessed.
+independent. The benchmark's 50-replicate runs measured the variance of the per-replicate
+count at 0.9-1.35 times the binomial one (each ratio uncertain by about +-0.2 from 49
+degrees of freedom): little within-replicate clustering, but if the ratio were 1.3 the
+region below would be 14% too narrow in sd. The test accepts the central 99.9% region of
+that binomial, computed, not guessed.
 """
 
 import importlib.util
@@ -91,13 +93,14 @@ def test_linearised_predictive_intervals_are_calibrated(replicates):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "PSIS-reweighted Laplace draws under-cover: the weights collapse (median ESS 3 of "
-    "200 draws, median k_hat 5.3), so the predictive holds little parameter uncertainty; "
-    "measured 0.795 of these 400 fresh counts inside the 90% intervals (linearised: "
-    "0.9025), below the 99.9% region [0.8475, 0.945]. Remove this mark when "
-    "posterior_draws' default is calibrated."))
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
+    "PSIS-reweighted Laplace draws under-cover: the weights collapse (median ESS 2.9 of "
+    "200 draws, median k_hat 5.2), so the predictive holds little parameter uncertainty; "
+    "measured 0.82 of these 400 fresh counts inside the 90% intervals (linearised: "
+    "0.9025), below the 99.9% region [0.8475, 0.945]. Not strict: 0.82 is 1.4 binomial "
+    "sd below the region, so another CPU's rounding could pass it by chance. Remove this "
+    "mark when posterior_draws' default is calibrated."))
 def test_psis_predictive_intervals_are_calibrated(replicates):
     """The same check for `posterior_draws`' default (PSIS), what `fitcsc predict`
-    uses: it fails today (see the mark), and the suite says so when it no longer does."""
+    uses: it fails today (see the mark; an XPASS in the report says it passed)."""
     _check_coverage(*replicates, "psis")
