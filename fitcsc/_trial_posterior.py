@@ -193,11 +193,10 @@ def posterior_draws(objective, fit, n_draws: int, key, *, method: str = "psis",
         draws = np.asarray(fs.laplace_draws(z_map, cov, n_draws=n_draws, key=key))
         if method == "laplace":
             return TrialPosterior(draws, np.full(n_draws, 1.0 / n_draws), method)
-        from ._trial_fit import draw_values, objective_loss
+        from ._trial_fit import Objective, draw_values, objective_loss
 
-        core = getattr(objective, "core", None)  # a trial `Objective`: its data traced
-        if core is not None:
-            loss = draw_values(objective_loss, draws, batch=batch, args=core)
+        if isinstance(objective, Objective):  # its data traced: one compile per shape
+            loss = draw_values(objective_loss, draws, batch=batch, args=objective.core)
         else:  # any residual function of z
             loss = draw_values(lambda z: 0.5 * jnp.sum(objective(z) ** 2), draws,
                                batch=batch)
