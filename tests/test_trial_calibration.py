@@ -92,15 +92,8 @@ def test_linearised_predictive_intervals_are_calibrated(replicates):
     _check_coverage(*replicates, "linear")
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "PSIS-reweighted Laplace draws under-cover: the weights collapse (median ESS 2.9 of "
-    "200 draws, median k_hat 5.2), so the predictive holds little parameter uncertainty; "
-    "measured 0.82 of these 400 fresh counts inside the 90% intervals (linearised: "
-    "0.9025), below the 99.9% region [0.8475, 0.945]. Not strict: 0.82 is 1.4 binomial "
-    "sd below the region, so another CPU's rounding could pass it by chance. Remove this "
-    "mark when posterior_draws' default is calibrated."))
-def test_psis_predictive_intervals_are_calibrated(replicates):
-    """The same check for `posterior_draws`' default (PSIS), what `fitcsc predict`
-    uses: it fails today (see the mark; an XPASS in the report says it passed)."""
-    _check_coverage(*replicates, "psis")
+# Not a test here: the same check for `posterior_draws`' default (PSIS), what `fitcsc
+# predict` uses, fails (0.82 of these 400 counts inside the 90% intervals: the PSIS weights
+# collapse, median ESS about 3 of 200 draws). A test that is expected to fail cannot fail
+# the suite, so it is measured in benchmarks/results/trial_calibration.json instead; the
+# check above joins `psis` here when the default is calibrated (issue 12).
