@@ -29,6 +29,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import Var
 from jaxtyping import Array, Float
 
@@ -97,12 +98,28 @@ def _z_dependent(params, z, s) -> tuple[int, ...]:
 
 
 class _RhsArgs(eqx.Module):
-    """The right-hand side's arguments of one member (`PacedEvaluator._args`)."""
+    """The right-hand side's parameters of one member (`PacedEvaluator._args`), packed
+    in two arrays: the lane driver moves a lane's state leaf by leaf, so few leaves
+    cost less than one per parameter."""
 
-    p: object  # the model parameters (a CSCParams)
-    dp: list  # tangents of the leaves ``dep`` of ``p``, leading axis: directions
-    s: object  # the member's SubjectData
-    dep: tuple = eqx.field(static=True)  # leaves of ``p`` that depend on z
+    p: Array  # every leaf of the model parameters, raveled and concatenated
+    dp: Array  # (directions, n): tangents of the leaves ``dep``, raveled and concatenated
+    tree: object = eqx.field(static=True)  # the parameters' tree structure
+    shapes: tuple = eqx.field(static=True)  # and their leaves' shapes and dtypes
+    dep: tuple = eqx.field(static=True)  # leaves that depend on z
+
+    def leaves(self, flat, which):
+        out, at = [], 0
+        for i in which:
+            shape, dtype = self.shapes[i]
+            n = int(np.prod(shape, dtype=int))
+            out.append(flat[at:at + n].reshape(shape).astype(dtype))
+            at += n
+        return out
+
+
+def _ravel(leaves):
+    return jnp.concatenate([jnp.ravel(jnp.asarray(x, float)) for x in leaves])
 
 
 class PacedEvaluator(eqx.Module):
@@ -130,30 +147,32 @@ class PacedEvaluator(eqx.Module):
         the model parameters at ``z`` and their tangents along the rows of ``E`` (only
         of the parameters that depend on ``z``; the transforms then run once per
         evaluation, not at every stage of every step)."""
-        p = self.predictor.params(z, s)
+        leaves, tree = jax.tree_util.tree_flatten(self.predictor.params(z, s))
         dep = _z_dependent(self.predictor.params, z, s)
 
         def varying(z_):
-            leaves = jax.tree_util.tree_leaves(self.predictor.params(z_, s))
-            return [leaves[i] for i in dep]
+            lv = jax.tree_util.tree_leaves(self.predictor.params(z_, s))
+            return _ravel([lv[i] for i in dep])
 
         _, dp = jax.vmap(lambda e: jax.jvp(varying, (z,), (e,)), out_axes=(None, 0))(E)
-        return _RhsArgs(p=p, dp=dp, s=s, dep=dep)
+        shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
+        return _RhsArgs(p=_ravel(leaves), dp=dp, tree=tree, shapes=shapes, dep=dep)
 
-    def _rhs(self, tau, state, a):
+    def _rhs(self, tau, state, args):
         """States and their sensitivities along the rows of ``E``, one member."""
         y, S = state
-        t = a.s.t0_day + tau
-        leaves, tree = jax.tree_util.tree_flatten(a.p)
+        a, s = args
+        t = s.t0_day + tau
+        leaves = a.leaves(a.p, range(len(a.shapes)))
 
         def field(y_, varying):
             lv = list(leaves)
-            for i, v in zip(a.dep, varying, strict=True):
+            for i, v in zip(a.dep, a.leaves(varying, a.dep), strict=True):
                 lv[i] = v
-            params = jax.tree_util.tree_unflatten(tree, lv)
-            return model_rhs(self.predictor.model, params, a.s.schedule)(t, y_)
+            params = jax.tree_util.tree_unflatten(a.tree, lv)
+            return model_rhs(self.predictor.model, params, s.schedule)(t, y_)
 
-        at = [leaves[i] for i in a.dep]
+        at = _ravel([leaves[i] for i in a.dep])
 
         def tangent(sj, dpj):
             return jax.jvp(field, (y, at), (sj, dpj))
@@ -191,14 +210,14 @@ class PacedEvaluator(eqx.Module):
     def start(self, z, s, idx):
         E = basis(idx, z.shape[0])
         tau_obs, jumps = self._times(s)
-        args = self._args(z, s, E)
-        c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), args, tau_obs, jumps,
+        a = self._args(z, s, E)
+        c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), (a, s), tau_obs, jumps,
                   self._record)
-        return dict(c=c, args=args)
+        return dict(c=c, a=a)
 
     def advance(self, ev, data, busy):
         c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
-        args = ev["args"]
+        args = (ev["a"], data)
         c = refresh(self._rhs, c, args)
         ctrl, n_max = self._ctrl(), self.predictor.max_steps
         c = jax.vmap(lambda ci, a: step(self._rhs, ctrl, ci, a, self._record, n_max))(c, args)
@@ -241,8 +260,8 @@ def paced_log_pred(predictor, Z, data, active=None):
     E = jnp.broadcast_to(jnp.eye(Z.shape[1], dtype=Z.dtype), (Z.shape[0],) + (Z.shape[1],) * 2)
     tau_obs, jumps = jax.vmap(ev._times)(data)
     (N, dN), status, steps = paced_solve(
-        ev._rhs, jax.vmap(ev._initial)(Z, data, E), jax.vmap(ev._args)(Z, data, E), tau_obs,
-        jumps,
+        ev._rhs, jax.vmap(ev._initial)(Z, data, E), (jax.vmap(ev._args)(Z, data, E), data),
+        tau_obs, jumps,
         ev._record, rtol=predictor.rtol, atol=predictor.atol,
         max_steps=predictor.max_steps, norm=ev._norm, active=active)
     log_pred, status, J = jax.vmap(ev._finish)(N, dN, status, data)

@@ -121,8 +121,10 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True):
                             jnp.full((n_obs,) + jnp.shape(r), jnp.nan)), rec0)
     k = jnp.sum(at0)
     # outputs at the same time as an earlier one (sorted) take its value in `records`
-    first = jnp.searchsorted(t_sorted, t_sorted, side="left").astype(jnp.int32)
-    n_same = jnp.searchsorted(t_sorted, t_sorted, side="right").astype(jnp.int32) - first
+    first = jnp.searchsorted(t_sorted, t_sorted, side="left",
+                             method="compare_all").astype(jnp.int32)
+    n_same = jnp.searchsorted(t_sorted, t_sorted, side="right",
+                              method="compare_all").astype(jnp.int32) - first
     n_real = jnp.sum(jnp.isfinite(t_sorted))
     finite = jnp.isfinite(dt0) & _finite(y)
     return dict(tau=jnp.zeros_like(dt0), y=y, k1=rhs(0.0, y, args), cstate=cstate, h=dt0,
@@ -185,7 +187,8 @@ def refresh(rhs, c, args):
 def records(c):
     """One member's recorded values in the caller's order of output times (NaN at
     padding and where the solve stopped), its `Status` code and step count."""
-    back = jnp.argsort(c["order"])
+    n = c["order"].shape[0]
+    back = jnp.zeros((n,), jnp.int32).at[c["order"]].set(jnp.arange(n, dtype=jnp.int32))
     take = c["first"][back]  # an output at the same time as an earlier one: its value
     return (jax.tree_util.tree_map(lambda r: r[take], c["out"]), c["code"], c["steps"])
 
