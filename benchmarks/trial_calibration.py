@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fitcsc
-from fitcsc._compile import CompileStats
+from fitcsc import CompileStats
 from fitcsc.trials import (
     STRUCTURES,
     Objective,
