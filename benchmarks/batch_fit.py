@@ -78,12 +78,13 @@ from scipy.integrate import RK45
 from scipy.optimize import least_squares
 from scipy.special import expit, log_ndtr
 
-from fitcsc import _csc_spec, _fitrun  # the fit job: its loader, union model and per-arm spec
-from fitcsc._compile import CompileStats
-from fitcsc._fit import reference_starts
-from fitcsc._fit import sobol_unit as fitcsc_sobol_unit
-from fitcsc._fit import starts as fit_starts
-from fitcsc._lanes import STATS as LANE_STATS
+from fitcsc import (
+    CompileStats,
+    fitjob,  # the fit job: its loader, union model and per-arm spec
+)
+from fitcsc.fitjob import reference_starts
+from fitcsc.fitjob import sobol_unit as fitcsc_sobol_unit
+from fitcsc.fitjob import starts as fit_starts
 
 DEFAULT_OUT = RESULTS / "batch_fit.json"
 DEFAULT_SCALING_OUT = RESULTS / "batch_fit_scaling.json"
@@ -127,11 +128,11 @@ class Group:
         self.idx = np.asarray(idx)
         self.model = fitcsc.ModelConfig(crowding="logistic", drugs=self.drugs,
                                         species=SPECIES)
-        self.spec = _csc_spec.csc_arm_spec(self.model)
+        self.spec = fitjob.csc_arm_spec(self.model)
         self.pred = predictor(self.model, self.spec)
         sub_regs = [regs[i] for i in self.idx]
-        _, slot = _csc_spec.drug_slots(sub_regs, SPECIES)
-        self.batch = _csc_spec.slot_batch(batch.subset(self.idx), slot, self.drugs)
+        _, slot = fitjob.drug_slots(sub_regs, SPECIES)
+        self.batch = fitjob.slot_batch(batch.subset(self.idx), slot, self.drugs)
         self.labels = tuple(self.pred.spec.labels())
         self.n_z = len(self.labels)
         data = fitcsc.subject_data(self.batch)
@@ -154,9 +155,9 @@ def load_file(path: Path, n: int | None, seed: int):
     """The file as ``fitcsc fit`` reads it (default arm regimens) and ``n`` of its curves
     (all, or a fixed random subset): ``(batch, regimens, kept indices)``; padding
     shapes are the full file's."""
-    batch, regimens, _, _ = _fitrun.load_job_data(path, None, "csc", SPECIES, DETECTION_LIMIT_MM3,
+    batch, regimens, _, _ = fitjob.load_job_data(path, None, "csc", SPECIES, DETECTION_LIMIT_MM3,
                                           None, None)
-    regs = [_fitrun.regimen_of(regimens, s, a)
+    regs = [fitjob.regimen_of(regimens, s, a)
             for s, a in zip(batch.subject, batch.arm, strict=True)]
     keep = np.arange(batch.n_subjects)
     if n is not None and n < batch.n_subjects:
@@ -477,16 +478,16 @@ def run_peer(groups, peer_sel, curves, starts, *, sensitivities=True, tag="peer"
 
 class UnionFit:
     """What ``fitcsc fit`` fits on the file: one model with a drug slot per drug kind
-    and the union spec, each curve estimating its arm's part (`fitcsc._fitrun`), for
+    and the union spec, each curve estimating its arm's part (`fitcsc.fitjob`), for
     the curves ``idx`` (file order). The starts are fit_map's (`fitcsc._fit.starts`)."""
 
     def __init__(self, batch, regs, idx, num_starts: int):
         self.idx = np.asarray(idx)
         sub_regs = [regs[i] for i in self.idx]
-        drugs, slot = _csc_spec.drug_slots(sub_regs, SPECIES)
+        drugs, slot = fitjob.drug_slots(sub_regs, SPECIES)
         self.model = fitcsc.ModelConfig(crowding="logistic", drugs=drugs, species=SPECIES)
         self.pred = predictor_arm(self.model)
-        self.batch = _csc_spec.slot_batch(batch.subset(self.idx), slot, drugs)
+        self.batch = fitjob.slot_batch(batch.subset(self.idx), slot, drugs)
         data = fitcsc.subject_data(self.batch)
         self.z_ref, self.free = reference_starts(self.pred, data)
         self.z0 = fit_starts(self.z_ref, self.free, num_starts, START_SCALE, START_SEED)
@@ -500,8 +501,8 @@ class UnionFit:
 
 
 def predictor_arm(model):
-    return _csc_spec.arm_predictor(fitcsc.csc_predictor(
-        model, _csc_spec.csc_union_spec(model), rtol=ODE_RTOL, atol=ODE_ATOL_CELLS,
+    return fitjob.arm_predictor(fitcsc.csc_predictor(
+        model, fitjob.csc_union_spec(model), rtol=ODE_RTOL, atol=ODE_ATOL_CELLS,
         max_steps=ODE_MAX_STEPS))
 
 
@@ -561,8 +562,7 @@ def run_fitcsc(u: UnionFit) -> dict:
         t = time.perf_counter()
         jax.block_until_ready(u.fit().z)
         first_s = time.perf_counter() - t
-    for k in LANE_STATS:
-        LANE_STATS[k] = 0
+    fitjob.reset_lane_stats()
     with CompileStats() as warm:
         t = time.perf_counter()
         res = u.fit()
@@ -571,7 +571,7 @@ def run_fitcsc(u: UnionFit) -> dict:
     if warm.n_compiles:
         raise RuntimeError(f"the warm call compiled {warm.n_compiles} programs")
     return {"result": res, "first_call_s": first_s, "warm_s": warm_s,
-            "compile": first.summary(), "lanes": dict(LANE_STATS)}
+            "compile": first.summary(), "lanes": fitjob.lane_stats()}
 
 
 def cold_one(args) -> dict:
@@ -781,8 +781,6 @@ def synthetic_group(n: int, seed: int):
     """``n`` untreated curves simulated from the control model of `csc_arm_spec` (truth
     drawn around SYN_TRUTH, fixed seed, tight tolerances), log-normal noise.
     **Returns** ``(group, true z)``."""
-    from fitcsc._data import TidyTable
-
     rng = np.random.default_rng(seed)
     z = np.empty((n, 3))
     for j, (name, (med, sd)) in enumerate(SYN_TRUTH.items()):
@@ -792,7 +790,7 @@ def synthetic_group(n: int, seed: int):
         else:
             z[:, j] = np.log(med) + sd * rng.standard_normal(n)
     model = fitcsc.ModelConfig(crowding="logistic", species=SPECIES)
-    spec = _csc_spec.csc_arm_spec(model)
+    spec = fitjob.csc_arm_spec(model)
     full = predictor(model, spec).spec  # with initial_volume_mm3 free, last
     ts = jnp.asarray(SYN_DAYS)
 
@@ -807,7 +805,7 @@ def synthetic_group(n: int, seed: int):
     vol = vol * np.exp(SYN_NOISE_SD * rng.standard_normal(vol.shape))
     m = SYN_DAYS.size
     subj = np.repeat(np.array([f"syn{i:06d}" for i in range(n)]), m)
-    table = TidyTable(np.full(n * m, "synthetic"), np.full(n * m, "untreated"), subj,
+    table = fitcsc.TidyTable(np.full(n * m, "synthetic"), np.full(n * m, "untreated"), subj,
                       np.tile(SYN_DAYS, n), vol.ravel())
     batch = fitcsc.make_batch(table, detection_limit_mm3=DETECTION_LIMIT_MM3)
     return Group((), np.arange(n), batch, [fitcsc.Regimen(name="untreated")] * n), z
@@ -954,13 +952,13 @@ def workload(groups) -> dict:
         "regimen table: fitcsc.ModelConfig(crowding='logistic', drugs=(the arm's "
         "pseudo-drug,)), states S, D; each treated arm a constant drug effect from day 0 "
         "(fitcsc.default_arm_regimens: C = 1 mg/L, EC50 1e-9 mg/L), its class from the "
-        "arm name; spec fitcsc._csc_spec.csc_arm_spec",
+        "arm name; spec fitcsc.fitjob.csc_arm_spec",
         "groups": {g.cls: {"n_curves": g.n, "drugs_of_group_model": list(g.drugs),
                            "free": list(g.labels),
                            "transforms": {k: repr(v) for k, v in g.pred.spec.transforms},
                            "n_arms": len({g.batch.arm[i] for i in range(g.n)})}
                    for g in groups},
-        "fixed": {k: float(v) for k, v in _csc_spec.CSC_REFERENCE.items()},
+        "fixed": {k: float(v) for k, v in fitjob.CSC_REFERENCE.items()},
         "fixed_note": "CSC_REFERENCE of the fit job: the value of every parameter that a "
         "group does not free, and the reference start (V0: the curve's first observation)",
         "observation_model": f"log-normal, sigma = {SIGMA} fixed; volumes below "
