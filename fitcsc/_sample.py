@@ -354,7 +354,7 @@ def sample(
       default 1000): what one step can cost at most, in gradient evaluations. BlackJAX
       floors the trajectory at the posterior's widest whitened direction once its
       mass-matrix window fills, so on a strongly correlated posterior with a small step
-      size the steps run at this cap (`warmup_stats` shows it).
+      size the steps climb toward this cap (`warmup_stats` shows it).
     - `seed`: integer seed (jitter and sampler).
     - `progress`: ``callback(phase, done, total)`` called after every chunk of steps,
       ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.population.progress_printer`). A
@@ -480,8 +480,8 @@ def sample(
                 report_warmup((i + 1) * chunk)
         timing[f"{phase}_s"] = time.perf_counter() - t
         if phase == "warmup":
-            trace = {k: jnp.concatenate([w[k] for w in warm]).astype(float)
-                     for k in WARMUP_STATS}
+            trace = {k: (jnp.concatenate([w[k] for w in warm]) if warm
+                         else jnp.zeros((0,))).astype(float) for k in WARMUP_STATS}
             carry, trace = store.save("warmup", (carry, trace))
 
     z = np.swapaxes(np.concatenate([np.asarray(d) for d in draws]), 0, 1)

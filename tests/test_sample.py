@@ -77,6 +77,19 @@ def test_warmup_stats_trace_the_adaptation(method):
     assert s["n_divergent"] == int(w["n_divergent"].sum())
 
 
+def test_nuts_without_warmup_keeps_an_empty_trace():
+    """``num_warmup=0`` (NUTS): draws from the start's kernel, and a warm-up trace of
+    length 0 that the summary reads as no warm-up."""
+    from fitcsc.population import WARMUP_STATS, warmup_summary
+
+    post = fitcsc.sample(log_gauss, MU, method="nuts", num_chains=2, num_warmup=0,
+                         num_samples=10, seed=6)
+    assert post.z.shape == (2, 10, 3) and np.all(np.isfinite(post.z))
+    assert set(post.warmup_stats) == set(WARMUP_STATS)
+    assert all(v.shape == (0,) for v in post.warmup_stats.values())
+    assert warmup_summary(post.warmup_stats) is None
+
+
 def test_chees_leapfrog_cap_bounds_every_step():
     """``max_leapfrog_steps`` caps the leapfrog steps of every warm-up and sampling step
     (the Gaussian's long axis asks for more than 3 at this step size)."""
