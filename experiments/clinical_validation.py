@@ -52,13 +52,17 @@ import numpy as np
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
+    METHODS,
     STRUCTURES,
+    TRIAL_SD_GRID,
     Objective,
     TrialData,
     TrialModel,
     adjuvant_observations,
     draw_values,
+    fit_trial_sd,
     fit_trials,
+    linearise_at,
     pcr_observations,
     posterior_draws,
     posterior_flag,
@@ -123,8 +127,14 @@ def fit_fold(arms, obs, train, structure, args, extra=None):
                           **STRUCTURES[structure])
     data = TrialData(pcr=[o for o in obs if trial_family(o.trial) in train],
                      **(extra or {}))
-    objective = Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
+    auto = args.trial_sd == "auto"
+    objective = Objective(tm, data, trial_sd=max(TRIAL_SD_GRID) if auto else
+                          float(args.trial_sd), her2_drug_sd=args.her2_drug_sd)
     fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
+    if auto and any(n.startswith("trial_effect#") for n in tm.names):
+        # the between-trial sd by type-II maximum likelihood on the fold's own trials
+        fit, objective, evidence = fit_trial_sd(objective, fit, max_steps=args.steps)
+        fit.hyper["trial_sd_evidence"] = evidence
     return tm, objective, fit
 
 
@@ -139,7 +149,9 @@ def pcr_folds(arms, obs, structure, args, log):
         tm, objective, fit = fit_fold(arms, obs, train, structure, args)
         post = posterior(objective, fit, args, jax.random.fold_in(key, len(rows)))
         rates = resample(draw_values(lambda z, tm=tm: tm.pcr_rates(z)[0], post.draws,
-                                     batch=args.batch), post.weights, args.seed + len(rows))
+                                     batch=args.batch,
+                                     linearise_at=linearise_at(post.method, fit.z)),
+                         post.weights, args.seed + len(rows))
         point = np.asarray(tm.pcr_rates(jnp.asarray(fit.z))[0])
         by_name = {a.name: a for a in arms}
         fitted_drugs = {d for o in objective.data.pcr for d in by_name[o.arm].regimen.drugs}
@@ -162,9 +174,11 @@ def pcr_folds(arms, obs, structure, args, log):
                 "pit": _pit(counts, o.count, k2),
                 "drugs_prior_only": " ".join(prior_only),
                 "fit_loss": fit.loss, "fit_converged": fit.converged,
+                "trial_sd": objective.trial_sd,
                 "psis_k_hat": post.k_hat, **mcmc_columns(post),
             })
-        log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, "
+        log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, trial_sd "
+            f"{objective.trial_sd:g} {fit.hyper.get('trial_sd_evidence', '')}, "
             + ", ".join(f"{r['arm']} {r['observed_pct']:.1f} in "
                         f"[{r['pred_lo_pct']:.1f}, {r['pred_hi_pct']:.1f}]"
                         for r in rows if r["held_out"] == held))
@@ -195,7 +209,9 @@ def hr_folds(arms, obs, adj, structure, args, log):
             return jnp.log(jnp.log(jnp.clip(dfs[ie, 0], 1e-12, 1 - 1e-12))
                            / jnp.log(jnp.clip(dfs[ic, 0], 1e-12, 1 - 1e-12)))
 
-        vals = resample(draw_values(log_hr, post.draws, batch=args.batch), post.weights,
+        vals = resample(draw_values(log_hr, post.draws, batch=args.batch,
+                                    linearise_at=linearise_at(post.method, fit.z),
+                                    link="identity"), post.weights,
                         args.seed + 100 + len(rows))
         lo, hi = np.exp(np.quantile(vals, [0.025, 0.975]))
         hr_obs = float(np.exp(h.log_hr))
@@ -206,7 +222,8 @@ def hr_folds(arms, obs, adj, structure, args, log):
                      "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z)))),
                      "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
                      "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
-                     "fit_loss": fit.loss, "psis_k_hat": post.k_hat, **mcmc_columns(post)})
+                     "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
+                     "psis_k_hat": post.k_hat, **mcmc_columns(post)})
         log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
             f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
     return rows
@@ -449,14 +466,16 @@ def parse_args(argv=None):
                    help="HER2-dependence nodes (structures with continuous dependence)")
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--trial-sd", type=float, default=1.0,
-                   help="between-trial sd of log burden (prior of trial_effect#trial)")
+    p.add_argument("--trial-sd", default="auto",
+                   help="between-trial sd of log burden (prior of trial_effect#trial): a "
+                   "number, or auto (the default: per fold, the largest Laplace marginal "
+                   "likelihood over fitcsc.trials.TRIAL_SD_GRID)")
     p.add_argument("--her2-drug-sd", type=float, default=1.0,
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")
     p.add_argument("--only-hr", action="store_true",
                    help="run the hazard-ratio folds and reuse the pCR folds of --out")
-    p.add_argument("--posterior", default="psis", choices=("psis", "laplace", "nuts", "chees"),
+    p.add_argument("--posterior", default="linear", choices=METHODS,
                    help="Laplace draws reweighted by PSIS (default), plain Laplace, or NUTS "
                    "/ ChEES-HMC chains warm-started from each fold's MAP")
     p.add_argument("--chains", type=int, default=4, help="nuts/chees: chains (default 4)")

@@ -81,8 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
                    help=f"model structure (default {DEFAULT_STRUCTURE}, chosen out of sample "
                    "by experiments/clinical_validation.py)")
-    p.add_argument("--trial-sd", type=float, default=DEFAULT_TRIAL_SD,
-                   help="between-trial sd of log burden (prior of the trial effects)")
+    p.add_argument("--trial-sd", default=DEFAULT_TRIAL_SD,
+                   help="between-trial sd of log burden (prior of the trial effects): a "
+                   "number, or auto (the default: the largest Laplace marginal likelihood "
+                   "over fitcsc.trials.TRIAL_SD_GRID)")
     p.add_argument("--her2-drug-sd", type=float, default=1.0,
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--draws", type=int, default=2000, help="posterior draws")

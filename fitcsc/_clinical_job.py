@@ -4,9 +4,11 @@ Fits one CSC trial model (`fitcsc._trials.TrialModel`, the structure chosen out 
 sample by experiments/clinical_validation.py) with shared drug effects to every
 neoadjuvant HER2+ arm with a pCR count in ``data/clinical/pcr_arms.csv``, each under its
 own regimen (``regimens.csv``) and pCR definition; MAP by Levenberg-Marquardt from
-several starts; posterior by Laplace draws reweighted with Pareto-smoothed importance
-sampling (``posterior="psis"``, the default: PSIS k_hat reported, and flagged above 0.7),
-plain Laplace draws (``"laplace"``), or NUTS / ChEES-HMC chains warm-started from the
+several starts; posterior by Laplace draws with every prediction linearised at the MAP
+(``posterior="linear"``, the default: the delta method, calibrated by simulation in
+benchmarks/trial_calibration.py), Laplace draws reweighted with Pareto-smoothed
+importance sampling (``"psis"``: PSIS k_hat reported, and flagged above 0.7), plain
+Laplace draws (``"laplace"``), or NUTS / ChEES-HMC chains warm-started from the
 MAP (``"nuts"``, ``"chees"``: R-hat, ESS and divergences reported, flagged at R-hat >
 1.01 or any divergence); `fitcsc._trial_posterior`.
 
@@ -38,7 +40,9 @@ from .files import csv_text, write_atomic
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (assumption)
 QUICK_TRIALS = ("NeoSphere",)
 DEFAULT_STRUCTURE = "continuous_kill"  # chosen out of sample (experiments/clinical_validation)
-DEFAULT_TRIAL_SD = 1.0  # the largest marginal likelihood of 0.25, 0.5, 1 (experiments/pcr_fit)
+# between-trial sd of log burden: "auto", the largest Laplace marginal likelihood over
+# `fitcsc._trial_fit.TRIAL_SD_GRID` (`fit_trial_sd`), or a number
+DEFAULT_TRIAL_SD = "auto"
 PRIOR_ONLY_RATIO = 0.9  # posterior sd / prior sd above this: the data say little
 
 
@@ -63,15 +67,16 @@ def load_pcr(clinical_dir=None, trials=None):
 
 def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: int = 200,
                      nodes: int = 13, her2_nodes: int = 7, structure: str = DEFAULT_STRUCTURE,
-                     trial_sd: float = DEFAULT_TRIAL_SD, her2_drug_sd: float = 1.0,
+                     trial_sd: float | str = DEFAULT_TRIAL_SD, her2_drug_sd: float = 1.0,
                      draws: int = 2000, seed: int = 0, clinical_dir=None,
-                     posterior: str = "psis", chains: int = 4, warmup: int = 500,
+                     posterior: str = "linear", chains: int = 4, warmup: int = 500,
                      log: Callable[[str], None] | None = None) -> dict:
     """Fit the trial model to the published pCR counts and write the run folder.
 
     ``quick``: NeoSphere's arms only, 1 start, 25 steps, at most 200 draws (MCMC: at
     most 100 warm-up steps), coarse grids (a
-    smoke run, not a result). ``posterior``: ``"psis"``, ``"laplace"``, ``"nuts"`` or
+    smoke run, not a result). ``posterior``: ``"linear"`` (the default: Laplace draws,
+    predictions linearised at the MAP), ``"psis"``, ``"laplace"``, ``"nuts"`` or
     ``"chees"`` (`fitcsc._trial_posterior.posterior_draws`; ``chains`` and ``warmup``
     per chain for the last two). ``log``: called with one line per phase (None: silent).
     **Returns:** the summary written to ``summary.json``.
@@ -79,8 +84,16 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     import fitcsc.summary as fs
 
     from ._sample_job import progress_printer
-    from ._trial_fit import Objective, TrialData, fit_trials, save_fit
-    from ._trial_posterior import LABELS, METHODS, posterior_draws
+    from ._trial_fit import (
+        TRIAL_SD_GRID,
+        Objective,
+        TrialData,
+        draw_values,
+        fit_trial_sd,
+        fit_trials,
+        save_fit,
+    )
+    from ._trial_posterior import LABELS, METHODS, linearise_at, posterior_draws
     from ._trials import STRUCTURES, TrialModel, to_natural
     from .files import run_record
 
@@ -96,12 +109,18 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     out = pathlib.Path(out_dir)
     arms, obs = load_pcr(clinical_dir, QUICK_TRIALS if quick else None)
     tm = TrialModel.build(arms, n_nodes=nodes, n_her2=her2_nodes, **STRUCTURES[structure])
-    objective = Objective(tm, TrialData(pcr=obs), trial_sd=trial_sd,
+    auto = trial_sd == "auto"
+    objective = Objective(tm, TrialData(pcr=obs),
+                          trial_sd=max(TRIAL_SD_GRID) if auto else float(trial_sd),
                           her2_drug_sd=her2_drug_sd)
     say(f"fitting {len(tm.names)} parameters to {len(obs)} arms "
         f"({starts} start{'s' * (starts > 1)}, at most {steps} steps each)")
     t_fit = time.perf_counter()
     fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed)
+    evidence = None
+    if auto and any(n.startswith("trial_effect#") for n in tm.names):
+        say(f"between-trial sd: Laplace marginal likelihood at {TRIAL_SD_GRID}")
+        fit, objective, evidence = fit_trial_sd(objective, fit, max_steps=steps)
     fit_s = time.perf_counter() - t_fit
 
     say(f"posterior: {draws} draws, {LABELS[posterior]}")
@@ -124,7 +143,9 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     fs.write_summary_csv(rows_post, out / "posterior.csv")
     z = jnp.asarray(fit.z)
     rates, status = tm.pcr_rates(z)
-    _, lo, hi = fs.predictive_interval(lambda zz: tm.pcr_rates(zz)[0], z_draws, batch=100)
+    pcr_draws = draw_values(lambda zz: tm.pcr_rates(zz)[0], z_draws, batch=100,
+                            linearise_at=linearise_at(posterior, fit.z))
+    lo, hi = np.quantile(pcr_draws, [0.025, 0.975], axis=0)
     total = tm.pcr_pair(z)[0]
     post_s = time.perf_counter() - t_post
 
@@ -172,7 +193,10 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "n_arms": len(obs), "n_within_binomial_ci95": int(inside), "quick": bool(quick),
         "model": {"structure": structure, "build_options": STRUCTURES[structure],
                   "n_parameters": len(tm.names), "responsiveness_nodes": nodes,
-                  "her2_nodes": her2_nodes, "trial_sd": trial_sd,
+                  "her2_nodes": her2_nodes, "trial_sd": objective.trial_sd,
+                  "trial_sd_choice": ("largest Laplace marginal likelihood over "
+                                      f"{list(TRIAL_SD_GRID)}" if evidence else "given"),
+                  "trial_sd_evidence": evidence,
                   "her2_drug_sd": her2_drug_sd},
         "optimiser": {"method": "Levenberg-Marquardt, forward-mode Jacobian, "
                                 f"{starts} Sobol starts",

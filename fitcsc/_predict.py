@@ -3,8 +3,10 @@
 From a fit directory (``fit.json`` written by experiments/pcr_fit.py or
 experiments/adjuvant_fit.py) and a regimen table (the format of
 data/clinical/regimens.csv, documented in data/README.md), every arm is predicted as one
-arm of a new trial, over the fit's saved posterior draws (PSIS-reweighted Laplace, NUTS
-or ChEES: ``fitcsc run --posterior``), else Laplace draws:
+arm of a new trial, over the fit's saved posterior draws (``fitcsc run --posterior``:
+Laplace draws with every prediction linearised at the MAP, the default and the one whose
+intervals passed the calibration check by simulation; PSIS-reweighted Laplace, NUTS or
+ChEES), else Laplace draws from the fit's covariance, linearised:
 
 - neoadjuvant: the pCR rate under every requested definition (surgery 4 weeks after the
   last dose): the arm's rate (mean, 95% interval) and the 95% posterior predictive
@@ -54,8 +56,8 @@ from ._drugs import CATALOGUE
 from ._endpoints import hazard_ratio
 from ._errors import FitcscInputError
 from ._status import outcome
-from ._trial_fit import YEAR, draw_values, load_draws, load_fit
-from ._trial_posterior import posterior_flag
+from ._trial_fit import YEAR, draw_values, load_draws, load_fit, saved_her2_scale
+from ._trial_posterior import LABELS, linearise_at, posterior_flag
 from ._trials import (
     CHEMO_REFERENCE_DOSE,
     DEFINITIONS,
@@ -271,10 +273,11 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     if saved is not None:  # the fit's own posterior draws (e.g. PSIS-reweighted)
         draws0 = saved[rng.choice(len(saved), size=n_draws, replace=len(saved) < n_draws)]
         posterior = doc["posterior"]
-    else:
+    else:  # the default posterior: Laplace draws, predictions linearised at the MAP
         draws0 = fs.laplace_draws(np.asarray(doc["z"]), np.asarray(doc["cov"]),
                                   n_draws=n_draws, key=jax.random.PRNGKey(seed))
-        posterior = {"method": "laplace (Gauss-Newton covariance; the fit saved no draws)"}
+        posterior = {"sampler": "linear", "method": LABELS["linear"]
+                     + " (the fit saved no draws: drawn from its covariance)"}
     z_map0 = np.asarray(doc["z"])[None, :]
     names, base_kill, draws, flags = _extend(doc, assumptions, np.asarray(draws0), seed,
                                              doc.get("hyper", {}).get("trial_sd", 1.0))
@@ -297,10 +300,13 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     neo = [Arm(a, regimens[a], pcr_definition="ypT0/is ypN0", trial=NEW_TRIAL,
                volume_mm3=volume_mm3) for a in arm_names]
     try:
-        tm_neo = TrialModel.build(neo, names, fixed=fixed, base_kill=base_kill, **opts)
+        her2_scale = saved_her2_scale(doc)
+        tm_neo = TrialModel.build(neo, names, fixed=fixed, base_kill=base_kill,
+                                  her2_scale=her2_scale, **opts)
         tm_adj = (TrialModel.build([Arm(a, regimens[a], setting="adjuvant", trial=trial)
                                     for a in arm_names], names, fixed=fixed,
-                                   base_kill=base_kill, **opts) if do_dfs else None)
+                                   base_kill=base_kill, her2_scale=her2_scale, **opts)
+                  if do_dfs else None)
     except ValueError as err:
         raise FitcscInputError(f"{regimen_file}: {err}") from None
     horizon = jnp.asarray(years, float) * YEAR
@@ -322,7 +328,11 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         return out
 
     point = jax.tree_util.tree_map(np.asarray, jax.jit(endpoints)(jnp.asarray(z_map)))
-    vals = draw_values(endpoints, draws, batch=100)
+    # the delta method for a "linear" posterior: every endpoint linearised at the MAP on
+    # its link scale (the new trial's effect and class-prior drugs at their centres)
+    vals = draw_values(endpoints, draws, batch=100,
+                       linearise_at=linearise_at(posterior.get("sampler", ""), z_map),
+                       link={"pcr": "logit", "status": "map", "dfs": "logit", "hr": "log"})
     pcr = vals["pcr"]  # (draws, definitions, arms)
     # binomial sampling per arm from the arm's own stream, so that an arm's numbers do not
     # depend on the other arms of the file

@@ -186,7 +186,8 @@ def _run_lines(d, s) -> list[str]:
         SECTIONS[1], "",
         f"Structure `{m['structure']}` ({opts}); {m['n_parameters']} parameters; quadrature "
         f"{m['responsiveness_nodes']} responsiveness x {m['her2_nodes']} HER2 nodes; "
-        f"between-trial sd of log burden {m['trial_sd']:g}; sd of a HER2 blocker's log "
+        f"between-trial sd of log burden {m['trial_sd']:g} "
+        f"({m.get('trial_sd_choice', 'given')}); sd of a HER2 blocker's log "
         f"potency {m['her2_drug_sd']:g}. MAP: {o['method']}, at most {o['max_steps']} "
         f"steps. Posterior: {p['method']} ({p['n_draws']} draws). Seed {s['seed']}; "
         f"{s['device']}, {s['precision']}.", "",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 
 import equinox as eqx
@@ -558,16 +559,27 @@ def objective_loss(z, core: ObjectiveCore):
     return 0.5 * jnp.sum(core.residuals(z) ** 2)
 
 
-def draw_values(fn, draws, *, batch: int = 100, args=None) -> np.ndarray:
+def draw_values(fn, draws, *, batch: int = 100, args=None, linearise_at=None,
+                link="logit") -> np.ndarray:
     """``fn`` (a JAX function of one ``z``, or of ``(z, args)`` when ``args`` is given)
     at every row of ``draws`` ``(n, d)``: vmapped, jitted, in chunks of ``batch`` (the
     last padded, so nothing recompiles). With ``args`` (any pytree, e.g. an
     `ObjectiveCore`: traced) the compiled program is kept per ``fn``, so a later call
     with the same ``fn`` and args of the same structure and shapes compiles nothing:
     pass a module-level function, not a new lambda each call.
+
+    ``linearise_at`` (a ``z``, e.g. the MAP): ``fn`` linearised there on the scale of
+    ``link`` instead of evaluated at each draw (the delta method, the ``"linear"``
+    posterior of `fitcsc._trial_posterior`): ``g(fn(z)) ~ g(fn(z0)) + J (z - z0)``, ``J``
+    the forward-mode Jacobian of ``g(fn(.))`` at ``z0``, mapped back by ``g``'s inverse.
+    ``link``: one of `PREDICTION_LINKS` (``"logit"`` for rates and survival, ``"log"`` for ratios,
+    ``"identity"``, ``"map"``: the value at ``z0`` for every draw, e.g. a status), or,
+    for an ``fn`` returning a dict, a dict of them per key.
     **Returns:** ``fn``'s output structure, each leaf ``(n, *leaf shape)``."""
     zs = np.asarray(draws, float)
     n = zs.shape[0]
+    if linearise_at is not None:
+        return _linearised(fn, zs, np.asarray(linearise_at, float), link, args)
     pad = (-n) % batch
     zp = np.concatenate([zs, np.repeat(zs[-1:], pad, axis=0)]) if pad else zs
     if args is None:
@@ -578,6 +590,46 @@ def draw_values(fn, draws, *, batch: int = 100, args=None) -> np.ndarray:
         chunks = [f(jnp.asarray(zp[i:i + batch]), args) for i in range(0, zp.shape[0], batch)]
     return jax.tree_util.tree_map(lambda *c: np.concatenate([np.asarray(x) for x in c])[:n],
                                   *chunks)
+
+
+_EPS = 1e-12
+PREDICTION_LINKS = {  # name: (to the linear scale, back)
+    "logit": (lambda p: jnp.log(jnp.clip(p, _EPS, 1 - _EPS)) - jnp.log1p(
+        -jnp.clip(p, _EPS, 1 - _EPS)), jax.nn.sigmoid),
+    "log": (lambda x: jnp.log(jnp.maximum(x, 1e-300)), jnp.exp),
+    "identity": (lambda x: x, lambda x: x),
+}
+
+
+def _linearised(fn, zs, z0, link, args):
+    """`draw_values` by the delta method (see there)."""
+    call = (lambda z: fn(z)) if args is None else (lambda z: fn(z, args))
+    out0 = jax.jit(call)(jnp.asarray(z0))
+    is_dict = isinstance(out0, dict)
+    links = (link if isinstance(link, dict) else dict.fromkeys(out0, link)) if is_dict \
+        else {"": link}
+    outs = out0 if is_dict else {"": out0}
+    for k, v in links.items():
+        if v not in PREDICTION_LINKS and v != "map":
+            raise ValueError(f"draw_values: link must be one of "
+                             f"{sorted(PREDICTION_LINKS)} or 'map', got {v!r} for {k!r}")
+    lin = [k for k in outs if links[k] != "map"]
+
+    def eta(z):
+        o = call(z)
+        o = o if is_dict else {"": o}
+        return {k: PREDICTION_LINKS[links[k]][0](o[k]) for k in lin}
+
+    e0, jac = jax.jit(lambda z: (eta(z), jax.jacfwd(eta)(z)))(jnp.asarray(z0))
+    dz = jnp.asarray(zs - z0[None, :])
+    res = {}
+    for k in outs:
+        if k in lin:
+            e = e0[k][None] + jnp.tensordot(dz, jac[k], axes=([1], [jac[k].ndim - 1]))
+            res[k] = np.asarray(PREDICTION_LINKS[links[k]][1](e))
+        else:
+            res[k] = np.repeat(np.asarray(outs[k])[None], zs.shape[0], axis=0)
+    return res if is_dict else res[""]
 
 
 @functools.lru_cache(maxsize=64)
@@ -653,6 +705,44 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
 STALL_RTOL = 1e-6  # fit_trials' stall test: relative (and absolute) loss decrease
 
 
+TRIAL_SD_GRID = (0.25, 0.5, 1.0)
+
+
+def fit_trial_sd(objective: Objective, fit: TrialFit, *, grid=TRIAL_SD_GRID,
+                 max_steps: int = 150) -> tuple[TrialFit, Objective, list[dict]]:
+    """The between-trial sd of log burden by type-II maximum likelihood over ``grid``:
+    for each value, the MAP (``fit`` itself for the objective's own ``trial_sd``, else
+    one start from ``fit.z``) and its Laplace log marginal likelihood
+    ``-loss + 0.5 log det(cov) - K log sd`` (``K`` trial effects, each ``N(0, sd)``: the
+    normalising constant their residuals ``t / sd`` leave out; the other priors'
+    constants do not depend on ``sd``). A joint mode over the effects and ``sd`` would
+    collapse ``sd`` to 0; the marginal likelihood integrates the effects out. Every
+    refit starts from ``fit.z``, not from its neighbour's optimum, so one basin is
+    compared across the grid. The objective's structure is kept (its ``prior_scale``
+    is traced), so the refits compile nothing new.
+    **Returns:** ``(best fit, its objective, rows)``: one row per grid value with
+    ``trial_sd``, ``log_evidence``, ``loss`` and ``converged``."""
+    k = sum(n.startswith("trial_effect#") for n in objective.tm.names)
+    if k == 0:
+        raise ValueError("fit_trial_sd: the model has no trial effects (trial_effect#...)")
+    rows, best = [], None
+    for sd in sorted(float(v) for v in grid):
+        if math.isclose(sd, objective.trial_sd):
+            obj, f = objective, fit
+        else:
+            obj = Objective(objective.tm, objective.data, prior_sd=objective.prior_sd,
+                            chemo_drug_sd=objective.chemo_drug_sd,
+                            her2_drug_sd=objective.her2_drug_sd, trial_sd=sd)
+            f = fit_trials(obj, n_starts=1, max_steps=max_steps, start=fit.z)
+        sign, logdet_cov = np.linalg.slogdet(np.asarray(f.cov))
+        ev = (-f.loss + 0.5 * logdet_cov - k * math.log(sd)) if sign > 0 else -math.inf
+        rows.append({"trial_sd": sd, "log_evidence": float(ev), "loss": f.loss,
+                     "converged": f.converged})
+        if best is None or ev > best[0]:
+            best = (ev, f, obj)
+    return best[1], best[2], rows
+
+
 # ---------------------------------------------------------------- saving and loading
 DRAWS_FILE = "posterior_draws.csv"
 
@@ -687,6 +777,8 @@ def save_fit(path, tm: TrialModel, fit: TrialFit, extra: dict | None = None, *,
         "fixed": {k: float(v) for k, v in tm.fixed.items()},
         "base_kill": {d: float(k) for d, k in
                       zip(tm.model.drugs, np.asarray(tm.base_kill), strict=True)},
+        "her2_scale": {d: float(k) for d, k in
+                       zip(tm.model.drugs, np.asarray(tm.her2_scale), strict=True)},
         "options": {k: getattr(tm, k) for k in OPTIONS},
         "trials": list(tm.trials),
         "hyper": dict(fit.hyper),
@@ -742,7 +834,15 @@ def model_from_fit(doc: dict, arms: list[Arm]) -> TrialModel:
     names = tuple(doc["names"])
     fixed = dict(doc["fixed"])
     return TrialModel.build(arms, names, fixed=fixed, base_kill=doc["base_kill"],
-                            **doc["options"])
+                            her2_scale=saved_her2_scale(doc), **doc["options"])
+
+
+def saved_her2_scale(doc: dict) -> dict:
+    """A saved fit's HER2 exposure multipliers (`fitcsc._trials.reference_her2_scale`);
+    fits saved before them used one EC50 for every blocker: 1 for each of its drugs."""
+    if "her2_scale" in doc:
+        return dict(doc["her2_scale"])
+    return {d: 1.0 for d in doc["base_kill"]}
 
 
 # ---------------------------------------------------------------- adjuvant outcomes

@@ -245,6 +245,9 @@ class TrialModel(eqx.Module):
     trials: tuple[str, ...] = eqx.field(static=True)
     base: object
     base_kill: jax.Array  # per drug, 1 ln-kill per reference dose [L/(mg day)]
+    # per drug: concentration multiplier that puts a HER2 blocker's labelled-dose exposure
+    # at trastuzumab's (1 for trastuzumab and every other drug; `reference_her2_scale`)
+    her2_scale: jax.Array
     grid: ExposureGrid
     eval_day: jax.Array
     volume_mm3: jax.Array
@@ -267,12 +270,13 @@ class TrialModel(eqx.Module):
 
     @classmethod
     def build(cls, arms: list[Arm], names=None, *, fixed=None, base_kill=None,
-              drugs=None, free_burden_sd=False, chemo_potency=False, her2_class=False,
-              trial_effects=False, dcis=False, pcr_outcome=False, protected=False,
+              her2_scale=None, drugs=None, free_burden_sd=False, chemo_potency=False,
+              her2_class=False, trial_effects=False, dcis=False, pcr_outcome=False, protected=False,
               her2_kill=False, **options) -> TrialModel:
-        """Model for ``arms``. ``base_kill`` ``{drug: rate}`` overrides the calibration
-        (a saved fit passes its own); ``drugs`` fixes the drug slots (default: the
-        arms' drugs in order of appearance).
+        """Model for ``arms``. ``base_kill`` ``{drug: rate}`` and ``her2_scale`` ``{drug:
+        multiplier}`` override the calibration (a saved fit passes its own; drugs it
+        lacks get `reference_kill` / `reference_her2_scale`); ``drugs`` fixes the drug
+        slots (default: the arms' drugs in order of appearance).
 
         Default free parameters (``names=None``): every non-identity parameter of
         `PARAMETERS` for the ``heterogeneity`` chosen, one HER2 potency per HER2 drug
@@ -343,6 +347,10 @@ class TrialModel(eqx.Module):
         kill = reference_kill(model)
         if base_kill:  # a saved fit's calibration (fits before reference doses used medians)
             kill = np.asarray([base_kill.get(d, k) for d, k in zip(drugs, kill, strict=True)])
+        scale = reference_her2_scale(model)
+        if her2_scale is not None:  # a saved fit's own (fits before it: 1 for every drug)
+            scale = np.asarray([her2_scale.get(d, k) for d, k in zip(drugs, scale,
+                                                                      strict=True)])
         grid = exposure_grid(model, base, arms)
         if (("csc_fraction_sd" in names or fixed["csc_fraction_sd"] != 0)
                 and options.get("n_csc_fraction", 1) < 2):  # a spread needs nodes
@@ -353,7 +361,8 @@ class TrialModel(eqx.Module):
         return cls(model=model, names=tuple(names), fixed_items=tuple(fixed.items()),
                    arm_names=tuple(a.name for a in arms),
                    settings=tuple(a.setting for a in arms), trials=trials,
-                   base=base, base_kill=jnp.asarray(kill), grid=grid,
+                   base=base, base_kill=jnp.asarray(kill), her2_scale=jnp.asarray(scale),
+                   grid=grid,
                    eval_day=jnp.asarray([a.eval_day() for a in arms]),
                    volume_mm3=jnp.asarray([a.volume_mm3 for a in arms], float),
                    breast_only=jnp.asarray([a.pcr_definition in BREAST_ONLY for a in arms]),
@@ -453,7 +462,7 @@ class TrialModel(eqx.Module):
         """HER2 blockade ``B`` on the grid (Bliss over blockers) and ``int_0^t B``."""
         g, p = self.grid, self.base
         her2 = jnp.asarray(self.model.drug_mask("her2"))[None, :, None]
-        conc = g.conc * self.potency(z)[None, :, None]
+        conc = g.conc * (self.potency(z) * self.her2_scale)[None, :, None]
         inh = hill_response(conc, p.ec50_mg_per_L[None, :, None], p.hill[None, :, None])
         b = 1.0 - jnp.prod(jnp.where(her2, 1.0 - inh, 1.0), axis=1)
         steps = 0.5 * jnp.diff(g.t, axis=1) * (b[:, 1:] + b[:, :-1])
@@ -821,6 +830,55 @@ CHEMO_REFERENCE_DOSE = {  # drug: (dose, unit, regimen it comes from)
     "methotrexate": (40.0, "mg/m2", "CMF days 1, 8"),
     "carboplatin": (600.0, "mg", "AUC 6 q3w, TCH (about 600 mg)"),
 }
+
+
+# One labelled maintenance administration of each HER2 blocker and its interval: the
+# trial model puts every blocker's steady-state average concentration at its labelled
+# dose on trastuzumab's (`reference_her2_scale`), so that a potency of 1 means "as much
+# blockade at its labelled dose as trastuzumab at its own", and the class prior over
+# potencies is a prior over drugs given at their labelled doses, antibodies and small
+# molecules alike (a shared EC50 made lapatinib, at about 1 mg/L against trastuzumab's
+# about 90 mg/L, inert under the antibody-learned class mean). Doses from the US labels,
+# typed from memory, not checked against a stored page (data/README.md's assumptions).
+HER2_REFERENCE_DOSE = {  # drug: (dose, unit, interval [days], regimen it comes from)
+    "trastuzumab": (6.0, "mg/kg", 21.0, "q3w maintenance, Herceptin label"),
+    "pertuzumab": (420.0, "mg", 21.0, "q3w maintenance, Perjeta label"),
+    "lapatinib": (1250.0, "mg", 1.0, "daily with capecitabine, Tykerb label"),
+    "neratinib": (240.0, "mg", 1.0, "daily, Nerlynx label"),
+    "trastuzumab_emtansine": (3.6, "mg/kg", 21.0, "q3w, Kadcyla label"),
+    "trastuzumab_deruxtecan": (5.4, "mg/kg", 21.0, "q3w (breast), Enhertu label"),
+}
+HER2_REFERENCE_DRUG = "trastuzumab"
+
+
+def _labelled_average_concentration(drug: str) -> float:
+    """Steady-state average concentration [mg/L] of ``drug`` at `HER2_REFERENCE_DOSE`
+    (linear PK: dose x AUC per mg / interval), typical human patient."""
+    from ._drugs import dose_to_mg
+
+    model = ModelConfig(crowding="none", drugs=(drug,), species="human")
+    coefs, rates = pk_arrays(default_params(model).pk)
+    auc_per_mg = float(jnp.sum(coefs / rates, axis=1)[0])
+    dose, unit, tau, _ = HER2_REFERENCE_DOSE[drug]
+    return dose_to_mg(dose, unit, "human") * auc_per_mg / tau
+
+
+def reference_her2_scale(model) -> np.ndarray:
+    """Per drug slot of ``model``: the concentration multiplier that puts a HER2
+    blocker's labelled-dose average exposure (`HER2_REFERENCE_DOSE`) at trastuzumab's; 1
+    for drugs that are not HER2 blockers. Raises ``ValueError`` for a HER2 blocker
+    without a labelled dose."""
+    scale = np.ones(len(model.drugs))
+    for j, d in enumerate(model.drugs):
+        if CATALOGUE[d].drug_class != "her2":
+            continue
+        if d not in HER2_REFERENCE_DOSE:
+            raise ValueError(f"{d!r}: no labelled dose in fitcsc._trials.HER2_REFERENCE_DOSE "
+                             "(the trial model's HER2 potency is relative to each blocker's "
+                             "labelled-dose exposure)")
+        scale[j] = (_labelled_average_concentration(HER2_REFERENCE_DRUG)
+                    / _labelled_average_concentration(d))
+    return scale
 
 
 def reference_kill(model) -> np.ndarray:

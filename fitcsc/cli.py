@@ -278,10 +278,12 @@ def add_run_command(subparsers, common) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of starts and draws")
     r.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
                    help=f"trial model structure (default {DEFAULT_STRUCTURE})")
-    r.add_argument("--posterior", default="psis", choices=METHODS,
-                   help="posterior draws saved with the fit: psis (Laplace draws reweighted "
-                   "by Pareto-smoothed importance sampling, the default), laplace (the fast "
-                   "Gaussian alternative), nuts (NumPyro NUTS) or chees (BlackJAX ChEES-HMC), "
+    r.add_argument("--posterior", default="linear", choices=METHODS,
+                   help="posterior draws saved with the fit: linear (Laplace draws, every "
+                   "prediction linearised at the MAP: the default, the one calibrated by "
+                   "simulation), psis (Laplace draws reweighted by Pareto-smoothed importance "
+                   "sampling), laplace (Laplace draws pushed through the model), nuts "
+                   "(NumPyro NUTS) or chees (BlackJAX ChEES-HMC), "
                    "the chains warm-started from the MAP; flagged when they cannot be "
                    "trusted (k_hat > 0.7, R-hat > 1.01, any divergence)")
     r.add_argument("--chains", type=int, default=4,

@@ -14,11 +14,17 @@ under public names (the implementation lives in private modules that may move)::
 - Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
   `adjuvant_observations`, `link_observations` with `LINKS_USED`,
   `hr_pcr_observations`).
-- Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start) and
-  `draw_values`.
-- Posterior: `posterior_draws` (``method="psis"``, the default: Laplace draws reweighted
-  by PSIS; ``"laplace"``; ``"nuts"``; ``"chees"``) returning a `TrialPosterior`, and
+- Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
+  `fit_trial_sd` (the between-trial sd by Laplace marginal likelihood over
+  `TRIAL_SD_GRID`) and `draw_values`.
+- Posterior: `posterior_draws` (`METHODS`: ``method="linear"``, the default: Laplace
+  draws whose predictions are linearised at the MAP, see `linearise_at` and
+  `draw_values`'s ``linearise_at``; ``"psis"``: Laplace draws reweighted by PSIS;
+  ``"laplace"``; ``"nuts"``; ``"chees"``) returning a `TrialPosterior`, and
   `posterior_flag` (one line when the draws cannot be trusted).
+- Calibration: `CHEMO_REFERENCE_DOSE` / `reference_kill` (chemotherapy kill per
+  reference dose) and `HER2_REFERENCE_DOSE` / `reference_her2_scale` (HER2 potency
+  relative to each blocker's labelled-dose exposure).
 - The published data and the shipped fit: `load_pcr` (the pCR arms and counts of
   data/clinical), `clinical_fit_job` (what ``fitcsc run`` fits), `DEFAULT_STRUCTURE`,
   `DEFAULT_TRIAL_SD`, `QUICK_TRIALS` (its choices), `ci95` (a binomial 95% interval).
@@ -37,12 +43,14 @@ from ._clinical_job import (
 from ._endpoints import TIMING_SD_DAY, hazard_ratio
 from ._trial_fit import (
     LINKS_USED,
+    TRIAL_SD_GRID,
     Objective,
     PcrObservation,
     TrialData,
     TrialFit,
     adjuvant_observations,
     draw_values,
+    fit_trial_sd,
     fit_trials,
     hr_pcr_observations,
     link_observations,
@@ -52,13 +60,23 @@ from ._trial_fit import (
     pcr_observations,
     save_fit,
 )
-from ._trial_posterior import TrialPosterior, posterior_draws, posterior_flag
+from ._trial_posterior import (
+    METHODS,
+    TrialPosterior,
+    linearise_at,
+    posterior_draws,
+    posterior_flag,
+)
 from ._trials import (
+    CHEMO_REFERENCE_DOSE,
+    HER2_REFERENCE_DOSE,
     PARAMETERS,
     STRUCTURES,
     Arm,
     TrialModel,
     from_natural,
+    reference_her2_scale,
+    reference_kill,
     to_natural,
     trial_family,
 )
@@ -70,5 +88,7 @@ __all__ = [
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
     "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
     "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
-    "clinical_fit_job", "load_pcr",
+    "clinical_fit_job", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
+    "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "TRIAL_SD_GRID",
+    "fit_trial_sd",
 ]

@@ -94,7 +94,7 @@ def test_mcmc_matches_quadrature(method, chains, exact):
 
 
 def test_psis_matches_quadrature_and_laplace_only_the_gaussian_margin(exact):
-    post = posterior_draws(banana, _fit(), 4000, jax.random.PRNGKey(2))  # default: psis
+    post = posterior_draws(banana, _fit(), 4000, jax.random.PRNGKey(2), method="psis")
     assert post.method == "psis" and post.k_hat < 0.7
     assert posterior_flag(post) is None
     ess = 1.0 / np.sum(post.weights ** 2)  # Kish's effective sample size of the weights
@@ -112,7 +112,7 @@ def test_psis_matches_quadrature_and_laplace_only_the_gaussian_margin(exact):
 def test_flag_for_a_proposal_far_from_the_posterior():
     fit = _fit()
     fit.cov = fit.cov * 0.02  # a proposal 7 times too narrow: heavy-tailed weights
-    post = posterior_draws(banana, fit, 2000, jax.random.PRNGKey(3))
+    post = posterior_draws(banana, fit, 2000, jax.random.PRNGKey(3), method="psis")
     assert post.k_hat > 0.7
     flag = posterior_flag(post)
     assert flag and f"k_hat {post.k_hat:.2f} > 0.7" in flag
@@ -137,6 +137,38 @@ def test_flag_for_unconverged_chains():
     assert "R-hat 1.050 > 1.01" in posterior_flag({"rhat_max": 1.05, "n_divergent": 0})
     assert "3 divergent" in posterior_flag({"rhat_max": 1.0, "n_divergent": 3})
     assert "R-hat NaN" in posterior_flag({"rhat_max": None, "n_divergent": 0})
+
+
+def test_linear_is_the_default_laplace_draws_pushed_through_the_delta_method():
+    """The default: Laplace draws (the same as "laplace" for a key), uniform weights, no
+    diagnostic; `draw_values` with `linearise_at` gives the delta method: exact for a
+    prediction that is linear on its link scale, first order otherwise."""
+    from fitcsc._trial_fit import draw_values
+    from fitcsc._trial_posterior import linearise_at
+
+    fit = _fit()
+    post = posterior_draws(banana, fit, 2000, jax.random.PRNGKey(5))
+    lap = posterior_draws(banana, fit, 2000, jax.random.PRNGKey(5), method="laplace")
+    assert post.method == "linear" and post.diagnostics == {}
+    assert np.array_equal(post.draws, lap.draws) and posterior_flag(post) is None
+    assert linearise_at("psis", fit.z) is None
+    z0 = linearise_at(post.method, fit.z)
+
+    def logistic(z):  # linear on the logit scale: the delta method is exact
+        return jax.nn.sigmoid(jnp.stack([0.5 + z[0] - 2.0 * z[1], -z[0]]))
+    exact = draw_values(logistic, post.draws)
+    assert np.allclose(draw_values(logistic, post.draws, linearise_at=z0), exact,
+                       rtol=1e-10, atol=1e-12)
+
+    def curved(z):  # a ratio: first order on the log scale, exp(z0^2) curvature
+        return {"hr": jnp.exp(z[0] ** 2 + z[1]), "status": jnp.int32(0)}
+    lin = draw_values(curved, post.draws, linearise_at=z0, link={"hr": "log",
+                                                                 "status": "map"})
+    slope = np.array([2.0 * z0[0], 1.0])  # d log hr / dz at z0
+    want = np.exp(z0[0] ** 2 + z0[1] + (post.draws - z0) @ slope)
+    assert np.allclose(lin["hr"], want, rtol=1e-10) and lin["status"].shape == (2000,)
+    with pytest.raises(ValueError, match="link must be one of"):
+        draw_values(logistic, post.draws[:3], linearise_at=z0, link="probit")
 
 
 def test_unknown_method_refused():

@@ -284,3 +284,82 @@ def test_trial_model_space_is_the_parameter_space_of_its_z(neosphere):
     jac = jax.jacfwd(space.natural)(z)
     _, logdet = np.linalg.slogdet(np.asarray(jac))
     np.testing.assert_allclose(space.log_jacobian(z), logdet, rtol=1e-10)
+
+
+def test_her2_potency_is_relative_to_labelled_exposure(regimens, tmp_path):
+    """Each HER2 blocker's concentration is scaled so that its labelled-dose average
+    steady-state exposure equals trastuzumab's: the closed form dose / (CL tau) from the
+    catalogue PK (trastuzumab: CL 0.225 L/day, 6 mg/kg x 70 kg q21d; lapatinib: V/F
+    2200 L, t1/2 1 d, 1250 mg daily; pertuzumab: CL 0.235 L/day, 420 mg q21d)."""
+    from fitcsc._trials import HER2_REFERENCE_DOSE, reference_her2_scale
+
+    c_trast = 6.0 * 70.0 / (0.225 * 21.0)
+    c_lap = 1250.0 / (2200.0 * np.log(2.0) / 1.0 * 1.0)
+    c_pert = 420.0 / (0.235 * 21.0)
+    model = fitcsc.ModelConfig(crowding="none", drugs=("docetaxel", "trastuzumab",
+                                                       "lapatinib", "pertuzumab"),
+                               species="human")
+    np.testing.assert_allclose(reference_her2_scale(model),
+                               [1.0, 1.0, c_trast / c_lap, c_trast / c_pert], rtol=1e-9)
+    assert set(HER2_REFERENCE_DOSE) >= {"trastuzumab", "pertuzumab", "lapatinib",
+                                        "neratinib", "trastuzumab_emtansine"}
+    # a blocker without a labelled dose is refused, not given trastuzumab's exposure
+    with pytest.raises(ValueError, match="HER2_REFERENCE_DOSE"):
+        reference_her2_scale(fitcsc.ModelConfig(crowding="none", drugs=("ljm716",),
+                                                species="human"))
+    # the model uses it: lapatinib alone blocks as much as its scaled concentration says
+    arm = Arm("NEOALTTO-L", regimens["NEOALTTO-L"])
+    names = ("log_kill_scale", "log_her2_potency#lapatinib")
+    tm = TrialModel.build([arm], names)
+    legacy = TrialModel.build([arm], names, her2_scale={"lapatinib": 1.0})
+    j = tm.model.drugs.index("lapatinib")
+    assert np.isclose(float(tm.her2_scale[j]), c_trast / c_lap, rtol=1e-9)
+    b_new = float(jnp.mean(tm.blockade(tm.z0())[0]))
+    b_old = float(jnp.mean(legacy.blockade(legacy.z0())[0]))
+    assert b_old < 0.15 < 0.5 < b_new  # inert at one shared EC50; active at its label
+    # saved with the fit; a fit saved before the scale existed reloads with 1
+    fit = fitcsc.trials.TrialFit(names=names, z=np.asarray(tm.z0()), cov=np.eye(2),
+                                 loss=0.0, status=fitcsc.FitStatus.CONVERGED, n_steps=1,
+                                 start_losses=np.zeros(1))
+    save_fit(tmp_path / "fit.json", tm, fit)
+    doc = load_fit(tmp_path)
+    assert np.isclose(doc["her2_scale"]["lapatinib"], c_trast / c_lap, rtol=1e-9)
+    assert np.allclose(model_from_fit(doc, [arm]).her2_scale, tm.her2_scale)
+    del doc["her2_scale"]
+    assert np.allclose(model_from_fit(doc, [arm]).her2_scale, 1.0)
+
+
+def test_trial_sd_by_marginal_likelihood_matches_quadrature(neosphere):
+    """`fit_trial_sd`'s Laplace log marginal likelihood against the exact one, by
+    quadrature over the one free parameter (NeoSphere's trial effect, the rest fixed at
+    their defaults): the differences between grid values agree, and the chosen sd is
+    the exact argmax."""
+    from scipy import integrate as si
+
+    from fitcsc._trial_fit import fit_trial_sd
+
+    arms, obs = neosphere
+    tm = TrialModel.build(arms, ("trial_effect#NeoSphere",), n_nodes=9)
+    data = TrialData(pcr=obs)
+    grid = (0.125, 0.5, 2.0)
+    obj = Objective(tm, data, trial_sd=2.0)
+    fit = fit_trials(obj, n_starts=1)
+    best, best_obj, rows = fit_trial_sd(obj, fit, grid=grid)
+    assert [r["trial_sd"] for r in rows] == list(grid)
+
+    def exact(sd):  # log of int exp(-0.5 |r(t)|^2) dt / sd (the prior's normaliser)
+        o = Objective(tm, data, trial_sd=sd)
+        t0 = float(fit_trials(o, n_starts=1).z[0])
+        f = jax.jit(lambda t: 0.5 * jnp.sum(o(jnp.atleast_1d(t)) ** 2))
+        m = float(f(t0))
+        val, _ = si.quad(lambda t: np.exp(m - float(f(t))), t0 - 8.0 * sd, t0 + 8.0 * sd,
+                         points=[t0], limit=200)
+        return -m + np.log(val) - np.log(sd)
+
+    ex = np.array([exact(sd) for sd in grid])
+    lap = np.array([r["log_evidence"] for r in rows])
+    # the same up to the constant 0.5 log(2 pi) of the Laplace form, to Laplace's error
+    # (a wrong K log sd or log det term would be off by >= log 4 = 1.4)
+    np.testing.assert_allclose(lap - lap[0], ex - ex[0], atol=0.25)  # measured 0.085
+    assert best_obj.trial_sd == grid[int(np.argmax(ex))]
+    assert np.isclose(best.loss, rows[int(np.argmax(lap))]["loss"])
