@@ -423,3 +423,23 @@ def test_out_that_is_a_file_refused_before_the_job(tmp_path, capsys, monkeypatch
             assert err == (f"fitcsc: error: --out: {a_file} is a file, not a folder; "
                            f"expected a new or existing folder, got '{out}'\n")
     assert a_file.read_text() == "not a folder\n"
+
+
+def test_every_command_help_has_an_example_and_no_escaped_percent(capsys):
+    """Issue 15: ``--help`` on each command with an example of that command, and help
+    text formatted by argparse (``predict --help`` printed "95%%")."""
+    from fitcsc.cli import build_parser
+
+    parser = build_parser()
+    commands = [[n] for n in parser._subparsers._group_actions[0].choices]
+    data = parser._subparsers._group_actions[0].choices["data"]
+    commands += [["data", n] for n in data._subparsers._group_actions[0].choices]
+    assert {"data", "run", "simulate", "fit", "sample", "predict", "report"} <= {
+        c[0] for c in commands} and ["data", "validate"] in commands
+    for cmd in commands:
+        code, out, err = run(capsys, *cmd, "--help")
+        text = " ".join(out.split())
+        assert code == 0 and err == "", cmd
+        assert "example" in text.lower(), cmd
+        assert f"fitcsc {' '.join(cmd)} " in text.split("xample", 1)[1], cmd
+        assert "%%" not in out and "%(" not in out, cmd
