@@ -56,6 +56,7 @@ NONMEM_KEY_COLUMNS = ("ID", "TIME", "DV", "EVID")
 DATA_DIR_ENV = "FITCSC_DATA_DIR"
 
 _SHOWN = 3  # duplicates, subjects, ... listed in one message
+_NAMED = 50  # subjects with duplicates named in one message
 _DAY = DAY_EXPECTED
 _VOLUME = "a finite volume >= 0 in mm3 (0 = below detection)"
 _HORIZON = HORIZON_EXPECTED
@@ -250,7 +251,12 @@ def _resolve_duplicates(path, records, twins, error, col, how):
                 f": {vols} mm3)")
 
     shown = "; ".join(pair(key, ks) for key, ks in twins[:_SHOWN])
-    more = f"; and {len(twins) - _SHOWN} more" if len(twins) > _SHOWN else ""
+    more = ""
+    if len(twins) > _SHOWN:  # the pairs not shown: every subject they concern, named
+        named = ", ".join(map(repr, subjects[:_NAMED]))
+        rest = f" and {len(subjects) - _NAMED} more" if len(subjects) > _NAMED else ""
+        more = (f"; and {len(twins) - _SHOWN} more (subjects with duplicates: "
+                f"{named}{rest})")
     what = (f"{len(twins)} (subject, day) pairs measured more than once ({n_rows} rows, "
             f"{len(subjects)} subject{'s' * (len(subjects) > 1)}): {shown}{more}")
     if how == "refuse":

@@ -88,9 +88,13 @@ def _status_text(code) -> str:
 
 
 def arm_colours(arms):
+    """A colour per arm, in order of appearance: tab10 up to 10 arms, tab20 up to 20 (so
+    no two arms of a legend share a colour), tab20 repeated beyond."""
     plt = pyplot()
-    cmap = plt.get_cmap("tab10")
-    return {a: cmap(i % 10) for i, a in enumerate(dict.fromkeys(arms))}
+    names = list(dict.fromkeys(arms))
+    n = 10 if len(names) <= 10 else 20
+    cmap = plt.get_cmap(f"tab{n}")
+    return {a: cmap(i % n) for i, a in enumerate(names)}
 
 
 def plot_subject_fits(result, batch, grid_day, grid_volume_mm3, path, *, csc_fraction=None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pathlib
 import sys
 import traceback
 import warnings
@@ -449,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(args) -> None:
+    """Refuse an ``--out`` that cannot be a folder (it, or a folder above it, is a file)
+    before the job runs, not when it writes its first file after minutes of fitting."""
+    if getattr(args, "out", None) is None:
+        return
+    out = pathlib.Path(args.out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise FitcscInputError(f"--out: {path} is a file, not a folder",
+                                       expected="a new or existing folder", value=str(args.out))
+            return
+
+
 @contextlib.contextmanager
 def _collect_warnings():
     """Collect fitcsc's `DataWarning` s (every one, not once per place) into the yielded
@@ -494,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     with _collect_warnings() as notes:
         try:
+            _check_out(args)
             with runtime(args):  # --device, --x64: before the job makes any array
                 if args.drug_catalogue:
                     from ._drug_catalogue import load_drug_catalogue

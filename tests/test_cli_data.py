@@ -396,3 +396,50 @@ def test_fit_exit_code_1_when_no_subject_is_fitted(tmp_path, capsys, monkeypatch
     assert code == 1 and out.startswith("fitcsc fit: 3 subjects fitted with exponential (3 "
                                         "error)")
     assert "FloatingPointError fitting" in err and "Traceback" not in err
+
+
+def test_out_that_is_a_file_refused_before_the_job(tmp_path, capsys, monkeypatch):
+    """``--out FILE`` (or ``FILE/sub``) of every command that writes a folder is bad input
+    (exit 2, one line), refused before the job runs: `fitcsc run` used to fit for minutes
+    and then fail with exit 1 when it wrote its first file."""
+    from fitcsc._config import _command_actions
+    from fitcsc.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    names = [n for n in parser._subparsers._group_actions[0].choices
+             if "out" in _command_actions(parser, n)]
+    assert {"run", "simulate", "fit", "sample", "predict"} <= set(names)
+    a_file = write(tmp_path, "not a folder\n", "taken")
+    for name in names:
+        actions = _command_actions(parser, name)
+        # the other required options get a value the job itself would refuse (no file
+        # x): only the --out check comes before it
+        required = [a for d, act in actions.items() if act.required and d != "out"
+                    for a in (act.option_strings[0], "x")]
+        for out in (a_file, a_file / "sub"):
+            code, stdout, err = run(capsys, name, *required, "--out", str(out))
+            assert code == 2 and stdout == "" and err.count("\n") == 1, (name, err)
+            assert err == (f"fitcsc: error: --out: {a_file} is a file, not a folder; "
+                           f"expected a new or existing folder, got '{out}'\n")
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_every_command_help_has_an_example_and_no_escaped_percent(capsys):
+    """Issue 15: ``--help`` on each command with an example of that command, and help
+    text formatted by argparse (``predict --help`` printed "95%%")."""
+    from fitcsc.cli import build_parser
+
+    parser = build_parser()
+    commands = [[n] for n in parser._subparsers._group_actions[0].choices]
+    data = parser._subparsers._group_actions[0].choices["data"]
+    commands += [["data", n] for n in data._subparsers._group_actions[0].choices]
+    assert {"data", "run", "simulate", "fit", "sample", "predict", "report"} <= {
+        c[0] for c in commands} and ["data", "validate"] in commands
+    for cmd in commands:
+        code, out, err = run(capsys, *cmd, "--help")
+        text = " ".join(out.split())
+        assert code == 0 and err == "", cmd
+        assert "example" in text.lower(), cmd
+        assert f"fitcsc {' '.join(cmd)} " in text.split("xample", 1)[1], cmd
+        assert "%%" not in out and "%(" not in out, cmd

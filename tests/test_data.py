@@ -262,9 +262,22 @@ def test_duplicates_refused_in_one_line_with_count_first_few_and_option(tmp_path
     assert ("duplicate measurements: 4 (subject, day) pairs measured more than once (9 rows, "
             "4 subjects): subject 'm1' on day 3 (lines 6 and 17: 121, 180 mm3); subject 'm2' "
             "on day 0 (lines 8 and 18: 102, 102 mm3); subject 'm3' on day 7 (lines 13, 19 "
-            "and 20: 153, 90, 30 mm3); and 1 more") in msg
+            "and 20: 153, 90, 30 mm3); and 1 more (subjects with duplicates: 'm1', 'm2', "
+            "'m3', 'm4')") in msg
     assert "--duplicates mean|first|drop-subject" in msg
     check(err, msg, line=17, column="day", value=3.0)
+
+
+def test_duplicates_refusal_names_every_subject_up_to_50(tmp_path):
+    """Issue 15: a public file with twins in many mice; the one line shows the first
+    pairs and names every subject that has one (the first 50 of more)."""
+    text = HEADER + "".join(f"S,ctrl,m{m:02d},{d},{100 + d},20\nS,ctrl,m{m:02d},3,90,20\n"
+                            for m in range(60) for d in (0, 3, 7))
+    err, msg = refusal(read_tidy_csv, write(tmp_path, text))
+    assert "duplicate measurements: 60 (subject, day) pairs measured more than once" in msg
+    named = ", ".join(f"'m{m:02d}'" for m in range(50))
+    assert f"; and 57 more (subjects with duplicates: {named} and 10 more);" in msg
+    assert "'m50'" not in msg and len(msg.splitlines()) == 1
 
 
 @pytest.mark.parametrize("how,subjects,m3_day7,words", [

@@ -121,3 +121,17 @@ def test_axes_are_clipped_to_the_data(fitted, tmp_path, monkeypatch):
     for k, (_, ylim_k, _) in enumerate(seen[1][:batch.n_subjects]):
         v = np.asarray(batch.volume_mm3)[k][mask[k]]
         np.testing.assert_allclose(ylim_k, [v.min() / 3, v.max() * 3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_arms", [3, 10, 12, 20])
+def test_arm_colours_distinct_up_to_20_arms(n_arms):
+    """Colour by arm: the legend of the observed-vs-predicted plot lists up to 12 arms, so
+    two arms never share a colour up to 20 (PDXE files have 12 treated arms and more)."""
+    from fitcsc._plot import arm_colours
+
+    arms = [f"arm{i}" for i in range(n_arms) for _ in range(2)]  # repeated, in order
+    colours = arm_colours(arms)
+    assert list(colours) == [f"arm{i}" for i in range(n_arms)]
+    assert len(set(colours.values())) == n_arms
+    more = arm_colours([f"arm{i}" for i in range(25)])
+    assert len(set(more.values())) == 20  # beyond 20 the colours repeat
