@@ -7,10 +7,12 @@ the same size is formed by each posterior method, then checked against a fresh c
 drawn from the true rates (paired: the same counts, fit and fresh counts for every
 method):
 
-- ``psis``: PSIS-reweighted Laplace draws of ``z`` (`fitcsc.trials.posterior_draws`'s
-  default, what ``fitcsc predict`` uses), pushed through the model;
+- ``psis``: PSIS-reweighted Laplace draws of ``z`` (`fitcsc.trials.posterior_draws`),
+  pushed through the model;
 - ``laplace``: the Laplace draws of ``z`` with equal weights, pushed through the model;
-- ``linear``: the delta method: the arms' logit rates normal around the MAP's, with the
+- ``linear`` (the package's default): the delta method: Laplace draws of ``z`` with
+  every arm's logit rate linearised at the MAP (`fitcsc.trials.draw_values` with
+  ``linearise_at``), so the logit rates are normal around the MAP's with the
   Gauss-Newton covariance carried by their Jacobian (the Laplace posterior of the model
   linearised at the MAP, for which that covariance is exact).
 
@@ -35,7 +37,6 @@ import pathlib
 import sys
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +51,7 @@ from fitcsc.trials import (
     TrialModel,
     draw_values,
     fit_trials,
+    linearise_at,
     pcr_observations,
     posterior_draws,
 )
@@ -121,18 +123,13 @@ def replicate(tm, obs, z_true, p_true, rng, key, draws: int, *, methods=("psis",
     fit = fit_trials(objective, n_starts=1, max_steps=100, start=z_true)
     row = {"converged": fit.converged, "counts": counts.tolist(), "fresh": fresh.tolist()}
     for method in methods:
-        if method == "linear":  # the delta method: Laplace on the arms' logit rates
-            z_hat = jnp.asarray(fit.z)
-            G = np.asarray(_logit_rates_jacobian(z_hat, tm))
-            mean = np.asarray(logit_rates(z_hat, tm))
-            eta = rng.multivariate_normal(mean, G @ fit.cov @ G.T, size=draws,
-                                          method="eigh")
-            rates, k_hat, ess = 1.0 / (1.0 + np.exp(-eta)), float("nan"), float(draws)
-        else:
-            post = posterior_draws(objective, fit, draws, key, method=method)
-            idx = rng.choice(len(post.weights), size=len(post.weights), p=post.weights)
-            rates = draw_values(arm_rates, post.draws[idx], batch=100, args=tm)
-            k_hat, ess = post.k_hat, float(1.0 / np.sum(post.weights ** 2))
+        post = posterior_draws(objective, fit, draws, key, method=method)
+        idx = rng.choice(len(post.weights), size=len(post.weights), p=post.weights)
+        # "linear": the package's delta method, every rate linearised at the MAP on the
+        # logit scale (`draw_values`' ``linearise_at``); the others: each draw evaluated
+        rates = draw_values(arm_rates, post.draws[idx], batch=100, args=tm,
+                            linearise_at=linearise_at(method, fit.z))
+        k_hat, ess = post.k_hat, float(1.0 / np.sum(post.weights ** 2))
         pred = rng.binomial(n[None, :], np.clip(rates, 0, 1))  # a new trial of each arm
         u = randomized_pit(pred, fresh, rng)
         one = {"k_hat": k_hat if np.isfinite(k_hat) else None, "ess": ess, "pit": u.tolist()}
@@ -158,14 +155,6 @@ def randomized_pit(pred, fresh, rng):
     below = np.mean(pred < fresh[None, :], axis=0)
     at_or_below = np.mean(pred <= fresh[None, :], axis=0)
     return below + rng.uniform(size=fresh.shape) * (at_or_below - below)
-
-
-def logit_rates(z, tm):
-    r = tm.pcr_rates(z)[0]
-    return jnp.log(r) - jnp.log1p(-r)
-
-
-_logit_rates_jacobian = eqx.filter_jit(jax.jacfwd(logit_rates))
 
 
 def run(replicates: int, draws: int, seed: int, log, *, methods=METHODS) -> dict:

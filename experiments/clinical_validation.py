@@ -52,15 +52,15 @@ import numpy as np
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
+    HYPERS,
     METHODS,
     STRUCTURES,
-    TRIAL_SD_GRID,
     Objective,
     TrialData,
     TrialModel,
     adjuvant_observations,
     draw_values,
-    fit_trial_sd,
+    fit_prior_sds,
     fit_trials,
     linearise_at,
     pcr_observations,
@@ -127,14 +127,13 @@ def fit_fold(arms, obs, train, structure, args, extra=None):
                           **STRUCTURES[structure])
     data = TrialData(pcr=[o for o in obs if trial_family(o.trial) in train],
                      **(extra or {}))
-    auto = args.trial_sd == "auto"
-    objective = Objective(tm, data, trial_sd=max(TRIAL_SD_GRID) if auto else
-                          float(args.trial_sd), her2_drug_sd=args.her2_drug_sd)
+    objective = Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
     fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
-    if auto and any(n.startswith("trial_effect#") for n in tm.names):
-        # the between-trial sd by type-II maximum likelihood on the fold's own trials
-        fit, objective, evidence = fit_trial_sd(objective, fit, max_steps=args.steps)
-        fit.hyper["trial_sd_evidence"] = evidence
+    if args.hyper == "auto":
+        # the prior sds by type-II maximum likelihood on the fold's own trials
+        fit, objective, evidence = fit_prior_sds(objective, fit, which=HYPERS,
+                                                 max_steps=args.steps)
+        fit.hyper["evidence"] = evidence
     return tm, objective, fit
 
 
@@ -174,11 +173,13 @@ def pcr_folds(arms, obs, structure, args, log):
                 "pit": _pit(counts, o.count, k2),
                 "drugs_prior_only": " ".join(prior_only),
                 "fit_loss": fit.loss, "fit_converged": fit.converged,
-                "trial_sd": objective.trial_sd,
+                "trial_sd": objective.trial_sd, "her2_drug_sd": objective.her2_drug_sd,
+                "chemo_drug_sd": objective.chemo_drug_sd,
                 "psis_k_hat": post.k_hat, **mcmc_columns(post),
             })
-        log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, trial_sd "
-            f"{objective.trial_sd:g} {fit.hyper.get('trial_sd_evidence', '')}, "
+        log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, sds "
+            f"trial {objective.trial_sd:.3g} her2 {objective.her2_drug_sd:.3g} chemo "
+            f"{objective.chemo_drug_sd:.3g}, "
             + ", ".join(f"{r['arm']} {r['observed_pct']:.1f} in "
                         f"[{r['pred_lo_pct']:.1f}, {r['pred_hi_pct']:.1f}]"
                         for r in rows if r["held_out"] == held))
@@ -223,6 +224,8 @@ def hr_folds(arms, obs, adj, structure, args, log):
                      "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
                      "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
                      "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
+                     "her2_drug_sd": objective.her2_drug_sd,
+                     "chemo_drug_sd": objective.chemo_drug_sd,
                      "psis_k_hat": post.k_hat, **mcmc_columns(post)})
         log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
             f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
@@ -290,6 +293,7 @@ def main(args) -> dict:
         "settings": {"posterior": args.posterior, "starts": args.starts, "steps": args.steps,
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
+                     "hyper": args.hyper,
                      "seed": args.seed}
         | ({"chains": args.chains, "warmup": args.warmup}
            if args.posterior in ("nuts", "chees") else {}),
@@ -466,10 +470,14 @@ def parse_args(argv=None):
                    help="HER2-dependence nodes (structures with continuous dependence)")
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--trial-sd", default="auto",
-                   help="between-trial sd of log burden (prior of trial_effect#trial): a "
-                   "number, or auto (the default: per fold, the largest Laplace marginal "
-                   "likelihood over fitcsc.trials.TRIAL_SD_GRID)")
+    p.add_argument("--trial-sd", type=float, default=1.0,
+                   help="between-trial sd of log burden (prior of trial_effect#trial; "
+                   "--hyper auto: the starting value)")
+    p.add_argument("--hyper", default="fixed", choices=("auto", "fixed"),
+                   help="the prior sds (trial, HER2 and chemotherapy drug spreads): fixed "
+                   "at --trial-sd, --her2-drug-sd and 0.5 (the default), or auto (per "
+                   "fold, the largest Laplace marginal likelihood, "
+                   "fitcsc.trials.fit_prior_sds)")
     p.add_argument("--her2-drug-sd", type=float, default=1.0,
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")

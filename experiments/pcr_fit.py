@@ -41,6 +41,7 @@ import pathlib
 import sys
 
 from fitcsc.trials import (
+    DEFAULT_HYPER,
     DEFAULT_STRUCTURE,
     DEFAULT_TRIAL_SD,
     QUICK_TRIALS,  # noqa: F401  (used by adjuvant_fit.py through this module)
@@ -62,7 +63,7 @@ def main(args) -> dict:
     out = pathlib.Path(args.out)
     summary = clinical_fit_job(out, quick=args.quick, starts=args.starts, steps=args.steps,
                                nodes=args.nodes, her2_nodes=args.her2_nodes,
-                               structure=args.structure, trial_sd=args.trial_sd,
+                               structure=args.structure, trial_sd=args.trial_sd, hyper=args.hyper,
                                her2_drug_sd=args.her2_drug_sd, draws=args.draws,
                                seed=args.seed)
     (out / "report.md").replace(out / "RESULT.md")
@@ -81,10 +82,12 @@ def parse_args(argv=None):
     p.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
                    help=f"model structure (default {DEFAULT_STRUCTURE}, chosen out of sample "
                    "by experiments/clinical_validation.py)")
-    p.add_argument("--trial-sd", default=DEFAULT_TRIAL_SD,
-                   help="between-trial sd of log burden (prior of the trial effects): a "
-                   "number, or auto (the default: the largest Laplace marginal likelihood "
-                   "over fitcsc.trials.TRIAL_SD_GRID)")
+    p.add_argument("--trial-sd", type=float, default=DEFAULT_TRIAL_SD,
+                   help="between-trial sd of log burden (prior of the trial effects; with "
+                   "--hyper auto: the starting value)")
+    p.add_argument("--hyper", default=DEFAULT_HYPER, choices=("auto", "fixed"),
+                   help="the prior sds: fixed at the values given (the default) or auto "
+                   "(largest Laplace marginal likelihood, fitcsc.trials.fit_prior_sds)")
     p.add_argument("--her2-drug-sd", type=float, default=1.0,
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--draws", type=int, default=2000, help="posterior draws")

@@ -186,10 +186,12 @@ def _run_lines(d, s) -> list[str]:
         SECTIONS[1], "",
         f"Structure `{m['structure']}` ({opts}); {m['n_parameters']} parameters; quadrature "
         f"{m['responsiveness_nodes']} responsiveness x {m['her2_nodes']} HER2 nodes; "
-        f"between-trial sd of log burden {m['trial_sd']:g} "
-        f"({m.get('trial_sd_choice', 'given')}); sd of a HER2 blocker's log "
-        f"potency {m['her2_drug_sd']:g}. MAP: {o['method']}, at most {o['max_steps']} "
-        f"steps. Posterior: {p['method']} ({p['n_draws']} draws). Seed {s['seed']}; "
+        f"between-trial sd of log burden {m['trial_sd']:g}; sd of a HER2 blocker's log "
+        f"potency {m['her2_drug_sd']:g}"
+        + (f", of a chemotherapy drug's {m['chemo_drug_sd']:g}" if "chemo_drug_sd" in m
+           else "") + f" ({m.get('hyper_choice', 'given')}). MAP: {o['method']}, at "
+        f"most {o['max_steps']} steps. Posterior: {p['method']} ({p['n_draws']} draws). "
+        f"Seed {s['seed']}; "
         f"{s['device']}, {s['precision']}.", "",
         SECTIONS[2], "",
         f"Negative log posterior {s['neg_log_posterior']:.3f}; {o['lm_steps']} LM "

@@ -230,11 +230,17 @@ def _deviance_residual(rate, k, n):
 
 
 def _two_margin_residual(p_a, p_b, p_ab, k_a, k_b, n):
-    """Deviance-like residual of two margins of one 2 x 2 table: ``k_a`` patients with
-    event A, ``k_b`` with event B, out of ``n``, when A and B are not nested (ypT0 and
-    ypT0/is ypN0). The log-likelihood sums the multinomial over the unseen count of
-    patients with both; ``0.5 r^2 = -loglik + const`` (the constant is the saturated
-    binomial log-likelihood of ``k_a``, an upper bound). Rows with ``n == 0`` give 0."""
+    """Two residuals for two margins of one 2 x 2 table: ``k_a`` patients with event A,
+    ``k_b`` with event B, out of ``n``, when A and B are not nested (ypT0 and ypT0/is
+    ypN0). The log-likelihood sums the multinomial over the unseen count of patients
+    with both, and splits exactly as ``log P(k_a) + log P(k_b | k_a)``: the first
+    residual is margin A's signed binomial deviance residual (`_deviance_residual`), the
+    second ``sqrt(-2 log P(k_b | k_a))``, so ``0.5 |r|^2 = -loglik + const``. One
+    unsigned residual ``sqrt(deviance)`` (before) had a zero derivative where it fitted
+    both counts exactly, so its Gauss-Newton information, and the Laplace posterior of
+    the parameters only these counts inform (GeparQuattro's trial effect and
+    ``logit_no_dcis``), fell back to their priors. Rows with ``n == 0`` give 0.
+    **Returns:** ``(2 * n_obs,)``: the first residuals, then the second."""
     from jax.scipy.special import gammaln
 
     live = n > 0
@@ -248,9 +254,12 @@ def _two_margin_residual(p_a, p_b, p_ab, k_a, k_b, n):
     terms = (gammaln(n_ + 1) - jnp.sum(gammaln(cnt + 1), axis=0)
              + jnp.sum(cnt * logp[:, None, :], axis=0))
     ll = jax.scipy.special.logsumexp(jnp.where(ok, terms, -jnp.inf), axis=0)
-    sat = binomial_log_likelihood(jnp.clip(ka / n_, 1e-12, 1 - 1e-12), ka, n_)
-    dev = jnp.maximum(2.0 * (sat - ll), 1e-12)
-    return jnp.where(live, jnp.sqrt(dev), 0.0)
+    # margin A alone: log Binomial(k_a | n, p_a), with its coefficient
+    ll_a = (gammaln(n_ + 1) - gammaln(ka + 1) - gammaln(n_ - ka + 1)
+            + binomial_log_likelihood(jnp.clip(p_a, 1e-12, 1 - 1e-12), ka, n_))
+    cond = jnp.sqrt(jnp.maximum(-2.0 * (ll - ll_a), 1e-12))  # -log P(k_b | k_a) > 0
+    first = _deviance_residual(p_a, k_a, jnp.where(live, n, 0.0))
+    return jnp.concatenate([first, jnp.where(live, cond, 0.0)])
 
 
 # parameters that enter `TrialModel.residuals` (the expensive part of the objective);
@@ -319,6 +328,21 @@ class Objective:
         return self.core.jacobian(z)
 
 
+def prior_group(name: str, names) -> tuple[str, int]:
+    """The prior of parameter ``name`` among ``names``: its scale (`Objective`'s
+    ``chemo_drug_sd``, ``her2_drug_sd``, ``trial_sd`` or ``prior_sd``) and its centre
+    (an index into ``names``: a drug's potency around the class mean; -1: 0; -2: the
+    model's default ``z0``)."""
+    base = name.split("#")[0]
+    if base == "log_chemo_potency" and "#" in name:
+        return "chemo_drug_sd", -1
+    if base == "log_her2_potency" and "#" in name and "log_her2_potency" in names:
+        return "her2_drug_sd", list(names).index("log_her2_potency")
+    if base == "trial_effect":
+        return "trial_sd", -1
+    return "prior_sd", -2
+
+
 class ObjectiveCore(eqx.Module):
     """The model and data of an `Objective` as one pytree: arrays (traced, so new
     values, e.g. another data set's counts, never recompile) and the data's structure
@@ -372,16 +396,11 @@ class ObjectiveCore(eqx.Module):
         if any(o.n >= N_MAX_BOTH for o, m in zip(data.pcr, margins, strict=True) if m):
             raise ValueError(f"Objective: two-margin counts need n < {N_MAX_BOTH}")
         centre, sd = [], []
+        scales = {"prior_sd": prior_sd, "chemo_drug_sd": chemo_drug_sd,
+                  "her2_drug_sd": her2_drug_sd, "trial_sd": trial_sd}
         for name in tm.names:
-            base = name.split("#")[0]
-            if base == "log_chemo_potency" and "#" in name:
-                centre.append(-1), sd.append(chemo_drug_sd)
-            elif base == "log_her2_potency" and "#" in name and "log_her2_potency" in tm.names:
-                centre.append(tm.names.index("log_her2_potency")), sd.append(her2_drug_sd)
-            elif base == "trial_effect":
-                centre.append(-1), sd.append(trial_sd)
-            else:
-                centre.append(-2), sd.append(prior_sd)
+            group, c = prior_group(name, tm.names)
+            centre.append(c), sd.append(scales[group])
         if data.hr_pcr and (data.landmarks or data.hrs):
             raise ValueError("Objective: hormone-receptor subgroups are fitted with pCR data "
                              "only (DFS has no HR covariate yet)")
@@ -603,33 +622,52 @@ PREDICTION_LINKS = {  # name: (to the linear scale, back)
 
 def _linearised(fn, zs, z0, link, args):
     """`draw_values` by the delta method (see there)."""
-    call = (lambda z: fn(z)) if args is None else (lambda z: fn(z, args))
-    out0 = jax.jit(call)(jnp.asarray(z0))
-    is_dict = isinstance(out0, dict)
-    links = (link if isinstance(link, dict) else dict.fromkeys(out0, link)) if is_dict \
-        else {"": link}
-    outs = out0 if is_dict else {"": out0}
-    for k, v in links.items():
+    if isinstance(link, dict):
+        spec = tuple(sorted(link.items()))
+    else:
+        spec = link
+    for v in (dict(spec).values() if isinstance(spec, tuple) else (spec,)):
         if v not in PREDICTION_LINKS and v != "map":
             raise ValueError(f"draw_values: link must be one of "
-                             f"{sorted(PREDICTION_LINKS)} or 'map', got {v!r} for {k!r}")
-    lin = [k for k in outs if links[k] != "map"]
-
-    def eta(z):
-        o = call(z)
-        o = o if is_dict else {"": o}
-        return {k: PREDICTION_LINKS[links[k]][0](o[k]) for k in lin}
-
-    e0, jac = jax.jit(lambda z: (eta(z), jax.jacfwd(eta)(z)))(jnp.asarray(z0))
+                             f"{sorted(PREDICTION_LINKS)} or 'map', got {v!r}")
+    if args is None:
+        out0, e0, jac = _linearisation(lambda z, _: fn(z), spec)(jnp.asarray(z0), None)
+    else:  # kept per fn: a later call with args of the same shapes compiles nothing
+        out0, e0, jac = _cached_linearisation(fn, spec)(jnp.asarray(z0), args)
     dz = jnp.asarray(zs - z0[None, :])
     res = {}
-    for k in outs:
-        if k in lin:
+    outs = out0 if isinstance(out0, dict) else {"": out0}
+    links = dict(spec) if isinstance(spec, tuple) else dict.fromkeys(outs, spec)
+    for k, v in outs.items():
+        if k in e0:
             e = e0[k][None] + jnp.tensordot(dz, jac[k], axes=([1], [jac[k].ndim - 1]))
             res[k] = np.asarray(PREDICTION_LINKS[links[k]][1](e))
         else:
-            res[k] = np.repeat(np.asarray(outs[k])[None], zs.shape[0], axis=0)
-    return res if is_dict else res[""]
+            res[k] = np.repeat(np.asarray(v)[None], zs.shape[0], axis=0)
+    return res if isinstance(out0, dict) else res[""]
+
+
+def _linearisation(fn, spec):
+    """``(z0, args) -> (fn's output, its linearised leaves on the link scale, their
+    Jacobians)``, jitted (args filtered: arrays traced)."""
+    def one(z, args):
+        out = fn(z, args)
+        outs = out if isinstance(out, dict) else {"": out}
+        links = dict(spec) if isinstance(spec, tuple) else dict.fromkeys(outs, spec)
+        return out, {k: PREDICTION_LINKS[links[k]][0](v) for k, v in outs.items()
+                     if links[k] != "map"}
+
+    def program(z, args):
+        out, eta = one(z, args)
+        jac = jax.jacfwd(lambda zz: one(zz, args)[1])(z)
+        return out, eta, jac
+
+    return eqx.filter_jit(program)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_linearisation(fn, spec):
+    return _linearisation(fn, spec)
 
 
 @functools.lru_cache(maxsize=64)
@@ -705,42 +743,94 @@ def fit_trials(objective: Objective, *, n_starts: int = 4, spread: float = 1.5,
 STALL_RTOL = 1e-6  # fit_trials' stall test: relative (and absolute) loss decrease
 
 
-TRIAL_SD_GRID = (0.25, 0.5, 1.0)
+HYPER_SD_GRID = tuple(float(v) for v in np.exp(np.linspace(np.log(0.05), np.log(2.0), 21)))
+HYPERS = ("trial_sd", "her2_drug_sd", "chemo_drug_sd")
 
 
-def fit_trial_sd(objective: Objective, fit: TrialFit, *, grid=TRIAL_SD_GRID,
-                 max_steps: int = 150) -> tuple[TrialFit, Objective, list[dict]]:
-    """The between-trial sd of log burden by type-II maximum likelihood over ``grid``:
-    for each value, the MAP (``fit`` itself for the objective's own ``trial_sd``, else
-    one start from ``fit.z``) and its Laplace log marginal likelihood
-    ``-loss + 0.5 log det(cov) - K log sd`` (``K`` trial effects, each ``N(0, sd)``: the
-    normalising constant their residuals ``t / sd`` leave out; the other priors'
-    constants do not depend on ``sd``). A joint mode over the effects and ``sd`` would
-    collapse ``sd`` to 0; the marginal likelihood integrates the effects out. Every
-    refit starts from ``fit.z``, not from its neighbour's optimum, so one basin is
-    compared across the grid. The objective's structure is kept (its ``prior_scale``
-    is traced), so the refits compile nothing new.
-    **Returns:** ``(best fit, its objective, rows)``: one row per grid value with
-    ``trial_sd``, ``log_evidence``, ``loss`` and ``converged``."""
-    k = sum(n.startswith("trial_effect#") for n in objective.tm.names)
-    if k == 0:
-        raise ValueError("fit_trial_sd: the model has no trial effects (trial_effect#...)")
-    rows, best = [], None
-    for sd in sorted(float(v) for v in grid):
-        if math.isclose(sd, objective.trial_sd):
-            obj, f = objective, fit
-        else:
-            obj = Objective(objective.tm, objective.data, prior_sd=objective.prior_sd,
-                            chemo_drug_sd=objective.chemo_drug_sd,
-                            her2_drug_sd=objective.her2_drug_sd, trial_sd=sd)
-            f = fit_trials(obj, n_starts=1, max_steps=max_steps, start=fit.z)
-        sign, logdet_cov = np.linalg.slogdet(np.asarray(f.cov))
-        ev = (-f.loss + 0.5 * logdet_cov - k * math.log(sd)) if sign > 0 else -math.inf
-        rows.append({"trial_sd": sd, "log_evidence": float(ev), "loss": f.loss,
-                     "converged": f.converged})
-        if best is None or ev > best[0]:
-            best = (ev, f, obj)
-    return best[1], best[2], rows
+def fit_prior_sds(objective: Objective, fit: TrialFit, *, which=("trial_sd",),
+                  grid=HYPER_SD_GRID, max_steps: int = 150
+                  ) -> tuple[TrialFit, Objective, dict]:
+    """Hierarchical prior sds (``which``, any of `HYPERS`: the between-trial sd of log
+    burden, the sd of a HER2 blocker's log potency around the class mean, of a
+    chemotherapy drug's around the class kill) by type-II maximum likelihood: the point
+    of ``grid`` (per sd; all combinations) with the largest Laplace log marginal
+    likelihood, then the MAP refitted there (one start). An sd whose group has no
+    parameter in the model is left as it is.
+
+    The marginal likelihood is that of the model linearised at ``fit`` (the
+    Gauss-Newton Hessian ``H = cov^-1`` at its MAP ``z*``, made with the objective's own
+    sds): only the groups' prior precisions change, ``D = sum_g (1/s_g^2 - 1/s0_g^2)
+    A_g^T A_g`` (``A_g z``: the group's deviations from their centres, which are 0 or
+    another parameter), so the mode moves to ``z' = (H + D)^-1 H z*`` with loss
+    ``L' = L* + 0.5 (z' - z*)^T H (z' - z*) + 0.5 z'^T D z'``, and
+    ``log p(data | s) = -L' - 0.5 log det(H + D) - sum_g K_g log s_g`` up to a constant
+    (``K_g`` parameters in group ``g``: the normaliser their residuals leave out). A
+    joint mode over the parameters and the sds would collapse the sds to 0; the
+    marginal likelihood integrates the parameters out. The linearisation is the one the
+    ``"linear"`` posterior makes (`fitcsc._trial_posterior`), and it needs no refit per
+    grid point: refits at small sds crawled in this model's sloppy directions and
+    stopped at their step caps in other basins, which made the comparison one of
+    optimiser luck. The objective's structure is kept (``prior_scale`` is traced), so
+    the refit compiles nothing.
+    **Returns:** ``(fit at the chosen sds, its objective, record)``: ``record`` has
+    ``chosen`` (sd per hyper), ``log_evidence`` (at the chosen point; at the
+    objective's own sds: ``log_evidence_start``) and ``profile``: per hyper, the
+    largest log evidence over the others at each grid value."""
+    names = objective.tm.names
+    which = [h for h in which if h in HYPERS]
+    start = {h: float(getattr(objective, h)) for h in HYPERS}
+    a = {}
+    for h in which:
+        rows = []
+        for i, n in enumerate(names):
+            group, c = prior_group(n, names)
+            if group == h:
+                row = np.zeros(len(names))
+                row[i] = 1.0
+                if c >= 0:
+                    row[c] -= 1.0
+                rows.append(row)
+        if rows:
+            a[h] = np.asarray(rows)
+    if not a:
+        raise ValueError(f"fit_prior_sds: the model has no parameter under {which}")
+    cov = np.asarray(fit.cov, float)
+    if not np.all(np.isfinite(cov)):
+        raise ValueError("fit_prior_sds: the fit's covariance is not finite")
+    h_mat = np.linalg.pinv(0.5 * (cov + cov.T), rcond=1e-12, hermitian=True)
+    z_star = np.asarray(fit.z, float)
+    gram = {h: m.T @ m for h, m in a.items()}
+    hypers = list(a)
+    values = np.asarray(sorted(float(v) for v in grid))
+    mesh = np.stack(np.meshgrid(*[values] * len(hypers), indexing="ij"), -1).reshape(
+        -1, len(hypers))
+
+    def evidence(point):
+        d = sum((1.0 / s**2 - 1.0 / start[h]**2) * gram[h]
+                for h, s in zip(hypers, point, strict=True))
+        h_new = h_mat + d
+        sign, logdet = np.linalg.slogdet(h_new)
+        if sign <= 0:
+            return -math.inf, None
+        z_new = np.linalg.solve(h_new, h_mat @ z_star)
+        dz = z_new - z_star
+        loss = fit.loss + 0.5 * dz @ h_mat @ dz + 0.5 * z_new @ d @ z_new
+        norm = sum(len(a[h]) * math.log(s) for h, s in zip(hypers, point, strict=True))
+        return float(-loss - 0.5 * logdet - norm), z_new
+
+    ev = np.array([evidence(p)[0] for p in mesh])
+    k = int(np.argmax(ev))
+    chosen = dict(start) | {h: float(v) for h, v in zip(hypers, mesh[k], strict=True)}
+    profile = {h: [[float(v), float(np.max(ev[mesh[:, j] == v]))] for v in values]
+               for j, h in enumerate(hypers)}
+    obj = Objective(objective.tm, objective.data, prior_sd=objective.prior_sd,
+                    chemo_drug_sd=chosen["chemo_drug_sd"],
+                    her2_drug_sd=chosen["her2_drug_sd"], trial_sd=chosen["trial_sd"])
+    refit = fit_trials(obj, n_starts=1, max_steps=max_steps, start=evidence(mesh[k])[1])
+    record = {"chosen": {h: chosen[h] for h in hypers}, "log_evidence": float(ev[k]),
+              "log_evidence_start": evidence([start[h] for h in hypers])[0],
+              "profile": profile}
+    return refit, obj, record
 
 
 # ---------------------------------------------------------------- saving and loading
@@ -817,7 +907,8 @@ def load_fit(path) -> dict:
         path = path / "fit.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no fit.json here; run a trial fit first "
-                                "(experiments/pcr_fit.py or adjuvant_fit.py --out DIR)")
+                                "(fitcsc run --out DIR, or experiments/adjuvant_fit.py "
+                                "--out DIR for DFS)")
     doc = json.loads(path.read_text())
     if doc.get("format") != "fitcsc.trial_fit/1":
         raise ValueError(f"{path}: not a fitcsc trial fit (format "

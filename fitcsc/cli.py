@@ -240,7 +240,7 @@ def _run(args) -> int:
     s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
                          draws=args.draws, seed=args.seed, structure=args.structure,
                          posterior=args.posterior, chains=args.chains, warmup=args.warmup,
-                         log=log)
+                         hyper=args.hyper, log=log)
     for w in s["warnings"]:
         print(f"fitcsc run: warning: {w}", file=sys.stderr)
     if not args.quiet:
@@ -287,6 +287,11 @@ def add_run_command(subparsers, common) -> None:
                    "(NumPyro NUTS) or chees (BlackJAX ChEES-HMC), "
                    "the chains warm-started from the MAP; flagged when they cannot be "
                    "trusted (k_hat > 0.7, R-hat > 1.01, any divergence)")
+    r.add_argument("--hyper", default="fixed", choices=("fixed", "auto"),
+                   help="the hierarchical prior sds (between-trial sd of log burden 1, HER2 "
+                   "blocker spread 1, chemotherapy drug spread 0.5): fixed (the default, "
+                   "chosen out of sample) or auto (the largest Laplace marginal likelihood, "
+                   "then a refit there)")
     r.add_argument("--chains", type=int, default=4,
                    help="nuts/chees: chains, vectorized (default 4; ChEES adapts its step "
                    "size across chains: 8 or more measured better)")

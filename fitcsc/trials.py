@@ -15,8 +15,8 @@ under public names (the implementation lives in private modules that may move)::
   `adjuvant_observations`, `link_observations` with `LINKS_USED`,
   `hr_pcr_observations`).
 - Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
-  `fit_trial_sd` (the between-trial sd by Laplace marginal likelihood over
-  `TRIAL_SD_GRID`) and `draw_values`.
+  `fit_prior_sds` (the hierarchical prior sds, `HYPERS`, by Laplace marginal
+  likelihood over `HYPER_SD_GRID`) and `draw_values`.
 - Posterior: `posterior_draws` (`METHODS`: ``method="linear"``, the default: Laplace
   draws whose predictions are linearised at the MAP, see `linearise_at` and
   `draw_values`'s ``linearise_at``; ``"psis"``: Laplace draws reweighted by PSIS;
@@ -33,6 +33,7 @@ under public names (the implementation lives in private modules that may move)::
 """
 
 from ._clinical_job import (
+    DEFAULT_HYPER,
     DEFAULT_STRUCTURE,
     DEFAULT_TRIAL_SD,
     QUICK_TRIALS,
@@ -42,15 +43,16 @@ from ._clinical_job import (
 )
 from ._endpoints import TIMING_SD_DAY, hazard_ratio
 from ._trial_fit import (
+    HYPER_SD_GRID,
+    HYPERS,
     LINKS_USED,
-    TRIAL_SD_GRID,
     Objective,
     PcrObservation,
     TrialData,
     TrialFit,
     adjuvant_observations,
     draw_values,
-    fit_trial_sd,
+    fit_prior_sds,
     fit_trials,
     hr_pcr_observations,
     link_observations,
@@ -89,6 +91,6 @@ __all__ = [
     "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
     "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
     "clinical_fit_job", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
-    "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "TRIAL_SD_GRID",
-    "fit_trial_sd",
+    "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
+    "HYPERS", "fit_prior_sds", "DEFAULT_HYPER",
 ]

@@ -36,7 +36,7 @@ def test_run_fits_the_embedded_data_and_writes_a_report(quick_run):
     for section in ("## Data", "## Model and settings", "## Fit", "## Parameters",
                     "## Warnings", "pcr_fit.png",
                     "Posterior (linear): no diagnostic (delta method",
-                    "between-trial sd of log burden", "largest Laplace marginal likelihood"):
+                    "between-trial sd of log burden 1;", "(given)"):
         assert section in report, section
     # the parameter table: one row per fitted parameter, on the natural scale
     fit = json.loads((out / "fit.json").read_text())
@@ -50,6 +50,27 @@ def test_run_fits_the_embedded_data_and_writes_a_report(quick_run):
         assert abs(float(r["predicted_pct"]) - float(r["observed_pct"])) < 10.0, r
         assert float(r["predicted_lo95"]) <= float(r["predicted_pct"]) + 1e-6
         assert float(r["predicted_pct"]) <= float(r["predicted_hi95"]) + 1e-6
+
+
+def test_run_hyper_auto_chooses_the_prior_sds_by_marginal_likelihood(tmp_path):
+    """``--hyper auto``: the three prior sds from the grid, the evidence profile in
+    summary.json, the fit saved at the chosen values, and the report says how."""
+    from fitcsc.trials import HYPER_SD_GRID
+
+    out = tmp_path / "auto"
+    assert cli.main(["--quiet", "run", "--quick", "--hyper", "auto", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    m, ev = s["model"], s["model"]["hyper_evidence"]
+    assert m["hyper_choice"] == "largest Laplace marginal likelihood"
+    assert set(ev["chosen"]) == {"trial_sd", "her2_drug_sd", "chemo_drug_sd"}
+    for h, v in ev["chosen"].items():
+        assert any(abs(v - g) < 1e-12 for g in HYPER_SD_GRID), (h, v)
+        assert m[h] == v
+        # the chosen value is where its profile peaks
+        best = max(ev["profile"][h], key=lambda row: row[1])
+        assert abs(best[0] - v) < 1e-12 and abs(best[1] - ev["log_evidence"]) < 1e-9
+    assert json.loads((out / "fit.json").read_text())["hyper"]["trial_sd"] == m["trial_sd"]
+    assert "largest Laplace marginal likelihood" in (out / "report.md").read_text()
 
 
 def test_run_folder_is_a_fit_predict_can_use(quick_run, tmp_path, capsys):

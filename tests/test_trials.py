@@ -330,36 +330,84 @@ def test_her2_potency_is_relative_to_labelled_exposure(regimens, tmp_path):
 
 
 def test_trial_sd_by_marginal_likelihood_matches_quadrature(neosphere):
-    """`fit_trial_sd`'s Laplace log marginal likelihood against the exact one, by
-    quadrature over the one free parameter (NeoSphere's trial effect, the rest fixed at
-    their defaults): the differences between grid values agree, and the chosen sd is
-    the exact argmax."""
+    """`fit_prior_sds`'s Laplace log marginal likelihood (the model linearised at one
+    MAP) against the exact one, by quadrature over the one free parameter (a trial
+    effect of 0.4 behind counts of 20,000 patients per NeoSphere arm, the rest fixed at
+    their defaults): differences between sds agree, the chosen sd is the exact argmax
+    over the grid, and the refit there is its MAP."""
     from scipy import integrate as si
 
-    from fitcsc._trial_fit import fit_trial_sd
+    from fitcsc._trial_fit import fit_prior_sds
 
-    arms, obs = neosphere
+    arms, _ = neosphere
     tm = TrialModel.build(arms, ("trial_effect#NeoSphere",), n_nodes=9)
-    data = TrialData(pcr=obs)
-    grid = (0.125, 0.5, 2.0)
-    obj = Objective(tm, data, trial_sd=2.0)
+    _, b, _ = tm.pcr_pair(jnp.asarray([0.4]))
+    n = 20000
+    data = TrialData(pcr=[PcrObservation(a.name, "NeoSphere", "ypT0/is", n,
+                                         int(round(n * float(b[i]))))
+                          for i, a in enumerate(arms)])
+    grid = (0.1, 0.2, 0.4, 0.8, 1.6)
+    obj = Objective(tm, data, trial_sd=1.0)
     fit = fit_trials(obj, n_starts=1)
-    best, best_obj, rows = fit_trial_sd(obj, fit, grid=grid)
-    assert [r["trial_sd"] for r in rows] == list(grid)
+    best, best_obj, record = fit_prior_sds(obj, fit, which=("trial_sd", "her2_drug_sd"),
+                                           grid=grid)  # no HER2 class here: trial only
+    assert list(record["profile"]) == ["trial_sd"]
+    assert [v for v, _ in record["profile"]["trial_sd"]] == list(grid)
 
     def exact(sd):  # log of int exp(-0.5 |r(t)|^2) dt / sd (the prior's normaliser)
         o = Objective(tm, data, trial_sd=sd)
         t0 = float(fit_trials(o, n_starts=1).z[0])
         f = jax.jit(lambda t: 0.5 * jnp.sum(o(jnp.atleast_1d(t)) ** 2))
         m = float(f(t0))
-        val, _ = si.quad(lambda t: np.exp(m - float(f(t))), t0 - 8.0 * sd, t0 + 8.0 * sd,
+        val, _ = si.quad(lambda t: np.exp(m - float(f(t))), t0 - 0.5, t0 + 0.5,
                          points=[t0], limit=200)
-        return -m + np.log(val) - np.log(sd)
+        return -m + np.log(val) - np.log(sd), t0
 
-    ex = np.array([exact(sd) for sd in grid])
-    lap = np.array([r["log_evidence"] for r in rows])
-    # the same up to the constant 0.5 log(2 pi) of the Laplace form, to Laplace's error
-    # (a wrong K log sd or log det term would be off by >= log 4 = 1.4)
-    np.testing.assert_allclose(lap - lap[0], ex - ex[0], atol=0.25)  # measured 0.085
-    assert best_obj.trial_sd == grid[int(np.argmax(ex))]
-    assert np.isclose(best.loss, rows[int(np.argmax(lap))]["loss"])
+    ex, modes = map(np.array, zip(*(exact(sd) for sd in grid), strict=True))
+    lap = np.array([e for _, e in record["profile"]["trial_sd"]])
+    # the same up to the constant 0.5 log(2 pi), to the linearisation's error; leaving
+    # out the K log sd or the log det term would be off by log 2 = 0.69 per grid step
+    np.testing.assert_allclose(lap - lap[0], ex - ex[0], atol=0.1)
+    k = int(np.argmax(ex))
+    assert 0 < k < len(grid) - 1  # an interior optimum: the test can tell
+    assert best_obj.trial_sd == grid[k] == grid[int(np.argmax(lap))]
+    assert record["chosen"] == {"trial_sd": grid[k]} and best_obj.her2_drug_sd == 1.0
+    assert abs(float(best.z[0]) - modes[k]) < 1e-4
+
+
+def test_two_margin_residuals_are_the_exact_likelihood_with_information():
+    """ypT0 and ypT0/is ypN0 counts of one arm (GeparQuattro): ``0.5 |r|^2`` differs
+    from the exact -log P(k_a, k_b) (a sum over the unseen joint count, by brute force
+    here) by a constant, and where the counts are fitted exactly the residuals still
+    carry information (a nonzero derivative: the Laplace posterior is not the prior)."""
+    from scipy import stats as st
+
+    from fitcsc._trial_fit import _two_margin_residual
+
+    n, k_a, k_b = 445, 141, 178
+
+    def exact(p_a, p_b, p_ab):
+        j = np.arange(0, min(k_a, k_b) + 1)
+        cells = np.array([p_ab, p_a - p_ab, p_b - p_ab, 1 - p_a - p_b + p_ab])
+        counts = np.stack([j, k_a - j, k_b - j, n - k_a - k_b + j], axis=1)
+        return -np.log(np.sum(st.multinomial.pmf(counts, n, cells)))
+
+    def half_sq(p):
+        r = _two_margin_residual(*(jnp.atleast_1d(jnp.asarray(v)) for v in p),
+                                 jnp.asarray([k_a], float), jnp.asarray([k_b], float),
+                                 jnp.asarray([n], float))
+        return 0.5 * jnp.sum(r ** 2)
+
+    ps = [(0.30, 0.40, 0.25), (0.317, 0.40, 0.28), (0.35, 0.45, 0.30), (0.25, 0.38, 0.2)]
+    got = np.array([float(half_sq(p)) for p in ps])
+    want = np.array([exact(*p) for p in ps])
+    np.testing.assert_allclose(got - got[0], want - want[0], atol=1e-8)
+    r = _two_margin_residual(jnp.asarray([k_a / n]), jnp.asarray([0.4]),
+                             jnp.asarray([0.3]), jnp.asarray([k_a], float),
+                             jnp.asarray([k_b], float), jnp.asarray([n], float))
+    assert r.shape == (2,) and abs(float(r[0])) < 1e-6 and float(r[1]) > 0.5
+    jac = jax.jacfwd(lambda pa: _two_margin_residual(
+        pa, jnp.asarray([0.4]), jnp.asarray([0.3]), jnp.asarray([k_a], float),
+        jnp.asarray([k_b], float), jnp.asarray([n], float)))(jnp.asarray([k_a / n]))
+    # margin A's Fisher information n / (p (1 - p)) at its exact fit, not 0
+    assert float(jac[0, 0]) ** 2 > 0.5 * n / (k_a / n * (1 - k_a / n))
