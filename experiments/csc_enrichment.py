@@ -144,10 +144,12 @@ def summaries(tm, z):
 
 
 def typical_params(tm, z):
-    """Typical patient's `CSCParams` for `fitcsc.simulate`: the fitted HER2 potency is
-    folded into EC50 (``I = (pC)^n / (EC50^n + (pC)^n)`` with ``EC50 / p``)."""
+    """Typical patient's `CSCParams` for `fitcsc.simulate`: the fitted HER2 potency and
+    the labelled-exposure scale are folded into EC50 (``I = (pC)^n / (EC50^n + (pC)^n)``
+    with ``EC50 / p``, ``p`` = `TrialModel.exposure_multiplier`)."""
     p = tm.patient(z, 0.0)
-    return eqx.tree_at(lambda q: q.ec50_mg_per_L, p, p.ec50_mg_per_L / tm.potency(z))
+    return eqx.tree_at(lambda q: q.ec50_mg_per_L, p,
+                       p.ec50_mg_per_L / tm.exposure_multiplier(z))
 
 
 def trajectories(tm, z, arms, labels, n_t):

@@ -435,6 +435,13 @@ class TrialModel(eqx.Module):
                 out.append(jnp.asarray(fixed.get(key, fixed["log_her2_potency"]), float))
         return jnp.stack(out) if out else jnp.zeros((0,))
 
+    def exposure_multiplier(self, z) -> jax.Array:
+        """Per drug: what multiplies its concentration before the one HER2 EC50 (the
+        fitted potency times the labelled-exposure scale `her2_scale`; 1 for drugs that
+        are not HER2 blockers). An ODE solve of the same patient divides its EC50 by it
+        (experiments/csc_enrichment.py)."""
+        return self.potency(z) * self.her2_scale
+
     def chemo_potency(self, z) -> jax.Array:
         """Per-drug chemotherapy potency multipliers (``log_chemo_potency#drug``; 1 for a
         drug without one, and for drugs that are not chemotherapy)."""
@@ -462,7 +469,7 @@ class TrialModel(eqx.Module):
         """HER2 blockade ``B`` on the grid (Bliss over blockers) and ``int_0^t B``."""
         g, p = self.grid, self.base
         her2 = jnp.asarray(self.model.drug_mask("her2"))[None, :, None]
-        conc = g.conc * (self.potency(z) * self.her2_scale)[None, :, None]
+        conc = g.conc * self.exposure_multiplier(z)[None, :, None]
         inh = hill_response(conc, p.ec50_mg_per_L[None, :, None], p.hill[None, :, None])
         b = 1.0 - jnp.prod(jnp.where(her2, 1.0 - inh, 1.0), axis=1)
         steps = 0.5 * jnp.diff(g.t, axis=1) * (b[:, 1:] + b[:, :-1])
