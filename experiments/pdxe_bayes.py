@@ -130,8 +130,18 @@ def main(args) -> dict:
     t0 = time.perf_counter()
     out = pathlib.Path(args.out)
     table, batch, regs, lines = load(args.data_dir, args.quick)
-    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm")
-    settings = QUICK if args.quick else FULL
+    extra = {} if args.rtol is None else {"rtol": args.rtol}
+    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm", **extra)
+    settings = dict(QUICK if args.quick else FULL)
+    for key, v in (("method", args.method), ("num_chains", args.chains),
+                   ("num_warmup", args.warmup), ("num_samples", args.draws),
+                   ("thinning", args.thinning), ("max_leapfrog_steps", args.max_leapfrog),
+                   ("max_tree_depth", args.max_tree_depth),
+                   ("target_accept_prob", args.target_accept)):
+        if v is not None:
+            settings[key] = v
+    if args.dense_mass:
+        settings["dense_mass"] = True
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
@@ -153,6 +163,9 @@ def main(args) -> dict:
         "question": "PDXE breast: trastuzumab on CSC self-renewal or bulk proliferation, "
                     "line to line; paclitaxel's kill and CSC sparing",
         "quick": bool(args.quick), "n_curves": batch.n_subjects,
+        "settings_override": {k: v for k, v in settings.items()
+                              if (FULL if not args.quick else QUICK).get(k) != v},
+        "ode_rtol": args.rtol if args.rtol is not None else 1e-6,
         "n_lines": len(set(lines)), "arms": list(ARMS),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
@@ -216,6 +229,21 @@ def _result_md(s, rows, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"lines {QUICK_LINES}, tiny sampler")
+    p.add_argument("--method", choices=("nuts", "chees"), default=None,
+                   help=f"sampler (default {FULL['method']})")
+    p.add_argument("--chains", type=int, default=None, help="override the number of chains")
+    p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
+    p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
+    p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
+    p.add_argument("--max-leapfrog", type=int, default=None,
+                   help="ChEES: cap on leapfrog steps per transition (default 1000)")
+    p.add_argument("--max-tree-depth", type=int, default=None,
+                   help="NUTS: maximum tree depth (default 10)")
+    p.add_argument("--target-accept", type=float, default=None,
+                   help="NUTS: target acceptance probability (default 0.8)")
+    p.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="ODE relative tolerance of the model (default 1e-6)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pdxe_bayes"))
