@@ -145,6 +145,9 @@ def main(args) -> dict:
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
+                                      precondition=({"lbfgs_steps": args.lbfgs_steps}
+                                                    if args.precondition else None),
+                                      centre=tuple(args.centre),
                                       pair=["csc_division_rate", "self_renewal", CSC, BULK,
                                             "kill_rate[1]", "csc_sparing|paclitaxel"])
     ident = identification(pop, idata)
@@ -166,6 +169,7 @@ def main(args) -> dict:
         "settings_override": {k: v for k, v in settings.items()
                               if (FULL if not args.quick else QUICK).get(k) != v},
         "ode_rtol": args.rtol if args.rtol is not None else 1e-6,
+        "precondition": bool(args.precondition), "centred": list(args.centre),
         "n_lines": len(set(lines)), "arms": list(ARMS),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
@@ -242,6 +246,14 @@ def parse_args(argv=None):
     p.add_argument("--target-accept", type=float, default=None,
                    help="NUTS: target acceptance probability (default 0.8)")
     p.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
+    p.add_argument("--precondition", action="store_true",
+                   help="sample z = z_hat + L u, L from the Hessian at an L-BFGS mode "
+                        "(a fixed dense metric; see _bayes.laplace_preconditioner)")
+    p.add_argument("--lbfgs-steps", type=int, default=1000,
+                   help="with --precondition: L-BFGS steps from the warm start")
+    p.add_argument("--centre", nargs="*", default=[], metavar="LEVEL:LABEL",
+                   help="random effects to sample centred, e.g. line:kill_rate[0] "
+                        "animal:initial_volume_mm3 (default: all non-centred)")
     p.add_argument("--rtol", type=float, default=None,
                    help="ODE relative tolerance of the model (default 1e-6)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
