@@ -137,7 +137,8 @@ def main(args) -> dict:
                    ("num_warmup", args.warmup), ("num_samples", args.draws),
                    ("thinning", args.thinning), ("max_leapfrog_steps", args.max_leapfrog),
                    ("max_tree_depth", args.max_tree_depth),
-                   ("target_accept_prob", args.target_accept)):
+                   ("target_accept_prob", args.target_accept),
+                   ("init_scale", args.init_scale)):
         if v is not None:
             settings[key] = v
     if args.dense_mass:
@@ -245,6 +246,9 @@ def parse_args(argv=None):
                    help="NUTS: maximum tree depth (default 10)")
     p.add_argument("--target-accept", type=float, default=None,
                    help="NUTS: target acceptance probability (default 0.8)")
+    p.add_argument("--init-scale", type=float, default=None,
+                   help="spread of the chains' starts around the warm start (default 0.1; "
+                        "with --precondition in units of the Laplace SDs)")
     p.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
     p.add_argument("--precondition", action="store_true",
                    help="sample z = z_hat + L u, L from the Hessian at an L-BFGS mode "
