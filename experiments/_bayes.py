@@ -30,6 +30,44 @@ from fitcsc.population import (
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
 
 
+SAMPLER_ARGS = (  # (flag, sample()'s keyword, type, help): overrides of a script's settings
+    ("--method", "method", str, "sampler: nuts or chees"),
+    ("--chains", "num_chains", int, "number of chains"),
+    ("--warmup", "num_warmup", int, "warm-up steps per chain"),
+    ("--draws", "num_samples", int, "kept draws per chain"),
+    ("--thinning", "thinning", int, "keep every k-th draw"),
+    ("--max-leapfrog", "max_leapfrog_steps", int,
+     "ChEES: cap on leapfrog steps per transition (default 1000)"),
+    ("--max-tree-depth", "max_tree_depth", int, "NUTS: maximum tree depth (default 10)"),
+    ("--target-accept", "target_accept_prob", float,
+     "NUTS: target acceptance probability (default 0.8)"),
+    ("--init-scale", "init_scale", float,
+     "spread of the chains' starts around the warm start (default 0.1; with a "
+     "preconditioner in units of its SDs)"),
+)
+
+
+def add_sampler_arguments(parser):
+    """Add `SAMPLER_ARGS` and ``--dense-mass`` to an argparse parser (default: the
+    script's own settings)."""
+    for flag, _, kind, text in SAMPLER_ARGS:
+        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}",
+                            **({"choices": ("nuts", "chees")} if flag == "--method" else {}))
+    parser.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
+
+
+def sampler_settings(args, base) -> dict:
+    """``base`` (a script's sampler settings) with the command line's overrides."""
+    out = dict(base)
+    for flag, key, _, _ in SAMPLER_ARGS:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is not None:
+            out[key] = v
+    if args.dense_mass:
+        out["dense_mass"] = True
+    return out
+
+
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
                    pair=None, precondition=None, centre=()):
     """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.

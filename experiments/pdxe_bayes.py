@@ -34,7 +34,14 @@ import time
 
 import jax
 import numpy as np
-from _bayes import fit_population, her2_terms, identification, md_table
+from _bayes import (
+    add_sampler_arguments,
+    fit_population,
+    her2_terms,
+    identification,
+    md_table,
+    sampler_settings,
+)
 
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
@@ -132,17 +139,7 @@ def main(args) -> dict:
     table, batch, regs, lines = load(args.data_dir, args.quick)
     extra = {} if args.rtol is None else {"rtol": args.rtol}
     pop = csc_population(batch, regs, groups=lines, level="line", effects="arm", **extra)
-    settings = dict(QUICK if args.quick else FULL)
-    for key, v in (("method", args.method), ("num_chains", args.chains),
-                   ("num_warmup", args.warmup), ("num_samples", args.draws),
-                   ("thinning", args.thinning), ("max_leapfrog_steps", args.max_leapfrog),
-                   ("max_tree_depth", args.max_tree_depth),
-                   ("target_accept_prob", args.target_accept),
-                   ("init_scale", args.init_scale)):
-        if v is not None:
-            settings[key] = v
-    if args.dense_mass:
-        settings["dense_mass"] = True
+    settings = sampler_settings(args, QUICK if args.quick else FULL)
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
@@ -234,22 +231,7 @@ def _result_md(s, rows, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"lines {QUICK_LINES}, tiny sampler")
-    p.add_argument("--method", choices=("nuts", "chees"), default=None,
-                   help=f"sampler (default {FULL['method']})")
-    p.add_argument("--chains", type=int, default=None, help="override the number of chains")
-    p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
-    p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
-    p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
-    p.add_argument("--max-leapfrog", type=int, default=None,
-                   help="ChEES: cap on leapfrog steps per transition (default 1000)")
-    p.add_argument("--max-tree-depth", type=int, default=None,
-                   help="NUTS: maximum tree depth (default 10)")
-    p.add_argument("--target-accept", type=float, default=None,
-                   help="NUTS: target acceptance probability (default 0.8)")
-    p.add_argument("--init-scale", type=float, default=None,
-                   help="spread of the chains' starts around the warm start (default 0.1; "
-                        "with --precondition in units of the Laplace SDs)")
-    p.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
+    add_sampler_arguments(p)
     p.add_argument("--precondition", action="store_true",
                    help="sample z = z_hat + L u, L from the Hessian at an L-BFGS mode "
                         "(a fixed dense metric; see _bayes.laplace_preconditioner)")

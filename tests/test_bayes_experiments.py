@@ -121,3 +121,20 @@ def test_laplace_preconditioner_gaussian():
     _, lin2, info2 = laplace_preconditioner(log_density, z, lbfgs_steps=0, floor=1.0)
     assert info2["n_floored"] >= 1
     assert np.max(np.linalg.eigvalsh(np.asarray(lin2) @ np.asarray(lin2).T)) <= 1.0 + 1e-9
+
+
+def test_sampler_overrides_from_the_command_line():
+    exp = _load("pdxe_bayes")
+    from _bayes import sampler_settings
+
+    args = exp.parse_args(["--method", "nuts", "--chains", "4", "--max-tree-depth", "6",
+                           "--init-scale", "0.5", "--dense-mass", "--precondition",
+                           "--centre", "line:kill_rate[0]"])
+    s = sampler_settings(args, exp.FULL)
+    assert s == {**exp.FULL, "method": "nuts", "num_chains": 4, "max_tree_depth": 6,
+                 "init_scale": 0.5, "dense_mass": True}
+    assert args.centre == ["line:kill_rate[0]"] and args.precondition
+    assert sampler_settings(exp.parse_args([]), exp.FULL) == exp.FULL
+    mas = _load("mas98_bayes")
+    assert sampler_settings(mas.parse_args(["--max-leapfrog", "64"]), mas.FULL)[
+        "max_leapfrog_steps"] == 64
