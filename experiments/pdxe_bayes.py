@@ -192,12 +192,24 @@ def _result_md(s, rows, path):
              "line", "",
              ("Quick run (3 lines, 4 chains x 30 + 30 iterations): a smoke test, not a "
               "result." if s["quick"] else
-              f"Full run: {s['n_curves']} curves of {s['n_lines']} lines (arms "
+              f"{'Run with overridden settings' if s.get('settings_override') else 'Full run'}"
+              f": {s['n_curves']} curves of {s['n_lines']} lines (arms "
               f"{', '.join(s['arms'])}), {s['n_observations']} observations "
               f"({s['n_censored']} censored)."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
-             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws; "
-             f"{s['n_parameters']} parameters.",
+             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
+             + (f" (max tree depth {s['sampler']['max_tree_depth']}, target acceptance "
+                f"{s['sampler']['target_accept_prob']})" if s['sampler']['method'] == "nuts"
+                else f" (max {s['sampler']['max_leapfrog_steps']} leapfrog steps)")
+             + f"; {s['n_parameters']} parameters; ODE rtol {s.get('ode_rtol', 1e-6):g}"
+             + ("; Laplace-preconditioned (z = z_hat + L u, L from the Hessian at an L-BFGS "
+                "mode)" if s.get("precondition") else "")
+             + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "") + ".",
+             *([f"- Warm-up: final step size {w['final_step_size']:.3g}, leapfrog steps per "
+                f"step {w['n_leapfrog_median_last_half']:.0f} (median, last half; max "
+                f"{w['n_leapfrog_max']:.0f}), acceptance {w['acceptance_rate_last_half']:.2f}"
+                f" (last half), {w['n_divergent']} divergent."]
+               if (w := s.get("warmup")) else []),
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} population-level), min bulk ESS "
              f"{c['ess_bulk_min']:.0f}, min tail ESS {c['ess_tail_min']:.0f}, "
