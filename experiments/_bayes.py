@@ -13,6 +13,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import fitcsc.summary as fs
@@ -29,15 +30,69 @@ from fitcsc.population import (
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
 
 
+SAMPLER_ARGS = (  # (flag, sample()'s keyword, type, help): overrides of a script's settings
+    ("--method", "method", str, "sampler: nuts or chees"),
+    ("--chains", "num_chains", int, "number of chains"),
+    ("--warmup", "num_warmup", int, "warm-up steps per chain"),
+    ("--draws", "num_samples", int, "kept draws per chain"),
+    ("--thinning", "thinning", int, "keep every k-th draw"),
+    ("--max-leapfrog", "max_leapfrog_steps", int,
+     "ChEES: cap on leapfrog steps per transition (default 1000)"),
+    ("--max-tree-depth", "max_tree_depth", int, "NUTS: maximum tree depth (default 10)"),
+    ("--target-accept", "target_accept_prob", float,
+     "NUTS: target acceptance probability (default 0.8)"),
+    ("--init-scale", "init_scale", float,
+     "spread of the chains' starts around the warm start (default 0.1; with a "
+     "preconditioner in units of its SDs)"),
+)
+
+
+def add_sampler_arguments(parser):
+    """Add `SAMPLER_ARGS` and ``--dense-mass`` to an argparse parser (default: the
+    script's own settings)."""
+    for flag, _, kind, text in SAMPLER_ARGS:
+        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}",
+                            **({"choices": ("nuts", "chees")} if flag == "--method" else {}))
+    parser.add_argument("--dense-mass", action="store_true", help="NUTS: dense mass matrix")
+
+
+def sampler_settings(args, base) -> dict:
+    """``base`` (a script's sampler settings) with the command line's overrides."""
+    out = dict(base)
+    for flag, key, _, _ in SAMPLER_ARGS:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is not None:
+            out[key] = v
+    if args.dense_mass:
+        out["dense_mass"] = True
+    return out
+
+
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
-                   pair=None):
-    """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``."""
+                   pair=None, precondition=None, centre=()):
+    """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.
+
+    ``centre``: random effects to sample centred (`centring`), e.g. ``("line:kill_rate[0]",
+    "animal:initial_volume_mm3")``. ``precondition``: None, or ``{"lbfgs_steps": n}``:
+    sample ``u`` with ``w = w_hat + L u`` (`laplace_preconditioner`; a fixed dense mass
+    matrix ``L L^T``, under the sampler's own diagonal adaptation). The draws are mapped
+    back to ``z``."""
     t0 = time.perf_counter()
     values, start = warm_start(pop, batch, refine_steps=refine_steps,
                                max_steps=settings.get("map_max_steps"))
     kw = {k: v for k, v in settings.items() if k != "map_max_steps"}
-    post = sample(pop.log_density, pop.space.to_z(values), seed=seed,
+    to_w, to_z, density = centring(pop, centre)
+    w0 = to_w(pop.space.to_z(values))
+    if precondition:
+        w0, lin, start["precondition"] = laplace_preconditioner(density, w0, **precondition)
+        density = _affine(density, w0, lin)
+    post = sample(density, jnp.zeros_like(w0) if precondition else w0, seed=seed,
                   progress=progress_printer(quiet=not progress), **kw)
+    w = np.asarray(post.z)
+    if precondition:
+        w = np.asarray(w0)[None, None] + w @ np.asarray(lin).T
+    post = post._replace(z=np.asarray(jax.jit(jax.vmap(jax.vmap(to_z)))(w)))
+    start["centred"] = list(centre)
     diag, idata, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1),
                                           pair=pair)
     record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
@@ -45,6 +100,82 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
               "warmup": warmup_summary(post.warmup_stats),
               "convergence": diag, "wall_s": round(time.perf_counter() - t0, 1)}
     return idata, record, rows
+
+
+def centring(pop, effects):
+    """``(to_w, to_z, log_density_w)`` sampling the random effects ``effects`` (each
+    ``"level:label"``) centred: ``w`` holds ``t = omega * eta`` (the group's deviation)
+    in place of ``eta``, so that ``eta = t / omega`` and the density of ``w`` is
+    ``log_density(z) - sum log omega`` over the centred entries. For effects the data
+    pin per group (a funnel the other way round from the non-centred one)."""
+    labels = pop.space.labels()
+    eta_i, om_i = [], []
+    for item in effects:
+        level, lab = item.split(":", 1)
+        names = pop.group_names[pop.levels.index(level)]
+        j = labels.index(f"omega_{level}[{lab}]")
+        for g in names:
+            eta_i.append(labels.index(f"eta_{level}[{g},{lab}]"))
+            om_i.append(j)
+    eta_i, om_i = jnp.asarray(eta_i, int), jnp.asarray(om_i, int)
+
+    def to_w(z):
+        return z.at[eta_i].set(z[eta_i] * jnp.exp(z[om_i]))
+
+    def to_z(w):
+        return w.at[eta_i].set(w[eta_i] * jnp.exp(-w[om_i]))
+
+    def log_density_w(w):
+        return pop.log_density(to_z(w)) - jnp.sum(w[om_i])
+
+    return to_w, to_z, log_density_w
+
+
+def _affine(log_density, z0, lin):
+    return lambda u: log_density(z0 + lin @ u)
+
+
+def laplace_preconditioner(log_density, z, *, lbfgs_steps=1000, floor=0.25, h=1e-4,
+                           batch=41):
+    """``(z_hat, L, info)``: ``z_hat`` after ``lbfgs_steps`` L-BFGS steps uphill from
+    ``z``; ``L = V diag(1 / sqrt(max(|w|, floor)))`` from the eigenpairs ``(w, V)`` of
+    the negative Hessian there (central differences of the gradient, step ``h``: the
+    log density's custom VJP has no forward mode), so that ``z_hat + L u`` with ``u``
+    near standard normal covers the Laplace approximation. ``floor`` bounds the scale
+    of flat or negatively curved directions (``z_hat`` need not be an exact mode)."""
+    import optax
+
+    t = time.perf_counter()
+    neg = lambda x: -log_density(x)  # noqa: E731
+    opt, vg = optax.lbfgs(), optax.value_and_grad_from_state(neg)
+
+    def body(c, _):
+        x, s = c
+        v, g = vg(x, state=s)
+        upd, s = opt.update(g, s, x, value=v, grad=g, value_fn=neg)
+        return (optax.apply_updates(x, upd), s), v
+
+    lp0 = float(log_density(z))
+    if lbfgs_steps:
+        z_new, _ = jax.jit(lambda x: jax.lax.scan(body, (x, opt.init(x)), None,
+                                                  length=lbfgs_steps)[0])(z)
+        if np.isfinite(float(log_density(z_new))) and float(log_density(z_new)) > lp0:
+            z = z_new
+    grad = jax.grad(log_density)
+    col = jax.jit(jax.vmap(lambda e: (grad(z + h * e) - grad(z - h * e)) / (2 * h)))
+    eye = np.eye(z.size)
+    hess = -np.concatenate([np.asarray(col(jnp.asarray(eye[i:i + batch])))
+                            for i in range(0, z.size, batch)])
+    w, v = np.linalg.eigh(0.5 * (hess + hess.T))
+    lin = jnp.asarray(v / np.sqrt(np.maximum(np.abs(w), floor))[None, :])
+    info = {"lbfgs_steps": int(lbfgs_steps), "floor": float(floor),
+            "log_density_before": lp0, "log_density_after": float(log_density(z)),
+            "grad_norm_after": float(jnp.linalg.norm(grad(z))),
+            "n_negative_eigenvalues": int(np.sum(w < 0)),
+            "n_floored": int(np.sum(np.abs(w) < floor)),
+            "eig_min": float(w[0]), "eig_max": float(w[-1]),
+            "seconds": round(time.perf_counter() - t, 1)}
+    return z, lin, info
 
 
 def _interval_sd(transform, loc, scale, n=200_000, seed=0):

@@ -35,7 +35,15 @@ import time
 
 import jax
 import numpy as np
-from _bayes import fit_population, her2_terms, identification, loo_against_baselines, md_table
+from _bayes import (
+    add_sampler_arguments,
+    fit_population,
+    her2_terms,
+    identification,
+    loo_against_baselines,
+    md_table,
+    sampler_settings,
+)
 
 import fitcsc
 from fitcsc.files import csv_text, write_atomic
@@ -83,12 +91,7 @@ def main(args) -> dict:
                          omega_scale={"animal|initial_volume_mm3": 3.0},
                          **({} if args.vs_prior_sd is None else
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
-    settings = dict(QUICK if args.quick else FULL)
-    for key, v in (("num_chains", args.chains), ("num_warmup", args.warmup),
-                   ("num_samples", args.draws), ("thinning", args.thinning),
-                   ("max_leapfrog_steps", args.max_leapfrog)):
-        if v is not None:
-            settings[key] = v
+    settings = sampler_settings(args, QUICK if args.quick else FULL)
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
@@ -181,12 +184,7 @@ def parse_args(argv=None):
                    help=f"arms {QUICK_ARMS}, {QUICK_MICE} mice each, tiny sampler, one baseline")
     p.add_argument("--baselines", nargs="*", default=["exponential", "logistic", "gompertz",
                                                       "simeoni"])
-    p.add_argument("--chains", type=int, default=None, help="override the number of chains")
-    p.add_argument("--warmup", type=int, default=None, help="override warm-up steps per chain")
-    p.add_argument("--draws", type=int, default=None, help="override kept draws per chain")
-    p.add_argument("--thinning", type=int, default=None, help="keep every k-th draw")
-    p.add_argument("--max-leapfrog", type=int, default=None,
-                   help="ChEES: cap on leapfrog steps per transition (default 1000)")
+    add_sampler_arguments(p)
     p.add_argument("--vs-prior-sd", type=float, default=None,
                    help="prior SD of log v_S (the CSC division rate; default 1.0): a smaller "
                         "one keeps chains off fast, stiff divisions (see ATTEMPTS.md)")

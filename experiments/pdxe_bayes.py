@@ -34,7 +34,14 @@ import time
 
 import jax
 import numpy as np
-from _bayes import fit_population, her2_terms, identification, md_table
+from _bayes import (
+    add_sampler_arguments,
+    fit_population,
+    her2_terms,
+    identification,
+    md_table,
+    sampler_settings,
+)
 
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
@@ -130,11 +137,15 @@ def main(args) -> dict:
     t0 = time.perf_counter()
     out = pathlib.Path(args.out)
     table, batch, regs, lines = load(args.data_dir, args.quick)
-    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm")
-    settings = QUICK if args.quick else FULL
+    extra = {} if args.rtol is None else {"rtol": args.rtol}
+    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm", **extra)
+    settings = sampler_settings(args, QUICK if args.quick else FULL)
     idata, record, _ = fit_population(pop, batch, out, settings=settings,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
+                                      precondition=({"lbfgs_steps": args.lbfgs_steps}
+                                                    if args.precondition else None),
+                                      centre=tuple(args.centre),
                                       pair=["csc_division_rate", "self_renewal", CSC, BULK,
                                             "kill_rate[1]", "csc_sparing|paclitaxel"])
     ident = identification(pop, idata)
@@ -153,6 +164,10 @@ def main(args) -> dict:
         "question": "PDXE breast: trastuzumab on CSC self-renewal or bulk proliferation, "
                     "line to line; paclitaxel's kill and CSC sparing",
         "quick": bool(args.quick), "n_curves": batch.n_subjects,
+        "settings_override": {k: v for k, v in settings.items()
+                              if (FULL if not args.quick else QUICK).get(k) != v},
+        "ode_rtol": args.rtol if args.rtol is not None else 1e-6,
+        "precondition": bool(args.precondition), "centred": list(args.centre),
         "n_lines": len(set(lines)), "arms": list(ARMS),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
@@ -177,12 +192,24 @@ def _result_md(s, rows, path):
              "line", "",
              ("Quick run (3 lines, 4 chains x 30 + 30 iterations): a smoke test, not a "
               "result." if s["quick"] else
-              f"Full run: {s['n_curves']} curves of {s['n_lines']} lines (arms "
+              f"{'Run with overridden settings' if s.get('settings_override') else 'Full run'}"
+              f": {s['n_curves']} curves of {s['n_lines']} lines (arms "
               f"{', '.join(s['arms'])}), {s['n_observations']} observations "
               f"({s['n_censored']} censored)."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
-             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws; "
-             f"{s['n_parameters']} parameters.",
+             f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
+             + (f" (max tree depth {s['sampler']['max_tree_depth']}, target acceptance "
+                f"{s['sampler']['target_accept_prob']})" if s['sampler']['method'] == "nuts"
+                else f" (max {s['sampler']['max_leapfrog_steps']} leapfrog steps)")
+             + f"; {s['n_parameters']} parameters; ODE rtol {s.get('ode_rtol', 1e-6):g}"
+             + ("; Laplace-preconditioned (z = z_hat + L u, L from the Hessian at an L-BFGS "
+                "mode)" if s.get("precondition") else "")
+             + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "") + ".",
+             *([f"- Warm-up: final step size {w['final_step_size']:.3g}, leapfrog steps per "
+                f"step {w['n_leapfrog_median_last_half']:.0f} (median, last half; max "
+                f"{w['n_leapfrog_max']:.0f}), acceptance {w['acceptance_rate_last_half']:.2f}"
+                f" (last half), {w['n_divergent']} divergent."]
+               if (w := s.get("warmup")) else []),
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} population-level), min bulk ESS "
              f"{c['ess_bulk_min']:.0f}, min tail ESS {c['ess_tail_min']:.0f}, "
@@ -216,6 +243,17 @@ def _result_md(s, rows, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"lines {QUICK_LINES}, tiny sampler")
+    add_sampler_arguments(p)
+    p.add_argument("--precondition", action="store_true",
+                   help="sample z = z_hat + L u, L from the Hessian at an L-BFGS mode "
+                        "(a fixed dense metric; see _bayes.laplace_preconditioner)")
+    p.add_argument("--lbfgs-steps", type=int, default=1000,
+                   help="with --precondition: L-BFGS steps from the warm start")
+    p.add_argument("--centre", nargs="*", default=[], metavar="LEVEL:LABEL",
+                   help="random effects to sample centred, e.g. line:kill_rate[0] "
+                        "animal:initial_volume_mm3 (default: all non-centred)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="ODE relative tolerance of the model (default 1e-6)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pdxe_bayes"))

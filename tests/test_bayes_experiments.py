@@ -48,3 +48,93 @@ def test_pdxe_bayes_quick(tmp_path):
     rows = (tmp_path / "lines.csv").read_text().splitlines()
     assert rows[0].startswith("line,arm,parameter") and len(rows) > 3
     assert set(s["line_sd_z_scale"]) >= {"her2_efficacy_csc", "her2_efficacy_bulk"}
+
+
+class _Space:
+    def __init__(self, labels):
+        self._labels = tuple(labels)
+
+    def labels(self):
+        return self._labels
+
+
+class _Pop:
+    """A stand-in with the fields `centring` reads: two groups, two effects, and a log
+    density of ``z`` (any smooth function will do for the change of variables)."""
+
+    levels = ("line",)
+    group_names = (("a", "b"),)
+
+    def __init__(self):
+        import jax.numpy as jnp
+
+        self.space = _Space(["beta[x]", "omega_line[x]", "omega_line[y]",
+                             "eta_line[a,x]", "eta_line[a,y]", "eta_line[b,x]",
+                             "eta_line[b,y]"])
+        self.log_density = lambda z: -0.5 * jnp.sum((z - 0.3) ** 2) + jnp.sin(z[1] * z[3])
+
+
+def test_centring_round_trip_and_jacobian():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from _bayes import centring
+
+    pop = _Pop()
+    to_w, to_z, dens = centring(pop, ["line:x"])
+    z = jnp.asarray([0.1, 0.4, -0.2, 1.3, -0.7, 0.5, 0.9])
+    w = to_w(z)
+    # the x deviations are omega_x * eta; everything else is untouched
+    np.testing.assert_allclose(w[jnp.asarray([3, 5])], np.exp(0.4) * z[jnp.asarray([3, 5])])
+    np.testing.assert_allclose(w[jnp.asarray([0, 1, 2, 4, 6])], z[jnp.asarray([0, 1, 2, 4, 6])])
+    np.testing.assert_allclose(to_z(w), z, rtol=1e-12)
+    # density of w = density of z at to_z(w) + log |det d to_z / d w|
+    logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z)(w)))[1]
+    np.testing.assert_allclose(dens(w), pop.log_density(z) + logdet, rtol=1e-12)
+    same = centring(pop, [])
+    np.testing.assert_allclose(same[2](z), pop.log_density(z))
+
+
+def test_laplace_preconditioner_gaussian():
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from _bayes import laplace_preconditioner
+
+    a = np.asarray([[4.0, 1.9, 0.0], [1.9, 1.0, 0.0], [0.0, 0.0, 0.01]])  # a ridge, a flat side
+    mean = np.asarray([1.0, -2.0, 0.5])
+    prec = np.linalg.inv(a)
+
+    def log_density(z):
+        d = z - jnp.asarray(mean)
+        return -0.5 * d @ jnp.asarray(prec) @ d
+
+    z, lin, info = laplace_preconditioner(log_density, jnp.zeros(3), lbfgs_steps=50,
+                                          floor=1e-3)
+    np.testing.assert_allclose(z, mean, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(lin) @ np.asarray(lin).T, a, rtol=1e-5, atol=1e-8)
+    assert info["n_negative_eigenvalues"] == 0 and info["n_floored"] == 0
+    # a floor caps the scale of flat directions
+    _, lin2, info2 = laplace_preconditioner(log_density, z, lbfgs_steps=0, floor=1.0)
+    assert info2["n_floored"] >= 1
+    assert np.max(np.linalg.eigvalsh(np.asarray(lin2) @ np.asarray(lin2).T)) <= 1.0 + 1e-9
+
+
+def test_sampler_overrides_from_the_command_line():
+    exp = _load("pdxe_bayes")
+    from _bayes import sampler_settings
+
+    args = exp.parse_args(["--method", "nuts", "--chains", "4", "--max-tree-depth", "6",
+                           "--init-scale", "0.5", "--dense-mass", "--precondition",
+                           "--centre", "line:kill_rate[0]"])
+    s = sampler_settings(args, exp.FULL)
+    assert s == {**exp.FULL, "method": "nuts", "num_chains": 4, "max_tree_depth": 6,
+                 "init_scale": 0.5, "dense_mass": True}
+    assert args.centre == ["line:kill_rate[0]"] and args.precondition
+    assert sampler_settings(exp.parse_args([]), exp.FULL) == exp.FULL
+    mas = _load("mas98_bayes")
+    assert sampler_settings(mas.parse_args(["--max-leapfrog", "64"]), mas.FULL)[
+        "max_leapfrog_steps"] == 64
