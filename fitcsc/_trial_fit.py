@@ -930,10 +930,18 @@ def model_from_fit(doc: dict, arms: list[Arm]) -> TrialModel:
 
 def saved_her2_scale(doc: dict) -> dict:
     """A saved fit's HER2 exposure multipliers (`fitcsc._trials.reference_her2_scale`);
-    fits saved before them used one EC50 for every blocker: 1 for each of its drugs."""
+    fits saved before them used one EC50 for every blocker: 1 for every drug, those the
+    fit saw and those a prediction adds alike (its potencies mean that)."""
     if "her2_scale" in doc:
         return dict(doc["her2_scale"])
-    return {d: 1.0 for d in doc["base_kill"]}
+    return _Ones()
+
+
+class _Ones(dict):
+    """``get`` gives 1 for every key (a fit saved before `saved_her2_scale`)."""
+
+    def get(self, key, default=None):
+        return 1.0
 
 
 # ---------------------------------------------------------------- adjuvant outcomes

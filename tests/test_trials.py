@@ -15,6 +15,7 @@ from fitcsc._trial_fit import (
     Objective,
     PcrObservation,
     TrialData,
+    TrialFit,
     _deviance_residual,
     adjuvant_observations,
     fit_trials,
@@ -318,15 +319,17 @@ def test_her2_potency_is_relative_to_labelled_exposure(regimens, tmp_path):
     b_old = float(jnp.mean(legacy.blockade(legacy.z0())[0]))
     assert b_old < 0.15 < 0.5 < b_new  # inert at one shared EC50; active at its label
     # saved with the fit; a fit saved before the scale existed reloads with 1
-    fit = fitcsc.trials.TrialFit(names=names, z=np.asarray(tm.z0()), cov=np.eye(2),
-                                 loss=0.0, status=fitcsc.FitStatus.CONVERGED, n_steps=1,
-                                 start_losses=np.zeros(1))
+    fit = TrialFit(names=names, z=np.asarray(tm.z0()), cov=np.eye(2), loss=0.0,
+                   status=fitcsc.FitStatus.CONVERGED, n_steps=1, start_losses=np.zeros(1))
     save_fit(tmp_path / "fit.json", tm, fit)
     doc = load_fit(tmp_path)
     assert np.isclose(doc["her2_scale"]["lapatinib"], c_trast / c_lap, rtol=1e-9)
     assert np.allclose(model_from_fit(doc, [arm]).her2_scale, tm.her2_scale)
     del doc["her2_scale"]
     assert np.allclose(model_from_fit(doc, [arm]).her2_scale, 1.0)
+    # ... and a drug a prediction adds to such a fit gets 1 too, not its reference
+    both = [arm, Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"])]
+    assert np.allclose(model_from_fit(doc, both).her2_scale, 1.0)
 
 
 def test_trial_sd_by_marginal_likelihood_matches_quadrature(neosphere):
