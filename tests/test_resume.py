@@ -63,8 +63,16 @@ def _fit_argv(data, out, *extra):
             "--quick", "--no-progress", *extra]
 
 
-def _cli(argv):
-    return [sys.executable, "-m", "fitcsc.cli", *argv]
+def _cli(argv, sigint=False):
+    """The command line of ``fitcsc ARGV`` in a new process; ``sigint``: with Python's
+    KeyboardInterrupt handler on SIGINT even where the test runner ignores SIGINT (the
+    child inherits that; a fork-time reset would warn under JAX's threads)."""
+    if not sigint:
+        return [sys.executable, "-m", "fitcsc.cli", *argv]
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+            "signal.default_int_handler); sys.argv[0] = 'fitcsc'; "
+            "runpy.run_module('fitcsc.cli', run_name='__main__')")
+    return [sys.executable, "-c", code, *argv]
 
 
 def _wait_for(path, proc, timeout=240):
@@ -82,7 +90,11 @@ def test_sigint_then_kill_9_then_resume_redoes_no_finished_chunk(volumes, refere
     the summary's count) and fits.csv equals the uninterrupted run's byte for byte."""
     ref, out, n_chunks = reference, tmp_path / "out", N_SUBJECTS // CHUNK
     ck = out / ".checkpoint"
-    proc = subprocess.Popen(_cli(_fit_argv(volumes, out)), stdout=subprocess.DEVNULL,
+    # as from a terminal: a test run launched in the background (`cmd &` in a
+    # non-interactive shell, as some CI runners do) ignores SIGINT, and the child would
+    # inherit that and finish normally (measured: exit 0, no message)
+    proc = subprocess.Popen(_cli(_fit_argv(volumes, out), sigint=True),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(ck / "chunk_00000.npz", proc)
     proc.send_signal(signal.SIGINT)

@@ -2,6 +2,7 @@
 
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,10 @@ def test_exposure_grid_solution_matches_ode_solver(neosphere):
     checked = 0
     for ai, arm in enumerate(arms):
         for k in (6, 10, 14):
-            p = tm.patient(z, nodes[k])
+            p = tm.patient(z, nodes[k])  # its EC50 over the exposure multiplier (the
+            # fitted potency x the labelled-exposure scale: pertuzumab 1.04 here)
+            p = eqx.tree_at(lambda q: q.ec50_mg_per_L, p,
+                            p.ec50_mg_per_L / tm.exposure_multiplier(z))
             sched = arm.regimen.to_schedule(tm.model.drugs)
             sol = fitcsc.simulate(tm.model, p, sched, jnp.asarray([0.0, arm.eval_day()]),
                                   rtol=1e-10, atol=1e-12, max_steps=200000)
