@@ -858,14 +858,17 @@ HER2_REFERENCE_DOSE = {  # drug: (dose, unit, interval [days], regimen it comes 
 HER2_REFERENCE_DRUG = "trastuzumab"
 
 
-def _labelled_average_concentration(drug: str) -> float:
+def _auc_per_mg(model) -> np.ndarray:
+    """Per drug slot of ``model``: the AUC [mg day / L] of 1 mg (typical human PK)."""
+    coefs, rates = pk_arrays(default_params(model).pk)
+    return np.asarray(jnp.sum(coefs / rates, axis=1))
+
+
+def _labelled_average_concentration(drug: str, auc_per_mg: float) -> float:
     """Steady-state average concentration [mg/L] of ``drug`` at `HER2_REFERENCE_DOSE`
     (linear PK: dose x AUC per mg / interval), typical human patient."""
     from ._drugs import dose_to_mg
 
-    model = ModelConfig(crowding="none", drugs=(drug,), species="human")
-    coefs, rates = pk_arrays(default_params(model).pk)
-    auc_per_mg = float(jnp.sum(coefs / rates, axis=1)[0])
     dose, unit, tau, _ = HER2_REFERENCE_DOSE[drug]
     return dose_to_mg(dose, unit, "human") * auc_per_mg / tau
 
@@ -876,15 +879,19 @@ def reference_her2_scale(model) -> np.ndarray:
     for drugs that are not HER2 blockers. Raises ``ValueError`` for a HER2 blocker
     without a labelled dose."""
     scale = np.ones(len(model.drugs))
-    for j, d in enumerate(model.drugs):
-        if CATALOGUE[d].drug_class != "her2":
-            continue
+    her2 = [j for j, d in enumerate(model.drugs) if CATALOGUE[d].drug_class == "her2"]
+    if not her2:
+        return scale
+    auc = _auc_per_mg(model)
+    ref_model = ModelConfig(crowding="none", drugs=(HER2_REFERENCE_DRUG,), species="human")
+    c_ref = _labelled_average_concentration(HER2_REFERENCE_DRUG, _auc_per_mg(ref_model)[0])
+    for j in her2:
+        d = model.drugs[j]
         if d not in HER2_REFERENCE_DOSE:
             raise ValueError(f"{d!r}: no labelled dose in fitcsc._trials.HER2_REFERENCE_DOSE "
                              "(the trial model's HER2 potency is relative to each blocker's "
                              "labelled-dose exposure)")
-        scale[j] = (_labelled_average_concentration(HER2_REFERENCE_DRUG)
-                    / _labelled_average_concentration(d))
+        scale[j] = c_ref / _labelled_average_concentration(d, auc[j])
     return scale
 
 
@@ -894,9 +901,7 @@ def reference_kill(model) -> np.ndarray:
     not chemotherapy. Raises ``ValueError`` for a chemotherapy drug without one."""
     from ._drugs import dose_to_mg
 
-    params = default_params(model)
-    coefs, rates = pk_arrays(params.pk)
-    auc_per_mg = np.asarray(jnp.sum(coefs / rates, axis=1))
+    auc_per_mg = _auc_per_mg(model)
     kill = np.zeros(len(model.drugs))
     for j, d in enumerate(model.drugs):
         if CATALOGUE[d].drug_class != "chemo":
