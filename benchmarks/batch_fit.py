@@ -15,7 +15,7 @@ that ``fitcsc fit`` uses on that file: each arm its own constant drug effect
   runs in one compiled program; the package's one Levenberg–Marquardt (rule
   ``"bounded"``, MINPACK lmder's, and the stall test), the paced evaluator (each
   member's ODE and forward sensitivities at its own pace), members streamed through
-  fixed-shape lanes (`fitcsc._lanes`). The benchmark times library entry points only:
+  fixed-shape lanes (`fitcsc._fit.lanes`). The benchmark times library entry points only:
   *warm* is the second call in the process (compile excluded, checked to compile
   nothing); *cold* is a fresh process with an empty persistent compile cache (Python
   start, import, data, compile and fit); and `fitcsc fit` on the same file runs in a
@@ -101,10 +101,10 @@ LM_MAX_STEPS = 200  # total LM steps (evaluations) per member; scipy max_nfev
 TRUST_REGION = "bounded"  # fit_map(trust_region=...): MINPACK lmder's kind of rule
 STALL_RTOL, STALL_STEPS = 1e-8, 2  # fit_map(stall_rtol=..., stall_steps=...)
 NUM_STARTS, START_SCALE, START_SEED = 4, 1.0, 0
-PENALTY = 1e6  # residual of a failed prediction, as in fitcsc._fit_solve
+PENALTY = 1e6  # residual of a failed prediction, as in fitcsc._fit.member
 SEED = 20240601  # curve subsets and synthetic data
 DATA_FILE = ("pdxe_brca", "pdxe_brca_tumor_volume.csv")
-ARM_CONC_MG_PER_L = 1.0  # an arm pseudo-drug's concentration from day 0 (fitcsc._arms)
+ARM_CONC_MG_PER_L = 1.0  # an arm pseudo-drug's concentration from day 0 (fitcsc._io.arms)
 
 
 def lm_tolerances(max_steps: int = LM_MAX_STEPS) -> dict[str, dict]:
@@ -479,7 +479,7 @@ def run_peer(groups, peer_sel, curves, starts, *, sensitivities=True, tag="peer"
 class UnionFit:
     """What ``fitcsc fit`` fits on the file: one model with a drug slot per drug kind
     and the union spec, each curve estimating its arm's part (`fitcsc.fitjob`), for
-    the curves ``idx`` (file order). The starts are fit_map's (`fitcsc._fit.starts`)."""
+    the curves ``idx`` (file order). The starts are fit_map's (`fitcsc._fit.driver.starts`)."""
 
     def __init__(self, batch, regs, idx, num_starts: int):
         self.idx = np.asarray(idx)
@@ -704,7 +704,7 @@ def flop_counts(g: Group) -> dict:
 
     z = jnp.asarray(g.z_ref[0])
     sched = fitcsc.subject_data(g.batch, 0).schedule
-    coefs, rates = fitcsc._pk.pk_arrays(g.spec.reference.pk)
+    coefs, rates = fitcsc._model.pk.pk_arrays(g.spec.reference.pk)
 
     def field(p, t, y):
         conc = fitcsc.concentrations(coefs, rates, sched, t)
@@ -986,7 +986,7 @@ def tolerances() -> dict:
         },
         "optimiser": {
             "fitcsc": t["fitcsc"],
-            "fitcsc_what": "fitcsc's one Levenberg-Marquardt (fitcsc._lm), rule "
+            "fitcsc_what": "fitcsc's one Levenberg-Marquardt (fitcsc._fit.lm), rule "
             f"{TRUST_REGION!r}: MINPACK lmder's scaled step bound, Gauss-Newton inside it, "
             "its shrink rule (first bound 1 x |D z0|, grown when ratio >= 0.5), lmder's "
             "ftol test on Gauss-Newton steps, optimistix's Cauchy test (step in z and "

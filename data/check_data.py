@@ -3,7 +3,7 @@
     python data/check_data.py [DIR]    # DIR defaults to data/clinical; exit status 1 on error
 
 Checks: required columns; every regimen_id (and comparator_regimen_id) exists in
-regimens.csv; every drug is a catalogue name (cross-checked against fitcsc/_drugs.py when
+regimens.csv; every drug is a catalogue name (cross-checked against fitcsc/_model/drugs.py when
 it is there); units and numeric fields parse; vocabularies; every row has a citation;
 pCR counts agree with n and percentage (|100 count/n - pct| < 1 point); CIs bracket the
 estimate; log_hr and log_hr_se agree with hr and its CI; keys are unique.
@@ -187,13 +187,13 @@ def close(a, b, rel=2e-5):
 
 
 def check_catalogue_file():
-    src = HERE.parent / "fitcsc" / "_drugs.py"
+    src = HERE.parent / "fitcsc" / "_model" / "drugs.py"
     if not src.exists():
         return
     names = set(re.findall(r'DrugInfo\(\s*"([^"]+)"', src.read_text()))
     if names and names != CATALOGUE:
         warnings.append(
-            f"catalogue in fitcsc/_drugs.py differs from this checker: "
+            f"catalogue in fitcsc/_model/drugs.py differs from this checker: "
             f"only there {sorted(names - CATALOGUE)}, only here "
             f"{sorted(CATALOGUE - names)}"
         )

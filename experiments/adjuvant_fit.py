@@ -19,7 +19,7 @@ B. Joint. pCR counts, control landmarks, both log hazard ratios and (unless
    of the drugs' reach) treated with the same sensitivity, so pCR and DFS come from one
    residual state per patient.
 
-Endpoints (`fitcsc._trials`): cure ``exp(-pi S_res)`` 60 days after the last adjuvant
+Endpoints (`fitcsc._trial.model`): cure ``exp(-pi S_res)`` 60 days after the last adjuvant
 dose; a non-cured patient recurs when her residual CSC lineages regrow to 1e9 cells;
 HR = ratio of cumulative hazards at the trial's median follow-up (with cure
 fractions hazards are not proportional, so this is an approximation, stated).

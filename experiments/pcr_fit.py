@@ -24,7 +24,7 @@ by Levenberg-Marquardt; posterior: Laplace draws reweighted by Pareto-smoothed
 importance sampling to the exact posterior (saved with the fit for `fitcsc predict`),
 ArviZ summary, and 95% intervals of each arm's predicted pCR.
 
-The fit is the package's main job (`fitcsc run`, `fitcsc._clinical_job`); this script
+The fit is the package's main job (`fitcsc run`, `fitcsc._jobs.main`); this script
 runs it with the same options into the results folder and keeps its report as RESULT.md.
 
 Run: ``python experiments/pcr_fit.py [--quick] [--out DIR]``. Writes ``fit.json`` (a

@@ -8,7 +8,7 @@ self-renewals) rather than the bulk term (``her2_efficacy_bulk``: slower bulk
 division), and does either follow ERBB2 copy number or RNA? And how large are
 paclitaxel's bulk kill (``kill_rate``) and CSC sparing (``csc_sparing``) across lines?
 
-Method: `fitcsc fit --share-growth-by pdx_line` (`fitcsc._fitrun.GroupUnits`): per line, one
+Method: `fitcsc fit --share-growth-by pdx_line` (`fitcsc._jobs.fit_job.GroupUnits`): per line, one
 joint maximum-likelihood fit of all its curves, CSC growth (v_S, p) shared and pinned by
 the untreated curve, each arm's own constant effect from day 0 (no doses in the data),
 initial volume per curve, one sigma per line; multi-start Levenberg-Marquardt. Standard

@@ -14,7 +14,7 @@ ends, except when the input is refused (then one line says why). Global options 
 or after the command): ``--data-dir``, ``--drug-catalogue FILE``, ``--quiet``,
 ``--debug``. ``fit``, ``sample``, ``simulate``, ``predict`` and ``run`` also take
 ``--config FILE.toml``, ``--device cpu|gpu`` and ``--x64/--no-x64``, and store the
-resolved configuration in their result folder (`fitcsc._config`).
+resolved configuration in their result folder (`fitcsc._jobs.config`).
 
 Examples::
 
@@ -34,12 +34,12 @@ import sys
 import traceback
 import warnings
 
-from ._checkpoint import add_resume_option
-from ._compile import enable_compile_cache
-from ._config import CONFIG_COMMANDS, add_run_options, apply_config, runtime, write_config
-from ._data import resolve_input
-from ._data_show import plural as _n
 from ._errors import DataWarning, FitcscInputError
+from ._io.checkpoint import add_resume_option
+from ._io.data import resolve_input
+from ._io.show import plural as _n
+from ._jobs.compile import enable_compile_cache
+from ._jobs.config import CONFIG_COMMANDS, add_run_options, apply_config, runtime, write_config
 from ._status import Exit, job_exit
 
 
@@ -54,7 +54,7 @@ _parse_cmt.to_text = lambda pair: f"{pair[0]}={pair[1]}"  # its inverse, for con
 
 
 def _data_options(args) -> dict:
-    """The reader options of the data commands and ``fit`` (`fitcsc._data.read_volumes`)."""
+    """The reader options of the data commands and ``fit`` (`fitcsc._io.data.read_volumes`)."""
     return dict(duplicates=args.duplicates, time_unit=args.time_unit,
                 amount_unit=args.amount_unit,
                 cmt_drugs=dict(args.cmt_drug) if args.cmt_drug else None)
@@ -70,14 +70,14 @@ def _warn_species(args, kind, path) -> None:
 
 def _read_data_file(args):
     """``(kind, path, result)`` of the data commands: a `VolumeData`, regimens or rows."""
-    from ._data import detect_kind, read_regimen_table, read_volumes
+    from ._io.data import detect_kind, read_regimen_table, read_volumes
 
     path = resolve_input(args.file)
     kind = detect_kind(path) if args.kind == "auto" else args.kind
     if kind == "regimen":
         return kind, path, read_regimen_table(path)
     if kind in ("pcr", "adjuvant", "links", "pk"):
-        from ._clinical import read_clinical
+        from ._io.clinical import read_clinical
 
         return kind, path, read_clinical(path, kind)
     regimens = None if args.regimens is None else resolve_input(args.regimens)
@@ -87,8 +87,8 @@ def _read_data_file(args):
 
 
 def _data_validate(args) -> int:
-    from ._batch import make_batch
-    from ._data_show import describe_regimens, describe_table
+    from ._io.batch import make_batch
+    from ._io.show import describe_regimens, describe_table
 
     kind, path, got = _read_data_file(args)
     if kind == "regimen":
@@ -109,7 +109,7 @@ def _data_validate(args) -> int:
 
 
 def _data_show(args) -> int:
-    from ._data_show import overview, regimen_overview
+    from ._io.show import overview, regimen_overview
 
     kind, path, got = _read_data_file(args)
     if kind == "regimen":
@@ -194,7 +194,7 @@ def add_data_command(subparsers, common) -> None:
 
 
 def _simulate(args) -> int:
-    from ._run import run_default
+    from ._jobs.simulate_job import run_default
 
     enable_compile_cache()
 
@@ -226,8 +226,8 @@ def add_simulate_command(subparsers, common) -> None:
 
 
 def _run(args) -> int:
-    from ._clinical_job import clinical_fit_job
-    from ._trial_posterior import describe
+    from ._jobs.main import clinical_fit_job
+    from ._trial.posterior import describe
 
     least = {"chains": 2 if args.posterior == "chees" else 1, "warmup": 1}
     for name, low in least.items():
@@ -252,9 +252,9 @@ def _run(args) -> int:
 
 def add_run_command(subparsers, common) -> None:
     """``fitcsc run``: the main job, a fit of the embedded published data in data/."""
-    from ._clinical_job import DEFAULT_STRUCTURE
-    from ._trial_posterior import METHODS
-    from ._trials import STRUCTURES
+    from ._jobs.main import DEFAULT_STRUCTURE
+    from ._trial.model import STRUCTURES
+    from ._trial.posterior import METHODS
 
     r = subparsers.add_parser(
         "run", parents=[common],
@@ -302,7 +302,7 @@ def add_run_command(subparsers, common) -> None:
 
 
 def _report(args) -> int:
-    from ._report import write_report
+    from ._jobs.report import write_report
 
     path = write_report(args.run_dir)
     if not args.quiet:
@@ -326,13 +326,13 @@ def add_report_command(subparsers, common) -> None:
 
 
 def _fit(args) -> int:
-    from ._fitrun import fit_job
+    from ._jobs.fit_job import fit_job
 
     if not args.no_compile_cache:
         enable_compile_cache()
     data = resolve_input(args.data)
     regimens = None if args.regimens is None else resolve_input(args.regimens)
-    from ._data import detect_kind
+    from ._io.data import detect_kind
 
     _warn_species(args, detect_kind(data), data)
     options = _data_options(args)
@@ -359,7 +359,7 @@ def _fit(args) -> int:
 
 def add_fit_command(subparsers, common) -> None:
     """``fitcsc fit``: fit every subject of a tumour-volume file separately."""
-    from ._fitrun import MODELS
+    from ._jobs.fit_job import MODELS
 
     f = subparsers.add_parser(
         "fit", parents=[common, data_options_parser()],
@@ -409,13 +409,13 @@ def add_fit_command(subparsers, common) -> None:
 
 
 def add_predict_command(subparsers, common) -> None:
-    from ._predict import add_predict_command as add
+    from ._jobs.predict import add_predict_command as add
 
     add(subparsers, common)
 
 
 def add_sample_command(subparsers, common) -> None:
-    from ._sample_job import add_sample_command as add
+    from ._jobs.sample_job import add_sample_command as add
 
     add(subparsers, common)
 
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_out(args)
             with runtime(args):  # --device, --x64: before the job makes any array
                 if args.drug_catalogue:
-                    from ._drug_catalogue import load_drug_catalogue
+                    from ._io.drug_catalogue import load_drug_catalogue
 
                     for path in args.drug_catalogue:
                         load_drug_catalogue(path)

@@ -18,7 +18,7 @@ modules that may move)::
   fixed-shape lanes since the last `reset_lane_stats`).
 """
 
-from ._csc_spec import (
+from ._fit.csc_spec import (
     CSC_REFERENCE,
     arm_predictor,
     csc_arm_spec,
@@ -26,9 +26,9 @@ from ._csc_spec import (
     drug_slots,
     slot_batch,
 )
-from ._fit import reference_starts, sobol_unit, starts
-from ._fitrun import load_job_data, regimen_of
-from ._lanes import STATS as _STATS
+from ._fit.driver import reference_starts, sobol_unit, starts
+from ._fit.lanes import STATS as _STATS
+from ._jobs.fit_job import load_job_data, regimen_of
 
 
 def lane_stats() -> dict:

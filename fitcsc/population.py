@@ -21,7 +21,7 @@ may move)::
   ``jax.vmap``, the reference it is tested against).
 """
 
-from ._population import (
+from ._fit.population import (
     PopulationModel,
     SiteSpace,
     forward_predict,
@@ -29,9 +29,9 @@ from ._population import (
     posterior_derived,
     vmapped_jacobians,
 )
-from ._population_csc import baseline_population, csc_population
-from ._sample import WARMUP_STATS, Posterior, run_chains, sample, warmup_summary, z_log_density
-from ._sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
+from ._fit.population_csc import baseline_population, csc_population
+from ._fit.sample import WARMUP_STATS, Posterior, run_chains, sample, warmup_summary, z_log_density
+from ._jobs.sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
 
 __all__ = [
     "Posterior", "PopulationModel", "SiteSpace", "baseline_population", "csc_population",

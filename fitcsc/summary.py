@@ -1,7 +1,7 @@
 """Posterior summaries: Laplace draws, NUTS, population posteriors and ArviZ tables and plots.
 
 This is the only module of fitcsc that imports ArviZ (so moving to ArviZ 1.x touches one
-file); the samplers live in `fitcsc._sample` (`nuts` here is `fitcsc.sample` with
+file); the samplers live in `fitcsc._fit.sample` (`nuts` here is `fitcsc.sample` with
 NumPyro's NUTS). It serves small posteriors (a handful of drug-effect
 parameters, say) whose log density is an expensive but differentiable JAX function of an
 unconstrained vector ``z``:
@@ -49,8 +49,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
     import arviz as az
 
-from ._sample import sample
-from .files import write_atomic
+from ._fit.sample import sample
+from ._io.files import write_atomic
 
 __all__ = [
     "NutsResult",
@@ -404,7 +404,7 @@ def predictive_interval(
     return out.mean(axis=0), lo, hi
 
 
-# ---- population posteriors (fitcsc._population) -------------------------------------
+# ---- population posteriors (fitcsc._fit.population) -------------------------------------
 
 POPULATION_SITES = ("typical", "beta", "sigma")  # and omega_<level>, eta_<level>
 
@@ -413,7 +413,7 @@ def population_inference_data(pop, post, derived: Mapping[str, np.ndarray]) -> a
     """A `fitcsc.PopulationModel`'s posterior as ArviZ `InferenceData`.
 
     **Arguments:** ``pop``; ``post``, the `fitcsc.Posterior` of ``pop.log_density``;
-    ``derived``, `fitcsc._population.posterior_derived` of ``post.z``.
+    ``derived``, `fitcsc._fit.population.posterior_derived` of ``post.z``.
 
     **Returns:** groups ``posterior`` (``typical`` and ``beta`` over dim
     ``fixed_effect``, ``omega_<level>`` over ``<level>_effect``, ``eta_<level>`` over
@@ -518,7 +518,7 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
     forest plot of ``forest_var`` (``forest.png``, 95% HDI, one row per element of ``forest_coords``
     (its last dim; default all), R-hat beside).
     **Returns:** the files written."""
-    from .files import pyplot
+    from ._io.files import pyplot
 
     plt = pyplot()
     out = pathlib.Path(out_dir)
@@ -531,7 +531,7 @@ def plot_diagnostics(idata: az.InferenceData, out_dir, *, pair_coords=None,
 
 
 def _diagnostic_figures(idata, out, pair_coords, forest_var, forest_coords, forest_xlabel):
-    from .files import save_figure
+    from ._io.files import save_figure
 
     names = population_var_names(idata)
     n_rows = sum(idata.posterior[v].size // (idata.posterior.sizes["chain"]

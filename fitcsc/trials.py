@@ -32,7 +32,7 @@ under public names (the implementation lives in private modules that may move)::
   ``fitcsc run`` writes and ``fitcsc predict`` reads).
 """
 
-from ._clinical_job import (
+from ._jobs.main import (
     DEFAULT_HYPER,
     DEFAULT_STRUCTURE,
     DEFAULT_TRIAL_SD,
@@ -41,8 +41,8 @@ from ._clinical_job import (
     clinical_fit_job,
     load_pcr,
 )
-from ._endpoints import TIMING_SD_DAY, hazard_ratio
-from ._trial_fit import (
+from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio
+from ._trial.fit import (
     HYPER_SD_GRID,
     HYPERS,
     LINKS_USED,
@@ -62,14 +62,7 @@ from ._trial_fit import (
     pcr_observations,
     save_fit,
 )
-from ._trial_posterior import (
-    METHODS,
-    TrialPosterior,
-    linearise_at,
-    posterior_draws,
-    posterior_flag,
-)
-from ._trials import (
+from ._trial.model import (
     CHEMO_REFERENCE_DOSE,
     HER2_REFERENCE_DOSE,
     PARAMETERS,
@@ -81,6 +74,13 @@ from ._trials import (
     reference_kill,
     to_natural,
     trial_family,
+)
+from ._trial.posterior import (
+    METHODS,
+    TrialPosterior,
+    linearise_at,
+    posterior_draws,
+    posterior_flag,
 )
 
 __all__ = [

@@ -19,8 +19,8 @@ import matplotlib.image
 import numpy as np
 
 import fitcsc
-from fitcsc._data import make_batch, read_tidy_csv
-from fitcsc._report import SECTIONS, cell, job_kind
+from fitcsc._io.data import make_batch, read_tidy_csv
+from fitcsc._jobs.report import SECTIONS, cell, job_kind
 from fitcsc._status import FitStatus
 from fitcsc.cli import main
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._arms import (
+from fitcsc._io.arms import (
     ARM_PREFIX,
     arm_drug_class,
     arm_drugs,
     default_arm_regimens,
     is_control_arm,
 )
-from fitcsc._data import data_dir, read_tidy_csv
-from fitcsc._pk import concentrations, pk_arrays
+from fitcsc._io.data import data_dir, read_tidy_csv
+from fitcsc._model.pk import concentrations, pk_arrays
 
 
 def _regimens(arms):

@@ -6,7 +6,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import fitcsc
-from fitcsc._baselines import SIMEONI_PSI
+from fitcsc._fit.baselines import SIMEONI_PSI
 
 
 def _subject(days, volumes, dose_day=None):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fitcsc
-import fitcsc._simulate as _sim_module
+import fitcsc._solve.simulate as _sim_module
 
 TS = jnp.array([0.0, 3.0, 7.0, 14.0, 21.0])
 

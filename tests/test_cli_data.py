@@ -232,7 +232,7 @@ def test_species_and_nonmem_units_reach_the_fit(tmp_path, capsys, monkeypatch):
     fitted with mouse PK and a 20 g mouse's mg/kg conversion) and NONMEM time units (a
     file in hours was fitted in days). The batch the optimiser sees must be in days and
     mg of a 70 kg human, as `data validate|show` read it."""
-    import fitcsc._fitrun as fitrun
+    import fitcsc._jobs.fit_job as fitrun
 
     monkeypatch.setenv("FITCSC_CACHE_DIR", "off")
     seen = []
@@ -384,7 +384,7 @@ def test_quiet_debug_and_exit_codes(tmp_path, capsys, monkeypatch):
 
 
 def test_fit_exit_code_1_when_no_subject_is_fitted(tmp_path, capsys, monkeypatch):
-    import fitcsc._fitrun as fitrun
+    import fitcsc._jobs.fit_job as fitrun
 
     def broken(*args, **kw):
         raise FloatingPointError("nan everywhere")
@@ -402,7 +402,7 @@ def test_out_that_is_a_file_refused_before_the_job(tmp_path, capsys, monkeypatch
     """``--out FILE`` (or ``FILE/sub``) of every command that writes a folder is bad input
     (exit 2, one line), refused before the job runs: `fitcsc run` used to fit for minutes
     and then fail with exit 1 when it wrote its first file."""
-    from fitcsc._config import _command_actions
+    from fitcsc._jobs.config import _command_actions
     from fitcsc.cli import build_parser
 
     monkeypatch.chdir(tmp_path)

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from scipy.stats import beta
 
-from fitcsc._clinical import read_clinical
-from fitcsc._data import read_regimen_table
 from fitcsc._errors import DataError
+from fitcsc._io.clinical import read_clinical
+from fitcsc._io.data import read_regimen_table
 from fitcsc.cli import main
 
 CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"

@@ -1,4 +1,4 @@
-"""Run configurations (``--config FILE.toml``, `fitcsc._config`) and ``--device`` /
+"""Run configurations (``--config FILE.toml``, `fitcsc._jobs.config`) and ``--device`` /
 ``--x64``: precedence, the resolved ``config.toml`` of every result folder, and a rerun
 from it that repeats the run bit for bit (a fit and a simulation)."""
 
@@ -18,7 +18,8 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 
-from fitcsc._config import (
+from fitcsc._errors import FitcscInputError
+from fitcsc._jobs.config import (
     CONFIG_COMMANDS,
     PATH_METAVARS,
     _command_actions,
@@ -26,7 +27,6 @@ from fitcsc._config import (
     load_config,
     resolved_config,
 )
-from fitcsc._errors import FitcscInputError
 from fitcsc.cli import build_parser, main
 
 TIMES = ("wall_s", "fit_s", "map_s", "warm_start_s", "posterior_s", "seconds")

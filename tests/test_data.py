@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitcsc._data import (
+from fitcsc._errors import DataError, DataWarning, RegimenError
+from fitcsc._io.data import (
     SubjectBatch,
     data_dir,
     detect_kind,
@@ -21,8 +22,7 @@ from fitcsc._data import (
     read_tidy_csv,
     read_volumes,
 )
-from fitcsc._errors import DataError, DataWarning, RegimenError
-from fitcsc._nonmem import read_nonmem
+from fitcsc._io.nonmem import read_nonmem
 
 HEADER = "study,arm,subject,day,volume_mm3,weight_g\n"
 GOOD = HEADER + (

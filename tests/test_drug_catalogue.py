@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._arms import arm_drug_class, constant_effect_message
-from fitcsc._data import read_regimen_table
-from fitcsc._drug_catalogue import load_drug_catalogue, read_drug_catalogue
-from fitcsc._drugs import (
+from fitcsc._errors import CatalogueError, DataWarning, RegimenError
+from fitcsc._io.arms import arm_drug_class, constant_effect_message
+from fitcsc._io.data import read_regimen_table
+from fitcsc._io.drug_catalogue import load_drug_catalogue, read_drug_catalogue
+from fitcsc._model.drugs import (
     ALIASES,
     ALLOMETRIC_TIME_FACTOR,
     CATALOGUE,
     DRUG_CLASSES,
     default_pk,
 )
-from fitcsc._errors import CatalogueError, DataWarning, RegimenError
 from fitcsc.cli import main
 
 
@@ -68,7 +68,7 @@ def test_every_drug_has_a_class_and_a_source():
     ("verzenio", "abemaciclib", "cytostatic"),
 ])
 def test_breast_cancer_agents_and_their_classes(alias, name, cls):
-    from fitcsc._drugs import canonical_drug
+    from fitcsc._model.drugs import canonical_drug
 
     assert canonical_drug(alias) == name and CATALOGUE[name].drug_class == cls
     assert arm_drug_class(f"{alias} + vehicle") == cls  # an arm named after it

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import fitcsc
-from fitcsc._endpoints import (
+from fitcsc._trial.endpoints import (
     arm_endpoints,
     binomial_log_likelihood,
     dfs_curve,

@@ -28,11 +28,11 @@ from helpers import (
     write_batch,
 )
 
-from fitcsc._fit import fit_map, sobol_unit
-from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
-from fitcsc._fit_profile import profile
-from fitcsc._fit_solve import member_residuals
-from fitcsc._likelihood import log_likelihood_from_log
+from fitcsc._fit.driver import fit_map, sobol_unit
+from fitcsc._fit.likelihood import log_likelihood_from_log
+from fitcsc._fit.member import member_residuals
+from fitcsc._fit.predictors import FunctionPredictor, csc_predictor, subject_data
+from fitcsc._fit.profile import profile
 from fitcsc._status import FitStatus
 
 

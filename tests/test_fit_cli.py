@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import check_fit_report
 
-from fitcsc._data import data_dir
-from fitcsc._fitrun import PLOTS, fit_job
+from fitcsc._io.data import data_dir
+from fitcsc._jobs.fit_job import PLOTS, fit_job
 from fitcsc.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +263,7 @@ def test_pdxe_smoke_csc(tmp_path, capsys):
 
 def test_nonmem_data_bring_their_own_doses(tmp_path):
     from fitcsc._errors import DataError
-    from fitcsc._fitrun import load_job_data as _load
+    from fitcsc._jobs.fit_job import load_job_data as _load
 
     path = tmp_path / "nm.csv"
     path.write_text("ID,TIME,DV,AMT,EVID,CMT,ARM\n"
@@ -279,7 +279,7 @@ def test_nonmem_data_bring_their_own_doses(tmp_path):
 
 
 def test_a_failing_chunk_never_stops_the_job(volumes, tmp_path, monkeypatch):
-    import fitcsc._fitrun as fitrun
+    import fitcsc._jobs.fit_job as fitrun
 
     real = fitrun.fit_map
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fitcsc import _lanes
-from fitcsc._fitrun import fit_job
+from fitcsc._jobs.fit_job import fit_job
 
 
 @pytest.fixture(autouse=True)

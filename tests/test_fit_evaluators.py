@@ -26,9 +26,9 @@ from helpers import (
 )
 
 import fitcsc
-from fitcsc._evaluators import JacfwdEvaluator, PacedEvaluator, basis
-from fitcsc._fit import fit_map, pad_observations
-from fitcsc._fit_predict import FunctionPredictor, csc_predictor, subject_data
+from fitcsc._fit.driver import fit_map, pad_observations
+from fitcsc._fit.evaluators import JacfwdEvaluator, PacedEvaluator, basis
+from fitcsc._fit.predictors import FunctionPredictor, csc_predictor, subject_data
 from fitcsc._status import FitStatus
 
 LM = dict(trust_region="bounded", stall_rtol=1e-8, stall_steps=2)

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._data import data_dir, read_tidy_csv
-from fitcsc._fitrun import fit_job
+from fitcsc._io.data import data_dir, read_tidy_csv
+from fitcsc._jobs.fit_job import fit_job
 
 GOLDEN = pathlib.Path(__file__).with_name("golden_fits.json")
 LINES = ("X-1004", "X-1008", "X-1286")

@@ -20,9 +20,9 @@ import scipy.optimize
 import scipy.stats
 
 import fitcsc
-from fitcsc._data import make_batch, read_tidy_csv
-from fitcsc._fit_group import fit_groups
-from fitcsc._fit_predict import FunctionPredictor
+from fitcsc._fit.groups import fit_groups
+from fitcsc._fit.predictors import FunctionPredictor
+from fitcsc._io.data import make_batch, read_tidy_csv
 from fitcsc._status import FitStatus
 from fitcsc.cli import main
 
@@ -225,9 +225,9 @@ CSC_TRUTH = {  # line: (v_S, p, {arm: effects})
 def _csc_volumes(path):
     """Noise-free curves simulated with the job's own model: default arm regimens
     (constant unit exposure from day 0), one drug slot per class."""
-    from fitcsc._csc_spec import csc_union_spec, drug_slots, slot_batch
-    from fitcsc._fitrun import load_job_data as _load
-    from fitcsc._fitrun import regimen_of as _regimen_of
+    from fitcsc._fit.csc_spec import csc_union_spec, drug_slots, slot_batch
+    from fitcsc._jobs.fit_job import load_job_data as _load
+    from fitcsc._jobs.fit_job import regimen_of as _regimen_of
 
     days = np.arange(0.0, 43.0, 3.5)
     rows = ["study,arm,subject,day,volume_mm3,pdx_line"]

@@ -1,4 +1,4 @@
-"""The one Levenberg–Marquardt (`fitcsc._lm`) and its lane driver (`fitcsc._lanes`).
+"""The one Levenberg–Marquardt (`fitcsc._fit.lm`) and its lane driver (`fitcsc._fit.lanes`).
 
 - the "damping" rule takes optimistix's LM steps (optimistix is the reference here);
 - the "bounded" rule's step is lmpar's (against numpy's solve and pinv);
@@ -17,8 +17,8 @@ import pytest
 import scipy.optimize
 
 import fitcsc
-from fitcsc._lanes import ResidualProblem, solve_members
-from fitcsc._lm import Damping, as_rule, bounded_step, least_squares, make_stop
+from fitcsc._fit.lanes import ResidualProblem, solve_members
+from fitcsc._fit.lm import Damping, as_rule, bounded_step, least_squares, make_stop
 from fitcsc._status import FitStatus
 
 T = jnp.linspace(0.0, 6.0, 25)

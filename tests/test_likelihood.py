@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import fitcsc  # noqa: F401  (float64)
-from fitcsc._likelihood import log_likelihood, residuals
+from fitcsc._fit.likelihood import log_likelihood, residuals
 
 PRED = np.array([[120.0, 80.0, 3.0, 0.5, 7.0], [50.0, 60.0, 70.0, 80.0, 90.0]])
 OBS = np.array([[100.0, 95.0, 1.0, 1.0, 1.0], [55.0, 1.0, 65.0, 1.0, 1.0]])

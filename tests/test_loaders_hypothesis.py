@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fitcsc._batch import make_batch
-from fitcsc._clinical import read_clinical
-from fitcsc._data import (
+from fitcsc._errors import DataWarning, FitcscInputError
+from fitcsc._io.batch import make_batch
+from fitcsc._io.clinical import read_clinical
+from fitcsc._io.data import (
     DUPLICATES,
     MAX_ABS_DAY,
     MAX_VOLUME_MM3,
@@ -33,9 +34,8 @@ from fitcsc._data import (
     read_tidy_csv,
     read_volumes,
 )
-from fitcsc._drug_catalogue import read_drug_catalogue
-from fitcsc._errors import DataWarning, FitcscInputError
-from fitcsc._nonmem import read_nonmem
+from fitcsc._io.drug_catalogue import read_drug_catalogue
+from fitcsc._io.nonmem import read_nonmem
 
 settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True,
                           database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fitcsc._paced import paced_solve, tsit5_step
+from fitcsc._solve.paced import paced_solve, tsit5_step
 from fitcsc._status import Status
 
 M = 70  # members solved together, each at its own pace

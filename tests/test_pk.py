@@ -9,7 +9,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import fitcsc
-from fitcsc._pk import concentrations, pk_arrays, unit_response
+from fitcsc._model.pk import concentrations, pk_arrays, unit_response
 
 
 def _conc(pk, regimen, t, species="human"):

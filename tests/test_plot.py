@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._data import make_batch, read_tidy_csv
-from fitcsc._plot import (
+from fitcsc._io.data import make_batch, read_tidy_csv
+from fitcsc._jobs.plot import (
     plot_multistart,
     plot_observed_vs_predicted,
     plot_residuals,
@@ -91,7 +91,7 @@ def test_axes_are_clipped_to_the_data(fitted, tmp_path, monkeypatch):
     """A complete response predicted at 1e-18 mm3 (and a failed fit at 1e30) no longer
     stretches the observed-vs-predicted axes or a subject's panel: both span the observed
     volumes (widened 3x), the outliers sit at the edge and are counted in the title."""
-    import fitcsc._plot as plot
+    import fitcsc._jobs.plot as plot
 
     batch, result, grid, curve, _ = fitted
     logp = np.asarray(result.log_volume_pred).copy()
@@ -127,7 +127,7 @@ def test_axes_are_clipped_to_the_data(fitted, tmp_path, monkeypatch):
 def test_arm_colours_distinct_up_to_20_arms(n_arms):
     """Colour by arm: the legend of the observed-vs-predicted plot lists up to 12 arms, so
     two arms never share a colour up to 20 (PDXE files have 12 treated arms and more)."""
-    from fitcsc._plot import arm_colours
+    from fitcsc._jobs.plot import arm_colours
 
     arms = [f"arm{i}" for i in range(n_arms) for _ in range(2)]  # repeated, in order
     colours = arm_colours(arms)

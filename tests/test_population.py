@@ -10,11 +10,11 @@ import pytest
 from scipy import stats
 
 import fitcsc
-from fitcsc._arms import ARM_EC50_MG_PER_L, default_arm_regimens
-from fitcsc._data import TidyTable
-from fitcsc._fit_group import GroupSpec
-from fitcsc._fit_predict import SizeSpec
-from fitcsc._population import forward_predict, population_model, vmapped_jacobians
+from fitcsc._fit.groups import GroupSpec
+from fitcsc._fit.population import forward_predict, population_model, vmapped_jacobians
+from fitcsc._fit.predictors import SizeSpec
+from fitcsc._io.arms import ARM_EC50_MG_PER_L, default_arm_regimens
+from fitcsc._io.data import TidyTable
 
 DAYS = np.array([0.0, 4.0, 8.0, 13.0, 21.0])
 
@@ -130,7 +130,7 @@ def test_csc_gradient_paced_andvmapped_jacobians_agree_with_finite_differences()
     zc = pop.curve_z(pop.space.from_z(z))
     lp_p, st_p = forward_predict(pop.predictor, zc, pop.curves)
     lp_v, st_v, J_v = vmapped_jacobians(pop.predictor, zc, pop.curves)
-    from fitcsc._evaluators import paced_log_pred
+    from fitcsc._fit.evaluators import paced_log_pred
 
     _, _, J_p, _ = paced_log_pred(pop.predictor, zc, pop.curves)
     m = np.asarray(pop.curves.mask)

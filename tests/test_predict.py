@@ -12,9 +12,9 @@ from helpers import check_report
 import fitcsc
 from fitcsc import FitStatus, cli
 from fitcsc._errors import FitcscInputError
-from fitcsc._predict import parse_contrast
-from fitcsc._trial_fit import TrialFit, save_fit
-from fitcsc._trials import Arm, TrialModel
+from fitcsc._jobs.predict import parse_contrast
+from fitcsc._trial.fit import TrialFit, save_fit
+from fitcsc._trial.model import Arm, TrialModel
 
 CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"
 

@@ -1,6 +1,6 @@
 """`fitcsc.simulate` against an independent NumPy/SciPy implementation.
 
-The reference below is written from the equations of DESIGN §2 and the `fitcsc._model`
+The reference below is written from the equations of DESIGN §2 and the `fitcsc._model.family`
 docstring; it shares no code with fitcsc beyond reading parameter values:
 
 - drug concentrations by closed-form superposition over the doses (one-compartment
@@ -36,7 +36,7 @@ import fitcsc
 MAX_REL_ERR = 1e-6
 SIM_TOL = dict(rtol=1e-10, atol=1e-8)
 
-# Subject size for dose conversion (fitcsc._drugs docstring).
+# Subject size for dose conversion (fitcsc._model.drugs docstring).
 BODY_WEIGHT_KG = {"human": 70.0, "mouse": 0.020}
 BSA_M2 = {"human": 1.8, "mouse": 0.0066}
 DRUG_CLASS = {

@@ -1,4 +1,4 @@
-"""Reports (`fitcsc._report`): every job writes report.md with its sections and figures,
+"""Reports (`fitcsc._jobs.report`): every job writes report.md with its sections and figures,
 and `fitcsc report DIR` rebuilds it byte for byte from the folder's files.
 
 The checks run on the quick jobs the job tests already run (no job runs twice in CI):

@@ -147,7 +147,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(volumes, reference, tmp
                                                          monkeypatch):
     """Ctrl-C in the third chunk: exit 130, one line saying how to resume, two chunks
     kept; ``--resume`` fits the rest, and changing an option is then refused."""
-    import fitcsc._fitrun as fitrun
+    import fitcsc._jobs.fit_job as fitrun
 
     ref, out = reference, tmp_path / "out"
     real, calls = fitrun._fit_chunk, []
@@ -177,7 +177,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(volumes, reference, tmp
 @pytest.mark.slow
 def test_shared_growth_job_resumes_to_the_same_fits(volumes, tmp_path, monkeypatch):
     """The group job (one chunk per cage): interrupted in its second chunk, resumed."""
-    import fitcsc._fitrun as fitrun
+    import fitcsc._jobs.fit_job as fitrun
 
     argv = ["--model", "csc", "--share-growth-by", "cage", "--chunk-size", "4",
             "--max-subjects", "8"]
@@ -229,7 +229,7 @@ def test_sampler_resumes_to_the_same_draws(method, tmp_path):
     import jax.numpy as jnp
 
     from fitcsc import sample
-    from fitcsc._checkpoint import Checkpoint
+    from fitcsc._io.checkpoint import Checkpoint
 
     prec = jnp.asarray([[2.0, 0.8], [0.8, 1.0]])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._sample import run_chains
+from fitcsc._fit.sample import run_chains
 
 MU = np.array([1.0, -2.0, 0.5])
 COV = np.array([[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 0.04]])

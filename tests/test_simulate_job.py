@@ -3,7 +3,7 @@ model's), so an arm's trajectory never depends on the other arms in the table.""
 
 import csv
 
-from fitcsc._run import run_default
+from fitcsc._jobs.simulate_job import run_default
 
 HEADER = "arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours\n"
 TCH = ("TCH,docetaxel,75,mg/m2,0,21,6,1\nTCH,carboplatin,600,mg,0,21,6,0.5\n"

@@ -211,9 +211,9 @@ def test_predictive_interval_linear_matches_normal_quantiles():
 @pytest.fixture(scope="module")
 def population_posteriors():
     """Exponential and logistic population posteriors of the same synthetic curves."""
-    from fitcsc._arms import default_arm_regimens
-    from fitcsc._data import TidyTable
-    from fitcsc._population import posterior_derived
+    from fitcsc._fit.population import posterior_derived
+    from fitcsc._io.arms import default_arm_regimens
+    from fitcsc._io.data import TidyTable
 
     rng = np.random.default_rng(5)
     days = np.arange(0.0, 22.0, 3.0)
@@ -278,7 +278,7 @@ def test_loo_compare_against_hand_computed_lppd(population_posteriors):
 
 
 def test_population_plots(population_posteriors, tmp_path):
-    from fitcsc._population_plot import plot_ppc, plot_vpc
+    from fitcsc._jobs.population_plot import plot_ppc, plot_vpc
 
     _, out = population_posteriors
     idata = out["logistic"][2]

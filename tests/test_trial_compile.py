@@ -1,6 +1,6 @@
 """The trial fit compiles once per model structure and data shape: the data (counts,
 sizes) are traced arguments of the compiled fit and posterior programs
-(`fitcsc._trial_fit.ObjectiveCore`), so a second data set of the same structure, e.g.
+(`fitcsc._trial.fit.ObjectiveCore`), so a second data set of the same structure, e.g.
 the next replicate of a calibration study, compiles nothing and is fitted to its own
 counts, not the first set's."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._compile import CompileStats
+from fitcsc._jobs.compile import CompileStats
 from fitcsc.trials import (
     Objective,
     PcrObservation,

@@ -2,7 +2,7 @@
 by 2-D quadrature, and `posterior_flag` on deliberately bad runs.
 
 The objective is a residual function of two parameters, like the trial model's
-(`fitcsc._trial_fit.Objective`): ``-0.5 |r(z)|^2`` is the log posterior. Here
+(`fitcsc._trial.fit.Objective`): ``-0.5 |r(z)|^2`` is the log posterior. Here
 
     r = ((z0 - 0.5) / 0.8, (z1 - 0.3 z0^2) / 0.5)
 
@@ -143,8 +143,8 @@ def test_linear_is_the_default_laplace_draws_pushed_through_the_delta_method():
     """The default: Laplace draws (the same as "laplace" for a key), uniform weights, no
     diagnostic; `draw_values` with `linearise_at` gives the delta method: exact for a
     prediction that is linear on its link scale, first order otherwise."""
-    from fitcsc._trial_fit import draw_values
-    from fitcsc._trial_posterior import linearise_at
+    from fitcsc._trial.fit import draw_values
+    from fitcsc._trial.posterior import linearise_at
 
     fit = _fit()
     post = posterior_draws(banana, fit, 2000, jax.random.PRNGKey(5))
@@ -177,7 +177,7 @@ def test_unknown_method_refused():
 
 
 def test_forward_and_reverse_gradients_agree():
-    from fitcsc._trial_posterior import log_density
+    from fitcsc._trial.posterior import log_density
 
     z = jnp.asarray([0.3, -0.7])
     g = [jax.grad(log_density(banana, gradient=m))(z) for m in ("reverse", "forward")]

@@ -10,9 +10,9 @@ import pytest
 from scipy import integrate, stats
 
 import fitcsc
-from fitcsc._endpoints import hazard_ratio
-from fitcsc._pk import TwoCompartment, unit_auc, unit_response
-from fitcsc._trial_fit import (
+from fitcsc._model.pk import TwoCompartment, unit_auc, unit_response
+from fitcsc._trial.endpoints import hazard_ratio
+from fitcsc._trial.fit import (
     Objective,
     PcrObservation,
     TrialData,
@@ -25,7 +25,7 @@ from fitcsc._trial_fit import (
     pcr_observations,
     save_fit,
 )
-from fitcsc._trials import Arm, TrialModel
+from fitcsc._trial.model import Arm, TrialModel
 
 CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"
 
@@ -220,7 +220,7 @@ def test_hr_covariate_subgroups(neosphere):
     rows = [{"arm_id": arms[0].name, "hr_subgroup": g, "pcr_pct": pct,
              "pcr_definition": arms[0].pcr_definition} for g, pct in (("HR+", 15.0),
                                                                       ("HR-", 40.0))]
-    hobs, share = fitcsc._trial_fit.hr_pcr_observations(rows, o)
+    hobs, share = fitcsc._trial.fit.hr_pcr_observations(rows, o)
     assert share == {"T": pytest.approx(0.4)}  # 0.3 = 0.4 * 0.15 + 0.6 * 0.40
     assert [(h.subgroup, h.n, h.count) for h in hobs] == [("HR+", 40, 6), ("HR-", 60, 24)]
     # the objective's population rate is the share-weighted mixture of the subgroups
@@ -296,7 +296,7 @@ def test_her2_potency_is_relative_to_labelled_exposure(regimens, tmp_path):
     steady-state exposure equals trastuzumab's: the closed form dose / (CL tau) from the
     catalogue PK (trastuzumab: CL 0.225 L/day, 6 mg/kg x 70 kg q21d; lapatinib: V/F
     2200 L, t1/2 1 d, 1250 mg daily; pertuzumab: CL 0.235 L/day, 420 mg q21d)."""
-    from fitcsc._trials import HER2_REFERENCE_DOSE, reference_her2_scale
+    from fitcsc._trial.model import HER2_REFERENCE_DOSE, reference_her2_scale
 
     c_trast = 6.0 * 70.0 / (0.225 * 21.0)
     c_lap = 1250.0 / (2200.0 * np.log(2.0) / 1.0 * 1.0)
@@ -344,7 +344,7 @@ def test_trial_sd_by_marginal_likelihood_matches_quadrature(neosphere):
     over the grid, and the refit there is its MAP."""
     from scipy import integrate as si
 
-    from fitcsc._trial_fit import fit_prior_sds
+    from fitcsc._trial.fit import fit_prior_sds
 
     arms, _ = neosphere
     tm = TrialModel.build(arms, ("trial_effect#NeoSphere",), n_nodes=9)
@@ -389,7 +389,7 @@ def test_two_margin_residuals_are_the_exact_likelihood_with_information():
     carry information (a nonzero derivative: the Laplace posterior is not the prior)."""
     from scipy import stats as st
 
-    from fitcsc._trial_fit import _two_margin_residual
+    from fitcsc._trial.fit import _two_margin_residual
 
     n, k_a, k_b = 445, 141, 178
 

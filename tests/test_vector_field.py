@@ -1,7 +1,7 @@
 """The vector field and initial state against values computed by hand.
 
 Every test uses the same small tumour so that each expected number can be checked with
-pencil and paper (DESIGN §2, `fitcsc._model` docstring):
+pencil and paper (DESIGN §2, `fitcsc._model.family` docstring):
 
     S = 1e6 CSCs, D = 9e6 bulk cells (N = 1e7)
     v_S = 0.5, p = 0.6, delta_S = 0.01, v_D = 0.25, delta_D = 0.1   [1/day]
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import fitcsc
-from fitcsc._model import log_kill_jump
+from fitcsc._model.family import log_kill_jump
 
 RTOL = 1e-12
 _vector_field = eqx.filter_jit(fitcsc.vector_field)  # one compile per model, not per op

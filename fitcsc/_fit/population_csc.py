@@ -1,0 +1,146 @@
+"""The default population designs of tumour-volume data: the CSC model and the baselines.
+
+`csc_population` builds a `PopulationModel` of the CSC model (S/D, logistic crowding,
+`fitcsc._fit.csc_spec.CSC_REFERENCE` for what is not estimated) from a batch and its regimens:
+
+- growth: CSC division rate v_S (log-normal between animals, or between groups such as
+  PDX lines when ``group_by`` is given), self-renewal p and the carrying capacity K of
+  the logistic crowding (one population value each: K lets growth slow down, as the
+  long pre-treatment curves of MAS98.06 do);
+- initial volume V0 at each curve's first observation: one typical value per arm (arms
+  may start at different days, e.g. with and without pre-treatment growth) and a
+  log-normal animal effect;
+- drug effects by class (HER2: ``her2_efficacy_csc`` and ``her2_efficacy_bulk``;
+  chemotherapy: ``kill_rate`` and ``csc_sparing``; cytostatic: ``cytostatic_efficacy``;
+  CSC-targeted: ``csc_kill_rate``): per-drug parameters one fixed effect per drug
+  (arms sharing a drug share it, combinations act through the model's combination
+  rules), tumour-level ones (the HER2 efficacies, CSC sparing) one per arm, or one for
+  all arms with ``effects="drug"``; with ``group_by``, every effect also varies between
+  groups (logit- or log-normal).
+
+`baseline_population` does the same for the exponential, logistic, Gompertz and Simeoni
+models: their growth rate (Simeoni: the drug potency k2) per arm, V0 per arm, animal
+effects on V0 and the rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._io.arms import ARM_EC50_MG_PER_L, is_arm_drug
+from .._model.drugs import CATALOGUE
+from .._model.family import ModelConfig
+from .._model.params import default_params
+from .._model.transforms import Interval, ParamSpec, Positive
+from .baselines import baseline_predictor
+from .csc_spec import CLASS_FREE, CSC_REFERENCE, PER_DRUG_CLASS
+from .population import population_model
+from .predictors import csc_predictor
+
+GROWTH = ("csc_division_rate", "self_renewal", "carrying_capacity_cells")
+V0 = "initial_volume_mm3"
+ODE_RTOL = 1e-6  # as the shared-growth fits: far below the measurement error
+PRIOR_LOC = {"csc_division_rate": math.log(0.3), "self_renewal": math.log(0.2 / 0.8),
+             "carrying_capacity_cells": math.log(1e10), "kill_rate": math.log(0.1)}
+# p = 0.6 and K = 1e4 mm3; efficacies: 0 (0.5); V0: the mean log first volume
+PRIOR_SCALE = {"csc_division_rate": 1.0, V0: 2.0}  # others: 1.5
+OMEGA_SCALE = {f"animal|{V0}": 1.0}  # others 0.5
+
+
+def arm_labels(spec_labels, drugs, regimen) -> set[str]:
+    """Labels a curve under ``regimen`` estimates: growth, V0 and its drugs' effects."""
+    out = set(GROWTH) | {V0}
+    for d in regimen.drugs:
+        slot = drugs.index(d)
+        for field in CLASS_FREE[CATALOGUE[d].drug_class]:
+            out |= {lab for lab in spec_labels if lab == field
+                    or lab == f"{field}[{slot}]"}
+    return out
+
+
+def csc_population(batch, regimens, *, groups=None, level: str = "group",
+                   effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
+                   **priors):
+    """The CSC population model of ``batch`` (see the module docstring).
+
+    **Arguments:**
+    - `batch`: a `SubjectBatch`; `regimens`: each subject's `Regimen` (a list in batch
+      order).
+    - `groups`: one group name per subject (e.g. the PDX line) for group-level random
+      effects on growth and drug effects; None: animal-level growth effects.
+    - `level`: the name of the group level (e.g. ``"line"``): dims of the posterior.
+    - `effects`: ``"arm"`` or ``"drug"`` for the tumour-level effect parameters.
+    - `rtol`: ODE tolerance; `stimulation`: cytostatic efficacies in (-1, 1) instead of
+      (0, 1), so that a growth factor can speed growth up.
+    - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
+      0.5}``) overrides the defaults above for its labels only, a number all of them.
+
+    **Returns:** the `PopulationModel`.
+    """
+    if effects not in ("arm", "drug"):
+        raise ValueError(f"csc_population: effects must be 'arm' or 'drug', got {effects!r}")
+    drugs = tuple(batch.drugs)
+    model = ModelConfig(crowding="logistic", drugs=drugs)
+    ref = default_params(model, **CSC_REFERENCE)
+    if drugs:
+        arm = jnp.asarray([is_arm_drug(d) for d in drugs], bool)
+        ref = eqx.tree_at(lambda p: p.ec50_mg_per_L, ref,
+                          jnp.where(arm, ARM_EC50_MG_PER_L, ref.ec50_mg_per_L))
+    free = {"csc_division_rate": Positive(), "self_renewal": Interval(0.5, 1.0),
+            "carrying_capacity_cells": Positive(), V0: Positive()}
+    for c in dict.fromkeys(CATALOGUE[d].drug_class for d in drugs):
+        free.update(CLASS_FREE[c])
+    if stimulation and "cytostatic_efficacy" in free:
+        free["cytostatic_efficacy"] = Interval(-1.0, 1.0)
+    pred = csc_predictor(model, ParamSpec(free, ref), rtol=rtol)
+    labels = tuple(pred.spec.labels())
+    uses = {}
+    for a, reg in zip(batch.arm, regimens, strict=True):
+        uses.setdefault(a, arm_labels(labels, drugs, reg))
+    effect_labels = tuple(lab for lab in labels if lab not in GROWTH and lab != V0)
+    fixed = {**{g: "shared" for g in GROWTH}, V0: "arm"}
+    for lab in effect_labels:
+        per_drug = lab.split("[")[0] in PER_DRUG_CLASS
+        fixed[lab] = "shared" if per_drug or effects == "drug" else "arm"
+    if groups is None:
+        random, group_of = {"animal": ("csc_division_rate", V0)}, {}
+    else:
+        random = {level: ("csc_division_rate", *effect_labels), "animal": (V0,)}
+        group_of = {level: list(groups)}
+    scale = {lab.split("[")[0]: PRIOR_SCALE.get(lab.split("[")[0], 1.5) for lab in labels}
+    options = dict(prior_loc=PRIOR_LOC, prior_scale=scale, omega_scale=OMEGA_SCALE)
+    for key in ("prior_loc", "prior_scale", "omega_scale"):  # a dict overrides its labels
+        if isinstance(priors.get(key), dict):
+            options[key] = {**options[key], **priors.pop(key)}
+    options.update(priors)
+    return population_model(pred, batch, fixed=fixed, random=random, groups=group_of,
+                            uses=uses, **options)
+
+
+def baseline_population(kind: str, batch, regimens, **priors):
+    """The baseline ``kind`` as a population model: rate (Simeoni: k2) and V0 per arm,
+    the other parameters shared, animal effects on V0 and the rate."""
+    pred = baseline_predictor(kind)
+    labels = tuple(pred.spec.labels())
+    rate = {"exponential": "growth_rate", "logistic": "growth_rate",
+            "gompertz": "gompertz_rate", "simeoni": "lambda0"}[kind]
+    fixed = {lab: "shared" for lab in labels}
+    fixed[V0] = "arm"
+    fixed["k2" if kind == "simeoni" else rate] = "arm"
+    uses = None
+    if kind == "simeoni":
+        treated = {a for a, r in zip(batch.arm, regimens, strict=True) if r.drugs}
+        uses = {a: set(labels) - ({"k2"} if a not in treated else set())
+                for a in dict.fromkeys(batch.arm)}
+    # prior means: the predictor's reference starts (data-scaled V0 and capacity)
+    options = dict(prior_scale=2.0,
+                   omega_scale={"animal": 0.5, f"animal|{V0}": 1.0,
+                                "animal|growth_rate": 0.05 if kind == "exponential" else 0.5})
+    if kind == "exponential":
+        options["prior_scale"] = {"growth_rate": 0.1, V0: 2.0}
+    options.update(priors)
+    return population_model(pred, batch, fixed=fixed, random={"animal": (V0, rate)},
+                            uses=uses, **options)
