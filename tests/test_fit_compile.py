@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from fitcsc import _lanes
+from fitcsc._fit import lanes as _lanes
 from fitcsc._jobs.fit_job import fit_job
 
 
