@@ -32,7 +32,7 @@ from .evaluators import CurveMember, CurveProblem, default_evaluator, make_evalu
 from .lanes import DEFAULT_LANES, solve_members
 from .lm import as_rule, make_stop
 from .member import Options, nll_from_log, sigma_mle, solve_optax
-from .predictors import AbstractPredictor, FunctionPredictor, subject_data
+from .predictors import AbstractPredictor, FunctionPredictor, SubjectData, subject_data
 
 DEFAULT_OPTIMISER = optax.adam(0.05)  # module level: a new optimiser object recompiles
 
@@ -160,7 +160,7 @@ def pad_observations(data):
     """A `SubjectData` (or a group fit's data, whose ``curves`` are one) with its
     observations and doses padded to their buckets (host arrays): padding repeats the
     last day, is masked and never observed, so predictions and fits do not change."""
-    if hasattr(data, "curves"):  # a GroupData
+    if not isinstance(data, SubjectData):  # a GroupData: its curves
         return eqx.tree_at(lambda g: g.curves, data, pad_observations(data.curves))
     host = jax.tree_util.tree_map(np.asarray, data)
     n_obs, n_doses = bucket(host.day.shape[-1]), bucket(host.schedule.time_day.shape[-1], 1)
@@ -266,7 +266,7 @@ def fit_members(who, predictor, data, *, z0, free, sigma0, opts, rule, stop,
     evaluator, lanes and member count.
     """
     n, S, n_z = z0.shape
-    obs_shape = (data.curves if hasattr(data, "curves") else data).day.shape[1:]
+    obs_shape = (data if isinstance(data, SubjectData) else data.curves).day.shape[1:]
     padded = pad_observations(data)
     if evaluator == "auto":
         evaluator = default_evaluator(predictor)

@@ -55,8 +55,9 @@ class JacfwdEvaluator(eqx.Module):
     one_shot = True
 
     def start(self, z, data, idx):
-        if hasattr(self.predictor, "log_pred_jacobian"):  # e.g. a group fit's
-            lp, st, J = self.predictor.log_pred_jacobian(z, data)
+        own = self.predictor.log_pred_jacobian(z, data)  # e.g. a group fit's
+        if own is not None:
+            lp, st, J = own
             return lp, st, jnp.take(J, idx, axis=1, mode="fill", fill_value=0)
 
         def f(u):

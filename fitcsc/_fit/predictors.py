@@ -25,7 +25,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._model.family import ModelConfig
 from .._model.regimen import DoseSchedule
-from .._model.transforms import Fixed, ParamSpec, Positive, Real
+from .._model.transforms import Fixed, ParameterSpace, ParamSpec, Positive, Real
 from .._solve.simulate import simulate
 
 
@@ -96,8 +96,8 @@ def as_spec(spec_or_size):
     """
     if isinstance(spec_or_size, int):
         return SizeSpec(int(spec_or_size))
-    missing = [a for a in _CONTRACT if not hasattr(spec_or_size, a)]
-    if missing:
+    if not isinstance(spec_or_size, ParameterSpace):
+        missing = [a for a in _CONTRACT if a not in dir(spec_or_size)]
         raise TypeError(f"spec must be a fitcsc.ParameterSpace or an int (the length of z), "
                         f"got {type(spec_or_size).__name__} without {missing}")
     return spec_or_size
@@ -122,6 +122,14 @@ class AbstractPredictor(eqx.Module):
         others stay at ``init_z`` and the prediction must not depend on them."""
         del subject
         return jnp.ones((self.spec.size,), bool)
+
+    def log_pred_jacobian(self, z, subject) -> tuple | None:
+        """``(log V, status, d log V / d z)`` computed by the predictor itself, or None
+        (the default): the jacfwd evaluator then differentiates ``__call__`` forward. A
+        predictor with a cheaper Jacobian of its own overrides it (a group fit's,
+        scattered from its curves')."""
+        del z, subject
+        return None
 
 
 class FunctionPredictor(AbstractPredictor):

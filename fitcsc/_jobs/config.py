@@ -335,7 +335,7 @@ def runtime(args):
 
     from .._errors import FitcscInputError
 
-    if not hasattr(args, "x64"):
+    if "x64" not in vars(args):  # a command without --x64/--device
         yield
         return
     saved = jax.config.jax_enable_x64, jax.config.jax_default_device

@@ -73,12 +73,12 @@ def map_curve_z(pop, batch, *, num_starts: int = 4, max_steps=None):
     reference (NaN columns: the prior means start them); a baseline fits all its
     parameters. Failed curves are NaN rows; ``sigma`` is the median of the others'.
     """
-    from .._fit.predictors import csc_predictor
+    from .._fit.predictors import CSCPredictor, csc_predictor
     from .._model.transforms import ParamSpec, Positive
 
     t = time.perf_counter()
     labels = list(pop.labels)
-    if hasattr(pop.predictor, "model"):
+    if isinstance(pop.predictor, CSCPredictor):
         pred = csc_predictor(pop.predictor.model, ParamSpec(
             {"csc_division_rate": Positive(), V0: Positive()}, pop.predictor.spec.reference),
             rtol=pop.predictor.rtol)

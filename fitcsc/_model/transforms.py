@@ -160,7 +160,7 @@ class ParamSpec(eqx.Module):
 
     def __init__(self, transforms: dict, reference):
         for name, tr in transforms.items():
-            if not hasattr(reference, name) or name == "pk":
+            if name not in {f.name for f in dataclasses.fields(reference)} or name == "pk":
                 raise ValueError(f"ParamSpec: {name!r} is not a CSCParams array field")
             if not isinstance(tr, (Positive, Interval, Real, Fixed)):
                 raise TypeError(f"ParamSpec: transform for {name!r} must be Positive, "
