@@ -148,7 +148,7 @@ def main(args) -> dict:
         ckpt = Checkpoint(out, "pdxe_bayes", fingerprint(
             {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
             resume=True)
-    idata, record, _ = fit_population(pop, batch, out, settings=settings,
+    idata, record, _ = fit_population(pop, batch, out, settings=settings, seed=args.seed,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
                                       precondition=({"lbfgs_steps": args.lbfgs_steps}
@@ -178,7 +178,7 @@ def main(args) -> dict:
                               if (FULL if not args.quick else QUICK).get(k) != v},
         "ode_rtol": args.rtol if args.rtol is not None else 1e-6,
         "precondition": bool(args.precondition), "centred": list(args.centre),
-        "no_line_effect": list(args.no_line_effect),
+        "no_line_effect": list(args.no_line_effect), "seed": args.seed,
         "n_lines": len(set(lines)), "arms": list(ARMS),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
@@ -209,6 +209,8 @@ def _result_md(s, rows, path):
               f"({s['n_censored']} censored)."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
              f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
+             + (f" (thinned: one kept of every {th} steps)"
+                if (th := s["sampler"].get("thinning", 1)) > 1 else "")
              + (f" (max tree depth {s['sampler']['max_tree_depth']}, target acceptance "
                 f"{s['sampler']['target_accept_prob']})" if s['sampler']['method'] == "nuts"
                 else f" (max {s['sampler']['max_leapfrog_steps']} leapfrog steps)")
@@ -270,6 +272,8 @@ def parse_args(argv=None):
                         "every line), e.g. her2_efficacy_csc (default: none)")
     p.add_argument("--rtol", type=float, default=None,
                    help="ODE relative tolerance of the model (default 1e-6)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the chains' starts and the sampler (default 0)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
                         "rerun with the same options resumes from them")
