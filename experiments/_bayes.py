@@ -69,14 +69,16 @@ def sampler_settings(args, base) -> dict:
 
 
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
-                   pair=None, precondition=None, centre=()):
+                   pair=None, precondition=None, centre=(), checkpoint=None):
     """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.
 
     ``centre``: random effects to sample centred (`centring`), e.g. ``("line:kill_rate[0]",
     "animal:initial_volume_mm3")``. ``precondition``: None, or ``{"lbfgs_steps": n}``:
     sample ``u`` with ``w = w_hat + L u`` (`laplace_preconditioner`; a fixed dense mass
     matrix ``L L^T``, under the sampler's own diagonal adaptation). The draws are mapped
-    back to ``z``."""
+    back to ``z``. ``checkpoint``: a `fitcsc._checkpoint.Checkpoint` for `sample` (the
+    warm-up and every chunk of draws saved as they finish; with a preconditioner also its
+    ``w_hat`` and ``L``, part ``affine``, to map saved draws back)."""
     t0 = time.perf_counter()
     values, start = warm_start(pop, batch, refine_steps=refine_steps,
                                max_steps=settings.get("map_max_steps"))
@@ -86,8 +88,11 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     if precondition:
         w0, lin, start["precondition"] = laplace_preconditioner(density, w0, **precondition)
         density = _affine(density, w0, lin)
+        if checkpoint is not None:
+            checkpoint.save("affine", {"w_hat": np.asarray(w0), "L": np.asarray(lin)})
     post = sample(density, jnp.zeros_like(w0) if precondition else w0, seed=seed,
-                  progress=progress_printer(quiet=not progress), **kw)
+                  progress=progress_printer(quiet=not progress), checkpoint=checkpoint,
+                  **kw)
     w = np.asarray(post.z)
     if precondition:
         w = np.asarray(w0)[None, None] + w @ np.asarray(lin).T

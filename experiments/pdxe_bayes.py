@@ -10,11 +10,11 @@ are estimated beside them.
 Method: the untreated, trastuzumab and paclitaxel arms of every line with an untreated
 curve and at least one of the two; `fitcsc.csc_population` with ``groups`` = the PDX
 line: line-level random effects (logit- or log-normal, non-centred) on the CSC division
-rate and on every drug effect (epsilon_S, epsilon_D, kill rate, CSC sparing), a
-log-normal mouse effect on V0; p and the carrying capacity shared; each treated arm a
-constant effect from day 0 (doses are not in the data); log-normal volume error with
-M3 censoring of zero volumes. MAP warm start (`fit_map` per curve, then the population
-mode), ChEES-HMC, 8 chains.
+rate and on every drug effect (epsilon_S, epsilon_D, kill rate, CSC sparing; none on
+the labels given to ``--no-line-effect``), a log-normal mouse effect on V0; p and the
+carrying capacity shared; each treated arm a constant effect from day 0 (doses are
+not in the data); log-normal volume error with M3 censoring of zero volumes. MAP warm
+start (`fit_map` per curve, then the population mode), ChEES-HMC, 8 chains.
 
 Run: ``python experiments/pdxe_bayes.py [--quick] [--out DIR]``. Writes ``posterior.nc``,
 ``summary.csv``, ``summary.json``, ``lines.csv`` (line-level effects with ERBB2),
@@ -44,6 +44,8 @@ from _bayes import (
 )
 
 import fitcsc
+from fitcsc._checkpoint import Checkpoint, fingerprint
+from fitcsc._checkpoint import remove as remove_checkpoint
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.population import csc_population
 
@@ -138,16 +140,24 @@ def main(args) -> dict:
     out = pathlib.Path(args.out)
     table, batch, regs, lines = load(args.data_dir, args.quick)
     extra = {} if args.rtol is None else {"rtol": args.rtol}
-    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm", **extra)
+    pop = csc_population(batch, regs, groups=lines, level="line", effects="arm",
+                         no_group_effect=tuple(args.no_line_effect), **extra)
     settings = sampler_settings(args, QUICK if args.quick else FULL)
-    idata, record, _ = fit_population(pop, batch, out, settings=settings,
+    ckpt = None
+    if args.checkpoint:  # resumes a run of the same options; removed when it finishes
+        ckpt = Checkpoint(out, "pdxe_bayes", fingerprint(
+            {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
+            resume=True)
+    idata, record, _ = fit_population(pop, batch, out, settings=settings, seed=args.seed,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,
                                       precondition=({"lbfgs_steps": args.lbfgs_steps}
                                                     if args.precondition else None),
-                                      centre=tuple(args.centre),
+                                      centre=tuple(args.centre), checkpoint=ckpt,
                                       pair=["csc_division_rate", "self_renewal", CSC, BULK,
-                                            "kill_rate[1]", "csc_sparing|paclitaxel"])
+                                            "kill_rate[0]", "csc_sparing|paclitaxel"])
+    if ckpt is not None:
+        remove_checkpoint(out)
     ident = identification(pop, idata)
     her2 = her2_terms(idata, CSC, BULK, out / "trastuzumab.png",
                       title="PDXE breast: trastuzumab's typical CSC term vs bulk term "
@@ -168,6 +178,7 @@ def main(args) -> dict:
                               if (FULL if not args.quick else QUICK).get(k) != v},
         "ode_rtol": args.rtol if args.rtol is not None else 1e-6,
         "precondition": bool(args.precondition), "centred": list(args.centre),
+        "no_line_effect": list(args.no_line_effect), "seed": args.seed,
         "n_lines": len(set(lines)), "arms": list(ARMS),
         "n_observations": int(np.asarray(batch.mask).sum()),
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
@@ -198,13 +209,17 @@ def _result_md(s, rows, path):
               f"({s['n_censored']} censored)."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
              f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
+             + (f" (thinned: one kept of every {th} steps)"
+                if (th := s["sampler"].get("thinning", 1)) > 1 else "")
              + (f" (max tree depth {s['sampler']['max_tree_depth']}, target acceptance "
                 f"{s['sampler']['target_accept_prob']})" if s['sampler']['method'] == "nuts"
                 else f" (max {s['sampler']['max_leapfrog_steps']} leapfrog steps)")
              + f"; {s['n_parameters']} parameters; ODE rtol {s.get('ode_rtol', 1e-6):g}"
              + ("; Laplace-preconditioned (z = z_hat + L u, L from the Hessian at an L-BFGS "
                 "mode)" if s.get("precondition") else "")
-             + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "") + ".",
+             + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "")
+             + (f"; no line-level effect on: {', '.join(s['no_line_effect'])}"
+                if s.get("no_line_effect") else "") + ".",
              *([f"- Warm-up: final step size {w['final_step_size']:.3g}, leapfrog steps per "
                 f"step {w['n_leapfrog_median_last_half']:.0f} (median, last half; max "
                 f"{w['n_leapfrog_max']:.0f}), acceptance {w['acceptance_rate_last_half']:.2f}"
@@ -252,8 +267,16 @@ def parse_args(argv=None):
     p.add_argument("--centre", nargs="*", default=[], metavar="LEVEL:LABEL",
                    help="random effects to sample centred, e.g. line:kill_rate[0] "
                         "animal:initial_volume_mm3 (default: all non-centred)")
+    p.add_argument("--no-line-effect", nargs="*", default=[], metavar="LABEL",
+                   help="labels without a line-level random effect (one value per arm for "
+                        "every line), e.g. her2_efficacy_csc (default: none)")
     p.add_argument("--rtol", type=float, default=None,
                    help="ODE relative tolerance of the model (default 1e-6)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the chains' starts and the sampler (default 0)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
+                        "rerun with the same options resumes from them")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pdxe_bayes"))

@@ -134,6 +134,9 @@ def test_sampler_overrides_from_the_command_line():
     assert s == {**exp.FULL, "method": "nuts", "num_chains": 4, "max_tree_depth": 6,
                  "init_scale": 0.5, "dense_mass": True}
     assert args.centre == ["line:kill_rate[0]"] and args.precondition
+    more = exp.parse_args(["--no-line-effect", "her2_efficacy_csc", "--checkpoint"])
+    assert more.no_line_effect == ["her2_efficacy_csc"] and more.checkpoint
+    assert sampler_settings(more, exp.FULL) == exp.FULL
     assert sampler_settings(exp.parse_args([]), exp.FULL) == exp.FULL
     mas = _load("mas98_bayes")
     assert sampler_settings(mas.parse_args(["--max-leapfrog", "64"]), mas.FULL)[

@@ -190,3 +190,46 @@ def test_init_values_from_curve_estimates():
 def test_bad_designs_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         _exp_pop(**kw)
+
+
+def test_csc_population_samples_only_used_drug_slots_and_drops_named_group_effects():
+    # untreated, trastuzumab, paclitaxel (as PDXE): the chemotherapy kill rate is per drug,
+    # trastuzumab's slot of it is used by no arm, so it has no beta, omega or eta
+    table = _table(n_mice=6)
+    arms = np.repeat(["untreated", "trastuzumab", "paclitaxel"] * 2, 5)
+    table = TidyTable(study=table.study, arm=arms, subject=table.subject, day=table.day,
+                      volume_mm3=table.volume_mm3,
+                      extra={"line": np.repeat(["A", "A", "A", "B", "B", "B"], 5)})
+    regs = default_arm_regimens(table, warn=False)
+    batch = fitcsc.make_batch(table, regs)
+    regimens = [regs[a] for a in batch.arm]
+    lines = [str(x) for x in np.asarray(table.extra["line"])[::5]]
+    pop = fitcsc.csc_population(batch, regimens, groups=lines, level="line")
+    slots = [lab for lab in pop.labels if lab.startswith("kill_rate[")]
+    assert len(slots) == 2
+    used = [s for s in slots if s in pop.uses["paclitaxel"]]
+    unused = [s for s in slots if s not in used]
+    assert len(used) == 1 and len(unused) == 1
+    names = pop.space.labels()
+    assert f"beta[{used[0]}]" in names and f"omega_line[{used[0]}]" in names
+    assert not any(unused[0] in n for n in names)
+    assert "omega_line[her2_efficacy_csc]" in names
+    z = pop.space.to_z(pop.init_values())
+    assert np.isfinite(float(pop.log_density(z)))
+    # the unused slot stays at the reference in every curve
+    j = pop.labels.index(unused[0])
+    zc = pop.curve_z(pop.space.from_z(z))
+    np.testing.assert_allclose(np.asarray(zc[:, j]), np.asarray(pop.z_ref[:, j]))
+
+    fewer = fitcsc.csc_population(batch, regimens, groups=lines, level="line",
+                                  no_group_effect=("her2_efficacy_csc",))
+    names2 = fewer.space.labels()
+    assert "omega_line[her2_efficacy_csc]" not in names2
+    assert not any(n.startswith("eta_line[") and n.endswith(",her2_efficacy_csc]")
+                   for n in names2)
+    assert any(n.startswith("beta[her2_efficacy_csc") for n in names2)
+    assert "omega_line[her2_efficacy_bulk]" in names2
+    assert fewer.space.size == pop.space.size - 1 - 2  # its omega and 2 line effects
+    with pytest.raises(ValueError, match="no_group_effect"):
+        fitcsc.csc_population(batch, regimens, groups=lines, level="line",
+                              no_group_effect=("her2_efficacy",))

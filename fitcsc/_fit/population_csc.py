@@ -16,7 +16,9 @@
   (arms sharing a drug share it, combinations act through the model's combination
   rules), tumour-level ones (the HER2 efficacies, CSC sparing) one per arm, or one for
   all arms with ``effects="drug"``; with ``group_by``, every effect also varies between
-  groups (logit- or log-normal).
+  groups (logit- or log-normal), except the labels named in ``no_group_effect``.
+  A per-drug slot that no arm's regimen uses (trastuzumab's ``kill_rate[1]`` when only
+  paclitaxel is a chemotherapy) is not sampled: it stays at the reference.
 
 `baseline_population` does the same for the exponential, logistic, Gompertz and Simeoni
 models: their growth rate (Simeoni: the drug potency k2) per arm, V0 per arm, animal
@@ -63,7 +65,7 @@ def arm_labels(spec_labels, drugs, regimen) -> set[str]:
 
 def csc_population(batch, regimens, *, groups=None, level: str = "group",
                    effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
-                   **priors):
+                   no_group_effect=(), **priors):
     """The CSC population model of ``batch`` (see the module docstring).
 
     **Arguments:**
@@ -75,6 +77,8 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     - `effects`: ``"arm"`` or ``"drug"`` for the tumour-level effect parameters.
     - `rtol`: ODE tolerance; `stimulation`: cytostatic efficacies in (-1, 1) instead of
       (0, 1), so that a growth factor can speed growth up.
+    - `no_group_effect`: labels or fields (``"her2_efficacy_csc"``) without a group-level
+      random effect: one value per arm (or drug) for every group.
     - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
       0.5}``) overrides the defaults above for its labels only, a number all of them.
 
@@ -100,7 +104,14 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     uses = {}
     for a, reg in zip(batch.arm, regimens, strict=True):
         uses.setdefault(a, arm_labels(labels, drugs, reg))
-    effect_labels = tuple(lab for lab in labels if lab not in GROWTH and lab != V0)
+    used = set().union(*uses.values())  # per-drug slots no regimen uses are not sampled
+    effect_labels = tuple(lab for lab in labels if lab not in GROWTH and lab != V0
+                          and lab in used)
+    skip = set(no_group_effect)
+    unknown = skip - set(labels) - {lab.split("[")[0] for lab in labels}
+    if unknown:
+        raise ValueError(f"csc_population: no_group_effect names unknown parameter(s) "
+                         f"{sorted(unknown)}; the model's are {list(labels)}")
     fixed = {**{g: "shared" for g in GROWTH}, V0: "arm"}
     for lab in effect_labels:
         per_drug = lab.split("[")[0] in PER_DRUG_CLASS
@@ -108,7 +119,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     if groups is None:
         random, group_of = {"animal": ("csc_division_rate", V0)}, {}
     else:
-        random = {level: ("csc_division_rate", *effect_labels), "animal": (V0,)}
+        random = {level: tuple(lab for lab in ("csc_division_rate", *effect_labels)
+                               if lab not in skip and lab.split("[")[0] not in skip),
+                  "animal": (V0,)}
         group_of = {level: list(groups)}
     scale = {lab.split("[")[0]: PRIOR_SCALE.get(lab.split("[")[0], 1.5) for lab in labels}
     options = dict(prior_loc=PRIOR_LOC, prior_scale=scale, omega_scale=OMEGA_SCALE)
