@@ -44,9 +44,15 @@ from _bayes import (
 )
 
 import fitcsc
-from fitcsc._checkpoint import Checkpoint, fingerprint
-from fitcsc._checkpoint import remove as remove_checkpoint
-from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
+from fitcsc.files import (
+    Checkpoint,
+    csv_text,
+    fingerprint,
+    pyplot,
+    remove_checkpoint,
+    save_figure,
+    write_atomic,
+)
 from fitcsc.population import csc_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
