@@ -159,8 +159,9 @@ class ParamSpec(eqx.Module):
     reference: eqx.Module  # CSCParams holding fixed values and shapes
 
     def __init__(self, transforms: dict, reference):
+        fields = {f.name for f in dataclasses.fields(reference)} - {"pk"}
         for name, tr in transforms.items():
-            if name not in {f.name for f in dataclasses.fields(reference)} or name == "pk":
+            if name not in fields:
                 raise ValueError(f"ParamSpec: {name!r} is not a CSCParams array field")
             if not isinstance(tr, (Positive, Interval, Real, Fixed)):
                 raise TypeError(f"ParamSpec: transform for {name!r} must be Positive, "
