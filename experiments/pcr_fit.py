@@ -65,7 +65,7 @@ def main(args) -> dict:
                                nodes=args.nodes, her2_nodes=args.her2_nodes,
                                structure=args.structure, trial_sd=args.trial_sd, hyper=args.hyper,
                                her2_drug_sd=args.her2_drug_sd, draws=args.draws,
-                               seed=args.seed)
+                               seed=args.seed, links=args.links)
     (out / "report.md").replace(out / "RESULT.md")
     return summary
 
@@ -92,6 +92,8 @@ def parse_args(argv=None):
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--draws", type=int, default=2000, help="posterior draws")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-links", dest="links", action="store_false",
+                   help="leave the pCR-vs-no-pCR hazard ratios out of the fit")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pcr_fit"))
     return p.parse_args(argv)
 

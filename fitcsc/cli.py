@@ -240,7 +240,7 @@ def _run(args) -> int:
     s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
                          draws=args.draws, seed=args.seed, structure=args.structure,
                          posterior=args.posterior, chains=args.chains, warmup=args.warmup,
-                         hyper=args.hyper, log=log)
+                         hyper=args.hyper, links=args.links, log=log)
     for w in s["warnings"]:
         print(f"fitcsc run: warning: {w}", file=sys.stderr)
     if not args.quiet:
@@ -292,6 +292,10 @@ def add_run_command(subparsers, common) -> None:
                    "blocker spread 1, chemotherapy drug spread 0.5): fixed (the default, "
                    "chosen out of sample) or auto (the largest Laplace marginal likelihood, "
                    "then a refit there)")
+    r.add_argument("--no-links", dest="links", action="store_false",
+                   help="leave out the published HER2+ hazard ratios of pCR vs no pCR "
+                   "(data/clinical/pcr_outcome_links.csv), which by default enter the fit "
+                   "and set the share of micrometastatic CSCs out of the drugs' reach")
     r.add_argument("--chains", type=int, default=4,
                    help="nuts/chees: chains, vectorized (default 4; ChEES adapts its step "
                    "size across chains: 8 or more measured better)")

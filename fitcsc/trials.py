@@ -26,7 +26,8 @@ under public names (the implementation lives in private modules that may move)::
   reference dose) and `HER2_REFERENCE_DOSE` / `reference_her2_scale` (HER2 potency
   relative to each blocker's labelled-dose exposure).
 - The published data and the shipped fit: `load_pcr` (the pCR arms and counts of
-  data/clinical), `clinical_fit_job` (what ``fitcsc run`` fits), `DEFAULT_STRUCTURE`,
+  data/clinical), `load_links` (the pCR-outcome hazard ratios the main job fits),
+  `clinical_fit_job` (what ``fitcsc run`` fits), `DEFAULT_STRUCTURE`,
   `DEFAULT_TRIAL_SD`, `QUICK_TRIALS` (its choices), `ci95` (a binomial 95% interval).
 - Files: `save_fit`, `load_fit`, `load_draws`, `model_from_fit` (the ``fit.json`` that
   ``fitcsc run`` writes and ``fitcsc predict`` reads).
@@ -39,6 +40,7 @@ from ._jobs.main import (
     QUICK_TRIALS,
     ci95,
     clinical_fit_job,
+    load_links,
     load_pcr,
 )
 from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio
@@ -90,7 +92,7 @@ __all__ = [
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
     "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
     "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
-    "clinical_fit_job", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
+    "clinical_fit_job", "load_links", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
     "HYPERS", "fit_prior_sds", "DEFAULT_HYPER",
 ]

@@ -164,6 +164,31 @@ def test_predict_hand_written_trial(fit_dir, tmp_path, capsys):
     assert "| TCH-TC |" in text and "| TCH | 3 |" in text  # contrast, DFS
 
 
+def test_fourteen_arms_every_definition_in_one_call(fit_dir, tmp_path):
+    """A 14-arm file (docetaxel for 1-7 cycles, alone and with trastuzumab) is answered in
+    one call for all four pCR definitions; at the MAP, pCR never falls with an added
+    cycle (with trastuzumab it rises) and trastuzumab adds to each, under every
+    definition."""
+    lines = ["arm,drug,dose,dose_unit,start_day,interval_day,n_doses,infusion_hours"]
+    for k in range(1, 8):
+        lines.append(f"D{k},docetaxel,75,mg/m2,0,21,{k},1")
+        lines += [f"DH{k},docetaxel,75,mg/m2,0,21,{k},1", f"DH{k},trastuzumab,8,mg/kg,0,,1,1.5",
+                  f"DH{k},trastuzumab,6,mg/kg,21,21,{k},0.5"]
+    reg = _write(tmp_path, "\n".join(lines) + "\n")
+    out = tmp_path / "out14"
+    assert _predict(fit_dir, reg, out) == 0
+    rows = _rows(out / "predictions.csv")
+    definitions = ("ypT0/is ypN0", "ypT0/is", "ypT0", "ypT0 ypN0")
+    arms = [f"{a}{k}" for k in range(1, 8) for a in ("D", "DH")]
+    assert sorted((r["arm"], r["pcr_definition"]) for r in rows) == sorted(
+        (a, d) for a in arms for d in definitions)
+    pcr = {(r["arm"], r["pcr_definition"]): float(r["pcr_map"]) for r in rows}
+    for d in definitions:  # (docetaxel alone is near 0 under this fixture's parameters)
+        assert all(pcr[(f"D{k}", d)] <= pcr[(f"D{k + 1}", d)] for k in range(1, 7)), d
+        assert all(pcr[(f"DH{k}", d)] < pcr[(f"DH{k + 1}", d)] for k in range(1, 7)), d
+        assert all(pcr[(f"D{k}", d)] < pcr[(f"DH{k}", d)] for k in range(1, 8)), d
+
+
 def test_arm_alone_equals_arm_beside_others(fit_dir, tmp_path):
     """No arm's prediction depends on the other arms of its file."""
     outs = []

@@ -52,6 +52,34 @@ def test_run_fits_the_embedded_data_and_writes_a_report(quick_run):
         assert float(r["predicted_pct"]) <= float(r["predicted_hi95"]) + 1e-6
 
 
+def test_run_fits_the_pcr_outcome_links_by_default(quick_run):
+    """The published HER2+ hazard ratios of pCR vs no pCR enter the main fit (pooled over
+    the trastuzumab-treated arms), with the two parameters they inform free; summary and
+    report show each one, published beside fitted."""
+    from fitcsc.trials import load_links, load_pcr
+
+    _, out = quick_run
+    fit = json.loads((out / "fit.json").read_text())
+    assert {"log_micromet_cells#neoadjuvant", "logit_protected_fraction"} <= set(fit["names"])
+    s = json.loads((out / "summary.json").read_text())
+    assert [r["link"] for r in s["pcr_outcome_links"]] == ["Li 2022 meta-analysis (EFS)",
+                                                           "CHER-LOB (RFS)"]
+    for r in s["pcr_outcome_links"]:
+        assert r["published_lo95"] < r["published_hr"] < r["published_hi95"]
+        assert r["fitted_lo95"] <= r["fitted_hr"] + 1e-9 <= r["fitted_hi95"] + 2e-9
+    report = (out / "report.md").read_text()
+    assert "pCR vs no pCR among treated patients" in report
+    assert "| CHER-LOB (RFS) | 5 | 0.12 (0.03-0.48) |" in report
+    arms, _ = load_pcr(trials=("NeoSphere",))
+    links = load_links(arms)
+    # every NeoSphere arm has a HER2 blocker (NS-D: pertuzumab alone with docetaxel)
+    assert all(set(k.arms) == {"NS-A", "NS-B", "NS-C", "NS-D"} for k in links)
+    chemo_only, _ = load_pcr(trials=("MDACC",))
+    assert [a.name for a in chemo_only if a.name == "BUZ-C"] == ["BUZ-C"]
+    assert all("BUZ-C" not in k.arms for k in load_links(chemo_only))
+    assert load_links([a for a in chemo_only if a.name == "BUZ-C"]) == []
+
+
 def test_run_hyper_auto_chooses_the_prior_sds_by_marginal_likelihood(tmp_path):
     """``--hyper auto``: the three prior sds from the grid, the evidence profile in
     summary.json, the fit saved at the chosen values, and the report says how."""

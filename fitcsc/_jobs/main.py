@@ -71,12 +71,29 @@ def load_pcr(clinical_dir=None, trials=None):
     return pcr_observations(rows, regimens, volumes=VOLUMES, trials=trials)
 
 
+def load_links(arms, clinical_dir=None):
+    """`LinkObservation` rows of `fitcsc._trial.fit.LINKS_USED` from
+    ``pcr_outcome_links.csv`` in ``clinical_dir`` (default data/clinical), pooled over the
+    ``arms`` given a HER2 blocker (the treated patients)."""
+    from .._io.clinical import read_clinical
+    from .._model.drugs import CATALOGUE
+    from .._trial.fit import link_observations
+
+    d = pathlib.Path(clinical_dir) if clinical_dir is not None else REPO_DATA / "clinical"
+    treated = [a.name for a in arms
+               if any(CATALOGUE[g].drug_class == "her2" for g in a.regimen.drugs)]
+    if not treated:
+        return []
+    return link_observations(read_clinical(d / "pcr_outcome_links.csv"), treated)
+
+
 def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: int = 200,
                      nodes: int = 13, her2_nodes: int = 7, structure: str = DEFAULT_STRUCTURE,
                      trial_sd: float = DEFAULT_TRIAL_SD, her2_drug_sd: float = 1.0,
                      hyper: str = DEFAULT_HYPER,
                      draws: int = 2000, seed: int = 0, clinical_dir=None,
                      posterior: str = "linear", chains: int = 4, warmup: int = 500,
+                     links: bool = True,
                      log: Callable[[str], None] | None = None) -> dict:
     """Fit the trial model to the published pCR counts and write the run folder.
 
@@ -85,7 +102,14 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     smoke run, not a result). ``posterior``: ``"linear"`` (the default: Laplace draws,
     predictions linearised at the MAP), ``"psis"``, ``"laplace"``, ``"nuts"`` or
     ``"chees"`` (`fitcsc._trial.posterior.posterior_draws`; ``chains`` and ``warmup``
-    per chain for the last two). ``log``: called with one line per phase (None: silent).
+    per chain for the last two). ``links``: the published HER2+ hazard ratios of pCR vs
+    no pCR (`fitcsc._trial.fit.LINKS_USED`, ``pcr_outcome_links.csv``) enter the
+    likelihood through `TrialModel.pcr_outcome`, with the neoadjuvant distant burden and
+    the fraction of micrometastatic CSCs out of the drugs' reach free: pCR and recurrence
+    come from one residual state per patient, and the adjuvant benefit predicted from the
+    fit is bounded by what pCR patients' recurrences say (without ``links`` every
+    micrometastatic CSC is in reach). ``log``: called with one line per phase (None:
+    silent).
     **Returns:** the summary written to ``summary.json``.
     """
     import fitcsc.summary as fs
@@ -115,12 +139,15 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     t_start = time.perf_counter()
     out = pathlib.Path(out_dir)
     arms, obs = load_pcr(clinical_dir, QUICK_TRIALS if quick else None)
-    tm = TrialModel.build(arms, n_nodes=nodes, n_her2=her2_nodes, **STRUCTURES[structure])
+    tm = TrialModel.build(arms, n_nodes=nodes, n_her2=her2_nodes, pcr_outcome=links,
+                          protected=links, **STRUCTURES[structure])
+    link_obs = load_links(arms, clinical_dir) if links else []
     if hyper not in ("auto", "fixed"):
         raise ValueError(f"hyper must be 'auto' or 'fixed', got {hyper!r}")
-    objective = Objective(tm, TrialData(pcr=obs), trial_sd=trial_sd,
+    objective = Objective(tm, TrialData(pcr=obs, links=link_obs), trial_sd=trial_sd,
                           her2_drug_sd=her2_drug_sd)
-    say(f"fitting {len(tm.names)} parameters to {len(obs)} arms "
+    say(f"fitting {len(tm.names)} parameters to {len(obs)} arms"
+        + (f" and {len(link_obs)} pCR-outcome hazard ratios" if link_obs else "") + " "
         f"({starts} start{'s' * (starts > 1)}, at most {steps} steps each)")
     t_fit = time.perf_counter()
     fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed)
@@ -155,6 +182,19 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                             linearise_at=linearise_at(posterior, fit.z))
     lo, hi = np.quantile(pcr_draws, [0.025, 0.975], axis=0)
     total = tm.pcr_pair(z)[0]
+    link_rows = []
+    if link_obs:
+        l_point = np.exp(np.asarray(objective.link_log_hr(z)))
+        l_draws = draw_values(lambda zz: jnp.exp(objective.link_log_hr(zz)), z_draws,
+                              batch=100, linearise_at=linearise_at(posterior, fit.z),
+                              link="log")
+        l_lo, l_hi = np.quantile(l_draws, [0.025, 0.975], axis=0)
+        link_rows = [{"link": o.name, "years": o.years,
+                      "published_hr": float(np.exp(o.log_hr)),
+                      "published_lo95": float(np.exp(o.log_hr - 1.959964 * o.se)),
+                      "published_hi95": float(np.exp(o.log_hr + 1.959964 * o.se)),
+                      "fitted_hr": float(l_point[k]), "fitted_lo95": float(l_lo[k]),
+                      "fitted_hi95": float(l_hi[k])} for k, o in enumerate(link_obs)]
     post_s = time.perf_counter() - t_post
 
     rows, inside = [], 0
@@ -197,7 +237,10 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                  "data/clinical/regimens.csv", "n_arms": len(obs),
                  "n_patients": int(sum(o.n for o in obs)),
                  "trials": sorted({o.trial for o in obs}),
-                 "start_volume_mm3": {"default": 14000.0, **VOLUMES}},
+                 "start_volume_mm3": {"default": 14000.0, **VOLUMES},
+                 "pcr_outcome_links": ("data/clinical/pcr_outcome_links.csv"
+                                       if link_obs else None)},
+        "pcr_outcome_links": link_rows,
         "n_arms": len(obs), "n_within_binomial_ci95": int(inside), "quick": bool(quick),
         "model": {"structure": structure, "build_options": STRUCTURES[structure],
                   "n_parameters": len(tm.names), "responsiveness_nodes": nodes,
@@ -230,7 +273,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         "optimiser": summary["optimiser"], "quick": summary["quick"],
         "wall_s": summary["wall_s"], "device": summary["device"],
         "precision": summary["precision"], "estimates": summary["estimates"],
-        "data": "pcr_arms.csv (all-patient rows with counts)",
+        "data": "pcr_arms.csv (all-patient rows with counts)"
+                + (" + pcr_outcome_links.csv (HER2+ pCR-vs-no-pCR HRs)" if link_obs else ""),
         "structure": structure}, draws=z_draws,
         posterior=record)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

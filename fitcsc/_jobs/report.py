@@ -182,7 +182,11 @@ def _run_lines(d, s) -> list[str]:
         f"its regimen (`{data['regimens']}`) and its own pCR definition; the observation "
         "is the arm's pCR count (binomial, no censoring). Assumed starting tumour volume: "
         f"{data['start_volume_mm3']['default']:g} mm3 (3-cm primary), NOAH "
-        f"{data['start_volume_mm3'].get('NOAH', 0):g} mm3 (locally advanced).", "",
+        f"{data['start_volume_mm3'].get('NOAH', 0):g} mm3 (locally advanced)."
+        + (f" The published HER2+ hazard ratios of pCR vs no pCR (`{data['pcr_outcome_links']}`:"
+           " " + ", ".join(r["link"] for r in s["pcr_outcome_links"]) + ") enter as normal "
+           "likelihoods of the log HR, pooled over the trastuzumab-treated arms."
+           if s.get("pcr_outcome_links") else ""), "",
         SECTIONS[1], "",
         f"Structure `{m['structure']}` ({opts}); {m['n_parameters']} parameters; quadrature "
         f"{m['responsiveness_nodes']} responsiveness x {m['her2_nodes']} HER2 nodes; "
@@ -221,6 +225,15 @@ def _run_lines(d, s) -> list[str]:
                       f"{r['observed_pct']} ({r['observed_ci95_lo']}-{r['observed_ci95_hi']})",
                       f"{r['predicted_pct']} ({r['predicted_lo95']}-{r['predicted_hi95']})"]
                      for r in rows])
+    if s.get("pcr_outcome_links"):
+        lines += ["", "pCR vs no pCR among treated patients (DFS hazard ratio at the "
+                  "horizon, from one residual state per patient):", ""]
+        lines += _table(["study", "years", "published HR (95% CI)", "fitted (95% interval)"],
+                        [[r["link"], _g(r["years"]),
+                          f"{r['published_hr']:.2f} ({r['published_lo95']:.2f}-"
+                          f"{r['published_hi95']:.2f})",
+                          f"{r['fitted_hr']:.2f} ({r['fitted_lo95']:.2f}-"
+                          f"{r['fitted_hi95']:.2f})"] for r in s["pcr_outcome_links"]])
     lines += _warnings(s["warnings"])
     lines += ["Files: `fit.json` (use with `fitcsc predict --fit` on this folder), "
               "`arms.csv`, `posterior.csv`, `pcr_fit.png`, `summary.json`."]
