@@ -46,7 +46,7 @@ from _bayes import (
 )
 
 import fitcsc
-from fitcsc.files import csv_text, write_atomic
+from fitcsc.files import Checkpoint, csv_text, fingerprint, remove_checkpoint, write_atomic
 from fitcsc.population import csc_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,12 +92,22 @@ def main(args) -> dict:
                          **({} if args.vs_prior_sd is None else
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
     settings = sampler_settings(args, QUICK if args.quick else FULL)
-    idata, record, _ = fit_population(pop, batch, out, settings=settings,
-                                      progress=not args.no_progress,
+    ckpt = None
+    if args.checkpoint:  # resumes a run of the same options; removed when it finishes
+        ckpt = Checkpoint(out, "mas98_bayes", fingerprint(
+            {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
+            resume=True)
+    idata, record, _ = fit_population(pop, batch, out, settings=settings, seed=args.seed,
+                                      progress=not args.no_progress, checkpoint=ckpt,
+                                      precondition=({"lbfgs_steps": args.lbfgs_steps}
+                                                    if args.precondition else None),
+                                      centre=tuple(args.centre),
                                       refine_steps=20 if args.quick else 300,
                                       pair=["csc_division_rate", "self_renewal",
                                             "carrying_capacity_cells", "her2_efficacy_csc",
                                             "her2_efficacy_bulk"])
+    if ckpt is not None:
+        remove_checkpoint(out)
     ident = identification(pop, idata)
     her2 = her2_terms(idata, "her2_efficacy_csc", "her2_efficacy_bulk", out / "trastuzumab.png",
                       title="MAS98.06: trastuzumab's CSC term vs its bulk term (all arms "
@@ -123,6 +133,7 @@ def main(args) -> dict:
         "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
         "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs,
         "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
+        "precondition": bool(args.precondition), "centred": list(args.centre),
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -146,7 +157,14 @@ def _result_md(s, path):
               "growth included."), "",
              f"- Sampler: {s['sampler']['method']}, {s['sampler']['num_chains']} chains x "
              f"{s['sampler']['num_warmup']} warm-up + {s['sampler']['num_samples']} draws"
-             f" (thinning {s['sampler'].get('thinning', 1)}); {s['n_parameters']} parameters.",
+             f" (thinning {s['sampler'].get('thinning', 1)})"
+             + (", dense mass" if s['sampler'].get('dense_mass') else "")
+             + (f", max tree depth {s['sampler']['max_tree_depth']}"
+                if s['sampler']['method'] == "nuts" else "")
+             + ("; Laplace-preconditioned (z = z_hat + L u, L from the Hessian at an L-BFGS "
+                "mode)" if s.get("precondition") else "")
+             + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "")
+             + f"; {s['n_parameters']} parameters.",
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} over the population-level ones), min bulk ESS "
              f"{c['ess_bulk_min']:.0f}, min tail ESS {c['ess_tail_min']:.0f}, "
@@ -188,6 +206,19 @@ def parse_args(argv=None):
     p.add_argument("--vs-prior-sd", type=float, default=None,
                    help="prior SD of log v_S (the CSC division rate; default 1.0): a smaller "
                         "one keeps chains off fast, stiff divisions (see ATTEMPTS.md)")
+    p.add_argument("--precondition", action="store_true",
+                   help="sample u with z = z_hat + L u, L from the Hessian at an L-BFGS mode "
+                        "(a fixed dense metric; see _bayes.laplace_preconditioner)")
+    p.add_argument("--lbfgs-steps", type=int, default=1000,
+                   help="with --precondition: L-BFGS steps from the warm start")
+    p.add_argument("--centre", nargs="*", default=[], metavar="LEVEL:LABEL",
+                   help="mouse effects to sample centred, e.g. animal:initial_volume_mm3 "
+                        "animal:csc_division_rate (default: all non-centred)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the chains' starts and the sampler (default 0)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
+                        "rerun with the same options resumes from them")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "mas98_bayes"))

@@ -141,3 +141,11 @@ def test_sampler_overrides_from_the_command_line():
     mas = _load("mas98_bayes")
     assert sampler_settings(mas.parse_args(["--max-leapfrog", "64"]), mas.FULL)[
         "max_leapfrog_steps"] == 64
+    ck = mas.parse_args(["--checkpoint", "--seed", "3", "--method", "nuts", "--dense-mass"])
+    assert ck.checkpoint and ck.seed == 3 and not mas.parse_args([]).checkpoint
+    assert mas.parse_args([]).seed == 0 and mas.parse_args([]).centre == []
+    cen = mas.parse_args(["--centre", "animal:initial_volume_mm3", "--precondition",
+                          "--lbfgs-steps", "200"])
+    assert cen.centre == ["animal:initial_volume_mm3"] and cen.precondition
+    assert cen.lbfgs_steps == 200 and not mas.parse_args([]).precondition
+    assert sampler_settings(ck, mas.FULL) == {**mas.FULL, "method": "nuts", "dense_mass": True}
