@@ -126,7 +126,7 @@ def _gauss_hermite(n):
 
 
 def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
-          n_gh=None, n_site=1):
+          n_gh=None, n_site=1, protected=None):
     """One arm's joint pCR / cure / DFS integrals over patients (vmappable over arms:
     ``i_pre``, ``i_course`` and ``micromet`` [cells] may be traced).
 
@@ -135,7 +135,8 @@ def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
     sqrt(1 - rho^2) e`` (Gauss-Hermite, ``n_gh`` nodes), and, when ``n_site > 1``, the
     site-specific part ``e2`` of the micrometastases' responsiveness ``eta2 = coupling
     eta + sqrt(1 - coupling^2) e2`` (``coupling = 1``, ``n_site = 1``: one responsiveness
-    for every site, as in TrialModel).
+    for every site, as in TrialModel). ``protected``: ``TrialModel._protected(z)``, the
+    micrometastatic CSCs out of the drugs' reach (None: none), as `TrialModel.dfs` has them.
 
     **Returns:** dict of scalars (``p_t``, ``p_b``: pCR rates; ``cure``; ``pc_t``,
     ``pc_b``: P(pCR and cure)) and arrays over ``days`` (``dfs``, ``dfs_pt``,
@@ -164,6 +165,12 @@ def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
     log_res = f_s + tm.micromet_sd * x2
     # as TrialModel._dfs_one: expected lasting lineages pi S e^{-lambda t_eval}
     log_founders = f_pi + log_res - f_lam * tm.eval_day[i_course]
+    if protected is not None:  # as TrialModel._dfs_fine: drug-free CSCs, pi S0 founders
+        log_p, log_s0 = protected
+        log_s0m = log_s0 + jnp.log(micromet / tm.model.cells_per_mm3) + tm.micromet_sd * x2
+        keep = jnp.log1p(-jnp.exp(log_p))
+        log_founders = jnp.logaddexp(keep + log_founders, log_p + f_pi + log_s0m)
+        log_res = jnp.logaddexp(keep + log_res, log_p + log_s0m)
     cure = jnp.exp(-jnp.exp(jnp.minimum(log_founders, 40.0)))
     grow = (jnp.log(tm.detection_cells) - log_res) / jnp.maximum(f_lam, 1e-6)
     t_rec = tm.eval_day[i_course] + grow
@@ -236,7 +243,7 @@ class Study:
         res = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[r for _, r in mix])
         per_part = jax.vmap(lambda r: jax.vmap(
             lambda i, m: joint(tm, r, m, 2 * i, 2 * i + 1, c_b, days, rho, coupling,
-                               **quadrature))(idx, micromet))(res)
+                               protected=tm._protected(z), **quadrature))(idx, micromet))(res)
         per = {k: jnp.tensordot(weights, v, axes=1) for k, v in per_part.items()}
         w = jnp.asarray(self.weights / self.weights.sum())
         pooled = {k: jnp.tensordot(w, v, axes=1) for k, v in per.items()}
