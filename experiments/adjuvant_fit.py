@@ -57,8 +57,8 @@ from fitcsc.trials import (
     adjuvant_observations,
     draw_values,
     fit_trials,
-    link_observations,
     load_fit,
+    load_links,
     posterior_draws,
     save_fit,
 )
@@ -125,10 +125,7 @@ def main(args) -> dict:
                        if args.links and n not in pcr_names)
     tm_b = TrialModel.build(pcr_arms + adj_arms, pcr_names + tuple(burden) + link_names,
                             base_kill=doc["base_kill"], **opts)
-    treated = [a.name for a in pcr_arms
-               if any(fitcsc.CATALOGUE[d].drug_class == "her2" for d in a.regimen.drugs)]
-    links = (link_observations(fitcsc.read_clinical(CLINICAL / "pcr_outcome_links.csv"),
-                               treated) if args.links else [])
+    links = load_links(pcr_arms, CLINICAL) if args.links else []
     hyper = {k: v for k, v in doc.get("hyper", {}).items()}
     obj_b = Objective(tm_b, TrialData(pcr=pcr_obs, landmarks=landmarks, hrs=hrs, links=links),
                       **hyper)

@@ -53,7 +53,7 @@ import numpy as np
 import fitcsc
 import fitcsc.summary as fs
 from fitcsc.files import csv_text, write_atomic
-from fitcsc.trials import Arm, hazard_ratio
+from fitcsc.trials import Arm, hazard_ratio, with_protected
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402
@@ -168,9 +168,7 @@ def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
     if protected is not None:  # as TrialModel._dfs_fine: drug-free CSCs, pi S0 founders
         log_p, log_s0 = protected
         log_s0m = log_s0 + jnp.log(micromet / tm.model.cells_per_mm3) + tm.micromet_sd * x2
-        keep = jnp.log1p(-jnp.exp(log_p))
-        log_founders = jnp.logaddexp(keep + log_founders, log_p + f_pi + log_s0m)
-        log_res = jnp.logaddexp(keep + log_res, log_p + log_s0m)
+        log_founders, log_res = with_protected(log_founders, log_res, f_pi, log_s0m, log_p)
     cure = jnp.exp(-jnp.exp(jnp.minimum(log_founders, 40.0)))
     grow = (jnp.log(tm.detection_cells) - log_res) / jnp.maximum(f_lam, 1e-6)
     t_rec = tm.eval_day[i_course] + grow

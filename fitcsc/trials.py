@@ -43,7 +43,7 @@ from ._jobs.main import (
     load_links,
     load_pcr,
 )
-from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio
+from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio, with_protected
 from ._trial.fit import (
     HYPER_SD_GRID,
     HYPERS,
@@ -94,5 +94,5 @@ __all__ = [
     "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
     "clinical_fit_job", "load_links", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
-    "HYPERS", "fit_prior_sds", "DEFAULT_HYPER",
+    "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected",
 ]

@@ -418,3 +418,16 @@ def test_two_margin_residuals_are_the_exact_likelihood_with_information():
         jnp.asarray([k_b], float), jnp.asarray([n], float)))(jnp.asarray([k_a / n]))
     # margin A's Fisher information n / (p (1 - p)) at its exact fit, not 0
     assert float(jac[0, 0]) ** 2 > 0.5 * n / (k_a / n * (1 - k_a / n))
+
+
+def test_with_protected_mixes_the_two_populations_on_the_natural_scale():
+    """A fraction f of micrometastatic CSCs out of reach: founders (1-f) F + f pi S0 and
+    residual CSCs (1-f) R + f S0, computed on the log scale."""
+    import numpy as np
+
+    from fitcsc.trials import with_protected
+
+    f, F, R, pi, S0 = 0.01, 3.0, 50.0, 0.2, 1e4
+    lf, lr = with_protected(np.log(F), np.log(R), np.log(pi), np.log(S0), np.log(f))
+    assert float(np.exp(lf)) == pytest.approx((1 - f) * F + f * pi * S0, rel=1e-12)
+    assert float(np.exp(lr)) == pytest.approx((1 - f) * R + f * S0, rel=1e-12)

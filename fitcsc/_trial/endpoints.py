@@ -123,6 +123,16 @@ def log_lasting_lineages(log_pi, log_residual_csc, lam, days_since_start):
     return log_pi + log_residual_csc - lam * days_since_start
 
 
+def with_protected(log_founders, log_residual_csc, log_pi, log_protected_csc, log_fraction):
+    """``(log founders, log residual CSCs)`` when a fraction (log ``log_fraction``) of
+    the micrometastatic CSCs is out of the drugs' reach: those keep their untreated
+    number ``log_protected_csc`` and found ``pi`` lasting lineages each; the rest are as
+    given."""
+    keep = jnp.log1p(-jnp.exp(log_fraction))
+    return (jnp.logaddexp(keep + log_founders, log_fraction + log_pi + log_protected_csc),
+            jnp.logaddexp(keep + log_residual_csc, log_fraction + log_protected_csc))
+
+
 def cure_probability(log_founders):
     """``exp(-founders)`` from ``log founders`` (`log_lasting_lineages`)."""
     return jnp.exp(-jnp.exp(jnp.minimum(log_founders, 40.0)))

@@ -63,6 +63,7 @@ from .endpoints import (
     lineage,
     log_lasting_lineages,
     recurrence_day,
+    with_protected,
 )
 
 # Fixed, documented calibration (DESIGN §3; illustrative where the literature is silent).
@@ -772,9 +773,8 @@ class TrialModel(eqx.Module):
         if protected is not None:  # out of reach: pi S0, S0 the untreated initial CSCs
             log_p, log_s0 = protected
             log_s0m = (log_s0 + log_m)[:, None, None] + x  # (arms, 1, burden)
-            log_founders = jnp.logaddexp(jnp.log1p(-jnp.exp(log_p)) + log_founders,
-                                         log_p + f_pi[..., None] + log_s0m)
-            log_res = jnp.logaddexp(jnp.log1p(-jnp.exp(log_p)) + log_res, log_p + log_s0m)
+            log_founders, log_res = with_protected(log_founders, log_res, f_pi[..., None],
+                                                   log_s0m, log_p)
         cure = cure_probability(log_founders)
         # regrowth at the CSC net rate from the residual at the evaluation day
         t_rec = recurrence_day(self.eval_day[:, None, None], log_res, f_lam[..., None],
