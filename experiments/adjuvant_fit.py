@@ -59,6 +59,7 @@ from fitcsc.trials import (
     fit_trials,
     load_fit,
     load_links,
+    load_neo_landmarks,
     posterior_draws,
     save_fit,
 )
@@ -123,15 +124,18 @@ def main(args) -> dict:
     # parameters are among its names and start at its values
     link_names = tuple(n for n in ("log_micromet_cells#neoadjuvant", "logit_protected_fraction")
                        if args.links and n not in pcr_names)
+    # with the links, the neoadjuvant arms' EFS/DFS landmarks and whole courses, as the
+    # main job fits them
+    neo, courses = load_neo_landmarks(pcr_arms, CLINICAL) if args.links else ([], {})
     tm_b = TrialModel.build(pcr_arms + adj_arms, pcr_names + tuple(burden) + link_names,
-                            base_kill=doc["base_kill"], **opts)
+                            base_kill=doc["base_kill"], courses=courses, **opts)
     links = load_links(pcr_arms, CLINICAL) if args.links else []
     hyper = {k: v for k, v in doc.get("hyper", {}).items()}
-    obj_b = Objective(tm_b, TrialData(pcr=pcr_obs, landmarks=landmarks, hrs=hrs, links=links),
-                      **hyper)
+    obj_b = Objective(tm_b, TrialData(pcr=pcr_obs, landmarks=landmarks, hrs=hrs, links=links,
+                                      neo_landmarks=neo), **hyper)
     start = np.concatenate([np.asarray(doc["z"]), fit_a.z,
                             [{"log_micromet_cells#neoadjuvant": np.log(1e5),
-                              "logit_protected_fraction": np.log(0.01 / 0.99)}[n]
+                              "logit_protected_fraction": np.log(1e-6 / (1 - 1e-6))}[n]
                              for n in link_names]])
     fit_b = fit_trials(obj_b, n_starts=args.starts, max_steps=args.steps, start=start)
     pred_b = obj_b.predictions(jnp.asarray(fit_b.z))

@@ -27,6 +27,8 @@ under public names (the implementation lives in private modules that may move)::
   relative to each blocker's labelled-dose exposure).
 - The published data and the shipped fit: `load_pcr` (the pCR arms and counts of
   data/clinical), `load_links` (the pCR-outcome hazard ratios the main job fits),
+  `load_neo_landmarks` (the neoadjuvant arms' EFS/DFS landmarks and whole courses it fits
+  with them),
   `clinical_fit_job` (what ``fitcsc run`` fits), `DEFAULT_STRUCTURE`,
   `DEFAULT_TRIAL_SD`, `QUICK_TRIALS` (its choices), `ci95` (a binomial 95% interval).
 - Files: `save_fit`, `load_fit`, `load_draws`, `model_from_fit` (the ``fit.json`` that
@@ -41,6 +43,7 @@ from ._jobs.main import (
     ci95,
     clinical_fit_job,
     load_links,
+    load_neo_landmarks,
     load_pcr,
 )
 from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio, with_protected
@@ -92,7 +95,8 @@ __all__ = [
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",
     "posterior_draws", "posterior_flag", "save_fit", "to_natural", "trial_family",
     "TrialPosterior", "DEFAULT_STRUCTURE", "DEFAULT_TRIAL_SD", "QUICK_TRIALS", "ci95",
-    "clinical_fit_job", "load_links", "load_pcr", "METHODS", "linearise_at", "CHEMO_REFERENCE_DOSE",
+    "clinical_fit_job", "load_links", "load_neo_landmarks", "load_pcr", "METHODS",
+    "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
     "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected",
 ]

@@ -8,6 +8,7 @@ import math
 import pathlib
 
 import pytest
+import scipy.stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -275,6 +276,16 @@ def test_clinical_validation_quick(tmp_path):
     assert m["n_arms"] == 7 and m["n_inside_95"] == sum(r["inside"] == "True" for r in rows)
     err = [float(r["mean_pct"]) - float(r["observed_pct"]) for r in rows]
     assert m["mean_signed_error_points"] == pytest.approx(sum(err) / 7, abs=1e-3)
+    # the oracle floor: scipy's binomial quantiles at the published rate
+    for r in rows:
+        n, k = int(r["n"]), int(r["count"])
+        lo, hi = scipy.stats.binom.ppf([0.025, 0.975], n, k / n)
+        assert float(r["floor_lo_pct"]) == pytest.approx(100 * lo / n)
+        assert float(r["floor_hi_pct"]) == pytest.approx(100 * hi / n)
+        assert 0.0 <= float(r["map_trial_lo_pct"]) <= float(r["map_trial_hi_pct"]) <= 100.0
+    floor = [float(r["floor_hi_pct"]) - float(r["floor_lo_pct"]) for r in rows]
+    assert m["mean_width_95_floor_points"] == pytest.approx(sum(floor) / 7, abs=1e-3)
+    assert m["mean_width_95_map_trial_points"] > 0
 
 
 def test_dersimonian_laird_matches_the_two_study_closed_form():

@@ -3,6 +3,7 @@ and `fitcsc simulate` (the regimens with illustrative parameters), through the C
 
 import csv
 import json
+import math
 
 import pytest
 from helpers import check_report
@@ -67,7 +68,22 @@ def test_run_fits_the_pcr_outcome_links_by_default(quick_run):
     for r in s["pcr_outcome_links"]:
         assert r["published_lo95"] < r["published_hr"] < r["published_hi95"]
         assert r["fitted_lo95"] <= r["fitted_hr"] + 1e-9 <= r["fitted_hi95"] + 2e-9
+        # the HR is the ratio of the two groups' cumulative hazards at the horizon, and a
+        # link met where the no-pCR patients have (almost) no events is flagged
+        efs_p, efs_n = (min(max(r[k], 1e-12), 1 - 1e-12)
+                        for k in ("fitted_efs_pcr", "fitted_efs_no_pcr"))
+        assert r["fitted_hr"] == pytest.approx(math.log(efs_p) / math.log(efs_n), rel=1e-6)
+        assert r["degenerate"] == (1.0 - r["fitted_efs_no_pcr"] < 0.01)
+    assert any("link met only where events vanish" in w for w in s["warnings"]) == any(
+        r["degenerate"] for r in s["pcr_outcome_links"])
+    # the link holds at the event rates the trials saw: NeoSphere's 5-yr DFS in the fit
+    assert [(r["arm"], r["course"], r["published"]) for r in s["neoadjuvant_landmarks"]] == [
+        ("NS-A", "NEOSPHERE-TH-FULL", 0.81), ("NS-B", "NEOSPHERE-THP-FULL", 0.84),
+        ("NS-C", "NEOSPHERE-HP-FULL", 0.80), ("NS-D", "NEOSPHERE-TP-FULL", 0.75)]
+    for r in s["neoadjuvant_landmarks"]:
+        assert 0 <= r["fitted_lo95"] <= r["fitted"] * (1 + 1e-6) <= r["fitted_hi95"] * (1 + 2e-6)
     report = (out / "report.md").read_text()
+    assert "| NS-A | NEOSPHERE-TH-FULL | 5 | 107 | 81.0 |" in report
     assert "pCR vs no pCR among treated patients" in report
     assert "| CHER-LOB (RFS) | 5 | 0.12 (0.03-0.48) |" in report
     arms, _ = load_pcr(trials=("NeoSphere",))

@@ -431,3 +431,40 @@ def test_with_protected_mixes_the_two_populations_on_the_natural_scale():
     lf, lr = with_protected(np.log(F), np.log(R), np.log(pi), np.log(S0), np.log(f))
     assert float(np.exp(lf)) == pytest.approx((1 - f) * F + f * pi * S0, rel=1e-12)
     assert float(np.exp(lr)) == pytest.approx((1 - f) * R + f * S0, rel=1e-12)
+
+
+def test_neoadjuvant_course_sets_recurrence_and_landmarks_are_all_patients(neosphere):
+    """`load_neo_landmarks` gives NeoSphere's published 5-yr DFS (81/84/80/75%) with each
+    arm's whole course; in `pcr_outcome`, an arm's recurrence comes from its course: the
+    DFS of all its patients equals that of the course arm itself (a patient's DFS does
+    not depend on how her primary responded), and the objective's landmark prediction is
+    that DFS."""
+    from fitcsc.trials import Objective, TrialData, load_neo_landmarks
+
+    arms, obs = neosphere
+    landmarks, courses = load_neo_landmarks(arms)
+    assert [(m.arm, m.years, m.rate, m.n) for m in landmarks] == [
+        ("NS-A", 5.0, 0.81, 107), ("NS-B", 5.0, 0.84, 107), ("NS-C", 5.0, 0.80, 107),
+        ("NS-D", 5.0, 0.75, 96)]
+    assert courses["NS-A"].name == "NEOSPHERE-TH-FULL"
+    assert courses["NS-A"].regimen.n_doses > arms[0].regimen.n_doses
+    tm = TrialModel.build(arms, n_nodes=7, n_her2=3, pcr_outcome=True, protected=True,
+                          courses=courses, heterogeneity="continuous")
+    assert tm.arm_names[len(arms):] == tuple(c.name for c in courses.values())
+    z = tm.z0().at[tm.names.index("log_micromet_cells#neoadjuvant")].set(14.0)
+    days = jnp.asarray([2.0 * 365.25, 5.0 * 365.25])
+    pcr, d_p, d_n = tm.pcr_outcome(z, days)
+    dfs_all = pcr[:, None] * d_p + (1 - pcr[:, None]) * d_n
+    for i, a in enumerate(arms):
+        j = tm.arm_names.index(courses[a.name].name)
+        np.testing.assert_allclose(dfs_all[i], dfs_all[j], rtol=1e-10)
+    # without the course the postoperative trastuzumab is missing: a different DFS
+    plain = TrialModel.build(arms, n_nodes=7, n_her2=3, pcr_outcome=True, protected=True,
+                             heterogeneity="continuous")
+    p0, dp0, dn0 = plain.pcr_outcome(z, days)
+    np.testing.assert_allclose(p0, pcr[:len(arms)], rtol=1e-12)
+    hazard_course = -np.log(np.asarray(dfs_all[0]))
+    hazard_plain = -np.log(np.asarray(p0[0] * dp0[0] + (1 - p0[0]) * dn0[0]))
+    assert np.all(hazard_course < 0.8 * hazard_plain)
+    obj = Objective(tm, TrialData(pcr=obs, neo_landmarks=landmarks))
+    np.testing.assert_allclose(obj.neo_landmark_dfs(z), dfs_all[:len(arms), 1], rtol=1e-10)

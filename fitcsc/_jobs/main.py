@@ -50,6 +50,10 @@ DEFAULT_STRUCTURE = "continuous_kill"  # chosen out of sample (experiments/clini
 DEFAULT_HYPER = "fixed"
 DEFAULT_TRIAL_SD = 1.0  # the value when fixed (the starting value of "auto")
 PRIOR_ONLY_RATIO = 0.9  # posterior sd / prior sd above this: the data say little
+# a pCR-outcome link is flagged when fewer than this share of the no-pCR patients has an
+# event by its horizon: its HR is then a ratio of vanishing hazards (NOAH's chemotherapy
+# arm had 57% events by 5 years, NeoSphere's TH arm 19%: experiments/pcr_cure.py)
+LINK_MIN_EVENTS = 0.01
 
 
 def ci95(k: int, n: int) -> tuple[float, float]:
@@ -69,6 +73,47 @@ def load_pcr(clinical_dir=None, trials=None):
     regimens = read_regimen_table(d / "regimens.csv")
     rows = read_clinical(d / "pcr_arms.csv")
     return pcr_observations(rows, regimens, volumes=VOLUMES, trials=trials)
+
+
+NEO_LANDMARK_YEARS = 5.0
+
+
+def load_neo_landmarks(arms, clinical_dir=None, years: float = NEO_LANDMARK_YEARS):
+    """The published EFS/DFS landmarks at ``years`` of the neoadjuvant ``arms`` (rows of
+    ``adjuvant_outcomes.csv`` in ``clinical_dir`` whose ``arm_id`` is the arm's name),
+    and each such arm's whole course (the row's ``regimen_id``: preoperative then
+    postoperative therapy, from ``regimens.csv``) for `TrialModel.build`'s ``courses``.
+    **Returns:** ``(landmarks, courses)``: `LandmarkObservation` list (arm = the pCR arm,
+    ``n`` the randomised patients) and ``{arm name: Arm}``."""
+    import dataclasses
+
+    from .._io.clinical import read_clinical
+    from .._io.data import read_regimen_table
+    from .._trial.fit import LandmarkObservation
+
+    d = pathlib.Path(clinical_dir) if clinical_dir is not None else REPO_DATA / "clinical"
+    regimens = read_regimen_table(d / "regimens.csv")
+    rows = read_clinical(d / "adjuvant_outcomes.csv")
+    landmarks, courses = [], {}
+    for a in arms:
+        if a.setting != "neoadjuvant":
+            continue
+        hit = [r for r in rows if r["arm_id"] == a.name and r["landmark_years"] == years
+               and r["endpoint"] in ("EFS", "DFS") and r["landmark_rate_pct"] is not None]
+        if not hit:
+            continue
+        r = hit[0]
+        landmarks.append(LandmarkObservation(a.name, float(years),
+                                             float(r["landmark_rate_pct"]) / 100.0,
+                                             int(r["n_randomized"])))
+        if r["regimen_id"] != a.regimen.name:
+            if r["regimen_id"] not in regimens:
+                raise ValueError(f"{d / 'adjuvant_outcomes.csv'}: column regimen_id, arm "
+                                 f"{a.name}: expected a regimen of regimens.csv, got "
+                                 f"{r['regimen_id']!r}")
+            courses[a.name] = dataclasses.replace(a, name=r["regimen_id"],
+                                                  regimen=regimens[r["regimen_id"]])
+    return landmarks, courses
 
 
 def load_links(arms, clinical_dir=None):
@@ -139,15 +184,17 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     t_start = time.perf_counter()
     out = pathlib.Path(out_dir)
     arms, obs = load_pcr(clinical_dir, QUICK_TRIALS if quick else None)
+    neo_lm, courses = load_neo_landmarks(arms, clinical_dir) if links else ([], {})
     tm = TrialModel.build(arms, n_nodes=nodes, n_her2=her2_nodes, pcr_outcome=links,
-                          protected=links, **STRUCTURES[structure])
+                          protected=links, courses=courses, **STRUCTURES[structure])
     link_obs = load_links(arms, clinical_dir) if links else []
     if hyper not in ("auto", "fixed"):
         raise ValueError(f"hyper must be 'auto' or 'fixed', got {hyper!r}")
-    objective = Objective(tm, TrialData(pcr=obs, links=link_obs), trial_sd=trial_sd,
-                          her2_drug_sd=her2_drug_sd)
+    objective = Objective(tm, TrialData(pcr=obs, links=link_obs, neo_landmarks=neo_lm),
+                          trial_sd=trial_sd, her2_drug_sd=her2_drug_sd)
     say(f"fitting {len(tm.names)} parameters to {len(obs)} arms"
-        + (f" and {len(link_obs)} pCR-outcome hazard ratios" if link_obs else "") + " "
+        + (f", {len(link_obs)} pCR-outcome hazard ratios and {len(neo_lm)} EFS/DFS "
+           "landmarks" if link_obs else "") + " "
         f"({starts} start{'s' * (starts > 1)}, at most {steps} steps each)")
     t_fit = time.perf_counter()
     fit = fit_trials(objective, n_starts=starts, max_steps=steps, seed=seed)
@@ -189,12 +236,26 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                               batch=100, linearise_at=linearise_at(posterior, fit.z),
                               link="log")
         l_lo, l_hi = np.quantile(l_draws, [0.025, 0.975], axis=0)
+        s_pcr, s_no = (np.asarray(v) for v in objective.link_survival(z))
         link_rows = [{"link": o.name, "years": o.years,
                       "published_hr": float(np.exp(o.log_hr)),
                       "published_lo95": float(np.exp(o.log_hr - 1.959964 * o.se)),
                       "published_hi95": float(np.exp(o.log_hr + 1.959964 * o.se)),
                       "fitted_hr": float(l_point[k]), "fitted_lo95": float(l_lo[k]),
-                      "fitted_hi95": float(l_hi[k])} for k, o in enumerate(link_obs)]
+                      "fitted_hi95": float(l_hi[k]),
+                      "fitted_efs_pcr": float(s_pcr[k]), "fitted_efs_no_pcr": float(s_no[k]),
+                      "degenerate": bool(1.0 - s_no[k] < LINK_MIN_EVENTS)}
+                     for k, o in enumerate(link_obs)]
+    neo_rows = []
+    if neo_lm:
+        n_point = np.asarray(objective.neo_landmark_dfs(z))
+        n_draws = draw_values(lambda zz: objective.neo_landmark_dfs(zz), z_draws, batch=100,
+                              linearise_at=linearise_at(posterior, fit.z))
+        n_lo, n_hi = np.quantile(n_draws, [0.025, 0.975], axis=0)
+        neo_rows = [{"arm": o.arm, "course": courses[o.arm].name if o.arm in courses
+                     else o.arm, "years": o.years, "n": o.n, "published": o.rate,
+                     "fitted": float(n_point[k]), "fitted_lo95": float(n_lo[k]),
+                     "fitted_hi95": float(n_hi[k])} for k, o in enumerate(neo_lm)]
     post_s = time.perf_counter() - t_post
 
     rows, inside = [], 0
@@ -228,6 +289,16 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     if prior_only:
         warnings.append("not identified by these data (posterior sd > "
                         f"{PRIOR_ONLY_RATIO:g} x prior sd): " + ", ".join(prior_only))
+    degenerate = [r for r in link_rows if r["degenerate"]]
+    if degenerate:
+        r = degenerate[0]
+        warnings.append(
+            f"pCR-outcome link met only where events vanish: fitted {r['years']:g}-yr EFS "
+            f"{r['fitted_efs_pcr']:.4f} with pCR and {r['fitted_efs_no_pcr']:.4f} without "
+            f"(fewer than {LINK_MIN_EVENTS:.0%} events without pCR), so its HR "
+            f"{r['fitted_hr']:.2f} is a ratio of vanishing hazards and the distant burden "
+            "is not identified: treat the link, and DFS predicted from this fit, as "
+            "unsupported")
     if quick:
         warnings.append("quick run (NeoSphere arms only, few steps and draws): a smoke "
                         "test, not a result")
@@ -239,8 +310,11 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                  "trials": sorted({o.trial for o in obs}),
                  "start_volume_mm3": {"default": 14000.0, **VOLUMES},
                  "pcr_outcome_links": ("data/clinical/pcr_outcome_links.csv"
-                                       if link_obs else None)},
+                                       if link_obs else None),
+                 "neoadjuvant_landmarks": ("data/clinical/adjuvant_outcomes.csv"
+                                           if neo_lm else None)},
         "pcr_outcome_links": link_rows,
+        "neoadjuvant_landmarks": neo_rows,
         "n_arms": len(obs), "n_within_binomial_ci95": int(inside), "quick": bool(quick),
         "model": {"structure": structure, "build_options": STRUCTURES[structure],
                   "n_parameters": len(tm.names), "responsiveness_nodes": nodes,

@@ -228,12 +228,27 @@ def _run_lines(d, s) -> list[str]:
     if s.get("pcr_outcome_links"):
         lines += ["", "pCR vs no pCR among treated patients (DFS hazard ratio at the "
                   "horizon, from one residual state per patient):", ""]
-        lines += _table(["study", "years", "published HR (95% CI)", "fitted (95% interval)"],
+        lines += _table(["study", "years", "published HR (95% CI)", "fitted (95% interval)",
+                         "fitted EFS with / without pCR"],
                         [[r["link"], _g(r["years"]),
                           f"{r['published_hr']:.2f} ({r['published_lo95']:.2f}-"
                           f"{r['published_hi95']:.2f})",
                           f"{r['fitted_hr']:.2f} ({r['fitted_lo95']:.2f}-"
-                          f"{r['fitted_hi95']:.2f})"] for r in s["pcr_outcome_links"]])
+                          f"{r['fitted_hi95']:.2f})",
+                          (f"{r['fitted_efs_pcr']:.4f} / {r['fitted_efs_no_pcr']:.4f}"
+                           + (" (**events vanish**)" if r["degenerate"] else ""))
+                          if "fitted_efs_pcr" in r else "-"] for r in s["pcr_outcome_links"]])
+    if s.get("neoadjuvant_landmarks"):
+        lines += ["", "Event-free survival of all the patients of a neoadjuvant arm "
+                  "(published EFS/DFS landmarks, binomial on the randomised patients; the "
+                  "whole course: preoperative and postoperative therapy):", ""]
+        lines += _table(["arm", "course", "years", "n", "published %",
+                         "fitted % (95% interval)"],
+                        [[r["arm"], r["course"], _g(r["years"]), r["n"],
+                          f"{100 * r['published']:.1f}",
+                          f"{100 * r['fitted']:.1f} ({100 * r['fitted_lo95']:.1f}-"
+                          f"{100 * r['fitted_hi95']:.1f})"]
+                         for r in s["neoadjuvant_landmarks"]])
     lines += _warnings(s["warnings"])
     lines += ["Files: `fit.json` (use with `fitcsc predict --fit` on this folder), "
               "`arms.csv`, `posterior.csv`, `pcr_fit.png`, `summary.json`."]

@@ -104,6 +104,9 @@ class TrialData:
     hrs: list[HrObservation] = dataclasses.field(default_factory=list)
     hr_pcr: list[HrPcrObservation] = dataclasses.field(default_factory=list)
     links: list[LinkObservation] = dataclasses.field(default_factory=list)
+    # neoadjuvant arms' published EFS/DFS landmarks (arm = the pCR arm), matched by
+    # `TrialModel.pcr_outcome`'s DFS of all the arm's patients
+    neo_landmarks: list[LandmarkObservation] = dataclasses.field(default_factory=list)
 
 
 # The HER2+ pCR-vs-no-pCR hazard ratios fitted (verified rows with a CI in
@@ -323,6 +326,12 @@ class Objective:
     def link_log_hr(self, z, res=None):
         return self.core.link_log_hr(z, res)
 
+    def link_survival(self, z, res=None):
+        return self.core.link_survival(z, res)
+
+    def neo_landmark_dfs(self, z, res=None):
+        return self.core.neo_landmark_dfs(z, res)
+
     def jacobian(self, z):
         """``d self(z) / dz`` (`ObjectiveCore.jacobian`)."""
         return self.core.jacobian(z)
@@ -374,6 +383,10 @@ class ObjectiveCore(eqx.Module):
     k_days: jax.Array
     k_obs: jax.Array
     k_se: jax.Array
+    n_idx: jax.Array
+    n_days: jax.Array
+    n_k: jax.Array
+    n_n: jax.Array
     hr_share: jax.Array
     z_prior: jax.Array
     prior_scale: jax.Array
@@ -386,6 +399,7 @@ class ObjectiveCore(eqx.Module):
     n_hrs: int = eqx.field(static=True)
     n_hr_pcr: int = eqx.field(static=True)
     n_links: int = eqx.field(static=True)
+    n_neo: int = eqx.field(static=True)
 
     @classmethod
     def build(cls, tm: TrialModel, data: TrialData, *, prior_sd: float,
@@ -442,12 +456,17 @@ class ObjectiveCore(eqx.Module):
             k_days=arr([o.years * YEAR for o in data.links]),
             k_obs=arr([o.log_hr for o in data.links]),
             k_se=arr([o.se for o in data.links]),
+            n_idx=arr([ix[o.arm] for o in data.neo_landmarks], int),
+            n_days=arr([o.years * YEAR for o in data.neo_landmarks]),
+            n_k=arr([o.rate * o.n for o in data.neo_landmarks]),
+            n_n=arr([o.n for o in data.neo_landmarks]),
             hr_share=arr([share.get(trial_of.get(a, ""), mean) for a in tm.arm_names]),
             z_prior=tm.z0(), prior_scale=arr(sd),
             p_definition=tuple(o.definition for o in data.pcr), has_margins=any(margins),
             prior_centre_items=tuple(int(c) for c in centre), n_pcr=len(data.pcr),
             n_landmarks=len(data.landmarks), n_hrs=len(data.hrs),
-            n_hr_pcr=len(data.hr_pcr), n_links=len(data.links))
+            n_hr_pcr=len(data.hr_pcr), n_links=len(data.links),
+            n_neo=len(data.neo_landmarks))
 
     @property
     def prior_centre(self) -> np.ndarray:
@@ -472,8 +491,12 @@ class ObjectiveCore(eqx.Module):
         if self.n_hr_pcr:
             out["pcr_HR+"] = jnp.where(tm.breast_only, bp, tp)
             out["pcr_HR-"] = jnp.where(tm.breast_only, bn, tn)
-        if self.n_links:
-            out["link_log_hr"] = self.link_log_hr(z, res)
+        if self.n_links or self.n_neo:
+            surv_p, surv_n, neo = self._outcomes(z, res)
+            if self.n_links:
+                out["link_log_hr"] = jnp.log(hazard_ratio(surv_p, surv_n))
+            if self.n_neo:
+                out["neo_landmark"] = neo
         days = jnp.concatenate([self.l_days, self.h_days, jnp.zeros((1,))])
         if self.n_landmarks or self.n_hrs:
             dfs, cure, _ = tm.dfs(z, days, res)
@@ -484,15 +507,37 @@ class ObjectiveCore(eqx.Module):
             out["log_hr"] = jnp.log(hazard_ratio(dfs[self.h_e, hd], dfs[self.h_c, hd]))
         return out
 
-    def link_log_hr(self, z, res=None):
-        """Per link observation: the model's log hazard ratio of pCR vs no pCR, pooled
-        over its arms (patients weighted equally per arm) at its horizon."""
-        pcr, d_p, d_n = self.tm.pcr_outcome(z, self.k_days, res)  # (arms,), (arms, days)
+    def _outcomes(self, z, res=None):
+        """One `TrialModel.pcr_outcome` at every link and neoadjuvant-landmark horizon:
+        ``(surv_pcr, surv_no_pcr)`` per link (`link_survival`) and the DFS of all the
+        patients of each landmark's arm."""
+        days = jnp.concatenate([self.k_days, self.n_days])
+        pcr, d_p, d_n = self.tm.pcr_outcome(z, days, res)  # (arms,), (arms, days)
         m = self.k_mask  # (links, arms)
         i = jnp.arange(self.n_links)
-        surv_p = (m @ (pcr[:, None] * d_p))[i, i] / (m @ pcr)
-        surv_n = (m @ ((1.0 - pcr)[:, None] * d_n))[i, i] / (m @ (1.0 - pcr))
-        return jnp.log(hazard_ratio(surv_p, surv_n))
+        surv_p = (m @ (pcr[:, None] * d_p[:, :self.n_links]))[i, i] / (m @ pcr)
+        surv_n = ((m @ ((1.0 - pcr)[:, None] * d_n[:, :self.n_links]))[i, i]
+                  / (m @ (1.0 - pcr)))
+        j = jnp.arange(self.n_neo) + self.n_links
+        a = self.n_idx
+        neo = pcr[a] * d_p[a, j] + (1.0 - pcr[a]) * d_n[a, j]
+        return surv_p, surv_n, neo
+
+    def link_survival(self, z, res=None):
+        """Per link observation: the model's event-free survival of the pCR and the
+        no-pCR patients ``(surv_pcr, surv_no_pcr)``, pooled over its arms (patients
+        weighted equally per arm) at its horizon."""
+        surv_p, surv_n, _ = self._outcomes(z, res)
+        return surv_p, surv_n
+
+    def neo_landmark_dfs(self, z, res=None):
+        """Per neoadjuvant landmark: the model's DFS of all its arm's patients."""
+        return self._outcomes(z, res)[2]
+
+    def link_log_hr(self, z, res=None):
+        """Per link observation: the model's log hazard ratio of pCR vs no pCR
+        (`link_survival`'s two groups)."""
+        return jnp.log(hazard_ratio(*self.link_survival(z, res)))
 
     def residuals(self, z, res=None):
         """The residual vector at ``z`` (see the module docstring)."""
@@ -523,6 +568,8 @@ class ObjectiveCore(eqx.Module):
             parts.append((pr["log_hr"] - self.h_obs) / self.h_se)
         if self.n_links:
             parts.append((pr["link_log_hr"] - self.k_obs) / self.k_se)
+        if self.n_neo:
+            parts.append(_deviance_residual(pr["neo_landmark"], self.n_k, self.n_n))
         parts.append(self.prior_residuals(z))
         return jnp.concatenate(parts)
 

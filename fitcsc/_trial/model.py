@@ -106,7 +106,7 @@ PARAMETERS = {
     "log_her2_kill": ("exp", 0.05),
     # fraction of micrometastatic CSCs out of the drugs' reach (dormant, or in a
     # sanctuary): they follow drug-free dynamics whatever the regimen (0 unless free)
-    "logit_protected_fraction": ("sigmoid", 0.01),
+    "logit_protected_fraction": ("sigmoid", 1e-6),
     "her2_dependence_csc": ("identity", 1.0),  # h_S: 1 for HER2+, lower for HER2-low
     "her2_dependence_bulk": ("identity", 1.0),  # h_D
     # hormone-receptor covariate: HR+ tumours' log responsiveness has mean
@@ -271,12 +271,16 @@ class TrialModel(eqx.Module):
     timing_sd_day: float = eqx.field(static=True, default=TIMING_SD_DAY)
     heterogeneity: str = eqx.field(static=True, default="fraction")
     n_her2: int = eqx.field(static=True, default=9)  # HER2-dependence nodes (continuous)
+    # per arm: the arm whose regimen is the patients' whole course (preoperative and
+    # postoperative therapy), from which `pcr_outcome` takes their recurrence (empty:
+    # every arm its own course)
+    course: tuple[int, ...] = eqx.field(static=True, default=())
 
     @classmethod
     def build(cls, arms: list[Arm], names=None, *, fixed=None, base_kill=None,
               her2_scale=None, drugs=None, free_burden_sd=False, chemo_potency=False,
               her2_class=False, trial_effects=False, dcis=False, pcr_outcome=False, protected=False,
-              her2_kill=False, **options) -> TrialModel:
+              her2_kill=False, courses=None, **options) -> TrialModel:
         """Model for ``arms``. ``base_kill`` ``{drug: rate}`` and ``her2_scale`` ``{drug:
         multiplier}`` override the calibration (a saved fit passes its own; drugs it
         lacks get `reference_kill` / `reference_her2_scale`); ``drugs`` fixes the drug
@@ -290,9 +294,25 @@ class TrialModel(eqx.Module):
         shift per neoadjuvant trial, ``dcis`` the in-situ factor of ypT0 definitions,
         ``pcr_outcome`` the distant burden of neoadjuvant patients (`pcr_outcome`),
         ``protected`` the fraction of micrometastatic CSCs out of the drugs' reach,
-        ``her2_kill`` the death rate of HER2-dependent cells under blockade."""
+        ``her2_kill`` the death rate of HER2-dependent cells under blockade.
+        ``courses`` ``{arm name: Arm}``: a neoadjuvant arm's whole course (its
+        preoperative regimen followed by the postoperative one, `Arm` named for it),
+        added to the model's arms; `pcr_outcome` takes that arm's recurrence from it."""
         if not arms:
             raise ValueError("TrialModel needs at least one arm")
+        arms = list(arms)
+        course = ()
+        if courses:
+            names_in = [a.name for a in arms]
+            unknown = sorted(set(courses) - set(names_in))
+            if unknown:
+                raise ValueError(f"courses: no arm named {unknown[0]!r} in the model")
+            for c in courses.values():
+                if c.name not in names_in:
+                    arms.append(c)
+                    names_in.append(c.name)
+            course = tuple(names_in.index(courses[a.name].name) if a.name in courses else i
+                           for i, a in enumerate(arms))
         drugs = tuple(drugs or dict.fromkeys(d for a in arms for d in a.regimen.drugs))
         model = ModelConfig(crowding="none", drugs=drugs, species="human")
         base = default_params(model, **BASE)
@@ -372,7 +392,8 @@ class TrialModel(eqx.Module):
                    breast_only=jnp.asarray([a.pcr_definition in BREAST_ONLY for a in arms]),
                    trial_index=jnp.asarray(t_idx), neo_trials=neo_trials,
                    arm_trial=tuple(trial_family(a.trial) for a in arms),
-                   definition=tuple(a.pcr_definition for a in arms), **options)
+                   definition=tuple(a.pcr_definition for a in arms), course=course,
+                   **options)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -753,13 +774,16 @@ class TrialModel(eqx.Module):
         cure_rate = jnp.sum(cure * w, axis=-1)
         return dfs, cure_rate, jnp.max(res[4], axis=-1)
 
-    def _dfs_fine(self, days_after_start, res, log_m, protected=None, refine=None):
+    def _dfs_fine(self, days_after_start, res, log_m, protected=None, refine=None,
+                  eval_day=None):
         """Per arm and fine responsiveness point: DFS at ``days_after_start``
         ``(arms, fine, days)`` and the cure probability ``(arms, fine)``, over the
         log-normal micrometastatic burden (median ``exp(log_m)`` mm3 of tumour cells per
         arm); and the responsiveness weights ``(fine,)``. ``protected``: ``(log fraction,
-        log initial CSCs per mm3)`` of micrometastatic CSCs out of the drugs' reach."""
+        log initial CSCs per mm3)`` of micrometastatic CSCs out of the drugs' reach.
+        ``eval_day``: per arm of ``res`` (default: the model's arms')."""
         _, log_s, log_pi, lam, _ = res
+        eval_day = self.eval_day if eval_day is None else eval_day
         f_s, w = self._fine(log_s + log_m[:, None], refine=refine)
         f_pi, _ = self._fine(log_pi, refine=refine)
         f_lam, _ = self._fine(lam, refine=refine)
@@ -769,7 +793,7 @@ class TrialModel(eqx.Module):
         # growth (a martingale of the branching process), so only the drug's extra
         # killing since day 0 lowers it, whatever the evaluation day
         log_founders = log_lasting_lineages(f_pi[..., None], log_res, f_lam[..., None],
-                                            self.eval_day[:, None, None])
+                                            eval_day[:, None, None])
         if protected is not None:  # out of reach: pi S0, S0 the untreated initial CSCs
             log_p, log_s0 = protected
             log_s0m = (log_s0 + log_m)[:, None, None] + x  # (arms, 1, burden)
@@ -777,7 +801,7 @@ class TrialModel(eqx.Module):
                                                    log_s0m, log_p)
         cure = cure_probability(log_founders)
         # regrowth at the CSC net rate from the residual at the evaluation day
-        t_rec = recurrence_day(self.eval_day[:, None, None], log_res, f_lam[..., None],
+        t_rec = recurrence_day(eval_day[:, None, None], log_res, f_lam[..., None],
                                self.detection_cells)
         days = jnp.asarray(days_after_start, float)
         per = dfs_given(cure[..., None], t_rec[..., None], days, self.timing_sd_day)
@@ -798,11 +822,13 @@ class TrialModel(eqx.Module):
 
         A patient's pCR (ypT0/is ypN0) comes from her primary tumour at surgery (its
         burden varies as in `pcr_pair`); her recurrence from distant micrometastases
-        present at diagnosis (median ``log_micromet_cells#neoadjuvant`` cells, log-normal
-        with sd ``micromet_sd``, independent of the primary burden), treated by the same
-        regimen with the same sensitivity (responsiveness, HER2 dependence, CSC
-        fraction). Surgery removes the primary. So a pCR patient can still recur, and
-        pCR is linked to cure only through her tumour's biology.
+        present at diagnosis (median ``log_micromet_cells#neoadjuvant`` cells for a
+        primary of the default volume, scaled with the arm's median primary burden (its
+        volume and its trial's effect); log-normal with sd ``micromet_sd``, independent
+        of her own primary burden), treated by the arm's whole course (``course``, its
+        own regimen without one) with the same sensitivity (responsiveness, HER2
+        dependence, CSC fraction). Surgery removes the primary. So a pCR patient can
+        still recur, and pCR is linked to cure only through her tumour's biology.
 
         **Returns:** per arm ``(pcr, dfs_pcr, dfs_no_pcr)``; DFS ``(arms, days)`` at
         ``days`` since the start of therapy.
@@ -810,15 +836,17 @@ class TrialModel(eqx.Module):
         weights, r = self._parts(z, res)
         log_v = jnp.log(self.volume_mm3) + self.log_burden_shift(z)
         micromet = self._value(z, "log_micromet_cells", None, key="neoadjuvant")
-        log_m = jnp.broadcast_to(jnp.log(micromet / self.model.cells_per_mm3),
-                                 log_v.shape)
+        log_m = (jnp.log(micromet / self.model.cells_per_mm3) + log_v
+                 - jnp.log(TUMOUR_VOLUME_MM3))  # (arms,)
         x, wx = self._burden(self._value(z, "log_burden_sd"))
         refine = self.link_refine
         fine, w = self._fine(r[0] + log_v[None, :, None], refine=refine)  # (P, arms, fine)
         u = fine[..., None] + x
         p = jnp.sum(wx * jnp.exp(-jnp.exp(jnp.minimum(u, 40.0))), axis=-1)
-        dfs, _, _ = self._dfs_fine(days, r, log_m, self._protected(z),
-                                   refine=refine)  # (P, arms, fine, d)
+        course = jnp.asarray(self.course or range(len(self.arm_names)))
+        r_c = tuple(v[:, course] for v in r)  # each patient's whole course
+        dfs, _, _ = self._dfs_fine(days, r_c, log_m, self._protected(z), refine=refine,
+                                   eval_day=self.eval_day[course])  # (P, arms, fine, d)
         wp = weights[:, None, None] * w * p
         wn = weights[:, None, None] * w * (1.0 - p)
         n_p, n_n = jnp.sum(wp, axis=(0, 2)), jnp.sum(wn, axis=(0, 2))
