@@ -263,7 +263,8 @@ def _result_md(summary, path):
     j = summary["joint"]
     lines += ["", "Out of sample: every parameter but the adjuvant burdens comes from the "
               "pCR fit (fitted to pCR counts and, when it holds them, the published "
-              "pCR-vs-no-pCR hazard ratios of neoadjuvant patients); "
+              "pCR-vs-no-pCR hazard ratios of neoadjuvant patients with the 5-yr EFS/DFS "
+              "of the neoadjuvant arms that publish it); "
               "only each trial's micrometastatic burden was fitted, to the control arm's DFS "
               "landmark; no adjuvant hazard ratio entered. Joint: pCR counts, landmarks and "
               "both hazard ratios fitted together. Intervals: Laplace draws, each prediction "

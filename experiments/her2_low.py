@@ -561,11 +561,14 @@ def _result_md(s, path):
         f"the model at h = (1, 1), burden calibrated on the control arm's 3-yr DFS "
         f"({100 * s['calibration']['ja_control_dfs3_reached']:.1f}%), predicts "
         f"{_hr(s['hr_ja_her2pos_predicted'])}"
-        + (" — outside the published CI: the pCR-only fit's trastuzumab effect on CSCs is "
-           "too strong for the adjuvant data, which makes the B-47 threshold on h_S "
+        + (" — inside the published CI." if ja["lo"] <= s["hr_ja_her2pos_predicted"] <= ja["hi"]
+           else " — below the published CI: the pCR fit's trastuzumab effect on CSCs is too "
+           "strong for the adjuvant data, which makes the B-47 threshold on h_S "
            "correspondingly small; a joint pCR + adjuvant fit would move it."
-           if not ja["lo"] <= s["hr_ja_her2pos_predicted"] <= ja["hi"] else
-           " — inside the published CI."),
+           if s["hr_ja_her2pos_predicted"] < ja["lo"] else
+           " — above the published CI: the pCR fit's trastuzumab effect on CSCs is too "
+           "weak for the adjuvant data, so no CSC HER2 dependence gives the B-47 HR a "
+           "visible effect; a joint pCR + adjuvant fit would move it."),
         "",
         "## Assumptions and caveats",
         "",
