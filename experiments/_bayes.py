@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fitcsc
 import fitcsc.summary as fs
 from fitcsc.files import pyplot, save_figure
 from fitcsc.population import (
@@ -69,11 +70,14 @@ def sampler_settings(args, base) -> dict:
 
 
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
-                   pair=None, precondition=None, centre=(), checkpoint=None):
+                   pair=None, precondition=None, centre=(), net_rate=None,
+                   checkpoint=None):
     """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.
 
-    ``centre``: random effects to sample centred (`centring`), e.g. ``("line:kill_rate[0]",
-    "animal:initial_volume_mm3")``. ``precondition``: None, or ``{"lbfgs_steps": n}``:
+    ``centre``: random effects to sample centred, e.g. ``("line:kill_rate[0]",
+    "animal:initial_volume_mm3")``; ``net_rate``: ``(rate, fraction)`` to sample the log
+    net growth rate in place of the rate's fixed effects (both `reparameterise`).
+    ``precondition``: None, or ``{"lbfgs_steps": n}``:
     sample ``u`` with ``w = w_hat + L u`` (`laplace_preconditioner`; a fixed dense mass
     matrix ``L L^T``, under the sampler's own diagonal adaptation). The draws are mapped
     back to ``z``. ``checkpoint``: a `fitcsc._checkpoint.Checkpoint` for `sample` (the
@@ -83,7 +87,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     values, start = warm_start(pop, batch, refine_steps=refine_steps,
                                max_steps=settings.get("map_max_steps"))
     kw = {k: v for k, v in settings.items() if k != "map_max_steps"}
-    to_w, to_z, density = centring(pop, centre)
+    to_w, to_z, density = reparameterise(pop, centre, net_rate)
     w0 = to_w(pop.space.to_z(values))
     if precondition:
         w0, lin, start["precondition"] = laplace_preconditioner(density, w0, **precondition)
@@ -98,6 +102,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
         w = np.asarray(w0)[None, None] + w @ np.asarray(lin).T
     post = post._replace(z=np.asarray(jax.jit(jax.vmap(jax.vmap(to_z)))(w)))
     start["centred"] = list(centre)
+    start["net_rate"] = None if net_rate is None else list(net_rate)
     diag, idata, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1),
                                           pair=pair)
     record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
@@ -107,15 +112,24 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     return idata, record, rows
 
 
-def centring(pop, effects):
-    """``(to_w, to_z, log_density_w)`` sampling the random effects ``effects`` (each
-    ``"level:label"``) centred: ``w`` holds ``t = omega * eta`` (the group's deviation)
-    in place of ``eta``, so that ``eta = t / omega`` and the density of ``w`` is
-    ``log_density(z) - sum log omega`` over the centred entries. For effects the data
-    pin per group (a funnel the other way round from the non-centred one)."""
+def reparameterise(pop, centre=(), net_rate=None):
+    """``(to_w, to_z, log_density_w)``: the sampler's coordinates ``w`` of the population
+    model's ``z``, an exact change of variables (``log_density_w(w) = log_density(z) +
+    log |det dz/dw|``).
+
+    - ``centre``: random effects (each ``"level:label"``) sampled centred: ``w`` holds
+      ``t = omega * eta`` (the group's deviation) in place of ``eta``, so that ``eta = t /
+      omega``; log-Jacobian ``-sum log omega`` over the centred entries. For effects the
+      data pin per group (a funnel the other way round from the non-centred one).
+    - ``net_rate``: None, or ``(rate, fraction)`` (``("csc_division_rate",
+      "self_renewal")``): each fixed effect of ``rate`` (log v_S) is replaced by the log
+      of the net CSC growth rate ``log(v_S (2p - 1))``, p the typical ``fraction`` (an
+      ``Interval(0.5, hi)`` shared by all arms), so that a ridge of constant net growth
+      becomes an axis of ``w``. A shear: ``w_rate = z_rate + log(2p - 1)``, log-Jacobian 0.
+    """
     labels = pop.space.labels()
     eta_i, om_i = [], []
-    for item in effects:
+    for item in centre:
         level, lab = item.split(":", 1)
         names = pop.group_names[pop.levels.index(level)]
         j = labels.index(f"omega_{level}[{lab}]")
@@ -123,11 +137,32 @@ def centring(pop, effects):
             eta_i.append(labels.index(f"eta_{level}[{g},{lab}]"))
             om_i.append(j)
     eta_i, om_i = jnp.asarray(eta_i, int), jnp.asarray(om_i, int)
+    rate_i, log_2p1 = jnp.zeros((0,), int), None
+    if net_rate is not None:
+        rate, frac = net_rate
+        rate_i = [labels.index(f"beta[{lab}]") for lab in pop.fe_labels
+                  if lab.split("|")[0] == rate]
+        if f"beta[{frac}]" not in labels or not rate_i:
+            raise ValueError(f"reparameterise: net_rate needs fixed effects of {rate!r} and "
+                             f"one shared fixed effect of {frac!r}; the model's are "
+                             f"{list(pop.fe_labels)}")
+        tr = pop.fe_transforms[pop.fe_labels.index(frac)]
+        if not isinstance(tr, fitcsc.Interval) or tr.lo != 0.5:
+            raise ValueError(f"reparameterise: net_rate needs {frac!r} in Interval(0.5, hi), "
+                             f"got {tr!r}")
+        p_i, rate_i = labels.index(f"beta[{frac}]"), jnp.asarray(rate_i, int)
+
+        def log_2p1(x):  # log(2p - 1) = log(2 (hi - lo)) + log sigmoid(z_p)
+            return math.log(2.0 * (tr.hi - tr.lo)) + jax.nn.log_sigmoid(x[p_i])
 
     def to_w(z):
+        if log_2p1 is not None:
+            z = z.at[rate_i].add(log_2p1(z))
         return z.at[eta_i].set(z[eta_i] * jnp.exp(z[om_i]))
 
     def to_z(w):
+        if log_2p1 is not None:
+            w = w.at[rate_i].add(-log_2p1(w))
         return w.at[eta_i].set(w[eta_i] * jnp.exp(-w[om_i]))
 
     def log_density_w(w):

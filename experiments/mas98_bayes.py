@@ -87,8 +87,12 @@ def main(args) -> dict:
     out = pathlib.Path(args.out)
     table, batch, regs = load(args.data_dir, args.quick)
     drugs = {d.split(":", 1)[1]: i for i, d in enumerate(batch.drugs)}
+    v0 = "initial_volume_mm3"  # seeded curves' V0 spread: wide (a seed of ~1e-2 mm3)
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
-                         omega_scale={"animal|initial_volume_mm3": 3.0},
+                         v0_by_start=args.v0_by_start,
+                         omega_scale=({f"seeded|{v0}": args.seeded_v0_scale,
+                                       f"palpable|{v0}": 1.0}
+                                      if args.v0_by_start else {f"animal|{v0}": 3.0}),
                          **({} if args.vs_prior_sd is None else
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
     settings = sampler_settings(args, QUICK if args.quick else FULL)
@@ -102,6 +106,8 @@ def main(args) -> dict:
                                       precondition=({"lbfgs_steps": args.lbfgs_steps}
                                                     if args.precondition else None),
                                       centre=tuple(args.centre),
+                                      net_rate=(("csc_division_rate", "self_renewal")
+                                                if args.net_rate else None),
                                       refine_steps=20 if args.quick else 300,
                                       pair=["csc_division_rate", "self_renewal",
                                             "carrying_capacity_cells", "her2_efficacy_csc",
@@ -134,6 +140,7 @@ def main(args) -> dict:
         "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs,
         "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
         "precondition": bool(args.precondition), "centred": list(args.centre),
+        "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -146,7 +153,11 @@ def main(args) -> dict:
 def _result_md(s, path):
     c, h = s["convergence"], s["trastuzumab"]
     lines = ["# MAS98.06 population posterior: trastuzumab on CSC self-renewal or on bulk "
-             "proliferation?", "",
+             "proliferation?", ""]
+    if not c["rhat_max"] <= 1.01:
+        lines += [f"**Not converged (max R-hat {c['rhat_max']:.2f}, min bulk ESS "
+                  f"{c['ess_bulk_min']:.0f}): these numbers are indicative only.**", ""]
+    lines += [
              ("Quick run (2 arms x 2 mice, 4 chains x 30 + 30 iterations): a smoke test, "
               "not a result." if s["quick"] else
               ("Reduced run (fewer chains/iterations than the script's full settings "
@@ -164,6 +175,10 @@ def _result_md(s, path):
              + ("; Laplace-preconditioned (z = z_hat + L u, L from the Hessian at an L-BFGS "
                 "mode)" if s.get("precondition") else "")
              + (f"; centred: {', '.join(s['centred'])}" if s.get("centred") else "")
+             + ("; V0 mouse SDs by start (palpable from day 0 / seeded before)"
+                if s.get("v0_by_start") else "")
+             + ("; sampled log net rate v_S (2p - 1) in place of log v_S"
+                if s.get("net_rate") else "")
              + f"; {s['n_parameters']} parameters.",
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} over the population-level ones), min bulk ESS "
@@ -214,6 +229,15 @@ def parse_args(argv=None):
     p.add_argument("--centre", nargs="*", default=[], metavar="LEVEL:LABEL",
                    help="mouse effects to sample centred, e.g. animal:initial_volume_mm3 "
                         "animal:csc_division_rate (default: all non-centred)")
+    for flag, text in (("--v0-by-start", "mouse V0 effects with one SD for the curves that "
+                        "start at day 0 (palpable) and another for those seeded before "
+                        "treatment (csc_population's v0_by_start)"),
+                       ("--net-rate", "sample the log net CSC growth rate log(v_S (2p - 1)) "
+                        "in place of log v_S (an exact shear; _bayes.reparameterise)")):
+        p.add_argument(flag, action="store_true", help=text)
+    p.add_argument("--seeded-v0-scale", type=float, default=3.0,
+                   help="with --v0-by-start: HalfNormal scale of the seeded curves' V0 SD "
+                        "(log scale; default 3)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the chains' starts and the sampler (default 0)")
     p.add_argument("--checkpoint", action="store_true",

@@ -59,8 +59,9 @@ class _Space:
 
 
 class _Pop:
-    """A stand-in with the fields `centring` reads: two groups, two effects, and a log
-    density of ``z`` (any smooth function will do for the change of variables)."""
+    """A stand-in with the fields `reparameterise` reads for centring: two groups, two
+    effects, and a log density of ``z`` (any smooth function will do for the change of
+    variables)."""
 
     levels = ("line",)
     group_names = (("a", "b"),)
@@ -80,10 +81,10 @@ def test_centring_round_trip_and_jacobian():
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "experiments"))
-    from _bayes import centring
+    from _bayes import reparameterise
 
     pop = _Pop()
-    to_w, to_z, dens = centring(pop, ["line:x"])
+    to_w, to_z, dens = reparameterise(pop, ["line:x"])
     z = jnp.asarray([0.1, 0.4, -0.2, 1.3, -0.7, 0.5, 0.9])
     w = to_w(z)
     # the x deviations are omega_x * eta; everything else is untouched
@@ -93,8 +94,55 @@ def test_centring_round_trip_and_jacobian():
     # density of w = density of z at to_z(w) + log |det d to_z / d w|
     logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z)(w)))[1]
     np.testing.assert_allclose(dens(w), pop.log_density(z) + logdet, rtol=1e-12)
-    same = centring(pop, [])
+    same = reparameterise(pop, [])
     np.testing.assert_allclose(same[2](z), pop.log_density(z))
+
+
+def test_net_rate_is_an_exact_shear_of_the_mas98_model():
+    """``net_rate``: w holds log(v_S (2p - 1)) in place of log v_S; the change of variables
+    is exact (round trip, log-Jacobian 0 by autodiff, the same log density and
+    predictions), alone and with V0 mouse effects centred."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fitcsc.population import csc_population
+
+    exp = _load("mas98_bayes")
+    from _bayes import reparameterise
+
+    _, batch, regs = exp.load(None, quick=True)
+    pop = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True)
+    labels = pop.space.labels()
+    i_v, i_p = labels.index("beta[csc_division_rate]"), labels.index("beta[self_renewal]")
+    z0 = pop.space.to_z(pop.init_values())
+    rng = np.random.default_rng(0)
+    for centre in ([], ["seeded:initial_volume_mm3", "animal:csc_division_rate"]):
+        to_w, to_z, dens = reparameterise(pop, centre, ("csc_division_rate", "self_renewal"))
+        _, to_z_c, dens_c = reparameterise(pop, centre)  # centring alone
+        for _ in range(3):
+            z = z0 + 0.2 * jnp.asarray(rng.normal(size=z0.shape))
+            w = to_w(z)
+            np.testing.assert_allclose(to_z(w), z, rtol=1e-13, atol=1e-13)
+            t = pop.typical(z[: len(pop.fe_labels)])
+            v_s = float(t[pop.fe_labels.index("csc_division_rate")])
+            p = float(t[pop.fe_labels.index("self_renewal")])
+            np.testing.assert_allclose(float(w[i_v]), np.log(v_s * (2 * p - 1)), rtol=1e-12)
+            assert float(w[i_p]) == float(z[i_p])
+            # density of w = density of z + log |det dz/dw|; the shear adds nothing
+            logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z)(w)))[1]
+            logdet_c = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z_c)(w)))[1]
+            np.testing.assert_allclose(logdet, logdet_c, atol=1e-12)
+            np.testing.assert_allclose(float(dens(w)), float(pop.log_density(z)) + logdet,
+                                       rtol=1e-12)
+            # the same natural parameters, so the same predictions
+            a, _ = pop.predict(pop.space.from_z(to_z(w)))
+            b, _ = pop.predict(pop.space.from_z(z))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    import pytest
+
+    with pytest.raises(ValueError, match="net_rate"):
+        reparameterise(pop, (), ("csc_division_rate", "carrying_capacity_cells"))
 
 
 def test_laplace_preconditioner_gaussian():
@@ -144,6 +192,9 @@ def test_sampler_overrides_from_the_command_line():
     ck = mas.parse_args(["--checkpoint", "--seed", "3", "--method", "nuts", "--dense-mass"])
     assert ck.checkpoint and ck.seed == 3 and not mas.parse_args([]).checkpoint
     assert mas.parse_args([]).seed == 0 and mas.parse_args([]).centre == []
+    assert not mas.parse_args([]).net_rate and not mas.parse_args([]).v0_by_start
+    assert mas.parse_args(["--net-rate", "--v0-by-start"]).net_rate
+    assert mas.parse_args([]).seeded_v0_scale == 3.0
     cen = mas.parse_args(["--centre", "animal:initial_volume_mm3", "--precondition",
                           "--lbfgs-steps", "200"])
     assert cen.centre == ["animal:initial_volume_mm3"] and cen.precondition

@@ -233,3 +233,59 @@ def test_csc_population_samples_only_used_drug_slots_and_drops_named_group_effec
     with pytest.raises(ValueError, match="no_group_effect"):
         fitcsc.csc_population(batch, regimens, groups=lines, level="line",
                               no_group_effect=("her2_efficacy",))
+
+
+def _seeded_pop(**kw):
+    """Four mice, two of them seeded before treatment (first row at day -30, volume 0),
+    two palpable from day 0; control and trastuzumab arms."""
+    table = _table()
+    day = table.day.copy()
+    seeded = np.isin(table.subject, ["m0", "m1"])
+    day[seeded] = np.tile(np.array([-30.0, -10.0, 0.0, 8.0, 21.0]), 2)
+    vol = table.volume_mm3.copy()
+    vol[seeded & (day == -30.0)] = 0.0
+    table = TidyTable(study=table.study, arm=table.arm, subject=table.subject, day=day,
+                      volume_mm3=vol, extra=table.extra)
+    regs = default_arm_regimens(table, warn=False)
+    batch = fitcsc.make_batch(table, regs)
+    return fitcsc.csc_population(batch, [regs[a] for a in batch.arm], **kw), batch
+
+
+def test_v0_by_start_is_the_one_sd_model_with_a_second_sd():
+    """With both V0 SDs equal to the one-SD model's, every curve's parameters and
+    predictions are the same, and the log density differs by exactly the second SD's
+    prior (HalfNormal, on the log scale: plus log omega)."""
+    one, _ = _seeded_pop()
+    two, _ = _seeded_pop(v0_by_start=True)
+    assert one.levels == ("animal",) and two.levels == ("animal", "palpable", "seeded")
+    assert two.group_names[1] == ("m2", "m3") and two.group_names[2] == ("m0", "m1")
+    names = two.space.labels()
+    assert "omega_seeded[initial_volume_mm3]" in names and "eta_palpable[m2,initial_volume_mm3]" \
+        in names and "omega_animal[initial_volume_mm3]" not in names
+    assert two.space.size == one.space.size + 1  # one more SD, the same effects
+    rng = np.random.default_rng(3)
+    v1 = one.init_values()
+    v1 = {**v1, "beta": v1["beta"] + 0.1 * rng.normal(size=v1["beta"].shape),
+          "eta_animal": jnp.asarray(rng.normal(size=v1["eta_animal"].shape)),
+          "omega_animal": jnp.asarray([0.3, 0.8])}
+    eta, om = np.asarray(v1["eta_animal"]), np.asarray(v1["omega_animal"])
+    j = one.re_labels[0].index("initial_volume_mm3")
+    v2 = {"beta": v1["beta"], "sigma": v1["sigma"], "omega_animal": om[[1 - j]],
+          "eta_animal": eta[:, [1 - j]], "omega_palpable": om[[j]],
+          "eta_palpable": eta[[2, 3]][:, [j]], "omega_seeded": om[[j]],
+          "eta_seeded": eta[[0, 1]][:, [j]]}
+    assert list(one.subject) == ["m0", "m1", "m2", "m3"]
+    np.testing.assert_allclose(two.curve_z(v2), one.curve_z(v1), rtol=0, atol=1e-14)
+    p1, ok1 = one.predict(v1)
+    p2, ok2 = two.predict(v2)
+    assert bool(ok1) and bool(ok2)
+    np.testing.assert_array_equal(np.asarray(p2), np.asarray(p1))
+    extra = stats.halfnorm(scale=1.0).logpdf(om[j]) + math.log(om[j])
+    np.testing.assert_allclose(float(two.log_density(two.space.to_z(v2))),
+                               float(one.log_density(one.space.to_z(v1))) + extra,
+                               rtol=1e-12)
+    # a batch with no seeded curve has no "seeded" level
+    assert "seeded" not in fitcsc.csc_population(
+        *(lambda b, r: (b, [r[a] for a in b.arm]))(
+            fitcsc.make_batch(_table(), default_arm_regimens(_table(), warn=False)),
+            default_arm_regimens(_table(), warn=False)), v0_by_start=True).levels

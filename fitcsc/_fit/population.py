@@ -366,7 +366,9 @@ def population_model(
       label of the predictor, shared). Labels left out are fixed at the reference.
     - `random`: ``{level: labels}`` random effects; level ``"animal"`` has one group per
       curve, other levels need `groups`.
-    - `groups`: ``{level: one group name per subject}`` (e.g. the PDX line).
+    - `groups`: ``{level: one group name per subject}`` (e.g. the PDX line); a subject
+      whose group is None has no effect at that level (e.g. a level of its own for the
+      initial volumes of the curves that start before treatment).
     - `uses`: ``{arm: labels}``: what the curves of an arm estimate (default: all). A
       fixed or random effect of a label an arm does not use leaves it at the reference.
     - `prior_loc`: ``{label or field: z}`` prior means of the fixed effects (default: the mean
@@ -430,17 +432,18 @@ def population_model(
         if lev == "animal":
             per = list(batch.subject)
         elif lev in groups:
-            per = [str(x) for x in groups[lev]]
+            per = [None if x is None else str(x) for x in groups[lev]]
             if len(per) != n:
                 raise ValueError(f"population_model: groups[{lev!r}] has {len(per)} "
                                  f"entries, expected one per subject ({n})")
         else:
             raise ValueError(f"population_model: random effects at level {lev!r} need "
                              f"groups[{lev!r}] (one group name per subject)")
-        gn = tuple(dict.fromkeys(per))
+        gn = tuple(dict.fromkeys(p for p in per if p is not None))
         levels.append(lev)
-        g_index.append(jnp.asarray([gn.index(p) for p in per]))
-        masks.append(jnp.asarray([[lab in use[a] for lab in labs] for a in arms]))
+        g_index.append(jnp.asarray([0 if p is None else gn.index(p) for p in per], int))
+        masks.append(jnp.asarray([[lab in use[a] and p is not None for lab in labs]
+                                  for a, p in zip(arms, per, strict=True)]))
         re_labels.append(tuple(labs))
         re_cols.append(tuple(col[lab] for lab in labs))
         names.append(gn)

@@ -9,7 +9,8 @@
   long pre-treatment curves of MAS98.06 do);
 - initial volume V0 at each curve's first observation: one typical value per arm (arms
   may start at different days, e.g. with and without pre-treatment growth) and a
-  log-normal animal effect;
+  log-normal animal effect (with ``v0_by_start``, one SD for the curves that start at a
+  palpable volume from day 0 on, another for those seeded before treatment);
 - drug effects by class (HER2: ``her2_efficacy_csc`` and ``her2_efficacy_bulk``;
   chemotherapy: ``kill_rate`` and ``csc_sparing``; cytostatic: ``cytostatic_efficacy``;
   CSC-targeted: ``csc_kill_rate``): per-drug parameters one fixed effect per drug
@@ -31,6 +32,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from .._io.arms import ARM_EC50_MG_PER_L, is_arm_drug
 from .._model.drugs import CATALOGUE
@@ -65,7 +67,7 @@ def arm_labels(spec_labels, drugs, regimen) -> set[str]:
 
 def csc_population(batch, regimens, *, groups=None, level: str = "group",
                    effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
-                   no_group_effect=(), **priors):
+                   no_group_effect=(), v0_by_start: bool = False, **priors):
     """The CSC population model of ``batch`` (see the module docstring).
 
     **Arguments:**
@@ -79,6 +81,12 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
       (0, 1), so that a growth factor can speed growth up.
     - `no_group_effect`: labels or fields (``"her2_efficacy_csc"``) without a group-level
       random effect: one value per arm (or drug) for every group.
+    - `v0_by_start`: the animal effects on V0 at two levels with their own SDs,
+      ``"palpable"`` (curves whose first observation is at day 0 or later: a measured
+      tumour) and ``"seeded"`` (curves that start before day 0, pre-treatment growth from
+      a small seed), instead of one ``"animal"`` SD for both (omega scales
+      ``"palpable|initial_volume_mm3"``, ``"seeded|initial_volume_mm3"``; default that of
+      ``"animal|initial_volume_mm3"``). A level no curve belongs to is left out.
     - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
       0.5}``) overrides the defaults above for its labels only, a number all of them.
 
@@ -123,8 +131,20 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
                                if lab not in skip and lab.split("[")[0] not in skip),
                   "animal": (V0,)}
         group_of = {level: list(groups)}
+    omega = dict(OMEGA_SCALE)
+    if v0_by_start:
+        random["animal"] = tuple(lab for lab in random["animal"] if lab != V0)
+        if not random["animal"]:
+            del random["animal"]
+        seeded = np.asarray(batch.t0_day) < 0.0
+        for lev, kind in (("palpable", False), ("seeded", True)):
+            if (seeded == kind).any():
+                random[lev] = (V0,)
+                group_of[lev] = [s if k == kind else None
+                                 for s, k in zip(batch.subject, seeded, strict=True)]
+                omega[f"{lev}|{V0}"] = OMEGA_SCALE[f"animal|{V0}"]
     scale = {lab.split("[")[0]: PRIOR_SCALE.get(lab.split("[")[0], 1.5) for lab in labels}
-    options = dict(prior_loc=PRIOR_LOC, prior_scale=scale, omega_scale=OMEGA_SCALE)
+    options = dict(prior_loc=PRIOR_LOC, prior_scale=scale, omega_scale=omega)
     for key in ("prior_loc", "prior_scale", "omega_scale"):  # a dict overrides its labels
         if isinstance(priors.get(key), dict):
             options[key] = {**options[key], **priors.pop(key)}
