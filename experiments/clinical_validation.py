@@ -213,6 +213,14 @@ def binomial_floor(rate, n, prob=0.95):
     return float(lo), float(hi)
 
 
+def floor_width(arms) -> float:
+    """Mean width in points of `binomial_floor` over ``(rate, n)`` pairs (NaN if none)."""
+    if not arms:
+        return float("nan")
+    return float(np.mean([100 * (hi - lo) / n for (lo, hi), (_, n)
+                          in zip((binomial_floor(p, n) for p, n in arms), arms, strict=True)]))
+
+
 def _trial_effect_rates(tm, objective, fit, held, args):
     """Arm pCR rates at the fold's MAP with only the left-out trial's effect uncertain
     (``trial_effect#held`` ~ N(0, trial_sd), its prior, which is also its posterior: no
@@ -346,15 +354,13 @@ def metrics(rows):
     err = [r["mean_pct"] - r["observed_pct"] for r in rows]
     width = [r["pred_hi_pct"] - r["pred_lo_pct"] for r in rows]
     with_fit = [r for r in rows if not r["drugs_prior_only"]]
-    floor = [binomial_floor(r["observed_pct"] / 100, r["n"]) for r in rows]
     parts = {}
     if rows and "map_trial_lo_pct" in rows[0]:
         parts = {"mean_width_95_map_trial_points": float(np.mean(
             [r["map_trial_hi_pct"] - r["map_trial_lo_pct"] for r in rows]))}
     return {"n_arms": len(rows), "n_inside_95": int(sum(inside)),
-            "mean_width_95_floor_points": float(np.mean(
-                [100 * (hi - lo) / r["n"] for (lo, hi), r in zip(floor, rows, strict=True)]))
-            if rows else float("nan"), **parts,
+            "mean_width_95_floor_points": floor_width([(r["observed_pct"] / 100, r["n"])
+                                                       for r in rows]), **parts,
             "share_inside_95": float(np.mean(inside)) if rows else float("nan"),
             "mean_signed_error_points": float(np.mean(err)) if rows else float("nan"),
             "mean_abs_error_points": float(np.mean(np.abs(err))) if rows else float("nan"),
@@ -441,21 +447,18 @@ def _comparison(root):
              "|---|---|---|---|---|---|---|---|---|---|",
              "| target | | | >= 80% | within +-5 | < 30 | | | | < 0.7 |"]
     ref = next((s["meta_reference"] for _, s in runs if "meta_reference" in s), None)
+    arms, obs, _ = load()
     if ref is None:  # runs from before the yardstick: compute it (cheap, no fit)
-        arms, obs, _ = load()
         ref = metrics(meta_reference(arms, obs))
     lines.append(f"| model-free yardstick (meta-analysis, `meta_reference`) | regimens "
                  f"ignored | - | {ref['n_inside_95']}/{ref['n_arms']} "
                  f"({100 * ref['share_inside_95']:.0f}%) | "
                  f"{ref['mean_signed_error_points']:+.1f} | "
                  f"{ref['mean_width_95_points']:.1f} | | | | |")
-    arms, obs, _ = load()
-    floor = metrics([{"observed_pct": 100 * o.count / o.n, "n": o.n, "inside": True,
-                      "mean_pct": 100 * o.count / o.n, "pred_lo_pct": 0.0,
-                      "pred_hi_pct": 0.0, "drugs_prior_only": ""} for o in obs])
+    floor = floor_width([(o.count / o.n, o.n) for o in obs])
     lines.append(f"| oracle: each arm's true rate known (its published rate), binomial "
                  f"sampling only (`binomial_floor`) | - | - | 95% by construction | 0 | "
-                 f"{floor['mean_width_95_floor_points']:.1f} | | | | |")
+                 f"{floor:.1f} | | | | |")
     for name, s in runs:
         m, st = s["pcr"], s["settings"]
         opts = ", ".join(f"{k}={v}" for k, v in s["build_options"].items() if v is not False)

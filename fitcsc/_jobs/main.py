@@ -249,7 +249,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     neo_rows = []
     if neo_lm:
         n_point = np.asarray(objective.neo_landmark_dfs(z))
-        n_draws = draw_values(lambda zz: objective.neo_landmark_dfs(zz), z_draws, batch=100,
+        n_draws = draw_values(objective.neo_landmark_dfs, z_draws, batch=100,
                               linearise_at=linearise_at(posterior, fit.z))
         n_lo, n_hi = np.quantile(n_draws, [0.025, 0.975], axis=0)
         neo_rows = [{"arm": o.arm, "course": courses[o.arm].name if o.arm in courses
