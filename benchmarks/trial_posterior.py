@@ -7,7 +7,8 @@ posterior mean and sd of every parameter (z scale) and each arm's pCR rate (mean
 95% interval), so the approximations (Laplace, PSIS) can be read against the samplers.
 
 Run: ``python benchmarks/trial_posterior.py [--methods laplace psis chees nuts]
-[--chains 8] [--warmup 300] [--draws 800] [--max-tree-depth 10]``; writes
+[--chains 8] [--warmup 300] [--draws 800] [--max-tree-depth 10] [--dense-mass]
+[--target-accept 0.8]``; writes
 ``benchmarks/results/trial_posterior.json`` (``--out`` to change; ``--merge`` adds the
 methods run to those already there, each method with its own settings).
 """
@@ -48,6 +49,10 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--draws", type=int, default=800)
     p.add_argument("--max-tree-depth", type=int, default=10, help="NUTS")
+    p.add_argument("--dense-mass", action="store_true", help="NUTS: adapt a dense mass matrix")
+    p.add_argument("--target-accept", type=float, default=0.8, help="NUTS")
+    p.add_argument("--steps", type=int, default=25,
+                   help="LM steps of the MAP fit (its covariance whitens the samplers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "trial_posterior.json"))
     p.add_argument("--merge", action="store_true",
@@ -61,11 +66,13 @@ def main(argv=None) -> dict:
     tm = TrialModel.build(arms, n_nodes=9, n_her2=5, **STRUCTURES[DEFAULT_STRUCTURE])
     objective = Objective(tm, TrialData(pcr=obs))
     t = time.perf_counter()
-    fit = fit_trials(objective, n_starts=1, max_steps=25, seed=args.seed)
+    fit = fit_trials(objective, n_starts=1, max_steps=args.steps, seed=args.seed)
     fit_s = time.perf_counter() - t
     rates_fn = jax.jit(lambda z: tm.pcr_rates(z)[0])
     point = np.asarray(rates_fn(jnp.asarray(fit.z)))
     out = {"question": __doc__.splitlines()[0], "names": list(tm.names),
+           "fit": {"max_steps": args.steps, "n_steps": int(fit.n_steps),
+                   "converged": bool(fit.converged), "loss": float(fit.loss)},
            "arms": [o.arm for o in obs],
            "published_pct": [100 * o.count / o.n for o in obs],
            "map_pct": (100 * point).tolist(), "fit_s": round(fit_s, 1),
@@ -75,7 +82,9 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         post = posterior_draws(objective, fit, args.draws, jax.random.PRNGKey(args.seed),
                                method=m, num_chains=args.chains, num_warmup=args.warmup,
-                               max_tree_depth=args.max_tree_depth)
+                               max_tree_depth=args.max_tree_depth,
+                               dense_mass=args.dense_mass and m == "nuts",
+                               target_accept_prob=args.target_accept)
         wall = time.perf_counter() - t
         z = post.equal_weight(args.seed)
         rates = 100 * draw_values(rates_fn, z, batch=100)

@@ -374,13 +374,16 @@ def metrics(rows):
 def main(args) -> dict:
     t_start = time.perf_counter()
     out = pathlib.Path(args.out or ROOT / "experiments" / "results" / "clinical_validation"
-                       / (args.structure + args.tag))
+                       / (args.structure + ("_" + args.tag.lstrip("_") if args.tag else "")))
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (
         lambda msg: None)
     arms, obs, adj = load()
+    previous_wall = 0.0
     if args.only_hr:  # add the hazard-ratio folds to a finished pCR run in --out
         rows = _read_rows(out / "arms.csv")
+        if (out / "summary.json").exists():  # its pCR folds' time counts too
+            previous_wall = json.loads((out / "summary.json").read_text())["wall_s"]
     else:
         log(f"structure {args.structure}: pCR folds")
         rows = pcr_folds(arms, obs, args.structure, args, log)
@@ -411,7 +414,7 @@ def main(args) -> dict:
            if args.posterior in ("nuts", "chees") else {}),
         "interval": "95% posterior predictive interval of the count for a trial of the "
                     "arm's size: posterior draws of the parameters, then a binomial count",
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        "wall_s": round(time.perf_counter() - t_start + previous_wall, 1),
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
     }
@@ -465,6 +468,8 @@ def _comparison(root):
         opts += (f"; trial_sd={st.get('trial_sd')}, her2_drug_sd={st.get('her2_drug_sd', 1.0)}"
                  if st.get("hyper", "fixed") == "fixed" else
                  "; prior sds by marginal likelihood per fold")
+        if st.get("links"):
+            opts += "; pCR-outcome links and neoadjuvant EFS/DFS landmarks (the main job's fit)"
         post = st.get("posterior", "psis")
         hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
         k = [r["psis_k_hat"] for r in _read_rows(root / name / "arms.csv")]
@@ -495,10 +500,32 @@ def _comparison(root):
               "every fitted parameter at the fold's MAP and draws only the left-out trial's "
               "effect from its prior (its posterior too: no data of the fold inform it), "
               "then a binomial count: what a new trial's unknown population costs on top "
-              "of the floor, before any parameter uncertainty.", "",
-              "Not yet scored here: the main job's fit (continuous_kill with the "
-              "pCR-outcome links and the neoadjuvant EFS/DFS landmarks, `--links`), whose "
-              "fold fits cost about 16 minutes each on one core."]
+              "of the floor, before any parameter uncertainty."]
+    linked = [(name, s["pcr"]) for name, s in runs if s["settings"].get("links")]
+    for name, m in linked:
+        if "mean_width_95_map_trial_points" not in m:
+            continue
+        rows = _read_rows(root / name / "arms.csv")
+        wid = {k: [r["pred_hi_pct"] - r["pred_lo_pct"] for r in rows
+                   if bool(r["drugs_prior_only"]) == k] for k in (False, True)}
+        w_trial = m["mean_width_95_map_trial_points"]
+        source = ("is near the binomial floor ({:.1f}); its {:.1f}-point mean width comes "
+                  "from the uncertainty of the fitted parameters, not from the new "
+                  "trial's unknown population" if w_trial < 1.25 * floor else
+                  "is above the binomial floor ({:.1f}): the new trial's unknown "
+                  "population costs width before any parameter uncertainty, and the "
+                  "rest of its {:.1f}-point mean width is that uncertainty").format(
+                      floor, m["mean_width_95_points"])
+        lines += ["", f"`{name}` is the main job's fit (`--links`: each fold also fits the "
+                  "training trials' pCR-vs-no-pCR hazard ratios and neoadjuvant EFS/DFS "
+                  f"landmarks). Its mean width at the MAP with only the new trial's effect "
+                  f"unknown, {w_trial:.1f} points, {source}: "
+                  f"{np.mean(wid[False]):.1f} points over the {len(wid[False])} arms whose "
+                  f"drugs all have a fitted effect, {np.mean(wid[True]):.1f} over the "
+                  f"{len(wid[True])} with a drug that only the left-out trial gives "
+                  "(prior-only)."]
+    if not linked:
+        lines += ["", "Not yet scored here: the main job's fit (`--links`)."]
     write_atomic(root / "RESULT.md", "\n".join(lines) + "\n")
 
 
@@ -536,10 +563,11 @@ def _figure(rows, summary, path):
     trials = list(dict.fromkeys(r["held_out"] for r in rows))
     for r in rows:
         c = f"C{trials.index(r['held_out'])}"
-        a1.errorbar(r["observed_pct"], r["mean_pct"],
-                    yerr=[[r["mean_pct"] - r["pred_lo_pct"]], [r["pred_hi_pct"] - r["mean_pct"]]],
-                    fmt="o" if r["inside"] else "x", color=c, ms=5, capsize=2, lw=0.8,
-                    mfc="none" if r["drugs_prior_only"] else c)
+        # the interval as a line, not error bars: the mean of the draws may lie outside
+        # the interval of the counts (a rate near 0 or 1 at the MAP, draws far from it)
+        a1.vlines(r["observed_pct"], r["pred_lo_pct"], r["pred_hi_pct"], color=c, lw=0.8)
+        a1.plot(r["observed_pct"], r["mean_pct"], "o" if r["inside"] else "x", color=c,
+                ms=5, mfc="none" if r["drugs_prior_only"] else c)
         a1.annotate(r["arm"], (r["observed_pct"], r["mean_pct"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     for t in trials:
@@ -547,7 +575,8 @@ def _figure(rows, summary, path):
     a1.plot([0, 100], [0, 100], color="0.5", ls="--", lw=0.8)
     a1.set(xlim=(0, 100), ylim=(0, 100), xlabel="published pCR % (left-out trial)",
            ylabel="predicted pCR %: mean and 95% predictive interval (n of the arm)",
-           title=f"leave one trial out ({summary['structure']}): "
+           title=f"leave one trial out ({summary['structure']}"
+                 f"{' + links' if summary['settings'].get('links') else ''}): "
                  f"{summary['pcr']['n_inside_95']}/{summary['pcr']['n_arms']} inside")
     a1.legend(fontsize=7, loc="upper left", title="left-out trial", title_fontsize=7)
     nominal = np.linspace(0.05, 0.99, 40)

@@ -125,9 +125,10 @@ def node_weights(tm):
 
 
 def summaries(tm, z):
-    """Per treated arm: the typical HER2-dependent patient's CSC fraction, its untreated
-    twin's, their log ratio; the mean fraction among patients with residual disease
-    (over responsiveness and the HER2-independent fraction; weights x P(no pCR)) and
+    """Per treated arm: the CSC fraction of the typical patient (full HER2 dependence
+    h = 1, median responsiveness), its untreated twin's, their log ratio; the mean
+    fraction among patients with residual disease (over responsiveness and HER2
+    dependence; weights x P(no pCR)) and
     its log ratio to the same patients untreated; the pCR rate."""
     mix = tm.mixture(z)
     c = tm.n_nodes // 2
@@ -204,6 +205,34 @@ def read_pdx(path: pathlib.Path):
     return out
 
 
+def her2_population(tm, nat) -> dict:
+    """The fitted spread of HER2 dependence, in the model's own structure: the fraction
+    ``phi`` of tumours with h = 0 ("fraction"), or h = sigmoid(m + s xi) ("continuous"),
+    summarised by its median and the share of tumours with h < 0.1."""
+    if tm.heterogeneity == "fraction":
+        return {"her2_independent_fraction_phi": float(nat["logit_her2_independent"])}
+    from scipy.stats import norm
+
+    m = float(nat["her2_dependence_logit_mean"])
+    sd = float(nat["log_her2_dependence_sd"])
+    return {"her2_dependence_logit_mean": m, "her2_dependence_logit_sd": sd,
+            "her2_dependence_median": float(1.0 / (1.0 + math.exp(-m))),
+            "her2_dependence_share_below_0.1": float(
+                norm.cdf((math.log(0.1 / 0.9) - m) / sd))}
+
+
+def her2_population_text(fe) -> str:
+    if "her2_independent_fraction_phi" in fe:
+        return (f"a fraction phi = {fe['her2_independent_fraction_phi']:.2f} of tumours "
+                "does not depend on HER2 (HER2 blockade leaves them, and their CSC "
+                "fraction, unchanged)")
+    return (f"HER2 dependence h = sigmoid(m + s xi) varies between tumours, m = "
+            f"{fe['her2_dependence_logit_mean']:.3g}, s = {fe['her2_dependence_logit_sd']:.3g}"
+            f" (median h {fe['her2_dependence_median']:.3g}; "
+            f"{100 * fe['her2_dependence_share_below_0.1']:.0f}% of tumours have h < 0.1, "
+            "nearly untouched by HER2 blockade)")
+
+
 def main(args) -> dict:
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
@@ -262,8 +291,8 @@ def main(args) -> dict:
                                 "her2_blockade": "not + (no rise; lapatinib)",
                                 "citation": LI_2008},
         "fitted_effects": {"csc_sparing_sigma_S": sigma,
-                           "her2_independent_fraction_phi": float(
-                               nat.get("logit_her2_independent", math.nan)),
+                           "her2_heterogeneity": tm.heterogeneity,
+                           **her2_population(tm, nat),
                            "her2_efficacy_csc_eps_S": float(nat["logit_her2_csc"]),
                            "her2_efficacy_bulk_eps_D": float(nat["logit_her2_bulk"]),
                            "initial_csc_fraction": float(tm.base.initial_csc_fraction)},
@@ -360,11 +389,10 @@ def _result_md(s, rows, path):
         f"Fitted effects: CSC sparing sigma_S = {fe['csc_sparing_sigma_S']:.3g} (chemo "
         f"kills CSCs at {fe['csc_sparing_sigma_S']:.3g} x the bulk rate); HER2 efficacy on "
         f"CSC self-renewal eps_S = {fe['her2_efficacy_csc_eps_S']:.3g}, on bulk division "
-        f"eps_D = {fe['her2_efficacy_bulk_eps_D']:.3g}; a fraction phi = "
-        f"{fe['her2_independent_fraction_phi']:.2f} of tumours does not depend on HER2 "
-        "(HER2 blockade leaves them, and their CSC fraction, unchanged). 'Typical' is the "
-        "typical HER2-dependent patient; 'among residual tumours' averages over "
-        "responsiveness and both subpopulations, weighted by P(no pCR).",
+        f"eps_D = {fe['her2_efficacy_bulk_eps_D']:.3g}; {her2_population_text(fe)}. "
+        "'Typical' is the patient with full HER2 dependence (h = 1) and median "
+        "responsiveness; 'among residual tumours' averages over responsiveness and HER2 "
+        "dependence, weighted by P(no pCR).",
         "",
         f"Direction vs Li et al. (chemo alone: rise; HER2 blockade alone: no rise): "
         f"{n_ok} of {len(single)} single-modality arms agree"

@@ -7,6 +7,7 @@ import json
 import math
 import pathlib
 
+import numpy as np
 import pytest
 import scipy.stats
 
@@ -127,6 +128,18 @@ def test_csc_enrichment_quick(quick_fit, tmp_path):
     assert 0.0 < sigma < 1.0
     assert math.copysign(1.0, arms["T"]["log_enrichment_typical"]) == math.copysign(1.0, 1 - sigma)
     assert s["chemo_sign_matches_sparing"] is True
+    # the HER2 population is described in the fit's own structure, from its fitted values
+    fe = s["fitted_effects"]
+    text = (tmp_path / "RESULT.md").read_text()
+    if fe["her2_heterogeneity"] == "continuous":
+        m, sd = fe["her2_dependence_logit_mean"], fe["her2_dependence_logit_sd"]
+        xi = np.random.default_rng(0).standard_normal(400_000)
+        h = 1.0 / (1.0 + np.exp(-(m + sd * xi)))
+        assert fe["her2_dependence_share_below_0.1"] == pytest.approx(np.mean(h < 0.1),
+                                                                       abs=5e-3)
+        assert "phi" not in text and f"s = {sd:.3g}" in text
+    else:
+        assert f"phi = {fe['her2_independent_fraction_phi']:.2f}" in text
     # the independent ODE solve agrees with the exact solution at surgery
     # (infused drugs to 1%; daily oral lapatinib's blockade is integrated by trapezoid on
     # the model's half-day grid, which misses each dose's peak: 0.7-8% measured on the
