@@ -468,3 +468,38 @@ def test_neoadjuvant_course_sets_recurrence_and_landmarks_are_all_patients(neosp
     assert np.all(hazard_course < 0.8 * hazard_plain)
     obj = Objective(tm, TrialData(pcr=obs, neo_landmarks=landmarks))
     np.testing.assert_allclose(obj.neo_landmark_dfs(z), dfs_all[:len(arms), 1], rtol=1e-10)
+
+
+def test_growth_response_power_scales_growth_and_kill_apart(neosphere):
+    """``growth_response_power`` alpha: a patient's growth rates scale with r^alpha, her
+    chemotherapy kill with r. alpha = 1 is the one-factor model exactly; at alpha = 0 a
+    node with responsiveness r is the typical patient (eta = 0) with the kill scaled by
+    r. The typical patient does not depend on alpha."""
+    arms, _ = neosphere
+    names = ("log_kill_scale", "logit_csc_sparing", "log_response_sd")
+    tm1 = TrialModel.build(arms, names)
+    tm = TrialModel.build(arms, names + ("growth_response_power",))
+    assert tm.names[-1] == "growth_response_power" and tm.fixed["growth_response_power"] == 1.0
+    z1 = tm1.z0()
+    z = jnp.concatenate([z1, jnp.ones(1)])
+    for a, b in zip(tm.residuals(z)[:4], tm1.residuals(z1)[:4], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # alpha = 0: node j is the typical patient with kill x r_j
+    z0 = z.at[3].set(0.0)
+    s = float(tm._value(z0, "log_response_sd"))
+    j = tm.n_nodes - 2
+    eta = float(tm.nodes()[j])
+    c = tm.n_nodes // 2
+    assert abs(float(tm.nodes()[c])) < 1e-12
+    got = [np.asarray(v)[:, j] for v in tm.residuals(z0)[:4]]
+    zk = z0.at[0].add(s * eta)  # log_kill_scale + log r_j
+    ref = [np.asarray(v)[:, c] for v in tm.residuals(zk)[:4]]
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # the typical patient (eta = 0, r = 1) is the same whatever alpha; other nodes differ
+    for alpha in (0.0, 0.5, 2.0):
+        za = z.at[3].set(alpha)
+        for a, b in zip(tm.residuals(za)[:2], tm.residuals(z)[:2], strict=True):
+            np.testing.assert_allclose(np.asarray(a)[:, c], np.asarray(b)[:, c], rtol=1e-12)
+            assert not np.allclose(np.asarray(a)[:, j], np.asarray(b)[:, j], rtol=1e-6)
+    assert float(tm.natural(z.at[3].set(0.3))["growth_response_power"]) == pytest.approx(0.3)

@@ -16,8 +16,14 @@ Patients (virtual, integrated, never sampled):
   multiplies every chemotherapy kill rate and the tumour's turnover (CSC and bulk
   division rates and bulk death rate). Proliferative, high-turnover tumours respond
   more to chemotherapy and to HER2 blockade (which acts on division), which is the
-  clinical picture of Ki67-high HER2+ disease. The residual is simulated on a grid of
-  ``n_nodes`` values of ``eta`` and interpolated (log scale) onto a fine grid, so
+  clinical picture of Ki67-high HER2+ disease. Structures with ``growth_power`` free
+  ``alpha`` (``growth_response_power``): the turnover scales with ``r^alpha`` and the
+  kill with ``r``, so that sensitivity can vary between patients more than growth
+  (with one factor, ``alpha = 1``, a chemotherapy regimen that does not outpace the
+  typical tumour's regrowth outpaces no patient's: under chemotherapy alone the net
+  change of a patient's log CSC count is ``r`` times the typical one). The residual
+  is simulated on a grid of ``n_nodes`` values of ``eta`` and interpolated (log
+  scale) onto a fine grid, so
   that the arm rates, which are integrals of nearly step-like functions of ``eta``,
   stay smooth in ``z``.
 
@@ -118,6 +124,11 @@ PARAMETERS = {
     # 0: every tumour starts at the typical fraction); integrated by Gauss-Hermite
     # over ``n_csc_fraction`` nodes (set automatically when the sd is free)
     "csc_fraction_sd": ("identity", 0.0),
+    # a patient's division and death rates scale with r^alpha, her chemotherapy kill
+    # with r (alpha = 1: one factor for growth and sensitivity, as before; alpha < 1:
+    # sensitivity varies more than growth, so a regimen that does not outpace the typical
+    # tumour's regrowth still clears the most sensitive ones)
+    "growth_response_power": ("identity", 1.0),
 }
 MAX_CSC_FRACTION = 0.5  # a patient's initial CSC fraction is capped here
 HR_SUBGROUPS = ("HR+", "HR-")
@@ -134,6 +145,9 @@ STRUCTURES = {
                           trial_effects=True, dcis=True, her2_kill=True),
     "continuous_kill": dict(heterogeneity="continuous", chemo_potency=True, her2_class=True,
                             trial_effects=True, dcis=True, her2_kill=True),
+    "continuous_kill_alpha": dict(heterogeneity="continuous", chemo_potency=True,
+                                  her2_class=True, trial_effects=True, dcis=True,
+                                  her2_kill=True, growth_power=True),
 }
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
@@ -280,7 +294,7 @@ class TrialModel(eqx.Module):
     def build(cls, arms: list[Arm], names=None, *, fixed=None, base_kill=None,
               her2_scale=None, drugs=None, free_burden_sd=False, chemo_potency=False,
               her2_class=False, trial_effects=False, dcis=False, pcr_outcome=False, protected=False,
-              her2_kill=False, courses=None, **options) -> TrialModel:
+              her2_kill=False, growth_power=False, courses=None, **options) -> TrialModel:
         """Model for ``arms``. ``base_kill`` ``{drug: rate}`` and ``her2_scale`` ``{drug:
         multiplier}`` override the calibration (a saved fit passes its own; drugs it
         lacks get `reference_kill` / `reference_her2_scale`); ``drugs`` fixes the drug
@@ -294,7 +308,9 @@ class TrialModel(eqx.Module):
         shift per neoadjuvant trial, ``dcis`` the in-situ factor of ypT0 definitions,
         ``pcr_outcome`` the distant burden of neoadjuvant patients (`pcr_outcome`),
         ``protected`` the fraction of micrometastatic CSCs out of the drugs' reach,
-        ``her2_kill`` the death rate of HER2-dependent cells under blockade.
+        ``her2_kill`` the death rate of HER2-dependent cells under blockade,
+        ``growth_power`` the power of responsiveness in a patient's growth rates
+        (``growth_response_power``; fixed at 1 otherwise).
         ``courses`` ``{arm name: Arm}``: a neoadjuvant arm's whole course (its
         preoperative regimen followed by the postoperative one, `Arm` named for it),
         added to the model's arms; `pcr_outcome` takes that arm's recurrence from it."""
@@ -354,6 +370,8 @@ class TrialModel(eqx.Module):
                 names.append("logit_protected_fraction")
             if her2_kill:
                 names.insert(names.index("logit_csc_sparing"), "log_her2_kill")
+            if growth_power:
+                names.insert(names.index("log_response_sd") + 1, "growth_response_power")
         fixed = ({n: v for n, (_, v) in PARAMETERS.items()}
                  | {"log_burden_sd": options.get("burden_sd", 1.0),
                     "logit_protected_fraction": 0.0, "log_her2_kill": 0.0}
@@ -505,16 +523,23 @@ class TrialModel(eqx.Module):
     def nodes(self):
         return jnp.linspace(-self.eta_max, self.eta_max, self.n_nodes)
 
+    def response_factors(self, z, eta):
+        """A patient's factors on chemotherapy kill, ``r = exp(s eta)``, and on division
+        and death rates, ``r^alpha`` (``alpha``: ``growth_response_power``, 1 unless
+        free)."""
+        log_r = self._value(z, "log_response_sd") * eta
+        return jnp.exp(log_r), jnp.exp(self._value(z, "growth_response_power") * log_r)
+
     def patient(self, z, eta):
-        """Patient with responsiveness ``exp(s eta)``."""
+        """Patient with responsiveness ``eta`` (`response_factors`)."""
         p = self.typical(z)
-        r = jnp.exp(self._value(z, "log_response_sd") * eta)
+        r, g = self.response_factors(z, eta)
         return eqx.tree_at(
             lambda q: (q.kill_rate, q.csc_division_rate, q.bulk_division_rate,
                        q.bulk_death_rate, q.csc_death_rate, q.her2_dependence_csc,
                        q.her2_dependence_bulk),
-            p, (p.kill_rate * r, p.csc_division_rate * r, p.bulk_division_rate * r,
-                p.bulk_death_rate * r, p.csc_death_rate * r,
+            p, (p.kill_rate * r, p.csc_division_rate * g, p.bulk_division_rate * g,
+                p.bulk_death_rate * g, p.csc_death_rate * g,
                 jnp.asarray(self._value(z, "her2_dependence_csc"), float),
                 jnp.asarray(self._value(z, "her2_dependence_bulk"), float)))
 
@@ -554,9 +579,9 @@ class TrialModel(eqx.Module):
         t = g.t
 
         def one_node(eta):
-            r = jnp.exp(self._value(z, "log_response_sd") * eta)
-            vs, vd = p.csc_division_rate * r, p.bulk_division_rate * r
-            dd, ds = p.bulk_death_rate * r, p.csc_death_rate * r
+            r, g = self.response_factors(z, eta)
+            vs, vd = p.csc_division_rate * g, p.bulk_division_rate * g
+            dd, ds = p.bulk_death_rate * g, p.csc_death_rate * g
             pp, es, ed = p.self_renewal, p.her2_efficacy_csc * h_s, p.her2_efficacy_bulk * h_d
             a_s = (vs * (2 * pp - 1) - ds) * t - 2 * pp * vs * es * blockade_int \
                 - p.csc_sparing * r * kill_int - k_h * h_s * blockade_int
