@@ -469,7 +469,7 @@ def _comparison(root):
                  if st.get("hyper", "fixed") == "fixed" else
                  "; prior sds by marginal likelihood per fold")
         if st.get("links"):
-            opts += "; pCR-outcome links and neoadjuvant EFS/DFS landmarks (the main job's fit)"
+            opts += "; pCR-outcome links and neoadjuvant EFS/DFS landmarks (as the main job)"
         post = st.get("posterior", "psis")
         hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
         k = [r["psis_k_hat"] for r in _read_rows(root / name / "arms.csv")]
@@ -516,10 +516,10 @@ def _comparison(root):
                   "population costs width before any parameter uncertainty, and the "
                   "rest of its {:.1f}-point mean width is that uncertainty").format(
                       floor, m["mean_width_95_points"])
-        lines += ["", f"`{name}` is the main job's fit (`--links`: each fold also fits the "
-                  "training trials' pCR-vs-no-pCR hazard ratios and neoadjuvant EFS/DFS "
-                  f"landmarks). Its mean width at the MAP with only the new trial's effect "
-                  f"unknown, {w_trial:.1f} points, {source}: "
+        lines += ["", f"`{name}` is fitted as the main job fits (`--links`: each fold "
+                  "also fits the training trials' pCR-vs-no-pCR hazard ratios and "
+                  "neoadjuvant EFS/DFS landmarks). Its mean width at the MAP with only "
+                  f"the new trial's effect unknown, {w_trial:.1f} points, {source}: "
                   f"{np.mean(wid[False]):.1f} points over the {len(wid[False])} arms whose "
                   f"drugs all have a fitted effect, {np.mean(wid[True]):.1f} over the "
                   f"{len(wid[True])} with a drug that only the left-out trial gives "

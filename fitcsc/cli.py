@@ -261,9 +261,11 @@ def add_run_command(subparsers, common) -> None:
         help="main job: fit the trial model to the published pCR counts in data/",
         description="Fit the clinical CSC trial model (shared drug effects) to every "
         "published neoadjuvant HER2+ arm with a pCR count in data/clinical/pcr_arms.csv, "
+        "with the published pCR-outcome hazard ratios and neoadjuvant EFS/DFS landmarks, "
         "with posterior uncertainty, and write report.md, fit.json (usable by fitcsc "
         "predict --fit), arms.csv, posterior.csv, pcr_fit.png and summary.json. About "
-        "3-5 minutes on a 2-core CPU; --quick is a 20-second smoke run.",
+        "12 minutes on a 2-core CPU (723 s measured on one core); --quick is a 20-second "
+        "smoke run.",
         epilog="example: fitcsc run --out runs/default && fitcsc predict --fit runs/default "
         "--regimens my_trial.csv --out runs/pred",
     )
