@@ -503,3 +503,31 @@ def test_growth_response_power_scales_growth_and_kill_apart(neosphere):
             np.testing.assert_allclose(np.asarray(a)[:, c], np.asarray(b)[:, c], rtol=1e-12)
             assert not np.allclose(np.asarray(a)[:, j], np.asarray(b)[:, j], rtol=1e-6)
     assert float(tm.natural(z.at[3].set(0.3))["growth_response_power"]) == pytest.approx(0.3)
+
+
+def test_objective_jacobian_is_jacfwd_with_every_parameter_free(neosphere):
+    """`ObjectiveCore.jacobian` differentiates the residual states only along
+    `SIM_PARAMETERS`: with every structure option's parameters free (growth power, HER2
+    kill, CSC-fraction spread, ...) it must equal forward-mode autodiff of the whole
+    objective, so that no parameter the states depend on is missing from the list (a
+    missing one has a zero Jacobian column, and the LM never moves it)."""
+    from fitcsc._trial.model import PARAMETERS
+
+    arms, obs = neosphere
+    tm = TrialModel.build(arms, None, n_nodes=5, n_her2=3, heterogeneity="continuous",
+                          chemo_potency=True, her2_class=True, trial_effects=True, dcis=True,
+                          her2_kill=True, growth_power=True)
+    extra = [n for n in ("csc_fraction_sd", "her2_dependence_csc", "her2_dependence_bulk",
+                         "hr_response_shift") if n not in tm.names]
+    tm = TrialModel.build(arms, tm.names + tuple(extra), n_nodes=5, n_her2=3,
+                          heterogeneity="continuous", n_csc_fraction=3)
+    sim_like = {n.split("#")[0] for n in tm.names} & set(PARAMETERS)
+    assert {"growth_response_power", "log_her2_kill", "csc_fraction_sd"} <= sim_like
+    obj = Objective(tm, TrialData(pcr=obs))
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(np.asarray(tm.z0()) + 0.3 * rng.standard_normal(len(tm.names)))
+    z = z.at[tm.names.index("csc_fraction_sd")].set(0.4)
+    got = np.asarray(obj.core.jacobian(z))
+    ref = np.asarray(jax.jacfwd(obj.core.residuals)(z))
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-10)
+    assert np.abs(got[:, tm.names.index("growth_response_power")]).max() > 0.0

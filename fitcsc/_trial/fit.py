@@ -266,11 +266,13 @@ def _two_margin_residual(p_a, p_b, p_ab, k_a, k_b, n):
 
 
 # parameters that enter `TrialModel.residuals` (the expensive part of the objective);
-# tests check that the others leave it unchanged
+# `ObjectiveCore.jacobian` differentiates the residual states along these only (a test
+# checks it against jax.jacfwd of the whole objective with every structure's parameters)
 SIM_PARAMETERS = frozenset({
     "log_kill_scale", "logit_her2_csc", "logit_her2_bulk", "logit_csc_sparing",
     "log_turnover", "log_response_sd", "log_chemo_potency", "log_her2_kill",
-    "her2_dependence_csc", "her2_dependence_bulk", "csc_fraction_sd"})
+    "her2_dependence_csc", "her2_dependence_bulk", "csc_fraction_sd",
+    "growth_response_power"})
 SIM_PARAMETERS_PER_DRUG = ("log_her2_potency",)  # with #drug only
 N_MAX_BOTH = 1024  # largest published arm count handled by `_two_margin_residual`
 
