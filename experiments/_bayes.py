@@ -29,6 +29,7 @@ from fitcsc.population import (
 )
 
 BASELINE_ORDER = ("exponential", "logistic", "gompertz", "simeoni")
+V0 = "initial_volume_mm3"
 
 
 SAMPLER_ARGS = (  # (flag, sample()'s keyword, type, help): overrides of a script's settings
@@ -71,12 +72,14 @@ def sampler_settings(args, base) -> dict:
 
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
                    pair=None, precondition=None, centre=(), net_rate=None,
-                   checkpoint=None):
+                   seeded_ref=None, checkpoint=None):
     """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.
 
     ``centre``: random effects to sample centred, e.g. ``("line:kill_rate[0]",
     "animal:initial_volume_mm3")``; ``net_rate``: ``(rate, fraction)`` to sample the log
-    net growth rate in place of the rate's fixed effects (both `reparameterise`).
+    net growth rate in place of the rate's fixed effects; ``seeded_ref``: the level of
+    the seeded curves' V0 effects, sampled at their reference day (`seeded_reference`;
+    all three `reparameterise`).
     ``precondition``: None, or ``{"lbfgs_steps": n}``:
     sample ``u`` with ``w = w_hat + L u`` (`laplace_preconditioner`; a fixed dense mass
     matrix ``L L^T``, under the sampler's own diagonal adaptation). The draws are mapped
@@ -87,7 +90,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     values, start = warm_start(pop, batch, refine_steps=refine_steps,
                                max_steps=settings.get("map_max_steps"))
     kw = {k: v for k, v in settings.items() if k != "map_max_steps"}
-    to_w, to_z, density = reparameterise(pop, centre, net_rate)
+    to_w, to_z, density = reparameterise(pop, centre, net_rate, seeded_ref)
     w0 = to_w(pop.space.to_z(values))
     if precondition:
         w0, lin, start["precondition"] = laplace_preconditioner(density, w0, **precondition)
@@ -103,6 +106,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     post = post._replace(z=np.asarray(jax.jit(jax.vmap(jax.vmap(to_z)))(w)))
     start["centred"] = list(centre)
     start["net_rate"] = None if net_rate is None else list(net_rate)
+    start["seeded_ref"] = seeded_ref
     diag, idata, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1),
                                           pair=pair)
     record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
@@ -112,7 +116,7 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     return idata, record, rows
 
 
-def reparameterise(pop, centre=(), net_rate=None):
+def reparameterise(pop, centre=(), net_rate=None, seeded_ref=None):
     """``(to_w, to_z, log_density_w)``: the sampler's coordinates ``w`` of the population
     model's ``z``, an exact change of variables (``log_density_w(w) = log_density(z) +
     log |det dz/dw|``).
@@ -126,6 +130,9 @@ def reparameterise(pop, centre=(), net_rate=None):
       of the net CSC growth rate ``log(v_S (2p - 1))``, p the typical ``fraction`` (an
       ``Interval(0.5, hi)`` shared by all arms), so that a ridge of constant net growth
       becomes an axis of ``w``. A shear: ``w_rate = z_rate + log(2p - 1)``, log-Jacobian 0.
+    - ``seeded_ref``: None, or the level of the seeded curves' V0 effects (``"seeded"``,
+      `csc_population`'s ``v0_by_start``): see `seeded_reference`; log-Jacobian ``-n
+      log omega`` (n seeded curves), as centring them.
     """
     labels = pop.space.labels()
     eta_i, om_i = [], []
@@ -155,7 +162,15 @@ def reparameterise(pop, centre=(), net_rate=None):
         def log_2p1(x):  # log(2p - 1) = log(2 (hi - lo)) + log sigmoid(z_p)
             return math.log(2.0 * (tr.hi - tr.lo)) + jax.nn.log_sigmoid(x[p_i])
 
-    def to_w(z):
+    seed_w, seed_z, seed_om = (lambda z: z), (lambda w: w), jnp.zeros((0,), int)
+    if seeded_ref is not None:
+        if f"{seeded_ref}:{V0}" in centre:
+            raise ValueError(f"reparameterise: seeded_ref={seeded_ref!r} already centres "
+                             f"{seeded_ref}:{V0}; leave it out of centre")
+        seed_w, seed_z, seed_om = seeded_reference(pop, seeded_ref)
+
+    def to_w(z):  # the seeded shear reads z, so it goes first (and is undone last)
+        z = seed_w(z)
         if log_2p1 is not None:
             z = z.at[rate_i].add(log_2p1(z))
         return z.at[eta_i].set(z[eta_i] * jnp.exp(z[om_i]))
@@ -163,12 +178,93 @@ def reparameterise(pop, centre=(), net_rate=None):
     def to_z(w):
         if log_2p1 is not None:
             w = w.at[rate_i].add(-log_2p1(w))
-        return w.at[eta_i].set(w[eta_i] * jnp.exp(-w[om_i]))
+        return seed_z(w.at[eta_i].set(w[eta_i] * jnp.exp(-w[om_i])))
 
     def log_density_w(w):
-        return pop.log_density(to_z(w)) - jnp.sum(w[om_i])
+        return pop.log_density(to_z(w)) - jnp.sum(w[om_i]) - jnp.sum(w[seed_om])
 
     return to_w, to_z, log_density_w
+
+
+def seeded_reference(pop, level="seeded"):
+    """``(to_w, to_z, om_index)``: the seeded curves' V0 block at each curve's reference
+    day, an exact change of variables of the population model's ``z``.
+
+    The curves at ``level`` start at volume 0 weeks before treatment; the data say when
+    each became palpable, not how large its seed was at t0, so log V0 is pinned only
+    together with the growth rate (``log V(t_ref) ~ log V0 + growth``): a curved ridge
+    between the typical V0, the mice's V0 effects and v_S. Here ``w`` holds, per seeded
+    curve ``c`` (t_ref its first measured volume, `seeded_reference_days`), the centred
+    ``omega eta_c + G_c - Gbar_a`` and per arm ``a`` the typical ``beta_a + Gbar_a``, so
+    that their sum is ``log V0_c + G_c``, the log volume at t_ref of the untreated model
+    without crowding. ``G_c`` = `untreated_log_growth` over ``t_ref - t0`` with curve
+    ``c``'s parameters (its mouse's v_S), ``Gbar_a`` the same with the arm's typical
+    parameters over the arm's mean ``t_ref - t0``: functions of coordinates this map
+    leaves alone, so it is a shear plus a centring, ``log |det dz/dw| = -n log omega``
+    (``om_index``: the omega entry of each seeded curve, to sum over). The model is
+    unchanged: the same ``z``, the same predictions; only the sampler's coordinates move.
+    Needs one curve per group at ``level``; an arm whose V0 fixed effect also covers
+    curves at other levels keeps its ``beta_a`` (no ``Gbar_a`` added).
+    """
+    from fitcsc.population import seeded_reference_days, untreated_log_growth
+
+    labels = pop.space.labels()
+    if level not in pop.levels or pop.re_labels[pop.levels.index(level)] != (V0,):
+        raise ValueError(f"seeded_reference: no level {level!r} with the V0 effect alone "
+                         f"(csc_population(..., v0_by_start=True)); levels {pop.levels}")
+    k = pop.levels.index(level)
+    gidx = np.asarray(pop.group_index[k])
+    on = np.asarray(pop.re_mask[k])[:, 0]
+    names = pop.group_names[k]
+    curve = []
+    for g in range(len(names)):
+        rows = np.flatnonzero(on & (gidx == g))
+        if rows.size != 1:
+            raise ValueError(f"seeded_reference: group {names[g]!r} of {level!r} has "
+                             f"{rows.size} curves; one per group needed")
+        curve.append(int(rows[0]))
+    curve = np.asarray(curve)
+    t_ref = seeded_reference_days(pop.curves)
+    span = t_ref[curve] - np.asarray(pop.curves.t0_day)[curve]
+    if not np.all(span > 0):
+        raise ValueError("seeded_reference: every seeded curve needs t0 < 0")
+    j_v0 = pop.labels.index(V0)
+    fe_v0 = np.asarray(pop.fe_index)[:, j_v0]
+    arms = list(dict.fromkeys(pop.arm[c] for c in curve))
+    beta_i, first, mean_span = [], [], np.empty(len(curve))
+    for a in arms:
+        mine = [i for i, c in enumerate(curve) if pop.arm[c] == a]
+        mean_span[mine] = span[mine].mean()
+        fe = fe_v0[curve[mine[0]]]
+        if fe >= 0 and set(np.flatnonzero(fe_v0 == fe)) == {int(curve[i]) for i in mine}:
+            beta_i.append(labels.index(f"beta[{pop.fe_labels[fe]}]"))
+            first.append(mine[0])  # an arm whose V0 is shared with others keeps its beta
+    beta_i, first = jnp.asarray(beta_i, int), jnp.asarray(first, int)
+    eta_i = jnp.asarray([labels.index(f"eta_{level}[{g},{V0}]") for g in names], int)
+    om_i = jnp.full((len(names),), labels.index(f"omega_{level}[{V0}]"), int)
+    spec, model = pop.predictor.spec, pop.predictor.model
+    span, mean_span, curve = jnp.asarray(span), jnp.asarray(mean_span), jnp.asarray(curve)
+
+    def growth(z):  # (G_c, Gbar of c's arm): read no V0 coordinate
+        values = pop.space.from_z(z)
+        zc = pop.curve_z(values)[curve].at[:, j_v0].set(0.0)
+        typ = pop.curve_z({**values, **{f"eta_{lev}": jnp.zeros_like(values[f"eta_{lev}"])
+                                        for lev in pop.levels}})[curve].at[:, j_v0].set(0.0)
+        g = untreated_log_growth(model, jax.vmap(spec.from_z)(zc), span)
+        gbar = untreated_log_growth(model, jax.vmap(spec.from_z)(typ), mean_span)
+        return g, gbar
+
+    def to_w(z):
+        g, gbar = growth(z)
+        w = z.at[eta_i].set(z[eta_i] * jnp.exp(z[om_i]) + g - gbar)
+        return w.at[beta_i].add(gbar[first])
+
+    def to_z(w):
+        g, gbar = growth(w)
+        z = w.at[beta_i].add(-gbar[first])
+        return z.at[eta_i].set((w[eta_i] - g + gbar) * jnp.exp(-w[om_i]))
+
+    return to_w, to_z, om_i
 
 
 def _affine(log_density, z0, lin):

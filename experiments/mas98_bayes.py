@@ -95,6 +95,8 @@ def main(args) -> dict:
                                       if args.v0_by_start else {f"animal|{v0}": 3.0}),
                          **({} if args.vs_prior_sd is None else
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
+    if args.seeded_ref and not args.v0_by_start:
+        raise SystemExit("mas98_bayes: --seeded-ref needs --v0-by-start")
     settings = sampler_settings(args, QUICK if args.quick else FULL)
     ckpt = None
     if args.checkpoint:  # resumes a run of the same options; removed when it finishes
@@ -108,6 +110,7 @@ def main(args) -> dict:
                                       centre=tuple(args.centre),
                                       net_rate=(("csc_division_rate", "self_renewal")
                                                 if args.net_rate else None),
+                                      seeded_ref="seeded" if args.seeded_ref else None,
                                       refine_steps=20 if args.quick else 300,
                                       pair=["csc_division_rate", "self_renewal",
                                             "carrying_capacity_cells", "her2_efficacy_csc",
@@ -141,6 +144,7 @@ def main(args) -> dict:
         "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
         "precondition": bool(args.precondition), "centred": list(args.centre),
         "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
+        "seeded_ref": bool(args.seeded_ref),
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -179,6 +183,9 @@ def _result_md(s, path):
                 if s.get("v0_by_start") else "")
              + ("; sampled log net rate v_S (2p - 1) in place of log v_S"
                 if s.get("net_rate") else "")
+             + ("; seeded curves' V0 sampled as the volume at their first measured "
+                "volume (an exact change of variables, _bayes.seeded_reference)"
+                if s.get("seeded_ref") else "")
              + f"; {s['n_parameters']} parameters.",
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} over the population-level ones), min bulk ESS "
@@ -233,7 +240,10 @@ def parse_args(argv=None):
                         "start at day 0 (palpable) and another for those seeded before "
                         "treatment (csc_population's v0_by_start)"),
                        ("--net-rate", "sample the log net CSC growth rate log(v_S (2p - 1)) "
-                        "in place of log v_S (an exact shear; _bayes.reparameterise)")):
+                        "in place of log v_S (an exact shear; _bayes.reparameterise)"),
+                       ("--seeded-ref", "with --v0-by-start: sample the seeded curves' V0 "
+                        "as their volume at the first measured volume (centred; an exact "
+                        "change of variables, _bayes.seeded_reference)")):
         p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--seeded-v0-scale", type=float, default=3.0,
                    help="with --v0-by-start: HalfNormal scale of the seeded curves' V0 SD "

@@ -29,7 +29,12 @@ from ._fit.population import (
     posterior_derived,
     vmapped_jacobians,
 )
-from ._fit.population_csc import baseline_population, csc_population
+from ._fit.population_csc import (
+    baseline_population,
+    csc_population,
+    seeded_reference_days,
+    untreated_log_growth,
+)
 from ._fit.sample import WARMUP_STATS, Posterior, run_chains, sample, warmup_summary, z_log_density
 from ._jobs.sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
 
@@ -37,5 +42,6 @@ __all__ = [
     "Posterior", "PopulationModel", "SiteSpace", "baseline_population", "csc_population",
     "forward_predict", "map_curve_z", "population_model", "posterior_derived",
     "posterior_outputs", "progress_printer", "refine", "run_chains", "sample",
-    "vmapped_jacobians", "warm_start", "z_log_density", "WARMUP_STATS", "warmup_summary",
+    "seeded_reference_days", "untreated_log_growth", "vmapped_jacobians", "warm_start",
+    "z_log_density", "WARMUP_STATS", "warmup_summary",
 ]

@@ -200,3 +200,77 @@ def test_sampler_overrides_from_the_command_line():
     assert cen.centre == ["animal:initial_volume_mm3"] and cen.precondition
     assert cen.lbfgs_steps == 200 and not mas.parse_args([]).precondition
     assert sampler_settings(ck, mas.FULL) == {**mas.FULL, "method": "nuts", "dense_mass": True}
+
+
+def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
+    """``seeded_ref``: w holds, per seeded curve, the centred V0 deviation shifted by its
+    untreated growth up to its first measured volume, and per arm the typical log V0
+    shifted by the arm's typical growth; exact (round trip, log |det dz/dw| = -n log
+    omega by autodiff, the density of w is that of z plus it, the same predictions),
+    alone and with the net rate and centred v_S effects."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fitcsc.population import csc_population, seeded_reference_days, untreated_log_growth
+
+    exp = _load("mas98_bayes")
+    from _bayes import reparameterise
+
+    _, batch, regs = exp.load(None, quick=True)
+    pop = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True)
+    assert pop.group_names[pop.levels.index("seeded")] == tuple(batch.subject)  # all seeded
+    labels = pop.space.labels()
+    v0 = "initial_volume_mm3"
+    j_om = labels.index(f"omega_seeded[{v0}]")
+    t_ref = seeded_reference_days(pop.curves)
+    t0 = np.asarray(batch.t0_day)
+    assert np.all(t0 < t_ref) and np.all(t_ref <= 0)
+    z0 = pop.space.to_z(pop.init_values())
+    rng = np.random.default_rng(1)
+    for centre, net in (([], None), (["animal:csc_division_rate"],
+                                     ("csc_division_rate", "self_renewal"))):
+        to_w, to_z, dens = reparameterise(pop, centre, net, seeded_ref="seeded")
+        _, _, dens_plain = reparameterise(pop, centre, net)
+        to_w0, to_z0, _ = reparameterise(pop, centre, net)
+        for _ in range(3):
+            z = z0 + 0.3 * jnp.asarray(rng.normal(size=z0.shape))
+            w = to_w(z)
+            np.testing.assert_allclose(to_z(w), z, rtol=1e-12, atol=1e-12)
+            # w_beta + w_eta of a seeded curve: log V0 + its growth to t_ref
+            values = pop.space.from_z(z)
+            zc = pop.curve_z(values)
+            theta = jax.vmap(pop.predictor.spec.from_z)(zc)
+            growth = untreated_log_growth(pop.predictor.model, theta, t_ref - t0)
+            for c, s in enumerate(batch.subject):
+                wb = w[labels.index(f"beta[{v0}|{batch.arm[c]}]")]
+                we = w[labels.index(f"eta_seeded[{s},{v0}]")]
+                np.testing.assert_allclose(float(wb + we),
+                                           float(zc[c, pop.labels.index(v0)] + growth[c]),
+                                           rtol=1e-12)
+            # everything but the seeded V0 block is as without seeded_ref
+            moved = [i for i, lab in enumerate(labels)
+                     if lab.startswith(f"beta[{v0}|") or lab.startswith("eta_seeded")]
+            keep = np.setdiff1d(np.arange(len(labels)), moved)
+            np.testing.assert_allclose(np.asarray(w)[keep], np.asarray(to_w0(z))[keep],
+                                       rtol=1e-13, atol=1e-13)
+            # the density of w is that of z plus log |det dz/dw|, and that is the
+            # other coordinates' plus -n log omega_seeded
+            logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z)(w)))[1]
+            w0 = to_w0(z)
+            logdet0 = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z0)(w0)))[1]
+            np.testing.assert_allclose(logdet, logdet0 - len(batch.subject) * float(z[j_om]),
+                                       rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(float(dens(w)), float(pop.log_density(z)) + logdet,
+                                       rtol=1e-12)
+            np.testing.assert_allclose(float(dens_plain(w0)),
+                                       float(pop.log_density(z)) + logdet0, rtol=1e-12)
+            a, _ = pop.predict(pop.space.from_z(to_z(w)))
+            b, _ = pop.predict(pop.space.from_z(z))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11)
+    with pytest.raises(ValueError, match="seeded_ref"):
+        reparameterise(pop, ["seeded:initial_volume_mm3"], None, seeded_ref="seeded")
+    with pytest.raises(ValueError, match="no level"):
+        reparameterise(pop, [], None, seeded_ref="palpable")
+    args = exp.parse_args(["--v0-by-start", "--seeded-ref"])
+    assert args.seeded_ref and not exp.parse_args([]).seeded_ref

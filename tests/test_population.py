@@ -289,3 +289,24 @@ def test_v0_by_start_is_the_one_sd_model_with_a_second_sd():
         *(lambda b, r: (b, [r[a] for a in b.arm]))(
             fitcsc.make_batch(_table(), default_arm_regimens(_table(), warn=False)),
             default_arm_regimens(_table(), warn=False)), v0_by_start=True).levels
+
+
+def test_untreated_log_growth_is_the_uncrowded_untreated_ode():
+    """``untreated_log_growth`` against the ODE without crowding or drug: V(T) / V0 for a
+    fast and a slow CSC compartment, and for a CSC rate equal to the bulk's (the limit
+    a = c)."""
+    from fitcsc.population import untreated_log_growth
+
+    model = fitcsc.ModelConfig(crowding="none")
+    days = np.array([5.0, 30.0, 90.0])
+    base = dict(bulk_division_rate=0.25, bulk_death_rate=0.3, initial_csc_fraction=0.1,
+                csc_death_rate=0.0, initial_volume_mm3=2.0)
+    for v_s, p in ((0.3, 0.6), (8.0, 0.515), (0.0625, 0.1)):  # the last: a = c = -0.05
+        params = fitcsc.default_params(model, csc_division_rate=v_s, self_renewal=p, **base)
+        sol = fitcsc.simulate(model, params, None, jnp.asarray(days), t0=0.0, rtol=1e-11,
+                              atol=1e-12, max_steps=100_000)
+        want = np.log(np.asarray(sol.volume_mm3) / 2.0)
+        got = np.asarray(untreated_log_growth(model, params, days))
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="S/D model"):
+        untreated_log_growth(fitcsc.ModelConfig(progenitor=True), params, days)

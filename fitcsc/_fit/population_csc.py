@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -151,6 +152,60 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     options.update(priors)
     return population_model(pred, batch, fixed=fixed, random=random, groups=group_of,
                             uses=uses, **options)
+
+
+def untreated_log_growth(model: ModelConfig, params, days):
+    """``log(V(t0 + days) / V0)`` of the untreated CSC model far below its capacity.
+
+    Without drug and crowding the S/D model is linear, ``S' = a S``, ``D' = b S + c D``
+    (``a = v_S (2p - 1) - delta_S``, ``b = 2 v_S (1 - p)``, ``c = v_D - delta_D``), so the
+    volume grows by a factor that does not depend on V0: with ``f`` the initial CSC
+    fraction, ``V(T) / V0 = f e^(aT) + (1 - f) e^(cT) + b f e^(cT) (e^((a-c)T) - 1) / (a
+    - c)``, computed on the log scale (no overflow at fast rates). Logistic crowding makes
+    the model grow more slowly than this as the volume nears K. Used by
+    ``experiments/_bayes.reparameterise`` (``seeded_ref``) to move the seeded curves' V0
+    to the volume at a reference day; any smooth function of the other parameters would
+    keep that change of variables exact, this one makes it close to the data's.
+
+    **Arguments:** `model`: a `ModelConfig` with the S and D states only (no progenitor,
+    dormancy, resistant clone, plasticity or damage chain); `params`: `CSCParams`
+    (scalars, or arrays that broadcast with `days`); `days`: time since t0 [day].
+
+    **Raises:** `ValueError` for a model with other states.
+    """
+    if (model.progenitor or model.dormancy or model.resistant_clone
+            or model.plasticity != "none" or model.damage_chain):
+        raise ValueError("untreated_log_growth: only the S/D model (no progenitor, dormancy, "
+                         "resistant clone, plasticity or damage chain)")
+    p = params
+    t = jnp.asarray(days, float)
+    a = p.csc_division_rate * (2.0 * p.self_renewal - 1.0) - p.csc_death_rate
+    c = p.bulk_division_rate - p.bulk_death_rate
+    b = 2.0 * p.csc_division_rate * (1.0 - p.self_renewal)
+    f = p.initial_csc_fraction
+    d = a - c
+    small = jnp.abs(d) < 1e-9
+    ad = jnp.where(small, 1.0, jnp.abs(d))
+    # log((e^(dT) - 1) / d) = max(dT, 0) + log(1 - e^(-|d|T)) - log|d|; T as d -> 0
+    log_h = jnp.where(small, jnp.log(t),
+                      jnp.maximum(d * t, 0.0) + jnp.log(-jnp.expm1(-ad * t)) - jnp.log(ad))
+    terms = jnp.stack(jnp.broadcast_arrays(jnp.log(f) + a * t, jnp.log1p(-f) + c * t,
+                                           jnp.log(b * f) + c * t + log_h))
+    return jax.scipy.special.logsumexp(terms, axis=0)
+
+
+def seeded_reference_days(curves) -> np.ndarray:
+    """Per curve (``SubjectData`` with a leading curve axis, e.g. ``pop.curves``): the
+    day of its first measured (uncensored) volume, at most day 0 (no drug before it; day 0
+    for a curve without one); NaN for a curve that starts at day 0 or later."""
+    day, mask = np.asarray(curves.day), np.asarray(curves.mask)
+    seen = mask & ~np.asarray(curves.censored)
+    t0 = np.asarray(curves.t0_day)
+    out = np.full(t0.shape, np.nan)
+    for c in np.flatnonzero(t0 < 0.0):
+        first = day[c][seen[c]]
+        out[c] = min(float(first[0]) if first.size else 0.0, 0.0)
+    return out
 
 
 def baseline_population(kind: str, batch, regimens, **priors):
