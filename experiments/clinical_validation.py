@@ -462,6 +462,7 @@ def _comparison(root):
     lines.append(f"| oracle: each arm's true rate known (its published rate), binomial "
                  f"sampling only (`binomial_floor`) | - | - | 95% by construction | 0 | "
                  f"{floor:.1f} | | | | |")
+    arm_rows = {}  # each run's arms.csv, read once
     for name, s in runs:
         m, st = s["pcr"], s["settings"]
         opts = ", ".join(f"{k}={v}" for k, v in s["build_options"].items() if v is not False)
@@ -472,7 +473,8 @@ def _comparison(root):
             opts += "; pCR-outcome links and neoadjuvant EFS/DFS landmarks (as the main job)"
         post = st.get("posterior", "psis")
         hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
-        k = [r["psis_k_hat"] for r in _read_rows(root / name / "arms.csv")]
+        arm_rows[name] = _read_rows(root / name / "arms.csv")
+        k = [r["psis_k_hat"] for r in arm_rows[name]]
         k += [r["psis_k_hat"] for r in _read_rows(root / name / "hazard_ratios.csv")
               if "psis_k_hat" in r]
         k = [v for v in k if np.isfinite(v)]
@@ -505,8 +507,7 @@ def _comparison(root):
     for name, m in linked:
         if "mean_width_95_map_trial_points" not in m:
             continue
-        rows = _read_rows(root / name / "arms.csv")
-        wid = {k: [r["pred_hi_pct"] - r["pred_lo_pct"] for r in rows
+        wid = {k: [r["pred_hi_pct"] - r["pred_lo_pct"] for r in arm_rows[name]
                    if bool(r["drugs_prior_only"]) == k] for k in (False, True)}
         w_trial = m["mean_width_95_map_trial_points"]
         source = ("is near the binomial floor ({:.1f}); its {:.1f}-point mean width comes "
