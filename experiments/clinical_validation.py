@@ -40,6 +40,7 @@ Writes ``arms.csv``, ``hazard_ratios.csv``, ``summary.json``, ``calibration.png`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -69,6 +70,7 @@ from fitcsc.trials import (
     pcr_observations,
     posterior_draws,
     posterior_flag,
+    quadrature_check,
     trial_family,
 )
 
@@ -166,6 +168,11 @@ def pcr_folds(arms, obs, structure, args, log):
                                      linearise_at=linearise_at(post.method, fit.z)),
                          post.weights, args.seed + len(rows))
         point = np.asarray(tm.pcr_rates(jnp.asarray(fit.z))[0])
+        # the fold's MAP on a doubled responsiveness grid: the fit's loss, and every arm's
+        # rate (the held-out ones included)
+        quad = quadrature_check(objective, fit.z)
+        point_check = np.asarray(dataclasses.replace(
+            tm, n_nodes=quad["n_nodes_check"]).pcr_rates(jnp.asarray(fit.z))[0])
         trial_only = _trial_effect_rates(tm, objective, fit, held, args)
         by_name = {a.name: a for a in arms}
         fitted_drugs = {d for o in objective.data.pcr for d in by_name[o.arm].regimen.drugs}
@@ -192,6 +199,8 @@ def pcr_folds(arms, obs, structure, args, log):
                 "floor_lo_pct": 100 * f_lo / o.n, "floor_hi_pct": 100 * f_hi / o.n,
                 "drugs_prior_only": " ".join(prior_only),
                 "fit_loss": fit.loss, "fit_converged": fit.converged,
+                "quadrature_ok": quad["ok"], "quadrature_delta_loss": quad["delta_loss"],
+                "quadrature_map_diff_pct": 100 * float(point_check[i] - point[i]),
                 "trial_sd": objective.trial_sd, "her2_drug_sd": objective.her2_drug_sd,
                 "chemo_drug_sd": objective.chemo_drug_sd,
                 "psis_k_hat": post.k_hat, **mcmc_columns(post),
@@ -541,7 +550,7 @@ def _read_rows(path):
         for r in csv.DictReader(fh):
             row = {}
             for k, v in r.items():
-                if k in ("inside", "fit_converged"):
+                if k in ("inside", "fit_converged", "quadrature_ok"):
                     row[k] = v == "True"
                 elif k in ("n", "count"):
                     row[k] = int(v)

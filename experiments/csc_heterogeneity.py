@@ -58,7 +58,7 @@ def residual_csc_median(tm, z, arm):
     i = tm.arm_names.index(arm)
     vals, wts = [], []
     for weight, r in tm.mixture(jnp.asarray(z)):
-        fine, w = tm._fine(r[1])
+        fine, w = tm._fine(r[1], jnp.asarray(z))
         vals.append(np.asarray(fine[i]))
         wts.append(float(weight) * np.asarray(w))
     v, w = np.concatenate(vals), np.concatenate(wts)

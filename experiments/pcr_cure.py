@@ -125,7 +125,7 @@ def _gauss_hermite(n):
     return jnp.asarray(x), jnp.asarray(w / w.sum())
 
 
-def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
+def joint(tm, z, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
           n_gh=None, n_site=1, protected=None):
     """One arm's joint pCR / cure / DFS integrals over patients (vmappable over arms:
     ``i_pre``, ``i_course`` and ``micromet`` [cells] may be traced).
@@ -137,19 +137,20 @@ def joint(tm, res, micromet, i_pre, i_course, c_b, days, rho, coupling=1.0, *,
     eta + sqrt(1 - coupling^2) e2`` (``coupling = 1``, ``n_site = 1``: one responsiveness
     for every site, as in TrialModel). ``protected``: ``TrialModel._protected(z)``, the
     micrometastatic CSCs out of the drugs' reach (None: none), as `TrialModel.dfs` has them.
+    ``z``: the parameters (`TrialModel.interpolate` needs the responsiveness spread).
 
     **Returns:** dict of scalars (``p_t``, ``p_b``: pCR rates; ``cure``; ``pc_t``,
     ``pc_b``: P(pCR and cure)) and arrays over ``days`` (``dfs``, ``dfs_pt``,
     ``dfs_pb``: E[DFS], E[pCR x DFS] for both definitions).
     """
     log_inv, log_s, log_pi, lam, _ = res
-    f_n, w = tm._fine(log_inv[i_pre] + jnp.log(tm.volume_mm3[i_pre]))
-    fine = jnp.linspace(-tm.eta_max, tm.eta_max, f_n.shape[-1])  # TrialModel._fine's grid
+    f_n, w = tm._fine(log_inv[i_pre] + jnp.log(tm.volume_mm3[i_pre]), z)
+    fine = tm.fine_grid()
     e2, w2 = _gauss_hermite(n_site) if n_site > 1 else (jnp.zeros(1), jnp.ones(1))
     eta2 = coupling * fine[:, None] + jnp.sqrt(1.0 - coupling**2) * e2[None, :]
 
-    def site(v):  # node values -> (fine eta, e2), interpolated as TrialModel._fine does
-        return jnp.interp(eta2, tm.nodes(), v)[:, None, None, :]
+    def site(v):  # node values -> (fine eta, e2), as TrialModel._fine interpolates
+        return tm.interpolate(v, eta2, z)[:, None, None, :]
 
     f_s = site(log_s[i_course] + jnp.log(micromet / tm.model.cells_per_mm3))
     f_pi, f_lam = site(log_pi[i_course]), site(lam[i_course])
@@ -240,7 +241,7 @@ class Study:
         weights = jnp.stack([jnp.asarray(w, float) for w, _ in mix])
         res = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[r for _, r in mix])
         per_part = jax.vmap(lambda r: jax.vmap(
-            lambda i, m: joint(tm, r, m, 2 * i, 2 * i + 1, c_b, days, rho, coupling,
+            lambda i, m: joint(tm, z, r, m, 2 * i, 2 * i + 1, c_b, days, rho, coupling,
                                protected=tm._protected(z), **quadrature))(idx, micromet))(res)
         per = {k: jnp.tensordot(weights, v, axes=1) for k, v in per_part.items()}
         w = jnp.asarray(self.weights / self.weights.sum())

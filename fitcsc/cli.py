@@ -229,7 +229,7 @@ def _run(args) -> int:
     from ._jobs.main import clinical_fit_job
     from ._trial.posterior import describe
 
-    least = {"chains": 2 if args.posterior == "chees" else 1, "warmup": 1}
+    least = {"chains": 2 if args.posterior == "chees" else 1, "warmup": 1, "nodes": 3}
     for name, low in least.items():
         if getattr(args, name) < low:
             raise FitcscInputError(f"--{name}: expected an integer >= {low}"
@@ -240,7 +240,7 @@ def _run(args) -> int:
     s = clinical_fit_job(args.out, quick=args.quick, starts=args.starts, steps=args.steps,
                          draws=args.draws, seed=args.seed, structure=args.structure,
                          posterior=args.posterior, chains=args.chains, warmup=args.warmup,
-                         hyper=args.hyper, links=args.links, log=log)
+                         hyper=args.hyper, links=args.links, nodes=args.nodes, log=log)
     for w in s["warnings"]:
         print(f"fitcsc run: warning: {w}", file=sys.stderr)
     if not args.quiet:
@@ -279,6 +279,9 @@ def add_run_command(subparsers, common) -> None:
                    help="Levenberg-Marquardt steps per start at most (default 200)")
     r.add_argument("--draws", type=int, default=2000, help="posterior draws (default 2000)")
     r.add_argument("--seed", type=int, default=0, help="seed of starts and draws")
+    r.add_argument("--nodes", type=int, default=13,
+                   help="responsiveness quadrature nodes (default 13); the run checks the "
+                   "fit at twice as many and warns when its loss or a pCR rate moves")
     r.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
                    help=f"trial model structure (default {DEFAULT_STRUCTURE})")
     r.add_argument("--posterior", default="linear", choices=METHODS,

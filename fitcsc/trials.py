@@ -16,7 +16,8 @@ under public names (the implementation lives in private modules that may move)::
   `hr_pcr_observations`).
 - Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
   `fit_prior_sds` (the hierarchical prior sds, `HYPERS`, by Laplace marginal
-  likelihood over `HYPER_SD_GRID`) and `draw_values`.
+  likelihood over `HYPER_SD_GRID`), `draw_values` and `quadrature_check` (is the
+  responsiveness grid fine enough at a fit?).
 - Posterior: `posterior_draws` (`METHODS`: ``method="linear"``, the default: Laplace
   draws whose predictions are linearised at the MAP, see `linearise_at` and
   `draw_values`'s ``linearise_at``; ``"psis"``: Laplace draws reweighted by PSIS;
@@ -65,6 +66,8 @@ from ._trial.fit import (
     load_fit,
     model_from_fit,
     pcr_observations,
+    quadrature_check,
+    quadrature_warning,
     save_fit,
 )
 from ._trial.model import (
@@ -98,5 +101,6 @@ __all__ = [
     "clinical_fit_job", "load_links", "load_neo_landmarks", "load_pcr", "METHODS",
     "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
-    "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected",
+    "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected", "quadrature_check",
+    "quadrature_warning",
 ]

@@ -200,7 +200,7 @@ def test_hr_covariate_subgroups(neosphere):
     assert np.asarray(z)[2:].tolist() == [0.0, 0.0]  # both shifts start at 0
     fine = jnp.linspace(-tm.eta_max, tm.eta_max, (tm.n_nodes - 1) * tm.refine + 1)
     for shift in (-1.0, 0.0, 0.7):  # weights: N(shift, 1) truncated to the grid
-        _, w = tm._fine(jnp.zeros((1, tm.n_nodes)), shift)
+        _, w = tm._fine(jnp.zeros((1, tm.n_nodes)), z, shift)
         ref = stats.truncnorm(-tm.eta_max - shift, tm.eta_max - shift, loc=shift)
         assert float(jnp.sum(w * fine)) == pytest.approx(ref.mean(), abs=5e-4)
         assert float(jnp.sum(w * (fine - ref.mean()) ** 2)) == pytest.approx(ref.var(),
@@ -531,3 +531,61 @@ def test_objective_jacobian_is_jacfwd_with_every_parameter_free(neosphere):
     ref = np.asarray(jax.jacfwd(obj.core.residuals)(z))
     np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-10)
     assert np.abs(got[:, tm.names.index("growth_response_power")]).max() > 0.0
+
+
+def test_quadrature_check_agrees_with_a_converged_grid(neosphere):
+    """`quadrature_check` passes where the responsiveness grid is accurate and fails
+    where it is not, judged against a converged grid (193 nodes): 13 nodes at the
+    prior's spread are within the tolerance of the converged loss; 7 nodes at a spread
+    of e^2 (adjacent nodes differ in sensitivity by e^2.5) are far off, and the check,
+    which only doubles the grid, says so."""
+    import dataclasses
+
+    from fitcsc._trial.fit import (
+        QUADRATURE_LOSS_TOL,
+        objective_loss,
+        quadrature_check,
+        quadrature_warning,
+    )
+
+    arms, obs = neosphere
+    verdicts = {}
+    for label, nodes, log_sd in (("calm", 13, None), ("wide", 7, 2.0)):
+        tm = TrialModel.build(arms, None, n_nodes=nodes, n_her2=3,
+                              heterogeneity="continuous", chemo_potency=True)
+        obj = Objective(tm, TrialData(pcr=obs))
+        ref = Objective(dataclasses.replace(tm, n_nodes=193), obj.data, **obj.hyper)
+        z = tm.z0()
+        if log_sd is not None:
+            z = z.at[tm.names.index("log_response_sd")].set(log_sd)
+        check = quadrature_check(obj, z)
+        assert check["n_nodes_check"] == 2 * nodes - 1
+        np.testing.assert_allclose(check["loss"], float(objective_loss(z, obj.core)),
+                                   rtol=1e-12)
+        true_error = abs(float(objective_loss(z, ref.core)) - check["loss"])
+        verdicts[label] = (check["ok"], true_error, check["loss_error_estimate"])
+        assert (quadrature_warning(check) is None) == check["ok"]
+    assert verdicts["calm"][0] and verdicts["calm"][1] < 0.5 * QUADRATURE_LOSS_TOL, verdicts
+    assert not verdicts["wide"][0] and verdicts["wide"][1] > 5 * QUADRATURE_LOSS_TOL, verdicts
+
+
+@pytest.mark.parametrize("log_sd", [-3.0, 0.0, 2.5])
+def test_interpolation_is_exact_for_log_residuals_linear_in_r(neosphere, log_sd):
+    """`TrialModel.interpolate` is linear in the kill factor ``r = exp(s eta)``: node
+    values ``a - b r`` (a CSC log residual with every rate scaled by ``r``) come back
+    exactly at any ``eta``, however far apart the nodes are in ``r``, and it is the
+    linear interpolant in ``eta`` as ``s -> 0``."""
+    arms, _ = neosphere
+    tm = TrialModel.build(arms, ("log_response_sd",), n_nodes=7)
+    z = jnp.asarray([log_sd])
+    s = float(np.exp(log_sd))
+    nodes = np.asarray(tm.nodes())
+    a, b = np.asarray([3.0, -1.0])[:, None], np.asarray([0.5, 2e-3])[:, None]
+    eta = np.linspace(-tm.eta_max, tm.eta_max, 37)
+    got = np.asarray(tm.interpolate(jnp.asarray(a - b * np.exp(s * nodes)), eta, z))
+    np.testing.assert_allclose(got, a - b * np.exp(s * eta), rtol=1e-10,
+                               atol=1e-10 * float(np.max(np.abs(b * np.exp(s * eta)))))
+    # s -> 0: the linear interpolant in eta (s = e^-12: weights off by ~ s d / 8)
+    v = np.sin(nodes)[None]
+    got0 = np.asarray(tm.interpolate(jnp.asarray(v), eta, jnp.asarray([-12.0])))[0]
+    np.testing.assert_allclose(got0, np.interp(eta, nodes, v[0]), atol=1e-5)

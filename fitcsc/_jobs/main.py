@@ -167,6 +167,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         draw_values,
         fit_prior_sds,
         fit_trials,
+        quadrature_check,
+        quadrature_warning,
         save_fit,
     )
     from .._trial.model import STRUCTURES, TrialModel, to_natural
@@ -204,6 +206,10 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         fit, objective, evidence = fit_prior_sds(objective, fit, which=HYPERS,
                                                  max_steps=steps)
     fit_s = time.perf_counter() - t_fit
+    quadrature = quadrature_check(objective, fit.z)
+    say(f"quadrature check: negative log posterior {quadrature['loss']:.3f} at {nodes} "
+        f"responsiveness nodes, {quadrature['loss_check']:.3f} at "
+        f"{quadrature['n_nodes_check']}")
 
     say(f"posterior: {draws} draws, {LABELS[posterior]}")
     t_post = time.perf_counter()
@@ -286,6 +292,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                         "raise --steps")
     if record["flag"]:
         warnings.append(record["flag"])
+    if quadrature_warning(quadrature):
+        warnings.append(quadrature_warning(quadrature))
     if prior_only:
         warnings.append("not identified by these data (posterior sd > "
                         f"{PRIOR_ONLY_RATIO:g} x prior sd): " + ", ".join(prior_only))
@@ -323,7 +331,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                   "hyper_choice": ("largest Laplace marginal likelihood"
                                    if evidence else "given"),
                   "hyper_evidence": evidence,
-                  "her2_drug_sd": objective.her2_drug_sd},
+                  "her2_drug_sd": objective.her2_drug_sd,
+                  "quadrature_check": quadrature},
         "optimiser": {"method": "Levenberg-Marquardt, forward-mode Jacobian, "
                                 f"{starts} Sobol starts",
                       "max_steps": steps, "lm_steps": fit.n_steps,

@@ -123,6 +123,18 @@ def _figure(d, name, caption) -> list[str]:
     return [f"({name}: not written by the job)", ""]
 
 
+def _quadrature_line(q) -> str:
+    """The run's responsiveness quadrature check (`fitcsc.trials.quadrature_check`), or
+    nothing for runs saved before it."""
+    if not q:
+        return ""
+    return (f"Quadrature check at the MAP: negative log posterior {q['loss_check']:.3f} at "
+            f"{q['n_nodes_check']} responsiveness nodes (estimated error of the fit's grid "
+            f"{q['loss_error_estimate']:.2f}; largest pCR change "
+            f"{q['max_abs_pcr_diff_pct']:.2f} points, {q['arm']}): "
+            + ("passed" if q["ok"] else "FAILED, see the warnings") + ". ")
+
+
 def _warnings(items) -> list[str]:
     return ["## Warnings", ""] + ([f"- {w}" for w in items] or ["- none"]) + [""]
 
@@ -203,7 +215,7 @@ def _run_lines(d, s) -> list[str]:
         f"{p['posterior_s']} s, total {s['wall_s']} s. {s['n_within_binomial_ci95']} of "
         f"{s['n_arms']} arms: fitted pCR inside the exact binomial 95% CI of the published "
         "count (in sample; experiments/clinical_validation.py scores held-out trials). "
-        + _posterior_check(p), "",
+        + _quadrature_line(m.get("quadrature_check")) + _posterior_check(p), "",
         SECTIONS[3], "",
         "Natural scale (each name's transform of its unconstrained z, as in "
         "posterior.csv's `*_natural` rows). MAP from the fit; mean, sd and 95% HDI over "
