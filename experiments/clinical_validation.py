@@ -455,9 +455,9 @@ def _comparison(root):
              "| structure | options | posterior | arms inside 95% PI | mean signed error "
              "(points) | mean width (points) | width at the MAP, the new trial's effect "
              "only | inside, arms with fitted drugs | adjuvant HRs inside | PSIS k_hat of "
-             "the folds |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             "| target | | | >= 80% | within +-5 | < 30 | | | | < 0.7 |"]
+             "the folds | responsiveness grid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
+             "| target | | | >= 80% | within +-5 | < 30 | | | | < 0.7 | |"]
     ref = next((s["meta_reference"] for _, s in runs if "meta_reference" in s), None)
     arms, obs, _ = load()
     if ref is None:  # runs from before the yardstick: compute it (cheap, no fit)
@@ -466,11 +466,11 @@ def _comparison(root):
                  f"ignored | - | {ref['n_inside_95']}/{ref['n_arms']} "
                  f"({100 * ref['share_inside_95']:.0f}%) | "
                  f"{ref['mean_signed_error_points']:+.1f} | "
-                 f"{ref['mean_width_95_points']:.1f} | | | | |")
+                 f"{ref['mean_width_95_points']:.1f} | | | | | |")
     floor = floor_width([(o.count / o.n, o.n) for o in obs])
     lines.append(f"| oracle: each arm's true rate known (its published rate), binomial "
                  f"sampling only (`binomial_floor`) | - | - | 95% by construction | 0 | "
-                 f"{floor:.1f} | | | | |")
+                 f"{floor:.1f} | | | | | |")
     arm_rows = {}  # each run's arms.csv, read once
     for name, s in runs:
         m, st = s["pcr"], s["settings"]
@@ -488,6 +488,9 @@ def _comparison(root):
               if "psis_k_hat" in r]
         k = [v for v in k if np.isfinite(v)]
         k_text = f"{min(k):.2f}-{max(k):.2f}" if k else "-"
+        folds = {r["held_out"]: r.get("quadrature_ok") for r in arm_rows[name]}
+        grid = ("eta-linear (run before the r-linear fix)" if None in folds.values() else
+                f"r-linear; check passed in {sum(folds.values())}/{len(folds)} folds")
         lines.append(
             f"| [{name}]({name}/RESULT.md) | {opts} | {post} | {m['n_inside_95']}/{m['n_arms']} "
             f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
@@ -495,7 +498,7 @@ def _comparison(root):
             + (f"{m['mean_width_95_map_trial_points']:.1f} | "
                if "mean_width_95_map_trial_points" in m else "- | ")
             + f"{100 * m['share_inside_95_all_drugs_fitted']:.0f}% of "
-            f"{m['n_arms_all_drugs_fitted']} | {hr} | {k_text} |")
+            f"{m['n_arms_all_drugs_fitted']} | {hr} | {k_text} | {grid} |")
     lines += ["", "Posterior: ``linear`` (the default since 2026-12-04) is the delta method, "
               "Laplace draws with every prediction linearised at the fold's MAP, the one "
               "calibrated by simulation (benchmarks/trial_calibration.py); ``psis`` rows are "
@@ -511,7 +514,14 @@ def _comparison(root):
               "every fitted parameter at the fold's MAP and draws only the left-out trial's "
               "effect from its prior (its posterior too: no data of the fold inform it), "
               "then a binomial count: what a new trial's unknown population costs on top "
-              "of the floor, before any parameter uncertainty."]
+              "of the floor, before any parameter uncertainty.", "",
+              "Responsiveness grid: a patient's log residual is computed at 13 nodes of "
+              "responsiveness and interpolated between them. Rows marked eta-linear were run "
+              "with the interpolant linear in eta, whose error grew with the fitted spread "
+              "(3.5 to 21 units of negative log posterior on NeoSphere at 13 nodes for "
+              "spreads 0.5 to e); r-linear rows interpolate linearly in the kill factor r "
+              "(`TrialModel.interpolate`) and check each fold's MAP on a doubled grid "
+              "(`fitcsc.trials.quadrature_check`; per arm in arms.csv)."]
     linked = [(name, s["pcr"]) for name, s in runs if s["settings"].get("links")]
     for name, m in linked:
         if "mean_width_95_map_trial_points" not in m:
