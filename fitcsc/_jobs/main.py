@@ -292,8 +292,9 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                         "raise --steps")
     if record["flag"]:
         warnings.append(record["flag"])
-    if quadrature_warning(quadrature):
-        warnings.append(quadrature_warning(quadrature))
+    quadrature_flag = quadrature_warning(quadrature)
+    if quadrature_flag:
+        warnings.append(quadrature_flag)
     if prior_only:
         warnings.append("not identified by these data (posterior sd > "
                         f"{PRIOR_ONLY_RATIO:g} x prior sd): " + ", ".join(prior_only))

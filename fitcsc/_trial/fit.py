@@ -816,9 +816,11 @@ def quadrature_check(objective: Objective, z, *, factor: int = 2) -> dict:
 
     **Returns:** ``{"n_nodes", "n_nodes_check", "loss", "loss_check", "delta_loss",
     "loss_error_estimate", "max_abs_pcr_diff_pct", "max_pcr_diff_in_binomial_sd",
-    "arm", "ok"}``: ``ok`` when the estimated loss error is at most
-    `QUADRATURE_LOSS_TOL` and no arm's pCR moves by more than `QUADRATURE_PCR_SD_TOL` of
-    its binomial sd (at the check's rate)."""
+    "arm", "ok", "pcr_diff_pct"}``: ``ok`` when the estimated loss error is at most
+    `QUADRATURE_LOSS_TOL` and no observed arm's pCR moves by more than
+    `QUADRATURE_PCR_SD_TOL` of its binomial sd (at the check's rate);
+    ``pcr_diff_pct``: every model arm's pCR change (check minus fit, points, in
+    ``tm.arm_names`` order: arms without data too, e.g. a held-out trial's)."""
     tm = objective.tm
     n_check = factor * (tm.n_nodes - 1) + 1
     fine = Objective(dataclasses.replace(tm, n_nodes=n_check), objective.data,
@@ -826,23 +828,24 @@ def quadrature_check(objective: Objective, z, *, factor: int = 2) -> dict:
     z = jnp.asarray(z, float)
     loss = float(objective_loss(z, objective.core))
     loss_check = float(objective_loss(z, fine.core))
-    obs = objective.data.pcr
-    p = np.asarray(tm.pcr_rates(z)[0])[:len(obs)]
-    p_check = np.asarray(fine.tm.pcr_rates(z)[0])[:len(obs)]
-    n = np.asarray([o.n for o in obs], float)
-    sd = np.sqrt(np.clip(p_check * (1 - p_check), 1e-12, None) / n)
-    in_sd = np.abs(p - p_check) / sd
-    k = int(np.argmax(in_sd)) if len(obs) else 0
+    p = np.asarray(tm.pcr_rates(z)[0])
+    p_check = np.asarray(fine.tm.pcr_rates(z)[0])
+    idx = np.asarray(objective.core.p_idx, int)  # each observed arm's index in the model
+    n = np.asarray([o.n for o in objective.data.pcr], float)
+    in_sd = np.abs(p - p_check)[idx] / np.sqrt(
+        np.clip(p_check[idx] * (1 - p_check[idx]), 1e-12, None) / n)
+    k = int(np.argmax(in_sd)) if idx.size else None
+    worst = float(in_sd[k]) if idx.size else 0.0
     error = factor**2 / (factor**2 - 1) * abs(loss_check - loss)
-    ok = (error <= QUADRATURE_LOSS_TOL
-          and (not len(obs) or float(in_sd[k]) <= QUADRATURE_PCR_SD_TOL))
     return {"n_nodes": int(tm.n_nodes), "n_nodes_check": int(n_check),
             "loss": loss, "loss_check": loss_check, "delta_loss": loss_check - loss,
             "loss_error_estimate": error,
-            "max_abs_pcr_diff_pct": float(100 * np.max(np.abs(p - p_check))) if len(obs)
-            else 0.0,
-            "max_pcr_diff_in_binomial_sd": float(in_sd[k]) if len(obs) else 0.0,
-            "arm": obs[k].arm if len(obs) else None, "ok": bool(ok)}
+            "max_abs_pcr_diff_pct": float(100 * np.max(np.abs(p - p_check)[idx]))
+            if idx.size else 0.0,
+            "max_pcr_diff_in_binomial_sd": worst,
+            "arm": objective.data.pcr[k].arm if idx.size else None,
+            "ok": bool(error <= QUADRATURE_LOSS_TOL and worst <= QUADRATURE_PCR_SD_TOL),
+            "pcr_diff_pct": [float(v) for v in 100 * (p_check - p)]}
 
 
 def quadrature_warning(check: dict) -> str | None:
