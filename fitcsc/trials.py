@@ -17,7 +17,8 @@ under public names (the implementation lives in private modules that may move)::
 - Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
   `fit_prior_sds` (the hierarchical prior sds, `HYPERS`, by Laplace marginal
   likelihood over `HYPER_SD_GRID`), `draw_values` and `quadrature_check` (is the
-  responsiveness grid fine enough at a fit?).
+  responsiveness grid fine enough at a fit?) and `trial_spread_check` (do the fitted
+  trial effects fit the between-trial prior that a new trial's prediction draws from?).
 - Posterior: `posterior_draws` (`METHODS`: ``method="linear"``, the default: Laplace
   draws whose predictions are linearised at the MAP, see `linearise_at` and
   `draw_values`'s ``linearise_at``; ``"psis"``: Laplace draws reweighted by PSIS;
@@ -69,6 +70,8 @@ from ._trial.fit import (
     quadrature_check,
     quadrature_warning,
     save_fit,
+    trial_spread_check,
+    trial_spread_warning,
 )
 from ._trial.model import (
     CHEMO_REFERENCE_DOSE,
@@ -102,5 +105,5 @@ __all__ = [
     "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
     "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected", "quadrature_check",
-    "quadrature_warning",
+    "quadrature_warning", "trial_spread_check", "trial_spread_warning",
 ]

@@ -269,6 +269,23 @@ def test_csc_heterogeneity_quick(quick_fit, tmp_path):
         assert 0 <= r["n_arms_inside_ci95"] <= 4 and math.isfinite(r["residual_csc_log10_median"])
 
 
+def test_trial_spread_quick(quick_fit, tmp_path):
+    exp = _load("trial_spread")
+    fit = str(quick_fit[0] / "fit.json")
+    s = exp.main(exp.parse_args(["--quick", "--fit", fit, "--out", str(tmp_path)]))
+    for name in ("widths.csv", "summary.json", "trial_spread.png", "RESULT.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    c = s["trial_spread_check"]
+    eff = np.asarray(list(c["effects"].values()))
+    assert c["rms"] == pytest.approx(float(np.sqrt(np.mean(eff**2))))
+    # a larger shift sd moves every arm's rate further (pCR is monotone in log burden and
+    # the draws u are shared), so the rate-only width grows with tau
+    taus = sorted(s["rate_width_by_tau"], key=float)
+    w = [s["rate_width_by_tau"][t] for t in taus]
+    assert len(w) >= 2 and all(a < b for a, b in zip(w, w[1:], strict=False)), w
+    assert all(0.0 < v <= 100.0 for v in s["mean_width_by_tau"].values())
+
+
 def test_clinical_validation_quick(tmp_path):
     """Leave-one-trial-out harness: each left-out arm's published count, its predictive
     interval, the inside flag and the summary metrics agree with each other."""

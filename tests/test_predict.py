@@ -336,6 +336,34 @@ def test_unreliable_posterior_is_flagged(tmp_path, regimens, capsys):
         assert ("flag" in summary["posterior"]) == flagged
 
 
+def test_trials_spread_beyond_their_prior_are_flagged(tmp_path, regimens, capsys):
+    """A fit whose trial effects spread far beyond the between-trial prior (from which a
+    new trial's effect is drawn) gets a warning on screen, in summary.json and in the
+    report; effects inside it none."""
+    arms = [Arm("NEOSPHERE-TH", regimens["NEOSPHERE-TH"], trial="NeoSphere"),
+            Arm("NEOALTTO-T", regimens["NEOALTTO-T"], trial="NeoALTTO")]
+    names = ("log_kill_scale", "log_her2_potency#trastuzumab", "trial_effect#NeoSphere",
+             "trial_effect#NeoALTTO")
+    reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    for tag, effects, flagged in (("wide", (-2.0, 2.5), True), ("inside", (-0.2, 0.3), False)):
+        d = tmp_path / f"fit_{tag}"
+        d.mkdir()
+        _save(d, arms, names)  # trial_sd 0.5
+        doc = json.loads((d / "fit.json").read_text())
+        doc["z"][2:4] = list(effects)
+        (d / "fit.json").write_text(json.dumps(doc))
+        capsys.readouterr()
+        out = tmp_path / f"out_{tag}"
+        assert _predict(d, reg, out, "--quiet") == 0
+        err = capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        report = (out / "report.md").read_text()
+        assert ("differ more than the between-trial prior" in err) == flagged, err
+        assert (summary["trial_spread_flag"] is not None) == flagged
+        assert summary["trial_spread_check"]["trial_sd"] == 0.5
+        assert ("NeoALTTO +2.50" in report) == flagged
+
+
 def test_unconverged_chains_are_flagged(tmp_path, regimens, capsys):
     """Saved MCMC draws whose R-hat exceeds 1.01 or that had divergences (`fitcsc run
     --posterior nuts`) are flagged on screen, in summary.json and in the report; the flag

@@ -24,6 +24,8 @@ from fitcsc._trial.fit import (
     model_from_fit,
     pcr_observations,
     save_fit,
+    trial_spread_check,
+    trial_spread_warning,
 )
 from fitcsc._trial.model import Arm, TrialModel
 
@@ -382,6 +384,40 @@ def test_trial_sd_by_marginal_likelihood_matches_quadrature(neosphere):
     assert abs(float(best.z[0]) - modes[k]) < 1e-4
 
 
+def test_prior_sds_refit_falls_back_to_the_map_when_the_linearised_mode_fails(
+        neosphere, monkeypatch):
+    """When the refit from the linearised mode is not finite (in a validation fold the
+    chosen sds of 4 moved it where the model is not finite, and the fold crashed on its
+    NaN covariance), `fit_prior_sds` refits from the MAP at the start sds and says so;
+    otherwise it keeps the linearised start."""
+    import dataclasses as dc
+
+    import fitcsc._trial.fit as trial_fit
+
+    arms, obs = neosphere
+    tm = TrialModel.build(arms, ("trial_effect#NeoSphere",), n_nodes=9)
+    obj = Objective(tm, TrialData(pcr=obs), trial_sd=1.0)
+    fit = fit_trials(obj, n_starts=1)
+    _, _, rec = trial_fit.fit_prior_sds(obj, fit, grid=(0.5, 1.0, 2.0))
+    assert rec["refit_start"] == "linearised mode"
+    real, starts = trial_fit.fit_trials, []
+
+    def failing_first(objective, **kw):
+        starts.append(np.asarray(kw["start"], float))
+        out = real(objective, **kw)
+        if len(starts) == 1:  # the linearised start "fails"
+            return dc.replace(out, loss=np.inf, cov=np.full_like(np.asarray(out.cov), np.nan))
+        return out
+
+    monkeypatch.setattr(trial_fit, "fit_trials", failing_first)
+    best, best_obj, rec = trial_fit.fit_prior_sds(obj, fit, grid=(0.5, 1.0, 2.0))
+    assert len(starts) == 2 and np.array_equal(starts[1], np.asarray(fit.z))
+    assert rec["refit_start"].startswith("MAP at the start sds")
+    assert np.isfinite(best.loss) and np.all(np.isfinite(np.asarray(best.cov)))
+    ref = real(best_obj, n_starts=1, start=fit.z)
+    assert best.loss == pytest.approx(ref.loss, rel=1e-12)
+
+
 def test_two_margin_residuals_are_the_exact_likelihood_with_information():
     """ypT0 and ypT0/is ypN0 counts of one arm (GeparQuattro): ``0.5 |r|^2`` differs
     from the exact -log P(k_a, k_b) (a sum over the unseen joint count, by brute force
@@ -531,6 +567,33 @@ def test_objective_jacobian_is_jacfwd_with_every_parameter_free(neosphere):
     ref = np.asarray(jax.jacfwd(obj.core.residuals)(z))
     np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-10)
     assert np.abs(got[:, tm.names.index("growth_response_power")]).max() > 0.0
+
+
+def test_trial_spread_check_has_its_nominal_size_and_flags_a_wider_spread():
+    """Trial effects drawn from their prior N(0, sd) (what a MAP effect would be without
+    shrinkage; shrinkage only lowers the statistic) are flagged at the nominal 1%; effects
+    whose sd is 2.2 times the prior's (the shipped fit's ratio) are flagged far more often;
+    the statistic is the chi-square of scipy; a model without trial effects has no check."""
+    rng = np.random.default_rng(3)
+    names = ("log_kill_scale",) + tuple(f"trial_effect#T{k}" for k in range(5))
+    sd, reps = 0.7, 4000
+    for ratio, lo, hi in ((1.0, 0.006, 0.014), (2.2, 0.6, 1.0)):
+        flags = 0
+        for _ in range(reps):
+            z = np.concatenate([[1.3], ratio * sd * rng.standard_normal(5)])
+            c = trial_spread_check(names, z, sd)
+            flags += not c["ok"]
+        assert lo <= flags / reps <= hi, (ratio, flags / reps)
+    z = np.array([0.0, -2.94, 0.15, -0.73, 0.25, 3.75])
+    c = trial_spread_check(names, z, 1.0)
+    assert c["q"] == pytest.approx(float(np.sum(z[1:] ** 2)))
+    assert c["p_value"] == pytest.approx(stats.chi2.sf(c["q"], 5))
+    assert c["rms"] == pytest.approx(float(np.sqrt(np.mean(z[1:] ** 2))))
+    assert set(c["effects"]) == {f"T{k}" for k in range(5)}
+    w = trial_spread_warning(c)
+    assert not c["ok"] and "T4 +3.75" in w and "too narrow" in w
+    assert trial_spread_warning(trial_spread_check(names, 0.1 * z, 1.0)) is None
+    assert trial_spread_check(("log_kill_scale",), [0.0], 1.0) is None
 
 
 def test_quadrature_check_agrees_with_a_converged_grid(neosphere):

@@ -170,6 +170,8 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
         quadrature_check,
         quadrature_warning,
         save_fit,
+        trial_spread_check,
+        trial_spread_warning,
     )
     from .._trial.model import STRUCTURES, TrialModel, to_natural
     from .._trial.posterior import LABELS, METHODS, linearise_at, posterior_draws
@@ -295,6 +297,10 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     quadrature_flag = quadrature_warning(quadrature)
     if quadrature_flag:
         warnings.append(quadrature_flag)
+    spread = trial_spread_check(tm.names, fit.z, objective.trial_sd)
+    spread_flag = trial_spread_warning(spread)
+    if spread_flag:
+        warnings.append(spread_flag)
     if prior_only:
         warnings.append("not identified by these data (posterior sd > "
                         f"{PRIOR_ONLY_RATIO:g} x prior sd): " + ", ".join(prior_only))
@@ -333,7 +339,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
                                    if evidence else "given"),
                   "hyper_evidence": evidence,
                   "her2_drug_sd": objective.her2_drug_sd,
-                  "quadrature_check": quadrature},
+                  "quadrature_check": quadrature, "trial_spread_check": spread},
         "optimiser": {"method": "Levenberg-Marquardt, forward-mode Jacobian, "
                                 f"{starts} Sobol starts",
                       "max_steps": steps, "lm_steps": fit.n_steps,

@@ -30,7 +30,11 @@ supplies an assumption, flagged in the ``assumptions`` column and on screen:
 - DFS, hazard ratios or a burden trial from a fit without adjuvant data;
 - posterior draws that cannot be trusted (PSIS k_hat > 0.7, MCMC R-hat > 1.01 or any
   divergence; `fitcsc._trial.posterior.posterior_flag`): flagged on screen, in
-  ``summary.json`` (``posterior.flag``) and in the report.
+  ``summary.json`` (``posterior.flag``) and in the report;
+- a fit whose trials spread more than the between-trial prior from which a new trial's
+  effect is drawn (`fitcsc._trial.fit.trial_spread_check`): the new-trial intervals are
+  too narrow; flagged on screen, in ``summary.json`` (``trial_spread_flag``) and in the
+  report.
 
 The folder gets ``report.md`` (`fitcsc._jobs.report.write_report`) beside the CSVs and
 ``predictions.png``.
@@ -57,7 +61,15 @@ from .._io.files import csv_text, pyplot, run_record, save_figure, write_atomic
 from .._model.drugs import CATALOGUE
 from .._status import outcome
 from .._trial.endpoints import hazard_ratio
-from .._trial.fit import YEAR, draw_values, load_draws, load_fit, saved_her2_scale
+from .._trial.fit import (
+    YEAR,
+    draw_values,
+    load_draws,
+    load_fit,
+    saved_her2_scale,
+    trial_spread_check,
+    trial_spread_warning,
+)
 from .._trial.model import (
     CHEMO_REFERENCE_DOSE,
     DEFINITIONS,
@@ -409,6 +421,13 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     if flag:
         posterior["flag"] = flag
         log(f"fitcsc predict: warning: {flag}")
+    # the new trial's effect is drawn from the fit's between-trial prior: flag a fit
+    # whose own trials spread more than it allows
+    spread = trial_spread_check(doc["names"], doc["z"],
+                                doc.get("hyper", {}).get("trial_sd", 1.0))
+    spread_flag = trial_spread_warning(spread)
+    if spread_flag:
+        log(f"fitcsc predict: warning: {spread_flag}")
     for d in unsupported:
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")
@@ -424,6 +443,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         "her2_dependence": list(map(float, her2_dependence)) if her2_dependence else [1.0, 1.0],
         "volume_mm3": volume_mm3, "new_trial_effect": any(
             n.startswith("trial_effect#") for n in doc["names"]),
+        "trial_spread_check": spread, "trial_spread_flag": spread_flag,
         "n_draws": n_draws, "seed": seed, "posterior": posterior,
         "interval": "95% percentile intervals over posterior draws of the fit; pcr_pred_*: "
                     "the rate a trial arm of n_patients observes (binomial per draw)",

@@ -135,6 +135,19 @@ def _quadrature_line(q) -> str:
             + ("passed" if q["ok"] else "FAILED, see the warnings") + ". ")
 
 
+def _spread_line(t) -> str:
+    """The run's between-trial spread check (`fitcsc.trials.trial_spread_check`), or
+    nothing for models without trial effects and runs saved before it."""
+    if not t:
+        return ""
+    eff = ", ".join(f"{k} {v:+.2f}" for k, v in t["effects"].items())
+    return (f"Trial effects (log burden): {eff}; root mean square {t['rms']:.2f} against "
+            f"the prior sd {t['trial_sd']:g} that a new trial's prediction draws from "
+            f"(chi-square {t['q']:.1f} on {t['df']} df, p = {t['p_value']:.2g}): "
+            + ("consistent" if t["ok"] else "the trials spread more, so new-trial intervals "
+               "are too narrow, see the warnings") + ". ")
+
+
 def _warnings(items) -> list[str]:
     return ["## Warnings", ""] + ([f"- {w}" for w in items] or ["- none"]) + [""]
 
@@ -215,7 +228,8 @@ def _run_lines(d, s) -> list[str]:
         f"{p['posterior_s']} s, total {s['wall_s']} s. {s['n_within_binomial_ci95']} of "
         f"{s['n_arms']} arms: fitted pCR inside the exact binomial 95% CI of the published "
         "count (in sample; experiments/clinical_validation.py scores held-out trials). "
-        + _quadrature_line(m.get("quadrature_check")) + _posterior_check(p), "",
+        + _quadrature_line(m.get("quadrature_check"))
+        + _spread_line(m.get("trial_spread_check")) + _posterior_check(p), "",
         SECTIONS[3], "",
         "Natural scale (each name's transform of its unconstrained z, as in "
         "posterior.csv's `*_natural` rows). MAP from the fit; mean, sd and 95% HDI over "
@@ -570,6 +584,8 @@ def _predict_lines(d, s) -> list[str]:
               f"{', '.join(v)}" for k, v in s["pcr_definitions_refused"].items()]
     if post.get("flag"):
         notes.append(post["flag"])
+    if s.get("trial_spread_flag"):
+        notes.append(s["trial_spread_flag"])
     notes += [f"arm {r['arm']} ({r['pcr_definition']}): failed in some draw"
               for r in rows if r["status"] != "ok"]
     lines += _warnings(notes)
