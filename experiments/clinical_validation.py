@@ -486,8 +486,9 @@ def _comparison(root):
         k = [v for v in k if np.isfinite(v)]
         k_text = f"{min(k):.2f}-{max(k):.2f}" if k else "-"
         folds = {r["held_out"]: r.get("quadrature_ok") for r in arm_rows[name]}
-        grid = ("eta-linear (run before the r-linear fix)" if None in folds.values() else
-                f"r-linear; check passed in {sum(folds.values())}/{len(folds)} folds")
+        grid = (f"{st.get('nodes', 13)} nodes, "
+                + ("eta-linear (run before the r-linear fix)" if None in folds.values() else
+                   f"r-linear; check passed in {sum(folds.values())}/{len(folds)} folds"))
         lines.append(
             f"| [{name}]({name}/RESULT.md) | {opts} | {post} | {m['n_inside_95']}/{m['n_arms']} "
             f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
@@ -512,13 +513,17 @@ def _comparison(root):
               "effect from its prior (its posterior too: no data of the fold inform it), "
               "then a binomial count: what a new trial's unknown population costs on top "
               "of the floor, before any parameter uncertainty.", "",
-              "Responsiveness grid: a patient's log residual is computed at 13 nodes of "
-              "responsiveness and interpolated between them. Rows marked eta-linear were run "
-              "with the interpolant linear in eta, whose error grew with the fitted spread "
+              "Responsiveness grid: a patient's log residual is computed at the run's "
+              "nodes of responsiveness and interpolated between them. Rows marked "
+              "eta-linear were run with the interpolant linear in eta, whose error grew "
+              "with the fitted spread "
               "(3.5 to 21 units of negative log posterior on NeoSphere at 13 nodes for "
               "spreads 0.5 to e); r-linear rows interpolate linearly in the kill factor r "
               "(`TrialModel.interpolate`) and check each fold's MAP on a doubled grid "
-              "(`fitcsc.trials.quadrature_check`; per arm in arms.csv)."]
+              "(`fitcsc.trials.quadrature_check`; per arm in arms.csv). The interpolant is "
+              "exact for the CSC log residual only with growth_response_power 1: with it "
+              "free (`continuous_kill_alpha`) the check failed in every fold at 13 nodes, "
+              "so that row is not a result; the 25-node row is the one to read."]
     linked = [(name, s["pcr"]) for name, s in runs if s["settings"].get("links")]
     for name, m in linked:
         if "mean_width_95_map_trial_points" not in m:
