@@ -291,8 +291,9 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         posterior = {"sampler": "linear", "method": LABELS["linear"]
                      + " (the fit saved no draws: drawn from its covariance)"}
     z_map0 = np.asarray(doc["z"])[None, :]
+    trial_sd = doc.get("hyper", {}).get("trial_sd", 1.0)  # a new trial's shift sd
     names, base_kill, draws, flags = _extend(doc, assumptions, np.asarray(draws0), seed,
-                                             doc.get("hyper", {}).get("trial_sd", 1.0))
+                                             trial_sd)
     z_map = _extend(doc, assumptions, z_map0, seed, 0.0, noise=False)[2][0]
     fixed = dict(doc["fixed"])
     if her2_dependence is not None:
@@ -423,8 +424,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         log(f"fitcsc predict: warning: {flag}")
     # the new trial's effect is drawn from the fit's between-trial prior: flag a fit
     # whose own trials spread more than it allows
-    spread = trial_spread_check(doc["names"], doc["z"],
-                                doc.get("hyper", {}).get("trial_sd", 1.0))
+    spread = trial_spread_check(doc["names"], doc["z"], trial_sd)
     spread_flag = trial_spread_warning(spread)
     if spread_flag:
         log(f"fitcsc predict: warning: {spread_flag}")
