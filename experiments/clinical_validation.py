@@ -415,7 +415,7 @@ def main(args) -> dict:
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
                      "hyper": args.hyper, "links": bool(args.links),
-                     "seed": args.seed}
+                     "interpolant": INTERPOLANT, "seed": args.seed}
         | ({"chains": args.chains, "warmup": args.warmup}
            if args.posterior in ("nuts", "chees") else {}),
         "interval": "95% posterior predictive interval of the count for a trial of the "
@@ -488,7 +488,8 @@ def _comparison(root):
         folds = {r["held_out"]: r.get("quadrature_ok") for r in arm_rows[name]}
         grid = (f"{st.get('nodes', 13)} nodes, "
                 + ("eta-linear (run before the r-linear fix)" if None in folds.values() else
-                   f"r-linear; check passed in {sum(folds.values())}/{len(folds)} folds"))
+                   f"{st.get('interpolant', 'r-linear')}; check passed in "
+                   f"{sum(folds.values())}/{len(folds)} folds"))
         lines.append(
             f"| [{name}]({name}/RESULT.md) | {opts} | {post} | {m['n_inside_95']}/{m['n_arms']} "
             f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
@@ -519,11 +520,14 @@ def _comparison(root):
               "with the fitted spread "
               "(3.5 to 21 units of negative log posterior on NeoSphere at 13 nodes for "
               "spreads 0.5 to e); r-linear rows interpolate linearly in the kill factor r "
-              "(`TrialModel.interpolate`) and check each fold's MAP on a doubled grid "
-              "(`fitcsc.trials.quadrature_check`; per arm in arms.csv). The interpolant is "
+              "and check each fold's MAP on a doubled grid "
+              "(`fitcsc.trials.quadrature_check`; per arm in arms.csv). That interpolant is "
               "exact for the CSC log residual only with growth_response_power 1: with it "
-              "free (`continuous_kill_alpha`) the check failed in every fold at 13 nodes, "
-              "so that row is not a result; the 25-node row is the one to read."]
+              "free the check failed in every fold at 13 nodes (the r-linear 13-node "
+              "`continuous_kill_alpha` run of 2026-12-05, replaced). Rows marked "
+              f"{INTERPOLANT} use `TrialModel.interpolate` since 2026-12-05: three "
+              "adjacent nodes, exact for c0 + c1 r^alpha + c2 r (the CSC log residual) for "
+              "every alpha, so 13 nodes suffice with alpha free."]
     linked = [(name, s["pcr"]) for name, s in runs if s["settings"].get("links")]
     for name, m in linked:
         if "mean_width_95_map_trial_points" not in m:
@@ -672,6 +676,10 @@ def _result_md(rows, hr_rows, s, path):
     lines += ["", f"Interval: {s['interval']}.", "",
               f"Machine: {s['device']}, {s['precision']}; wall {s['wall_s']} s."]
     write_atomic(path, "\n".join(lines) + "\n")
+
+
+# how runs from this version interpolate between responsiveness nodes (`TrialModel.interpolate`)
+INTERPOLANT = "exp-3-node"
 
 
 def parse_args(argv=None):

@@ -632,23 +632,44 @@ def test_quadrature_check_agrees_with_a_converged_grid(neosphere):
     assert not verdicts["wide"][0] and verdicts["wide"][1] > 5 * QUADRATURE_LOSS_TOL, verdicts
 
 
-@pytest.mark.parametrize("log_sd", [-3.0, 0.0, 2.5])
-def test_interpolation_is_exact_for_log_residuals_linear_in_r(neosphere, log_sd):
-    """`TrialModel.interpolate` is linear in the kill factor ``r = exp(s eta)``: node
-    values ``a - b r`` (a CSC log residual with every rate scaled by ``r``) come back
-    exactly at any ``eta``, however far apart the nodes are in ``r``, and it is the
-    linear interpolant in ``eta`` as ``s -> 0``."""
+@pytest.mark.parametrize("log_sd,alpha", [(-3.0, 1.0), (0.0, 1.0), (1.0, 1.0), (0.85, -0.98),
+                                           (0.0, 0.0), (1.0, 2.0), (0.5, 1.0 + 1e-9)])
+def test_interpolation_is_exact_for_csc_log_residuals_and_lineage_rates(neosphere, log_sd,
+                                                                        alpha):
+    """`TrialModel.interpolate` is exact, at any ``eta``, for node values ``c0 + c1 r^alpha
+    + c2 r`` (a CSC log residual: turnover scaled by ``r^alpha``, kill by ``r``; a
+    lineage rate is the case ``c0 = c2 = 0``), however far apart the nodes are in ``r``,
+    for ``alpha`` 1 (where ``r^alpha`` and ``r`` coincide), near 1, 0, negative and
+    above 1; it interpolates the nodes; and as ``s -> 0`` it is the quadratic through
+    three adjacent nodes."""
     arms, _ = neosphere
-    tm = TrialModel.build(arms, ("log_response_sd",), n_nodes=7)
-    z = jnp.asarray([log_sd])
+    tm = TrialModel.build(arms, ("log_response_sd", "growth_response_power"), n_nodes=7)
+    z = jnp.asarray([log_sd, alpha])
     s = float(np.exp(log_sd))
+    assert abs(float(tm._value(z, "log_response_sd")) - s) < 1e-12 * s
+    assert float(tm._value(z, "growth_response_power")) == alpha
     nodes = np.asarray(tm.nodes())
-    a, b = np.asarray([3.0, -1.0])[:, None], np.asarray([0.5, 2e-3])[:, None]
-    eta = np.linspace(-tm.eta_max, tm.eta_max, 37)
-    got = np.asarray(tm.interpolate(jnp.asarray(a - b * np.exp(s * nodes)), eta, z))
-    np.testing.assert_allclose(got, a - b * np.exp(s * eta), rtol=1e-10,
-                               atol=1e-10 * float(np.max(np.abs(b * np.exp(s * eta)))))
-    # s -> 0: the linear interpolant in eta (s = e^-12: weights off by ~ s d / 8)
-    v = np.sin(nodes)[None]
-    got0 = np.asarray(tm.interpolate(jnp.asarray(v), eta, jnp.asarray([-12.0])))[0]
-    np.testing.assert_allclose(got0, np.interp(eta, nodes, v[0]), atol=1e-5)
+    c0, c1, c2 = (np.asarray(v)[:, None] for v in ([3.0, -1.0, 0.0], [-0.7, 2e-3, 0.01],
+                                                    [0.5, 2e-3, 0.0]))
+
+    def f(eta):
+        return c0 + c1 * np.exp(alpha * s * eta) + c2 * np.exp(s * eta)
+
+    eta = np.linspace(-tm.eta_max - 0.5, tm.eta_max + 0.5, 61)
+    got = np.asarray(tm.interpolate(jnp.asarray(f(nodes)), eta, z))
+    want = f(np.clip(eta, nodes[0], nodes[-1]))  # clamped to the grid
+    scale = np.max(np.abs(c1 * np.exp(alpha * s * eta)) + np.abs(c2 * np.exp(s * eta))
+                   + np.abs(c0), axis=1)
+    assert np.all(np.abs(got - want).max(axis=1) <= 1e-9 * scale), np.abs(got - want).max(axis=1)
+    # at the nodes it returns the node values, whatever they are
+    v = np.random.default_rng(0).normal(size=(2, nodes.size))
+    np.testing.assert_allclose(np.asarray(tm.interpolate(jnp.asarray(v), nodes, z)), v,
+                               atol=1e-12)
+    # s -> 0: the quadratic through nodes (c - 1, c, c + 1) of each interval (first: 0-2)
+    q = np.asarray(tm.interpolate(jnp.asarray(v), eta, jnp.asarray([-30.0, alpha])))
+    d = nodes[1] - nodes[0]
+    for e, row in zip(np.clip(eta, nodes[0], nodes[-1]), q.T, strict=True):
+        c = min(max(int(np.clip(np.floor((e - nodes[0]) / d), 0, 5)), 1), 5)
+        for j in range(2):
+            poly = np.polyfit(nodes[c - 1:c + 2], v[j, c - 1:c + 2], 2)
+            assert abs(np.polyval(poly, e) - row[j]) < 1e-9

@@ -23,9 +23,9 @@ Patients (virtual, integrated, never sampled):
   typical tumour's regrowth outpaces no patient's: under chemotherapy alone the net
   change of a patient's log CSC count is ``r`` times the typical one). The residual
   is simulated on a grid of ``n_nodes`` values of ``eta`` and interpolated (log
-  scale, linear in ``r`` between nodes: `TrialModel.interpolate`) onto a fine grid, so
-  that the arm rates, which are integrals of nearly step-like functions of ``eta``,
-  stay smooth in ``z``.
+  scale, through three adjacent nodes in the span of ``1, r^alpha, r``, exact for the
+  CSC log residual: `TrialModel.interpolate`) onto a fine grid, so that the arm rates,
+  which are integrals of nearly step-like functions of ``eta``, stay smooth in ``z``.
 
 Per patient (DESIGN §3): ``P(pCR) = exp(-c N_inv(t_s))`` at surgery, with ``c = 1`` for
 pCR in breast and nodes and a fitted ``c < 1`` (the breast's share of residual
@@ -71,6 +71,10 @@ from .endpoints import (
     recurrence_day,
     with_protected,
 )
+
+# Gauss-Legendre on [0, 1] for `TrialModel.interpolate`'s basis functions
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_GL_NODES, _GL_WEIGHTS = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W
 
 # Fixed, documented calibration (DESIGN §3; illustrative where the literature is silent).
 BASE = dict(
@@ -618,25 +622,50 @@ class TrialModel(eqx.Module):
         """Node values ``(..., n_nodes)`` at responsiveness ``eta`` (any shape; clamped to
         the grid): ``(..., *eta.shape)``.
 
-        Linear in the patient's kill factor ``r = exp(s eta)`` between nodes, not in
-        ``eta``: a patient's log residual is ``a - b r`` for the CSCs (exactly, with
-        ``growth_response_power`` 1: every rate in their exponent scales with ``r``), and
-        her lineage rate is proportional to ``r``, so the interpolant is exact for them
-        however far apart adjacent nodes are in sensitivity (``exp(s d)``, ``d`` the node
-        spacing). Linear in ``eta``, the chord of ``-b exp(s eta)`` lies above it: on
-        NeoSphere at 13 nodes the negative log posterior was off by 3.5 to 21 units for
-        ``s`` from 0.5 to e (0.3 to 0.6 with this interpolant; 97 and 193 nodes
-        converged). Within an interval, at fraction ``u``, the weight of the upper node
-        is ``(e^{s d u} - 1) / (e^{s d} - 1)``, written with non-positive exponents."""
+        Through three adjacent nodes (the interval's two and its left neighbour; the
+        first interval uses its right one), in the span of ``1``, ``g = r^alpha`` and
+        ``r = exp(s eta)`` (``alpha``: ``growth_response_power``). A patient's CSC log
+        residual is ``c0 + c1 g + c2 r`` (the turnover rates in its exponent scale with
+        ``g``, the kill with ``r``), her lineage rate is proportional to ``g`` and her
+        lasting-lineage chance does not depend on ``eta``, so the interpolant is exact
+        for all three, for every ``alpha``, however far apart adjacent nodes are in
+        sensitivity. With ``alpha`` 1 the span is ``1, r, eta r``; as ``s -> 0`` it is
+        the quadratic through the three nodes. (The interpolant linear in ``r`` that this
+        replaces was exact only for ``alpha`` 1: with ``alpha`` free a 13-node fit moved
+        by 1 to 49 units of negative log posterior on a doubled grid.)
+
+        In the local coordinate ``u`` (node spacings from the stencil's centre) the basis
+        is the Newton form of exponential divided differences, ``phi1(u) = int_0^u e^{a
+        v} dv`` and ``phi2(u) = int_0^1 int_0^u v e^{(a + t (b - a)) v} dv dt`` with ``a
+        = alpha s d``, ``b = s d``: smooth in ``a`` and ``b`` through ``a = b`` and ``0``,
+        evaluated by Gauss-Legendre quadrature (exact to rounding for ``|a|, |b|`` up to
+        about 10)."""
         nodes = self.nodes()
+        n = self.n_nodes
         d = nodes[1] - nodes[0]
-        pos = jnp.clip((jnp.asarray(eta, float) - nodes[0]) / d, 0.0, self.n_nodes - 1.0)
-        i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, self.n_nodes - 2)
-        u = pos - i
-        a = jnp.maximum(self._value(z, "log_response_sd") * d, 1e-12)
-        t = jnp.exp(a * (u - 1.0)) * jnp.expm1(-a * u) / jnp.expm1(-a)
-        v0, v1 = values[..., i], values[..., i + 1]
-        return v0 + t * (v1 - v0)
+        pos = jnp.clip((jnp.asarray(eta, float) - nodes[0]) / d, 0.0, n - 1.0)
+        i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, n - 2)
+        c = jnp.clip(i, 1, n - 2)  # the stencil's centre: nodes c - 1, c, c + 1
+        u = pos - c  # in [-1, 1]
+        s = self._value(z, "log_response_sd")
+        a, b = self._value(z, "growth_response_power") * s * d, s * d
+        t, wt = _GL_NODES, _GL_WEIGHTS
+
+        def phi(x):  # (phi1, phi2) at x (any shape)
+            xt = x[..., None] * t  # (..., K)
+            p1 = x * jnp.sum(wt * jnp.exp(a * xt), axis=-1)
+            rate = a + t * (b - a)  # (K,) over the divided difference's t
+            e = jnp.exp(rate[:, None] * xt[..., None, :])  # (..., K_t, K_v)
+            p2 = x**2 * jnp.einsum("...ij,i,j->...", e, wt, wt * t)
+            return p1, p2
+
+        p1, p2 = phi(u)
+        (q1p, q1m), (q2p, q2m) = phi(jnp.asarray([1.0, -1.0]))
+        det = q1p * q2m - q2p * q1m
+        w_up = (p1 * q2m - p2 * q1m) / det  # weight of v[c + 1] - v[c]
+        w_down = (p2 * q1p - p1 * q2p) / det  # weight of v[c - 1] - v[c]
+        v0 = values[..., c]
+        return v0 + w_up * (values[..., c + 1] - v0) + w_down * (values[..., c - 1] - v0)
 
     def fine_grid(self, refine=None):
         """The fine responsiveness grid: ``refine`` points (default the model's) per node
