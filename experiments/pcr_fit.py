@@ -6,8 +6,9 @@ GeparQuattro, NeoSphere, NeoALTTO), each under its own regimen and pCR definitio
 
 Model (`fitcsc.trials.TrialModel`, structure ``--structure``, default the one chosen
 out of sample by experiments/clinical_validation.py): the SD model without crowding,
-simulated exactly along each arm's exposure grid. Patients differ in responsiveness (one
-log-normal factor on chemotherapy kill and tumour turnover), in HER2 dependence
+simulated exactly along each arm's exposure grid. Patients differ in responsiveness (a
+log-normal factor ``r`` on chemotherapy kill, tumour turnover scaling with ``r^alpha``;
+``alpha`` is fitted in the default structure, 1 in ``continuous_kill``), in HER2 dependence
 (``continuous``: logit-normal, independent of responsiveness; ``fraction``: a fraction
 with none), and in burden (log-normal); blockade also kills HER2-dependent cells at a
 fitted rate (``_kill`` structures). Chemotherapy kills one ln-unit per reference dose
