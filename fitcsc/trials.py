@@ -7,8 +7,10 @@ under public names (the implementation lives in private modules that may move)::
 
 - Model: `TrialModel` (arm-level pCR, cure, DFS from one residual state; its
   structures in `STRUCTURES`, its parameters and priors in `PARAMETERS`), `Arm` (one
-  published arm and its regimen), `trial_family`, and the parameter scales
-  `to_natural` / `from_natural` (``z`` value ↔ natural value of one named parameter).
+  published arm and its regimen), `trial_family`, the parameter scales
+  `to_natural` / `from_natural` (``z`` value ↔ natural value of one named parameter),
+  and `exposure_grid` (the arms' time grid and drug exposure, every `GRID_STEP_DAY`
+  days unless told; ``eqx.tree_at(lambda m: m.grid, tm, ...)`` refines a model's).
 - Endpoint formulas (one module, shared with the patient-level API ``fitcsc.
   patient_endpoints``): `hazard_ratio`, `TIMING_SD_DAY`.
 - Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
@@ -75,11 +77,13 @@ from ._trial.fit import (
 )
 from ._trial.model import (
     CHEMO_REFERENCE_DOSE,
+    GRID_STEP_DAY,
     HER2_REFERENCE_DOSE,
     PARAMETERS,
     STRUCTURES,
     Arm,
     TrialModel,
+    exposure_grid,
     from_natural,
     reference_her2_scale,
     reference_kill,
@@ -105,5 +109,6 @@ __all__ = [
     "linearise_at", "CHEMO_REFERENCE_DOSE",
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
     "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected", "quadrature_check",
-    "quadrature_warning", "trial_spread_check", "trial_spread_warning",
+    "quadrature_warning", "trial_spread_check", "trial_spread_warning", "exposure_grid",
+    "GRID_STEP_DAY",
 ]
