@@ -78,6 +78,8 @@ CLINICAL = ROOT / "data" / "clinical"
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (as pcr_fit.py)
 
 QUICK_FOLDS = ("NeoSphere", "MDACC")
+# how runs from this version interpolate between responsiveness nodes (`TrialModel.interpolate`)
+INTERPOLANT = "exp-3-node"
 
 
 def load():
@@ -676,10 +678,6 @@ def _result_md(rows, hr_rows, s, path):
     lines += ["", f"Interval: {s['interval']}.", "",
               f"Machine: {s['device']}, {s['precision']}; wall {s['wall_s']} s."]
     write_atomic(path, "\n".join(lines) + "\n")
-
-
-# how runs from this version interpolate between responsiveness nodes (`TrialModel.interpolate`)
-INTERPOLANT = "exp-3-node"
 
 
 def parse_args(argv=None):

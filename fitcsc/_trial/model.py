@@ -644,8 +644,8 @@ class TrialModel(eqx.Module):
         n = self.n_nodes
         d = nodes[1] - nodes[0]
         pos = jnp.clip((jnp.asarray(eta, float) - nodes[0]) / d, 0.0, n - 1.0)
-        i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, n - 2)
-        c = jnp.clip(i, 1, n - 2)  # the stencil's centre: nodes c - 1, c, c + 1
+        # the stencil's centre: nodes c - 1, c, c + 1 (the interval's left node, or 1)
+        c = jnp.clip(jnp.floor(pos).astype(jnp.int32), 1, n - 2)
         u = pos - c  # in [-1, 1]
         s = self._value(z, "log_response_sd")
         a, b = self._value(z, "growth_response_power") * s * d, s * d
