@@ -17,9 +17,10 @@ new trial gets from `fitcsc predict`. Such arms are marked in the table.
 Predictive interval of an arm: 95% central interval of the pCR count of a trial of the
 arm's size, over posterior draws of the fitted parameters (each draw: the arm's pCR rate,
 then a binomial count), i.e. parameter uncertainty, the new trial's effect and binomial
-sampling. Posterior draws (`fitcsc.trials.posterior_draws`, ``--posterior``): Laplace
-draws reweighted by Pareto-smoothed importance sampling to the exact posterior (``psis``,
-the default; k_hat reported), plain Laplace draws (``laplace``), or NUTS / ChEES-HMC
+sampling. Posterior draws (`fitcsc.trials.posterior_draws`, ``--posterior``): the delta
+method, Laplace draws with each prediction linearised at the fold's MAP (``linear``, the
+default), Laplace draws reweighted by Pareto-smoothed importance sampling to the exact
+posterior (``psis``; k_hat reported), plain Laplace draws (``laplace``), or NUTS / ChEES-HMC
 chains warm-started from the fold's MAP (``nuts``, ``chees``; R-hat, ESS and divergences
 reported per fold, and `fitcsc.trials.posterior_flag` when they cannot be trusted). PIT
 values (randomised at ties) give the calibration figure.
@@ -32,7 +33,9 @@ fitted to its own control arm's landmark (no HR enters), then its HR is predicte
 Structures compared (``--structure``, see `STRUCTURES`): the shipped one and the
 alternatives of issue 12; each is scored by the same folds.
 
-Run: ``python experiments/clinical_validation.py [--quick] [--structure NAME] [--out DIR]``.
+Run: ``python experiments/clinical_validation.py [--quick] [--structure NAME] [--links]
+[--out DIR]`` (``--structure`` defaults to the main job's, ``--links`` fits each fold as
+the main job does).
 Writes ``arms.csv``, ``hazard_ratios.csv``, ``summary.json``, ``calibration.png`` and
 ``RESULT.md`` to ``--out`` (default experiments/results/clinical_validation/<structure>).
 """
@@ -53,6 +56,7 @@ import scipy.stats
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
+    DEFAULT_STRUCTURE,
     HYPERS,
     METHODS,
     STRUCTURES,
@@ -685,7 +689,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="two folds (NeoSphere, MDACC), 9 + 5 nodes, 1 start, 10 steps, "
                    "100 draws, no hazard-ratio folds")
-    p.add_argument("--structure", default="continuous_kill", choices=sorted(STRUCTURES))
+    p.add_argument("--structure", default=DEFAULT_STRUCTURE, choices=sorted(STRUCTURES),
+                   help=f"the trial model's structure (default {DEFAULT_STRUCTURE}, the main "
+                   "job's)")
     p.add_argument("--starts", type=int, default=2)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--nodes", type=int, default=13, help="responsiveness nodes")

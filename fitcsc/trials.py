@@ -10,7 +10,9 @@ under public names (the implementation lives in private modules that may move)::
   published arm and its regimen), `trial_family`, the parameter scales
   `to_natural` / `from_natural` (``z`` value ↔ natural value of one named parameter),
   and `exposure_grid` (the arms' time grid and drug exposure, every `GRID_STEP_DAY`
-  days unless told; ``eqx.tree_at(lambda m: m.grid, tm, ...)`` refines a model's).
+  days unless told, with the HER2 blockers' concentrations at `BLOCKADE_GL`
+  Gauss-Legendre points per interval; ``eqx.tree_at(lambda m: m.grid, tm, ...)``
+  refines a model's).
 - Endpoint formulas (one module, shared with the patient-level API ``fitcsc.
   patient_endpoints``): `hazard_ratio`, `TIMING_SD_DAY`.
 - Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
@@ -76,6 +78,7 @@ from ._trial.fit import (
     trial_spread_warning,
 )
 from ._trial.model import (
+    BLOCKADE_GL,
     CHEMO_REFERENCE_DOSE,
     GRID_STEP_DAY,
     HER2_REFERENCE_DOSE,
@@ -110,5 +113,5 @@ __all__ = [
     "HER2_REFERENCE_DOSE", "reference_her2_scale", "reference_kill", "HYPER_SD_GRID",
     "HYPERS", "fit_prior_sds", "DEFAULT_HYPER", "with_protected", "quadrature_check",
     "quadrature_warning", "trial_spread_check", "trial_spread_warning", "exposure_grid",
-    "GRID_STEP_DAY",
+    "GRID_STEP_DAY", "BLOCKADE_GL",
 ]
