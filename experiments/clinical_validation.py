@@ -56,6 +56,7 @@ import scipy.stats
 import fitcsc
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
 from fitcsc.trials import (
+    BLOCKADE_GL,
     DEFAULT_STRUCTURE,
     HYPERS,
     METHODS,
@@ -84,6 +85,9 @@ VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (as pcr_fit
 QUICK_FOLDS = ("NeoSphere", "MDACC")
 # how runs from this version interpolate between responsiveness nodes (`TrialModel.interpolate`)
 INTERPOLANT = "exp-3-node"
+# how the HER2 blockade is integrated along the exposure grid (runs before 2026-12-05
+# evening, without the field, used the trapezoid, which missed lapatinib's daily peaks)
+BLOCKADE_RULE = f"gauss-legendre-{BLOCKADE_GL}"
 
 
 def load():
@@ -421,7 +425,8 @@ def main(args) -> dict:
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
                      "hyper": args.hyper, "links": bool(args.links),
-                     "interpolant": INTERPOLANT, "seed": args.seed}
+                     "interpolant": INTERPOLANT, "blockade": BLOCKADE_RULE,
+                     "seed": args.seed}
         | ({"chains": args.chains, "warmup": args.warmup}
            if args.posterior in ("nuts", "chees") else {}),
         "interval": "95% posterior predictive interval of the count for a trial of the "
@@ -495,7 +500,8 @@ def _comparison(root):
         grid = (f"{st.get('nodes', 13)} nodes, "
                 + ("eta-linear (run before the r-linear fix)" if None in folds.values() else
                    f"{st.get('interpolant', 'r-linear')}; check passed in "
-                   f"{sum(folds.values())}/{len(folds)} folds"))
+                   f"{sum(folds.values())}/{len(folds)} folds")
+                + f"; blockade {st.get('blockade', 'trapezoid')}")
         lines.append(
             f"| [{name}]({name}/RESULT.md) | {opts} | {post} | {m['n_inside_95']}/{m['n_arms']} "
             f"({100 * m['share_inside_95']:.0f}%) | {m['mean_signed_error_points']:+.1f} | "
@@ -533,7 +539,12 @@ def _comparison(root):
               "`continuous_kill_alpha` run of 2026-12-05, replaced). Rows marked "
               f"{INTERPOLANT} use `TrialModel.interpolate` since 2026-12-05: three "
               "adjacent nodes, exact for c0 + c1 r^alpha + c2 r (the CSC log residual) for "
-              "every alpha, so 13 nodes suffice with alpha free."]
+              "every alpha, so 13 nodes suffice with alpha free.", "",
+              "Blockade: how the HER2 blockade is integrated along each arm's half-day "
+              "exposure grid. Rows marked trapezoid missed the daily peaks of lapatinib "
+              "(NA-L's log cells 0.10 off the ODE solve at the default parameters); "
+              f"{BLOCKADE_RULE} (since the evening of 2026-12-05) is Gauss-Legendre on "
+              "each interval, within 2e-3."]
     linked = [(name, s["pcr"]) for name, s in runs if s["settings"].get("links")]
     for name, m in linked:
         if "mean_width_95_map_trial_points" not in m:
