@@ -123,7 +123,7 @@ def subset_arms(tm: TrialModel, idx) -> TrialModel:
     g = tm.grid
     return dataclasses.replace(
         tm, grid=type(g)(t=g.t[ix], conc=g.conc[ix], auc=g.auc[ix],
-                         conc_gl=g.conc_gl[ix], her2_drugs=g.her2_drugs),
+                         conc_gl=g.conc_gl[ix]),
         eval_day=tm.eval_day[ix], volume_mm3=tm.volume_mm3[ix],
         breast_only=tm.breast_only[ix], trial_index=tm.trial_index[ix],
         arm_names=tuple(tm.arm_names[i] for i in ix),

@@ -212,7 +212,6 @@ class ExposureGrid(eqx.Module):
     # the HER2 blockers' concentrations at `BLOCKADE_GL` Gauss-Legendre points inside each
     # grid interval, (arms, HER2 drugs, L - 1, BLOCKADE_GL) [mg/L]: the blockade's integral
     conc_gl: jax.Array
-    her2_drugs: tuple[int, ...] = eqx.field(static=True, default=())  # their drug indices
 
 
 GRID_STEP_DAY = 0.5
@@ -243,7 +242,7 @@ def exposure_grid(model, params, arms, *, step_day=GRID_STEP_DAY) -> ExposureGri
     t = np.stack([np.concatenate([g, np.full(n - len(g), g[-1])]) for g in grids])
     coefs, rates = pk_arrays(params.pk)
     n_doses = max(1, max(a.regimen.n_doses for a in arms))
-    her2 = tuple(int(i) for i in np.flatnonzero(np.asarray(model.drug_mask("her2"))))
+    her2 = _her2_drugs(model)
     conc, auc, conc_gl = [], [], []
     at_times = jax.vmap(lambda f, s, u: f(coefs, rates, s, u), in_axes=(None, None, 0))
     for a, ts in zip(arms, t, strict=True):
@@ -253,9 +252,14 @@ def exposure_grid(model, params, arms, *, step_day=GRID_STEP_DAY) -> ExposureGri
         half = 0.5 * np.diff(ts)
         t_gl = (ts[:-1] + half)[:, None] + half[:, None] * _BGL_X[None, :]  # (L-1, Q)
         c_gl = at_times(concentrations, sched, jnp.asarray(t_gl.ravel())).T
-        conc_gl.append(c_gl[np.asarray(her2, int)].reshape(len(her2), *t_gl.shape))
+        conc_gl.append(c_gl[her2].reshape(len(her2), *t_gl.shape))
     return ExposureGrid(t=jnp.asarray(t), conc=jnp.stack(conc), auc=jnp.stack(auc),
-                        conc_gl=jnp.stack(conc_gl), her2_drugs=her2)
+                        conc_gl=jnp.stack(conc_gl))
+
+
+def _her2_drugs(model) -> np.ndarray:
+    """Indices of the model's HER2 blockers (the drug axis of `ExposureGrid.conc_gl`)."""
+    return np.flatnonzero(np.asarray(model.drug_mask("her2")))
 
 
 class Parts(typing.NamedTuple):
@@ -532,19 +536,17 @@ class TrialModel(eqx.Module):
         """HER2 blockade ``B`` on the grid (Bliss over blockers) and ``int_0^t B`` (by
         `BLOCKADE_GL`-point Gauss-Legendre on each grid interval)."""
         g, p = self.grid, self.base
-        idx = np.asarray(g.her2_drugs, int)
+        idx = _her2_drugs(self.model)
         mult, ec50, hill = (v[idx] for v in (self.exposure_multiplier(z), p.ec50_mg_per_L,
                                               p.hill))
 
-        def bliss(conc, axis_drug):  # 1 - prod over blockers of (1 - Hill)
-            shape = [1] * conc.ndim
-            shape[axis_drug] = -1
-            inh = hill_response(conc * mult.reshape(shape), ec50.reshape(shape),
-                                hill.reshape(shape))
-            return 1.0 - jnp.prod(1.0 - inh, axis=axis_drug)
+        def bliss(conc):  # (arms, blockers, ...) -> 1 - prod over blockers of (1 - Hill)
+            col = (slice(None),) + (None,) * (conc.ndim - 2)  # blockers on axis 1
+            inh = hill_response(conc * mult[col], ec50[col], hill[col])
+            return 1.0 - jnp.prod(1.0 - inh, axis=1)
 
-        b = bliss(g.conc[:, idx], 1)  # (arms, L)
-        b_gl = bliss(g.conc_gl, 1)  # (arms, L - 1, Q)
+        b = bliss(g.conc[:, idx])  # (arms, L)
+        b_gl = bliss(g.conc_gl)  # (arms, L - 1, Q)
         steps = 0.5 * jnp.diff(g.t, axis=1) * jnp.einsum("alq,q->al", b_gl, _BGL_W)
         b_int = jnp.concatenate([jnp.zeros((b.shape[0], 1)), jnp.cumsum(steps, axis=1)],
                                 axis=1)
