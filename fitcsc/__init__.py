@@ -3,6 +3,11 @@
 # Fitting needs float64; set FITCSC_FLOAT32=1 before import to keep JAX's default.
 import os as _os
 
+from ._xla import hoist_small_loops as _hoist_small_loops
+
+if _os.environ.get("FITCSC_LOOP_HOISTING", "1") != "0":  # see fitcsc/_xla.py
+    _os.environ["XLA_FLAGS"] = _hoist_small_loops(_os.environ.get("XLA_FLAGS", ""))
+
 import jax as _jax
 
 if _os.environ.get("FITCSC_FLOAT32", "0") != "1":

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._status import Status
+from .placement import put_row
 
 _TABLEAU = diffrax.Tsit5.tableau
 _ERROR_ORDER = diffrax.Tsit5().error_order(diffrax.ODETerm(lambda t, y, a: y))
@@ -69,7 +70,7 @@ def _finite(tree):
 def _put(k, rec, out):
     """``rec`` (one output) in the output slot ``k`` (dropped where ``k`` is out of
     range), else ``out``: one row written, not the whole record."""
-    return jax.tree_util.tree_map(lambda r, o: o.at[k].set(r, mode="drop"), rec, out)
+    return jax.tree_util.tree_map(lambda r, o: put_row(o, k, r), rec, out)
 
 
 def _combine(y0, dt, coefs, ks):
