@@ -209,3 +209,23 @@ if __name__ == "__main__":
               for k in ("per_curve_job", "shared_growth_job", "gompertz_fit_map")}
     print(f"wrote {GOLDEN}: converged {n_conv}", file=sys.stderr)
     assert math.isfinite(sum(v["loss"] for v in doc["per_curve_job"].values()))
+
+
+def test_a_rate_running_to_zero_reaches_its_asymptote(tmp_path):
+    """X.3873.CL57 (CLR457, cytostatic): the data push the CSC division rate to 0 (its
+    log to minus infinity). With lmder's scaling (the largest column norms so far,
+    `Bounded(decay=1.0)`) every start crawled along log v_S by a bounded step per
+    iteration and stopped at the step cap at 96.4688; with the engine's decaying
+    scaling the fit follows the column down to the asymptote, 96.4682."""
+    src = data_dir() / "pdxe_brca" / "pdxe_brca_tumor_volume.csv"
+    with open(src, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [r for r in reader if r["subject"] == "X.3873.CL57"]
+        fields = reader.fieldnames
+    path = tmp_path / "one.csv"
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    fit = per_curve_job(path, tmp_path / "o")["X.3873.CL57"]
+    assert fit["loss"] <= 96.4684, fit

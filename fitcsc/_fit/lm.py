@@ -36,6 +36,12 @@ How a step is chosen is a *rule*, a small immutable object:
   saturated efficacies against 45.027 (at 0.75, and optimistix's rule, it reaches
   45.027; a first bound of ``0.1`` or ``0.3 x |D z0|`` lost a cytostatic curve
   instead). The steps per start at 0.75 on the 849 curves are not yet measured.
+  A second choice differs: the scaling ``D`` *decays* (``decay = 0.95``: the larger of
+  the current column norms and 0.95 times the previous ``D``; lmder keeps the largest
+  column norms so far). With lmder's scaling, 35 of the 3,396 PDXE starts crawled to
+  the 200-step cap along a parameter running to a bound (its column shrunk, its ``D``
+  not); with the decay they reach the asymptote in tens of steps, at lower losses.
+  ``Bounded(decay=1.0)`` is lmder's scaling (the trial fits still use it).
 
 The stopping tests, written once for every rule (`Stop`):
 
@@ -173,18 +179,26 @@ class Bounded(eqx.Module):
 
     ``factor``: the first bound is ``factor * |D z0|`` (``factor`` where that is 0);
     ``grow``: the bound becomes twice the scaled step when the ratio of actual to
-    predicted reduction is at least ``grow`` (or the step was Gauss–Newton).
+    predicted reduction is at least ``grow`` (or the step was Gauss–Newton);
+    ``decay``: the scaling ``D`` is the larger of the Jacobian's column norms and
+    ``decay`` times the previous ``D`` (lmder: ``decay = 1``, the largest column norms
+    so far). With lmder's, a parameter whose column has shrunk by orders of magnitude
+    (an efficacy's logit running to a bound, a rate's log to minus infinity) keeps its
+    largest ``D`` and moves by a bounded step per iteration: on the PDXE benchmark 35 of
+    3,396 starts crawled like this to the 200-step cap. ``decay = 0.95`` lets ``D``
+    follow the column down (by 5 % per step at most).
     """
 
     factor: float = eqx.field(static=True, default=1.0)
     grow: float = eqx.field(static=True, default=0.75)
+    decay: float = eqx.field(static=True, default=0.95)
 
     def first_radius(self, z, D):
         dz = jnp.linalg.norm(D * z)
         return jnp.where(dz > 0, self.factor * dz, self.factor)
 
     def scaling(self, s: LMState):
-        return jnp.maximum(s.scale, column_norms(s.jac))
+        return jnp.maximum(self.decay * s.scale, column_norms(s.jac))
 
     def step(self, A, g, D, free, radius):
         return bounded_step(A, g, D, free, radius)
@@ -257,7 +271,7 @@ def bounded_step(A, g, D, free, delta, newton_iters: int = 12):
 RULES = {
     "damping": Damping(),  # optimistix's constants
     "eager": Damping(0.5, 3.0, 1e-4, 0.25),  # accept any decrease, widen often
-    "bounded": Bounded(),
+    "bounded": Bounded(),  # with the decaying scaling (lmder's: Bounded(decay=1.0))
 }
 DEFAULT_RULE = "bounded"
 
