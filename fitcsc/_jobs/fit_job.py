@@ -709,6 +709,10 @@ def _predictions_csv(batch, fits) -> str:
     def cell(x):
         return _fmt(x) if math.isfinite(x) else ""
 
+    def log_cell(x):  # log scale: 6 significant digits of log(1e-5) = -11.5129 would
+        # leave the volume 5e-5 off; 10 keep it to 1e-9
+        return f"{x:.10g}" if math.isfinite(x) else ""
+
     rows = []
     for i, s in enumerate(batch.subject):
         for j in np.nonzero(mask[i])[0]:
@@ -716,8 +720,8 @@ def _predictions_csv(batch, fits) -> str:
             ok = math.isfinite(lp)
             res = math.log(vol[i, j]) - lp if not cens[i, j] and ok else math.nan
             rows.append([s, batch.arm[i], cell(float(day[i, j])), cell(float(vol[i, j])),
-                         str(int(cens[i, j])), cell(lp), cell(math.exp(lp) if ok else math.nan),
-                         cell(res)])
+                         str(int(cens[i, j])), log_cell(lp),
+                         cell(math.exp(lp) if ok else math.nan), log_cell(res)])
     return csv_text(["subject", "arm", "day", "volume_mm3", "censored", "log_volume_pred",
                       "volume_pred_mm3", "residual_log"], rows)
 
