@@ -217,7 +217,7 @@ def _advance(problem, lanes, busy):
 # spreads independent operations over threads, costs more in hand-offs than it gains
 # (measured 10-15 % slower on a shared 2-core CPU). The iterations that only advance
 # the solves run in an inner loop with no scatter, sort or library call (the ODE
-# step writes its output row by a select, `fitcsc._solve.placement`), which XLA:CPU
+# step writes its output row by a select, `fitcsc._solve.paced._put`), which XLA:CPU
 # compiles into one function when `fitcsc._xla` has raised its loop threshold: no
 # dispatch per operation there (1.6x faster on the PDXE benchmark). The service (the
 # LM's algebra, an eigendecomposition, a sort) stays outside it.
@@ -302,7 +302,9 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         n_load = jnp.minimum(jnp.sum(~busy, dtype=jnp.int32), count - head_)
         T = cfg.threshold
 
-        def due(ev):
+        def advance(ic):
+            ev, _, _, st, _ = ic
+            ev = _advance(problem, dict(lanes_, ev=ev), busy)
             # serve once enough lanes wait: a full set of slots while many lanes are
             # busy, at once in the tail (serving costs the LM's algebra and a solve's
             # set-up)
@@ -310,23 +312,17 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
             n_ready = jnp.sum(ready, dtype=jnp.int32)
             now = (((n_ready > 0) & (n_ready >= jnp.minimum(T, (n_busy + 7) // 8)))
                    | (n_load > 0))
-            return ready, n_ready, now
-
-        def advance(ic):
-            ev, _, st = ic
-            ev = _advance(problem, dict(lanes_, ev=ev), busy)
-            _, n_ready, now = due(ev)
             st = st + jnp.stack([jnp.ones((), jnp.int32), now.astype(jnp.int32),
                                  n_busy - n_ready, n_ready, L - n_busy])
-            return ev, now | (n_busy == 0), st
+            return ev, ready, now, st, now | (n_busy == 0)
 
+        ic = (lanes_["ev"], busy, jnp.zeros((), bool), stats, jnp.zeros((), bool))
         if problem.one_shot:  # every busy lane is ready after every iteration
-            ev, _, stats = advance((lanes_["ev"], False, stats))
-        else:  # advance until a service is due: a loop of its own (LOOP_COMPILER_OPTIONS)
-            ev, _, stats = jax.lax.while_loop(lambda ic: ~ic[1], advance,
-                                              (lanes_["ev"], jnp.zeros((), bool), stats))
+            ev, ready, now, stats, _ = advance(ic)
+        else:  # advance until a service is due (at least once): a loop of its own
+            # (LOOP_COMPILER_OPTIONS)
+            ev, ready, now, stats, _ = jax.lax.while_loop(lambda c_: ~c_[4], advance, ic)
         lanes_ = dict(lanes_, ev=ev)
-        ready, _, now = due(ev)
         args = (lanes_, head_, outbox_, out_id_, n_out, ready)
         if problem.one_shot:
             args = service(args)

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._status import Status
-from .placement import put_row
 
 _TABLEAU = diffrax.Tsit5.tableau
 _ERROR_ORDER = diffrax.Tsit5().error_order(diffrax.ODETerm(lambda t, y, a: y))
@@ -69,8 +68,14 @@ def _finite(tree):
 
 def _put(k, rec, out):
     """``rec`` (one output) in the output slot ``k`` (dropped where ``k`` is out of
-    range), else ``out``: one row written, not the whole record."""
-    return jax.tree_util.tree_map(lambda r, o: put_row(o, k, r), rec, out)
+    range), else ``out``. A select, not ``o.at[k].set``: a scatter inside the engine's
+    inner loop keeps XLA:CPU from compiling that loop into one function
+    (`fitcsc._xla`)."""
+    def one(r, o):
+        hit = (jnp.arange(o.shape[0]) == k).reshape((-1,) + (1,) * (o.ndim - 1))
+        return jnp.where(hit, r[None], o)
+
+    return jax.tree_util.tree_map(one, rec, out)
 
 
 def _combine(y0, dt, coefs, ks):
