@@ -35,7 +35,7 @@ from jaxtyping import Array, Float
 
 from .._model.family import initial_state, model_rhs, total_cells
 from .._model.regimen import discontinuity_times
-from .._solve.paced import controller, paced_solve, records, refresh, setup, step
+from .._solve.paced import controller, paced_solve, records, refresh, setup, step, time_order
 from .._status import Status
 from .member import residuals_jacobian, sigma_mle
 from .predictors import AbstractPredictor, CSCPredictor
@@ -54,7 +54,8 @@ class JacfwdEvaluator(eqx.Module):
     predictor: AbstractPredictor
     one_shot = True
 
-    def start(self, z, data, idx):
+    def start(self, z, data, idx, order=None):
+        del order
         own = self.predictor.log_pred_jacobian(z, data)  # e.g. a group fit's
         if own is not None:
             lp, st, J = own
@@ -208,13 +209,20 @@ class PacedEvaluator(eqx.Module):
             jumps = jnp.full((1,), jnp.inf)
         return tau_obs, jumps
 
-    def start(self, z, s, idx):
+    def start(self, z, s, idx, order=None):
+        """``order``: `time_order` of the member's output times (`prepare`), if known."""
         E = basis(idx, z.shape[0])
         tau_obs, jumps = self._times(s)
         a = self._args(z, s, E)
         c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), (a, s), tau_obs, jumps,
-                  self._record)
+                  self._record, order=order)
         return dict(c=c, a=a)
+
+    def order(self, data):
+        """`time_order` of every member's output times (numpy, leading axis)."""
+        tau = np.where(np.asarray(data.mask),
+                       np.asarray(data.day) - np.asarray(data.t0_day)[..., None], np.inf)
+        return time_order(tau)
 
     def advance(self, ev, data, busy):
         c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
@@ -295,6 +303,7 @@ class CurveMember(eqx.Module):
 
     data: object  # a SubjectData (or a GroupData)
     sigma: Float[Array, ""]
+    order: object = None  # the paced evaluator's order of output times (`prepare`)
 
 
 class CurveProblem(eqx.Module):
@@ -313,8 +322,15 @@ class CurveProblem(eqx.Module):
     def one_shot(self):
         return self.evaluator.one_shot
 
+    def prepare(self, members):
+        """The members (numpy, leading axis) with what an evaluation of them needs
+        and can compute once: the paced evaluator's order of output times."""
+        if not isinstance(self.evaluator, PacedEvaluator):
+            return members
+        return CurveMember(members.data, members.sigma, self.evaluator.order(members.data))
+
     def start(self, z, member, idx):
-        return self.evaluator.start(z, member.data, idx)
+        return self.evaluator.start(z, member.data, idx, member.order)
 
     def advance(self, ev, members, busy):
         return self.evaluator.advance(ev, members.data, busy)
@@ -339,7 +355,7 @@ class CurveProblem(eqx.Module):
         lp, st, J_lp = aux
         sigma = sigma_mle(lp, member.data, member.sigma)
         r, J, ok = residuals_jacobian(lp, st, J_lp, member.data, sigma)
-        return CurveMember(member.data, sigma), r, J, ok
+        return CurveMember(member.data, sigma, member.order), r, J, ok
 
     def record(self, s, aux, member):
         lp, st, _ = aux

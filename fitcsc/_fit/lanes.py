@@ -75,8 +75,11 @@ def _compact(z, idx):
 
 
 def _insert(base, idx, u):
-    """``base`` with ``u`` at the elements ``idx`` (padding dropped)."""
-    return base.at[idx].set(u, mode="drop")
+    """``base`` with ``u`` at the elements ``idx`` (padding dropped). By selects, not a
+    scatter: the service compiles into one function only without one (`_once`)."""
+    hit = idx[:, None] == jnp.arange(base.shape[0])[None, :]
+    vals = jnp.sum(jnp.where(hit, u[:, None], 0), axis=0)
+    return jnp.where(jnp.any(hit, axis=0), vals, base)
 
 
 class ResidualProblem(eqx.Module):
@@ -179,8 +182,8 @@ def _next(problem, rule, stop, lane, ready):
     n_z = lane["base"].shape[0]
     final = ready & lm_terminated(stop, lm)
     p, lam = lm_propose(rule, lm, idx < n_z)
-    jac = jnp.zeros(lm.jac.shape[:-1] + (n_z,), lm.jac.dtype).at[:, idx].set(
-        lm.jac, mode="drop")
+    hit = idx[:, None] == jnp.arange(n_z)[None, :]
+    jac = jnp.sum(jnp.where(hit[None], lm.jac[:, :, None], 0), axis=1)
     rec = dict(problem.record(lm, lane["aux"], lane["member"]),
                z=_insert(lane["base"], idx, lm.z), jac=jac, n_steps=lane["total"],
                work=lane["work"],
@@ -215,13 +218,21 @@ def _advance(problem, lanes, busy):
 # The lane program runs thousands of iterations of many small operations: on a CPU
 # its time goes mostly to dispatching them, and XLA's default schedule, which
 # spreads independent operations over threads, costs more in hand-offs than it gains
-# (measured 10-15 % slower on a shared 2-core CPU). The iterations that only advance
-# the solves run in an inner loop with no scatter, sort or library call (the ODE
-# step writes its output row by a select, `fitcsc._solve.paced._put`), which XLA:CPU
-# compiles into one function when `fitcsc._xla` has raised its loop threshold: no
-# dispatch per operation there (1.6x faster on the PDXE benchmark). The service (the
-# LM's algebra, an eigendecomposition, a sort) stays outside it.
-LOOP_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+# (measured 10-15 % slower on a shared 2-core CPU). So the work runs in loops that
+# XLA:CPU compiles into one function each, without a dispatch per operation, once
+# `fitcsc._xla` has raised its loop threshold; such a loop holds no scatter, sort or
+# library call (LAPACK, YNNPACK):
+# - the inner loop that only advances the solves (the ODE step writes its output row
+#   by a select, `fitcsc._solve.paced._put`): 1.6x faster on the PDXE benchmark;
+# - the service of the gathered lanes, in a loop that runs once (`_once`): the LM's
+#   eigendecomposition by Jacobi rotations (`fitcsc._fit.lm.small_eigh`), the order
+#   of the observation times by comparisons (`fitcsc._solve.paced.sort_rank`), the
+#   free elements put in place by selects (`_insert`); the lanes' scatter back and the
+#   outbox stay outside it.
+# YNNPACK fusions (XLA's library for reductions and dots) are off for this program
+# only: they would keep the service from compiling into one function.
+LOOP_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False,
+                         "xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @eqx.filter_jit(compiler_options=LOOP_COMPILER_OPTIONS)
@@ -253,45 +264,59 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         if F == L:
             idx = jnp.arange(L)
             valid = ready | loadable
-        else:
-            prio = jnp.where(ready | loadable, 0, 1)
-            idx = jnp.argsort(prio, stable=True)[:F]
-            valid = prio[idx] < 1
-        sl = _take(lanes_, idx)
+        else:  # the lanes to serve first, in lane order (argsort's, without a sort)
+            sel = ready | loadable
+            n_sel = jnp.sum(sel, dtype=jnp.int32)
+            pos = jnp.where(sel, jnp.cumsum(sel) - 1, n_sel + jnp.cumsum(~sel) - 1)
+            idx = jnp.sum(jnp.where(pos[None, :] == jnp.arange(F)[:, None],
+                                    jnp.arange(L)[None, :], 0), axis=1)
+            valid = jnp.arange(F) < n_sel
         s_ready = ready[idx] & valid
-        sl, rec, final, cont = _serve(problem, rule, stop, sl, s_ready)
+        s_idle = idle[idx]
+
+        def work(lanes_, head_):
+            """The served lanes' LM steps and their next evaluations' set-up."""
+            sl = _take(lanes_, idx)
+            sl, rec, final, cont = _serve(problem, rule, stop, sl, s_ready)
+            # lanes that are free now take the next queue members
+            want = valid & (final | (s_idle & ~s_ready))
+            q_rank = jnp.cumsum(want) - 1
+            q_pos = head_ + q_rank
+            has = want & (q_pos < count)
+            q = _take(queue, jnp.clip(q_pos, 0, W - 1))
+            z_cont = jax.vmap(_insert)(sl["base"], sl["idx"], sl["lm"].z + sl["p"])
+            z_start = jnp.where(cont[:, None], z_cont, q["z0"])
+            member = _where(cont, sl["member"], q["member"])
+            idx_ = jnp.where(cont[:, None], sl["idx"], q["idx"])
+            started = cont | has
+            ev = jax.vmap(problem.start)(z_start, member, idx_)
+            new = jax.vmap(lambda m, z, ix, i, e, lm, a, p, lam: _lane(
+                problem, m, z, ix, i, e, lm, a, p, lam))(
+                q["member"], q["z0"], q["idx"], q["id"], ev, sl["lm"], sl["aux"], sl["p"],
+                sl["lam"])
+            sl = dict(sl, ev=_where(started, ev, sl["ev"]),
+                      z_eval=jnp.where(cont[:, None], z_start, sl["z_eval"]),
+                      fresh=jnp.where(cont, False, sl["fresh"]))
+            ids = sl["id"]
+            sl = _where(has, new, sl)
+            sl["id"] = jnp.where(final & ~has, -1, sl["id"])
+            return sl, rec, final, has, ids
+
+        if problem.one_shot:
+            sl, rec, final, has, ids = work(lanes_, head_)
+        else:
+            sl, rec, final, has, ids = _once(work, (lanes_, head_), count >= 0)
         # members that stopped go to the outbox
         o_rank = jnp.cumsum(final) - 1
         o_pos = jnp.where(final, n_out + o_rank, W)
         outbox_ = jax.tree_util.tree_map(lambda b, x: b.at[o_pos].set(x, mode="drop"),
                                          outbox_, rec)
-        out_id_ = out_id_.at[o_pos].set(sl["id"], mode="drop")
+        out_id_ = out_id_.at[o_pos].set(ids, mode="drop")
         n_out = n_out + jnp.sum(final, dtype=jnp.int32)
-        # lanes that are free now take the next queue members
-        want = valid & (final | (idle[idx] & ~s_ready))
-        q_rank = jnp.cumsum(want) - 1
-        q_pos = head_ + q_rank
-        has = want & (q_pos < count)
-        q = _take(queue, jnp.clip(q_pos, 0, W - 1))
         head_ = head_ + jnp.sum(has, dtype=jnp.int32)
-        z_cont = jax.vmap(_insert)(sl["base"], sl["idx"], sl["lm"].z + sl["p"])
-        z_start = jnp.where(cont[:, None], z_cont, q["z0"])
-        member = _where(cont, sl["member"], q["member"])
-        idx_ = jnp.where(cont[:, None], sl["idx"], q["idx"])
-        started = cont | has
-        ev = jax.vmap(problem.start)(z_start, member, idx_)
-        new = jax.vmap(lambda m, z, ix, i, e, lm, a, p, lam: _lane(
-            problem, m, z, ix, i, e, lm, a, p, lam))(
-            q["member"], q["z0"], q["idx"], q["id"], ev, sl["lm"], sl["aux"], sl["p"],
-            sl["lam"])
-        sl = dict(sl, ev=_where(started, ev, sl["ev"]),
-                  z_eval=jnp.where(cont[:, None], z_start, sl["z_eval"]),
-                  fresh=jnp.where(cont, False, sl["fresh"]))
-        sl = _where(has, new, sl)
-        sl["id"] = jnp.where(final & ~has, -1, sl["id"])
+        put = jnp.where(valid, idx, L)  # slots that serve no lane are dropped
         lanes_ = jax.tree_util.tree_map(
-            lambda full, part: full.at[idx].set(jnp.where(
-                valid.reshape((F,) + (1,) * (part.ndim - 1)), part, full[idx])),
+            lambda full, part: full.at[put].set(part, mode="drop", unique_indices=True),
             lanes_, sl)
         return lanes_, head_, outbox_, out_id_, n_out, ready
 
@@ -302,9 +327,9 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
         n_load = jnp.minimum(jnp.sum(~busy, dtype=jnp.int32), count - head_)
         T = cfg.threshold
 
-        def advance(ic):
+        def advance(member, busy, ic):
             ev, _, _, st, _ = ic
-            ev = _advance(problem, dict(lanes_, ev=ev), busy)
+            ev = _advance(problem, dict(member=member, ev=ev), busy)
             # serve once enough lanes wait: a full set of slots while many lanes are
             # busy, at once in the tail (serving costs the LM's algebra and a solve's
             # set-up)
@@ -318,10 +343,11 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
 
         ic = (lanes_["ev"], busy, jnp.zeros((), bool), stats, jnp.zeros((), bool))
         if problem.one_shot:  # every busy lane is ready after every iteration
-            ev, ready, now, stats, _ = advance(ic)
+            ev, ready, now, stats, _ = advance(lanes_["member"], busy, ic)
         else:  # advance until a service is due (at least once): a loop of its own
             # (LOOP_COMPILER_OPTIONS)
-            ev, ready, now, stats, _ = jax.lax.while_loop(lambda c_: ~c_[4], advance, ic)
+            ev, ready, now, stats, _ = jax.lax.while_loop(
+                lambda c_: ~c_[4], lambda c_: advance(lanes_["member"], busy, c_), ic)
         lanes_ = dict(lanes_, ev=ev)
         args = (lanes_, head_, outbox_, out_id_, n_out, ready)
         if problem.one_shot:
@@ -337,6 +363,21 @@ def _run(problem, rule, stop: Stop, lanes, queue, head, count, more, cfg: LaneCo
     lanes, head, outbox, out_id, n_out, _, stats = jax.lax.while_loop(
         lambda c: ~c[-2], body, init)
     return lanes, head, out_id, n_out, outbox, stats
+
+
+def _once(f, args, one):
+    """``f(*args)`` inside a while loop that runs once (``one``: a traced True, so that
+    XLA cannot see the trip count and inline the loop): XLA:CPU compiles such a loop
+    into one function when it holds no scatter, sort or library call (`fitcsc._xla`),
+    without a dispatch per operation. The lane service's algebra is hundreds of small
+    operations per call."""
+    out = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 jax.eval_shape(f, *args))
+
+    def body(c):
+        return jnp.zeros((), bool), f(*args)
+
+    return jax.lax.while_loop(lambda c: c[0], body, (one, out))[1]
 
 
 _SHAPES: dict = {}
@@ -398,6 +439,8 @@ def solve_members(problem, rule, stop: Stop, members, z0, free, *, lanes: int = 
     W = int(window or max(2 * L, 4 * F))
     cfg = LaneConfig(lanes=L, slots=F, window=W, threshold=int(threshold or F))
     members = _host(members)
+    if hasattr(problem, "prepare"):  # what every evaluation of a member shares
+        members = problem.prepare(members)
 
     def rows(ids):
         return _take(members, ids)

@@ -78,6 +78,22 @@ def _put(k, rec, out):
     return jax.tree_util.tree_map(one, rec, out)
 
 
+def sort_rank(x):
+    """The position of each element of ``x`` (1-D) in its stable ascending sort, by
+    comparisons: no sort operation (`_put`'s reason: the fit engine's service compiles
+    into one function only without one)."""
+    i = jnp.arange(x.shape[0])
+    before = (x[None, :] < x[:, None]) | ((x[None, :] == x[:, None]) & (i[None, :] < i[:, None]))
+    return jnp.sum(before, axis=1, dtype=jnp.int32)
+
+
+def _inverse(rank):
+    """The permutation that sorts: ``order[rank[i]] = i`` (no scatter)."""
+    i = jnp.arange(rank.shape[0], dtype=jnp.int32)
+    return jnp.sum(jnp.where(rank[None, :] == i[:, None], i[None, :], 0), axis=1,
+                   dtype=jnp.int32)
+
+
 def _combine(y0, dt, coefs, ks):
     """``y0 + dt * sum_j coefs[j] * ks[j]`` over a pytree (zero coefficients skipped)."""
     terms = [(float(a), k) for a, k in zip(coefs, ks, strict=False) if a != 0.0]
@@ -106,18 +122,45 @@ def tsit5_step(f, t0, t1, y0, args, k1):
     return y1, err, ks[-1]
 
 
-def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True):
+def time_order(t_obs):
+    """The order of output times that `setup` needs, from numpy (rows of ``t_obs``,
+    leading axes allowed): ``(perm, rank, first, n_same)``, int32: ``perm`` sorts a row
+    (stable), ``rank`` is its inverse, ``first[k]`` the first sorted position with the
+    sorted time ``k``'s value and ``n_same[k]`` how many share it. Computed once per
+    member on the host, it spares each evaluation the sort (see `setup`)."""
+    t = np.asarray(t_obs, float)
+    perm = np.argsort(t, axis=-1, kind="stable")
+    rank = np.argsort(perm, axis=-1, kind="stable")
+    ts = np.take_along_axis(t, perm, axis=-1)
+    n = t.shape[-1]
+    k = np.broadcast_to(np.arange(n), t.shape)
+    new = np.concatenate([np.ones(t.shape[:-1] + (1,), bool), ts[..., 1:] != ts[..., :-1]],
+                         axis=-1)
+    first = np.maximum.accumulate(np.where(new, k, 0), axis=-1)
+    end = np.concatenate([ts[..., 1:] != ts[..., :-1], np.ones(t.shape[:-1] + (1,), bool)],
+                         axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(end, k, n), -1), axis=-1), -1)
+    return tuple(a.astype(np.int32) for a in (perm, rank, first, last - first + 1))
+
+
+def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None):
     """The solve of one member from ``tau = 0`` (``y`` there), before its first step.
 
     ``t_obs`` ``(n_obs,)``: output times (>= 0, any order; ``+inf`` marks padding);
     ``jumps``: times where ``rhs`` jumps (entries <= 0 or ``+inf`` are ignored);
     ``record(y)``: the pytree kept at each output time; ``active``: False gives a
-    finished solve without any work. **Returns:** the solve's state (a dict).
+    finished solve without any work; ``order``: `time_order` of ``t_obs`` when known
+    (else computed here, by comparisons: O(n_obs^2)). **Returns:** the solve's state
+    (a dict).
     """
     n_obs = t_obs.shape[0]
     active = jnp.asarray(active, bool)
-    order = jnp.argsort(t_obs)
-    t_sorted = t_obs[order]
+    if order is None:
+        rank = sort_rank(t_obs)
+        t_sorted = t_obs[_inverse(rank)]
+    else:
+        perm, rank, first, n_same = order
+        t_sorted = t_obs[perm]
     dt0, cstate = ctrl.init(diffrax.ODETerm(rhs), 0.0, 1.0, y, None, args,
                             lambda _, t, y_, a_: rhs(t, y_, a_), _ERROR_ORDER)
     rec0 = record(y)
@@ -126,11 +169,12 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True):
         lambda r: jnp.where(at0.reshape((-1,) + (1,) * jnp.ndim(r)), r,
                             jnp.full((n_obs,) + jnp.shape(r), jnp.nan)), rec0)
     k = jnp.sum(at0)
-    # outputs at the same time as an earlier one (sorted) take its value in `records`
-    first = jnp.searchsorted(t_sorted, t_sorted, side="left",
-                             method="compare_all").astype(jnp.int32)
-    n_same = jnp.searchsorted(t_sorted, t_sorted, side="right",
-                              method="compare_all").astype(jnp.int32) - first
+    if order is None:  # outputs at the same time as an earlier one (sorted) take its
+        # value in `records`
+        first = jnp.searchsorted(t_sorted, t_sorted, side="left",
+                                 method="compare_all").astype(jnp.int32)
+        n_same = jnp.searchsorted(t_sorted, t_sorted, side="right",
+                                  method="compare_all").astype(jnp.int32) - first
     n_real = jnp.sum(jnp.isfinite(t_sorted))
     finite = jnp.isfinite(dt0) & _finite(y)
     return dict(tau=jnp.zeros_like(dt0), y=y, k1=rhs(0.0, y, args), cstate=cstate, h=dt0,
@@ -138,7 +182,7 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True):
                 n_same=n_same,
                 jump=jnp.zeros((), bool), done=(k >= n_real) | ~active | ~finite,
                 code=jnp.where(finite | ~active, Status.SUCCESS, Status.NONFINITE).astype(
-                    jnp.int32), t_obs=t_sorted, order=order, n_real=n_real,
+                    jnp.int32), t_obs=t_sorted, rank=rank, n_real=n_real,
                 jumps=jnp.where(jumps > 0, jumps, jnp.inf))
 
 
@@ -193,9 +237,7 @@ def refresh(rhs, c, args):
 def records(c):
     """One member's recorded values in the caller's order of output times (NaN at
     padding and where the solve stopped), its `Status` code and step count."""
-    n = c["order"].shape[0]
-    back = jnp.zeros((n,), jnp.int32).at[c["order"]].set(jnp.arange(n, dtype=jnp.int32))
-    take = c["first"][back]  # an output at the same time as an earlier one: its value
+    take = c["first"][c["rank"]]  # an output at the same time as an earlier one: its value
     return (jax.tree_util.tree_map(lambda r: r[take], c["out"]), c["code"], c["steps"])
 
 
