@@ -207,3 +207,22 @@ def test_evaluator_options_and_refusals(stk):
     # auto: paced for the CSC model, jacfwd where paced cannot run
     auto = fit_map(stk["pred"], batch, num_starts=NUM_STARTS, sigma=NOISE_SD, **LM)
     np.testing.assert_array_equal(auto.loss, stk["paced"].loss)
+
+
+def test_costliest_first_changes_nothing_but_the_order(stk, monkeypatch):
+    """The lanes start the members with the longest solves first (the paced evaluator's
+    guess of their cost); each member's result does not depend on when or in which
+    lane it runs: the same fit, bit for bit, in file order."""
+    from fitcsc._fit.evaluators import CurveProblem
+
+    batch, pred, base = stk["batch"], stk["pred"], stk["paced"]
+    span = PacedEvaluator(pred).span(subject_data(batch))
+    # ragged data: subject 3 stops early, subject 1 starts late (its own t0)
+    order = np.argsort(-np.repeat(span, NUM_STARTS), kind="stable")
+    assert span[3] < span[0] and np.any(order != np.arange(order.size))
+    monkeypatch.setattr(CurveProblem, "expected_cost", lambda self, members: None)
+    plain = fit_map(pred, batch, num_starts=NUM_STARTS, sigma=NOISE_SD, evaluator="paced",
+                    **LM)
+    for field in ("z", "loss", "status", "n_steps"):
+        np.testing.assert_array_equal(np.asarray(getattr(plain, field)),
+                                      np.asarray(getattr(base, field)), err_msg=field)

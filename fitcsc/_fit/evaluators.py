@@ -218,11 +218,20 @@ class PacedEvaluator(eqx.Module):
                   self._record, order=order)
         return dict(c=c, a=a)
 
+    @staticmethod
+    def _tau(data):
+        return np.where(np.asarray(data.mask),
+                        np.asarray(data.day) - np.asarray(data.t0_day)[..., None], np.inf)
+
     def order(self, data):
         """`time_order` of every member's output times (numpy, leading axis)."""
-        tau = np.where(np.asarray(data.mask),
-                       np.asarray(data.day) - np.asarray(data.t0_day)[..., None], np.inf)
-        return time_order(tau)
+        return time_order(self._tau(data))
+
+    def span(self, data):
+        """Every member's solve length [day] (numpy, leading axis): how far its ODE
+        runs, the best predictor of its cost that the data give."""
+        tau = self._tau(data)
+        return np.max(np.where(np.isfinite(tau), tau, 0.0), axis=-1)
 
     def advance(self, ev, data, busy):
         c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
@@ -331,6 +340,13 @@ class CurveProblem(eqx.Module):
 
     def start(self, z, member, idx):
         return self.evaluator.start(z, member.data, idx, member.order)
+
+    def expected_cost(self, members):
+        """A guess of each member's cost from its data (numpy), or None: the paced
+        evaluator's solve length (`fitcsc._fit.lanes` starts the costliest first)."""
+        if not isinstance(self.evaluator, PacedEvaluator):
+            return None
+        return self.evaluator.span(members.data)
 
     def advance(self, ev, members, busy):
         return self.evaluator.advance(ev, members.data, busy)
