@@ -32,7 +32,10 @@ def test_output_row_write_matches_numpy_assignment():
 def test_loop_hoisting_flag():
     opt = f"--xla_backend_extra_options={KEY}={LOOP_HOISTING_BYTES}"
     assert hoist_small_loops("") == opt
-    assert hoist_small_loops("--xla_dump_to=/tmp/x") == f"--xla_dump_to=/tmp/x {opt}"
+    # first: a token XLA cannot read makes it ignore the flags after it
+    assert hoist_small_loops("--xla_dump_to=/tmp/x") == f"{opt} --xla_dump_to=/tmp/x"
+    assert hoist_small_loops("--xla_cpu_multi_thread_eigen=false threads=1") == (
+        f"{opt} --xla_cpu_multi_thread_eigen=false threads=1")
     # the user's own threshold wins
     mine = f"--xla_backend_extra_options={KEY}=5"
     assert hoist_small_loops(mine) == mine
