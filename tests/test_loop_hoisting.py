@@ -1,6 +1,6 @@
 """What lets XLA:CPU compile the engine's loops into one function each: the helpers that
 replace a scatter, a sort or a LAPACK call there, each against numpy (the ODE step's
-output write `fitcsc._solve.paced._put`; the service's `small_eigh`, `sort_rank`,
+output write `fitcsc._solve.paced._put`; the service's `small_eigh`,
 `_insert` and the host's `time_order`), and the XLA flag that raises the loop
 threshold (fitcsc._xla)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from fitcsc._fit.lanes import _insert
 from fitcsc._fit.lm import small_eigh
-from fitcsc._solve.paced import _put, setup, sort_rank, time_order
+from fitcsc._solve.paced import _put, setup, time_order
 from fitcsc._xla import KEY, LOOP_HOISTING_BYTES, hoist_small_loops
 
 
@@ -65,13 +65,9 @@ def test_small_eigh_matches_numpy(n):
         np.testing.assert_allclose(Q.T @ Q, np.eye(n), rtol=0, atol=1e-13)
 
 
-def test_sort_rank_and_time_order_match_a_stable_sort():
+def test_time_order_matches_a_stable_sort():
     rng = np.random.default_rng(3)
     t = rng.choice([0.0, 1.5, 2.0, 7.0, 9.5, np.inf], size=(5, 11))  # ties and padding
-    for row in t:
-        perm = np.argsort(row, kind="stable")
-        rank = np.argsort(perm, kind="stable")
-        np.testing.assert_array_equal(np.asarray(sort_rank(jnp.asarray(row))), rank)
     perm, rank, first, n_same = time_order(t)
     for i, row in enumerate(t):
         ts = row[perm[i]]
@@ -84,7 +80,7 @@ def test_sort_rank_and_time_order_match_a_stable_sort():
 
 def test_setup_with_a_known_order_is_setup_without():
     """The host's `time_order` (computed once per member) gives the same solve state as
-    the order `setup` computes by comparisons."""
+    the order `setup` computes by sorting."""
     from fitcsc._solve.paced import controller
     rhs = lambda t, y, a: -a * y  # noqa: E731
     t_obs = jnp.asarray([3.0, 0.0, 1.0, 3.0, np.inf, 2.5])

@@ -226,7 +226,7 @@ def _advance(problem, lanes, busy):
 #   by a select, `fitcsc._solve.paced._put`): 1.6x faster on the PDXE benchmark;
 # - the service of the gathered lanes, in a loop that runs once (`_once`): the LM's
 #   eigendecomposition by Jacobi rotations (`fitcsc._fit.lm.small_eigh`), the order
-#   of the observation times by comparisons (`fitcsc._solve.paced.sort_rank`), the
+#   of the observation times once per member on the host (`paced.time_order`), the
 #   free elements put in place by selects (`_insert`); the lanes' scatter back and the
 #   outbox stay outside it.
 # YNNPACK fusions (XLA's library for reductions and dots) are off for this program

@@ -78,22 +78,6 @@ def _put(k, rec, out):
     return jax.tree_util.tree_map(one, rec, out)
 
 
-def sort_rank(x):
-    """The position of each element of ``x`` (1-D) in its stable ascending sort, by
-    comparisons: no sort operation (`_put`'s reason: the fit engine's service compiles
-    into one function only without one)."""
-    i = jnp.arange(x.shape[0])
-    before = (x[None, :] < x[:, None]) | ((x[None, :] == x[:, None]) & (i[None, :] < i[:, None]))
-    return jnp.sum(before, axis=1, dtype=jnp.int32)
-
-
-def _inverse(rank):
-    """The permutation that sorts: ``order[rank[i]] = i`` (no scatter)."""
-    i = jnp.arange(rank.shape[0], dtype=jnp.int32)
-    return jnp.sum(jnp.where(rank[None, :] == i[:, None], i[None, :], 0), axis=1,
-                   dtype=jnp.int32)
-
-
 def _combine(y0, dt, coefs, ks):
     """``y0 + dt * sum_j coefs[j] * ks[j]`` over a pytree (zero coefficients skipped)."""
     terms = [(float(a), k) for a, k in zip(coefs, ks, strict=False) if a != 0.0]
@@ -150,14 +134,15 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None):
     ``jumps``: times where ``rhs`` jumps (entries <= 0 or ``+inf`` are ignored);
     ``record(y)``: the pytree kept at each output time; ``active``: False gives a
     finished solve without any work; ``order``: `time_order` of ``t_obs`` when known
-    (else computed here, by comparisons: O(n_obs^2)). **Returns:** the solve's state
+    (else sorted here). **Returns:** the solve's state
     (a dict).
     """
     n_obs = t_obs.shape[0]
     active = jnp.asarray(active, bool)
-    if order is None:
-        rank = sort_rank(t_obs)
-        t_sorted = t_obs[_inverse(rank)]
+    if order is None:  # (the fit engine's lanes give it: no sort in their service)
+        perm = jnp.argsort(t_obs)
+        rank = jnp.argsort(perm).astype(jnp.int32)
+        t_sorted = t_obs[perm]
     else:
         perm, rank, first, n_same = order
         t_sorted = t_obs[perm]
