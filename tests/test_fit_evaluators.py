@@ -226,3 +226,59 @@ def test_costliest_first_changes_nothing_but_the_order(stk, monkeypatch):
     for field in ("z", "loss", "status", "n_steps"):
         np.testing.assert_array_equal(np.asarray(getattr(plain, field)),
                                       np.asarray(getattr(base, field)), err_msg=field)
+
+
+def test_held_drug_effects_match_the_stage_by_stage_solve(tmp_path):
+    """Constant unit exposures (an arm's pseudo-drug), dosed three times during the
+    curves (curves from day -7, boluses at days 0, 7 and 14: the exposure steps 0, 1,
+    2, 3 mg/L and, with EC50 1.5 mg/L and Hill 2, so does the effect): the paced
+    evaluator holds the drug effects between doses (`stepwise`, chosen from the data)
+    and gives the log volumes and Jacobian of the stage-by-stage paced evaluator and of
+    jacfwd of `simulate`. Real PK and infusions are not held."""
+    from fitcsc._fit.evaluators import make_evaluator
+    from fitcsc._io.arms import UNIT_EXPOSURE_PK, register_arm_drug
+    from fitcsc._model.drugs import default_pk
+    from fitcsc._model.pk import pk_arrays, stepwise_exposure
+
+    drug = register_arm_drug("held effects test", "cytostatic")
+    model = fitcsc.ModelConfig(crowding="logistic", drugs=(drug,), species="mouse")
+    ref = fitcsc.default_params(model, carrying_capacity_cells=5e9, initial_csc_fraction=0.1,
+                                csc_division_rate=0.4, self_renewal=0.7,
+                                ec50_mg_per_L=jnp.array([1.5]), hill=jnp.array([2.0]),
+                                cytostatic_efficacy=jnp.array([0.6]))
+    spec = fitcsc.ParamSpec({"csc_division_rate": fitcsc.Positive(),
+                             "self_renewal": fitcsc.Interval(0.5, 1.0),
+                             "cytostatic_efficacy": fitcsc.Interval(0.0, 1.0)}, ref)
+    regimen = fitcsc.Regimen((fitcsc.DoseLine(drug, 1.0, "mg", n_doses=3,
+                                              interval_day=7.0),))
+    vols = true_volumes()[:3]
+    batch = write_batch(tmp_path / "held.csv", vols, [DAYS] * 3, {"trastuzumab": regimen})
+    pred = csc_predictor(model, spec)
+    data = pad_observations(subject_data(batch))
+    held = make_evaluator("paced", pred, data=data)
+    assert held.stepwise and not make_evaluator("paced", pred).stepwise
+    z = np.asarray(jax.vmap(pred.init_z)(data)) + np.random.default_rng(1).uniform(
+        -0.3, 0.3, (3, 4))
+    lp, st, J = evaluate(held, z, data)
+    lp1, st1, J1 = evaluate(PacedEvaluator(pred), z, data)
+    lp2, st2, J2 = evaluate(JacfwdEvaluator(pred), z, data)
+    assert np.all(np.asarray(st) == 0) and np.all(np.asarray(st2) == 0)
+    m = np.asarray(data.mask)
+    np.testing.assert_allclose(np.asarray(lp)[m], np.asarray(lp1)[m], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(lp)[m], np.asarray(lp2)[m], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(J)[m], np.asarray(J1)[m], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(J)[m], np.asarray(J2)[m], rtol=1e-5, atol=1e-8)
+    # the later doses move the curves: with the first dose alone they differ
+    first = fitcsc.Regimen((fitcsc.DoseLine(drug, 1.0, "mg"),))
+    params = pred.params(jnp.asarray(z[0]), jax.tree_util.tree_map(lambda x: x[0], data))
+    lp_first = np.log(np.asarray(fitcsc.simulate(
+        model, params, first.to_schedule(model.drugs, species="mouse"), jnp.asarray(DAYS),
+        t0=DAYS[0]).volume_mm3))
+    assert np.max(np.abs(lp_first - np.asarray(lp)[0][: len(DAYS)])) > 0.05
+    # what is not held: a decaying exposure, an infusion
+    unit = pk_arrays((UNIT_EXPOSURE_PK,))
+    assert stepwise_exposure(*unit, batch.schedule)
+    assert not stepwise_exposure(*pk_arrays((default_pk("trastuzumab", "mouse"),)),
+                                 batch.schedule)
+    infused = fitcsc.Regimen((fitcsc.DoseLine(drug, 1.0, "mg", infusion_hours=2.0),))
+    assert not stepwise_exposure(*unit, infused.to_schedule(model.drugs, species="mouse"))

@@ -270,7 +270,7 @@ def fit_members(who, predictor, data, *, z0, free, sigma0, opts, rule, stop,
     padded = pad_observations(data)
     if evaluator == "auto":
         evaluator = default_evaluator(predictor)
-    ev = make_evaluator(evaluator, predictor, who)
+    ev = make_evaluator(evaluator, predictor, who, padded)
     problem = CurveProblem(ev, rounds=3 if opts.refit_sigma else 1)
     sigma0 = np.broadcast_to(np.asarray(sigma0, float), (n,))
     each = np.repeat(np.arange(n), S)

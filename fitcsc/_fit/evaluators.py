@@ -15,6 +15,11 @@ evaluator only decides how ``log V(z)`` and ``d log V / d z`` of one member come
   from the one right-hand-side builder `fitcsc._model.family.model_rhs` (the one `simulate`
   integrates) with forward sensitivities along the member's free directions, stepped
   by `fitcsc._solve.paced` one Tsit5 step per loop iteration, each lane at its own pace.
+  Where every exposure is constant between doses (boluses of drugs whose response does
+  not decay: the arm pseudo-drugs of `fitcsc fit` without a regimen table; checked on
+  the data, `stepwise`), the drug effects and their tangents are computed after each
+  dose and held, not at every stage of every step (`fitcsc._solve.paced`'s ``hold``;
+  exact, tested against the stage-by-stage solve).
   Log-kill chemotherapy is refused (`PacedEvaluator.check`): its dose jumps move the
   state itself, which the paced solver does not do; use ``"jacfwd"``.
 
@@ -33,7 +38,8 @@ import numpy as np
 from jax.extend.core import Var
 from jaxtyping import Array, Float
 
-from .._model.family import initial_state, model_rhs, total_cells
+from .._model.family import exposure_effects, initial_state, model_rhs, total_cells
+from .._model.pk import pk_arrays, stepwise_exposure
 from .._model.regimen import discontinuity_times
 from .._solve.paced import controller, paced_solve, records, refresh, setup, step, time_order
 from .._status import Status
@@ -129,6 +135,9 @@ class PacedEvaluator(eqx.Module):
     one paced Tsit5 step per iteration (see the module docstring)."""
 
     predictor: CSCPredictor
+    # every drug's exposure constant between its dose times (`stepwise_exposure`): the
+    # drug effects are computed after each dose and held, not at every stage
+    stepwise: bool = eqx.field(static=True, default=False)
     one_shot = False
 
     @staticmethod
@@ -160,26 +169,58 @@ class PacedEvaluator(eqx.Module):
         shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
         return _RhsArgs(p=_ravel(leaves), dp=dp, tree=tree, shapes=shapes, dep=dep)
 
+    @staticmethod
+    def _params(a, varying):
+        """The model parameters with the z-dependent leaves ``varying`` (raveled)."""
+        lv = a.leaves(a.p, range(len(a.shapes)))
+        for i, v in zip(a.dep, a.leaves(varying, a.dep), strict=True):
+            lv[i] = v
+        return jax.tree_util.tree_unflatten(a.tree, lv)
+
+    @staticmethod
+    def _varying(a):
+        """The z-dependent leaves of the model parameters, raveled."""
+        leaves = a.leaves(a.p, range(len(a.shapes)))
+        return _ravel([leaves[i] for i in a.dep])
+
     def _rhs(self, tau, state, args):
-        """States and their sensitivities along the rows of ``E``, one member."""
+        """States and their sensitivities along the rows of ``E``, one member; when
+        `stepwise`, ``args`` also holds the drug effects and their tangents (`_hold`)."""
         y, S = state
+        (a, s), held = args if self.stepwise else (args, None)
+        t = s.t0_day + tau
+        model = self.predictor.model
+        at = self._varying(a)
+        if held is None:
+            def field(y_, varying):
+                return model_rhs(model, self._params(a, varying), s.schedule)(t, y_)
+
+            return jax.vmap(lambda sj, dpj: jax.jvp(field, (y, at), (sj, dpj)),
+                            out_axes=(None, 0))(S, a.dp)
+        eff, d_eff = held
+
+        def at_effects(y_, varying, e):
+            return model_rhs(model, self._params(a, varying), s.schedule, tuple(e))(t, y_)
+
+        return jax.vmap(lambda sj, dpj, dej: jax.jvp(at_effects, (y, at, eff), (sj, dpj, dej)),
+                        out_axes=(None, 0))(S, a.dp, d_eff)
+
+    def _hold(self, tau, args):
+        """The drug effects at ``tau`` and their tangents along the rows of ``E``, held
+        up to the next dose (`stepwise`)."""
         a, s = args
         t = s.t0_day + tau
-        leaves = a.leaves(a.p, range(len(a.shapes)))
 
-        def field(y_, varying):
-            lv = list(leaves)
-            for i, v in zip(a.dep, a.leaves(varying, a.dep), strict=True):
-                lv[i] = v
-            params = jax.tree_util.tree_unflatten(a.tree, lv)
-            return model_rhs(self.predictor.model, params, s.schedule)(t, y_)
+        def effects(varying):
+            return jnp.stack(exposure_effects(self.predictor.model, self._params(a, varying),
+                                              s.schedule, t))
 
-        at = _ravel([leaves[i] for i in a.dep])
+        eff, d_eff = jax.vmap(lambda d: jax.jvp(effects, (self._varying(a),), (d,)),
+                              out_axes=(None, 0))(a.dp)
+        return eff, d_eff
 
-        def tangent(sj, dpj):
-            return jax.jvp(field, (y, at), (sj, dpj))
-
-        return jax.vmap(tangent, out_axes=(None, 0))(S, a.dp)
+    def _held(self):
+        return self._hold if self.stepwise else None
 
     @staticmethod
     def _norm(err):
@@ -215,7 +256,7 @@ class PacedEvaluator(eqx.Module):
         tau_obs, jumps = self._times(s)
         a = self._args(z, s, E)
         c = setup(self._rhs, self._ctrl(), self._initial(z, s, E), (a, s), tau_obs, jumps,
-                  self._record, order=order)
+                  self._record, order=order, hold=self._held())
         return dict(c=c, a=a)
 
     @staticmethod
@@ -236,7 +277,7 @@ class PacedEvaluator(eqx.Module):
     def advance(self, ev, data, busy):
         c = dict(ev["c"], done=ev["c"]["done"] | ~busy)
         args = (ev["a"], data)
-        c = refresh(self._rhs, c, args)
+        c = refresh(self._rhs, c, args, self._held())
         ctrl, n_max = self._ctrl(), self.predictor.max_steps
         c = jax.vmap(lambda ci, a: step(self._rhs, ctrl, ci, a, self._record, n_max))(c, args)
         return dict(ev, c=c)
@@ -286,14 +327,41 @@ def paced_log_pred(predictor, Z, data, active=None):
     return log_pred, status, J, steps
 
 
-def make_evaluator(name: str, predictor, who: str = "fit_map"):
-    """The evaluator ``name`` (`EVALUATORS`) for ``predictor``.
+def _stepwise(predictor, data) -> bool:
+    """Whether the paced evaluator may hold the drug effects between doses for every
+    member of ``data`` (concrete, leading axis): the model has drugs, their PK does not
+    depend on z and `stepwise_exposure` holds for the PK and every schedule."""
+    schedule = getattr(data, "schedule", None)
+    if schedule is None or not predictor.model.drugs:
+        return False
+    s0 = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], data)
+    z = np.zeros(predictor.spec.size)
+
+    def pk(z_, s_):
+        return predictor.params(z_, s_).pk
+
+    if _z_dependent(pk, z, s0):
+        return False
+    return stepwise_exposure(*_pk_arrays_of(predictor, s0), schedule)
+
+
+@eqx.filter_jit
+def _pk_arrays_of(predictor, s):
+    """`pk_arrays` of ``predictor``'s PK for subject ``s`` (one small program, not an
+    eager operation, and a compilation, at a time)."""
+    return pk_arrays(predictor.params(predictor.spec.reference_z(), s).pk)
+
+
+def make_evaluator(name: str, predictor, who: str = "fit_map", data=None):
+    """The evaluator ``name`` (`EVALUATORS`) for ``predictor``; ``data`` (concrete,
+    leading axis): the members it will evaluate, when known (the paced evaluator then
+    holds the drug effects between doses where every exposure allows it).
     **Raises:** `ValueError` (one line) for an unknown name or one that cannot run."""
     if name == "jacfwd":
         return JacfwdEvaluator(predictor)
     if name == "paced":
         PacedEvaluator.check(predictor, who)
-        return PacedEvaluator(predictor)
+        return PacedEvaluator(predictor, stepwise=_stepwise(predictor, data))
     raise ValueError(f"{who}: evaluator must be one of {EVALUATORS} or 'auto', got {name!r}")
 
 

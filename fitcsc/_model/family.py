@@ -192,13 +192,19 @@ def stem_cells(model: ModelConfig, y):
 def vector_field(model: ModelConfig, t, y, params, conc):
     """``dy/dt`` of the configured model at drug concentrations ``conc`` [mg/L]."""
     del t
+    return cell_field(model, y, params, drug_effects(model, params, conc))
+
+
+def cell_field(model: ModelConfig, y, params, effects):
+    """``dy/dt`` of the configured model under the drug ``effects`` ``(B, G, k_S, k_D)``
+    of `drug_effects`."""
     ix = {n: i for i, n in enumerate(model.state_names)}
     get = lambda n: y[ix[n]] if n in ix else jnp.zeros((), y.dtype)  # noqa: E731
     S, D, P, Q, R, L = (get(n) for n in ("S", "D", "P", "Q", "R", "L"))
     p = params
     v_S, p_self, d_S = p.csc_division_rate, p.self_renewal, p.csc_death_rate
     v_D, d_D, K = p.bulk_division_rate, p.bulk_death_rate, p.carrying_capacity_cells
-    B, G, k_S, k_D = drug_effects(model, p, conc)
+    B, G, k_S, k_D = effects
     p_eff = p_self * (1.0 - p.her2_efficacy_csc * p.her2_dependence_csc * B)
     v_D_eff = v_D * (1.0 - p.her2_efficacy_bulk * p.her2_dependence_bulk * B)
     g = crowding_factor(model, total_cells(model, y), K)
@@ -243,24 +249,35 @@ def vector_field(model: ModelConfig, t, y, params, conc):
     return jnp.stack([d[n] for n in model.state_names])
 
 
-def model_rhs(model: ModelConfig, params, schedule):
+def model_rhs(model: ModelConfig, params, schedule, effects=None):
     """The right-hand side ``f(t, y, args=None)`` of ``model`` with ``params`` under
     ``schedule`` (a `DoseSchedule`): `vector_field` at the closed-form concentrations of
     every drug. The one builder of the model's ODE: `fitcsc.simulate` integrates it with
     diffrax, the paced evaluator of the fit engine with its forward sensitivities.
+
+    ``effects``: the drug effects `exposure_effects` to use at every ``t`` instead of
+    the schedule's (the paced evaluator holds them over a step on which the exposure is
+    constant, see `fitcsc._model.pk.stepwise_exposure`).
 
     **Raises:** `ValueError` if ``params.pk`` does not hold one PK model per drug.
     """
     if len(params.pk) != len(model.drugs):
         raise ValueError(f"params.pk has {len(params.pk)} PK models for "
                          f"{len(model.drugs)} drugs {model.drugs}")
-    coefs, rates = pk_arrays(params.pk)
 
     def f(t, y, args=None):
         del args
-        return vector_field(model, t, y, params, concentrations(coefs, rates, schedule, t))
+        held = exposure_effects(model, params, schedule, t) if effects is None else effects
+        return cell_field(model, y, params, held)
 
     return f
+
+
+def exposure_effects(model: ModelConfig, params, schedule, t):
+    """`drug_effects` at time ``t`` [day] at the closed-form concentrations of every
+    drug under ``schedule``."""
+    coefs, rates = pk_arrays(params.pk)
+    return drug_effects(model, params, concentrations(coefs, rates, schedule, t))
 
 
 def initial_state(model: ModelConfig, params):

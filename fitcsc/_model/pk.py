@@ -18,7 +18,9 @@ days.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -164,6 +166,22 @@ def unit_auc(coefs, rates, tau_day, duration_day):
     after = jnp.maximum(tau - dur, 0.0)
     decay = jnp.sum(level * -jnp.expm1(-rates * after) / rates)
     return jnp.where(started, jnp.where(is_inf, rising + decay, bolus), 0.0)
+
+
+def stepwise_exposure(coefs, rates, schedule) -> bool:
+    """Whether every concentration is constant between the jumps of ``schedule`` (a
+    `DoseSchedule`, leading axes allowed; `fitcsc._model.regimen.discontinuity_times`)
+    for drugs with the exponentials ``coefs, rates`` (`pk_arrays`): boluses only, of
+    drugs whose unit response does not decay (each exponential with a coefficient has
+    rate 0, as the constant unit exposure of a PDX arm's pseudo-drug, `fitcsc._io.arms`).
+    A host-side check of concrete values: False where one is not concrete (traced)."""
+    try:
+        coefs, rates = np.asarray(coefs), np.asarray(rates)
+        mask, dur = np.asarray(schedule.mask), np.asarray(schedule.duration_day)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return False
+    flat = bool(np.all((coefs == 0.0) | (rates == 0.0)))
+    return flat and not bool(np.any(mask & (dur != 0.0)))
 
 
 def cumulative_exposure(pk_coefs, pk_rates, schedule, t_day):

@@ -19,6 +19,13 @@ as functions of *one* member that a caller vmaps and steps:
 - `refresh`: after a discontinuity the stored first stage is evaluated again;
 - `records`: the recorded values in the caller's order of observation times.
 
+``hold(tau, args)`` (optional, the same in each): for a caller whose vector field has
+parts that are constant between its jumps (the exposure to drugs given as boluses that
+do not decay), those parts at ``tau``. They are computed when the solve starts and
+after each jump, at a time strictly inside the interval up to the next jump (its
+midpoint), kept in the solve's state, and ``rhs`` then gets ``(args, held)`` as its
+arguments. Steps never cross a jump, so that is exact.
+
 The fit engine's lanes (`fitcsc._fit.lanes`) step many members together and hand a lane
 whose solve has finished to the next evaluation, so one slow member never holds the
 others. `paced_solve` steps a fixed batch to the end (the standalone form, tested
@@ -127,15 +134,26 @@ def time_order(t_obs):
     return tuple(a.astype(np.int32) for a in (perm, rank, first, last - first + 1))
 
 
-def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None):
+def _inside(tau, jumps):
+    """A time strictly inside the interval from ``tau`` to the next of ``jumps``."""
+    nxt = jnp.min(jnp.where(jumps > tau, jumps, jnp.inf))
+    return jnp.where(jnp.isfinite(nxt), tau + 0.5 * (nxt - tau), tau + 1.0)
+
+
+def _rhs_args(c, args):
+    """The right-hand side's arguments in solve state ``c``."""
+    return (args, c["held"]) if "held" in c else args
+
+
+def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None, hold=None):
     """The solve of one member from ``tau = 0`` (``y`` there), before its first step.
 
     ``t_obs`` ``(n_obs,)``: output times (>= 0, any order; ``+inf`` marks padding);
     ``jumps``: times where ``rhs`` jumps (entries <= 0 or ``+inf`` are ignored);
     ``record(y)``: the pytree kept at each output time; ``active``: False gives a
     finished solve without any work; ``order``: `time_order` of ``t_obs`` when known
-    (else sorted here). **Returns:** the solve's state
-    (a dict).
+    (else sorted here); ``hold``: see the module docstring. **Returns:** the solve's
+    state (a dict).
     """
     n_obs = t_obs.shape[0]
     active = jnp.asarray(active, bool)
@@ -146,6 +164,9 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None):
     else:
         perm, rank, first, n_same = order
         t_sorted = t_obs[perm]
+    jumps = jnp.where(jumps > 0, jumps, jnp.inf)
+    extra = {} if hold is None else {"held": hold(_inside(0.0, jumps), args)}
+    args = _rhs_args(extra, args)
     dt0, cstate = ctrl.init(diffrax.ODETerm(rhs), 0.0, 1.0, y, None, args,
                             lambda _, t, y_, a_: rhs(t, y_, a_), _ERROR_ORDER)
     rec0 = record(y)
@@ -168,7 +189,7 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None):
                 jump=jnp.zeros((), bool), done=(k >= n_real) | ~active | ~finite,
                 code=jnp.where(finite | ~active, Status.SUCCESS, Status.NONFINITE).astype(
                     jnp.int32), t_obs=t_sorted, rank=rank, n_real=n_real,
-                jumps=jnp.where(jumps > 0, jumps, jnp.inf))
+                jumps=jumps, **extra)
 
 
 def step(rhs, ctrl, c, args, record, max_steps: int):
@@ -180,7 +201,7 @@ def step(rhs, ctrl, c, args, record, max_steps: int):
     before_jump = jnp.nextafter(jump_next, -jnp.inf)
     t0 = c["tau"]
     t1 = jnp.minimum(t0 + c["h"], jnp.minimum(obs_next, before_jump))
-    y1, y_err, k_last = tsit5_step(rhs, t0, t1, c["y"], args, c["k1"])
+    y1, y_err, k_last = tsit5_step(rhs, t0, t1, c["y"], _rhs_args(c, args), c["k1"])
     keep, next_t0, next_t1, _, cstate, _ = ctrl.adapt_step_size(
         t0, t1, c["y"], y1, args, y_err, _ERROR_ORDER, c["cstate"])
     finite = _finite(y1)
@@ -209,12 +230,18 @@ def step(rhs, ctrl, c, args, record, max_steps: int):
     return new
 
 
-def refresh(rhs, c, args):
+def refresh(rhs, c, args, hold=None):
     """Batched (leading axis): after a jump the stored k1 is the derivative before it:
-    evaluate it again, only when some member has just stepped onto a jump."""
+    evaluate it again (and what ``hold`` gives), only when some member has just stepped
+    onto a jump."""
+    def one(ci, a):
+        new = {} if hold is None else {"held": hold(_inside(ci["tau"], ci["jumps"]), a)}
+        new["k1"] = rhs(ci["tau"], ci["y"], _rhs_args(new, a))
+        return new
+
     def again(c_):
-        k1 = jax.vmap(rhs)(c_["tau"], c_["y"], args)
-        return dict(c_, k1=_tree_where(c_["jump"], k1, c_["k1"]))
+        new = jax.vmap(one)(c_, args)
+        return dict(c_, **_tree_where(c_["jump"], new, {k: c_[k] for k in new}))
 
     return jax.lax.cond(jnp.any(c["jump"]), again, lambda c_: c_, c)
 
