@@ -16,6 +16,9 @@ modules that may move)::
   `fitcsc.fit_map` builds).
 - Engine counters: `lane_stats` (iterations, services, lane steps, idle lanes of the
   fixed-shape lanes since the last `reset_lane_stats`).
+- The paced evaluator's hold between doses: `paced_hold` (what it holds for a batch:
+  ``"effects"``, ``"exposure"`` or ``"none"``) and `stage_by_stage` (a block in which
+  it holds nothing: the reference that benchmarks/pk_regimens.py times).
 """
 
 from ._fit.csc_spec import (
@@ -26,9 +29,19 @@ from ._fit.csc_spec import (
     drug_slots,
     slot_batch,
 )
-from ._fit.driver import reference_starts, sobol_unit, starts
+from ._fit.driver import pad_observations, reference_starts, sobol_unit, starts
+from ._fit.evaluators import hold_for, stage_by_stage
 from ._fit.lanes import STATS as _STATS
+from ._fit.predictors import subject_data
 from ._jobs.fit_job import load_job_data, regimen_of
+
+
+def paced_hold(predictor, batch) -> str:
+    """What the paced evaluator holds between doses when `fitcsc.fit_map` fits
+    ``batch`` (a `SubjectBatch`) with ``predictor``: ``"effects"`` (every exposure
+    constant between doses), ``"exposure"`` (any other PK that does not depend on z) or
+    ``"none"``."""
+    return hold_for(predictor, pad_observations(subject_data(batch)))
 
 
 def lane_stats() -> dict:
@@ -44,6 +57,6 @@ def reset_lane_stats() -> None:
 
 __all__ = [
     "CSC_REFERENCE", "arm_predictor", "csc_arm_spec", "csc_union_spec", "drug_slots",
-    "lane_stats", "load_job_data", "reference_starts", "regimen_of", "reset_lane_stats",
-    "slot_batch", "sobol_unit", "starts",
+    "lane_stats", "load_job_data", "paced_hold", "reference_starts", "regimen_of",
+    "reset_lane_stats", "slot_batch", "sobol_unit", "stage_by_stage", "starts",
 ]

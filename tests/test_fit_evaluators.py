@@ -232,7 +232,7 @@ def test_held_drug_effects_match_the_stage_by_stage_solve(tmp_path):
     """Constant unit exposures (an arm's pseudo-drug), dosed three times during the
     curves (curves from day -7, boluses at days 0, 7 and 14: the exposure steps 0, 1,
     2, 3 mg/L and, with EC50 1.5 mg/L and Hill 2, so does the effect): the paced
-    evaluator holds the drug effects between doses (`stepwise`, chosen from the data)
+    evaluator holds the drug effects between doses (hold "effects", chosen from the data)
     and gives the log volumes and Jacobian of the stage-by-stage paced evaluator and of
     jacfwd of `simulate`. Real PK and infusions are not held."""
     from fitcsc._fit.evaluators import make_evaluator
@@ -256,7 +256,7 @@ def test_held_drug_effects_match_the_stage_by_stage_solve(tmp_path):
     pred = csc_predictor(model, spec)
     data = pad_observations(subject_data(batch))
     held = make_evaluator("paced", pred, data=data)
-    assert held.stepwise and not make_evaluator("paced", pred).stepwise
+    assert held.hold == "effects" and make_evaluator("paced", pred).hold == "none"
     z = np.asarray(jax.vmap(pred.init_z)(data)) + np.random.default_rng(1).uniform(
         -0.3, 0.3, (3, 4))
     lp, st, J = evaluate(held, z, data)
@@ -282,3 +282,49 @@ def test_held_drug_effects_match_the_stage_by_stage_solve(tmp_path):
                                  batch.schedule)
     infused = fitcsc.Regimen((fitcsc.DoseLine(drug, 1.0, "mg", infusion_hours=2.0),))
     assert not stepwise_exposure(*unit, infused.to_schedule(model.drugs, species="mouse"))
+
+
+def test_held_exposure_matches_the_stage_by_stage_solve(tmp_path):
+    """Real PK (hold "exposure", chosen from the data): lapatinib by mouth daily
+    (absorption and elimination, two exponentials) and trastuzumab as 3-hour infusions,
+    during curves from day -7; the exposure is held from each jump on (each
+    exponential's value and input rate), the concentrations are no longer a sum over
+    the doses at every stage. Log volumes and Jacobian as the stage-by-stage paced
+    evaluator and jacfwd of `simulate`."""
+    from fitcsc._fit.csc_spec import csc_arm_spec
+    from fitcsc._fit.evaluators import make_evaluator
+
+    model = fitcsc.ModelConfig(crowding="logistic", drugs=("lapatinib", "trastuzumab"),
+                               species="mouse")
+    regimen = fitcsc.Regimen((
+        fitcsc.DoseLine("lapatinib", 100.0, "mg/kg", start_day=0.5, n_doses=6,
+                        interval_day=1.0),
+        fitcsc.DoseLine("trastuzumab", 10.0, "mg/kg", n_doses=2, interval_day=7.0,
+                        infusion_hours=3.0)))
+    vols = true_volumes()[:3]
+    batch = write_batch(tmp_path / "pk.csv", vols, [DAYS] * 3, {"trastuzumab": regimen})
+    pred = csc_predictor(model, csc_arm_spec(model))
+    data = pad_observations(subject_data(batch))
+    held = make_evaluator("paced", pred, data=data)
+    assert held.hold == "exposure"
+    n_z = pred.spec.size
+    z = np.asarray(jax.vmap(pred.init_z)(data)) + np.random.default_rng(2).uniform(
+        -0.3, 0.3, (3, n_z))
+    lp, st, J = evaluate(held, z, data)
+    lp1, st1, J1 = evaluate(PacedEvaluator(pred), z, data)
+    lp2, st2, J2 = evaluate(JacfwdEvaluator(pred), z, data)
+    assert np.all(np.asarray(st) == 0) and np.all(np.asarray(st1) == 0)
+    assert np.all(np.asarray(st2) == 0)
+    m = np.asarray(data.mask)
+    np.testing.assert_allclose(np.asarray(lp)[m], np.asarray(lp1)[m], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(lp)[m], np.asarray(lp2)[m], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(J)[m], np.asarray(J1)[m], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(J)[m], np.asarray(J2)[m], rtol=1e-5, atol=1e-8)
+    # the drugs act: untreated, the same parameters give other curves
+    params = pred.params(jnp.asarray(z[0]), jax.tree_util.tree_map(lambda x: x[0], data))
+    untreated = fitcsc.Regimen((fitcsc.DoseLine("lapatinib", 100.0, "mg/kg",
+                                                start_day=1000.0),)).to_schedule(
+        model.drugs, species="mouse")  # its one dose after the curves
+    lp_none = np.log(np.asarray(fitcsc.simulate(model, params, untreated, jnp.asarray(DAYS),
+                                                t0=DAYS[0]).volume_mm3))
+    assert np.max(np.abs(lp_none - np.asarray(lp)[0][: len(DAYS)])) > 0.05

@@ -174,3 +174,35 @@ def test_catalogue_trastuzumab_matches_published_table():
     _, beta = pk.macro_rates()
     assert math.log(2) / float(beta) == pytest.approx(rows["terminal half-life"]["value"],
                                                       abs=0.1)
+
+
+def test_held_exposure_gives_the_superposition_between_jumps():
+    """`held_exposure` at an interval's start (its doses decided at a time inside it)
+    and `concentrations_between` give `concentrations` (the sum over every dose) at
+    every time of every interval between the schedule's jumps: boluses by mouth (two
+    exponentials), a two-compartment infusion and a 24-hour infusion that spans a
+    bolus of another drug."""
+    from fitcsc._model.drugs import default_pk
+    from fitcsc._model.pk import concentrations_between, held_exposure
+    from fitcsc._model.regimen import discontinuity_times
+
+    drugs = ("lapatinib", "trastuzumab", "paclitaxel")
+    reg = fitcsc.Regimen((
+        fitcsc.DoseLine("lapatinib", 100.0, "mg/kg", n_doses=5, interval_day=1.0,
+                        start_day=0.5),
+        fitcsc.DoseLine("trastuzumab", 10.0, "mg/kg", n_doses=3, interval_day=7.0,
+                        infusion_hours=3.0),
+        fitcsc.DoseLine("paclitaxel", 20.0, "mg/kg", n_doses=2, interval_day=7.0,
+                        start_day=1.0, infusion_hours=24.0)))
+    for species in ("mouse", "human"):
+        sched = reg.to_schedule(drugs, species=species)
+        c, r = pk_arrays([default_pk(d, species) for d in drugs])
+        jumps = np.unique(np.asarray(discontinuity_times(sched, 40.0)))
+        edges = np.concatenate([[-1.0], jumps])
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            x, rate = held_exposure(c, r, sched, a, 0.5 * (a + b))
+            for t in np.linspace(a, b, 6)[:-1]:
+                want = np.asarray(concentrations(c, r, sched, t))
+                got = np.asarray(concentrations_between(x, rate, r, t - a))
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-300,
+                                           err_msg=f"{species}, t = {t}")

@@ -15,11 +15,14 @@ evaluator only decides how ``log V(z)`` and ``d log V / d z`` of one member come
   from the one right-hand-side builder `fitcsc._model.family.model_rhs` (the one `simulate`
   integrates) with forward sensitivities along the member's free directions, stepped
   by `fitcsc._solve.paced` one Tsit5 step per loop iteration, each lane at its own pace.
-  Where every exposure is constant between doses (boluses of drugs whose response does
-  not decay: the arm pseudo-drugs of `fitcsc fit` without a regimen table; checked on
-  the data, `stepwise`), the drug effects and their tangents are computed after each
-  dose and held, not at every stage of every step (`fitcsc._solve.paced`'s ``hold``;
-  exact, tested against the stage-by-stage solve).
+  What does not change between two doses is computed once per interval, not at every
+  stage of every step (`PacedEvaluator.hold`, chosen from the data; `fitcsc._solve.paced`'s
+  ``hold``; exact, tested against the stage-by-stage solve): where every exposure is
+  constant between doses (boluses of drugs whose response does not decay: the arm
+  pseudo-drugs of `fitcsc fit` without a regimen table) the drug effects and their
+  tangents; under any other PK that does not depend on z, each exponential's value and
+  input rate at the interval's start, so that the concentrations at a stage cost one
+  exponential per drug and PK exponential, not a sum over every dose.
   Log-kill chemotherapy is refused (`PacedEvaluator.check`): its dose jumps move the
   state itself, which the paced solver does not do; use ``"jacfwd"``.
 
@@ -31,6 +34,8 @@ member's sigma.
 
 from __future__ import annotations
 
+import contextlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -39,7 +44,7 @@ from jax.extend.core import Var
 from jaxtyping import Array, Float
 
 from .._model.family import exposure_effects, initial_state, model_rhs, total_cells
-from .._model.pk import pk_arrays, stepwise_exposure
+from .._model.pk import held_exposure, pk_arrays, stepwise_exposure
 from .._model.regimen import discontinuity_times
 from .._solve.paced import controller, paced_solve, records, refresh, setup, step, time_order
 from .._status import Status
@@ -135,9 +140,11 @@ class PacedEvaluator(eqx.Module):
     one paced Tsit5 step per iteration (see the module docstring)."""
 
     predictor: CSCPredictor
-    # every drug's exposure constant between its dose times (`stepwise_exposure`): the
-    # drug effects are computed after each dose and held, not at every stage
-    stepwise: bool = eqx.field(static=True, default=False)
+    # what is computed once per interval between jumps (doses, infusion ends) instead of
+    # at every stage of every step (one of `HOLDS`): "effects" where every exposure is constant
+    # on it (`stepwise_exposure`), "exposure" for any PK that does not depend on z,
+    # "none" (stage by stage: the reference, and PK that depends on z)
+    hold: str = eqx.field(static=True, default="none")
     one_shot = False
 
     @staticmethod
@@ -184,16 +191,17 @@ class PacedEvaluator(eqx.Module):
         return _ravel([leaves[i] for i in a.dep])
 
     def _rhs(self, tau, state, args):
-        """States and their sensitivities along the rows of ``E``, one member; when
-        `stepwise`, ``args`` also holds the drug effects and their tangents (`_hold`)."""
+        """States and their sensitivities along the rows of ``E``, one member; with a
+        `hold`, ``args`` also has what `_hold` gave."""
         y, S = state
-        (a, s), held = args if self.stepwise else (args, None)
+        (a, s), held = args if self.hold != "none" else (args, None)
         t = s.t0_day + tau
         model = self.predictor.model
         at = self._varying(a)
-        if held is None:
+        if self.hold != "effects":
             def field(y_, varying):
-                return model_rhs(model, self._params(a, varying), s.schedule)(t, y_)
+                return model_rhs(model, self._params(a, varying), s.schedule,
+                                 exposure=held)(t, y_)
 
             return jax.vmap(lambda sj, dpj: jax.jvp(field, (y, at), (sj, dpj)),
                             out_axes=(None, 0))(S, a.dp)
@@ -205,22 +213,28 @@ class PacedEvaluator(eqx.Module):
         return jax.vmap(lambda sj, dpj, dej: jax.jvp(at_effects, (y, at, eff), (sj, dpj, dej)),
                         out_axes=(None, 0))(S, a.dp, d_eff)
 
-    def _hold(self, tau, args):
-        """The drug effects at ``tau`` and their tangents along the rows of ``E``, held
-        up to the next dose (`stepwise`)."""
+    def _hold(self, tau, inside, args):
+        """What `hold` keeps on the interval between jumps that starts at ``tau``
+        (``inside``: a time strictly inside it): ``"effects"``, the drug effects there
+        and their tangents along the rows of ``E``; ``"exposure"``, its
+        `held_exposure`, the exponentials' rates and its start [day]."""
         a, s = args
-        t = s.t0_day + tau
+        if self.hold == "exposure":
+            coefs, rates = pk_arrays(self._params(a, self._varying(a)).pk)
+            x, r = held_exposure(coefs, rates, s.schedule, s.t0_day + tau,
+                                 s.t0_day + inside)
+            return x, r, rates, s.t0_day + tau
 
         def effects(varying):
             return jnp.stack(exposure_effects(self.predictor.model, self._params(a, varying),
-                                              s.schedule, t))
+                                              s.schedule, s.t0_day + inside))
 
         eff, d_eff = jax.vmap(lambda d: jax.jvp(effects, (self._varying(a),), (d,)),
                               out_axes=(None, 0))(a.dp)
         return eff, d_eff
 
     def _held(self):
-        return self._hold if self.stepwise else None
+        return None if self.hold == "none" else self._hold
 
     @staticmethod
     def _norm(err):
@@ -327,13 +341,30 @@ def paced_log_pred(predictor, Z, data, active=None):
     return log_pred, status, J, steps
 
 
-def _stepwise(predictor, data) -> bool:
-    """Whether the paced evaluator may hold the drug effects between doses for every
-    member of ``data`` (concrete, leading axis): the model has drugs, their PK does not
-    depend on z and `stepwise_exposure` holds for the PK and every schedule."""
+HOLDS = ("effects", "exposure", "none")
+_STAGE_BY_STAGE: list[bool] = []  # `stage_by_stage` blocks entered
+
+
+@contextlib.contextmanager
+def stage_by_stage():
+    """Within the block the paced evaluator holds nothing between doses (hold
+    ``"none"``): the reference that benchmarks/pk_regimens.py times beside the held
+    exposure."""
+    _STAGE_BY_STAGE.append(True)
+    try:
+        yield
+    finally:
+        _STAGE_BY_STAGE.pop()
+
+
+def hold_for(predictor, data) -> str:
+    """What the paced evaluator can hold between jumps for every member of ``data``
+    (concrete, leading axis; `PacedEvaluator.hold`): ``"effects"`` where
+    `stepwise_exposure` holds for the PK and every schedule, else ``"exposure"``;
+    ``"none"`` without drugs, data or where the PK depends on z."""
     schedule = getattr(data, "schedule", None)
     if schedule is None or not predictor.model.drugs:
-        return False
+        return "none"
     s0 = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], data)
     z = np.zeros(predictor.spec.size)
 
@@ -341,8 +372,10 @@ def _stepwise(predictor, data) -> bool:
         return predictor.params(z_, s_).pk
 
     if _z_dependent(pk, z, s0):
-        return False
-    return stepwise_exposure(*_pk_arrays_of(predictor, s0), schedule)
+        return "none"
+    if stepwise_exposure(*_pk_arrays_of(predictor, s0), schedule):
+        return "effects"
+    return "exposure"
 
 
 @eqx.filter_jit
@@ -355,13 +388,14 @@ def _pk_arrays_of(predictor, s):
 def make_evaluator(name: str, predictor, who: str = "fit_map", data=None):
     """The evaluator ``name`` (`EVALUATORS`) for ``predictor``; ``data`` (concrete,
     leading axis): the members it will evaluate, when known (the paced evaluator then
-    holds the drug effects between doses where every exposure allows it).
+    holds what does not change between doses, `PacedEvaluator.hold`).
     **Raises:** `ValueError` (one line) for an unknown name or one that cannot run."""
     if name == "jacfwd":
         return JacfwdEvaluator(predictor)
     if name == "paced":
         PacedEvaluator.check(predictor, who)
-        return PacedEvaluator(predictor, stepwise=_stepwise(predictor, data))
+        hold = "none" if _STAGE_BY_STAGE else hold_for(predictor, data)
+        return PacedEvaluator(predictor, hold=hold)
     raise ValueError(f"{who}: evaluator must be one of {EVALUATORS} or 'auto', got {name!r}")
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .drugs import CATALOGUE, SPECIES, canonical_drug
-from .pk import concentrations, pk_arrays
+from .pk import concentrations, concentrations_between, pk_arrays
 
 CROWDING = ("none", "logistic", "gompertz")
 PLASTICITY = ("none", "constant", "signal")
@@ -249,15 +249,21 @@ def cell_field(model: ModelConfig, y, params, effects):
     return jnp.stack([d[n] for n in model.state_names])
 
 
-def model_rhs(model: ModelConfig, params, schedule, effects=None):
+def model_rhs(model: ModelConfig, params, schedule, effects=None, exposure=None):
     """The right-hand side ``f(t, y, args=None)`` of ``model`` with ``params`` under
     ``schedule`` (a `DoseSchedule`): `vector_field` at the closed-form concentrations of
     every drug. The one builder of the model's ODE: `fitcsc.simulate` integrates it with
     diffrax, the paced evaluator of the fit engine with its forward sensitivities.
 
-    ``effects``: the drug effects `exposure_effects` to use at every ``t`` instead of
-    the schedule's (the paced evaluator holds them over a step on which the exposure is
-    constant, see `fitcsc._model.pk.stepwise_exposure`).
+    Between two jumps of the schedule (doses, infusion ends) the paced evaluator of the
+    fit engine holds what does not change:
+
+    - ``effects``: the drug effects (`exposure_effects`) to use at every ``t``, where
+      every exposure is constant between jumps (`fitcsc._model.pk.stepwise_exposure`);
+    - ``exposure``: ``(x, r, rates, t_start)``, the interval's
+      `fitcsc._model.pk.held_exposure` from ``t_start`` on and the exponentials' rates:
+      the concentrations at ``t`` are then `fitcsc._model.pk.concentrations_between`,
+      not a sum over every dose.
 
     **Raises:** `ValueError` if ``params.pk`` does not hold one PK model per drug.
     """
@@ -267,8 +273,13 @@ def model_rhs(model: ModelConfig, params, schedule, effects=None):
 
     def f(t, y, args=None):
         del args
-        held = exposure_effects(model, params, schedule, t) if effects is None else effects
-        return cell_field(model, y, params, held)
+        if effects is not None:
+            return cell_field(model, y, params, effects)
+        if exposure is not None:
+            x, r, rates, t_start = exposure
+            conc = concentrations_between(x, r, rates, t - t_start)
+            return cell_field(model, y, params, drug_effects(model, params, conc))
+        return cell_field(model, y, params, exposure_effects(model, params, schedule, t))
 
     return f
 

@@ -122,6 +122,50 @@ def unit_response(coefs, rates, tau_day, duration_day):
     return jnp.where(started, jnp.sum(coefs * jnp.exp(-rates * a) * width_factor), 0.0)
 
 
+def held_exposure(pk_coefs, pk_rates, schedule, t_day, inside_day):
+    """The exposure on an interval between two jumps of ``schedule``
+    (`fitcsc._model.regimen.discontinuity_times`) that starts at ``t_day``, as
+    `concentrations_between` needs it.
+
+    Each exponential of a drug's unit response is one linear compartment: on such an
+    interval its value decays at its rate from its value at the start, plus the input
+    of the infusions running in it. ``inside_day``, a time strictly inside the interval,
+    decides which doses have started and which infusions run (so a dose at ``t_day``
+    itself counts whatever the rounding of ``t_day``).
+
+    **Returns:** ``(x, r)``, shape ``(n_drugs, n_exp)``: each exponential's value at
+    ``t_day`` [mg/L] and its input rate [mg/L/day].
+    """
+    n_drugs = pk_coefs.shape[0]
+    drug = schedule.drug
+    c, lam = pk_coefs[drug], pk_rates[drug]  # (n_doses, n_exp)
+    started = schedule.mask & (schedule.time_day <= inside_day)
+    dur = schedule.duration_day
+    elapsed = jnp.maximum(t_day - schedule.time_day, 0.0)
+    # per dose and exponential: `unit_response` of that exponential alone
+    comp = jax.vmap(lambda ck, lk, e, d: jax.vmap(
+        lambda cj, lj: unit_response(cj[None], lj[None], e, d))(ck, lk))(c, lam, elapsed, dur)
+    x_dose = jnp.where(started[:, None], comp * schedule.amount_mg[:, None], 0.0)
+    running = started & (dur > 0.0) & (inside_day < schedule.time_day + dur)
+    r_dose = jnp.where(running[:, None],
+                       c * (schedule.amount_mg / jnp.where(dur > 0.0, dur, 1.0))[:, None], 0.0)
+    onehot = (drug[:, None] == jnp.arange(n_drugs)[None, :])[:, :, None]
+    x = jnp.sum(jnp.where(onehot, x_dose[:, None, :], 0.0), axis=0)
+    r = jnp.sum(jnp.where(onehot, r_dose[:, None, :], 0.0), axis=0)
+    return x, r
+
+
+def concentrations_between(x, r, pk_rates, dt_day):
+    """Concentrations of every drug ``dt_day`` after the start of an interval between
+    jumps, from its `held_exposure` ``(x, r)``: each exponential
+    ``x exp(-l dt) + r (1 - exp(-l dt)) / l`` (``r dt`` at ``l = 0``), summed.
+    Shape ``(n_drugs,)``."""
+    pos = pk_rates > 0.0
+    safe = jnp.where(pos, pk_rates, 1.0)
+    grow = jnp.where(pos, -jnp.expm1(-safe * dt_day) / safe, dt_day)
+    return jnp.sum(x * jnp.exp(-pk_rates * dt_day) + r * grow, axis=1)
+
+
 def concentrations(pk_coefs, pk_rates, schedule, t_day):
     """Concentrations of every drug slot at time ``t_day`` by superposition.
 

@@ -19,12 +19,13 @@ as functions of *one* member that a caller vmaps and steps:
 - `refresh`: after a discontinuity the stored first stage is evaluated again;
 - `records`: the recorded values in the caller's order of observation times.
 
-``hold(tau, args)`` (optional, the same in each): for a caller whose vector field has
-parts that are constant between its jumps (the exposure to drugs given as boluses that
-do not decay), those parts at ``tau``. They are computed when the solve starts and
-after each jump, at a time strictly inside the interval up to the next jump (its
-midpoint), kept in the solve's state, and ``rhs`` then gets ``(args, held)`` as its
-arguments. Steps never cross a jump, so that is exact.
+``hold(tau, inside, args)`` (optional, the same in each): for a caller whose vector
+field has parts that are fixed between its jumps (the drugs' exposure, a known function
+of time from one dose to the next), those parts on the interval that starts at ``tau``
+(``inside``: a time strictly inside it, the midpoint to the next jump). They are
+computed when the solve starts and after each jump, kept in the solve's state, and
+``rhs`` then gets ``(args, held)`` as its arguments. Steps never cross a jump, so that
+is exact.
 
 The fit engine's lanes (`fitcsc._fit.lanes`) step many members together and hand a lane
 whose solve has finished to the next evaluation, so one slow member never holds the
@@ -165,7 +166,7 @@ def setup(rhs, ctrl, y, args, t_obs, jumps, record, active=True, order=None, hol
         perm, rank, first, n_same = order
         t_sorted = t_obs[perm]
     jumps = jnp.where(jumps > 0, jumps, jnp.inf)
-    extra = {} if hold is None else {"held": hold(_inside(0.0, jumps), args)}
+    extra = {} if hold is None else {"held": hold(0.0, _inside(0.0, jumps), args)}
     args = _rhs_args(extra, args)
     dt0, cstate = ctrl.init(diffrax.ODETerm(rhs), 0.0, 1.0, y, None, args,
                             lambda _, t, y_, a_: rhs(t, y_, a_), _ERROR_ORDER)
@@ -235,7 +236,8 @@ def refresh(rhs, c, args, hold=None):
     evaluate it again (and what ``hold`` gives), only when some member has just stepped
     onto a jump."""
     def one(ci, a):
-        new = {} if hold is None else {"held": hold(_inside(ci["tau"], ci["jumps"]), a)}
+        new = ({} if hold is None else
+               {"held": hold(ci["tau"], _inside(ci["tau"], ci["jumps"]), a)})
         new["k1"] = rhs(ci["tau"], ci["y"], _rhs_args(new, a))
         return new
 
