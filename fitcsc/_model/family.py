@@ -271,15 +271,20 @@ def model_rhs(model: ModelConfig, params, schedule, effects=None, exposure=None)
         raise ValueError(f"params.pk has {len(params.pk)} PK models for "
                          f"{len(model.drugs)} drugs {model.drugs}")
 
+    if effects is None and exposure is None:
+        coefs, rates = pk_arrays(params.pk)  # once, not at every evaluation
+
     def f(t, y, args=None):
         del args
         if effects is not None:
-            return cell_field(model, y, params, effects)
-        if exposure is not None:
-            x, r, rates, t_start = exposure
-            conc = concentrations_between(x, r, rates, t - t_start)
-            return cell_field(model, y, params, drug_effects(model, params, conc))
-        return cell_field(model, y, params, exposure_effects(model, params, schedule, t))
+            held = effects
+        elif exposure is not None:
+            x, r, rates_, t_start = exposure
+            held = drug_effects(model, params, concentrations_between(x, r, rates_,
+                                                                      t - t_start))
+        else:
+            held = drug_effects(model, params, concentrations(coefs, rates, schedule, t))
+        return cell_field(model, y, params, held)
 
     return f
 
