@@ -326,6 +326,23 @@ def test_clinical_validation_quick(tmp_path):
     assert m["mean_width_95_map_trial_points"] > 0
 
 
+def test_hr_predictive_interval_adds_the_estimate_sampling_error():
+    """Posterior log HR draws N(m, s) and a published estimate with standard error se:
+    the predictive interval is m +- z sqrt(s^2 + se^2) (closed form, normal), wider than
+    the parameters' own interval, and equal to it when se is 0."""
+    exp = _load("clinical_validation")
+    m, s, se = np.log(0.6), 0.15, 0.11
+    draws = m + s * np.random.default_rng(3).standard_normal(400_000)
+    z = scipy.stats.norm.ppf(0.975)
+    lo, hi = exp.hr_predictive_interval(draws, se, seed=1)
+    half = z * np.hypot(s, se)
+    assert np.log(lo) == pytest.approx(m - half, abs=5e-3)
+    assert np.log(hi) == pytest.approx(m + half, abs=5e-3)
+    lo0, hi0 = exp.hr_predictive_interval(draws, 0.0, seed=1)
+    assert np.log(lo0) == pytest.approx(m - z * s, abs=5e-3)
+    assert np.log(hi0) == pytest.approx(m + z * s, abs=5e-3)
+
+
 def test_dersimonian_laird_matches_the_two_study_closed_form():
     """Two studies with equal within-study variance v (10/40 and 30/40, +0.5 per cell):
     mu = 0, tau^2 = (y1 - y2)^2 / 2 - v, se of mu = sqrt((v + tau^2) / 2)."""
