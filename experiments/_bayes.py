@@ -72,8 +72,11 @@ def sampler_settings(args, base) -> dict:
 
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,
                    pair=None, precondition=None, centre=(), net_rate=None,
-                   seeded_ref=None, checkpoint=None):
+                   seeded_ref=None, checkpoint=None, starts=None):
     """MAP warm start, ChEES sampling, outputs in ``out``: ``(idata, record)``.
+
+    ``starts``: None, or ``(z, info)`` from `starts_from_posterior`: each chain starts at
+    its own row of ``z`` (the model's coordinates) in place of the MAP warm start.
 
     ``centre``: random effects to sample centred, e.g. ``("line:kill_rate[0]",
     "animal:initial_volume_mm3")``; ``net_rate``: ``(rate, fraction)`` to sample the log
@@ -87,11 +90,21 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
     warm-up and every chunk of draws saved as they finish; with a preconditioner also its
     ``w_hat`` and ``L``, part ``affine``, to map saved draws back)."""
     t0 = time.perf_counter()
-    values, start = warm_start(pop, batch, refine_steps=refine_steps,
-                               max_steps=settings.get("map_max_steps"))
     kw = {k: v for k, v in settings.items() if k != "map_max_steps"}
     to_w, to_z, density = reparameterise(pop, centre, net_rate, seeded_ref)
-    w0 = to_w(pop.space.to_z(values))
+    if starts is None:
+        values, start = warm_start(pop, batch, refine_steps=refine_steps,
+                                   max_steps=settings.get("map_max_steps"))
+        w0 = to_w(pop.space.to_z(values))
+    else:
+        z_starts, start = starts
+        if precondition:
+            raise ValueError("fit_population: starts and precondition exclude each other "
+                             "(the preconditioner is built at one warm start)")
+        if z_starts.shape != (kw.get("num_chains", 4), pop.space.size):
+            raise ValueError(f"fit_population: starts must have shape (num_chains, "
+                             f"{pop.space.size}), got {z_starts.shape}")
+        w0 = jax.jit(jax.vmap(to_w))(jnp.asarray(z_starts))
     if precondition:
         w0, lin, start["precondition"] = laplace_preconditioner(density, w0, **precondition)
         density = _affine(density, w0, lin)
@@ -114,6 +127,42 @@ def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_s
               "warmup": warmup_summary(post.warmup_stats),
               "convergence": diag, "wall_s": round(time.perf_counter() - t0, 1)}
     return idata, record, rows
+
+
+def starts_from_posterior(pop, path, num_chains, chain=None):
+    """``(z, info)``: chain starts from an earlier run's ``posterior.nc`` of the same model.
+
+    ``z`` ``(num_chains, d)``: ``num_chains`` draws evenly spaced over one chain of that run
+    (``chain``; default the chain with the highest mean log density, ``sample_stats.lp``),
+    so that every chain starts in that chain's region, spread as its draws are. Read with
+    xarray (the netCDF groups `posterior_outputs` writes).
+    """
+    import xarray as xr
+
+    t = time.perf_counter()
+    with xr.open_dataset(path, group="posterior") as post, \
+            xr.open_dataset(path, group="sample_stats") as stats:
+        lp = stats["lp"].mean("draw").values
+        c = int(np.argmax(lp)) if chain is None else int(chain)
+        if not 0 <= c < lp.size:
+            raise ValueError(f"{path}: no chain {c}; it has {lp.size}")
+        idx = np.round(np.linspace(0, post.sizes["draw"] - 1, num_chains)).astype(int)
+        values = {}
+        for name, shape, _, _ in pop.space.sites:
+            if name not in post:
+                raise ValueError(f"{path}: no posterior variable {name!r}; was it written by "
+                                 "the same model and options?")
+            v = post[name].values[c][idx]
+            if v.shape[1:] != tuple(shape):
+                raise ValueError(f"{path}: posterior variable {name!r} has shape "
+                                 f"{v.shape[1:]} per draw, the model's is {tuple(shape)}")
+            values[name] = v
+    z = np.stack([np.asarray(pop.space.to_z({k: v[i] for k, v in values.items()}))
+                  for i in range(num_chains)])
+    info = {"starts_from": str(path), "chain": c, "draws": idx.tolist(),
+            "chain_mean_lp": [float(x) for x in lp],
+            "warm_start_s": round(time.perf_counter() - t, 2)}
+    return z, info
 
 
 def reparameterise(pop, centre=(), net_rate=None, seeded_ref=None):

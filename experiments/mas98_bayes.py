@@ -43,6 +43,7 @@ from _bayes import (
     loo_against_baselines,
     md_table,
     sampler_settings,
+    starts_from_posterior,
 )
 
 import fitcsc
@@ -103,7 +104,11 @@ def main(args) -> dict:
         ckpt = Checkpoint(out, "mas98_bayes", fingerprint(
             {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
             resume=True)
+    starts = (None if args.init_from is None else
+              starts_from_posterior(pop, args.init_from, settings["num_chains"],
+                                    args.init_chain))
     idata, record, _ = fit_population(pop, batch, out, settings=settings, seed=args.seed,
+                                      starts=starts,
                                       progress=not args.no_progress, checkpoint=ckpt,
                                       precondition=({"lbfgs_steps": args.lbfgs_steps}
                                                     if args.precondition else None),
@@ -193,6 +198,11 @@ def _result_md(s, path):
              f"{c['n_divergent']} divergent transitions.",
              f"- Posterior predictive: {c['ppc_coverage90']:.1%} of the measured volumes inside "
              "their 90% predictive interval.",
+             *([f"- Starts: draws {s['warm_start']['draws']} of chain "
+                f"{s['warm_start']['chain']} of {s['warm_start']['starts_from']} (its chains' "
+                "mean log densities " + ", ".join(f"{x:.1f}" for x in
+                                                  s['warm_start']['chain_mean_lp'])
+                + "), not a MAP warm start."] if "starts_from" in s["warm_start"] else []),
              f"- Time: warm start {s['warm_start']['warm_start_s']:.0f} s, compile "
              f"{s['timing']['compile_s']:.0f} s, warm-up {s['timing']['warmup_s']:.0f} s, "
              f"sampling {s['timing']['sampling_s']:.0f} s ({s['precision']}).", "",
@@ -253,6 +263,12 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", action="store_true",
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
                         "rerun with the same options resumes from them")
+    p.add_argument("--init-from", default=None, metavar="POSTERIOR_NC",
+                   help="start the chains at draws of one chain of an earlier run with the "
+                        "same options (its posterior.nc) in place of the MAP warm start")
+    p.add_argument("--init-chain", type=int, default=None,
+                   help="with --init-from: that run's chain (default: the one with the "
+                        "highest mean log density)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "mas98_bayes"))

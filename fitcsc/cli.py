@@ -264,8 +264,8 @@ def add_run_command(subparsers, common) -> None:
         "with the published pCR-outcome hazard ratios and neoadjuvant EFS/DFS landmarks, "
         "with posterior uncertainty, and write report.md, fit.json (usable by fitcsc "
         "predict --fit), arms.csv, posterior.csv, pcr_fit.png and summary.json. About "
-        "7 to 12 minutes on a 2-core CPU (431 s measured alone, 741 s on one busy core); "
-        "--quick is a 20-second smoke run.",
+        "25 minutes on one core of a 2-core CPU (23 arms of nine trials: 1412 s measured "
+        "with the other core busy); --quick is a 20-second smoke run.",
         epilog="example: fitcsc run --out runs/default && fitcsc predict --fit runs/default "
         "--regimens my_trial.csv --out runs/pred",
     )

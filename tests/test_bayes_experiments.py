@@ -36,6 +36,35 @@ def test_mas98_bayes_quick(tmp_path):
     assert 0 <= h["csc_term"]["q025"] <= h["csc_term"]["mean"] <= h["csc_term"]["q975"] <= 1
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["convergence"]["n_draws"] == 120
+    _check_starts_from_posterior(exp, tmp_path / "posterior.nc")
+
+
+def _check_starts_from_posterior(exp, path):
+    """`starts_from_posterior` reads back draws of the best chain: the log density at the
+    starts is the one the sampler recorded at those draws (an exact round trip through
+    the netCDF file), and a model with other sites is refused by name."""
+    import jax
+    import numpy as np
+    import xarray as xr
+    from _bayes import reparameterise, starts_from_posterior
+
+    from fitcsc.population import csc_population
+
+    _, batch, regs = exp.load(None, quick=True)
+    v0 = "initial_volume_mm3"
+    pop = csc_population(batch, regs, effects="drug", stimulation=True,
+                         omega_scale={f"animal|{v0}": 3.0})
+    z, info = starts_from_posterior(pop, path, 3)
+    with xr.open_dataset(path, group="sample_stats") as st:
+        lp = st["lp"].values
+    assert info["chain"] == int(np.argmax(lp.mean(axis=1)))
+    assert info["draws"][::2] == [0, 29] and z.shape == (3, pop.space.size)
+    dens = reparameterise(pop)[2]
+    np.testing.assert_allclose(np.asarray(jax.vmap(dens)(z)),
+                               lp[info["chain"], info["draws"]], rtol=1e-9)
+    other = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True)
+    with pytest.raises(ValueError, match="posterior variable"):
+        starts_from_posterior(other, path, 3)
 
 
 @pytest.mark.slow

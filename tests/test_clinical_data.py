@@ -16,7 +16,7 @@ CLINICAL = pathlib.Path(__file__).resolve().parents[1] / "data" / "clinical"
 
 
 @pytest.mark.parametrize("name,kind,n", [
-    ("pcr_arms.csv", "pcr", 52), ("adjuvant_outcomes.csv", "adjuvant", 42),
+    ("pcr_arms.csv", "pcr", 69), ("adjuvant_outcomes.csv", "adjuvant", 42),
     ("pcr_outcome_links.csv", "links", 20), ("trastuzumab_pk.csv", "pk", 40),
 ])
 def test_files_validate(name, kind, n, capsys):
