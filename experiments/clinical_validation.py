@@ -186,13 +186,19 @@ def families_of(obs):
     return list(dict.fromkeys(trial_family(o.trial) for o in obs))
 
 
+def _saved_rows(ckpt, part):
+    """The rows of fold ``part`` saved in the checkpoint, or None."""
+    got = None if ckpt is None else ckpt.load(part)
+    return None if got is None else json.loads(str(got["rows"]))
+
+
 def _fold_rows(ckpt, part, compute, log):
     """A fold's rows: from the checkpoint when it holds them (``--checkpoint``), else
     computed (and saved there)."""
-    got = None if ckpt is None else ckpt.load(part)
-    if got is not None:
+    rows = _saved_rows(ckpt, part)
+    if rows is not None:
         log(f"  {part}: from the checkpoint")
-        return json.loads(str(got["rows"]))
+        return rows
     rows = compute()
     if ckpt is not None:
         ckpt.save(part, {"rows": json.dumps(rows, default=_plain)})
@@ -216,11 +222,11 @@ def pcr_folds(arms, obs, structure, args, log, ckpt=None):
             continue
         part = f"pcr_{fi:02d}"
         if args.folds and held not in args.folds:
-            got = None if ckpt is None else ckpt.load(part)
-            if got is None:
+            saved = _saved_rows(ckpt, part)
+            if saved is None:
                 missing.append(held)
             else:
-                rows += json.loads(str(got["rows"]))
+                rows += saved
             continue
         rows += _fold_rows(ckpt, part, lambda held=held, fi=fi: _pcr_fold(
             arms, obs, families, held, fi, structure, args, log), log)
@@ -382,53 +388,53 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
     rows = []
     key = jax.random.PRNGKey(args.seed + 7)
     families = families_of(obs)
-    for h in hrs[j:j + 1]:
-        held = next(a.trial for a in adj_arms if a.name == h.experimental)
-        t0 = time.perf_counter()
-        lm_train = [m for m in landmarks if _trial_of(adj_arms, m.arm) != held]
-        hr_train = [x for x in hrs if x is not h]
-        lm_held = [m for m in landmarks if _trial_of(adj_arms, m.arm) == held]
-        tm, objective, fit = fit_fold(arms + adj_arms, obs, families, structure, args,
-                                      extra={"landmarks": lm_train + lm_held,
-                                             "hrs": hr_train})
-        post = posterior(objective, fit, args, jax.random.fold_in(key, j))
-        ix = {a: i for i, a in enumerate(tm.arm_names)}
-        day = jnp.asarray([h.years * 365.25])
+    h = hrs[j]
+    held = next(a.trial for a in adj_arms if a.name == h.experimental)
+    t0 = time.perf_counter()
+    lm_train = [m for m in landmarks if _trial_of(adj_arms, m.arm) != held]
+    hr_train = [x for x in hrs if x is not h]
+    lm_held = [m for m in landmarks if _trial_of(adj_arms, m.arm) == held]
+    tm, objective, fit = fit_fold(arms + adj_arms, obs, families, structure, args,
+                                  extra={"landmarks": lm_train + lm_held,
+                                         "hrs": hr_train})
+    post = posterior(objective, fit, args, jax.random.fold_in(key, j))
+    ix = {a: i for i, a in enumerate(tm.arm_names)}
+    day = jnp.asarray([h.years * 365.25])
 
-        def log_hr(z, ie=ix[h.experimental], ic=ix[h.control], days=day, tm=tm):
-            """log HR (ratio of cumulative hazards) at each of ``days``."""
-            dfs, _, _ = tm.dfs(z, days)
-            return jnp.log(jnp.log(jnp.clip(dfs[ie], 1e-12, 1 - 1e-12))
-                           / jnp.log(jnp.clip(dfs[ic], 1e-12, 1 - 1e-12)))
+    def log_hr(z, ie=ix[h.experimental], ic=ix[h.control], days=day, tm=tm):
+        """log HR (ratio of cumulative hazards) at each of ``days``."""
+        dfs, _, _ = tm.dfs(z, days)
+        return jnp.log(jnp.log(jnp.clip(dfs[ie], 1e-12, 1 - 1e-12))
+                       / jnp.log(jnp.clip(dfs[ic], 1e-12, 1 - 1e-12)))
 
-        vals = resample(draw_values(lambda z: log_hr(z)[0], post.draws, batch=args.batch,
-                                    linearise_at=linearise_at(post.method, fit.z),
-                                    link="identity"), post.weights,
-                        args.seed + 100 + j)
-        p_lo, p_hi = np.exp(np.quantile(vals, [0.025, 0.975]))
-        lo, hi = hr_predictive_interval(vals, h.se, seed=[args.seed, 13, j])
-        # the model's HR (ratio of cumulative hazards) at the fold's MAP over horizons: how
-        # much of its effect lasts after the blocker stops
-        hr_years = np.exp(np.asarray(log_hr(jnp.asarray(fit.z),
-                                            days=jnp.asarray(HR_YEARS) * 365.25)))
-        by_year = {f"map_hr_{y:g}y": float(v) for y, v in zip(HR_YEARS, hr_years, strict=True)}
-        hr_obs = float(np.exp(h.log_hr))
-        rows.append({"held_out": held, "comparison": h.name, "years": h.years,
-                     "published_hr": hr_obs,
-                     "published_lo": float(np.exp(h.log_hr - 1.96 * h.se)),
-                     "published_hi": float(np.exp(h.log_hr + 1.96 * h.se)),
-                     "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z))[0])),
-                     "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
-                     "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
-                     "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
-                     **by_year,
-                     "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
-                     "her2_drug_sd": objective.her2_drug_sd,
-                     "chemo_drug_sd": objective.chemo_drug_sd,
-                     "psis_k_hat": post.k_hat, **mcmc_columns(post),
-                     "fold_s": round(time.perf_counter() - t0, 1)})
-        log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
-            f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
+    vals = resample(draw_values(lambda z: log_hr(z)[0], post.draws, batch=args.batch,
+                                linearise_at=linearise_at(post.method, fit.z),
+                                link="identity"), post.weights,
+                    args.seed + 100 + j)
+    p_lo, p_hi = np.exp(np.quantile(vals, [0.025, 0.975]))
+    lo, hi = hr_predictive_interval(vals, h.se, seed=[args.seed, 13, j])
+    # the model's HR (ratio of cumulative hazards) at the fold's MAP over horizons: how
+    # much of its effect lasts after the blocker stops
+    hr_years = np.exp(np.asarray(log_hr(jnp.asarray(fit.z),
+                                        days=jnp.asarray(HR_YEARS) * 365.25)))
+    by_year = {f"map_hr_{y:g}y": float(v) for y, v in zip(HR_YEARS, hr_years, strict=True)}
+    hr_obs = float(np.exp(h.log_hr))
+    rows.append({"held_out": held, "comparison": h.name, "years": h.years,
+                 "published_hr": hr_obs,
+                 "published_lo": float(np.exp(h.log_hr - 1.96 * h.se)),
+                 "published_hi": float(np.exp(h.log_hr + 1.96 * h.se)),
+                 "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z))[0])),
+                 "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
+                 "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
+                 "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
+                 **by_year,
+                 "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
+                 "her2_drug_sd": objective.her2_drug_sd,
+                 "chemo_drug_sd": objective.chemo_drug_sd,
+                 "psis_k_hat": post.k_hat, **mcmc_columns(post),
+                 "fold_s": round(time.perf_counter() - t0, 1)})
+    log(f"  {h.name}: fit {time.perf_counter() - t0:.0f} s, HR {hr_obs:.2f} vs "
+        f"{rows[-1]['map_hr']:.2f} [{lo:.2f}, {hi:.2f}]")
     return rows
 
 
