@@ -138,9 +138,10 @@ def _result_md(s, path):
              f"- Fitted trial shifts of log burden: {eff}; root mean square {c['rms']:.2f} "
              f"against the prior sd {c['trial_sd']:g} (chi-square {c['q']:.1f} on "
              f"{c['df']} df, p = {c['p_value']:.2g}): "
-             + ("consistent with the prior." if c["ok"] else "the trials spread more than "
-                "the prior allows, and the MAP shifts are shrunk towards 0, so the true "
-                "spread is larger still."),
+             + (f"not flagged (the check flags p < {c['p_threshold']:g}; the MAP shifts "
+                "are shrunk towards 0, so it can miss a spread)." if c["ok"]
+                else "the trials spread more than the prior allows, and the MAP shifts are "
+                "shrunk towards 0, so the true spread is larger still."),
              f"- Mean width of the arms' 95% intervals at the MAP, only a new trial's "
              f"shift unknown (tau u, {s['draws']} draws) and binomial sampling at the arm's "
              f"size: **{s['width_at_prior_sd']:.1f} points** at the prior sd, "

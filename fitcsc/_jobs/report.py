@@ -27,6 +27,7 @@ import numpy as np
 
 from .._errors import FitcscInputError
 from .._io.files import write_atomic
+from .._trial.fit import TRIAL_SPREAD_P
 from .._trial.posterior import describe
 
 SECTIONS = ("## Data", "## Model and settings", "## Fit quality and diagnostics",
@@ -144,8 +145,10 @@ def _spread_line(t) -> str:
     return (f"Trial effects (log burden): {eff}; root mean square {t['rms']:.2f} against "
             f"the prior sd {t['trial_sd']:g} that a new trial's prediction draws from "
             f"(chi-square {t['q']:.1f} on {t['df']} df, p = {t['p_value']:.2g}): "
-            + ("consistent" if t["ok"] else "the trials spread more, so new-trial intervals "
-               "are too narrow, see the warnings") + ". ")
+            + (f"not flagged (the check flags p < {t.get('p_threshold', TRIAL_SPREAD_P):g}; "
+               "the MAP shifts are shrunk towards 0, so it can miss a spread)" if t["ok"]
+               else "the trials spread more, so new-trial intervals are too narrow, see the "
+               "warnings") + ". ")
 
 
 def _warnings(items) -> list[str]:

@@ -883,8 +883,8 @@ def trial_spread_check(names, z, trial_sd: float) -> dict | None:
     stochastically smaller than chi-square_K under the prior and the p-value is
     conservative: the check can miss a spread, not invent one.
     **Returns:** None when the model has no trial effects, else ``effects`` (per trial),
-    ``trial_sd``, ``rms`` (root mean square of the effects), ``q``, ``df``, ``p_value``
-    and ``ok`` (``p_value >= TRIAL_SPREAD_P``)."""
+    ``trial_sd``, ``rms`` (root mean square of the effects), ``q``, ``df``, ``p_value``,
+    ``p_threshold`` (`TRIAL_SPREAD_P`) and ``ok`` (``p_value >= p_threshold``)."""
     from scipy.stats import chi2
 
     eff = {n.split("#", 1)[1]: float(v) for n, v in zip(names, np.asarray(z, float),
@@ -896,7 +896,8 @@ def trial_spread_check(names, z, trial_sd: float) -> dict | None:
     q = float(np.sum((v / trial_sd) ** 2))
     p = float(chi2.sf(q, v.size))
     return {"effects": eff, "trial_sd": float(trial_sd), "rms": float(np.sqrt(np.mean(v**2))),
-            "q": q, "df": int(v.size), "p_value": p, "ok": bool(p >= TRIAL_SPREAD_P)}
+            "q": q, "df": int(v.size), "p_value": p, "p_threshold": TRIAL_SPREAD_P,
+            "ok": bool(p >= TRIAL_SPREAD_P)}
 
 
 def trial_spread_warning(check: dict | None) -> str | None:
