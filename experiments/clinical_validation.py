@@ -10,8 +10,9 @@ TRYPHAENA, CHER-LOB, GeparQuinto, NSABP B-41; the first five alone before 2026-1
 Each fold fits the model to all trials but one and predicts every arm of the left-out
 one under that trial's own pCR definition. A long run can be split and resumed:
 ``--checkpoint`` saves each fold as it finishes, ``--folds`` runs some of them (e.g. two
-processes, one per core), and a run without ``--folds`` writes the tables from the
-saved folds. The model is built on all arms, so a drug or a trial seen
+processes, one per core), and the tables are written from the saved folds by the
+``--folds`` run that finds every fold saved after its hazard-ratio folds, or by a run
+without ``--folds``. The model is built on all arms, so a drug or a trial seen
 only in the left-out trial has a parameter with no data: its Laplace posterior is its
 prior (a new HER2 blocker's potency ~ N(class mean, her2_drug_sd), a new chemotherapy
 drug's potency ~ N(0, chemo_drug_sd) around the class kill per reference dose, a new
@@ -518,9 +519,12 @@ def main(args) -> dict:
     else:
         log(f"structure {args.structure}: pCR folds")
         rows, missing = pcr_folds(arms, obs, args.structure, args, log, ckpt)
+        if missing and not (args.quick or args.no_hr):
+            hr_folds(arms, obs, adj, args.structure, args, log, ckpt)
+            # the folds that other processes (--folds) saved while these ran: when none
+            # is missing any more, this process writes the tables
+            rows, missing = pcr_folds(arms, obs, args.structure, args, log, ckpt)
         if missing:
-            if not (args.quick or args.no_hr):
-                hr_folds(arms, obs, adj, args.structure, args, log, ckpt)
             print(f"clinical_validation: folds saved in {ckpt.dir}; not done yet: "
                   f"{', '.join(missing)}. Run them (--folds), then rerun without --folds "
                   "to write the tables.", file=sys.stderr)
@@ -875,8 +879,9 @@ def parse_args(argv=None):
                    "written)")
     p.add_argument("--folds", nargs="+", default=None, metavar="TRIAL",
                    help="with --checkpoint: run only these pCR folds (trial families, e.g. "
-                   "NeoSphere 'NSABP B-41'), e.g. on two cores at once; the tables are "
-                   "written by a run without --folds once every fold is saved")
+                   "NeoSphere 'NSABP B-41'), e.g. on two cores at once, then the hazard-"
+                   "ratio folds (unless --no-hr); the tables are written by the --folds "
+                   "run that then finds every fold saved, or by a run without --folds")
     p.add_argument("--only-hr", action="store_true",
                    help="run the hazard-ratio folds and reuse the pCR folds of --out")
     p.add_argument("--posterior", default="linear", choices=METHODS,
