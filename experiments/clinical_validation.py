@@ -522,8 +522,12 @@ def main(args) -> dict:
         if missing and not (args.quick or args.no_hr):
             hr_folds(arms, obs, adj, args.structure, args, log, ckpt)
             # the folds that other processes (--folds) saved while these ran: when none
-            # is missing any more, this process writes the tables
-            rows, missing = pcr_folds(arms, obs, args.structure, args, log, ckpt)
+            # is missing any more, this process writes the tables. Read only: nothing is
+            # recomputed (another process may have written them and removed the
+            # checkpoint first)
+            saved = [_saved_rows(ckpt, f"pcr_{fi:02d}") for fi in range(len(families_of(obs)))]
+            if all(r is not None for r in saved):
+                rows, missing = [r for part in saved for r in part], []
         if missing:
             print(f"clinical_validation: folds saved in {ckpt.dir}; not done yet: "
                   f"{', '.join(missing)}. Run them (--folds), then rerun without --folds "
