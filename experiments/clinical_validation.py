@@ -187,6 +187,11 @@ def families_of(obs):
     return list(dict.fromkeys(trial_family(o.trial) for o in obs))
 
 
+def _pcr_part(fi):
+    """The checkpoint part of pCR fold ``fi`` (its index in `families_of`)."""
+    return f"pcr_{fi:02d}"
+
+
 def _saved_rows(ckpt, part):
     """The rows of fold ``part`` saved in the checkpoint, or None."""
     got = None if ckpt is None else ckpt.load(part)
@@ -221,7 +226,7 @@ def pcr_folds(arms, obs, structure, args, log, ckpt=None):
     for fi, held in enumerate(families):
         if held not in folds:
             continue
-        part = f"pcr_{fi:02d}"
+        part = _pcr_part(fi)
         if args.folds and held not in args.folds:
             saved = _saved_rows(ckpt, part)
             if saved is None:
@@ -525,7 +530,7 @@ def main(args) -> dict:
             # is missing any more, this process writes the tables. Read only: nothing is
             # recomputed (another process may have written them and removed the
             # checkpoint first)
-            saved = [_saved_rows(ckpt, f"pcr_{fi:02d}") for fi in range(len(families_of(obs)))]
+            saved = [_saved_rows(ckpt, _pcr_part(fi)) for fi in range(len(families_of(obs)))]
             if all(r is not None for r in saved):
                 rows, missing = [r for part in saved for r in part], []
         if missing:
