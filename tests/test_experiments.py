@@ -356,20 +356,23 @@ def test_hr_predictive_interval_adds_the_estimate_sampling_error():
     assert np.log(hi0) == pytest.approx(m + z * s, abs=5e-3)
 
 
-def test_dersimonian_laird_matches_the_two_study_closed_form():
-    """Two studies with equal within-study variance v (10/40 and 30/40, +0.5 per cell):
-    mu = 0, tau^2 = (y1 - y2)^2 / 2 - v, se of mu = sqrt((v + tau^2) / 2)."""
+def test_meta_regression_matches_the_balanced_closed_form():
+    """One arm per trial, equal within-trial variance v, intercept only: REML gives
+    tau^2 = max(0, S^2 - v) (S^2 the sample variance), b = the mean and var(b) = (v +
+    tau^2) / k; arms of one trial share its effect (tau fixed: var(b) of two arms of one
+    trial is (v / 2 + tau^2), not (v + tau^2) / 2)."""
     exp = _load("clinical_validation")
-    y1 = math.log(10.5 / 30.5)
-    v = 1 / 10.5 + 1 / 30.5
-    mu, se, tau2 = exp._dersimonian_laird([10, 30], [40, 40])
-    assert mu == pytest.approx(0.0, abs=1e-12)
-    assert tau2 == pytest.approx(2 * y1 ** 2 - v, rel=1e-12)
-    assert se == pytest.approx(math.sqrt((v + tau2) / 2), rel=1e-12)
-    # homogeneous studies: tau^2 truncated at 0, the fixed-effect se
-    mu, se, tau2 = exp._dersimonian_laird([20, 20, 20], [40, 40, 40])
-    assert tau2 == 0.0 and mu == pytest.approx(0.0, abs=1e-12)
-    assert se == pytest.approx(math.sqrt(2 / 20.5 / 3), rel=1e-12)
+    y = np.asarray([-1.2, -0.3, 0.4, 1.1, 0.2])
+    v, x = 0.1, np.ones((5, 1))
+    b, cov, t2 = exp._meta_regression(y, np.full(5, v), x, np.arange(5))
+    s2 = float(np.var(y, ddof=1))
+    assert t2 == pytest.approx(s2 - v, rel=1e-5)
+    assert b[0] == pytest.approx(float(np.mean(y)), rel=1e-10)
+    assert cov[0, 0] == pytest.approx((v + t2) / 5, rel=1e-5)
+    b, cov, t2 = exp._meta_regression(y * 0.05, np.full(5, v), x, np.arange(5))
+    assert t2 == 0.0 and cov[0, 0] == pytest.approx(v / 5, rel=1e-10)  # homogeneous
+    b, cov, t2 = exp._meta_regression([0.1, 0.3], [v, v], np.ones((2, 1)), [0, 0], tau=0.5)
+    assert t2 == 0.25 and cov[0, 0] == pytest.approx(v / 2 + 0.25, rel=1e-10)
 
 
 def test_meta_reference_predicts_each_arm_from_other_trials_only():

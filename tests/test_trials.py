@@ -245,6 +245,37 @@ def test_hr_covariate_subgroups(neosphere):
     assert r[0] == 0.0 and np.count_nonzero(r[2:4]) == 2
 
 
+def test_trial_response_shift_is_the_subgroup_shift_per_arm(neosphere):
+    """``trial_shift="response"``: a trial effect d moves its arms' mean responsiveness
+    by -d (the burden is untouched); the pCR equals that of the HR+ subgroup with
+    ``hr_response_shift = -d`` in the burden model at no trial effect (the scalar path of
+    the same weights), arms of another trial keep the population's rate, and
+    `pcr_outcome`'s pCR is `pcr_pair`'s total under the same shift."""
+    arms, _ = neosphere
+    other = [Arm("X", arms[1].regimen, pcr_definition=arms[1].pcr_definition, trial="Other")]
+    both = [arms[0], other[0]]
+    names = ("log_kill_scale", "logit_her2_independent", "hr_response_shift",
+             "hr_her2_independent_shift", "trial_effect#NeoSphere")
+    kw = dict(n_nodes=9, pcr_outcome=True)
+    resp = TrialModel.build(both, names, trial_shift="response", **kw)
+    burd = TrialModel.build(both, names, **kw)
+    z = resp.z0()
+    for d in (-0.8, 0.6):
+        zr = z.at[4].set(d)
+        total, breast, _ = resp.pcr_pair(zr)
+        np.testing.assert_allclose(np.asarray(resp.log_burden_shift(zr)), 0.0)
+        ref_t, ref_b, _ = burd.pcr_pair(z.at[2].set(-d), subgroup="HR+")
+        np.testing.assert_allclose(float(total[0]), float(ref_t[0]), rtol=1e-10)
+        np.testing.assert_allclose(float(breast[0]), float(ref_b[0]), rtol=1e-10)
+        base_t, _, _ = burd.pcr_pair(z)
+        np.testing.assert_allclose(float(total[1]), float(base_t[1]), rtol=1e-12)
+        assert (float(total[0]) < float(base_t[0])) == (d > 0)  # positive: lower pCR
+        pcr, _, _ = resp.pcr_outcome(zr, jnp.asarray([730.0]))
+        np.testing.assert_allclose(np.asarray(pcr), np.asarray(total), rtol=2e-3)
+    with pytest.raises(ValueError, match="trial_shift must be one of"):
+        TrialModel.build(both, names, trial_shift="slope")
+
+
 def test_csc_fraction_spread_matches_direct_integral(neosphere):
     """The initial CSC fraction's log-normal spread (Gauss-Hermite over 7 nodes) gives
     the pCR of a direct integral over the spread; sd 0 is the fixed-fraction model."""

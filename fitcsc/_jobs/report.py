@@ -136,14 +136,22 @@ def _quadrature_line(q) -> str:
             + ("passed" if q["ok"] else "FAILED, see the warnings") + ". ")
 
 
-def _spread_line(t) -> str:
+def _trial_scale(build_options) -> str:
+    """What a trial effect shifts, in the structure's ``trial_shift`` option."""
+    if (build_options or {}).get("trial_shift", "burden") == "response":
+        return "mean responsiveness, in between-patient sds, positive: lower pCR"
+    return "log burden"
+
+
+def _spread_line(t, build_options=None) -> str:
     """The run's between-trial spread check (`fitcsc.trials.trial_spread_check`), or
     nothing for models without trial effects and runs saved before it."""
     if not t:
         return ""
     eff = ", ".join(f"{k} {v:+.2f}" for k, v in t["effects"].items())
-    return (f"Trial effects (log burden): {eff}; root mean square {t['rms']:.2f} against "
-            f"the prior sd {t['trial_sd']:g} that a new trial's prediction draws from "
+    return (f"Trial effects ({_trial_scale(build_options)}): {eff}; root mean square "
+            f"{t['rms']:.2f} against the prior sd {t['trial_sd']:g} that a new trial's "
+            "prediction draws from "
             f"(chi-square {t['q']:.1f} on {t['df']} df, p = {t['p_value']:.2g}): "
             + (f"not flagged (the check flags p < {t.get('p_threshold', TRIAL_SPREAD_P):g}; "
                "the MAP shifts are shrunk towards 0, so it can miss a spread)" if t["ok"]
@@ -218,7 +226,8 @@ def _run_lines(d, s) -> list[str]:
         SECTIONS[1], "",
         f"Structure `{m['structure']}` ({opts}); {m['n_parameters']} parameters; quadrature "
         f"{m['responsiveness_nodes']} responsiveness x {m['her2_nodes']} HER2 nodes; "
-        f"between-trial sd of log burden {m['trial_sd']:g}; sd of a HER2 blocker's log "
+        f"between-trial sd of the trial effects ({_trial_scale(m['build_options'])}) "
+        f"{m['trial_sd']:g}; sd of a HER2 blocker's log "
         f"potency {m['her2_drug_sd']:g}"
         + (f", of a chemotherapy drug's {m['chemo_drug_sd']:g}" if "chemo_drug_sd" in m
            else "") + f" ({m.get('hyper_choice', 'given')}). MAP: {o['method']}, at "
@@ -232,7 +241,7 @@ def _run_lines(d, s) -> list[str]:
         f"{s['n_arms']} arms: fitted pCR inside the exact binomial 95% CI of the published "
         "count (in sample; experiments/clinical_validation.py scores held-out trials). "
         + _quadrature_line(m.get("quadrature_check"))
-        + _spread_line(m.get("trial_spread_check")) + _posterior_check(p), "",
+        + _spread_line(m.get("trial_spread_check"), m["build_options"]) + _posterior_check(p), "",
         SECTIONS[3], "",
         "Natural scale (each name's transform of its unconstrained z, as in "
         "posterior.csv's `*_natural` rows). MAP from the fit; mean, sd and 95% HDI over "

@@ -1079,7 +1079,7 @@ def load_draws(fit_dir, doc) -> np.ndarray | None:
 
 OPTIONS = ("n_nodes", "eta_max", "refine", "n_burden", "burden_sd", "micromet_sd",
            "detection_cells", "timing_sd_day", "n_csc_fraction", "heterogeneity", "n_her2",
-           "link_refine")
+           "link_refine", "trial_shift")
 
 
 def load_fit(path) -> dict:

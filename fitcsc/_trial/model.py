@@ -110,7 +110,10 @@ PARAMETERS = {
     "log_her2_potency": ("exp", 1.0),  # per HER2 drug (name#drug): C/EC50 multiplier;
     # without #drug: the class mean the drugs' potencies are drawn around (a prior only)
     "log_chemo_potency": ("exp", 1.0),  # per chemo drug (name#drug): x the class kill
-    "trial_effect": ("identity", 0.0),  # per trial (name#trial): shift of log burden
+    # per trial (name#trial): the trial's shift of log primary burden (option
+    # ``trial_shift="burden"``) or, with ``trial_shift="response"``, minus its shift of
+    # mean responsiveness in units of the between-patient sd (positive: lower pCR, both)
+    "trial_effect": ("identity", 0.0),
     "logit_no_dcis": ("sigmoid", 0.8),  # P(no in-situ residual | no invasive residual)
     # extra death rate of HER2-dependent cells under full blockade [1/day] (0 unless free)
     "log_her2_kill": ("exp", 0.05),
@@ -152,7 +155,15 @@ STRUCTURES = {
     "continuous_kill_alpha": dict(heterogeneity="continuous", chemo_potency=True,
                                   her2_class=True, trial_effects=True, dcis=True,
                                   her2_kill=True, growth_power=True),
+    # the same with each trial's effect on its patients' responsiveness instead of their
+    # burden: a burden shift barely moves the pCR of a trial whose arms sit far from the
+    # burden-response threshold (NOAH), a responsiveness shift moves every arm alike
+    "continuous_kill_alpha_response": dict(heterogeneity="continuous", chemo_potency=True,
+                                           her2_class=True, trial_effects=True, dcis=True,
+                                           her2_kill=True, growth_power=True,
+                                           trial_shift="response"),
 }
+TRIAL_SHIFTS = ("burden", "response")  # what a trial's effect shifts (``trial_shift``)
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
 _SPACE = {"exp": Positive(), "sigmoid": Interval(0.0, 1.0), "identity": Real()}
@@ -308,6 +319,7 @@ class TrialModel(eqx.Module):
     detection_cells: float = eqx.field(static=True, default=1e9)
     timing_sd_day: float = eqx.field(static=True, default=TIMING_SD_DAY)
     heterogeneity: str = eqx.field(static=True, default="fraction")
+    trial_shift: str = eqx.field(static=True, default="burden")  # one of TRIAL_SHIFTS
     n_her2: int = eqx.field(static=True, default=9)  # HER2-dependence nodes (continuous)
     # per arm: the arm whose regimen is the patients' whole course (preoperative and
     # postoperative therapy), from which `pcr_outcome` takes their recurrence (empty:
@@ -360,6 +372,9 @@ class TrialModel(eqx.Module):
         het = options.get("heterogeneity", "fraction")
         if het not in HETEROGENEITY:
             raise ValueError(f"heterogeneity must be one of {HETEROGENEITY}, got {het!r}")
+        if options.get("trial_shift", "burden") not in TRIAL_SHIFTS:
+            raise ValueError(f"trial_shift must be one of {TRIAL_SHIFTS}, "
+                             f"got {options['trial_shift']!r}")
         if names is None:
             names = [n for n, (f, _) in PARAMETERS.items()
                      if n not in ("log_micromet_cells", "log_burden_sd") and f != "identity"]
@@ -518,9 +533,9 @@ class TrialModel(eqx.Module):
                for d in self.model.drugs]
         return jnp.stack(out) if out else jnp.zeros((0,))
 
-    def log_burden_shift(self, z) -> jax.Array:
-        """Per arm: the trial's shift of log primary burden (``trial_effect#trial``; 0 for
-        arms of a trial without one and for adjuvant arms)."""
+    def trial_effects(self, z) -> jax.Array:
+        """Per arm: its trial's effect (``trial_effect#trial``; 0 for arms of a trial
+        without one and for adjuvant arms)."""
         fixed = self.fixed
         shift = {t: (z[self.names.index(f"trial_effect#{t}")]
                      if f"trial_effect#{t}" in self.names
@@ -528,6 +543,18 @@ class TrialModel(eqx.Module):
                  for t in self.neo_trials}
         trial_of = dict(zip(self.arm_names, self._arm_trials(), strict=True))
         return jnp.stack([shift.get(trial_of[a], jnp.asarray(0.0)) for a in self.arm_names])
+
+    def log_burden_shift(self, z) -> jax.Array:
+        """Per arm: the trial's shift of log primary burden (`trial_effects` when
+        ``trial_shift="burden"``, else 0)."""
+        eff = self.trial_effects(z)
+        return eff if self.trial_shift == "burden" else jnp.zeros_like(eff)
+
+    def response_shift(self, z) -> jax.Array:
+        """Per arm: the trial's shift of mean responsiveness ``eta`` (minus
+        `trial_effects` when ``trial_shift="response"``, else 0)."""
+        eff = self.trial_effects(z)
+        return -eff if self.trial_shift == "response" else jnp.zeros_like(eff)
 
     def _arm_trials(self):
         return self.arm_trial if self.arm_trial else ("",) * len(self.arm_names)
@@ -704,10 +731,11 @@ class TrialModel(eqx.Module):
     def _fine(self, values, z, shift=0.0, refine=None):
         """Interpolate node values (..., n_nodes) onto the fine grid (`fine_grid`,
         `interpolate`); with the weights of a normal responsiveness ``eta ~ N(shift, 1)``
-        (truncated to the grid)."""
+        (truncated to the grid): ``(fine,)`` for a scalar ``shift``, ``(arms, fine)`` for
+        one shift per arm."""
         fine = self.fine_grid(refine)
-        w = jnp.exp(-0.5 * (fine - shift) ** 2)
-        w = w / jnp.sum(w)
+        w = jnp.exp(-0.5 * (fine - jnp.asarray(shift)[..., None]) ** 2)
+        w = w / jnp.sum(w, axis=-1, keepdims=True)
         return self.interpolate(values, fine, z), w
 
     def _burden(self, sd):
@@ -831,12 +859,13 @@ class TrialModel(eqx.Module):
         c_b = self._value(z, "logit_breast_factor")
         x, wx = self._burden(self._value(z, "log_burden_sd"))
         log_v = jnp.log(self.volume_mm3) + self.log_burden_shift(z)
-        fine, w = self._fine(r[0] + log_v[None, :, None], z, shift)  # (P, arms, fine)
+        # (P, arms, fine) and weights (arms, fine)
+        fine, w = self._fine(r[0] + log_v[None, :, None], z, shift + self.response_shift(z))
 
         def rate(log_c):
             u = fine[..., None] + x + log_c
             p = jnp.sum(wx * jnp.exp(-jnp.exp(jnp.minimum(u, 40.0))), axis=-1)
-            return jnp.einsum("p,paf,f->a", weights, p, w)
+            return jnp.einsum("p,paf,af->a", weights, p, w)
 
         status = jnp.max(r[4], axis=(0, 2))
         return rate(0.0), rate(jnp.log(c_b)), status
@@ -949,7 +978,8 @@ class TrialModel(eqx.Module):
                  - jnp.log(TUMOUR_VOLUME_MM3))  # (arms,)
         x, wx = self._burden(self._value(z, "log_burden_sd"))
         refine = self.link_refine
-        fine, w = self._fine(r[0] + log_v[None, :, None], z, refine=refine)  # (P, arms, fine)
+        fine, w = self._fine(r[0] + log_v[None, :, None], z, self.response_shift(z),
+                             refine=refine)  # (P, arms, fine), (arms, fine)
         u = fine[..., None] + x
         p = jnp.sum(wx * jnp.exp(-jnp.exp(jnp.minimum(u, 40.0))), axis=-1)
         course = jnp.asarray(self.course or range(len(self.arm_names)))
