@@ -351,8 +351,8 @@ def _meta_regression(y, v, x, groups, tau=None):
         return 0.5 * (-np.linalg.slogdet(vi)[1] + r @ vi @ r + np.linalg.slogdet(info)[1])
 
     if tau is None:
-        opt = scipy.optimize.minimize_scalar(neg_reml, bounds=(-8.0, 2.0), method="bounded",
-                                       options={"xatol": 1e-8})
+        opt = scipy.optimize.minimize_scalar(neg_reml, bounds=(-8.0, 2.0),
+                                             method="bounded", options={"xatol": 1e-8})
         t2 = float(np.exp(2.0 * opt.x))
         t2 = 0.0 if t2 < 1e-6 else t2  # the bound stands for tau = 0
     else:

@@ -4,8 +4,7 @@ Question: the trial model gives each trial its own shift of log burden
 (``trial_effect#trial``; of mean responsiveness with ``trial_shift="response"``), and a
 new trial's prediction draws its shift from the between-trial prior N(0, tau) (`fitcsc
 predict`; experiments/clinical_validation.py does the same for the left-out trial). The
-issue's target for those intervals is a mean
-width below 30 points. Two questions:
+issue's target for those intervals is a mean width below 30 points. Two questions:
 
 1. Do the fitted shifts fit the prior the fit assumed (tau = 1)?
    (`fitcsc.trials.trial_spread_check`: chi-square of the shifts in prior-sd units; a MAP

@@ -156,8 +156,9 @@ STRUCTURES = {
                                   her2_class=True, trial_effects=True, dcis=True,
                                   her2_kill=True, growth_power=True),
     # the same with each trial's effect on its patients' responsiveness instead of their
-    # burden: a burden shift barely moves the pCR of a trial whose arms sit far from the
-    # burden-response threshold (NOAH), a responsiveness shift moves every arm alike
+    # burden (a burden shift barely moves NOAH's pCR): in sample far better (negative log
+    # posterior 32.2 against 50.8 on the 23 arms), but a shift moves pCR so much that a
+    # new trial's interval is wider (README, "On trials the fit has not seen")
     "continuous_kill_alpha_response": dict(heterogeneity="continuous", chemo_potency=True,
                                            her2_class=True, trial_effects=True, dcis=True,
                                            her2_kill=True, growth_power=True,
