@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fitcsc.files import csv_text, pyplot, save_figure, write_atomic
-from fitcsc.trials import trial_spread_check
+from fitcsc.trials import TRIAL_SHIFT_LABELS, trial_spread_check
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _fitted  # noqa: E402
@@ -47,9 +47,7 @@ TARGET_WIDTH = 30.0
 
 def _scale(summary) -> str:
     """What the fit's trial effects shift (runs saved before the option: log burden)."""
-    if summary.get("trial_shift", "burden") == "response":
-        return "mean responsiveness (between-patient sds; positive: lower pCR)"
-    return "log burden"
+    return TRIAL_SHIFT_LABELS[summary.get("trial_shift", "burden")]
 
 
 def widths(tm, z, obs, taus, u, rng):

@@ -84,6 +84,7 @@ from ._trial.model import (
     HER2_REFERENCE_DOSE,
     PARAMETERS,
     STRUCTURES,
+    TRIAL_SHIFT_LABELS,
     Arm,
     TrialModel,
     exposure_grid,
@@ -102,7 +103,8 @@ from ._trial.posterior import (
 )
 
 __all__ = [
-    "LINKS_USED", "PARAMETERS", "STRUCTURES", "TIMING_SD_DAY", "Arm", "Objective", "PcrObservation",
+    "LINKS_USED", "PARAMETERS", "STRUCTURES", "TRIAL_SHIFT_LABELS", "TIMING_SD_DAY", "Arm",
+    "Objective", "PcrObservation",
     "TrialData", "TrialFit", "TrialModel", "adjuvant_observations", "draw_values",
     "fit_trials", "from_natural", "hazard_ratio", "hr_pcr_observations",
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",

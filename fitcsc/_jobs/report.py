@@ -28,6 +28,7 @@ import numpy as np
 from .._errors import FitcscInputError
 from .._io.files import write_atomic
 from .._trial.fit import TRIAL_SPREAD_P
+from .._trial.model import TRIAL_SHIFT_LABELS
 from .._trial.posterior import describe
 
 SECTIONS = ("## Data", "## Model and settings", "## Fit quality and diagnostics",
@@ -138,9 +139,7 @@ def _quadrature_line(q) -> str:
 
 def _trial_scale(build_options) -> str:
     """What a trial effect shifts, in the structure's ``trial_shift`` option."""
-    if (build_options or {}).get("trial_shift", "burden") == "response":
-        return "mean responsiveness, in between-patient sds, positive: lower pCR"
-    return "log burden"
+    return TRIAL_SHIFT_LABELS[(build_options or {}).get("trial_shift", "burden")]
 
 
 def _spread_line(t, build_options=None) -> str:

@@ -164,7 +164,11 @@ STRUCTURES = {
                                            her2_kill=True, growth_power=True,
                                            trial_shift="response"),
 }
-TRIAL_SHIFTS = ("burden", "response")  # what a trial's effect shifts (``trial_shift``)
+# what a trial's effect shifts (``trial_shift``), as reports name it
+TRIAL_SHIFT_LABELS = {"burden": "log burden",
+                      "response": "mean responsiveness, in between-patient sds, "
+                                  "positive: lower pCR"}
+TRIAL_SHIFTS = tuple(TRIAL_SHIFT_LABELS)
 _INV = {"exp": math.log, "sigmoid": lambda p: math.log(p / (1.0 - p)), "identity": float}
 _FWD = {"exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}
 _SPACE = {"exp": Positive(), "sigmoid": Interval(0.0, 1.0), "identity": Real()}
