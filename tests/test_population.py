@@ -291,6 +291,36 @@ def test_v0_by_start_is_the_one_sd_model_with_a_second_sd():
             default_arm_regimens(_table(), warn=False)), v0_by_start=True).levels
 
 
+def test_no_animal_rate_is_the_full_model_with_its_rate_effects_at_zero():
+    """``animal_rate=False`` drops the mouse effect on v_S: every curve's parameters and
+    predictions are those of the full model with that effect's etas at 0, and the log
+    density differs by exactly the dropped terms (its omega's HalfNormal(0.5) prior on the
+    log scale, and a standard normal density at 0 per mouse)."""
+    full, _ = _seeded_pop(v0_by_start=True)
+    small, _ = _seeded_pop(v0_by_start=True, animal_rate=False)
+    assert "animal" in full.levels and "animal" not in small.levels
+    names = small.space.labels()
+    assert not any("csc_division_rate" in n and n.startswith(("omega_", "eta_")) for n in names)
+    assert small.space.size == full.space.size - 1 - 4  # one SD, four mice
+    rng = np.random.default_rng(5)
+    v = small.init_values()
+    v = {**v, "beta": v["beta"] + 0.1 * rng.normal(size=v["beta"].shape),
+         "eta_palpable": jnp.asarray(rng.normal(size=v["eta_palpable"].shape)),
+         "eta_seeded": jnp.asarray(rng.normal(size=v["eta_seeded"].shape))}
+    omega = 0.4
+    vf = {**v, "omega_animal": jnp.asarray([omega]), "eta_animal": jnp.zeros((4, 1))}
+    np.testing.assert_allclose(small.curve_z(v), full.curve_z(vf), rtol=0, atol=1e-14)
+    p1, ok1 = small.predict(v)
+    p2, ok2 = full.predict(vf)
+    assert bool(ok1) and bool(ok2)
+    np.testing.assert_array_equal(np.asarray(p1), np.asarray(p2))
+    extra = (stats.halfnorm(scale=0.5).logpdf(omega) + math.log(omega)
+             + 4 * stats.norm.logpdf(0.0))
+    np.testing.assert_allclose(float(full.log_density(full.space.to_z(vf))),
+                               float(small.log_density(small.space.to_z(v))) + extra,
+                               rtol=1e-12)
+
+
 def test_untreated_log_growth_is_the_uncrowded_untreated_ode():
     """``untreated_log_growth`` against the ODE without crowding or drug: V(T) / V0 for a
     fast and a slow CSC compartment, and for a CSC rate equal to the bulk's (the limit

@@ -68,7 +68,8 @@ def arm_labels(spec_labels, drugs, regimen) -> set[str]:
 
 def csc_population(batch, regimens, *, groups=None, level: str = "group",
                    effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
-                   no_group_effect=(), v0_by_start: bool = False, **priors):
+                   no_group_effect=(), v0_by_start: bool = False, animal_rate: bool = True,
+                   **priors):
     """The CSC population model of ``batch`` (see the module docstring).
 
     **Arguments:**
@@ -88,6 +89,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
       a small seed), instead of one ``"animal"`` SD for both (omega scales
       ``"palpable|initial_volume_mm3"``, ``"seeded|initial_volume_mm3"``; default that of
       ``"animal|initial_volume_mm3"``). A level no curve belongs to is left out.
+    - `animal_rate`: with `groups` None, a log-normal animal effect on the CSC division
+      rate v_S (the default); False: one v_S for every mouse, and animal effects on V0
+      only.
     - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
       0.5}``) overrides the defaults above for its labels only, a number all of them.
 
@@ -126,7 +130,8 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
         per_drug = lab.split("[")[0] in PER_DRUG_CLASS
         fixed[lab] = "shared" if per_drug or effects == "drug" else "arm"
     if groups is None:
-        random, group_of = {"animal": ("csc_division_rate", V0)}, {}
+        random = {"animal": ("csc_division_rate", V0) if animal_rate else (V0,)}
+        group_of = {}
     else:
         random = {level: tuple(lab for lab in ("csc_division_rate", *effect_labels)
                                if lab not in skip and lab.split("[")[0] not in skip),
