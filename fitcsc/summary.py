@@ -489,20 +489,54 @@ def convergence(idata: az.InferenceData) -> dict[str, Any]:
             "n_draws": int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])}
 
 
+def _loo(idata: az.InferenceData):
+    """`arviz.loo` (pointwise), with plain importance sampling for the observations whose
+    log-likelihood is (nearly) the same in every draw. PSIS fits a tail to their
+    (nearly) identical weights and returns NaN, which made the whole model's elpd NaN
+    (MAS98.06: censored volumes whose model volume lies far below the detection limit in
+    every draw, log-likelihood -1e-28 to -1e-5). Where the log-likelihood spans at most
+    `LOO_FLAT` over the draws, the importance weights differ by at most a factor
+    e^LOO_FLAT, so the plain estimate ``-log mean exp(-ll)`` needs no smoothing (and lies
+    between the smallest and largest log-likelihood, as the exact value does)."""
+    res = az.loo(idata, pointwise=True)
+    names = list(idata.log_likelihood.data_vars)
+    loo_i = np.asarray(res.loo_i.values, float)
+    if len(names) != 1 or not np.isnan(loo_i).any():
+        return res
+    ll = np.asarray(idata.log_likelihood[names[0]].values, float)
+    ll = ll.reshape(-1, loo_i.size)  # (draws, observations), as loo_i is flattened
+    fix = np.isnan(loo_i) & (np.ptp(ll, axis=0) <= LOO_FLAT)
+    if not fix.any():
+        return res
+    plain = -(np.logaddexp.reduce(-ll, axis=0) - math.log(ll.shape[0]))
+    loo_i = np.where(fix, plain, loo_i)
+    res["loo_i"] = res.loo_i.copy(data=loo_i.reshape(res.loo_i.shape))
+    lppd = float(np.sum(np.logaddexp.reduce(ll, axis=0) - math.log(ll.shape[0])))
+    res["elpd_loo"] = float(loo_i.sum())
+    res["se"] = float(math.sqrt(loo_i.size * np.var(loo_i)))
+    res["p_loo"] = lppd - res["elpd_loo"]
+    return res
+
+
+LOO_FLAT = 1e-3  # log-likelihood span over the draws below which `_loo` skips PSIS
+
+
 def loo_compare(idatas: Mapping[str, az.InferenceData]) -> list[dict[str, Any]]:
     """PSIS-LOO comparison (`arviz.compare`, stacking weights) of models fitted to the
     same observations: one row per model, best first, with ``elpd_loo``, ``se``,
     ``p_loo``, ``elpd_diff``, ``dse``, ``weight`` and the number of observations whose
-    Pareto k exceeds 0.7 (``n_k_high``: their LOO estimate is unreliable)."""
+    Pareto k exceeds 0.7 (``n_k_high``: their LOO estimate is unreliable). An observation
+    whose log-likelihood is nearly the same in every draw gets plain importance sampling
+    (`_loo`)."""
     # an observation whose log-likelihood is the same in every draw (short runs) gives
     # arviz's Pareto fit a zero tail: a harmless division by zero
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", UserWarning)  # high-k notes: counted below
         # arviz 0.23's compare uses a pandas keyword that pandas 3 deprecates
         warnings.filterwarnings("ignore", message="The inplace keyword")
-        table = az.compare(dict(idatas), ic="loo")
-        k_high = {name: int((az.loo(d, pointwise=True).pareto_k.values > 0.7).sum())
-                  for name, d in idatas.items()}
+        loos = {name: _loo(d) for name, d in idatas.items()}
+        table = az.compare(loos, ic="loo")
+        k_high = {name: int((r.pareto_k.values > 0.7).sum()) for name, r in loos.items()}
     return [{"model": str(name), "rank": int(r["rank"]), "elpd_loo": float(r["elpd_loo"]),
              "se": float(r["se"]), "p_loo": float(r["p_loo"]),
              "elpd_diff": float(r["elpd_diff"]), "dse": float(r["dse"]),

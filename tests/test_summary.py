@@ -3,6 +3,7 @@
 import csv
 import math
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -275,6 +276,30 @@ def test_loo_compare_against_hand_computed_lppd(population_posteriors):
         np.testing.assert_allclose(r["p_loo"], lppd - r["elpd_loo"], rtol=1e-6, atol=1e-6)
         assert r["elpd_loo"] <= lppd
     assert rows[0]["elpd_diff"] == 0.0 and rows[1]["elpd_diff"] >= 0.0
+
+
+def test_loo_counts_observations_with_a_flat_log_likelihood(population_posteriors):
+    """An observation whose log-likelihood is nearly the same in every draw (a censored
+    volume far below the detection limit: about -1e-28) gets NaN from PSIS, which made the
+    whole model's elpd NaN; it now counts by plain importance sampling, inside the range of
+    its log-likelihood, and every other observation keeps its PSIS value."""
+    _, out = population_posteriors
+    idata = out["exponential"][2]
+    ll = idata.log_likelihood["volume_mm3"]
+    values = ll.values.copy()
+    values[..., 0] = -1e-28 * np.random.default_rng(0).uniform(1.0, 2.0, values.shape[:-1])
+    flat = idata.copy()
+    flat.log_likelihood["volume_mm3"] = ll.copy(data=values)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")  # arviz's Pareto fit on identical weights
+        assert np.isnan(fs.az.loo(flat, pointwise=True).loo_i.values[0])  # PSIS alone
+        base = fs._loo(idata)
+    assert np.isfinite(base.loo_i.values).all()
+    got = fs.loo_compare({"flat": flat})[0]
+    expect = float(base["elpd_loo"]) - float(base.loo_i.values[0])
+    np.testing.assert_allclose(got["elpd_loo"], expect, rtol=0, atol=1e-9)
+    lppd = float(np.sum(np.log(np.mean(np.exp(values.reshape(-1, values.shape[-1])), axis=0))))
+    np.testing.assert_allclose(got["p_loo"], lppd - got["elpd_loo"], rtol=1e-9)
 
 
 def test_population_plots(population_posteriors, tmp_path):
