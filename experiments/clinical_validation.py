@@ -36,7 +36,9 @@ fitted to its own control arm's landmark (no HR enters), then its HR is predicte
 95% predictive interval: the posterior draws (burden included) plus the published
 estimate's own sampling error (normal on the log scale with its standard error, the HR
 counterpart of the binomial count of a pCR arm); the interval of the parameters alone is
-reported beside it (``param_lo``, ``param_hi``).
+reported beside it (``param_lo``, ``param_hi``). Durability: the same fold predicts the
+left-out trial's long-term ITT DFS HR (`LONG_TERM`), which no fit uses; the control
+arms' crossover to trastuzumab makes it an upper bound on the model's HR at that horizon.
 
 Structures compared (``--structure``, see `STRUCTURES`): the shipped one and the
 alternatives of issue 12; each is scored by the same folds.
@@ -419,13 +421,15 @@ def hr_folds(arms, obs, adj, structure, args, log, ckpt=None):
     """Leave one adjuvant trial out (see the module docstring); with ``ckpt`` each fold's
     row is saved, and read back by a rerun."""
     rows = []
+    # read before any fit, so that a file without them fails at once, not after a fold
+    long_term = long_term_hrs(fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv"))
     for j in range(len(adj[2])):
         rows += _fold_rows(ckpt, f"hr_{j:02d}", lambda j=j: _hr_fold(
-            arms, obs, adj, j, structure, args, log), log)
+            arms, obs, adj, j, structure, args, log, long_term), log)
     return rows
 
 
-def _hr_fold(arms, obs, adj, j, structure, args, log):
+def _hr_fold(arms, obs, adj, j, structure, args, log, long_terms):
     adj_arms, landmarks, hrs = adj
     rows = []
     key = jax.random.PRNGKey(args.seed + 7)
@@ -461,7 +465,7 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
                                         days=jnp.asarray(HR_YEARS) * 365.25)))
     by_year = {f"map_hr_{y:g}y": float(v) for y, v in zip(HR_YEARS, hr_years, strict=True)}
     long_term = {}
-    lt = long_term_hrs(fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv")).get(held)
+    lt = long_terms.get(held)
     if lt is not None:
         analysis, years, lt_log_hr, lt_se = lt
         lt_days = jnp.asarray([years * 365.25])
