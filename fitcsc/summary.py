@@ -489,6 +489,9 @@ def convergence(idata: az.InferenceData) -> dict[str, Any]:
             "n_draws": int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])}
 
 
+LOO_FLAT = 1e-3  # log-likelihood span over the draws below which `_loo` skips PSIS
+
+
 def _loo(idata: az.InferenceData):
     """`arviz.loo` (pointwise), with plain importance sampling for the observations whose
     log-likelihood is (nearly) the same in every draw. PSIS fits a tail to their
@@ -516,9 +519,6 @@ def _loo(idata: az.InferenceData):
     res["se"] = float(math.sqrt(loo_i.size * np.var(loo_i)))
     res["p_loo"] = lppd - res["elpd_loo"]
     return res
-
-
-LOO_FLAT = 1e-3  # log-likelihood span over the draws below which `_loo` skips PSIS
 
 
 def loo_compare(idatas: Mapping[str, az.InferenceData]) -> list[dict[str, Any]]:
