@@ -37,8 +37,11 @@ fitted to its own control arm's landmark (no HR enters), then its HR is predicte
 estimate's own sampling error (normal on the log scale with its standard error, the HR
 counterpart of the binomial count of a pCR arm); the interval of the parameters alone is
 reported beside it (``param_lo``, ``param_hi``). Durability: the same fold predicts the
-left-out trial's long-term ITT DFS HR (`LONG_TERM`), which no fit uses; the control
-arms' crossover to trastuzumab makes it an upper bound on the model's HR at that horizon.
+left-out trial's long-term ITT DFS HR (`fitcsc.trials.ADJUVANT_LONG_TERM`), which its
+fold never fits; the control arms' crossover to trastuzumab makes it an upper bound on the
+model's HR at that horizon. With ``--fit-long-term`` the other trial's long-term HR enters
+the fold's fit as such a bound (a censored observation, `fitcsc.trials.HrObservation`'s
+``upper``).
 
 Structures compared (``--structure``, see `STRUCTURES`): the shipped one and the
 alternatives of issue 12; each is scored by the same folds.
@@ -75,6 +78,7 @@ from fitcsc.files import (
     write_atomic,
 )
 from fitcsc.trials import (
+    ADJUVANT_LONG_TERM,
     BLOCKADE_GL,
     DEFAULT_STRUCTURE,
     HYPERS,
@@ -118,7 +122,7 @@ def load():
     arms, obs = pcr_observations(fitcsc.read_clinical(CLINICAL / "pcr_arms.csv"), regimens,
                                  volumes=VOLUMES)
     adj = adjuvant_observations(fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv"),
-                                regimens)
+                                regimens, long_term=ADJUVANT_LONG_TERM)
     return arms, obs, adj
 
 
@@ -165,8 +169,8 @@ def fit_fold(arms, obs, train, structure, args, extra=None):
     # and the training trials' EFS/DFS landmarks in the data
     neo_all, courses = load_neo_landmarks(arms, CLINICAL) if links else ([], {})
     tm = TrialModel.build(arms, n_nodes=args.nodes, n_her2=args.her2_nodes,
-                          pcr_outcome=links, protected=links, courses=courses,
-                          **STRUCTURES[structure])
+                          pcr_outcome=links, courses=courses,
+                          **({"protected": links} | STRUCTURES[structure]))
     pcr = [o for o in obs if trial_family(o.trial) in train]
     by_name = {a.name: a for a in arms}
     # the published pCR-outcome HRs (as the main job fits them), pooled over the
@@ -421,24 +425,29 @@ def hr_folds(arms, obs, adj, structure, args, log, ckpt=None):
     """Leave one adjuvant trial out (see the module docstring); with ``ckpt`` each fold's
     row is saved, and read back by a rerun."""
     rows = []
-    # read before any fit, so that a file without them fails at once, not after a fold
-    long_term = long_term_hrs(fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv"))
-    for j in range(len(adj[2])):
+    primary = [h for h in adj[2] if not h.upper]
+    for j in range(len(primary)):
         rows += _fold_rows(ckpt, f"hr_{j:02d}", lambda j=j: _hr_fold(
-            arms, obs, adj, j, structure, args, log, long_term), log)
+            arms, obs, adj, j, structure, args, log), log)
     return rows
 
 
-def _hr_fold(arms, obs, adj, j, structure, args, log, long_terms):
-    adj_arms, landmarks, hrs = adj
+def _hr_fold(arms, obs, adj, j, structure, args, log):
+    adj_arms, landmarks, all_hrs = adj
+    hrs = [x for x in all_hrs if not x.upper]
     rows = []
     key = jax.random.PRNGKey(args.seed + 7)
     families = families_of(obs)
     h = hrs[j]
-    held = next(a.trial for a in adj_arms if a.name == h.experimental)
+    held = _trial_of(adj_arms, h.experimental)
     t0 = time.perf_counter()
     lm_train = [m for m in landmarks if _trial_of(adj_arms, m.arm) != held]
-    hr_train = [x for x in hrs if x is not h]
+    bounds = [x for x in all_hrs if x.upper]
+    # the other trials' long-term bounds enter the fit with --fit-long-term; the held
+    # trial's is only predicted
+    hr_train = [x for x in hrs if x is not h] + (
+        [x for x in bounds if _trial_of(adj_arms, x.experimental) != held]
+        if getattr(args, "fit_long_term", False) else [])
     lm_held = [m for m in landmarks if _trial_of(adj_arms, m.arm) == held]
     tm, objective, fit = fit_fold(arms + adj_arms, obs, families, structure, args,
                                   extra={"landmarks": lm_train + lm_held,
@@ -465,9 +474,10 @@ def _hr_fold(arms, obs, adj, j, structure, args, log, long_terms):
                                         days=jnp.asarray(HR_YEARS) * 365.25)))
     by_year = {f"map_hr_{y:g}y": float(v) for y, v in zip(HR_YEARS, hr_years, strict=True)}
     long_term = {}
-    lt = long_terms.get(held)
+    lt = next((x for x in bounds if _trial_of(adj_arms, x.experimental) == held), None)
     if lt is not None:
-        analysis, years, lt_log_hr, lt_se = lt
+        analysis = lt.name.split(": ", 1)[1]
+        years, lt_log_hr, lt_se = lt.years, lt.log_hr, lt.se
         lt_days = jnp.asarray([years * 365.25])
         lt_vals = resample(draw_values(lambda z: log_hr(z, days=lt_days)[0], post.draws,
                                        batch=args.batch,
@@ -490,6 +500,9 @@ def _hr_fold(arms, obs, adj, j, structure, args, log, long_terms):
                  "map_hr": float(np.exp(log_hr(jnp.asarray(fit.z))[0])),
                  "mean_hr": float(np.exp(np.mean(vals))), "pred_lo": float(lo),
                  "pred_hi": float(hi), "inside": bool(lo <= hr_obs <= hi),
+                 # an interval that reaches HR 1 cannot tell benefit from none: "inside"
+                 # then says nothing
+                 "excludes_1": bool(hi < 1.0),
                  "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
                  **by_year, **long_term,
                  "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
@@ -503,29 +516,6 @@ def _hr_fold(arms, obs, adj, j, structure, args, log, long_terms):
 
 
 HR_YEARS = (1.0, 2.0, 3.0, 5.0)  # horizons of the MAP's HR reported beside each HR fold
-# Long-term intention-to-treat DFS analyses of the adjuvant trials, left out of every fit.
-# Their control arms had crossed over to trastuzumab (HERA 52%, B-31/N9831 in part), which
-# pulls the HR toward 1, so each bounds the lasting effect from above: a fold whose HR at
-# that horizon lies above the published upper 95% limit over its whole parameter interval
-# has trastuzumab's adjuvant benefit fade faster than the trial saw. (trial, analysis in
-# adjuvant_outcomes.csv, horizon in years.) The SmPC row of B-31/N9831 prints no
-# follow-up; 8.35 y is that of the final analysis it cites (Perez 2014).
-LONG_TERM = (("B-31/N9831", "updated DFS (SmPC Table 11)", 8.35),
-             ("HERA", "final 11-yr (Cameron 2017 Lancet)", 11.0))
-
-
-def long_term_hrs(rows) -> dict:
-    """``{trial: (analysis, years, log HR, its se)}`` of the `LONG_TERM` analyses in the
-    rows of ``adjuvant_outcomes.csv``."""
-    out = {}
-    for label, analysis, years in LONG_TERM:
-        r = next((r for r in rows if r["analysis"] == analysis and r["endpoint"] == "DFS"
-                  and r["log_hr"] is not None and r["log_hr_se"] is not None), None)
-        if r is None:
-            raise ValueError(f"adjuvant_outcomes.csv: no DFS hazard ratio with its standard "
-                             f"error in analysis {analysis!r}")
-        out[label] = (analysis, years, float(r["log_hr"]), float(r["log_hr_se"]))
-    return out
 
 
 def hr_predictive_interval(log_hr_draws, se, *, prob=0.95, seed=0):
@@ -635,6 +625,8 @@ def main(args) -> dict:
                            if "fitted" not in k} | {
             "method": META_METHOD, "arms": reference},
         "hr": {"n": len(hr_rows), "n_inside_95": int(sum(r["inside"] for r in hr_rows)),
+               "n_inside_excluding_1": int(sum(r["inside"] and r["excludes_1"]
+                                               for r in hr_rows)),
                "n_long_term": sum("long_term_within_bound" in r for r in hr_rows),
                "n_long_term_within_bound": int(sum(r.get("long_term_within_bound", False)
                                                    for r in hr_rows))},
@@ -645,6 +637,7 @@ def main(args) -> dict:
                      "draws": args.draws, "nodes": args.nodes, "her2_nodes": args.her2_nodes,
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
                      "hyper": args.hyper, "links": bool(args.links),
+                     "fit_long_term": bool(getattr(args, "fit_long_term", False)),
                      "interpolant": INTERPOLANT, "blockade": BLOCKADE_RULE,
                      "seed": args.seed}
         | ({"chains": args.chains, "warmup": args.warmup}
@@ -718,8 +711,13 @@ def _comparison(root):
                  "; prior sds by marginal likelihood per fold")
         if st.get("links"):
             opts += "; pCR-outcome links and neoadjuvant EFS/DFS landmarks (as the main job)"
+        if st.get("fit_long_term"):
+            opts += ("; HR folds: the other trial's long-term ITT HR fitted as an upper "
+                     "bound")
         post = st.get("posterior", "psis")
         hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
+        if s["hr"]["n"] and "n_inside_excluding_1" in s["hr"]:
+            hr += f" ({s['hr']['n_inside_excluding_1']} excluding HR 1)"
         arm_rows[name] = _read_rows(root / name / "arms.csv")
         k = [r["psis_k_hat"] for r in arm_rows[name]]
         k += [r["psis_k_hat"] for r in _read_rows(root / name / "hazard_ratios.csv")
@@ -809,7 +807,8 @@ def _comparison(root):
 
 
 def _read_rows(path):
-    """Rows of a previous run's arms.csv, typed as `pcr_folds` returns them."""
+    """Rows of a previous run's arms.csv (or hazard_ratios.csv), typed as `pcr_folds`
+    (`hr_folds`) returns them."""
     import csv
 
     if not path.exists():
@@ -819,7 +818,7 @@ def _read_rows(path):
         for r in csv.DictReader(fh):
             row = {}
             for k, v in r.items():
-                if k in ("inside", "fit_converged", "quadrature_ok"):
+                if v in ("True", "False"):  # inside, fit_converged, excludes_1, ...
                     row[k] = v == "True"
                 elif k in ("n", "count"):
                     row[k] = int(v)
@@ -912,16 +911,20 @@ def _result_md(rows, hr_rows, s, path):
     if hr_rows:
         lines += ["", f"Adjuvant hazard ratios, left out: {s['hr']['n_inside_95']} of "
                   f"{s['hr']['n']} inside their 95% predictive interval (the posterior "
-                  "draws plus the published estimate's own sampling error).", "",
+                  "draws plus the published estimate's own sampling error); an interval "
+                  "that reaches HR 1 cannot tell a benefit from none, so 'inside' counts "
+                  "only where it excludes 1"
+                  + (f" ({s['hr']['n_inside_excluding_1']} of {s['hr']['n']})."
+                     if "n_inside_excluding_1" in s["hr"] else "."), "",
                   "| left out | comparison | published HR (95% CI) | predicted (95% predictive "
-                  "interval) | parameters alone (95%) |",
-                  "|---|---|---|---|---|"]
+                  "interval) | parameters alone (95%) | excludes HR 1 |",
+                  "|---|---|---|---|---|---|"]
         for r in hr_rows:
             par = (f"{r['param_lo']:.2f}-{r['param_hi']:.2f}" if "param_lo" in r else "-")
             lines.append(f"| {r['held_out']} | {r['comparison']} | {r['published_hr']:.2f} "
                          f"({r['published_lo']:.2f}-{r['published_hi']:.2f}) | "
                          f"{r['mean_hr']:.2f} ({r['pred_lo']:.2f}-{r['pred_hi']:.2f}) | "
-                         f"{par} |")
+                         f"{par} | {'yes' if r['pred_hi'] < 1.0 else 'NO'} |")
         years = [y for y in HR_YEARS if f"map_hr_{y:g}y" in hr_rows[0]]
         if years:
             lines += ["", "The model's HR at each fold's MAP by horizon (years since the "
@@ -933,12 +936,16 @@ def _result_md(rows, hr_rows, s, path):
                       for r in hr_rows]
         lt_rows = [r for r in hr_rows if "long_term_within_bound" in r]
         if lt_rows:
+            fitted = s.get("settings", {}).get("fit_long_term")
             lines += ["", "Durability: each left-out trial's long-term intention-to-treat "
-                      "DFS HR, which no fit used. Its control arm had crossed over to "
-                      "trastuzumab, which pulls the HR toward 1, so the published upper 95% "
-                      "limit bounds the model's HR from above: 'no' means the model's "
-                      "benefit has faded further than the trial's by then, over the fold's "
-                      "whole parameter interval.", "",
+                      "DFS HR, which its fold did not fit"
+                      + (" (the other trial's entered the fold's fit as an upper bound, "
+                         "--fit-long-term)" if fitted else "")
+                      + ". Its control arm had crossed over to trastuzumab, which pulls "
+                      "the HR toward 1, so the published upper 95% limit bounds the "
+                      "model's HR from above: 'no' means the model's benefit has faded "
+                      "further than the trial's by then, over the fold's whole parameter "
+                      "interval.", "",
                       "| left out | analysis | years | published HR (upper 95%) | model MAP "
                       "| parameters (95%) | within the bound |", "|---|---|---|---|---|---|---|"]
             lines += [f"| {r['held_out']} | {r['long_term_analysis']} | "
@@ -987,6 +994,10 @@ def parse_args(argv=None):
     p.add_argument("--her2-drug-sd", type=float, default=1.0,
                    help="sd of a HER2 blocker's log potency around the class mean")
     p.add_argument("--no-hr", action="store_true", help="skip the hazard-ratio folds")
+    p.add_argument("--fit-long-term", action="store_true",
+                   help="hazard-ratio folds: fit the training trial's long-term ITT DFS HR "
+                   "as an upper bound on the model's HR at its horizon (the held-out "
+                   "trial's stays out, its durability check)")
     p.add_argument("--links", action="store_true",
                    help="fit the published pCR-vs-no-pCR hazard ratios in every fold, as the "
                    "main job does (about three times the cost per fit; off for the "

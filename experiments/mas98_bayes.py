@@ -14,8 +14,8 @@ whose efficacy may be negative, i.e. growth-stimulating) acts from day 0 at a co
 exposure (the files give no doses), combination arms through the model's combination
 rules; v_S, p and the carrying capacity K shared; V0 at each mouse's first observation
 one typical value per arm (arms with and without pre-treatment rows start at different
-days); log-normal mouse effects on v_S and V0 (on V0 only with
-``--no-animal-rate``). Volume 0 (not palpable) and below 4 mm3
+days); log-normal mouse effects on v_S and V0 (``--animal-growth self_renewal``: on
+2p - 1 in place of v_S; ``none``: on V0 only). Volume 0 (not palpable) and below 4 mm3
 is left-censored (M3). MAP warm start (`fit_map` per curve, then the population mode),
 ChEES-HMC, 8 chains. The baselines get the same design (rate and V0 per arm, mouse
 effects on both) and sampler.
@@ -91,7 +91,7 @@ def main(args) -> dict:
     drugs = {d.split(":", 1)[1]: i for i, d in enumerate(batch.drugs)}
     v0 = "initial_volume_mm3"  # seeded curves' V0 spread: wide (a seed of ~1e-2 mm3)
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
-                         v0_by_start=args.v0_by_start, animal_rate=not args.no_animal_rate,
+                         v0_by_start=args.v0_by_start, animal_growth=args.animal_growth,
                          omega_scale=({f"seeded|{v0}": args.seeded_v0_scale,
                                        f"palpable|{v0}": 1.0}
                                       if args.v0_by_start else {f"animal|{v0}": 3.0}),
@@ -150,7 +150,7 @@ def main(args) -> dict:
         "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
         "precondition": bool(args.precondition), "centred": list(args.centre),
         "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
-        "seeded_ref": bool(args.seeded_ref), "animal_rate": not args.no_animal_rate,
+        "seeded_ref": bool(args.seeded_ref), "animal_growth": args.animal_growth,
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -192,7 +192,10 @@ def _result_md(s, path):
              + ("; seeded curves' V0 sampled as the volume at their first measured "
                 "volume (an exact change of variables, _bayes.seeded_reference)"
                 if s.get("seeded_ref") else "")
-             + ("; no mouse effect on v_S" if s.get("animal_rate") is False else "")
+             + ({None: "; no mouse effect on growth (one v_S and p for every mouse)",
+                 "self_renewal": "; mouse effects on 2p - 1 (the net CSC growth rate at "
+                                 "one v_S)"}.get(s.get("animal_growth", "csc_division_rate"),
+                                                 ""))
              + f"; {s['n_parameters']} parameters.",
              f"- Convergence: max R-hat {c['rhat_max']:.4f} over every sampled parameter "
              f"({c['rhat_max_population']:.4f} over the population-level ones), min bulk ESS "
@@ -255,10 +258,14 @@ def parse_args(argv=None):
                         "in place of log v_S (an exact shear; _bayes.reparameterise)"),
                        ("--seeded-ref", "with --v0-by-start: sample the seeded curves' V0 "
                         "as their volume at the first measured volume (centred; an exact "
-                        "change of variables, _bayes.seeded_reference)"),
-                       ("--no-animal-rate", "no mouse effect on v_S: one CSC division rate "
-                        "for every mouse, mouse effects on V0 only")):
+                        "change of variables, _bayes.seeded_reference)")):
         p.add_argument(flag, action="store_true", help=text)
+    p.add_argument("--animal-growth", default="csc_division_rate",
+                   type=lambda x: None if x == "none" else x,
+                   choices=["csc_division_rate", "self_renewal", None],
+                   help="the growth parameter with a mouse effect: csc_division_rate (v_S, "
+                        "the default), self_renewal (2p - 1: the net CSC rate at one v_S) "
+                        "or none (csc_population's animal_growth)")
     p.add_argument("--seeded-v0-scale", type=float, default=3.0,
                    help="with --v0-by-start: HalfNormal scale of the seeded curves' V0 SD "
                         "(log scale; default 3)")

@@ -16,7 +16,8 @@ under public names (the implementation lives in private modules that may move)::
 - Endpoint formulas (one module, shared with the patient-level API ``fitcsc.
   patient_endpoints``): `hazard_ratio`, `TIMING_SD_DAY`.
 - Data: `TrialData` and its observations (`PcrObservation`, `pcr_observations`,
-  `adjuvant_observations`, `link_observations` with `LINKS_USED`,
+  `adjuvant_observations` (with `ADJUVANT_LONG_TERM`: long-term ITT hazard ratios as
+  upper bounds, `HrObservation.upper`), `link_observations` with `LINKS_USED`,
   `hr_pcr_observations`).
 - Fitting: `Objective`, `fit_trials` (the one Levenberg–Marquardt, multi-start),
   `fit_prior_sds` (the hierarchical prior sds, `HYPERS`, by Laplace marginal
@@ -54,9 +55,11 @@ from ._jobs.main import (
 )
 from ._trial.endpoints import TIMING_SD_DAY, hazard_ratio, with_protected
 from ._trial.fit import (
+    ADJUVANT_LONG_TERM,
     HYPER_SD_GRID,
     HYPERS,
     LINKS_USED,
+    HrObservation,
     Objective,
     PcrObservation,
     TrialData,
@@ -103,8 +106,8 @@ from ._trial.posterior import (
 )
 
 __all__ = [
-    "LINKS_USED", "PARAMETERS", "STRUCTURES", "TRIAL_SHIFT_LABELS", "TIMING_SD_DAY", "Arm",
-    "Objective", "PcrObservation",
+    "ADJUVANT_LONG_TERM", "HrObservation", "LINKS_USED", "PARAMETERS", "STRUCTURES",
+    "TRIAL_SHIFT_LABELS", "TIMING_SD_DAY", "Arm", "Objective", "PcrObservation",
     "TrialData", "TrialFit", "TrialModel", "adjuvant_observations", "draw_values",
     "fit_trials", "from_natural", "hazard_ratio", "hr_pcr_observations",
     "link_observations", "load_draws", "load_fit", "model_from_fit", "pcr_observations",

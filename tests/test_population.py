@@ -291,13 +291,13 @@ def test_v0_by_start_is_the_one_sd_model_with_a_second_sd():
             default_arm_regimens(_table(), warn=False)), v0_by_start=True).levels
 
 
-def test_no_animal_rate_is_the_full_model_with_its_rate_effects_at_zero():
-    """``animal_rate=False`` drops the mouse effect on v_S: every curve's parameters and
+def test_no_animal_growth_is_the_full_model_with_its_rate_effects_at_zero():
+    """``animal_growth=None`` drops the mouse effect on v_S: every curve's parameters and
     predictions are those of the full model with that effect's etas at 0, and the log
     density differs by exactly the dropped terms (its omega's HalfNormal(0.5) prior on the
     log scale, and a standard normal density at 0 per mouse)."""
     full, _ = _seeded_pop(v0_by_start=True)
-    small, _ = _seeded_pop(v0_by_start=True, animal_rate=False)
+    small, _ = _seeded_pop(v0_by_start=True, animal_growth=None)
     assert "animal" in full.levels and "animal" not in small.levels
     names = small.space.labels()
     assert not any("csc_division_rate" in n and n.startswith(("omega_", "eta_")) for n in names)
@@ -319,6 +319,34 @@ def test_no_animal_rate_is_the_full_model_with_its_rate_effects_at_zero():
     np.testing.assert_allclose(float(full.log_density(full.space.to_z(vf))),
                                float(small.log_density(small.space.to_z(v))) + extra,
                                rtol=1e-12)
+
+
+def test_animal_growth_on_self_renewal_moves_the_net_rate_at_one_division_rate():
+    """``animal_growth="self_renewal"``: each mouse's logit(2p - 1) is the typical one plus
+    omega * eta, its v_S the typical one; so its net CSC rate v_S (2p - 1) is the typical
+    v_S times sigmoid(z_p + omega eta), and a bad label is refused."""
+    pop, _ = _seeded_pop(v0_by_start=True, animal_growth="self_renewal")
+    names = pop.space.labels()
+    assert "omega_animal[self_renewal]" in names
+    assert not any(n.startswith(("omega_", "eta_")) and "csc_division_rate" in n for n in names)
+    rng = np.random.default_rng(7)
+    v = pop.init_values()
+    eta = rng.normal(size=v["eta_animal"].shape)
+    v = {**v, "omega_animal": jnp.asarray([0.7]), "eta_animal": jnp.asarray(eta)}
+    zc = np.asarray(pop.curve_z(v))
+    labels = pop.predictor.spec.labels()
+    j_p, j_v = labels.index("self_renewal"), labels.index("csc_division_rate")
+    beta = np.asarray(v["beta"])
+    b_p = beta[list(pop.fe_labels).index("self_renewal")]
+    b_v = beta[list(pop.fe_labels).index("csc_division_rate")]
+    np.testing.assert_allclose(zc[:, j_p], b_p + 0.7 * eta[:, 0], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(zc[:, j_v], b_v, rtol=0, atol=1e-14)
+    p = 0.5 + 0.5 / (1.0 + np.exp(-zc[:, j_p]))  # Interval(0.5, 1)
+    net = np.exp(zc[:, j_v]) * (2.0 * p - 1.0)
+    np.testing.assert_allclose(net, np.exp(b_v) / (1.0 + np.exp(-(b_p + 0.7 * eta[:, 0]))),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="animal_growth"):
+        _seeded_pop(v0_by_start=True, animal_growth="carrying_capacity_cells")
 
 
 def test_untreated_log_growth_is_the_uncrowded_untreated_ode():

@@ -1,5 +1,6 @@
 """Trial-level model: exact exposure-grid solution, PK integrals, likelihoods, recovery."""
 
+import dataclasses
 import pathlib
 
 import equinox as eqx
@@ -159,6 +160,45 @@ def test_hazard_ratio_direction_and_identity(regimens):
     hr = np.asarray(hazard_ratio(dfs[i_h], dfs[i_c]))
     assert np.all(hr < 1.0)
     np.testing.assert_allclose(np.asarray(hazard_ratio(dfs[i_c], dfs[i_c])), 1.0)
+
+
+def test_long_term_hazard_ratios_are_upper_bounds_with_a_censored_likelihood(regimens):
+    """``adjuvant_observations(long_term=ADJUVANT_LONG_TERM)`` adds B-31/N9831 0.61
+    (0.54-0.69) at 8.35 y and HERA 0.76 (0.68-0.86) at 11 y, between the primary
+    analyses' arms, as upper bounds; an analysis missing from the file is refused. In the
+    objective an upper bound's squared residual is -2 log Phi((published - model) / se),
+    the censored deviance (scipy), with a finite gradient far below the bound, where it
+    vanishes; the same observation without ``upper`` is the plain normal residual."""
+    from fitcsc.trials import ADJUVANT_LONG_TERM
+
+    rows = fitcsc.read_clinical(CLINICAL / "adjuvant_outcomes.csv")
+    arms, _, hrs = adjuvant_observations(rows, regimens, long_term=ADJUVANT_LONG_TERM)
+    primary = [h for h in hrs if not h.upper]
+    bounds = [h for h in hrs if h.upper]
+    assert len(primary) == 2 and hrs[:2] == primary
+    for b, p, (hr, hi, years) in zip(bounds, primary, ((0.61, 0.69, 8.35), (0.76, 0.86, 11.0)),
+                                     strict=True):
+        assert (b.experimental, b.control) == (p.experimental, p.control)
+        assert b.years == years and np.exp(b.log_hr) == pytest.approx(hr, rel=1e-5)
+        assert np.exp(b.log_hr + 1.959964 * b.se) == pytest.approx(hi, abs=0.01)  # 2 dp
+    with pytest.raises(ValueError, match="final 11-yr"):
+        adjuvant_observations([r for r in rows if not r["analysis"].startswith("final 11-yr")],
+                              regimens, long_term=ADJUVANT_LONG_TERM)
+    tm = TrialModel.build([a for a in arms if a.trial == "HERA"])
+    b = bounds[1]
+    z = tm.z0()
+    plain = Objective(tm, TrialData(hrs=[dataclasses.replace(b, upper=False)]), prior_sd=1e12)
+    d = float(np.asarray(plain(z))[0])  # (model log HR - published) / se
+    assert np.isfinite(d)
+    for shift in (-3.0, -0.5, 0.0, 0.7, 2.5, 40.0):  # published bound moved by shift * se
+        ob = dataclasses.replace(b, log_hr=b.log_hr + shift * b.se)
+        r = float(np.asarray(Objective(tm, TrialData(hrs=[ob]), prior_sd=1e12)(z))[0])
+        want = -2.0 * stats.norm.logcdf(-(d - shift))
+        assert r >= 0.0 and r**2 == pytest.approx(want, rel=1e-9, abs=1e-14)
+    far = Objective(tm, TrialData(hrs=[dataclasses.replace(b, log_hr=b.log_hr + 40 * b.se)]),
+                    prior_sd=1e12)
+    g = np.asarray(jax.jacfwd(far.residuals)(z))
+    assert np.all(np.isfinite(g)) and np.abs(g[0]).max() < 1e-6
 
 
 def test_fit_recovers_known_parameters(neosphere, tmp_path):
@@ -541,6 +581,51 @@ def test_neoadjuvant_course_sets_recurrence_and_landmarks_are_all_patients(neosp
     assert np.all(hazard_course < 0.8 * hazard_plain)
     obj = Objective(tm, TrialData(pcr=obs, neo_landmarks=landmarks))
     np.testing.assert_allclose(obj.neo_landmark_dfs(z), dfs_all[:len(arms), 1], rtol=1e-10)
+
+
+def test_micromet_correlation_decouples_the_link_and_keeps_the_landmarks(neosphere):
+    """``micromet_correlation``: a patient's micrometastatic responsiveness is ``rho eta +
+    sqrt(1 - rho^2) xi``. With one HER2 part (no HER2-independent tumours) and rho = 0 a
+    pCR says nothing about her micrometastases: pCR and no-pCR patients have the same DFS
+    (link HR 1); rho near 1 is the model without the option; at every rho the DFS of all
+    of an arm's patients is that of its course (the marginal kept, to the grid's
+    truncation); and the option is refused without the pCR-outcome link."""
+    from fitcsc.trials import load_neo_landmarks
+
+    arms, _ = neosphere
+    _, courses = load_neo_landmarks(arms)
+    kw = dict(n_nodes=7, n_her2=3, pcr_outcome=True, protected=True, courses=courses,
+              fixed={"logit_her2_independent": 1e-12})
+    base = TrialModel.build(arms, **kw)
+    tm = TrialModel.build(arms, micromet_correlation=True, **kw)
+    assert tm.names == (*base.names, "logit_micromet_correlation")
+    j = tm.names.index("logit_micromet_correlation")
+    z0 = base.z0().at[base.names.index("log_micromet_cells#neoadjuvant")].set(14.0)
+    days = jnp.asarray([2.0 * 365.25, 5.0 * 365.25])
+    p0, dp0, dn0 = base.pcr_outcome(z0, days)
+    assert float(jnp.max(jnp.abs(dp0 - dn0))) > 1e-3  # the same responsiveness: linked
+
+    def at(rho):
+        return jnp.append(z0, jnp.log(rho / (1.0 - rho)))
+
+    p, d_p, d_n = tm.pcr_outcome(at(0.0 + 1e-12), days)
+    np.testing.assert_allclose(p, p0, rtol=1e-12)
+    np.testing.assert_allclose(d_p, d_n, rtol=1e-8)
+    p, d_p, d_n = tm.pcr_outcome(at(1.0 - 1e-9), days)
+    np.testing.assert_allclose(d_p, dp0, rtol=1e-6)
+    np.testing.assert_allclose(d_n, dn0, rtol=1e-6)
+    p, d_p, d_n = tm.pcr_outcome(at(0.5), days)
+    n = len(arms)  # the neoadjuvant arms: rho = 0.5 links them less than rho = 1
+    gap, gap1 = np.asarray(d_p - d_n)[:n], np.asarray(dp0 - dn0)[:n]
+    assert np.all(np.sign(gap) == np.sign(gap1)) and np.all(np.abs(gap) < np.abs(gap1))
+    dfs_all = p[:, None] * d_p + (1 - p[:, None]) * d_n
+    for i, a in enumerate(arms):
+        k = tm.arm_names.index(courses[a.name].name)
+        np.testing.assert_allclose(dfs_all[i], dfs_all[k], rtol=1e-4)
+    jac = jax.jacfwd(lambda zz: tm.pcr_outcome(zz, days)[1])(at(0.5))
+    assert np.isfinite(np.asarray(jac)).all() and float(jnp.abs(jac[..., j]).max()) > 0
+    with pytest.raises(ValueError, match="needs pcr_outcome"):
+        TrialModel.build(arms, micromet_correlation=True)
 
 
 def test_growth_response_power_scales_growth_and_kill_apart(neosphere):

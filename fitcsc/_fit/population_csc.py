@@ -68,7 +68,8 @@ def arm_labels(spec_labels, drugs, regimen) -> set[str]:
 
 def csc_population(batch, regimens, *, groups=None, level: str = "group",
                    effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
-                   no_group_effect=(), v0_by_start: bool = False, animal_rate: bool = True,
+                   no_group_effect=(), v0_by_start: bool = False,
+                   animal_growth: str | None = "csc_division_rate",
                    **priors):
     """The CSC population model of ``batch`` (see the module docstring).
 
@@ -89,9 +90,12 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
       a small seed), instead of one ``"animal"`` SD for both (omega scales
       ``"palpable|initial_volume_mm3"``, ``"seeded|initial_volume_mm3"``; default that of
       ``"animal|initial_volume_mm3"``). A level no curve belongs to is left out.
-    - `animal_rate`: with `groups` None, a log-normal animal effect on the CSC division
-      rate v_S (the default); False: one v_S for every mouse, and animal effects on V0
-      only.
+    - `animal_growth`: with `groups` None, the growth parameter with an animal effect:
+      ``"csc_division_rate"`` (the default; log-normal on v_S, which scales the mouse's
+      net CSC growth v_S (2p - 1) and its bulk production 2 v_S (1 - p) together),
+      ``"self_renewal"`` (logit-normal on 2p - 1, i.e. about log-normal on the net rate
+      while p is near 1/2, at one v_S for every mouse), or None (one v_S and p for every
+      mouse, animal effects on V0 only).
     - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
       0.5}``) overrides the defaults above for its labels only, a number all of them.
 
@@ -99,6 +103,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     """
     if effects not in ("arm", "drug"):
         raise ValueError(f"csc_population: effects must be 'arm' or 'drug', got {effects!r}")
+    if animal_growth not in (None, "csc_division_rate", "self_renewal"):
+        raise ValueError("csc_population: animal_growth must be 'csc_division_rate', "
+                         f"'self_renewal' or None, got {animal_growth!r}")
     drugs = tuple(batch.drugs)
     model = ModelConfig(crowding="logistic", drugs=drugs)
     ref = default_params(model, **CSC_REFERENCE)
@@ -130,7 +137,7 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
         per_drug = lab.split("[")[0] in PER_DRUG_CLASS
         fixed[lab] = "shared" if per_drug or effects == "drug" else "arm"
     if groups is None:
-        random = {"animal": ("csc_division_rate", V0) if animal_rate else (V0,)}
+        random = {"animal": (V0,) if animal_growth is None else (animal_growth, V0)}
         group_of = {}
     else:
         random = {level: tuple(lab for lab in ("csc_division_rate", *effect_labels)

@@ -195,7 +195,7 @@ def clinical_fit_job(out_dir, *, quick: bool = False, starts: int = 4, steps: in
     arms, obs = load_pcr(clinical_dir, QUICK_TRIALS if quick else None)
     neo_lm, courses = load_neo_landmarks(arms, clinical_dir) if links else ([], {})
     tm = TrialModel.build(arms, n_nodes=nodes, n_her2=her2_nodes, pcr_outcome=links,
-                          protected=links, courses=courses, **STRUCTURES[structure])
+                          courses=courses, **({"protected": links} | STRUCTURES[structure]))
     link_obs = load_links(arms, clinical_dir) if links else []
     if hyper not in ("auto", "fixed"):
         raise ValueError(f"hyper must be 'auto' or 'fixed', got {hyper!r}")

@@ -62,6 +62,11 @@ class HrObservation:
     years: float  # horizon of the cumulative-hazard ratio
     log_hr: float
     se: float
+    # True: a one-sided observation, the model's HR at `years` is at most the trial's
+    # (an intention-to-treat analysis after the control arm crossed over to the drug,
+    # which pulls the HR toward 1); its residual is that of a censored value,
+    # `_hr_residual`
+    upper: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +237,16 @@ def _deviance_residual(rate, k, n):
     return jnp.where(live, jnp.where(far, signed, pearson), 0.0)
 
 
+def _hr_residual(d, upper):
+    """Residuals of hazard ratios from ``d = (model log HR - published) / se``: ``d``
+    itself, or for an upper bound (`HrObservation.upper`) the root of the censored
+    deviance ``-2 log Phi(-d)``: the probability that an estimate with that standard error
+    lies at or above the model's HR (about 0 once the model is well below the bound,
+    ``sqrt(2 log 2)`` on it, about ``d`` far above it)."""
+    x = jnp.minimum(jnp.where(upper, -d, 0.0), 8.0)  # Phi(8) = 1 - 6e-16: r ~ 3e-8
+    return jnp.where(upper, jnp.sqrt(-2.0 * jax.scipy.special.log_ndtr(x)), d)
+
+
 def _two_margin_residual(p_a, p_b, p_ab, k_a, k_b, n):
     """Two residuals for two margins of one 2 x 2 table: ``k_a`` patients with event A,
     ``k_b`` with event B, out of ``n``, when A and B are not nested (ypT0 and ypT0/is
@@ -377,6 +392,7 @@ class ObjectiveCore(eqx.Module):
     h_days: jax.Array
     h_obs: jax.Array
     h_se: jax.Array
+    h_upper: jax.Array
     s_idx: jax.Array
     s_pos: jax.Array
     s_n: jax.Array
@@ -449,6 +465,7 @@ class ObjectiveCore(eqx.Module):
             h_days=arr([o.years * YEAR for o in data.hrs]),
             h_obs=arr([o.log_hr for o in data.hrs]),
             h_se=arr([o.se for o in data.hrs]),
+            h_upper=arr([o.upper for o in data.hrs], bool),
             s_idx=arr([ix[o.arm] for o in data.hr_pcr], int),
             s_pos=arr([o.subgroup == "HR+" for o in data.hr_pcr], bool),
             s_n=arr([o.n for o in data.hr_pcr]),
@@ -567,7 +584,7 @@ class ObjectiveCore(eqx.Module):
         if self.n_landmarks:
             parts.append(_deviance_residual(pr["landmark"], self.l_k, self.l_n))
         if self.n_hrs:
-            parts.append((pr["log_hr"] - self.h_obs) / self.h_se)
+            parts.append(_hr_residual((pr["log_hr"] - self.h_obs) / self.h_se, self.h_upper))
         if self.n_links:
             parts.append((pr["link_log_hr"] - self.k_obs) / self.k_se)
         if self.n_neo:
@@ -1136,12 +1153,27 @@ ADJUVANT_PRIMARY = (
 )
 
 
-def adjuvant_observations(rows, regimens, *, analyses=ADJUVANT_PRIMARY, endpoint="DFS"):
+# Long-term intention-to-treat DFS analyses of the same trials: (trial label, analysis,
+# horizon in years). Their control arms had crossed over to trastuzumab (HERA 52%,
+# B-31/N9831 in part), which pulls the HR toward 1, so each bounds the lasting effect from
+# above (`HrObservation.upper`). The SmPC row of B-31/N9831 prints no follow-up; 8.35 y is
+# that of the final analysis it cites (Perez 2014).
+ADJUVANT_LONG_TERM = (("B-31/N9831", "updated DFS (SmPC Table 11)", 8.35),
+                      ("HERA", "final 11-yr (Cameron 2017 Lancet)", 11.0))
+
+
+def adjuvant_observations(rows, regimens, *, analyses=ADJUVANT_PRIMARY, endpoint="DFS",
+                          long_term=()):
     """Adjuvant arms, control landmarks and hazard ratios from ``adjuvant_outcomes.csv``.
+
+    ``long_term``: (trial label, analysis, years) rows such as `ADJUVANT_LONG_TERM`: each
+    adds, after the primary hazard ratios, the analysis' DFS HR as an upper bound
+    (``upper=True``) on the model's HR between the same two arms at that horizon.
 
     **Returns:** ``(arms, landmarks, hrs)``; arm names are regimen ids.
     """
     arms, landmarks, hrs = {}, [], []
+    pair = {}
     for label, analysis, exp_id, ctl_id in analyses:
         sel = [r for r in rows if r["analysis"] == analysis and r["endpoint"] == endpoint]
         ctl = next((r for r in sel if r["arm_id"] == ctl_id), None)
@@ -1160,4 +1192,19 @@ def adjuvant_observations(rows, regimens, *, analyses=ADJUVANT_PRIMARY, endpoint
         hrs.append(HrObservation(f"{label} {exp_id} vs {ctl_id}", exp["regimen_id"],
                                  ctl["regimen_id"], float(years), float(exp["log_hr"]),
                                  float(exp["log_hr_se"])))
+        pair[label] = (exp["regimen_id"], ctl["regimen_id"])
+    for label, analysis, years in long_term:
+        r = next((r for r in rows if r["analysis"] == analysis and r["endpoint"] == endpoint
+                  and r["log_hr"] is not None and r["log_hr_se"] is not None), None)
+        if r is None or label not in pair:
+            raise ValueError(f"adjuvant_outcomes.csv: no {endpoint} hazard ratio with its "
+                             f"standard error in analysis {analysis!r} of a trial with a "
+                             f"primary analysis (label {label!r})")
+        if r["regimen_id"] != pair[label][0]:
+            raise ValueError(f"adjuvant_outcomes.csv: analysis {analysis!r} compares "
+                             f"{r['regimen_id']}, not {label}'s experimental arm "
+                             f"{pair[label][0]}")
+        hrs.append(HrObservation(f"{label} long-term ITT: {analysis}", *pair[label],
+                                 float(years), float(r["log_hr"]), float(r["log_hr_se"]),
+                                 upper=True))
     return list(arms.values()), landmarks, hrs

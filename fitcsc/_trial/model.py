@@ -120,6 +120,10 @@ PARAMETERS = {
     # fraction of micrometastatic CSCs out of the drugs' reach (dormant, or in a
     # sanctuary): they follow drug-free dynamics whatever the regimen (0 unless free)
     "logit_protected_fraction": ("sigmoid", 1e-6),
+    # correlation of a patient's micrometastatic responsiveness with her primary's
+    # (`pcr_outcome`; 1 unless free, when it starts at 0.5): below 1, a pCR (a responsive
+    # primary) says less about her micrometastases, which the drugs still reach
+    "logit_micromet_correlation": ("sigmoid", 0.5),
     "her2_dependence_csc": ("identity", 1.0),  # h_S: 1 for HER2+, lower for HER2-low
     "her2_dependence_bulk": ("identity", 1.0),  # h_D
     # hormone-receptor covariate: HR+ tumours' log responsiveness has mean
@@ -163,6 +167,14 @@ STRUCTURES = {
                                            her2_class=True, trial_effects=True, dcis=True,
                                            her2_kill=True, growth_power=True,
                                            trial_shift="response"),
+    # with the pCR-outcome links (--links): no micrometastatic CSCs out of the drugs'
+    # reach; instead a pCR patient's micrometastases respond like her primary only up to
+    # a correlation rho (`TrialModel.pcr_outcome`), so that the link's HR 0.2-0.6 need
+    # not stop adjuvant therapy from curing
+    "continuous_kill_alpha_micromet": dict(heterogeneity="continuous", chemo_potency=True,
+                                           her2_class=True, trial_effects=True, dcis=True,
+                                           her2_kill=True, growth_power=True,
+                                           protected=False, micromet_correlation=True),
 }
 # what a trial's effect shifts (``trial_shift``), as reports name it
 TRIAL_SHIFT_LABELS = {"burden": "log burden",
@@ -335,7 +347,8 @@ class TrialModel(eqx.Module):
     def build(cls, arms: list[Arm], names=None, *, fixed=None, base_kill=None,
               her2_scale=None, drugs=None, free_burden_sd=False, chemo_potency=False,
               her2_class=False, trial_effects=False, dcis=False, pcr_outcome=False, protected=False,
-              her2_kill=False, growth_power=False, courses=None, **options) -> TrialModel:
+              micromet_correlation=False, her2_kill=False, growth_power=False, courses=None,
+              **options) -> TrialModel:
         """Model for ``arms``. ``base_kill`` ``{drug: rate}`` and ``her2_scale`` ``{drug:
         multiplier}`` override the calibration (a saved fit passes its own; drugs it
         lacks get `reference_kill` / `reference_her2_scale`); ``drugs`` fixes the drug
@@ -349,6 +362,8 @@ class TrialModel(eqx.Module):
         shift per neoadjuvant trial, ``dcis`` the in-situ factor of ypT0 definitions,
         ``pcr_outcome`` the distant burden of neoadjuvant patients (`pcr_outcome`),
         ``protected`` the fraction of micrometastatic CSCs out of the drugs' reach,
+        ``micromet_correlation`` (with ``pcr_outcome``) the correlation between a
+        patient's micrometastatic and primary responsiveness,
         ``her2_kill`` the death rate of HER2-dependent cells under blockade,
         ``growth_power`` the power of responsiveness in a patient's growth rates
         (``growth_response_power``; fixed at 1 otherwise).
@@ -396,6 +411,7 @@ class TrialModel(eqx.Module):
             names.remove("log_her2_potency")
             names = [n for n in names if n not in ("log_chemo_potency", "logit_no_dcis",
                                                    "logit_protected_fraction",
+                                                   "logit_micromet_correlation",
                                                    "log_her2_kill")]
             if her2_class:
                 names.append("log_her2_potency")
@@ -412,18 +428,26 @@ class TrialModel(eqx.Module):
                 names.append("log_micromet_cells#neoadjuvant")
             if protected:
                 names.append("logit_protected_fraction")
+            if micromet_correlation:
+                if not pcr_outcome:
+                    raise ValueError("TrialModel.build: micromet_correlation needs "
+                                     "pcr_outcome (it acts on the pCR-outcome link only)")
+                names.append("logit_micromet_correlation")
             if her2_kill:
                 names.insert(names.index("logit_csc_sparing"), "log_her2_kill")
             if growth_power:
                 names.insert(names.index("log_response_sd") + 1, "growth_response_power")
         fixed = ({n: v for n, (_, v) in PARAMETERS.items()}
                  | {"log_burden_sd": options.get("burden_sd", 1.0),
-                    "logit_protected_fraction": 0.0, "log_her2_kill": 0.0}
+                    "logit_protected_fraction": 0.0, "log_her2_kill": 0.0,
+                    "logit_micromet_correlation": 1.0}
                  | dict(fixed or {}))
         if "log_her2_kill" in names and fixed["log_her2_kill"] <= 0:
             fixed["log_her2_kill"] = PARAMETERS["log_her2_kill"][1]
         if "logit_protected_fraction" in names and fixed["logit_protected_fraction"] <= 0:
             fixed["logit_protected_fraction"] = PARAMETERS["logit_protected_fraction"][1]
+        if "logit_micromet_correlation" in names and fixed["logit_micromet_correlation"] >= 1:
+            fixed["logit_micromet_correlation"] = PARAMETERS["logit_micromet_correlation"][1]
         for a in arms:
             for d in a.regimen.drugs:
                 if CATALOGUE[d].drug_class not in ("her2", "chemo"):
@@ -950,6 +974,18 @@ class TrialModel(eqx.Module):
         per = dfs_given(cure[..., None], t_rec[..., None], days, self.timing_sd_day)
         return (jnp.sum(per * wx[:, None], axis=-2), jnp.sum(cure * wx, axis=-1), w)
 
+    def _micromet_kernel(self, z, shift, refine=None):
+        """``(arms, fine, fine)``: row ``f`` the weights over the fine grid of the
+        micrometastases' responsiveness given the primary's at point ``f``, ``N(shift +
+        rho (eta_f - shift), 1 - rho^2)`` normalised on the grid (rho
+        ``logit_micromet_correlation``); as rho -> 1 it tends to the identity."""
+        fine = self.fine_grid(refine)
+        rho = self._value(z, "logit_micromet_correlation")
+        shift = jnp.asarray(shift)[:, None, None]
+        mean = shift + rho * (fine[None, :, None] - shift)
+        logk = -0.5 * (fine[None, None, :] - mean) ** 2 / (1.0 - rho**2)
+        return jax.nn.softmax(logk, axis=-1)
+
     def _protected(self, z):
         """``(log fraction, log initial CSCs per mm3)`` of micrometastatic CSCs out of the
         drugs' reach, or None when the fraction is 0 (fixed)."""
@@ -971,7 +1007,10 @@ class TrialModel(eqx.Module):
         of her own primary burden), treated by the arm's whole course (``course``, its
         own regimen without one) with the same sensitivity (responsiveness, HER2
         dependence, CSC fraction). Surgery removes the primary. So a pCR patient can
-        still recur, and pCR is linked to cure only through her tumour's biology.
+        still recur, and pCR is linked to cure only through her tumour's biology. With
+        ``logit_micromet_correlation`` free, the micrometastases' responsiveness is
+        ``rho eta + sqrt(1 - rho^2) xi`` (``xi ~ N(0, 1)``, about the trial's mean;
+        `_micromet_kernel`) instead of the primary's ``eta``.
 
         **Returns:** per arm ``(pcr, dfs_pcr, dfs_no_pcr)``; DFS ``(arms, days)`` at
         ``days`` since the start of therapy.
@@ -991,6 +1030,9 @@ class TrialModel(eqx.Module):
         r_c = tuple(v[:, course] for v in r)  # each patient's whole course
         dfs, _, _ = self._dfs_fine(days, r_c, log_m, z, self._protected(z), refine=refine,
                                    eval_day=self.eval_day[course])  # (P, arms, fine, d)
+        if "logit_micromet_correlation" in self.names:
+            k = self._micromet_kernel(z, self.response_shift(z), refine)  # (arms, f, g)
+            dfs = jnp.einsum("afg,pagd->pafd", k, dfs)
         wp = weights[:, None, None] * w * p
         wn = weights[:, None, None] * w * (1.0 - p)
         n_p, n_n = jnp.sum(wp, axis=(0, 2)), jnp.sum(wn, axis=(0, 2))
