@@ -505,7 +505,10 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
                  "excludes_1": bool(hi < 1.0),
                  "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
                  **by_year, **long_term,
-                 "fit_loss": fit.loss, "trial_sd": objective.trial_sd,
+                 "fit_loss": fit.loss,
+                 **{f"fit_loss_{k}": v for k, v in
+                    objective.loss_parts(jnp.asarray(fit.z)).items()},
+                 "trial_sd": objective.trial_sd,
                  "her2_drug_sd": objective.her2_drug_sd,
                  "chemo_drug_sd": objective.chemo_drug_sd,
                  "psis_k_hat": post.k_hat, **mcmc_columns(post),

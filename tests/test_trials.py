@@ -199,6 +199,11 @@ def test_long_term_hazard_ratios_are_upper_bounds_with_a_censored_likelihood(reg
                     prior_sd=1e12)
     g = np.asarray(jax.jacfwd(far.residuals)(z))
     assert np.all(np.isfinite(g)) and np.abs(g[0]).max() < 1e-6
+    # the loss by kind of data adds up to the loss
+    both = Objective(tm, TrialData(hrs=[primary[1], b]))
+    parts = both.loss_parts(z)
+    assert set(parts) == {"hrs", "prior"}
+    assert sum(parts.values()) == pytest.approx(0.5 * float(jnp.sum(both(z) ** 2)), rel=1e-12)
 
 
 def test_fit_recovers_known_parameters(neosphere, tmp_path):

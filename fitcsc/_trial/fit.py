@@ -558,39 +558,52 @@ class ObjectiveCore(eqx.Module):
         (`link_survival`'s two groups)."""
         return jnp.log(hazard_ratio(*self.link_survival(z, res)))
 
-    def residuals(self, z, res=None):
-        """The residual vector at ``z`` (see the module docstring)."""
+    def residual_parts(self, z, res=None) -> dict:
+        """The residuals at ``z`` by kind of data (``pcr``, ``hr_pcr``, ``landmarks``,
+        ``hrs``, ``links``, ``neo_landmarks``, ``prior``; a kind without data is left
+        out); `residuals` is their concatenation in this order."""
         pr = self.predictions(z, res)
-        parts = []
+        parts = {}
         if self.n_pcr:
             t = pr["pcr_total"][self.p_idx]
             b = pr["pcr_breast"][self.p_idx]
             prim = self.tm.by_definition(z, t, b, self.p_definition)
             single = self.p_live & ~self.p_margins
-            parts.append(_deviance_residual(prim, self.p_k, jnp.where(single, self.p_n, 0.0)))
+            pcr = [_deviance_residual(prim, self.p_k, jnp.where(single, self.p_n, 0.0))]
             # nested: total among the breast-only pCRs ~ Bin(k_b, pi_t / pi_b)
             cond = jnp.clip(t / jnp.maximum(b, 1e-12), 1e-9, 1 - 1e-9)
-            parts.append(_deviance_residual(cond, self.p_nested,
-                                            jnp.where(self.p_has_nested, self.p_k, 0.0)))
+            pcr.append(_deviance_residual(cond, self.p_nested,
+                                          jnp.where(self.p_has_nested, self.p_k, 0.0)))
             # ypT0 (breast, no in-situ) and ypT0/is ypN0 in the same patients: both happen
             # with no invasive residual anywhere and no in-situ residual, i.e. q t
             if self.has_margins:
                 q = self.tm._value(z, "logit_no_dcis")
-                parts.append(_two_margin_residual(prim, t, q * t, self.p_k, self.p_nested,
-                                                  jnp.where(self.p_margins, self.p_n, 0.0)))
+                pcr.append(_two_margin_residual(prim, t, q * t, self.p_k, self.p_nested,
+                                                jnp.where(self.p_margins, self.p_n, 0.0)))
+            parts["pcr"] = jnp.concatenate(pcr)
         if self.n_hr_pcr:
             rate = jnp.where(self.s_pos, pr["pcr_HR+"][self.s_idx], pr["pcr_HR-"][self.s_idx])
-            parts.append(_deviance_residual(rate, self.s_k, self.s_n))
+            parts["hr_pcr"] = _deviance_residual(rate, self.s_k, self.s_n)
         if self.n_landmarks:
-            parts.append(_deviance_residual(pr["landmark"], self.l_k, self.l_n))
+            parts["landmarks"] = _deviance_residual(pr["landmark"], self.l_k, self.l_n)
         if self.n_hrs:
-            parts.append(_hr_residual((pr["log_hr"] - self.h_obs) / self.h_se, self.h_upper))
+            parts["hrs"] = _hr_residual((pr["log_hr"] - self.h_obs) / self.h_se, self.h_upper)
         if self.n_links:
-            parts.append((pr["link_log_hr"] - self.k_obs) / self.k_se)
+            parts["links"] = (pr["link_log_hr"] - self.k_obs) / self.k_se
         if self.n_neo:
-            parts.append(_deviance_residual(pr["neo_landmark"], self.n_k, self.n_n))
-        parts.append(self.prior_residuals(z))
-        return jnp.concatenate(parts)
+            parts["neo_landmarks"] = _deviance_residual(pr["neo_landmark"], self.n_k,
+                                                        self.n_n)
+        parts["prior"] = self.prior_residuals(z)
+        return parts
+
+    def residuals(self, z, res=None):
+        """The residual vector at ``z`` (see the module docstring)."""
+        return jnp.concatenate(list(self.residual_parts(z, res).values()))
+
+    def loss_parts(self, z) -> dict:
+        """``0.5 |r|^2`` of each kind of data at ``z`` (`residual_parts`): they add up to
+        the fit's loss."""
+        return {k: float(0.5 * jnp.sum(v**2)) for k, v in self.residual_parts(z).items()}
 
     __call__ = residuals
 
