@@ -628,7 +628,7 @@ def main(args) -> dict:
                            if "fitted" not in k} | {
             "method": META_METHOD, "arms": reference},
         "hr": {"n": len(hr_rows), "n_inside_95": int(sum(r["inside"] for r in hr_rows)),
-               "n_inside_excluding_1": int(sum(r["inside"] and r["excludes_1"]
+               "n_inside_excluding_1": int(sum(r["inside"] and r["pred_hi"] < 1.0
                                                for r in hr_rows)),
                "n_long_term": sum("long_term_within_bound" in r for r in hr_rows),
                "n_long_term_within_bound": int(sum(r.get("long_term_within_bound", False)

@@ -240,9 +240,9 @@ def _deviance_residual(rate, k, n):
 def _hr_residual(d, upper):
     """Residuals of hazard ratios from ``d = (model log HR - published) / se``: ``d``
     itself, or for an upper bound (`HrObservation.upper`) the root of the censored
-    deviance ``-2 log Phi(-d)``: the probability that an estimate with that standard error
-    lies at or above the model's HR (about 0 once the model is well below the bound,
-    ``sqrt(2 log 2)`` on it, about ``d`` far above it)."""
+    deviance ``-2 log Phi(-d)``, ``Phi(-d)`` being the probability that an estimate with
+    that standard error lies at or above the model's HR: about 0 once the model is well
+    below the bound, ``sqrt(2 log 2)`` on it, about ``d`` far above it."""
     x = jnp.minimum(jnp.where(upper, -d, 0.0), 8.0)  # Phi(8) = 1 - 6e-16: r ~ 3e-8
     return jnp.where(upper, jnp.sqrt(-2.0 * jax.scipy.special.log_ndtr(x)), d)
 
