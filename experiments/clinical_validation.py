@@ -476,7 +476,7 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
     long_term = {}
     lt = next((x for x in bounds if _trial_of(adj_arms, x.experimental) == held), None)
     if lt is not None:
-        analysis = lt.name.split(": ", 1)[1]
+        analysis = next(a for t, a, _ in ADJUVANT_LONG_TERM if t == held)
         years, lt_log_hr, lt_se = lt.years, lt.log_hr, lt.se
         lt_days = jnp.asarray([years * 365.25])
         lt_vals = resample(draw_values(lambda z: log_hr(z, days=lt_days)[0], post.draws,
