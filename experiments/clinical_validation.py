@@ -598,13 +598,16 @@ def main(args) -> dict:
     else:
         log(f"structure {args.structure}: pCR folds")
         rows, missing = pcr_folds(arms, obs, args.structure, args, log, ckpt)
-        if missing and not (args.quick or args.no_hr):
-            hr_folds(arms, obs, adj, args.structure, args, log, ckpt)
+        if missing:
+            if not (args.quick or args.no_hr):
+                hr_folds(arms, obs, adj, args.structure, args, log, ckpt)
             # the folds that other processes (--folds) saved while these ran: when none
             # is missing any more, this process writes the tables. Read only: nothing is
             # recomputed (another process may have written them and removed the
             # checkpoint first)
-            saved = [_saved_rows(ckpt, _pcr_part(fi)) for fi in range(len(families_of(obs)))]
+            saved = [_saved_rows(ckpt, _pcr_part(fi))
+                     for fi, f in enumerate(families_of(obs))
+                     if not args.quick or f in QUICK_FOLDS]
             if all(r is not None for r in saved):
                 rows, missing = [r for part in saved for r in part], []
         if missing:

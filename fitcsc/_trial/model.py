@@ -175,6 +175,12 @@ STRUCTURES = {
                                            her2_class=True, trial_effects=True, dcis=True,
                                            her2_kill=True, growth_power=True,
                                            protected=False, micromet_correlation=True),
+    # both: the correlation and (with --links) the fraction out of reach, each fitted, so
+    # that the data choose between a reservoir the drugs miss and micrometastases that
+    # respond unlike the primary (it nests both structures above)
+    "continuous_kill_alpha_micromet_protected": dict(
+        heterogeneity="continuous", chemo_potency=True, her2_class=True, trial_effects=True,
+        dcis=True, her2_kill=True, growth_power=True, micromet_correlation=True),
 }
 # what a trial's effect shifts (``trial_shift``), as reports name it
 TRIAL_SHIFT_LABELS = {"burden": "log burden",
