@@ -295,7 +295,11 @@ def _pcr_fold(arms, obs, families, held, fi, structure, args, log):
             "psis_k_hat": post.k_hat, **mcmc_columns(post),
         })
     fold_s = round(time.perf_counter() - t0, 1)
+    # the fold's loss by kind of data (pCR counts, links, landmarks, prior), as the
+    # hazard-ratio folds report it: where one structure's fit pays against another's
+    parts = {f"fit_loss_{k}": v for k, v in objective.loss_parts(jnp.asarray(fit.z)).items()}
     for r in rows:
+        r |= parts
         r["fold_s"] = fold_s
     log(f"  {held}: fit {time.perf_counter() - t0:.0f} s, loss {fit.loss:.3f}, sds "
         f"trial {objective.trial_sd:.3g} her2 {objective.her2_drug_sd:.3g} chemo "
@@ -655,11 +659,14 @@ def main(args) -> dict:
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
     }
-    keys = list(rows[0]) if rows else []
-    write_atomic(out / "arms.csv", csv_text(keys, [[_fmt(r[k]) for k in keys] for r in rows]))
-    hkeys = list(hr_rows[0]) if hr_rows else ["held_out"]
+    # every column any fold has (folds saved by an earlier version may lack the newer
+    # ones: their cells stay empty)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    write_atomic(out / "arms.csv", csv_text(keys, [[_fmt(r.get(k, "")) for k in keys]
+                                                   for r in rows]))
+    hkeys = list(dict.fromkeys(k for r in hr_rows for k in r)) or ["held_out"]
     write_atomic(out / "hazard_ratios.csv",
-                 csv_text(hkeys, [[_fmt(r[k]) for k in hkeys] for r in hr_rows]))
+                 csv_text(hkeys, [[_fmt(r.get(k, "")) for k in hkeys] for r in hr_rows]))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _figure(rows, summary, out / "calibration.png")
     _result_md(rows, hr_rows, summary, out / "RESULT.md")

@@ -318,6 +318,9 @@ def test_clinical_validation_quick(tmp_path, monkeypatch):
     with open(tmp_path / "arms.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["arm"] for r in saved] == ["BUZ-C", "BUZ-H", "BUZ-H2"]
+    for r in rows:  # the fold's loss by kind of data adds up to its loss
+        parts = [float(v) for k, v in r.items() if k.startswith("fit_loss_")]
+        assert len(parts) >= 2 and sum(parts) == pytest.approx(float(r["fit_loss"]), rel=1e-4)
     for r in saved:  # the saved fold is the one in the table
         row = next(x for x in rows if x["arm"] == r["arm"])
         for k in ("pred_lo_pct", "pred_hi_pct", "mean_pct", "pit"):
