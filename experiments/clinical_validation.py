@@ -295,9 +295,7 @@ def _pcr_fold(arms, obs, families, held, fi, structure, args, log):
             "psis_k_hat": post.k_hat, **mcmc_columns(post),
         })
     fold_s = round(time.perf_counter() - t0, 1)
-    # the fold's loss by kind of data (pCR counts, links, landmarks, prior), as the
-    # hazard-ratio folds report it: where one structure's fit pays against another's
-    parts = {f"fit_loss_{k}": v for k, v in objective.loss_parts(jnp.asarray(fit.z)).items()}
+    parts = _loss_columns(objective, fit)
     for r in rows:
         r |= parts
         r["fold_s"] = fold_s
@@ -510,8 +508,7 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
                  "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
                  **by_year, **long_term,
                  "fit_loss": fit.loss,
-                 **{f"fit_loss_{k}": v for k, v in
-                    objective.loss_parts(jnp.asarray(fit.z)).items()},
+                 **_loss_columns(objective, fit),
                  "trial_sd": objective.trial_sd,
                  "her2_drug_sd": objective.her2_drug_sd,
                  "chemo_drug_sd": objective.chemo_drug_sd,
@@ -659,14 +656,8 @@ def main(args) -> dict:
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
     }
-    # every column any fold has (folds saved by an earlier version may lack the newer
-    # ones: their cells stay empty)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    write_atomic(out / "arms.csv", csv_text(keys, [[_fmt(r.get(k, "")) for k in keys]
-                                                   for r in rows]))
-    hkeys = list(dict.fromkeys(k for r in hr_rows for k in r)) or ["held_out"]
-    write_atomic(out / "hazard_ratios.csv",
-                 csv_text(hkeys, [[_fmt(r.get(k, "")) for k in hkeys] for r in hr_rows]))
+    write_atomic(out / "arms.csv", _rows_csv(rows))
+    write_atomic(out / "hazard_ratios.csv", _rows_csv(hr_rows, empty=["held_out"]))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _figure(rows, summary, out / "calibration.png")
     _result_md(rows, hr_rows, summary, out / "RESULT.md")
@@ -842,6 +833,19 @@ def _read_rows(path):
                         row[k] = v
             out.append(row)
     return out
+
+
+def _loss_columns(objective, fit) -> dict:
+    """A fold's loss by kind of data (pCR counts, links, landmarks, prior; they add up
+    to ``fit_loss``): where one structure's fit pays against another's."""
+    return {f"fit_loss_{k}": v for k, v in objective.loss_parts(jnp.asarray(fit.z)).items()}
+
+
+def _rows_csv(rows, empty=()):
+    """CSV text of fold rows with every column any row has (folds saved by an earlier
+    version may lack the newer ones: their cells stay empty)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or list(empty)
+    return csv_text(keys, [[_fmt(r.get(k, "")) for k in keys] for r in rows])
 
 
 def _fmt(v):
