@@ -99,6 +99,7 @@ from fitcsc.trials import (
     posterior_flag,
     quadrature_check,
     trial_family,
+    trial_spread_check,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -295,7 +296,7 @@ def _pcr_fold(arms, obs, families, held, fi, structure, args, log):
             "psis_k_hat": post.k_hat, **mcmc_columns(post),
         })
     fold_s = round(time.perf_counter() - t0, 1)
-    parts = _loss_columns(objective, fit)
+    parts = _loss_columns(objective, fit) | {"trial_effect_rms": _trained_rms(tm, fit, held)}
     for r in rows:
         r |= parts
         r["fold_s"] = fold_s
@@ -306,6 +307,17 @@ def _pcr_fold(arms, obs, families, held, fi, structure, args, log):
                     f"[{r['pred_lo_pct']:.1f}, {r['pred_hi_pct']:.1f}]"
                     for r in rows if r["held_out"] == held))
     return rows
+
+
+def _trained_rms(tm, fit, held):
+    """Root mean square of the training trials' fitted effects (the held-out trial's is
+    its prior mean, 0): compare with ``trial_sd``, the spread a new trial is drawn from.
+    NaN for a structure without trial effects."""
+    check = trial_spread_check(tm.names, fit.z, 1.0)
+    if check is None:
+        return float("nan")
+    v = [e for k, e in check["effects"].items() if trial_family(k) != held]
+    return float(np.sqrt(np.mean(np.square(v))))
 
 
 def binomial_floor(rate, n, prob=0.95):

@@ -321,6 +321,9 @@ def test_clinical_validation_quick(tmp_path, monkeypatch):
     for r in rows:  # the fold's loss by kind of data adds up to its loss
         parts = [float(v) for k, v in r.items() if k.startswith("fit_loss_")]
         assert len(parts) >= 2 and sum(parts) == pytest.approx(float(r["fit_loss"]), rel=1e-4)
+    for held in ("MDACC", "NeoSphere"):  # one spread of the training trials' effects a fold
+        rms = {float(r["trial_effect_rms"]) for r in rows if r["held_out"] == held}
+        assert len(rms) == 1 and 0.0 < rms.pop() < 10.0
     for r in saved:  # the saved fold is the one in the table
         row = next(x for x in rows if x["arm"] == r["arm"])
         for k in ("pred_lo_pct", "pred_hi_pct", "mean_pct", "pit"):
