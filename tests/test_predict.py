@@ -97,6 +97,14 @@ def _predict(fit, reg, out, *extra):
                      "--draws", "64", *extra])
 
 
+def _predict_quiet(fit, reg, out, capsys):
+    """`predict --quiet` on a fit: what it printed on stderr, its summary and its report."""
+    capsys.readouterr()
+    assert _predict(fit, reg, out, "--quiet") == 0
+    err = capsys.readouterr().err
+    return err, json.loads((out / "summary.json").read_text()), (out / "report.md").read_text()
+
+
 def _one_line_refusal(capsys, *words):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -352,12 +360,7 @@ def test_trials_spread_beyond_their_prior_are_flagged(tmp_path, regimens, capsys
         doc = json.loads((d / "fit.json").read_text())
         doc["z"][2:4] = list(effects)
         (d / "fit.json").write_text(json.dumps(doc))
-        capsys.readouterr()
-        out = tmp_path / f"out_{tag}"
-        assert _predict(d, reg, out, "--quiet") == 0
-        err = capsys.readouterr().err
-        summary = json.loads((out / "summary.json").read_text())
-        report = (out / "report.md").read_text()
+        err, summary, report = _predict_quiet(d, reg, tmp_path / f"out_{tag}", capsys)
         assert ("differ more than the between-trial prior" in err) == flagged, err
         assert (summary["trial_spread_flag"] is not None) == flagged
         assert summary["trial_spread_check"]["trial_sd"] == 0.5
@@ -386,3 +389,57 @@ def test_unconverged_chains_are_flagged(tmp_path, regimens, capsys):
         assert ("flag" in summary["posterior"]) == flagged
         assert ("**Flag: posterior: R-hat 1.050" in report) == flagged
         assert "R-hat max" in report  # the diagnostics are stated either way
+
+
+def test_out_of_sample_records_match_their_runs():
+    """Every leave-one-trial-out record that `predict` reports is its run's summary.json:
+    the configuration it is matched on and the numbers it prints."""
+    from fitcsc._jobs.predict import OUT_OF_SAMPLE, VALIDATED_TRIALS, VALIDATION_DIR
+
+    root = pathlib.Path(__file__).resolve().parents[1] / VALIDATION_DIR
+    assert len({r["run"] for r in OUT_OF_SAMPLE}) == len(OUT_OF_SAMPLE)
+    for r in OUT_OF_SAMPLE:
+        s = json.loads((root / r["run"] / "summary.json").read_text())
+        assert tuple(sorted({a["trial"] for a in _rows(root / r["run"] / "arms.csv")})) == (
+            VALIDATED_TRIALS), r["run"]
+        st, pcr = s["settings"], s["pcr"]
+        assert (s["structure"], st["hyper"], st["links"]) == (
+            r["structure"], r["hyper"], r["links"]), r["run"]
+        assert r["hyper"] == "auto" or st["trial_sd"] == r["trial_sd"], r["run"]
+        assert (pcr["n_arms"], pcr["n_inside_95"]) == (r["n_arms"], r["n_inside"]), r["run"]
+        assert round(pcr["mean_signed_error_points"], 1) == r["mean_signed_error_points"]
+        assert round(pcr["mean_width_95_points"], 1) == r["mean_width_points"], r["run"]
+
+
+def test_predict_reports_its_fits_out_of_sample_record(fit_dir, tmp_path, capsys):
+    """`predict` says how intervals of its fit's configuration held on held-out trials
+    (on screen whatever --quiet says, in summary.json and in the report), and says so
+    when there is no record: a fit without a run summary, or another configuration."""
+    reg = _write(tmp_path, PERTUZUMAB.replace("pertuzumab", "trastuzumab"))
+    from fitcsc._jobs.predict import VALIDATED_TRIALS
+
+    run = {"n_arms": 23, "quick": False,
+           "data": {"pcr_outcome_links": "data/clinical/pcr_outcome_links.csv",
+                    "trials": list(VALIDATED_TRIALS)},
+           "model": {"structure": "continuous_kill_alpha", "trial_sd": 1.0,
+                     "hyper_choice": "given"}}
+    cases = (("none", None, None, "has no configuration record"),
+             ("main", run, "continuous_kill_alpha_links_10trials", "held 16 of 23"),
+             ("sd2", run | {"model": run["model"] | {"trial_sd": 2.0}}, None,
+              "between-trial sd 2, links on, 23 arms of 10 trials"),
+             # the same configuration on other trials
+             ("data", run | {"data": run["data"] | {"trials": ["NeoSphere", "Mine"]}}, None,
+              "no leave-one-trial-out record"),
+             ("quick", run | {"quick": True}, None, "has no configuration record"))
+    for tag, summary, record, words in cases:
+        d = tmp_path / f"fit_{tag}"
+        d.mkdir()
+        (d / "fit.json").write_text((fit_dir / "fit.json").read_text())
+        if summary is not None:
+            (d / "summary.json").write_text(json.dumps(summary))
+        err, got, report = _predict_quiet(d, reg, tmp_path / f"out_{tag}", capsys)
+        assert (got["out_of_sample"] or {}).get("run") == record, tag
+        assert words in got["out_of_sample_flag"] and words in err, (tag, err)
+        assert words in report, tag
+        if tag == "main":  # 16 of 23 (70%): fewer than a 95% interval claims
+            assert "fewer than their nominal 95%" in err

@@ -35,6 +35,10 @@ supplies an assumption, flagged in the ``assumptions`` column and on screen:
   effect is drawn (`fitcsc._trial.fit.trial_spread_check`): the new-trial intervals are
   too narrow; flagged on screen, in ``summary.json`` (``trial_spread_flag``) and in the
   report.
+- how intervals of the fit's configuration held on trials left out of the fit
+  (`out_of_sample`, `OUT_OF_SAMPLE`: the leave-one-trial-out record of
+  experiments/clinical_validation.py), or that there is no such record: on screen, in
+  ``summary.json`` (``out_of_sample``, ``out_of_sample_flag``) and in the report.
 
 The folder gets ``report.md`` (`fitcsc._jobs.report.write_report`) beside the CSVs and
 ``predictions.png``.
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
@@ -428,6 +433,9 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
     spread_flag = trial_spread_warning(spread)
     if spread_flag:
         log(f"fitcsc predict: warning: {spread_flag}")
+    # how intervals of this fit's configuration held on trials left out of the fit
+    validation, validation_line = out_of_sample(fit_dir)
+    log(f"fitcsc predict: warning: {validation_line}")
     for d in unsupported:
         log(f"fitcsc predict: note: pCR definition {d!r} not predicted: the fit did not "
             f"estimate {', '.join(missing[d])}")
@@ -444,6 +452,7 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
         "volume_mm3": volume_mm3, "new_trial_effect": any(
             n.startswith("trial_effect#") for n in doc["names"]),
         "trial_spread_check": spread, "trial_spread_flag": spread_flag,
+        "out_of_sample": validation, "out_of_sample_flag": validation_line,
         "n_draws": n_draws, "seed": seed, "posterior": posterior,
         "interval": "95% percentile intervals over posterior draws of the fit; pcr_pred_*: "
                     "the rate a trial arm of n_patients observes (binomial per draw)",
@@ -456,6 +465,95 @@ def predict(fit_dir, regimen_file, out_dir, *, pcr_definitions=None, comparators
 
     write_report(out)
     return summary
+
+
+# Leave-one-trial-out records (`experiments/clinical_validation.py`, the default
+# posterior) of fits on the shipped neoadjuvant data (23 arms of nine trials), by the
+# fit's configuration: how many held-out arms fell inside their 95% predictive interval.
+# `predict` reports the record of its fit's configuration, or that there is none.
+# tests/test_predict.py checks each record against its run's summary.json.
+VALIDATION_DIR = "experiments/results/clinical_validation"
+# the trials (pcr_arms.csv's names) those runs held out in turn
+VALIDATED_TRIALS = ("CHER-LOB", "GeparQuattro", "GeparQuinto", "MDACC (Buzdar 2005)",
+                    "MDACC (Buzdar 2007 extra cohort)", "NOAH", "NSABP B-41", "NeoALTTO",
+                    "NeoSphere", "TRYPHAENA")
+OUT_OF_SAMPLE = (
+    {"run": "continuous_kill_alpha_links_10trials", "structure": "continuous_kill_alpha",
+     "hyper": "fixed", "trial_sd": 1.0, "links": True, "n_arms": 23, "n_inside": 16,
+     "mean_signed_error_points": -5.2, "mean_width_points": 39.4},
+    {"run": "continuous_kill_alpha_links_10trials_trial_sd_1.4",
+     "structure": "continuous_kill_alpha", "hyper": "fixed", "trial_sd": 1.4, "links": True,
+     "n_arms": 23, "n_inside": 18, "mean_signed_error_points": -5.1,
+     "mean_width_points": 42.8},
+    {"run": "continuous_kill_alpha_hyper_auto_links_10trials",
+     "structure": "continuous_kill_alpha", "hyper": "auto", "trial_sd": None, "links": True,
+     "n_arms": 23, "n_inside": 21, "mean_signed_error_points": -3.3,
+     "mean_width_points": 63.0},
+    {"run": "continuous_kill_alpha_micromet_links_10trials_fit_long_term",
+     "structure": "continuous_kill_alpha_micromet", "hyper": "fixed", "trial_sd": 1.0,
+     "links": True, "n_arms": 23, "n_inside": 12, "mean_signed_error_points": -0.8,
+     "mean_width_points": 32.7},
+    {"run": "continuous_kill_alpha_response_hyper_auto_links",
+     "structure": "continuous_kill_alpha_response", "hyper": "auto", "trial_sd": None,
+     "links": True, "n_arms": 23, "n_inside": 23, "mean_signed_error_points": 2.6,
+     "mean_width_points": 59.0},
+)
+# below this share of held-out arms inside their 95% intervals, the line says the
+# intervals hold fewer than they claim (with 23 arms, 90% is about one binomial sd below
+# 95%)
+NOMINAL_SHARE = 0.9
+
+
+def _configuration(fit_dir) -> dict | None:
+    """The fit's configuration from the `fitcsc run` summary.json beside its fit.json
+    (None without one, or for a quick run)."""
+    path = pathlib.Path(fit_dir) / "summary.json"
+    try:
+        s = json.loads(path.read_text())
+        m = s["model"]
+        if s.get("quick"):
+            return None
+        return {"structure": m["structure"],
+                "hyper": "auto" if m.get("hyper_choice", "given") != "given" else "fixed",
+                "trial_sd": float(m["trial_sd"]),
+                "links": bool(s["data"].get("pcr_outcome_links")),
+                "n_arms": int(s["n_arms"]),
+                "trials": tuple(sorted(s["data"]["trials"]))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def out_of_sample(fit_dir) -> tuple[dict | None, str]:
+    """The leave-one-trial-out record of the fit's configuration (`OUT_OF_SAMPLE`: the
+    same trials (`VALIDATED_TRIALS`) and number of fitted arms, structure, prior-sd
+    choice, between-trial sd when fixed and pCR-outcome links), and the line that reports
+    it, or that says there is none."""
+    conf = _configuration(fit_dir)
+    if conf is None:
+        return None, ("out of sample: this fit has no configuration record (summary.json "
+                      "of `fitcsc run`, not a quick run), so its pCR intervals for a new "
+                      "trial have no leave-one-trial-out check "
+                      "(experiments/clinical_validation.py)")
+    for r in OUT_OF_SAMPLE:
+        if (conf["trials"] == VALIDATED_TRIALS
+                and all(r[k] == conf[k] for k in ("structure", "hyper", "links", "n_arms"))
+                and (r["hyper"] == "auto" or math.isclose(r["trial_sd"], conf["trial_sd"]))):
+            share = r["n_inside"] / r["n_arms"]
+            verdict = ("fewer than their nominal 95%" if share < NOMINAL_SHARE
+                       else "about their nominal 95%")
+            return dict(r), (
+                f"out of sample: with this fit's configuration, leave-one-trial-out 95% "
+                f"predictive intervals of pCR held {r['n_inside']} of {r['n_arms']} held-out arms "
+                f"({100 * share:.0f}%; mean width {r['mean_width_points']:.0f} points, mean "
+                f"signed error {r['mean_signed_error_points']:+.1f}; "
+                f"{VALIDATION_DIR}/{r['run']}): pCR intervals for a new trial hold {verdict}")
+    sd = "chosen per fit" if conf["hyper"] == "auto" else f"{conf['trial_sd']:g}"
+    return None, (f"out of sample: no leave-one-trial-out record for this fit's "
+                  f"configuration (structure {conf['structure']}, between-trial sd {sd}, "
+                  f"links {'on' if conf['links'] else 'off'}, {conf['n_arms']} arms of "
+                  f"{len(conf['trials'])} trials): its "
+                  "pCR intervals for a new trial are not checked on held-out trials "
+                  "(experiments/clinical_validation.py)")
 
 
 def _default_burden(trials):

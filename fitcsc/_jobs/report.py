@@ -203,6 +203,7 @@ def _named(name) -> str:
 
 def _run_lines(d, s) -> list[str]:
     from .plot import plot_pcr_arms
+    from .predict import out_of_sample
 
     rows = _read_csv(d / "arms.csv")
     post = _read_csv(d / "posterior.csv")
@@ -238,7 +239,8 @@ def _run_lines(d, s) -> list[str]:
         f"evaluations; converged: {o['converged']}; fit {o['fit_s']} s, posterior "
         f"{p['posterior_s']} s, total {s['wall_s']} s. {s['n_within_binomial_ci95']} of "
         f"{s['n_arms']} arms: fitted pCR inside the exact binomial 95% CI of the published "
-        "count (in sample; experiments/clinical_validation.py scores held-out trials). "
+        "count (in sample). Out of sample"
+        + out_of_sample(d)[1].removeprefix("out of sample") + ". "
         + _quadrature_line(m.get("quadrature_check"))
         + _spread_line(m.get("trial_spread_check"), m["build_options"]) + _posterior_check(p), "",
         SECTIONS[3], "",
@@ -597,6 +599,8 @@ def _predict_lines(d, s) -> list[str]:
         notes.append(post["flag"])
     if s.get("trial_spread_flag"):
         notes.append(s["trial_spread_flag"])
+    if s.get("out_of_sample_flag"):
+        notes.append(s["out_of_sample_flag"])
     notes += [f"arm {r['arm']} ({r['pcr_definition']}): failed in some draw"
               for r in rows if r["status"] != "ok"]
     lines += _warnings(notes)
