@@ -425,8 +425,10 @@ def test_predict_reports_its_fits_out_of_sample_record(fit_dir, tmp_path, capsys
                      "hyper_choice": "given"}}
     cases = (("none", None, None, "has no configuration record"),
              ("main", run, "continuous_kill_alpha_links_10trials", "held 16 of 23"),
+             # --fit names the fit.json: the summary beside it
+             ("file", run, "continuous_kill_alpha_links_10trials", "held 16 of 23"),
              ("sd2", run | {"model": run["model"] | {"trial_sd": 2.0}}, None,
-              "between-trial sd 2, links on, 23 arms of 10 trials"),
+              "between-trial sd 2, links on, 23 arms of 9 trials"),
              # the same configuration on other trials
              ("data", run | {"data": run["data"] | {"trials": ["NeoSphere", "Mine"]}}, None,
               "no leave-one-trial-out record"),
@@ -437,7 +439,8 @@ def test_predict_reports_its_fits_out_of_sample_record(fit_dir, tmp_path, capsys
         (d / "fit.json").write_text((fit_dir / "fit.json").read_text())
         if summary is not None:
             (d / "summary.json").write_text(json.dumps(summary))
-        err, got, report = _predict_quiet(d, reg, tmp_path / f"out_{tag}", capsys)
+        fit = d / "fit.json" if tag == "file" else d
+        err, got, report = _predict_quiet(fit, reg, tmp_path / f"out_{tag}", capsys)
         assert (got["out_of_sample"] or {}).get("run") == record, tag
         assert words in got["out_of_sample_flag"] and words in err, (tag, err)
         assert words in report, tag

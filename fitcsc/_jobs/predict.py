@@ -82,6 +82,7 @@ from .._trial.model import (
     Arm,
     TrialModel,
     reference_kill,
+    trial_family,
 )
 from .._trial.posterior import LABELS, linearise_at, posterior_flag
 
@@ -506,8 +507,9 @@ NOMINAL_SHARE = 0.9
 
 def _configuration(fit_dir) -> dict | None:
     """The fit's configuration from the `fitcsc run` summary.json beside its fit.json
-    (None without one, or for a quick run)."""
-    path = pathlib.Path(fit_dir) / "summary.json"
+    (``fit_dir``: the folder or its fit.json; None without one, or for a quick run)."""
+    path = pathlib.Path(fit_dir)
+    path = (path if path.is_dir() else path.parent) / "summary.json"
     try:
         s = json.loads(path.read_text())
         m = s["model"]
@@ -551,7 +553,7 @@ def out_of_sample(fit_dir) -> tuple[dict | None, str]:
     return None, (f"out of sample: no leave-one-trial-out record for this fit's "
                   f"configuration (structure {conf['structure']}, between-trial sd {sd}, "
                   f"links {'on' if conf['links'] else 'off'}, {conf['n_arms']} arms of "
-                  f"{len(conf['trials'])} trials): its "
+                  f"{len({trial_family(t) for t in conf['trials']})} trials): its "
                   "pCR intervals for a new trial are not checked on held-out trials "
                   "(experiments/clinical_validation.py)")
 
