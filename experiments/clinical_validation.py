@@ -316,7 +316,7 @@ def _trained_rms(tm, fit, held):
     check = trial_spread_check(tm.names, fit.z, 1.0)
     if check is None:
         return float("nan")
-    v = [e for k, e in check["effects"].items() if trial_family(k) != held]
+    v = [e for k, e in check["effects"].items() if k != held]  # keys: trial families
     return float(np.sqrt(np.mean(np.square(v))))
 
 
