@@ -44,7 +44,12 @@ the fold's fit as such a bound (a censored observation, `fitcsc.trials.HrObserva
 ``upper``).
 
 Structures compared (``--structure``, see `STRUCTURES`): the shipped one and the
-alternatives of issue 12; each is scored by the same folds.
+alternatives of issue 12; each is scored by the same folds. A structure that nests two
+others (`BASINS`) can land in either one's basin, or in a worse point between them;
+``--basin-starts`` fits both nested structures in each fold first and starts the
+nesting one from each of their MAPs, keeping the lower loss (the rows say which, with
+each start's loss with and without the prior). ``--only-hr`` runs the hazard-ratio
+folds alone, added to the pCR run in ``--out`` or, with none there, on their own.
 
 Run: ``python experiments/clinical_validation.py [--quick] [--structure NAME] [--links]
 [--out DIR]`` (``--structure`` defaults to the main job's, ``--links`` fits each fold as
@@ -163,8 +168,60 @@ def resample(values, weights, seed):
     return np.asarray(values)[idx]
 
 
+# structures that nest two others (``--basin-starts``): name -> (basin, nested structure,
+# the natural values that give the basin's limit in the nesting one; a parameter of the
+# nesting structure that the basin lacks and that is not named here starts at its prior
+# centre). rho 0.99 stands for the reservoir structure's rho = 1 (a logit of 4.6, where
+# the optimiser can still move it). The micrometastatic structure has no protected
+# fraction; in the nesting one the fraction must be 1e-15 before the links and landmarks
+# lose its trace (at 1e-6, the prior centre, and even at 1e-12 they differ by tens to
+# hundreds of units: tests/test_experiments.py), which costs the prior on its logit
+# (centre 1e-6, sd 2) about 54 units: the nesting structure reaches that limit only at
+# that price, and the fold rows report each start's loss with and without the prior.
+BASINS = {
+    "continuous_kill_alpha_micromet_protected": (
+        ("reservoir", "continuous_kill_alpha", {"logit_micromet_correlation": 0.99}),
+        ("micromet", "continuous_kill_alpha_micromet", {"logit_protected_fraction": 1e-15})),
+}
+
+
+def basin_start(objective, fit, fills) -> np.ndarray:
+    """The nesting ``objective``'s z at a nested structure's MAP ``fit``: shared
+    parameters copied, the others at ``fills`` (natural scale, logit parameters only)
+    or at the prior centre."""
+    names = list(objective.tm.names)
+    z = np.asarray(objective.z_prior, float).copy()
+    for n, v in zip(fit.names, np.asarray(fit.z, float), strict=True):
+        if n not in names:
+            raise ValueError(f"basin_start: {n!r} of the nested structure is not a "
+                             f"parameter of the nesting one")
+        z[names.index(n)] = v
+    for n, p in fills.items():
+        if not n.startswith("logit_"):
+            raise ValueError(f"basin_start: fills are logit parameters, got {n!r}")
+        z[names.index(n)] = np.log(p / (1.0 - p))
+    return z
+
+
 def fit_fold(arms, obs, train, structure, args, extra=None):
-    """One fit on the observations of trials ``train`` (the model holds every arm)."""
+    """One fit on the observations of trials ``train`` (the model holds every arm).
+    With ``args.basin_starts`` and a structure of `BASINS`: first a fit of each nested
+    structure, then the nesting one from each of their MAPs (one start each), keeping
+    the lower loss; ``fit.basins`` then says which start won and every loss."""
+    if getattr(args, "basin_starts", False):
+        return _basin_fit(arms, obs, train, structure, args, extra)
+    tm, objective = _objective(arms, obs, train, structure, args, extra)
+    fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
+    if args.hyper == "auto":
+        # the prior sds by type-II maximum likelihood on the fold's own trials
+        fit, objective, evidence = fit_prior_sds(objective, fit, which=HYPERS,
+                                                 max_steps=args.steps)
+        fit.hyper["evidence"] = evidence
+    return tm, objective, fit
+
+
+def _objective(arms, obs, train, structure, args, extra=None):
+    """The fold's model and objective (see `fit_fold`)."""
     links = getattr(args, "links", False)
     # as the main job: with the links, every neoadjuvant arm's whole course in the model
     # and the training trials' EFS/DFS landmarks in the data
@@ -180,13 +237,37 @@ def fit_fold(arms, obs, train, structure, args, extra=None):
     trained = {o.arm for o in pcr}
     neo = [m for m in neo_all if m.arm in trained]
     data = TrialData(pcr=pcr, links=link_obs, neo_landmarks=neo, **(extra or {}))
-    objective = Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
-    fit = fit_trials(objective, n_starts=args.starts, max_steps=args.steps, seed=args.seed)
-    if args.hyper == "auto":
-        # the prior sds by type-II maximum likelihood on the fold's own trials
-        fit, objective, evidence = fit_prior_sds(objective, fit, which=HYPERS,
-                                                 max_steps=args.steps)
-        fit.hyper["evidence"] = evidence
+    return tm, Objective(tm, data, trial_sd=args.trial_sd, her2_drug_sd=args.her2_drug_sd)
+
+
+def _basin_fit(arms, obs, train, structure, args, extra):
+    if structure not in BASINS:
+        raise SystemExit(f"clinical_validation: --basin-starts needs a structure that "
+                         f"nests two others ({', '.join(BASINS)}), got {structure!r}")
+    plain = argparse.Namespace(**(vars(args) | {"basin_starts": False}))
+    subs, fits = {}, {}
+    for basin, nested, fills in BASINS[structure]:
+        _, _, sub = fit_fold(arms, obs, train, nested, plain, extra)
+        subs[basin] = (sub, fills)
+    tm, objective = _objective(arms, obs, train, structure, plain, extra)
+    for basin, (sub, fills) in subs.items():
+        fits[basin] = fit_trials(objective, n_starts=1, max_steps=args.steps, seed=args.seed,
+                                 start=basin_start(objective, sub, fills))
+    best = min(fits, key=lambda b: fits[b].loss)
+    fit = fits[best]
+    names = list(tm.names)
+    fit.basins = {"basin": best,
+                  **{f"basin_loss_{b}": f.loss for b, f in fits.items()},
+                  # the same without the prior: what the data say of each basin's fit
+                  **{f"basin_data_loss_{b}": f.loss - float(
+                      objective.loss_parts(jnp.asarray(f.z))["prior"])
+                     for b, f in fits.items()},
+                  **{f"nested_loss_{b}": subs[b][0].loss for b in subs},
+                  # where the kept fit ended: the two parameters that tell the basins apart
+                  **{f"map_{n.removeprefix('logit_')}": float(1.0 / (1.0 + np.exp(
+                      -fit.z[names.index(n)])))
+                     for n in ("logit_micromet_correlation", "logit_protected_fraction")
+                     if n in names}}
     return tm, objective, fit
 
 
@@ -296,7 +377,8 @@ def _pcr_fold(arms, obs, families, held, fi, structure, args, log):
             "psis_k_hat": post.k_hat, **mcmc_columns(post),
         })
     fold_s = round(time.perf_counter() - t0, 1)
-    parts = _loss_columns(objective, fit) | {"trial_effect_rms": _trained_rms(tm, fit, held)}
+    parts = (_loss_columns(objective, fit) | {"trial_effect_rms": _trained_rms(tm, fit, held)}
+             | getattr(fit, "basins", {}))
     for r in rows:
         r |= parts
         r["fold_s"] = fold_s
@@ -520,7 +602,7 @@ def _hr_fold(arms, obs, adj, j, structure, args, log):
                  "param_lo": float(p_lo), "param_hi": float(p_hi), "se_log_hr": h.se,
                  **by_year, **long_term,
                  "fit_loss": fit.loss,
-                 **_loss_columns(objective, fit),
+                 **_loss_columns(objective, fit), **getattr(fit, "basins", {}),
                  "trial_sd": objective.trial_sd,
                  "her2_drug_sd": objective.her2_drug_sd,
                  "chemo_drug_sd": objective.chemo_drug_sd,
@@ -604,8 +686,10 @@ def main(args) -> dict:
             {k: v for k, v in vars(args).items() if k not in CHECKPOINT_FREE},
             [(CLINICAL / f).read_bytes() for f in DATA_FILES]), resume=True)
     previous_wall = 0.0
-    if args.only_hr:  # add the hazard-ratio folds to a finished pCR run in --out
-        rows = _read_rows(out / "arms.csv")
+    if args.only_hr:  # add the hazard-ratio folds to a finished pCR run in --out, if any
+        rows = _read_rows(out / "arms.csv") if (out / "arms.csv").exists() else []
+        if not rows:
+            log(f"{out}: no pCR folds (arms.csv); the hazard-ratio folds alone")
         if (out / "summary.json").exists():  # its pCR folds' time counts too
             previous_wall = json.loads((out / "summary.json").read_text())["wall_s"]
     else:
@@ -657,6 +741,7 @@ def main(args) -> dict:
                      "trial_sd": args.trial_sd, "her2_drug_sd": args.her2_drug_sd,
                      "hyper": args.hyper, "links": bool(args.links),
                      "fit_long_term": bool(getattr(args, "fit_long_term", False)),
+                     "basin_starts": bool(getattr(args, "basin_starts", False)),
                      "interpolant": INTERPOLANT, "blockade": BLOCKADE_RULE,
                      "seed": args.seed}
         | ({"chains": args.chains, "warmup": args.warmup}
@@ -668,10 +753,12 @@ def main(args) -> dict:
         "precision": "float64" if jax.config.jax_enable_x64 else "float32",
         "device": str(jax.devices()[0]),
     }
-    write_atomic(out / "arms.csv", _rows_csv(rows))
+    if rows:  # an --only-hr run without pCR folds has no arms to write or draw
+        write_atomic(out / "arms.csv", _rows_csv(rows))
     write_atomic(out / "hazard_ratios.csv", _rows_csv(hr_rows, empty=["held_out"]))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _figure(rows, summary, out / "calibration.png")
+    if rows:
+        _figure(rows, summary, out / "calibration.png")
     _result_md(rows, hr_rows, summary, out / "RESULT.md")
     if ckpt is not None:
         remove_checkpoint(out)
@@ -686,7 +773,7 @@ def _comparison(root):
     runs = []
     for d in sorted(p for p in root.iterdir() if (p / "summary.json").exists()):
         s = json.loads((d / "summary.json").read_text())
-        if not s.get("quick"):
+        if not s.get("quick") and s["pcr"]["n_arms"]:  # hazard-ratio-only runs: own folder
             runs.append((d.name, s))
     lines = ["# Leave-one-trial-out validation: structures compared", "",
              "Each structure is fitted to all neoadjuvant trials but one and predicts the "
@@ -730,6 +817,8 @@ def _comparison(root):
         if st.get("fit_long_term"):
             opts += ("; HR folds: the other trial's long-term ITT HR fitted as an upper "
                      "bound")
+        if st.get("basin_starts"):
+            opts += "; each fold started from both nested structures' MAPs"
         post = st.get("posterior", "psis")
         hr = f"{s['hr']['n_inside_95']}/{s['hr']['n']}" if s["hr"]["n"] else "not run"
         if s["hr"]["n"] and "n_inside_excluding_1" in s["hr"]:
@@ -828,7 +917,7 @@ def _read_rows(path):
     import csv
 
     if not path.exists():
-        raise FileNotFoundError(f"{path}: --only-hr needs a finished pCR run in --out")
+        raise FileNotFoundError(f"{path}: no such file")
     out = []
     with open(path, newline="") as fh:
         for r in csv.DictReader(fh):
@@ -911,10 +1000,8 @@ def _reference_line(s) -> str:
             "being sharper at the same coverage.")
 
 
-def _result_md(rows, hr_rows, s, path):
-    m = s["pcr"]
+def _pcr_md(rows, s, m) -> list[str]:
     lines = [
-        f"# Leave-one-trial-out validation ({s['structure']})", "",
         f"pCR: {m['n_inside_95']} of {m['n_arms']} left-out arms inside their 95% "
         f"predictive interval ({100 * m['share_inside_95']:.0f}%; target >= 80%); mean "
         f"signed error {m['mean_signed_error_points']:+.1f} points (target within +-5); mean "
@@ -937,51 +1024,80 @@ def _result_md(rows, hr_rows, s, path):
                      f"{r['observed_pct']:.1f} | {r['mean_pct']:.1f} | "
                      f"{r['pred_lo_pct']:.1f}-{r['pred_hi_pct']:.1f} | "
                      f"{'yes' if r['inside'] else 'NO'} | {r['drugs_prior_only'] or '-'} |")
+    return lines
+
+
+def _hr_md(hr_rows, s) -> list[str]:
+    lines = ["", f"Adjuvant hazard ratios, left out: {s['hr']['n_inside_95']} of "
+              f"{s['hr']['n']} inside their 95% predictive interval (the posterior "
+              "draws plus the published estimate's own sampling error); an interval "
+              "that reaches HR 1 cannot tell a benefit from none, so 'inside' counts "
+              "only where it excludes 1"
+              + (f" ({s['hr']['n_inside_excluding_1']} of {s['hr']['n']})."
+                 if "n_inside_excluding_1" in s["hr"] else "."), "",
+              "| left out | comparison | published HR (95% CI) | predicted (95% predictive "
+              "interval) | parameters alone (95%) | excludes HR 1 |",
+              "|---|---|---|---|---|---|"]
+    for r in hr_rows:
+        par = (f"{r['param_lo']:.2f}-{r['param_hi']:.2f}" if "param_lo" in r else "-")
+        lines.append(f"| {r['held_out']} | {r['comparison']} | {r['published_hr']:.2f} "
+                     f"({r['published_lo']:.2f}-{r['published_hi']:.2f}) | "
+                     f"{r['mean_hr']:.2f} ({r['pred_lo']:.2f}-{r['pred_hi']:.2f}) | "
+                     f"{par} | {'yes' if r['pred_hi'] < 1.0 else 'NO'} |")
+    years = [y for y in HR_YEARS if f"map_hr_{y:g}y" in hr_rows[0]]
+    if years:
+        lines += ["", "The model's HR at each fold's MAP by horizon (years since the "
+                  "adjuvant start; ratio of cumulative hazards):", "",
+                  "| left out | comparison | " + " | ".join(f"{y:g} y" for y in years)
+                  + " |", "|---|---|" + "---|" * len(years)]
+        lines += [f"| {r['held_out']} | {r['comparison']} | "
+                  + " | ".join(f"{r[f'map_hr_{y:g}y']:.2f}" for y in years) + " |"
+                  for r in hr_rows]
+    lt_rows = [r for r in hr_rows if "long_term_within_bound" in r]
+    if lt_rows:
+        fitted = s.get("settings", {}).get("fit_long_term")
+        lines += ["", "Durability: each left-out trial's long-term intention-to-treat "
+                  "DFS HR, which its fold did not fit"
+                  + (" (the other trial's entered the fold's fit as an upper bound, "
+                     "--fit-long-term)" if fitted else "")
+                  + ". Its control arm had crossed over to trastuzumab, which pulls "
+                  "the HR toward 1, so the published upper 95% limit bounds the "
+                  "model's HR from above: 'no' means the model's benefit has faded "
+                  "further than the trial's by then, over the fold's whole parameter "
+                  "interval.", "",
+                  "| left out | analysis | years | published HR (upper 95%) | model MAP "
+                  "| parameters (95%) | within the bound |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['held_out']} | {r['long_term_analysis']} | "
+                  f"{r['long_term_years']:g} | {r['long_term_published_hr']:.2f} "
+                  f"({r['long_term_published_hi']:.2f}) | {r['long_term_map_hr']:.2f} | "
+                  f"{r['long_term_param_lo']:.2f}-{r['long_term_param_hi']:.2f} | "
+                  f"{'yes' if r['long_term_within_bound'] else 'NO'} |" for r in lt_rows]
+    if "basin" in hr_rows[0]:
+        lines += ["", "Basins (--basin-starts): each fold fitted both nested structures, "
+                  "then this structure from each one's MAP; the kept fit is the lower "
+                  "loss. Losses: the nested structures' own fits, and this structure's "
+                  "from each of their MAPs.", "",
+                  "| left out | kept | loss from reservoir MAP (without prior) | loss "
+                  "from micromet MAP (without prior) | reservoir structure's loss | "
+                  "micromet structure's loss | rho | protected fraction |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['held_out']} | {r['basin']} | {r['basin_loss_reservoir']:.1f} "
+                  f"({r['basin_data_loss_reservoir']:.1f}) | "
+                  f"{r['basin_loss_micromet']:.1f} ({r['basin_data_loss_micromet']:.1f}) | "
+                  f"{r['nested_loss_reservoir']:.1f} | "
+                  f"{r['nested_loss_micromet']:.1f} | "
+                  f"{r.get('map_micromet_correlation', float('nan')):.3f} | "
+                  f"{r.get('map_protected_fraction', float('nan')):.2e} |"
+                  for r in hr_rows]
+    return lines
+
+
+def _result_md(rows, hr_rows, s, path):
+    lines = [f"# Leave-one-trial-out validation ({s['structure']})", ""]
+    lines += (_pcr_md(rows, s, s["pcr"]) if rows else
+              ["pCR: no folds in this run (--only-hr without a pCR run in its folder)."])
     if hr_rows:
-        lines += ["", f"Adjuvant hazard ratios, left out: {s['hr']['n_inside_95']} of "
-                  f"{s['hr']['n']} inside their 95% predictive interval (the posterior "
-                  "draws plus the published estimate's own sampling error); an interval "
-                  "that reaches HR 1 cannot tell a benefit from none, so 'inside' counts "
-                  "only where it excludes 1"
-                  + (f" ({s['hr']['n_inside_excluding_1']} of {s['hr']['n']})."
-                     if "n_inside_excluding_1" in s["hr"] else "."), "",
-                  "| left out | comparison | published HR (95% CI) | predicted (95% predictive "
-                  "interval) | parameters alone (95%) | excludes HR 1 |",
-                  "|---|---|---|---|---|---|"]
-        for r in hr_rows:
-            par = (f"{r['param_lo']:.2f}-{r['param_hi']:.2f}" if "param_lo" in r else "-")
-            lines.append(f"| {r['held_out']} | {r['comparison']} | {r['published_hr']:.2f} "
-                         f"({r['published_lo']:.2f}-{r['published_hi']:.2f}) | "
-                         f"{r['mean_hr']:.2f} ({r['pred_lo']:.2f}-{r['pred_hi']:.2f}) | "
-                         f"{par} | {'yes' if r['pred_hi'] < 1.0 else 'NO'} |")
-        years = [y for y in HR_YEARS if f"map_hr_{y:g}y" in hr_rows[0]]
-        if years:
-            lines += ["", "The model's HR at each fold's MAP by horizon (years since the "
-                      "adjuvant start; ratio of cumulative hazards):", "",
-                      "| left out | comparison | " + " | ".join(f"{y:g} y" for y in years)
-                      + " |", "|---|---|" + "---|" * len(years)]
-            lines += [f"| {r['held_out']} | {r['comparison']} | "
-                      + " | ".join(f"{r[f'map_hr_{y:g}y']:.2f}" for y in years) + " |"
-                      for r in hr_rows]
-        lt_rows = [r for r in hr_rows if "long_term_within_bound" in r]
-        if lt_rows:
-            fitted = s.get("settings", {}).get("fit_long_term")
-            lines += ["", "Durability: each left-out trial's long-term intention-to-treat "
-                      "DFS HR, which its fold did not fit"
-                      + (" (the other trial's entered the fold's fit as an upper bound, "
-                         "--fit-long-term)" if fitted else "")
-                      + ". Its control arm had crossed over to trastuzumab, which pulls "
-                      "the HR toward 1, so the published upper 95% limit bounds the "
-                      "model's HR from above: 'no' means the model's benefit has faded "
-                      "further than the trial's by then, over the fold's whole parameter "
-                      "interval.", "",
-                      "| left out | analysis | years | published HR (upper 95%) | model MAP "
-                      "| parameters (95%) | within the bound |", "|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['held_out']} | {r['long_term_analysis']} | "
-                      f"{r['long_term_years']:g} | {r['long_term_published_hr']:.2f} "
-                      f"({r['long_term_published_hi']:.2f}) | {r['long_term_map_hr']:.2f} | "
-                      f"{r['long_term_param_lo']:.2f}-{r['long_term_param_hi']:.2f} | "
-                      f"{'yes' if r['long_term_within_bound'] else 'NO'} |" for r in lt_rows]
+        lines += _hr_md(hr_rows, s)
     pc = s.get("posterior_check", {})
     if "rhat_max" in pc:
         st = s["settings"]
@@ -1031,6 +1147,11 @@ def parse_args(argv=None):
                    help="fit the published pCR-vs-no-pCR hazard ratios in every fold, as the "
                    "main job does (about three times the cost per fit; off for the "
                    "committed structure runs, which predate it)")
+    p.add_argument("--basin-starts", action="store_true",
+                   help=f"with --links and a structure that nests two others "
+                        f"({', '.join(BASINS)}): fit both nested structures first and "
+                        f"start the fold's fit from each one's MAP, keeping the better "
+                        f"(rows say which won)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save each fold in OUT/.checkpoint as it finishes; a rerun with the "
                    "same options and data reads them back (removed once the tables are "
@@ -1054,6 +1175,10 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="", help="suffix of the default output folder's name")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.basin_starts and (args.structure not in BASINS or not args.links
+                              or args.hyper != "fixed"):
+        p.error(f"--basin-starts needs --links, --hyper fixed and a structure of "
+                f"{', '.join(BASINS)}")
     if args.quick:
         args.starts, args.steps, args.draws, args.nodes, args.her2_nodes = 1, 10, 100, 9, 5
         args.warmup = min(args.warmup, 100)

@@ -435,3 +435,44 @@ def test_adjuvant_fit_quick(quick_fit, tmp_path):
     # the pCR fit carried the links: their parameters are not added a second time
     names = json.loads((tmp_path / "fit.json").read_text())["names"]
     assert names.count("logit_protected_fraction") == 1
+
+
+@pytest.mark.slow
+def test_basin_starts_reproduce_each_nested_structure():
+    """`--basin-starts`: the nesting structure started at a nested structure's MAP is
+    that structure. From the micrometastatic MAP (protected fraction 1e-15) the nesting
+    objective's pCR, link and landmark terms equal the micrometastatic one's; from
+    the reservoir MAP (rho 0.99 for its 1) every pCR rate equals the reservoir model's
+    (rho acts on micrometastases only) and so does the pCR loss."""
+    import jax.numpy as jnp
+
+    exp = _load("clinical_validation")
+    arms, obs, _ = exp.load()
+    args = exp.parse_args(["--quick", "--links"])
+    nest = "continuous_kill_alpha_micromet_protected"
+    train = list(exp.QUICK_FOLDS)
+    tm_n, obj_n = exp._objective(arms, obs, train, nest, args)
+    rng = np.random.default_rng(5)
+    for basin, sub, fills in exp.BASINS[nest]:
+        tm_s, obj_s = exp._objective(arms, obs, train, sub, args)
+        z_s = np.asarray(obj_s.z_prior) + 0.3 * rng.standard_normal(len(tm_s.names))
+        fit = type("Fit", (), {"names": tm_s.names, "z": z_s})()
+        z_n = exp.basin_start(obj_n, fit, fills)
+        names = list(tm_n.names)
+        for n, v in zip(tm_s.names, z_s, strict=True):
+            assert z_n[names.index(n)] == v
+        extra = set(names) - set(tm_s.names)
+        assert len(extra) == 1  # each nested structure lacks one parameter of the nest
+        (e,) = extra
+        p = fills[e]
+        assert z_n[names.index(e)] == pytest.approx(np.log(p / (1.0 - p)), rel=1e-12)
+        r_n = np.asarray(tm_n.pcr_rates(jnp.asarray(z_n))[0])
+        r_s = np.asarray(tm_s.pcr_rates(jnp.asarray(z_s))[0])
+        np.testing.assert_allclose(r_n, r_s, rtol=1e-9, atol=1e-12)
+        p_n, p_s = obj_n.loss_parts(jnp.asarray(z_n)), obj_s.loss_parts(jnp.asarray(z_s))
+        assert p_n["pcr"] == pytest.approx(p_s["pcr"], rel=1e-9)
+        if basin == "micromet":  # a protected fraction of 1e-15 leaves no trace
+            for part in ("links", "neo_landmarks"):
+                assert p_n[part] == pytest.approx(p_s[part], rel=1e-4), part
+    with pytest.raises(SystemExit):  # only for a structure that nests others, with links
+        exp.parse_args(["--basin-starts", "--links"])
