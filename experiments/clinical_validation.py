@@ -49,7 +49,8 @@ others (`BASINS`) can land in either one's basin, or in a worse point between th
 ``--basin-starts`` fits both nested structures in each fold first and starts the
 nesting one from each of their MAPs, keeping the lower loss (the rows say which, with
 each start's loss with and without the prior). ``--only-hr`` runs the hazard-ratio
-folds alone, added to the pCR run in ``--out`` or, with none there, on their own.
+folds alone, added to the pCR run in ``--out`` or, with none there, on their own;
+``--hr-folds`` picks some of them.
 
 Run: ``python experiments/clinical_validation.py [--quick] [--structure NAME] [--links]
 [--out DIR]`` (``--structure`` defaults to the main job's, ``--links`` fits each fold as
@@ -112,7 +113,8 @@ CLINICAL = ROOT / "data" / "clinical"
 DATA_FILES = ("pcr_arms.csv", "regimens.csv", "adjuvant_outcomes.csv",
               "pcr_outcome_links.csv")
 # options that do not change what a fold computes (left out of the checkpoint's hash)
-CHECKPOINT_FREE = ("folds", "checkpoint", "verbose", "only_hr", "no_hr", "out", "tag")
+CHECKPOINT_FREE = ("folds", "checkpoint", "verbose", "only_hr", "no_hr", "out", "tag",
+                   "hr_folds")
 VOLUMES = {"NOAH": 65000.0}  # locally advanced: 5-cm median primary (as pcr_fit.py)
 
 QUICK_FOLDS = ("NeoSphere", "MDACC")
@@ -522,7 +524,10 @@ def hr_folds(arms, obs, adj, structure, args, log, ckpt=None):
     row is saved, and read back by a rerun."""
     rows = []
     primary = [h for h in adj[2] if not h.upper]
+    only = getattr(args, "hr_folds", None)
     for j in range(len(primary)):
+        if only and _trial_of(adj[0], primary[j].experimental) not in only:
+            continue
         rows += _fold_rows(ckpt, f"hr_{j:02d}", lambda j=j: _hr_fold(
             arms, obs, adj, j, structure, args, log), log)
     return rows
@@ -675,6 +680,10 @@ def main(args) -> dict:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (
         lambda msg: None)
     arms, obs, adj = load()
+    held_hr = {_trial_of(adj[0], h.experimental) for h in adj[2] if not h.upper}
+    if args.hr_folds and not set(args.hr_folds) <= held_hr:
+        raise SystemExit(f"clinical_validation: --hr-folds names from {sorted(held_hr)}; "
+                         f"got {args.hr_folds}")
     if args.folds:
         unknown = sorted(set(args.folds) - set(families_of(obs)))
         if unknown or not args.checkpoint:
@@ -1147,6 +1156,9 @@ def parse_args(argv=None):
                    help="fit the published pCR-vs-no-pCR hazard ratios in every fold, as the "
                    "main job does (about three times the cost per fit; off for the "
                    "committed structure runs, which predate it)")
+    p.add_argument("--hr-folds", nargs="+", default=None, metavar="TRIAL",
+                   help="run only these hazard-ratio folds (the adjuvant trial left out: "
+                        "B-31/N9831, HERA); the tables then hold only them")
     p.add_argument("--basin-starts", action="store_true",
                    help=f"with --links and a structure that nests two others "
                         f"({', '.join(BASINS)}): fit both nested structures first and "
