@@ -476,3 +476,32 @@ def test_basin_starts_reproduce_each_nested_structure():
                 assert p_n[part] == pytest.approx(p_s[part], rel=1e-4), part
     with pytest.raises(SystemExit):  # only for a structure that nests others, with links
         exp.parse_args(["--basin-starts", "--links"])
+
+
+def test_only_hr_runs_the_chosen_hazard_ratio_folds_alone(tmp_path, monkeypatch):
+    """``--only-hr`` in a folder without a pCR run writes the hazard-ratio tables alone
+    (no arms.csv, no pCR figure); ``--hr-folds`` runs only the folds it names, and an
+    unknown trial is refused in one line."""
+    exp = _load("clinical_validation")
+    ran = []
+
+    def fold(arms, obs, adj, j, structure, args, log):
+        held = exp._trial_of(adj[0], [h for h in adj[2] if not h.upper][j].experimental)
+        ran.append(held)
+        return [{"held_out": held, "comparison": f"{held} H vs C", "years": 2.0,
+                 "published_hr": 0.5, "published_lo": 0.4, "published_hi": 0.62,
+                 "map_hr": 0.6, "mean_hr": 0.6, "pred_lo": 0.45, "pred_hi": 0.8,
+                 "inside": True, "excludes_1": True, "se_log_hr": 0.1, "fit_loss": 1.0,
+                 "trial_sd": 1.0, "her2_drug_sd": 1.0, "chemo_drug_sd": 0.5,
+                 "psis_k_hat": float("nan"), "fold_s": 0.1}]
+
+    monkeypatch.setattr(exp, "_hr_fold", fold)
+    s = exp.main(exp.parse_args(["--only-hr", "--hr-folds", "HERA", "--out", str(tmp_path)]))
+    assert ran == ["HERA"] and s["hr"]["n"] == 1 and s["pcr"]["n_arms"] == 0
+    assert not (tmp_path / "arms.csv").exists() and not (tmp_path / "calibration.png").exists()
+    with open(tmp_path / "hazard_ratios.csv", newline="") as fh:
+        assert [r["held_out"] for r in csv.DictReader(fh)] == ["HERA"]
+    text = (tmp_path / "RESULT.md").read_text()
+    assert "pCR: no folds in this run" in text and "| HERA |" in text
+    with pytest.raises(SystemExit, match="--hr-folds names from"):
+        exp.main(exp.parse_args(["--only-hr", "--hr-folds", "NOAH", "--out", str(tmp_path)]))
