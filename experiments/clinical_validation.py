@@ -177,7 +177,8 @@ def resample(values, weights, seed):
 # the optimiser can still move it). The micrometastatic structure has no protected
 # fraction; in the nesting one the fraction must be 1e-15 before the links and landmarks
 # lose its trace (at 1e-6, the prior centre, and even at 1e-12 they differ by tens to
-# hundreds of units: tests/test_experiments.py), which costs the prior on its logit
+# hundreds of units, measured on the quick model; tests/test_experiments.py checks that
+# 1e-15 leaves none), which costs the prior on its logit
 # (centre 1e-6, sd 2) about 54 units: the nesting structure reaches that limit only at
 # that price, and the fold rows report each start's loss with and without the prior.
 BASINS = {
@@ -521,7 +522,8 @@ def meta_reference(arms, obs, seed=0, n_draws=100_000, tau=None):
 
 def hr_folds(arms, obs, adj, structure, args, log, ckpt=None):
     """Leave one adjuvant trial out (see the module docstring); with ``ckpt`` each fold's
-    row is saved, and read back by a rerun."""
+    row is saved, and read back by a rerun; ``args.hr_folds`` (``--hr-folds``) keeps
+    only the folds of those held-out trials."""
     rows = []
     primary = [h for h in adj[2] if not h.upper]
     only = getattr(args, "hr_folds", None)
