@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+import scipy.special
 import scipy.stats
 
 import fitcsc
@@ -267,8 +268,8 @@ def _basin_fit(arms, obs, train, structure, args, extra):
                      for b, f in fits.items()},
                   **{f"nested_loss_{b}": subs[b][0].loss for b in subs},
                   # where the kept fit ended: the two parameters that tell the basins apart
-                  **{f"map_{n.removeprefix('logit_')}": float(1.0 / (1.0 + np.exp(
-                      -fit.z[names.index(n)])))
+                  **{f"map_{n.removeprefix('logit_')}":
+                     float(scipy.special.expit(fit.z[names.index(n)]))
                      for n in ("logit_micromet_correlation", "logit_protected_fraction")
                      if n in names}}
     return tm, objective, fit
@@ -525,10 +526,9 @@ def hr_folds(arms, obs, adj, structure, args, log, ckpt=None):
     row is saved, and read back by a rerun; ``args.hr_folds`` (``--hr-folds``) keeps
     only the folds of those held-out trials."""
     rows = []
-    primary = [h for h in adj[2] if not h.upper]
     only = getattr(args, "hr_folds", None)
-    for j in range(len(primary)):
-        if only and _trial_of(adj[0], primary[j].experimental) not in only:
+    for j, held in enumerate(_held_hr(adj)):
+        if only and held not in only:
             continue
         rows += _fold_rows(ckpt, f"hr_{j:02d}", lambda j=j: _hr_fold(
             arms, obs, adj, j, structure, args, log), log)
@@ -652,6 +652,11 @@ def _trial_of(adj_arms, name):
     return next(a.trial for a in adj_arms if a.name == name)
 
 
+def _held_hr(adj) -> list[str]:
+    """The adjuvant trial each hazard-ratio fold leaves out, in fold order."""
+    return [_trial_of(adj[0], h.experimental) for h in adj[2] if not h.upper]
+
+
 def metrics(rows):
     inside = [r["inside"] for r in rows]
     err = [r["mean_pct"] - r["observed_pct"] for r in rows]
@@ -682,8 +687,8 @@ def main(args) -> dict:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (
         lambda msg: None)
     arms, obs, adj = load()
-    held_hr = {_trial_of(adj[0], h.experimental) for h in adj[2] if not h.upper}
-    if args.hr_folds and not set(args.hr_folds) <= held_hr:
+    held_hr = _held_hr(adj)
+    if args.hr_folds and not set(args.hr_folds) <= set(held_hr):
         raise SystemExit(f"clinical_validation: --hr-folds names from {sorted(held_hr)}; "
                          f"got {args.hr_folds}")
     if args.folds:
@@ -1011,7 +1016,8 @@ def _reference_line(s) -> str:
             "being sharper at the same coverage.")
 
 
-def _pcr_md(rows, s, m) -> list[str]:
+def _pcr_md(rows, s) -> list[str]:
+    m = s["pcr"]
     lines = [
         f"pCR: {m['n_inside_95']} of {m['n_arms']} left-out arms inside their 95% "
         f"predictive interval ({100 * m['share_inside_95']:.0f}%; target >= 80%); mean "
@@ -1105,7 +1111,7 @@ def _hr_md(hr_rows, s) -> list[str]:
 
 def _result_md(rows, hr_rows, s, path):
     lines = [f"# Leave-one-trial-out validation ({s['structure']})", ""]
-    lines += (_pcr_md(rows, s, s["pcr"]) if rows else
+    lines += (_pcr_md(rows, s) if rows else
               ["pCR: no folds in this run (--only-hr without a pCR run in its folder)."])
     if hr_rows:
         lines += _hr_md(hr_rows, s)

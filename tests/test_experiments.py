@@ -486,7 +486,7 @@ def test_only_hr_runs_the_chosen_hazard_ratio_folds_alone(tmp_path, monkeypatch)
     ran = []
 
     def fold(arms, obs, adj, j, structure, args, log):
-        held = exp._trial_of(adj[0], [h for h in adj[2] if not h.upper][j].experimental)
+        held = exp._held_hr(adj)[j]
         ran.append(held)
         return [{"held_out": held, "comparison": f"{held} H vs C", "years": 2.0,
                  "published_hr": 0.5, "published_lo": 0.4, "published_hi": 0.62,
