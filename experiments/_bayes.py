@@ -244,16 +244,17 @@ def seeded_reference(pop, level="seeded"):
     together with the growth rate (``log V(t_ref) ~ log V0 + growth``): a curved ridge
     between the typical V0, the mice's V0 effects and v_S. Here ``w`` holds, per seeded
     curve ``c`` (t_ref its first measured volume, `seeded_reference_days`), the centred
-    ``omega eta_c + G_c - Gbar_a`` and per arm ``a`` the typical ``beta_a + Gbar_a``, so
+    ``omega eta_c + G_c - Gbar_a`` and per typical V0 ``a`` the ``beta_a + Gbar_a``, so
     that their sum is ``log V0_c + G_c``, the log volume at t_ref of the untreated model
     without crowding. ``G_c`` = `untreated_log_growth` over ``t_ref - t0`` with curve
-    ``c``'s parameters (its mouse's v_S), ``Gbar_a`` the same with the arm's typical
-    parameters over the arm's mean ``t_ref - t0``: functions of coordinates this map
+    ``c``'s parameters (its mouse's v_S), ``Gbar_a`` the same with the typical
+    parameters over the mean ``t_ref - t0`` of the curves that share ``beta_a`` (an
+    arm's, or a pool's: `csc_population`'s ``seeded_v0``): functions of coordinates this map
     leaves alone, so it is a shear plus a centring, ``log |det dz/dw| = -n log omega``
     (``om_index``: the omega entry of each seeded curve, to sum over). The model is
     unchanged: the same ``z``, the same predictions; only the sampler's coordinates move.
-    Needs one curve per group at ``level``; an arm whose V0 fixed effect also covers
-    curves at other levels keeps its ``beta_a`` (no ``Gbar_a`` added).
+    Needs one curve per group at ``level``; a V0 fixed effect that also covers curves
+    at other levels keeps its ``beta_a`` (no ``Gbar_a`` added).
     """
     from fitcsc.population import seeded_reference_days, untreated_log_growth
 
@@ -279,15 +280,13 @@ def seeded_reference(pop, level="seeded"):
         raise ValueError("seeded_reference: every seeded curve needs t0 < 0")
     j_v0 = pop.labels.index(V0)
     fe_v0 = np.asarray(pop.fe_index)[:, j_v0]
-    arms = list(dict.fromkeys(pop.arm[c] for c in curve))
     beta_i, first, mean_span = [], [], np.empty(len(curve))
-    for a in arms:
-        mine = [i for i, c in enumerate(curve) if pop.arm[c] == a]
+    for fe in dict.fromkeys(fe_v0[curve]):  # per typical V0: an arm's, or a pool of arms'
+        mine = [i for i, c in enumerate(curve) if fe_v0[c] == fe]
         mean_span[mine] = span[mine].mean()
-        fe = fe_v0[curve[mine[0]]]
         if fe >= 0 and set(np.flatnonzero(fe_v0 == fe)) == {int(curve[i]) for i in mine}:
             beta_i.append(labels.index(f"beta[{pop.fe_labels[fe]}]"))
-            first.append(mine[0])  # an arm whose V0 is shared with others keeps its beta
+            first.append(mine[0])  # a V0 shared with unseeded curves keeps its beta
     beta_i, first = jnp.asarray(beta_i, int), jnp.asarray(first, int)
     eta_i = jnp.asarray([labels.index(f"eta_{level}[{g},{V0}]") for g in names], int)
     om_i = jnp.full((len(names),), labels.index(f"omega_{level}[{V0}]"), int)

@@ -92,6 +92,7 @@ def main(args) -> dict:
     v0 = "initial_volume_mm3"  # seeded curves' V0 spread: wide (a seed of ~1e-2 mm3)
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
                          v0_by_start=args.v0_by_start, animal_growth=args.animal_growth,
+                         seeded_v0=args.seeded_v0,
                          omega_scale=({f"seeded|{v0}": args.seeded_v0_scale,
                                        f"palpable|{v0}": 1.0}
                                       if args.v0_by_start else {f"animal|{v0}": 3.0}),
@@ -151,6 +152,7 @@ def main(args) -> dict:
         "precondition": bool(args.precondition), "centred": list(args.centre),
         "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
         "seeded_ref": bool(args.seeded_ref), "animal_growth": args.animal_growth,
+        "seeded_v0": args.seeded_v0,
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -192,6 +194,8 @@ def _result_md(s, path):
              + ("; seeded curves' V0 sampled as the volume at their first measured "
                 "volume (an exact change of variables, _bayes.seeded_reference)"
                 if s.get("seeded_ref") else "")
+             + ("; one typical V0 for every arm seeded before treatment"
+                if s.get("seeded_v0") == "shared" else "")
              + ({None: "; no mouse effect on growth (one v_S and p for every mouse)",
                  "self_renewal": "; mouse effects on 2p - 1 (the net CSC growth rate at "
                                  "one v_S)"}.get(s.get("animal_growth", "csc_division_rate"),
@@ -266,6 +270,10 @@ def parse_args(argv=None):
                    help="the growth parameter with a mouse effect: csc_division_rate (v_S, "
                         "the default), self_renewal (2p - 1: the net CSC rate at one v_S) "
                         "or none (csc_population's animal_growth)")
+    p.add_argument("--seeded-v0", default="arm", choices=["arm", "shared"],
+                   help="the typical V0 of the arms seeded before treatment: one per arm "
+                        "(default) or one for all of them (shared: every mouse was seeded "
+                        "before any arm was assigned; csc_population's seeded_v0)")
     p.add_argument("--seeded-v0-scale", type=float, default=3.0,
                    help="with --v0-by-start: HalfNormal scale of the seeded curves' V0 SD "
                         "(log scale; default 3)")

@@ -231,12 +231,14 @@ def test_sampler_overrides_from_the_command_line():
     assert sampler_settings(ck, mas.FULL) == {**mas.FULL, "method": "nuts", "dense_mass": True}
 
 
-def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
+@pytest.mark.parametrize("seeded_v0", ["arm", "shared"])
+def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model(seeded_v0):
     """``seeded_ref``: w holds, per seeded curve, the centred V0 deviation shifted by its
-    untreated growth up to its first measured volume, and per arm the typical log V0
-    shifted by the arm's typical growth; exact (round trip, log |det dz/dw| = -n log
-    omega by autodiff, the density of w is that of z plus it, the same predictions),
-    alone and with the net rate and centred v_S effects."""
+    untreated growth up to its first measured volume, and per typical V0 (an arm's, or
+    with ``seeded_v0="shared"`` the one of both seeded arms) the typical log V0 shifted
+    by the typical growth; exact (round trip, log |det dz/dw| = -n log omega by autodiff,
+    the density of w is that of z plus it, the same predictions), alone and with the net
+    rate and centred v_S effects."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -247,8 +249,13 @@ def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
     from _bayes import reparameterise
 
     _, batch, regs = exp.load(None, quick=True)
-    pop = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True)
+    pop = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True,
+                         seeded_v0=seeded_v0)
     assert pop.group_names[pop.levels.index("seeded")] == tuple(batch.subject)  # all seeded
+    v0_fe = [lab for lab in pop.fe_labels if lab.startswith("initial_volume_mm3|")]
+    assert v0_fe == (["initial_volume_mm3|seeded"] if seeded_v0 == "shared" else
+                     [f"initial_volume_mm3|{a}" for a in dict.fromkeys(batch.arm)])
+    assert len(set(batch.arm)) == 2
     labels = pop.space.labels()
     v0 = "initial_volume_mm3"
     j_om = labels.index(f"omega_seeded[{v0}]")
@@ -262,7 +269,7 @@ def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
         to_w, to_z, dens = reparameterise(pop, centre, net, seeded_ref="seeded")
         _, _, dens_plain = reparameterise(pop, centre, net)
         to_w0, to_z0, _ = reparameterise(pop, centre, net)
-        for _ in range(3):
+        for _ in range(3 if seeded_v0 == "arm" else 1):  # the pool: one point (CI time)
             z = z0 + 0.3 * jnp.asarray(rng.normal(size=z0.shape))
             w = to_w(z)
             np.testing.assert_allclose(to_z(w), z, rtol=1e-12, atol=1e-12)
@@ -272,7 +279,8 @@ def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
             theta = jax.vmap(pop.predictor.spec.from_z)(zc)
             growth = untreated_log_growth(pop.predictor.model, theta, t_ref - t0)
             for c, s in enumerate(batch.subject):
-                wb = w[labels.index(f"beta[{v0}|{batch.arm[c]}]")]
+                pool = "seeded" if seeded_v0 == "shared" else batch.arm[c]
+                wb = w[labels.index(f"beta[{v0}|{pool}]")]
                 we = w[labels.index(f"eta_seeded[{s},{v0}]")]
                 np.testing.assert_allclose(float(wb + we),
                                            float(zc[c, pop.labels.index(v0)] + growth[c]),
@@ -301,5 +309,6 @@ def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model():
         reparameterise(pop, ["seeded:initial_volume_mm3"], None, seeded_ref="seeded")
     with pytest.raises(ValueError, match="no level"):
         reparameterise(pop, [], None, seeded_ref="palpable")
-    args = exp.parse_args(["--v0-by-start", "--seeded-ref"])
+    args = exp.parse_args(["--v0-by-start", "--seeded-ref", "--seeded-v0", "shared"])
     assert args.seeded_ref and not exp.parse_args([]).seeded_ref
+    assert args.seeded_v0 == "shared" and exp.parse_args([]).seeded_v0 == "arm"

@@ -182,7 +182,7 @@ def test_init_values_from_curve_estimates():
 
 @pytest.mark.parametrize("kw,match", [
     ({"fixed": {"growth": "shared"}}, "unknown parameter"),
-    ({"fixed": {"growth_rate": "line"}}, "'shared' or 'arm'"),
+    ({"fixed": {"growth_rate": "line"}}, "'shared', 'arm' or a dict"),
     ({"random": {"cage": ("growth_rate",)}, "groups": {}}, "need groups"),
     ({"groups": {"line": ["A"]}}, "one per subject"),
     ({"uses": {"control": ("rate",)}}, "unknown parameter"),
@@ -319,6 +319,69 @@ def test_no_animal_growth_is_the_full_model_with_its_rate_effects_at_zero():
     np.testing.assert_allclose(float(full.log_density(full.space.to_z(vf))),
                                float(small.log_density(small.space.to_z(v))) + extra,
                                rtol=1e-12)
+
+
+def _three_arm_pop(**kw):
+    """Six mice in three arms: control and Trast seeded before treatment (first rows at
+    day -30, volume 0), Her palpable from day 0."""
+    table = _table(n_mice=6)
+    arm = np.repeat(["control", "control", "Trast", "Trast", "Her", "Her"], 5)
+    day = table.day.copy()
+    seeded = np.isin(table.subject, ["m0", "m1", "m2", "m3"])
+    day[seeded] = np.tile(np.array([-30.0, -10.0, 0.0, 8.0, 21.0]), 4)
+    vol = table.volume_mm3.copy()
+    vol[seeded & (day == -30.0)] = 0.0
+    table = TidyTable(study=table.study, arm=arm, subject=table.subject, day=day,
+                      volume_mm3=vol, extra={})
+    regs = default_arm_regimens(table, warn=False)
+    batch = fitcsc.make_batch(table, regs)
+    return fitcsc.csc_population(batch, [regs[a] for a in batch.arm], v0_by_start=True,
+                                 **kw)
+
+
+def test_shared_seeded_v0_is_the_per_arm_model_with_equal_seeded_v0s():
+    """``seeded_v0="shared"``: the arms seeded before treatment share one typical V0.
+    With every seeded arm's V0 equal to the shared one, the curves' parameters and
+    predictions are those of the per-arm model, and the log density differs by exactly
+    the per-arm priors (scipy's normal densities, each centred on its arm's mean log
+    first volume) against the shared one's (centred on the pooled mean)."""
+    per_arm, shared = _three_arm_pop(), _three_arm_pop(seeded_v0="shared")
+    v0 = "initial_volume_mm3"
+    assert [lab for lab in shared.fe_labels if lab.startswith(v0)] == [f"{v0}|seeded",
+                                                                          f"{v0}|Her"]
+    assert f"{v0}|control" in per_arm.fe_labels and f"{v0}|Trast" in per_arm.fe_labels
+    assert shared.space.size == per_arm.space.size - 1
+    rng = np.random.default_rng(7)
+    v = shared.init_values()
+    v = {**v, "beta": v["beta"] + 0.2 * rng.normal(size=v["beta"].shape),
+         **{k: jnp.asarray(rng.normal(size=np.shape(v[k]))) for k in v if
+            k.startswith("eta_")}}
+    i_seed = shared.fe_labels.index(f"{v0}|seeded")
+    beta = np.array([v["beta"][shared.fe_labels.index(
+        f"{v0}|seeded" if lab in (f"{v0}|control", f"{v0}|Trast") else lab)]
+        for lab in per_arm.fe_labels])
+    vp = {**v, "beta": jnp.asarray(beta)}
+    np.testing.assert_allclose(per_arm.curve_z(vp), shared.curve_z(v), rtol=0, atol=1e-14)
+    p1, ok1 = per_arm.predict(vp)
+    p2, ok2 = shared.predict(v)
+    assert bool(ok1) and bool(ok2)
+    np.testing.assert_array_equal(np.asarray(p1), np.asarray(p2))
+    j = per_arm.labels.index(v0)
+    z_first = np.asarray(per_arm.z_ref)[:, j]
+    arm = np.asarray(per_arm.arm)
+    b, sd = float(v["beta"][i_seed]), float(shared.prior_scale[i_seed])
+    extra = (sum(stats.norm(z_first[arm == a].mean(), sd).logpdf(b) for a in ("control", "Trast"))
+             - stats.norm(z_first[np.isin(arm, ["control", "Trast"])].mean(), sd).logpdf(b))
+    np.testing.assert_allclose(float(per_arm.log_density(per_arm.space.to_z(vp))),
+                               float(shared.log_density(shared.space.to_z(v))) + extra,
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match=r"arm\(s\) \['Trast', 'control'\] have both"):
+        _seeded_pop(v0_by_start=True, seeded_v0="shared")
+    with pytest.raises(ValueError, match="seeded_v0 must be"):
+        _three_arm_pop(seeded_v0="pooled")
+    with pytest.raises(ValueError, match=r"names no pool for arm\(s\) \['Trast'\]"):
+        _exp_pop(fixed={"initial_volume_mm3": "shared",
+                        "growth_rate": {"control": "a"}})
 
 
 def test_animal_growth_on_self_renewal_moves_the_net_rate_at_one_division_rate():

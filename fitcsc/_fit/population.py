@@ -7,10 +7,11 @@ curve ``c``'s parameter ``j`` is
 
     z[c, j] = beta[fe(c, j)] + sum over levels l of omega_l[j] * eta_l[g_l(c), j]
 
-- *fixed effects* ``beta``: one per label (``"shared"``) or one per arm and label
-  (``"arm"``); per-drug parameters (``kill_rate[1]``) are their own labels, so arms
-  that share a drug share its effect. A label that an arm does not use (``uses``) keeps
-  the predictor's reference value there.
+- *fixed effects* ``beta``: one per label (``"shared"``), one per arm and label
+  (``"arm"``), or one per pool of arms (``{arm: pool}``, e.g. every arm whose curves
+  start before treatment in one pool); per-drug parameters (``kill_rate[1]``) are their
+  own labels, so arms that share a drug share its effect. A label that an arm does not
+  use (``uses``) keeps the predictor's reference value there.
 - *random effects*, non-centred: ``eta_l ~ Normal(0, 1)`` per group of level ``l``
   (``"animal"``: one group per curve; ``"line"``: the curves of a PDX line, ...), scaled
   by ``omega_l ~ HalfNormal``; so a positive parameter is log-normal between animals
@@ -347,7 +348,7 @@ def population_model(
     predictor: AbstractPredictor,
     batch,
     *,
-    fixed: Mapping[str, str] | None = None,
+    fixed: Mapping[str, str | Mapping[str, str]] | None = None,
     random: Mapping[str, Sequence[str]] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     uses: Mapping[str, Sequence[str]] | None = None,
@@ -362,8 +363,10 @@ def population_model(
     **Arguments:**
     - `predictor`: the per-curve predictor; its ``spec.labels()`` name the parameters.
     - `batch`: a `SubjectBatch` (one curve per subject).
-    - `fixed`: ``{label: "shared" | "arm"}`` for the estimated labels (default: every
-      label of the predictor, shared). Labels left out are fixed at the reference.
+    - `fixed`: ``{label: "shared" | "arm" | {arm: pool}}`` for the estimated labels
+      (default: every label of the predictor, shared). A ``{arm: pool}`` dict names every
+      arm that uses the label; arms in one pool share one fixed effect, labelled
+      ``"<label>|<pool>"`` as an arm's. Labels left out are fixed at the reference.
     - `random`: ``{level: labels}`` random effects; level ``"animal"`` has one group per
       curve, other levels need `groups`.
     - `groups`: ``{level: one group name per subject}`` (e.g. the PDX line); a subject
@@ -400,10 +403,21 @@ def population_model(
         if bad:
             raise ValueError(f"population_model: {where} names unknown parameter(s) {bad}; "
                              f"the predictor's are {list(labels)}")
+    pool = {}  # label: {arm: key of its fixed effect}
     for lab, kind in fixed.items():
-        if kind not in ("shared", "arm"):
-            raise ValueError(f"population_model: fixed[{lab!r}] must be 'shared' or 'arm', "
-                             f"got {kind!r}")
+        if isinstance(kind, Mapping):
+            missing = [a for a in dict.fromkeys(arms) if lab in use[a] and a not in kind]
+            if missing:
+                raise ValueError(f"population_model: fixed[{lab!r}] pools arms but names no "
+                                 f"pool for arm(s) {missing}")
+            pool[lab] = {a: str(kind[a]) for a in dict.fromkeys(arms)
+                         if lab in use[a]}
+        elif kind in ("shared", "arm"):
+            pool[lab] = {a: ("" if kind == "shared" else a) for a in dict.fromkeys(arms)
+                         if lab in use[a]}
+        else:
+            raise ValueError(f"population_model: fixed[{lab!r}] must be 'shared', 'arm' or "
+                             f"a dict {{arm: pool}}, got {kind!r}")
     data = subject_data(batch)
     n = batch.n_subjects
     zr = np.asarray(jax.vmap(predictor.init_z)(data) if z_ref is None else z_ref, float)
@@ -412,12 +426,12 @@ def population_model(
                          f"got {zr.shape}")
 
     fe_labels, fe_index = [], np.full((n, len(labels)), -1)
-    for lab, kind in fixed.items():
-        keys = [""] if kind == "shared" else [a for a in dict.fromkeys(arms) if lab in use[a]]
+    for lab in fixed:
+        keys = [""] if fixed[lab] == "shared" else list(dict.fromkeys(pool[lab].values()))
         for key in keys:
             i = len(fe_labels)
             fe_labels.append(lab + (SEP + key if key else ""))
-            rows = [c for c in range(n) if lab in use[arms[c]] and (not key or arms[c] == key)]
+            rows = [c for c in range(n) if lab in use[arms[c]] and pool[lab][arms[c]] == key]
             fe_index[rows, col[lab]] = i
     loc, scale = [], []
     for i, name in enumerate(fe_labels):

@@ -10,7 +10,9 @@
 - initial volume V0 at each curve's first observation: one typical value per arm (arms
   may start at different days, e.g. with and without pre-treatment growth) and a
   log-normal animal effect (with ``v0_by_start``, one SD for the curves that start at a
-  palpable volume from day 0 on, another for those seeded before treatment);
+  palpable volume from day 0 on, another for those seeded before treatment); with
+  ``seeded_v0="shared"``, one typical V0 for all the arms whose curves start before
+  treatment (their mice were seeded before any arm was assigned);
 - drug effects by class (HER2: ``her2_efficacy_csc`` and ``her2_efficacy_bulk``;
   chemotherapy: ``kill_rate`` and ``csc_sparing``; cytostatic: ``cytostatic_efficacy``;
   CSC-targeted: ``csc_kill_rate``): per-drug parameters one fixed effect per drug
@@ -69,7 +71,7 @@ def arm_labels(spec_labels, drugs, regimen) -> set[str]:
 def csc_population(batch, regimens, *, groups=None, level: str = "group",
                    effects: str = "arm", rtol: float = ODE_RTOL, stimulation: bool = False,
                    no_group_effect=(), v0_by_start: bool = False,
-                   animal_growth: str | None = "csc_division_rate",
+                   animal_growth: str | None = "csc_division_rate", seeded_v0: str = "arm",
                    **priors):
     """The CSC population model of ``batch`` (see the module docstring).
 
@@ -96,6 +98,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
       ``"self_renewal"`` (logit-normal on 2p - 1, i.e. about log-normal on the net rate
       while p is near 1/2, at one v_S for every mouse), or None (one v_S and p for every
       mouse, animal effects on V0 only).
+    - `seeded_v0`: ``"arm"`` (one typical V0 per arm) or ``"shared"``: the arms whose
+      curves all start before day 0 share one typical V0, ``"initial_volume_mm3|seeded"``
+      (a seed is a seed: treatment is assigned later), the others keep one per arm.
     - `priors`: passed to `population_model`; a dict (``prior_scale={"csc_division_rate":
       0.5}``) overrides the defaults above for its labels only, a number all of them.
 
@@ -103,6 +108,9 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
     """
     if effects not in ("arm", "drug"):
         raise ValueError(f"csc_population: effects must be 'arm' or 'drug', got {effects!r}")
+    if seeded_v0 not in ("arm", "shared"):
+        raise ValueError(f"csc_population: seeded_v0 must be 'arm' or 'shared', "
+                         f"got {seeded_v0!r}")
     if animal_growth not in (None, "csc_division_rate", "self_renewal"):
         raise ValueError("csc_population: animal_growth must be 'csc_division_rate', "
                          f"'self_renewal' or None, got {animal_growth!r}")
@@ -133,6 +141,19 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
         raise ValueError(f"csc_population: no_group_effect names unknown parameter(s) "
                          f"{sorted(unknown)}; the model's are {list(labels)}")
     fixed = {**{g: "shared" for g in GROWTH}, V0: "arm"}
+    if seeded_v0 == "shared":
+        early = {}
+        for a, t0 in zip(batch.arm, np.asarray(batch.t0_day), strict=True):
+            early.setdefault(a, set()).add(bool(t0 < 0.0))
+        mixed = sorted(a for a, k in early.items() if len(k) > 1)
+        if mixed:
+            raise ValueError(f"csc_population: seeded_v0='shared' needs each arm's curves "
+                             f"to start all before day 0 or all from day 0 on; arm(s) "
+                             f"{mixed} have both")
+        if early.get("seeded") == {False}:
+            raise ValueError("csc_population: seeded_v0='shared' names its pool 'seeded', "
+                             "and an arm that starts from day 0 has that name")
+        fixed[V0] = {a: ("seeded" if True in k else a) for a, k in early.items()}
     for lab in effect_labels:
         per_drug = lab.split("[")[0] in PER_DRUG_CLASS
         fixed[lab] = "shared" if per_drug or effects == "drug" else "arm"
