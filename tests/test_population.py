@@ -321,11 +321,11 @@ def test_no_animal_growth_is_the_full_model_with_its_rate_effects_at_zero():
                                rtol=1e-12)
 
 
-def _three_arm_pop(**kw):
+def _three_arm_pop(palpable="Her", **kw):
     """Six mice in three arms: control and Trast seeded before treatment (first rows at
-    day -30, volume 0), Her palpable from day 0."""
+    day -30, volume 0), ``palpable`` (Her) palpable from day 0."""
     table = _table(n_mice=6)
-    arm = np.repeat(["control", "control", "Trast", "Trast", "Her", "Her"], 5)
+    arm = np.repeat(["control", "control", "Trast", "Trast", palpable, palpable], 5)
     day = table.day.copy()
     seeded = np.isin(table.subject, ["m0", "m1", "m2", "m3"])
     day[seeded] = np.tile(np.array([-30.0, -10.0, 0.0, 8.0, 21.0]), 4)
@@ -379,6 +379,11 @@ def test_shared_seeded_v0_is_the_per_arm_model_with_equal_seeded_v0s():
         _seeded_pop(v0_by_start=True, seeded_v0="shared")
     with pytest.raises(ValueError, match="seeded_v0 must be"):
         _three_arm_pop(seeded_v0="pooled")
+    with pytest.raises(ValueError, match="names its pool 'seeded'"):
+        _three_arm_pop(palpable="seeded", seeded_v0="shared")
+    with pytest.raises(ValueError, match="names an empty pool"):
+        _exp_pop(fixed={"initial_volume_mm3": "shared",
+                        "growth_rate": {"control": "", "Trast": "a"}})
     with pytest.raises(ValueError, match=r"names no pool for arm\(s\) \['Trast'\]"):
         _exp_pop(fixed={"initial_volume_mm3": "shared",
                         "growth_rate": {"control": "a"}})

@@ -410,6 +410,9 @@ def population_model(
             if missing:
                 raise ValueError(f"population_model: fixed[{lab!r}] pools arms but names no "
                                  f"pool for arm(s) {missing}")
+            if any(not str(k) for k in kind.values()):
+                raise ValueError(f"population_model: fixed[{lab!r}] names an empty pool; "
+                                 f"pool names label their fixed effects ('<label>|<pool>')")
             pool[lab] = {a: str(kind[a]) for a in dict.fromkeys(arms)
                          if lab in use[a]}
         elif kind in ("shared", "arm"):
