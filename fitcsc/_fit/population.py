@@ -403,20 +403,20 @@ def population_model(
         if bad:
             raise ValueError(f"population_model: {where} names unknown parameter(s) {bad}; "
                              f"the predictor's are {list(labels)}")
-    pool = {}  # label: {arm: key of its fixed effect}
+    arm_names = tuple(dict.fromkeys(arms))
+    pool = {}  # label: {arm using it: key of its fixed effect}
     for lab, kind in fixed.items():
         if isinstance(kind, Mapping):
-            missing = [a for a in dict.fromkeys(arms) if lab in use[a] and a not in kind]
+            missing = [a for a in arm_names if lab in use[a] and a not in kind]
             if missing:
                 raise ValueError(f"population_model: fixed[{lab!r}] pools arms but names no "
                                  f"pool for arm(s) {missing}")
             if any(not str(k) for k in kind.values()):
                 raise ValueError(f"population_model: fixed[{lab!r}] names an empty pool; "
                                  f"pool names label their fixed effects ('<label>|<pool>')")
-            pool[lab] = {a: str(kind[a]) for a in dict.fromkeys(arms)
-                         if lab in use[a]}
+            pool[lab] = {a: str(kind[a]) for a in arm_names if lab in use[a]}
         elif kind in ("shared", "arm"):
-            pool[lab] = {a: ("" if kind == "shared" else a) for a in dict.fromkeys(arms)
+            pool[lab] = {a: ("" if kind == "shared" else a) for a in arm_names
                          if lab in use[a]}
         else:
             raise ValueError(f"population_model: fixed[{lab!r}] must be 'shared', 'arm' or "
