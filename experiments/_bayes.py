@@ -153,11 +153,15 @@ def starts_from_posterior(pop, path, num_chains, chain=None):
                 raise ValueError(f"{path}: no posterior variable {name!r}; was it written by "
                                  "the same model and options?")
             v = post[name].values[c][idx]
+            lev = name[4:] if name.startswith("eta_") else None
+            if lev is not None and pop.is_zero_sum(lev):  # written per group
+                shape = (len(pop.group_names[pop.levels.index(lev)]), shape[1])
             if v.shape[1:] != tuple(shape):
                 raise ValueError(f"{path}: posterior variable {name!r} has shape "
                                  f"{v.shape[1:]} per draw, the model's is {tuple(shape)}")
             values[name] = v
-    z = np.stack([np.asarray(pop.space.to_z({k: v[i] for k, v in values.items()}))
+    z = np.stack([np.asarray(pop.space.to_z(pop.site_values({k: v[i]
+                                                               for k, v in values.items()})))
                   for i in range(num_chains)])
     info = {"starts_from": str(path), "chain": c, "draws": idx.tolist(),
             "chain_mean_lp": [float(x) for x in lp],
@@ -187,6 +191,9 @@ def reparameterise(pop, centre=(), net_rate=None, seeded_ref=None):
     eta_i, om_i = [], []
     for item in centre:
         level, lab = item.split(":", 1)
+        if level in pop.levels and pop.is_zero_sum(level):
+            raise ValueError(f"reparameterise: cannot centre {item!r}: level {level!r} "
+                             f"sums to zero (its sites are basis coordinates, not groups)")
         names = pop.group_names[pop.levels.index(level)]
         j = labels.index(f"omega_{level}[{lab}]")
         for g in names:
@@ -255,6 +262,13 @@ def seeded_reference(pop, level="seeded"):
     unchanged: the same ``z``, the same predictions; only the sampler's coordinates move.
     Needs one curve per group at ``level``; a V0 fixed effect that also covers curves
     at other levels keeps its ``beta_a`` (no ``Gbar_a`` added).
+
+    At a zero-sum level (`population_model`'s ``zero_sum``: ``omega eta = omega s Q u``,
+    ``s = sqrt(n / (n - 1))``) the one typical V0 of the level's curves is needed, and
+    ``w`` holds ``beta + mean_c G_c`` (the mean log volume at the curves' reference
+    days) and, for the basis coordinates, ``omega u + Q^T G / s`` (the differences
+    between them), so that the log volume of curve ``c`` at t_ref is ``w_beta + s (Q
+    w_u)_c``; ``log |det dz/dw| = -(n - 1) log omega``.
     """
     from fitcsc.population import seeded_reference_days, untreated_log_growth
 
@@ -280,6 +294,8 @@ def seeded_reference(pop, level="seeded"):
         raise ValueError("seeded_reference: every seeded curve needs t0 < 0")
     j_v0 = pop.labels.index(V0)
     fe_v0 = np.asarray(pop.fe_index)[:, j_v0]
+    if pop.is_zero_sum(level):
+        return _seeded_reference_zero_sum(pop, level, curve, span, j_v0, fe_v0)
     beta_i, first, mean_span = [], [], np.empty(len(curve))
     for fe in dict.fromkeys(fe_v0[curve]):  # per typical V0: an arm's, or a pool of arms'
         mine = [i for i, c in enumerate(curve) if fe_v0[c] == fe]
@@ -311,6 +327,43 @@ def seeded_reference(pop, level="seeded"):
         g, gbar = growth(w)
         z = w.at[beta_i].add(-gbar[first])
         return z.at[eta_i].set((w[eta_i] - g + gbar) * jnp.exp(-w[om_i]))
+
+    return to_w, to_z, om_i
+
+
+def _seeded_reference_zero_sum(pop, level, curve, span, j_v0, fe_v0):
+    """`seeded_reference` at a zero-sum level (see there)."""
+    from fitcsc.population import untreated_log_growth, zero_sum_basis
+
+    labels = pop.space.labels()
+    fe = set(fe_v0[curve].tolist())
+    if len(fe) != 1 or -1 in fe or set(np.flatnonzero(fe_v0 == min(fe))) != set(curve.tolist()):
+        raise ValueError(f"seeded_reference: the zero-sum level {level!r} needs one typical "
+                         f"V0 for exactly its curves (csc_population(..., "
+                         f"seeded_v0='shared'))")
+    n = curve.size
+    q = jnp.asarray(zero_sum_basis(n))
+    s = math.sqrt(n / (n - 1))
+    beta_i = labels.index(f"beta[{pop.fe_labels[min(fe)]}]")
+    u_i = jnp.asarray([labels.index(f"eta_{level}[zero-sum {k},{V0}]") for k in range(1, n)],
+                      int)
+    om_i = jnp.full((n - 1,), labels.index(f"omega_{level}[{V0}]"), int)
+    spec, model = pop.predictor.spec, pop.predictor.model
+    span, curve = jnp.asarray(span), jnp.asarray(curve)
+
+    def growth(z):  # G_c: reads no V0 coordinate
+        zc = pop.curve_z(pop.space.from_z(z))[curve].at[:, j_v0].set(0.0)
+        return untreated_log_growth(model, jax.vmap(spec.from_z)(zc), span)
+
+    def to_w(z):
+        g = growth(z)
+        w = z.at[u_i].set(z[u_i] * jnp.exp(z[om_i]) + q.T @ g / s)
+        return w.at[beta_i].add(jnp.mean(g))
+
+    def to_z(w):
+        g = growth(w)
+        z = w.at[beta_i].add(-jnp.mean(g))
+        return z.at[u_i].set((w[u_i] - q.T @ g / s) * jnp.exp(-w[om_i]))
 
     return to_w, to_z, om_i
 

@@ -87,12 +87,15 @@ def load(data_dir, quick):
 def main(args) -> dict:
     t0 = time.perf_counter()
     out = pathlib.Path(args.out)
+    if args.zero_sum_seeded and not args.v0_by_start:
+        raise SystemExit("mas98_bayes: --zero-sum-seeded needs --v0-by-start")
     table, batch, regs = load(args.data_dir, args.quick)
     drugs = {d.split(":", 1)[1]: i for i, d in enumerate(batch.drugs)}
     v0 = "initial_volume_mm3"  # seeded curves' V0 spread: wide (a seed of ~1e-2 mm3)
     pop = csc_population(batch, regs, effects="drug", stimulation=True,
                          v0_by_start=args.v0_by_start, animal_growth=args.animal_growth,
                          seeded_v0=args.seeded_v0,
+                         zero_sum=("seeded",) if args.zero_sum_seeded else (),
                          omega_scale=({f"seeded|{v0}": args.seeded_v0_scale,
                                        f"palpable|{v0}": 1.0}
                                       if args.v0_by_start else {f"animal|{v0}": 3.0}),
@@ -152,7 +155,7 @@ def main(args) -> dict:
         "precondition": bool(args.precondition), "centred": list(args.centre),
         "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
         "seeded_ref": bool(args.seeded_ref), "animal_growth": args.animal_growth,
-        "seeded_v0": args.seeded_v0,
+        "seeded_v0": args.seeded_v0, "zero_sum_seeded": bool(args.zero_sum_seeded),
         **record, "identification": ident, "trastuzumab": her2, "loo": loo,
         "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
         "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
@@ -196,6 +199,8 @@ def _result_md(s, path):
                 if s.get("seeded_ref") else "")
              + ("; one typical V0 for every arm seeded before treatment"
                 if s.get("seeded_v0") == "shared" else "")
+             + ("; the seeded mice's V0 effects sum to zero (the typical seeded V0 is "
+                "their mean)" if s.get("zero_sum_seeded") else "")
              + ({None: "; no mouse effect on growth (one v_S and p for every mouse)",
                  "self_renewal": "; mouse effects on 2p - 1 (the net CSC growth rate at "
                                  "one v_S)"}.get(s.get("animal_growth", "csc_division_rate"),
@@ -274,6 +279,11 @@ def parse_args(argv=None):
                    help="the typical V0 of the arms seeded before treatment: one per arm "
                         "(default) or one for all of them (shared: every mouse was seeded "
                         "before any arm was assigned; csc_population's seeded_v0)")
+    p.add_argument("--zero-sum-seeded", action="store_true",
+                   help="with --v0-by-start: the seeded mice's V0 effects sum to zero, so "
+                        "that the typical seeded V0 is their mean (population_model's "
+                        "zero_sum; removes the shift of the typical V0 against every "
+                        "mouse's effect that only the prior sets)")
     p.add_argument("--seeded-v0-scale", type=float, default=3.0,
                    help="with --v0-by-start: HalfNormal scale of the seeded curves' V0 SD "
                         "(log scale; default 3)")

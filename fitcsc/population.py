@@ -7,7 +7,8 @@ may move)::
 - Models: `population_model` (any per-curve predictor lifted to fixed, random and
   grouped effects), `csc_population` and `baseline_population` (the CSC model and the
   baselines with the design of ``fitcsc sample``), `PopulationModel`, `SiteSpace` (its
-  parameter space), `posterior_derived`.
+  parameter space), `posterior_derived`, `zero_sum_basis` (the basis of a zero-sum
+  level's effects).
 - Starting points: `map_curve_z` (a MAP fit per curve), `refine` (Adam on the log
   density), `warm_start` (both, then the population mode).
 - Sampling: `sample` (ChEES-HMC or NUTS, chains vmapped, with checkpoints and
@@ -28,6 +29,7 @@ from ._fit.population import (
     population_model,
     posterior_derived,
     vmapped_jacobians,
+    zero_sum_basis,
 )
 from ._fit.population_csc import (
     baseline_population,
@@ -43,5 +45,5 @@ __all__ = [
     "forward_predict", "map_curve_z", "population_model", "posterior_derived",
     "posterior_outputs", "progress_printer", "refine", "run_chains", "sample",
     "seeded_reference_days", "untreated_log_growth", "vmapped_jacobians", "warm_start",
-    "z_log_density", "WARMUP_STATS", "warmup_summary",
+    "z_log_density", "WARMUP_STATS", "warmup_summary", "zero_sum_basis",
 ]

@@ -89,8 +89,8 @@ class _Space:
 
 class _Pop:
     """A stand-in with the fields `reparameterise` reads for centring: two groups, two
-    effects, and a log density of ``z`` (any smooth function will do for the change of
-    variables)."""
+    effects (not a zero-sum level), and a log density of ``z`` (any smooth function will
+    do for the change of variables)."""
 
     levels = ("line",)
     group_names = (("a", "b"),)
@@ -102,6 +102,9 @@ class _Pop:
                              "eta_line[a,x]", "eta_line[a,y]", "eta_line[b,x]",
                              "eta_line[b,y]"])
         self.log_density = lambda z: -0.5 * jnp.sum((z - 0.3) ** 2) + jnp.sin(z[1] * z[3])
+
+    def is_zero_sum(self, level):
+        return False
 
 
 def test_centring_round_trip_and_jacobian():
@@ -312,3 +315,73 @@ def test_seeded_ref_is_an_exact_change_of_variables_of_the_mas98_model(seeded_v0
     args = exp.parse_args(["--v0-by-start", "--seeded-ref", "--seeded-v0", "shared"])
     assert args.seeded_ref and not exp.parse_args([]).seeded_ref
     assert args.seeded_v0 == "shared" and exp.parse_args([]).seeded_v0 == "arm"
+
+
+def test_seeded_ref_at_a_zero_sum_level_is_an_exact_change_of_variables():
+    """``seeded_ref`` when the seeded mice's V0 effects sum to zero (``--zero-sum-seeded``):
+    w holds the typical log V0 plus the mean growth to the reference days, and the basis
+    coordinates ``omega u + Q^T G / s``; so each curve's log volume at its reference day is
+    ``w_beta + s (Q w_u)_c`` (the untreated ODE's closed form), and the map is exact:
+    round trip, log |det dz/dw| = the other coordinates' - (n - 1) log omega by
+    autodiff, the density of w that of z plus it, the same predictions. Centring the
+    level and a per-arm typical V0 are refused."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fitcsc.population import (
+        csc_population,
+        seeded_reference_days,
+        untreated_log_growth,
+        zero_sum_basis,
+    )
+
+    exp = _load("mas98_bayes")
+    from _bayes import reparameterise
+
+    _, batch, regs = exp.load(None, quick=True)
+    pop = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True,
+                         seeded_v0="shared", zero_sum=("seeded",))
+    n = len(batch.subject)
+    v0 = "initial_volume_mm3"
+    labels = pop.space.labels()
+    j_om = labels.index(f"omega_seeded[{v0}]")
+    q, s = zero_sum_basis(n), np.sqrt(n / (n - 1))
+    u_i = [labels.index(f"eta_seeded[zero-sum {k},{v0}]") for k in range(1, n)]
+    t_ref = seeded_reference_days(pop.curves)
+    t0 = np.asarray(batch.t0_day)
+    z0 = pop.space.to_z(pop.init_values())
+    rng = np.random.default_rng(5)
+    to_w, to_z, dens = reparameterise(pop, [], None, seeded_ref="seeded")
+    to_w0, to_z0, _ = reparameterise(pop, [], None)
+    z = z0 + 0.3 * jnp.asarray(rng.normal(size=z0.shape))
+    w = to_w(z)
+    np.testing.assert_allclose(to_z(w), z, rtol=1e-12, atol=1e-12)
+    zc = pop.curve_z(pop.space.from_z(z))
+    theta = jax.vmap(pop.predictor.spec.from_z)(zc)
+    growth = np.asarray(untreated_log_growth(pop.predictor.model, theta, t_ref - t0))
+    at_ref = float(w[labels.index(f"beta[{v0}|seeded]")]) + s * q @ np.asarray(w)[u_i]
+    np.testing.assert_allclose(at_ref, np.asarray(zc[:, pop.labels.index(v0)]) + growth,
+                               rtol=1e-12)
+    moved = [labels.index(f"beta[{v0}|seeded]"), *u_i]
+    keep = np.setdiff1d(np.arange(len(labels)), moved)
+    np.testing.assert_allclose(np.asarray(w)[keep], np.asarray(to_w0(z))[keep], rtol=1e-13,
+                               atol=1e-13)
+    logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z)(w)))[1]
+    logdet0 = np.linalg.slogdet(np.asarray(jax.jacfwd(to_z0)(to_w0(z))))[1]
+    np.testing.assert_allclose(logdet, logdet0 - (n - 1) * float(z[j_om]), rtol=1e-10,
+                               atol=1e-10)
+    np.testing.assert_allclose(float(dens(w)), float(pop.log_density(z)) + logdet, rtol=1e-12)
+    a, _ = pop.predict(pop.space.from_z(to_z(w)))
+    b, _ = pop.predict(pop.space.from_z(z))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11)
+    with pytest.raises(ValueError, match="sums to zero"):
+        reparameterise(pop, ["seeded:initial_volume_mm3"], None)
+    per_arm = csc_population(batch, regs, effects="drug", stimulation=True, v0_by_start=True,
+                             zero_sum=("seeded",))
+    with pytest.raises(ValueError, match="one typical V0 for exactly its curves"):
+        reparameterise(per_arm, [], None, seeded_ref="seeded")
+    args = exp.parse_args(["--v0-by-start", "--zero-sum-seeded"])
+    assert args.zero_sum_seeded and not exp.parse_args([]).zero_sum_seeded
+    with pytest.raises(SystemExit, match="--zero-sum-seeded needs --v0-by-start"):
+        exp.main(exp.parse_args(["--quick", "--zero-sum-seeded"]))

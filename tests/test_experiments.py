@@ -409,6 +409,22 @@ def test_meta_reference_predicts_each_arm_from_other_trials_only():
     assert again["NA-T"]["mean_pct"] != base["NA-T"]["mean_pct"]
     for r in base.values():
         assert 0 <= r["pred_lo_pct"] <= r["mean_pct"] <= r["pred_hi_pct"] <= 100
+    # with the regimen and definition as covariates: the same independence
+    cov = {r["arm"]: r for r in exp.meta_reference(arms, obs, seed=1, covariates="regimen")}
+    cov2 = {r["arm"]: r for r in exp.meta_reference(arms, moved, seed=1,
+                                                      covariates="regimen")}
+    for k in ("mean_pct", "pred_lo_pct", "pred_hi_pct"):
+        assert cov2["NS-B"][k] == cov["NS-B"][k]
+    by_arm = {o.arm: (a, o) for a, o in zip(arms, obs, strict=False)}
+    # intercept, HER2, two blockers, anthracycline, carboplatin, breast-only, no /is
+    a, o = by_arm["TRY-C"]  # TCH + pertuzumab, ypT0/is
+    assert exp._meta_features(a, o.definition, "regimen") == [1, 1, 1, 0, 1, 1, 0]
+    a, o = by_arm["NOAH-H"]  # AT-T-CMF + trastuzumab, ypT0/is ypN0
+    assert exp._meta_features(a, o.definition, "regimen") == [1, 1, 0, 1, 0, 0, 0]
+    a, o = by_arm["GQ5-L"]  # EC-docetaxel + lapatinib, ypT0 ypN0
+    assert exp._meta_features(a, o.definition, "regimen") == [1, 1, 0, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="covariates must be"):
+        exp._meta_features(a, o.definition, "stage")
 
 
 def test_adjuvant_fit_quick(quick_fit, tmp_path):

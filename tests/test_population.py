@@ -389,6 +389,65 @@ def test_shared_seeded_v0_is_the_per_arm_model_with_equal_seeded_v0s():
                         "growth_rate": {"control": "a"}})
 
 
+def test_zero_sum_level_is_the_plain_model_restricted_to_effects_that_sum_to_zero():
+    """``zero_sum=("seeded",)``: the 4 seeded mice's V0 effects are ``sqrt(4/3) Q u`` with
+    ``Q`` orthonormal and orthogonal to the ones (so they sum to zero), the typical V0 is
+    their mean, and the log density is the plain model's at those effects less its 4
+    standard normal densities of ``eta`` plus the 3 of ``u`` (scipy); init values,
+    `derived`, `site_values` and the prior draws keep the sum at zero, and a level that
+    cannot sum to zero is refused."""
+    from fitcsc.population import zero_sum_basis
+
+    plain = _three_arm_pop(seeded_v0="shared")
+    pop = _three_arm_pop(seeded_v0="shared", zero_sum=("seeded",))
+    v0 = "initial_volume_mm3"
+    q = zero_sum_basis(4)
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-15)
+    np.testing.assert_allclose(q.sum(0), 0.0, atol=1e-15)
+    assert pop.space.size == plain.space.size - 1
+    assert pop.is_zero_sum("seeded") and not pop.is_zero_sum("palpable")
+    labels = pop.space.labels()
+    assert [lab for lab in labels if lab.startswith("eta_seeded")] == [
+        f"eta_seeded[zero-sum {k},{v0}]" for k in (1, 2, 3)]
+    rng = np.random.default_rng(11)
+    v = pop.init_values()
+    assert v["eta_seeded"].shape == (3, 1)
+    np.testing.assert_allclose(float(jnp.sum(pop.group_effects(v, "seeded"))), 0.0,
+                               atol=1e-12)
+    for _ in range(2):
+        u = rng.normal(size=(3, 1))
+        vz = {**v, "beta": v["beta"] + 0.2 * rng.normal(size=v["beta"].shape),
+              "eta_seeded": jnp.asarray(u)}
+        eta = np.sqrt(4.0 / 3.0) * q @ u
+        vp = {**vz, "eta_seeded": jnp.asarray(eta)}
+        np.testing.assert_allclose(pop.group_effects(vz, "seeded"), eta, atol=1e-14)
+        zc = np.asarray(pop.curve_z(vz))
+        np.testing.assert_allclose(zc, np.asarray(plain.curve_z(vp)), atol=1e-14)
+        j = pop.labels.index(v0)
+        seeded = np.isin(np.asarray(pop.subject), ["m0", "m1", "m2", "m3"])
+        b = float(vz["beta"][pop.fe_labels.index(f"{v0}|seeded")])
+        np.testing.assert_allclose(zc[seeded, j].mean(), b, atol=1e-13)
+        extra = stats.norm.logpdf(u).sum() - stats.norm.logpdf(eta).sum()
+        np.testing.assert_allclose(float(pop.log_density(pop.space.to_z(vz))),
+                                   float(plain.log_density(plain.space.to_z(vp))) + extra,
+                                   rtol=1e-12)
+        d = pop.derived(pop.space.to_z(vz), jax.random.key(0))
+        np.testing.assert_allclose(d["eta_seeded"], eta, atol=1e-14)
+        np.testing.assert_allclose(pop.site_values(d)["eta_seeded"], u, atol=1e-13)
+    prior = pop.sample_prior(jax.random.key(3), 4000)
+    eta = np.asarray(jax.vmap(lambda e: pop.group_effects({"eta_seeded": e}, "seeded"))(
+        prior["eta_seeded"]))
+    np.testing.assert_allclose(eta.sum(1), 0.0, atol=1e-12)
+    # each effect marginally Normal(0, 1): sd within 4 of its standard errors
+    np.testing.assert_allclose(eta.std(0), 1.0, atol=4 * np.sqrt(0.5 / 4000))
+    with pytest.raises(ValueError, match=r"zero_sum names level\(s\) \['line'\]"):
+        _three_arm_pop(zero_sum=("line",))
+    with pytest.raises(ValueError, match="have no curve that uses 'growth_rate'"):
+        _exp_pop(random={"animal": ("growth_rate",)}, uses={"control": ("growth_rate",),
+                                                            "Trast": ("initial_volume_mm3",)},
+                 zero_sum=("animal",))
+
+
 def test_animal_growth_on_self_renewal_moves_the_net_rate_at_one_division_rate():
     """``animal_growth="self_renewal"``: each mouse's logit(2p - 1) is the typical one plus
     omega * eta, its v_S the typical one; so its net CSC rate v_S (2p - 1) is the typical

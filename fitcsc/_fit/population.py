@@ -15,7 +15,13 @@ curve ``c``'s parameter ``j`` is
 - *random effects*, non-centred: ``eta_l ~ Normal(0, 1)`` per group of level ``l``
   (``"animal"``: one group per curve; ``"line"``: the curves of a PDX line, ...), scaled
   by ``omega_l ~ HalfNormal``; so a positive parameter is log-normal between animals
-  or lines, an interval one logit-normal.
+  or lines, an interval one logit-normal. At a *zero-sum* level (``zero_sum``) the
+  groups' effects of each label sum to zero: ``eta_l = sqrt(n / (n - 1)) Q u`` with
+  ``u ~ Normal(0, I_(n-1))`` and ``Q`` an orthonormal basis of the vectors that sum to
+  zero (`zero_sum_basis`), so each ``eta`` is still marginally ``Normal(0, 1)`` (their
+  correlation ``-1 / (n - 1)``) and the fixed effect is the groups' mean: the common
+  shift of a typical value against all of its groups' effects, which only the prior
+  sets otherwise, is gone (Stan's ``sum_to_zero_vector``).
 - priors ``beta ~ Normal(prior_loc, prior_scale)`` (in ``z``), ``sigma ~ HalfNormal``.
 - the likelihood: log-normal volumes with M3 censoring (`fitcsc.log_likelihood`).
 
@@ -170,7 +176,10 @@ class PopulationModel(eqx.Module):
 
     ``model`` is the NumPyro model; ``space`` its `SiteSpace` (``beta``, then per level
     ``omega_<level>`` and ``eta_<level>``, then ``sigma``); ``log_density(z)`` the log
-    posterior density of the flat ``z`` (log-Jacobian included).
+    posterior density of the flat ``z`` (log-Jacobian included). At a zero-sum level the
+    site ``eta_<level>`` holds the ``n - 1`` basis coordinates ``u`` (labels
+    ``eta_<level>[zero-sum k,<label>]``); `group_effects` gives the ``n`` groups'
+    ``eta`` (what `derived` and the posterior outputs report).
     """
 
     predictor: AbstractPredictor
@@ -193,6 +202,7 @@ class PopulationModel(eqx.Module):
     subject: tuple[str, ...] = eqx.field(static=True)
     arm: tuple[str, ...] = eqx.field(static=True)
     arm_uses: tuple = eqx.field(static=True)  # ((arm, labels it estimates), ...)
+    zero_sum: tuple = eqx.field(static=True, default=())  # per level: effects sum to zero
 
     @property
     def n_curves(self) -> int:
@@ -203,18 +213,54 @@ class PopulationModel(eqx.Module):
         """``{arm: labels}``: what the curves of each arm estimate."""
         return dict(self.arm_uses)
 
+    def is_zero_sum(self, level: str) -> bool:
+        """Whether the effects at ``level`` sum to zero over its groups."""
+        return bool(self.zero_sum) and self.zero_sum[self.levels.index(level)]
+
+    def _eta_rows(self, k: int) -> tuple[str, ...]:
+        names = self.group_names[k]
+        if self.zero_sum and self.zero_sum[k]:
+            return tuple(f"zero-sum {i}" for i in range(1, len(names)))
+        return names
+
     @property
     def space(self) -> SiteSpace:
         sites = [("beta", (len(self.fe_labels),), Real(),
                   tuple(f"beta[{lab}]" for lab in self.fe_labels))]
-        for lev, labs, names in zip(self.levels, self.re_labels, self.group_names,
-                                    strict=True):
+        for k, (lev, labs) in enumerate(zip(self.levels, self.re_labels, strict=True)):
+            rows = self._eta_rows(k)
             sites.append((f"omega_{lev}", (len(labs),), Positive(),
                           tuple(f"omega_{lev}[{lab}]" for lab in labs)))
-            sites.append((f"eta_{lev}", (len(names), len(labs)), Real(),
-                          tuple(f"eta_{lev}[{g},{lab}]" for g in names for lab in labs)))
+            sites.append((f"eta_{lev}", (len(rows), len(labs)), Real(),
+                          tuple(f"eta_{lev}[{g},{lab}]" for g in rows for lab in labs)))
         sites.append(("sigma", (), Positive(), ("sigma",)))
         return SiteSpace(tuple(sites))
+
+    def group_effects(self, values: Mapping, level: str):
+        """``eta`` of every group at ``level``, ``(n_groups, n_re)``: the site itself, or
+        at a zero-sum level ``sqrt(n / (n - 1)) Q u`` of its basis coordinates ``u``."""
+        eta = values[f"eta_{level}"]
+        if not self.is_zero_sum(level):
+            return eta
+        n = len(self.group_names[self.levels.index(level)])
+        return math.sqrt(n / (n - 1)) * (jnp.asarray(zero_sum_basis(n)) @ eta)
+
+    def basis_coordinates(self, level: str, eta):
+        """The inverse of `group_effects` at a zero-sum level: ``u = Q^T eta /
+        sqrt(n / (n - 1))`` (of ``eta`` minus its mean, if it does not sum to zero);
+        ``eta`` itself at any other level."""
+        if not self.is_zero_sum(level):
+            return eta
+        n = len(self.group_names[self.levels.index(level)])
+        return jnp.asarray(zero_sum_basis(n)).T @ eta / math.sqrt(n / (n - 1))
+
+    def site_values(self, values: Mapping) -> dict:
+        """Site values from values with every group's ``eta`` (as `derived` reports them,
+        e.g. read from a posterior): zero-sum levels go to their basis coordinates."""
+        out = dict(values)
+        for lev in self.levels:
+            out[f"eta_{lev}"] = self.basis_coordinates(lev, jnp.asarray(values[f"eta_{lev}"]))
+        return out
 
     def curve_z(self, values: Mapping) -> Float[Array, "n_curves n_z"]:
         """Each curve's ``z`` (for ``predictor``) from the site values."""
@@ -222,7 +268,7 @@ class PopulationModel(eqx.Module):
         z = jnp.where(self.fe_index >= 0, beta[self.fe_index], self.z_ref)
         for lev, cols, g, m in zip(self.levels, self.re_columns, self.group_index,
                                    self.re_mask, strict=True):
-            dev = values[f"omega_{lev}"] * values[f"eta_{lev}"][g]  # (n_curves, n_re)
+            dev = values[f"omega_{lev}"] * self.group_effects(values, lev)[g]  # (n_curves, n_re)
             z = z.at[:, jnp.asarray(cols, int)].add(jnp.where(m, dev, 0.0))
         return z
 
@@ -248,13 +294,12 @@ class PopulationModel(eqx.Module):
         """The NumPyro model (no arguments: the data live in the module)."""
         beta = numpyro.sample("beta", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
         values = {"beta": beta}
-        for lev, names, scale in zip(self.levels, self.group_names, self.omega_scale,
-                                     strict=True):
+        for k, (lev, scale) in enumerate(zip(self.levels, self.omega_scale, strict=True)):
             values[f"omega_{lev}"] = numpyro.sample(
                 f"omega_{lev}", dist.HalfNormal(scale).to_event(1))
             values[f"eta_{lev}"] = numpyro.sample(
-                f"eta_{lev}", dist.Normal(0.0, 1.0).expand((len(names), scale.shape[0]))
-                .to_event(2))
+                f"eta_{lev}", dist.Normal(0.0, 1.0).expand((len(self._eta_rows(k)),
+                                                            scale.shape[0])).to_event(2))
         values["sigma"] = numpyro.sample("sigma", dist.HalfNormal(self.sigma_scale))
         lp, ok = self.predict(values)
         c = self.curves
@@ -283,7 +328,8 @@ class PopulationModel(eqx.Module):
 
     def derived(self, z: Float[Array, " n"], key) -> dict:
         """What a posterior draw ``z`` implies (no derivatives: one plain solve per curve):
-        the sites (natural scale), ``typical`` (fixed effects, natural scale), ``theta``
+        the sites (natural scale; ``eta_<level>`` of every group, `group_effects`),
+        ``typical`` (fixed effects, natural scale), ``theta``
         (each curve's parameters, natural scale, ``(n_curves, n_z)``), ``log_volume``
         (predicted, ``(n_curves, n_obs)``), ``log_likelihood`` (per observation, -inf
         everywhere if a solve failed) and ``volume_rep`` (a replicate of the data)."""
@@ -297,7 +343,9 @@ class PopulationModel(eqx.Module):
                                         values["sigma"])
         eps = jax.random.normal(key, lp.shape)
         natural = getattr(self.predictor.spec, "natural", lambda z_: z_)
-        return {**values, "typical": self.typical(values["beta"]),
+        return {**values, **{f"eta_{lev}": self.group_effects(values, lev)
+                             for lev in self.levels},
+                "typical": self.typical(values["beta"]),
                 "theta": jax.vmap(natural)(zc), "log_volume": jnp.where(ok, lp, jnp.nan),
                 "log_likelihood": jnp.where(ok, ll, -jnp.inf),
                 "volume_rep": jnp.where(ok, jnp.exp(lp + values["sigma"] * eps), jnp.nan)}
@@ -307,7 +355,8 @@ class PopulationModel(eqx.Module):
         n_z)``, e.g. `fit_map`'s ``z``; default: the references): each fixed effect the
         mean of its curves, each omega the SD of the deviations (within 0.05 and its prior
         scale), each eta
-        the groups' mean deviation over omega (clipped to +-3), sigma as given (0.2).
+        the groups' mean deviation over omega (clipped to +-3; at a zero-sum level less
+        their mean, in basis coordinates), sigma as given (0.2).
         Labels with NaN in ``curve_z`` (not estimated) start at the prior means."""
         zc = np.asarray(self.z_ref if curve_z is None else curve_z, float)
         fe = np.asarray(self.fe_index)
@@ -332,8 +381,13 @@ class PopulationModel(eqx.Module):
             # determined curves spread far more than the animals do
             omega = np.clip(np.sqrt((eta ** 2).mean(0)), 0.05, np.asarray(scale))
             values[f"omega_{lev}"] = omega
-            values[f"eta_{lev}"] = np.clip(eta / omega, -3.0, 3.0)
-            resid[:, list(cols)] -= np.where(m, omega * values[f"eta_{lev}"][g], 0.0)
+            eta = np.clip(eta / omega, -3.0, 3.0)
+            if self.is_zero_sum(lev):  # the nearest effects that sum to zero
+                eta = eta - eta.mean(0)
+                values[f"eta_{lev}"] = np.asarray(self.basis_coordinates(lev, eta))
+            else:
+                values[f"eta_{lev}"] = eta
+            resid[:, list(cols)] -= np.where(m, omega * eta[g], 0.0)
         return {k: jnp.asarray(v, float) for k, v in values.items()}
 
 
@@ -357,6 +411,7 @@ def population_model(
     omega_scale: Mapping[str, float] | float = 0.5,
     sigma_scale: float = 0.5,
     z_ref=None,
+    zero_sum: Sequence[str] = (),
 ) -> PopulationModel:
     """A hierarchical model of the curves of ``batch`` (see the module docstring).
 
@@ -382,6 +437,11 @@ def population_model(
       keyed by ``"level|label"``, ``"level|field"`` or ``level``; default 0.5).
     - `sigma_scale`: HalfNormal scale of the log-volume error SD.
     - `z_ref`: ``(n_curves, n_z)`` reference ``z`` (default ``predictor.init_z`` per curve).
+    - `zero_sum`: levels of `random` whose effects sum to zero over the level's groups,
+      per label (see the module docstring). Every group there needs a curve that uses
+      each of the level's labels, and there must be two groups or more; a fixed effect
+      of such a label is then the mean of the groups' values (in ``z``) when it covers
+      exactly the level's curves.
 
     **Returns:** a `PopulationModel`.
 
@@ -467,6 +527,25 @@ def population_model(
         om.append(jnp.asarray([_lookup(omega_scale, lab, 0.5, level=lev) for lab in labs],
                               float))
 
+    zero_sum = tuple(zero_sum)
+    unknown = [lev for lev in zero_sum if lev not in levels]
+    if unknown:
+        raise ValueError(f"population_model: zero_sum names level(s) {unknown} without "
+                         f"random effects; the levels are {levels}")
+    for lev in zero_sum:
+        k = levels.index(lev)
+        m, g = np.asarray(masks[k]), np.asarray(g_index[k])
+        if len(names[k]) < 2:
+            raise ValueError(f"population_model: zero_sum level {lev!r} has "
+                             f"{len(names[k])} group(s); effects that sum to zero need 2 "
+                             f"or more")
+        for j, lab in enumerate(re_labels[k]):
+            idle = [gn for i, gn in enumerate(names[k]) if not m[g == i, j].any()]
+            if idle:
+                raise ValueError(f"population_model: zero_sum level {lev!r}: group(s) "
+                                 f"{idle[:3]} have no curve that uses {lab!r}, so their "
+                                 f"effects cannot share its sum")
+
     return PopulationModel(
         predictor=predictor, curves=data, z_ref=jnp.asarray(zr),
         fe_index=jnp.asarray(fe_index), group_index=tuple(g_index), re_mask=tuple(masks),
@@ -477,7 +556,22 @@ def population_model(
         fe_transforms=tuple(_transform_of(predictor.spec, lab.split(SEP)[0])
                             for lab in fe_labels),
         labels=labels, subject=tuple(batch.subject), arm=arms,
-        arm_uses=tuple((a, tuple(lab for lab in labels if lab in use[a])) for a in use))
+        arm_uses=tuple((a, tuple(lab for lab in labels if lab in use[a])) for a in use),
+        zero_sum=tuple(lev in zero_sum for lev in levels))
+
+
+def zero_sum_basis(n: int) -> np.ndarray:
+    """``(n, n - 1)``: an orthonormal basis of the vectors of length ``n`` that sum to
+    zero (Helmert's: column ``k`` is ``(1, ..., 1, -k, 0, ..., 0) / sqrt(k (k + 1))``
+    with ``k`` ones)."""
+    if n < 2:
+        raise ValueError(f"zero_sum_basis: needs n >= 2, got {n}")
+    q = np.zeros((n, n - 1))
+    for k in range(1, n):
+        q[:k, k - 1] = 1.0
+        q[k, k - 1] = -float(k)
+        q[:, k - 1] /= math.sqrt(k * (k + 1))
+    return q
 
 
 def _lookup(table, label: str, default: float, level: str | None = None) -> float:
