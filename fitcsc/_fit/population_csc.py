@@ -102,8 +102,8 @@ def csc_population(batch, regimens, *, groups=None, level: str = "group",
       curves all start before day 0 share one typical V0, ``"initial_volume_mm3|seeded"``
       (a seed is a seed: treatment is assigned later), the others keep one per arm.
     - `priors`: passed to `population_model` (also `zero_sum`, e.g. ``("seeded",)``); a
-      dict (``prior_scale={"csc_division_rate":
-      0.5}``) overrides the defaults above for its labels only, a number all of them.
+      dict (``prior_scale={"csc_division_rate": 0.5}``) overrides the defaults above for
+      its labels only, a number all of them.
 
     **Returns:** the `PopulationModel`.
     """
