@@ -333,7 +333,7 @@ def seeded_reference(pop, level="seeded"):
 
 def _seeded_reference_zero_sum(pop, level, curve, span, j_v0, fe_v0):
     """`seeded_reference` at a zero-sum level (see there)."""
-    from fitcsc.population import untreated_log_growth, zero_sum_basis
+    from fitcsc.population import untreated_log_growth
 
     labels = pop.space.labels()
     fe = set(fe_v0[curve].tolist())
@@ -341,9 +341,7 @@ def _seeded_reference_zero_sum(pop, level, curve, span, j_v0, fe_v0):
         raise ValueError(f"seeded_reference: the zero-sum level {level!r} needs one typical "
                          f"V0 for exactly its curves (csc_population(..., "
                          f"seeded_v0='shared'))")
-    n = curve.size
-    q = jnp.asarray(zero_sum_basis(n))
-    s = math.sqrt(n / (n - 1))
+    n = curve.size  # curve[g] is group g's, so G's basis coordinates are the pop's
     beta_i = labels.index(f"beta[{pop.fe_labels[min(fe)]}]")
     u_i = jnp.asarray([labels.index(f"eta_{level}[zero-sum {k},{V0}]") for k in range(1, n)],
                       int)
@@ -357,13 +355,13 @@ def _seeded_reference_zero_sum(pop, level, curve, span, j_v0, fe_v0):
 
     def to_w(z):
         g = growth(z)
-        w = z.at[u_i].set(z[u_i] * jnp.exp(z[om_i]) + q.T @ g / s)
+        w = z.at[u_i].set(z[u_i] * jnp.exp(z[om_i]) + pop.basis_coordinates(level, g))
         return w.at[beta_i].add(jnp.mean(g))
 
     def to_z(w):
         g = growth(w)
         z = w.at[beta_i].add(-jnp.mean(g))
-        return z.at[u_i].set((w[u_i] - q.T @ g / s) * jnp.exp(-w[om_i]))
+        return z.at[u_i].set((w[u_i] - pop.basis_coordinates(level, g)) * jnp.exp(-w[om_i]))
 
     return to_w, to_z, om_i
 

@@ -219,9 +219,14 @@ class PopulationModel(eqx.Module):
 
     def _eta_rows(self, k: int) -> tuple[str, ...]:
         names = self.group_names[k]
-        if self.zero_sum and self.zero_sum[k]:
+        if self.is_zero_sum(self.levels[k]):
             return tuple(f"zero-sum {i}" for i in range(1, len(names)))
         return names
+
+    def _zero_sum_map(self, level: str):
+        """``(Q, s)`` of a zero-sum level: its basis and ``sqrt(n / (n - 1))``."""
+        n = len(self.group_names[self.levels.index(level)])
+        return jnp.asarray(zero_sum_basis(n)), math.sqrt(n / (n - 1))
 
     @property
     def space(self) -> SiteSpace:
@@ -242,8 +247,8 @@ class PopulationModel(eqx.Module):
         eta = values[f"eta_{level}"]
         if not self.is_zero_sum(level):
             return eta
-        n = len(self.group_names[self.levels.index(level)])
-        return math.sqrt(n / (n - 1)) * (jnp.asarray(zero_sum_basis(n)) @ eta)
+        q, s = self._zero_sum_map(level)
+        return s * (q @ eta)
 
     def basis_coordinates(self, level: str, eta):
         """The inverse of `group_effects` at a zero-sum level: ``u = Q^T eta /
@@ -251,8 +256,8 @@ class PopulationModel(eqx.Module):
         ``eta`` itself at any other level."""
         if not self.is_zero_sum(level):
             return eta
-        n = len(self.group_names[self.levels.index(level)])
-        return jnp.asarray(zero_sum_basis(n)).T @ eta / math.sqrt(n / (n - 1))
+        q, s = self._zero_sum_map(level)
+        return q.T @ eta / s
 
     def site_values(self, values: Mapping) -> dict:
         """Site values from values with every group's ``eta`` (as `derived` reports them,
