@@ -18,7 +18,7 @@ import numpy as np
 
 import fitcsc
 import fitcsc.summary as fs
-from fitcsc.files import pyplot, save_figure
+from fitcsc.files import Checkpoint, fingerprint, pyplot, save_figure
 from fitcsc.population import (
     baseline_population,
     posterior_outputs,
@@ -68,6 +68,17 @@ def sampler_settings(args, base) -> dict:
     if args.dense_mass:
         out["dense_mass"] = True
     return out
+
+
+def script_checkpoint(args, out, name):
+    """A script's `Checkpoint` in ``out`` when ``--checkpoint`` is given (else None),
+    fingerprinted by the options that shape the run (all but --no-progress, --checkpoint
+    and --merge), so that a rerun with the same options resumes it."""
+    if not args.checkpoint:
+        return None
+    return Checkpoint(out, name, fingerprint(
+        {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint",
+                                                          "merge")}), resume=True)
 
 
 def fit_population(pop, batch, out, *, settings, seed=0, progress=True, refine_steps=300,

@@ -20,7 +20,9 @@ is left-censored (M3). MAP warm start (`fit_map` per curve, then the population 
 ChEES-HMC, 8 chains. The baselines get the same design (rate and V0 per arm, mouse
 effects on both) and sampler.
 
-Run: ``python experiments/mas98_bayes.py [--quick] [--out DIR]``. Writes ``posterior.nc``,
+Run: ``python experiments/mas98_bayes.py [--quick] [--out DIR]``. Chains run as separate
+processes (``--seed 0 --out A`` and ``--seed 1 --out B``, one core each) are joined by
+the same command with ``--merge A B --out C``. Writes ``posterior.nc``,
 ``summary.csv``, ``summary.json``, ``RESULT.md``, ``loo.csv`` and the figures
 (``trace_rank.png``, ``pair.png``, ``forest.png``, ``ppc.png``, ``vpc.png``,
 ``trastuzumab.png``).
@@ -44,12 +46,14 @@ from _bayes import (
     loo_against_baselines,
     md_table,
     sampler_settings,
+    script_checkpoint,
     starts_from_posterior,
 )
 
 import fitcsc
-from fitcsc.files import Checkpoint, csv_text, fingerprint, remove_checkpoint, write_atomic
-from fitcsc.population import csc_population
+import fitcsc.summary as fs
+from fitcsc.files import csv_text, remove_checkpoint, write_atomic
+from fitcsc.population import csc_population, write_posterior_outputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = "mas98_06_pdx/mas98_06_tumor_volume.csv"
@@ -58,6 +62,8 @@ DETECTION_LIMIT_MM3 = 4.0  # smallest palpable volumes recorded; 0 = not palpabl
 QUICK_ARMS, QUICK_MICE = ("Ctrl", "Trast"), 2
 FULL = dict(method="chees", num_chains=8, num_warmup=500, num_samples=500)
 QUICK = dict(method="chees", num_chains=4, num_warmup=30, num_samples=30, map_max_steps=50)
+PAIR = ["csc_division_rate", "self_renewal", "carrying_capacity_cells", "her2_efficacy_csc",
+        "her2_efficacy_bulk"]
 
 
 def regimens(arms):
@@ -103,12 +109,64 @@ def main(args) -> dict:
                             {"prior_scale": {"csc_division_rate": args.vs_prior_sd}}))
     if args.seeded_ref and not args.v0_by_start:
         raise SystemExit("mas98_bayes: --seeded-ref needs --v0-by-start")
+    if args.merge and args.baselines:
+        raise SystemExit("mas98_bayes: --merge samples nothing, so it compares no baselines; "
+                         "drop --baselines")
+    if args.merge:
+        idata, record = merge_runs(args, pop, out)
+    else:
+        idata, record = run(args, pop, batch, out)
+    ident = identification(pop, idata)
+    her2 = her2_terms(idata, "her2_efficacy_csc", "her2_efficacy_bulk", out / "trastuzumab.png",
+                      title="MAS98.06: trastuzumab's CSC term vs its bulk term (all arms "
+                            "with trastuzumab share them)")
+    baselines = (() if args.merge else ("exponential",) if args.quick else
+                 ("exponential", "logistic", "gompertz", "simeoni") if args.baselines is None
+                 else tuple(args.baselines))
+    loo, base_records = loo_against_baselines(
+        idata, batch, regs, out / "baselines",
+        settings=sampler_settings(args, QUICK if args.quick else FULL), baselines=baselines,
+        progress=not args.no_progress)
+    cols = ["model", "rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight",
+            "n_k_high"]
+    write_atomic(out / "loo.csv", csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
+                                                    else str(r[c]) for c in cols]
+                                                   for r in loo]))
+    sampler = record["sampler"]
+    summary = {
+        "question": "MAS98.06 (ER+, HER2 not amplified): trastuzumab on CSC self-renewal "
+                    "or on bulk proliferation? What do the curves identify?",
+        "reduced": bool(not args.quick and any(sampler.get(k, 1) != FULL.get(k, 1) for k in
+                                               ("num_chains", "num_warmup", "num_samples",
+                                                "thinning"))),
+        "n_curves": batch.n_subjects, "arms": list(table.arms),
+        "n_observations": int(np.asarray(batch.mask).sum()),
+        "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
+        "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs, **model_options(args),
+        **record, "identification": ident, "trastuzumab": her2, "loo": loo,
+        "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
+        "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    _result_md(summary, out / "RESULT.md")
+    return summary
+
+
+def model_options(args) -> dict:
+    """The options that define the model (runs merged by ``--merge`` must share them)."""
+    return {"quick": bool(args.quick),
+            "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
+            "precondition": bool(args.precondition), "centred": list(args.centre),
+            "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
+            "seeded_ref": bool(args.seeded_ref), "animal_growth": args.animal_growth,
+            "seeded_v0": args.seeded_v0, "zero_sum_seeded": bool(args.zero_sum_seeded),
+            "seeded_v0_scale": args.seeded_v0_scale}
+
+
+def run(args, pop, batch, out):
+    """Warm start and sample ``pop`` (`_bayes.fit_population`): ``(idata, record)``."""
     settings = sampler_settings(args, QUICK if args.quick else FULL)
-    ckpt = None
-    if args.checkpoint:  # resumes a run of the same options; removed when it finishes
-        ckpt = Checkpoint(out, "mas98_bayes", fingerprint(
-            {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
-            resume=True)
+    ckpt = script_checkpoint(args, out, "mas98_bayes")  # removed when the run finishes
     starts = (None if args.init_from is None else
               starts_from_posterior(pop, args.init_from, settings["num_chains"],
                                     args.init_chain))
@@ -121,48 +179,60 @@ def main(args) -> dict:
                                       net_rate=(("csc_division_rate", "self_renewal")
                                                 if args.net_rate else None),
                                       seeded_ref="seeded" if args.seeded_ref else None,
-                                      refine_steps=20 if args.quick else 300,
-                                      pair=["csc_division_rate", "self_renewal",
-                                            "carrying_capacity_cells", "her2_efficacy_csc",
-                                            "her2_efficacy_bulk"])
+                                      refine_steps=20 if args.quick else 300, pair=PAIR)
     if ckpt is not None:
         remove_checkpoint(out)
-    ident = identification(pop, idata)
-    her2 = her2_terms(idata, "her2_efficacy_csc", "her2_efficacy_bulk", out / "trastuzumab.png",
-                      title="MAS98.06: trastuzumab's CSC term vs its bulk term (all arms "
-                            "with trastuzumab share them)")
-    baselines = ("exponential",) if args.quick else tuple(args.baselines)
-    loo, base_records = loo_against_baselines(idata, batch, regs, out / "baselines",
-                                              settings=settings, baselines=baselines,
-                                              progress=not args.no_progress)
-    cols = ["model", "rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight",
-            "n_k_high"]
-    write_atomic(out / "loo.csv", csv_text(cols, [[f"{r[c]:.6g}" if isinstance(r[c], float)
-                                                    else str(r[c]) for c in cols]
-                                                   for r in loo]))
-    summary = {
-        "question": "MAS98.06 (ER+, HER2 not amplified): trastuzumab on CSC self-renewal "
-                    "or on bulk proliferation? What do the curves identify?",
-        "quick": bool(args.quick),
-        "reduced": bool(not args.quick and any(settings.get(k, 1) != FULL.get(k, 1) for k in
-                                               ("num_chains", "num_warmup", "num_samples",
-                                                "thinning"))),
-        "n_curves": batch.n_subjects, "arms": list(table.arms),
-        "n_observations": int(np.asarray(batch.mask).sum()),
-        "n_censored": int(np.asarray(batch.censored & batch.mask).sum()),
-        "detection_limit_mm3": DETECTION_LIMIT_MM3, "agents": drugs,
-        "vs_prior_sd": args.vs_prior_sd if args.vs_prior_sd is not None else 1.0,
-        "precondition": bool(args.precondition), "centred": list(args.centre),
-        "v0_by_start": bool(args.v0_by_start), "net_rate": bool(args.net_rate),
-        "seeded_ref": bool(args.seeded_ref), "animal_growth": args.animal_growth,
-        "seeded_v0": args.seeded_v0, "zero_sum_seeded": bool(args.zero_sum_seeded),
-        **record, "identification": ident, "trastuzumab": her2, "loo": loo,
-        "baselines": base_records, "wall_s": round(time.perf_counter() - t0, 1),
-        "device": str(jax.devices()[0]), "precision": str(jax.numpy.zeros(()).dtype),
-    }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    _result_md(summary, out / "RESULT.md")
-    return summary
+    return idata, record
+
+
+def merge_runs(args, pop, out):
+    """The chains of the finished runs in ``args.merge`` as one posterior in ``out``
+    (`fitcsc.summary.concat_chains`): ``(idata, record)``. Each run's ``summary.json``
+    must give this command's model options, and its sampler settings must match the
+    others' but for the seed."""
+    runs = [pathlib.Path(d) for d in args.merge]
+    if out.resolve() in {d.resolve() for d in runs}:
+        raise SystemExit(f"mas98_bayes --merge: --out {out} is one of the merged runs; "
+                         "write the merge elsewhere")
+    want, records = model_options(args), []
+    for d in runs:
+        f = d / "summary.json"
+        if not f.is_file():
+            raise SystemExit(f"mas98_bayes --merge: {f}: no such file (is {d} a finished "
+                             "run's output folder?)")
+        r = json.loads(f.read_text())
+        if "merged_from" in r:
+            raise SystemExit(f"mas98_bayes --merge: {f} is itself a merge; merge the runs "
+                             "it names")
+        for k, v in want.items():
+            if k in r and r[k] != v or k not in r and k != "seeded_v0_scale":
+                raise SystemExit(f"mas98_bayes --merge: {f}: {k} is {r.get(k)!r}, this "
+                                 f"command's options give {v!r}")
+        if r["n_parameters"] != pop.space.size:
+            raise SystemExit(f"mas98_bayes --merge: {f}: {r['n_parameters']} parameters, "
+                             f"this command's model has {pop.space.size}")
+        records.append(r)
+    try:
+        idata = fs.concat_chains([d / "posterior.nc" for d in runs])
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"mas98_bayes --merge: {e}") from None
+    diag, _ = write_posterior_outputs(pop, idata, out, pair=PAIR)
+    sampler = {**records[0]["sampler"],
+               "num_chains": sum(r["sampler"]["num_chains"] for r in records),
+               "seed": [r["sampler"]["seed"] for r in records]}
+    slowest = {k: max(r["timing"][k] for r in records) for k in records[0]["timing"]}
+    record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
+              "sampler": sampler, "timing": slowest,
+              "warm_start": {"warm_start_s": max(r["warm_start"]["warm_start_s"]
+                                                 for r in records),
+                             "runs": [r["warm_start"] for r in records]},
+              "warmup": [r["warmup"] for r in records], "convergence": diag,
+              "merged_from": [{"out": str(d), "seed": r["sampler"]["seed"],
+                               "num_chains": r["sampler"]["num_chains"],
+                               "convergence": r["convergence"], "timing": r["timing"],
+                               "wall_s": r["wall_s"]} for d, r in zip(runs, records,
+                                                                      strict=True)]}
+    return idata, record
 
 
 def _result_md(s, path):
@@ -212,6 +282,11 @@ def _result_md(s, path):
              f"{c['n_divergent']} divergent transitions.",
              f"- Posterior predictive: {c['ppc_coverage90']:.1%} of the measured volumes inside "
              "their 90% predictive interval.",
+             *([f"- Merged: the chains of {len(s['merged_from'])} runs (seeds "
+                + ", ".join(str(m['seed']) for m in s['merged_from'])
+                + "), run side by side as separate processes; their own max R-hat "
+                + ", ".join(f"{m['convergence']['rhat_max']:.3f}" for m in s['merged_from'])
+                + ". Times below are the slowest run's."] if s.get("merged_from") else []),
              *([f"- Starts: draws {s['warm_start']['draws']} of chain "
                 f"{s['warm_start']['chain']} of {s['warm_start']['starts_from']} (its chains' "
                 "mean log densities " + ", ".join(f"{x:.1f}" for x in
@@ -246,8 +321,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help=f"arms {QUICK_ARMS}, {QUICK_MICE} mice each, tiny sampler, one baseline")
-    p.add_argument("--baselines", nargs="*", default=["exponential", "logistic", "gompertz",
-                                                      "simeoni"])
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="baseline models for PSIS-LOO (default: exponential logistic gompertz "
+                        "simeoni; none with --merge)")
     add_sampler_arguments(p)
     p.add_argument("--vs-prior-sd", type=float, default=None,
                    help="prior SD of log v_S (the CSC division rate; default 1.0): a smaller "
@@ -298,6 +374,10 @@ def parse_args(argv=None):
     p.add_argument("--init-chain", type=int, default=None,
                    help="with --init-from: that run's chain (default: the one with the "
                         "highest mean log density)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="join the chains of finished runs (their --out folders, run with "
+                        "this command's model options and different --seed) into one "
+                        "posterior in --out; samples nothing")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "mas98_bayes"))

@@ -41,13 +41,12 @@ from _bayes import (
     identification,
     md_table,
     sampler_settings,
+    script_checkpoint,
 )
 
 import fitcsc
 from fitcsc.files import (
-    Checkpoint,
     csv_text,
-    fingerprint,
     pyplot,
     remove_checkpoint,
     save_figure,
@@ -149,11 +148,7 @@ def main(args) -> dict:
     pop = csc_population(batch, regs, groups=lines, level="line", effects="arm",
                          no_group_effect=tuple(args.no_line_effect), **extra)
     settings = sampler_settings(args, QUICK if args.quick else FULL)
-    ckpt = None
-    if args.checkpoint:  # resumes a run of the same options; removed when it finishes
-        ckpt = Checkpoint(out, "pdxe_bayes", fingerprint(
-            {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint")}),
-            resume=True)
+    ckpt = script_checkpoint(args, out, "pdxe_bayes")  # removed when the run finishes
     idata, record, _ = fit_population(pop, batch, out, settings=settings, seed=args.seed,
                                       progress=not args.no_progress,
                                       refine_steps=20 if args.quick else 300,

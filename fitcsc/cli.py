@@ -530,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     for path in args.drug_catalogue:
                         load_drug_catalogue(path)
+                args.parser = parser  # for a job that launches itself (sample --processes)
                 code = int(args.handler(args))
                 if code in (Exit.OK, Exit.FAILED) and args.command in CONFIG_COMMANDS:
                     write_config(parser, args)

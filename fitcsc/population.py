@@ -16,7 +16,8 @@ may move)::
   (with the warm-up's step sizes and leapfrog counts, `WARMUP_STATS`, summarised by
   `warmup_summary`), `z_log_density`.
 - Outputs: `posterior_outputs` (netCDF, summary tables and diagnostic plots of a
-  posterior), `progress_printer`.
+  posterior), `write_posterior_outputs` (the same from an InferenceData, e.g. the
+  chains of several runs by `fitcsc.summary.concat_chains`), `progress_printer`.
 - Gradients: `forward_predict` (each curve's forward-mode Jacobian under reverse-mode
   of the log density) and `vmapped_jacobians` (the same by ``jax.jacfwd`` under
   ``jax.vmap``, the reference it is tested against).
@@ -38,12 +39,20 @@ from ._fit.population_csc import (
     untreated_log_growth,
 )
 from ._fit.sample import WARMUP_STATS, Posterior, run_chains, sample, warmup_summary, z_log_density
-from ._jobs.sample_job import map_curve_z, posterior_outputs, progress_printer, refine, warm_start
+from ._jobs.sample_job import (
+    map_curve_z,
+    posterior_outputs,
+    progress_printer,
+    refine,
+    warm_start,
+    write_posterior_outputs,
+)
 
 __all__ = [
     "Posterior", "PopulationModel", "SiteSpace", "baseline_population", "csc_population",
     "forward_predict", "map_curve_z", "population_model", "posterior_derived",
     "posterior_outputs", "progress_printer", "refine", "run_chains", "sample",
     "seeded_reference_days", "untreated_log_growth", "vmapped_jacobians", "warm_start",
-    "z_log_density", "WARMUP_STATS", "warmup_summary", "zero_sum_basis",
+    "write_posterior_outputs", "z_log_density", "WARMUP_STATS", "warmup_summary",
+    "zero_sum_basis",
 ]

@@ -64,6 +64,7 @@ __all__ = [
     "write_summary_csv",
     "population_inference_data",
     "convergence",
+    "concat_chains",
     "loo_compare",
     "plot_diagnostics",
 ]
@@ -487,6 +488,82 @@ def convergence(idata: az.InferenceData) -> dict[str, Any]:
             "ess_tail_min_population": t_pop,
             "n_divergent": 0 if div is None else int(div.values.sum()),
             "n_draws": int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])}
+
+
+CHAIN_GROUPS = ("posterior", "sample_stats", "log_likelihood", "posterior_predictive")
+
+
+def concat_chains(idatas: Sequence[az.InferenceData | str | os.PathLike],
+                  names: Sequence[str] | None = None) -> az.InferenceData:
+    """The chains of several runs of one population model as one `InferenceData`.
+
+    ``idatas``: InferenceData, or the paths of their netCDF files (`posterior_outputs`'s
+    ``posterior.nc``), which also name them. For chains run as separate processes (one
+    per core, say): each run's
+    ``posterior``, ``sample_stats``, ``log_likelihood`` and ``posterior_predictive``
+    are concatenated along ``chain`` (renumbered from 0), ``observed_data`` is kept once.
+    The runs must be the same model and sampler: the same variables, dims and
+    coordinates, the same observed data and the same ``setting_*`` attributes except
+    the seed, and their seeds must differ (two runs with one seed repeat the same
+    chains, and R-hat and ESS would count them twice). ``names`` (the runs' files, say)
+    name a run in the error. The result's attributes: ``setting_num_chains`` is the
+    total, ``setting_seed`` the runs' seeds joined by commas, ``timing_*`` the slowest
+    run's (the runs went side by side), and ``merged_runs`` the number of runs.
+    """
+    idatas = list(idatas)
+    if names is None:
+        names = [str(x) if isinstance(x, (str, os.PathLike)) else f"run {i}"
+                 for i, x in enumerate(idatas)]
+    idatas = [az.from_netcdf(str(x)) if isinstance(x, (str, os.PathLike)) else x
+              for x in idatas]
+    names = list(names)
+    if len(names) != len(idatas):
+        raise ValueError(f"concat_chains: {len(idatas)} runs but {len(names)} names")
+    if len(idatas) < 2:
+        raise ValueError(f"concat_chains: needs at least 2 runs, got {len(idatas)}")
+    first, name0 = idatas[0], names[0]
+    attrs0 = dict(first.posterior.attrs)
+    seeds = []
+    for idata, name in zip(idatas, names, strict=True):
+        for group in (*CHAIN_GROUPS, "observed_data"):
+            if group not in idata.groups():
+                raise ValueError(f"concat_chains: {name} has no {group} group")
+            a, b = getattr(first, group), getattr(idata, group)
+            if set(a.data_vars) != set(b.data_vars):
+                raise ValueError(f"concat_chains: {name}'s {group} variables "
+                                 f"{sorted(b.data_vars)} differ from {name0}'s "
+                                 f"{sorted(a.data_vars)}")
+            for v in a.data_vars:
+                if a[v].dims != b[v].dims:
+                    raise ValueError(f"concat_chains: {name}'s {group}.{v} has dims "
+                                     f"{b[v].dims}, {name0}'s {a[v].dims}")
+            for c in a.coords:
+                if c not in ("chain", "draw") and not np.array_equal(a[c].values,
+                                                                     b[c].values):
+                    raise ValueError(f"concat_chains: {name}'s {group} coordinate {c!r} "
+                                     f"differs from {name0}'s")
+        if not np.array_equal(first.observed_data["volume_mm3"].values,
+                              idata.observed_data["volume_mm3"].values, equal_nan=True):
+            raise ValueError(f"concat_chains: {name}'s observed data differ from {name0}'s")
+        attrs = dict(idata.posterior.attrs)
+        for k in sorted(set(attrs0) | set(attrs)):
+            if (k.startswith("setting_") and k != "setting_seed" or k == "method") \
+                    and attrs0.get(k) != attrs.get(k):
+                raise ValueError(f"concat_chains: {name} has {k}={attrs.get(k)!r}, "
+                                 f"{name0} {attrs0.get(k)!r}: not the same sampler")
+        seed = attrs.get("setting_seed")
+        if seed is not None and seed in seeds:
+            raise ValueError(f"concat_chains: {name} has seed {seed}, as an earlier run: "
+                             "its chains would repeat that run's")
+        seeds.append(seed)
+    merged = az.concat(*idatas, dim="chain", reset_dim=True)
+    timing = {k: max(float(i.posterior.attrs[k]) for i in idatas)
+              for k in attrs0 if k.startswith("timing_")}
+    attrs = {**attrs0, **timing, "setting_num_chains": int(merged.posterior.sizes["chain"]),
+             "setting_seed": ",".join(str(s) for s in seeds), "merged_runs": len(idatas)}
+    for group in CHAIN_GROUPS:
+        getattr(merged, group).attrs.update(attrs)
+    return merged
 
 
 LOO_FLAT = 1e-3  # log-likelihood span over the draws below which `_loo` skips PSIS

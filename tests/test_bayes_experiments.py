@@ -37,6 +37,44 @@ def test_mas98_bayes_quick(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["convergence"]["n_draws"] == 120
     _check_starts_from_posterior(exp, tmp_path / "posterior.nc")
+    _check_merge(exp, tmp_path, saved)
+
+
+def _check_merge(exp, run, saved):
+    """``--merge`` joins finished runs' chains (a copy of the quick run relabelled seed 1,
+    so the merge holds each chain twice: the same posterior mean and interval, twice
+    the draws), and refuses runs of other model options, a seed used twice, --out among
+    the runs and --baselines, each in one line."""
+    import fitcsc.summary as fs
+
+    copy = run / "seed1"
+    copy.mkdir()
+    idata = fs.az.from_netcdf(str(run / "posterior.nc"))
+    for g in fs.CHAIN_GROUPS:
+        getattr(idata, g).attrs["setting_seed"] = 1
+    idata.to_netcdf(str(copy / "posterior.nc"))
+    other = json.loads(json.dumps(saved))
+    other["sampler"]["seed"] = 1
+    (copy / "summary.json").write_text(json.dumps(other))
+    merge = ["--quick", "--no-progress", "--merge", str(run), str(copy)]
+    m = exp.main(exp.parse_args([*merge, "--out", str(run / "merged")]))
+    assert m["sampler"]["num_chains"] == 8 and m["sampler"]["seed"] == [0, 1]
+    assert m["convergence"]["n_draws"] == 240 and m["loo"][0]["model"] == "csc"
+    for term in ("csc_term", "bulk_term"):
+        for k in ("mean", "q025", "q975"):
+            assert abs(m["trastuzumab"][term][k] - saved["trastuzumab"][term][k]) < 1e-12
+    assert "- Merged: the chains of 2 runs (seeds 0, 1)" in (run / "merged" / "RESULT.md"
+                                                               ).read_text()
+    for extra, match in ((["--v0-by-start"], "summary.json: v0_by_start is False, this "
+                                             "command's options give True"),
+                         (["--baselines", "exponential"], "drop --baselines")):
+        with pytest.raises(SystemExit, match=match):
+            exp.main(exp.parse_args([*merge, *extra, "--out", str(run / "x")]))
+    with pytest.raises(SystemExit, match="seed 0, as an earlier run"):
+        exp.main(exp.parse_args(["--quick", "--merge", str(run), str(run),
+                                 "--out", str(run / "x")]))
+    with pytest.raises(SystemExit, match="is one of the merged runs"):
+        exp.main(exp.parse_args([*merge, "--out", str(copy)]))
 
 
 def _check_starts_from_posterior(exp, path):
@@ -203,7 +241,7 @@ def test_laplace_preconditioner_gaussian():
     assert np.max(np.linalg.eigvalsh(np.asarray(lin2) @ np.asarray(lin2).T)) <= 1.0 + 1e-9
 
 
-def test_sampler_overrides_from_the_command_line():
+def test_sampler_overrides_from_the_command_line(tmp_path):
     exp = _load("pdxe_bayes")
     from _bayes import sampler_settings
 
@@ -223,6 +261,16 @@ def test_sampler_overrides_from_the_command_line():
         "max_leapfrog_steps"] == 64
     ck = mas.parse_args(["--checkpoint", "--seed", "3", "--method", "nuts", "--dense-mass"])
     assert ck.checkpoint and ck.seed == 3 and not mas.parse_args([]).checkpoint
+    from _bayes import script_checkpoint
+
+    assert script_checkpoint(mas.parse_args([]), tmp_path, "mas98_bayes") is None
+    digest = {}  # the options that shape a run, not --no-progress or --merge
+    for name, argv in (("a", ["--checkpoint", "--seed", "3"]),
+                       ("b", ["--checkpoint", "--seed", "3", "--no-progress", "--merge", "x"]),
+                       ("c", ["--checkpoint", "--seed", "4"])):
+        digest[name] = json.loads(script_checkpoint(mas.parse_args(argv), tmp_path,
+                                                    "mas98_bayes")._manifest[1])["fingerprint"]
+    assert digest["a"] == digest["b"] != digest["c"]
     assert mas.parse_args([]).seed == 0 and mas.parse_args([]).centre == []
     assert not mas.parse_args([]).net_rate and not mas.parse_args([]).v0_by_start
     assert mas.parse_args(["--net-rate", "--v0-by-start"]).net_rate

@@ -88,3 +88,41 @@ def test_refused_input(tmp_path, capsys, text, message):
     code = main(["sample", "--data", str(data), "--out", str(tmp_path / "o"), "--quick"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0] and "bad.csv" in err[0]
+
+
+@pytest.mark.slow
+def test_sample_in_processes_joins_their_chains(volumes, tmp_path, capsys):
+    """``--processes 2``: two ``fitcsc sample`` processes of two chains each (seeds 0 and
+    1) whose chains make the four of the joined posterior, value for value; the summary
+    and the report list the processes; R-hat and ESS are those of the four chains. A
+    number of processes that does not divide the chains is refused in one line, before
+    any process starts."""
+    out = tmp_path / "par"
+    code = main(["sample", "--data", str(volumes), "--out", str(out), "--model", "exponential",
+                 "--quick", "--processes", "2"])
+    assert code == 0, (out / "processes" / "1.log").read_text()
+    summary, groups = _check_outputs(out)
+    assert summary["sampler"]["num_chains"] == 4 and summary["sampler"]["seed"] == [0, 1]
+    assert [p["seed"] for p in summary["processes"]] == [0, 1]
+    assert summary["convergence"]["n_draws"] == 160 and groups["posterior"].sizes["chain"] == 4
+    for i in (0, 1):
+        part = json.loads((out / "processes" / str(i) / "summary.json").read_text())
+        assert part["sampler"]["num_chains"] == 2 and part["sampler"]["seed"] == i
+        with xr.open_dataset(out / "processes" / str(i) / "posterior.nc", group="posterior",
+                             engine="h5netcdf") as own:
+            for v in ("beta", "sigma", "eta_animal"):
+                np.testing.assert_array_equal(groups["posterior"][v].values[2 * i:2 * i + 2],
+                                              own[v].values, err_msg=v)
+    import fitcsc.summary as fs
+
+    again = fs.convergence(fs.az.from_netcdf(str(out / "posterior.nc")))
+    assert again["rhat_max"] == summary["convergence"]["rhat_max"]
+    assert "Chains run as 2 processes side by side (seeds 0, 1" in (out / "report.md").read_text()
+    assert "fitcsc sample: 6 curves" in capsys.readouterr().out
+    check_sample_report(out, tmp_path)
+
+    code = main(["sample", "--data", str(volumes), "--out", str(tmp_path / "x"), "--quick",
+                 "--processes", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--processes 3" in err[0] and "--chains 4" in err[0]
+    assert not (tmp_path / "x" / "processes").exists()

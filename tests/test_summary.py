@@ -313,3 +313,55 @@ def test_population_plots(population_posteriors, tmp_path):
     for f in [*files, tmp_path / "ppc.png", tmp_path / "vpc.png"]:
         assert pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0.5 < cov <= 1.0
+
+
+def test_concat_chains_joins_runs_as_one_posterior(population_posteriors, tmp_path):
+    """Two runs that hold chains 0-1 and 2-3 of one posterior, each with its own seed,
+    join into the InferenceData of all four chains: the same values in every chain
+    group, the same R-hat and ESS, the settings of one run with the chains summed and
+    both seeds. Runs of another sampler setting or model, a seed used twice, and a
+    single run are refused by name."""
+    _, out = population_posteriors
+    pop, post, whole, derived = out["exponential"]
+    halves = []
+    for seed, part in ((0, slice(0, 2)), (1, slice(2, 4))):
+        p = post._replace(z=post.z[part],
+                          sample_stats={k: v[part] for k, v in post.sample_stats.items()},
+                          settings={**post.settings, "num_chains": 2, "seed": seed})
+        halves.append(fs.population_inference_data(pop, p, {k: v[part]
+                                                            for k, v in derived.items()}))
+    paths = []
+    for i, h in enumerate(halves):
+        paths.append(tmp_path / f"run{i}.nc")
+        h.to_netcdf(str(paths[-1]))
+    merged = fs.concat_chains(paths)
+    for g in fs.CHAIN_GROUPS:
+        for v in getattr(whole, g).data_vars:
+            np.testing.assert_array_equal(getattr(merged, g)[v].values,
+                                          getattr(whole, g)[v].values, err_msg=f"{g}.{v}")
+    assert list(merged.posterior["chain"].values) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(merged.observed_data["volume_mm3"].values,
+                                  whole.observed_data["volume_mm3"].values)
+    got, want = fs.convergence(merged), fs.convergence(whole)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, err_msg=k)
+    a = merged.posterior.attrs
+    assert a["setting_num_chains"] == 4 and a["setting_seed"] == "0,1" and a["merged_runs"] == 2
+
+    again = tmp_path / "again.nc"
+    again.write_bytes(paths[0].read_bytes())
+    with pytest.raises(ValueError, match=r"again\.nc has seed 0, as an earlier run"):
+        fs.concat_chains([paths[0], again])
+    other = halves[1].copy()
+    for g in fs.CHAIN_GROUPS:
+        getattr(other, g).attrs["setting_num_warmup"] = 7
+    with pytest.raises(ValueError, match="setting_num_warmup=7.*not the same sampler"):
+        fs.concat_chains([halves[0], other], names=["a", "b"])
+    with pytest.raises(ValueError, match="b's posterior coordinate 'fixed_effect' differs"):
+        fs.concat_chains([halves[0], out["logistic"][2]], names=["a", "b"])
+    fewer = halves[1].copy()
+    fewer.posterior = fewer.posterior.drop_vars("sigma")
+    with pytest.raises(ValueError, match="b's posterior variables"):
+        fs.concat_chains([halves[0], fewer], names=["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        fs.concat_chains([halves[0]])

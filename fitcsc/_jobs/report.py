@@ -489,6 +489,11 @@ def _sample_lines(d, s) -> list[str]:
               f"{ws['map']}, then {ws['refine_steps']} Adam steps on the population log "
               f"density ({_g(ws['log_density_map'], 6)} -> {_g(ws['log_density_start'], 6)})."
               f" {s['device']}, {s['precision']}; total {s['wall_s']} s.", "",
+              *([f"Chains run as {len(s['processes'])} processes side by side (seeds "
+                 + ", ".join(str(p["seed"]) for p in s["processes"]) + ", in "
+                 "`processes/`), joined into one posterior; each process's own max R-hat "
+                 + ", ".join(_g(p["rhat_max"], 4) for p in s["processes"]) + ".", ""]
+                if s.get("processes") else []),
               SECTIONS[2], ""]
     lines += _table(["", "all sampled variables", "population-level variables"],
                     [["max R-hat", _g(c["rhat_max"], 4), _g(c["rhat_max_population"], 4)],
