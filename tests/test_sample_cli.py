@@ -108,6 +108,10 @@ def test_sample_in_processes_joins_their_chains(volumes, tmp_path, capsys):
     for i in (0, 1):
         part = json.loads((out / "processes" / str(i) / "summary.json").read_text())
         assert part["sampler"]["num_chains"] == 2 and part["sampler"]["seed"] == i
+        # the processes run with --no-plots: no figures, no report, the PPC coverage still
+        assert not list((out / "processes" / str(i)).glob("*.png"))
+        assert not (out / "processes" / str(i) / "report.md").exists()
+        assert 0 < part["convergence"]["ppc_coverage90"] <= 1
         with xr.open_dataset(out / "processes" / str(i) / "posterior.nc", group="posterior",
                              engine="h5netcdf") as own:
             for v in ("beta", "sigma", "eta_animal"):

@@ -26,14 +26,27 @@ def _obs(idata):
             od["day"].values, od["censored"].values.astype(bool))
 
 
-def plot_ppc(idata, path, *, prob: float = 0.9) -> float:
-    """Observed vs posterior predictive (median, ``prob`` interval) per observation.
-    **Returns:** the fraction of uncensored observations inside their interval."""
-    plt = pyplot()
+def _ppc_bands(idata, prob):
+    """Observations, arms, censoring, the predictive (lower, median, upper) per
+    observation and the fraction of uncensored observations inside."""
     y, rep, arm, _, cens = _obs(idata)
     lo, med, hi = np.nanpercentile(rep, [50 * (1 - prob), 50, 50 * (1 + prob)], axis=0)
     inside = (y >= lo) & (y <= hi)
     coverage = float(inside[~cens].mean()) if (~cens).any() else float("nan")
+    return y, arm, cens, (lo, med, hi), coverage
+
+
+def ppc_coverage(idata, *, prob: float = 0.9) -> float:
+    """The fraction of uncensored observations inside their ``prob`` posterior
+    predictive interval (what `plot_ppc` reports, without the figure)."""
+    return _ppc_bands(idata, prob)[-1]
+
+
+def plot_ppc(idata, path, *, prob: float = 0.9) -> float:
+    """Observed vs posterior predictive (median, ``prob`` interval) per observation.
+    **Returns:** the fraction of uncensored observations inside their interval."""
+    plt = pyplot()
+    y, arm, cens, (lo, med, hi), coverage = _ppc_bands(idata, prob)
     colours = arm_colours(arm)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
     for a, c in colours.items():

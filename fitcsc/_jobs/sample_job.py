@@ -161,23 +161,27 @@ def build(table, regimens, batch, *, model="csc", group_by=None, effects="arm",
     return pop, groups
 
 
-def posterior_outputs(pop, post, out, *, key, pair=None) -> tuple[dict, object, list]:
-    """InferenceData, summary table and plots of ``post`` in ``out``; returns the
-    convergence summary (and the PPC coverage), the InferenceData and the summary rows."""
+def posterior_outputs(pop, post, out, *, key, pair=None,
+                      plots: bool = True) -> tuple[dict, object, list]:
+    """InferenceData, summary table and (with ``plots``) plots of ``post`` in ``out``;
+    returns the convergence summary (and the PPC coverage), the InferenceData and the
+    summary rows."""
     import fitcsc.summary as fs
 
     idata = fs.population_inference_data(pop, post, posterior_derived(pop, post.z, key))
-    diag, rows = write_posterior_outputs(pop, idata, out, pair=pair)
+    diag, rows = write_posterior_outputs(pop, idata, out, pair=pair, plots=plots)
     return diag, idata, rows
 
 
-def write_posterior_outputs(pop, idata, out, *, pair=None) -> tuple[dict, list]:
-    """``posterior.nc``, ``summary.csv`` and the plots of ``pop``'s posterior ``idata``
-    in ``out`` (also for chains of several runs, `fitcsc.summary.concat_chains`);
-    returns the convergence summary (and the PPC coverage) and the summary rows."""
+def write_posterior_outputs(pop, idata, out, *, pair=None,
+                            plots: bool = True) -> tuple[dict, list]:
+    """``posterior.nc``, ``summary.csv`` and (with ``plots``) the plots of ``pop``'s
+    posterior ``idata`` in ``out`` (also for chains of several runs,
+    `fitcsc.summary.concat_chains`); returns the convergence summary (and the PPC
+    coverage) and the summary rows."""
     import fitcsc.summary as fs
 
-    from .population_plot import plot_ppc, plot_vpc
+    from .population_plot import plot_ppc, plot_vpc, ppc_coverage
     from .report import param_unit
 
     out = pathlib.Path(out)
@@ -187,6 +191,8 @@ def write_posterior_outputs(pop, idata, out, *, pair=None) -> tuple[dict, list]:
     tmp.replace(out / "posterior.nc")
     rows = fs.summarize(idata, var_names=fs.population_var_names(idata))
     fs.write_summary_csv(rows, out / "summary.csv")
+    if not plots:
+        return {**fs.convergence(idata), "ppc_coverage90": ppc_coverage(idata)}, rows
     effects = [f for f in pop.fe_labels if not f.startswith(V0)]
     bounded = [f for f, t in zip(pop.fe_labels, pop.fe_transforms, strict=True)
                if isinstance(t, Interval)]
@@ -210,14 +216,15 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
                num_samples: int | None = None, dense_mass: bool = False, seed: int = 0,
                detection_limit_mm3: float = 1.0, species: str = "mouse",
                quick: bool = False, progress: bool = True, report: bool = True,
-               resume: bool = False) -> dict:
+               plots: bool = True, resume: bool = False) -> dict:
     """Run the sample job (see the module docstring). **Returns:** the summary.
 
     The warm start, the warm-up and every chunk of draws are checkpointed in
     ``out_dir/.checkpoint`` (`fitcsc._io.checkpoint`, removed at the end); with `resume`,
     an interrupted run continues from them to the same draws. Without it, an
     ``out_dir`` holding an unfinished run's checkpoint is refused. `report`: write
-    ``report.md`` at the end (`fitcsc._jobs.report.write_report`)."""
+    ``report.md`` at the end (`fitcsc._jobs.report.write_report`; it shows the
+    figures, so it needs `plots`)."""
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir)
     settings = dict(QUICK if quick else DEFAULTS)
@@ -251,7 +258,8 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
             z_start, start_info = saved["z"], json.loads(str(saved["info"]))
         post = sample(pop.log_density, z_start, method=method, dense_mass=dense_mass,
                       seed=seed, progress=show, checkpoint=ckpt, **settings)
-    diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1))
+    diag, _, rows = posterior_outputs(pop, post, out, key=jax.random.key(seed + 1),
+                                      plots=plots)
     summary = {
         **_model_summary(data_file, source, batch, pop, model=model, group_by=group_by,
                          effects=effects, quick=quick),
@@ -263,7 +271,7 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "checkpoint": ckpt.record(),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    if report:
+    if report and plots:
         from .report import write_report
 
         write_report(out)
@@ -299,8 +307,8 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
 
     Each process is ``fitcsc sample`` with this run's resolved options (written to
     ``OUT/processes/<i>.toml``, `fitcsc._jobs.config`), ``--chains / N`` chains and seed
-    ``--seed + i``, one XLA thread, in ``OUT/processes/<i>`` (its log beside it; the
-    first process shows its progress on a terminal). When all have finished, their
+    ``--seed + i``, one XLA thread and ``--no-plots``, in ``OUT/processes/<i>`` (its log
+    beside it; the first process shows its progress on a terminal). When all have finished, their
     chains are joined into one posterior in ``OUT`` (`fitcsc.summary.concat_chains`,
     `write_posterior_outputs`), with ``summary.json`` listing each process. The data
     and the model are checked here first, so bad input is refused before any process
@@ -353,6 +361,7 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
             write_atomic(cfg, tomli_w.dumps({
                 **doc, "quiet": not (i == 0 and show),
                 "sample": {**doc["sample"], "processes": 1, "chains": chains // n,
+                           "no_plots": True,
                            "seed": int(args.seed) + i, "out": os.path.abspath(run)}}))
             log = (work / f"{i}.log").open("w")
             procs[i] = subprocess.Popen(
@@ -372,7 +381,7 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
                            "(rerun with --resume)")
     records = [json.loads((r / "summary.json").read_text()) for r in runs]
     idata = fs.concat_chains([r / "posterior.nc" for r in runs])
-    diag, _ = write_posterior_outputs(pop, idata, out)
+    diag, _ = write_posterior_outputs(pop, idata, out, plots=not args.no_plots)
     seeds = [r["sampler"]["seed"] for r in records]
     summary = {
         **_model_summary(data_file, source, batch, pop, model=args.model,
@@ -389,9 +398,10 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
         **run_record(sampler=seeds, posterior_predictive=[s + 1 for s in seeds]),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    from .report import write_report
+    if not args.no_plots:
+        from .report import write_report
 
-    write_report(out)
+        write_report(out)
     return summary
 
 
@@ -427,6 +437,9 @@ def add_sample_command(subparsers, common) -> None:
                         "(--chains split evenly, seeds SEED to SEED+N-1), then join them "
                         "into one posterior; on a CPU with N free cores, about N times the "
                         "draws per second of one process (default 1)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write posterior.nc, summary.csv and summary.json only: no figures "
+                        "and no report.md (the processes of --processes run so)")
     p.add_argument("--detection-limit-mm3", type=float, default=1.0)
     p.add_argument("--species", default="mouse", choices=("mouse", "human"))
     p.add_argument("--quick", action="store_true",
@@ -451,7 +464,8 @@ def _run(args) -> int:
                        method=args.method, num_chains=args.chains, num_warmup=args.warmup,
                        num_samples=args.samples, dense_mass=args.dense_mass, seed=args.seed,
                        detection_limit_mm3=args.detection_limit_mm3, species=args.species,
-                       quick=args.quick, progress=not args.quiet, resume=args.resume)
+                       quick=args.quick, progress=not args.quiet, plots=not args.no_plots,
+                       resume=args.resume)
     c = s["convergence"]
     if args.quiet:
         return 0
