@@ -125,6 +125,14 @@ def test_sample_in_processes_joins_their_chains(volumes, tmp_path, capsys):
     assert "fitcsc sample: 6 curves" in capsys.readouterr().out
     check_sample_report(out, tmp_path)
 
+    # --resume keeps the finished processes (no process runs again) and joins them again
+    logs = {i: (out / "processes" / f"{i}.log").stat().st_mtime_ns for i in (0, 1)}
+    assert main(["sample", "--data", str(volumes), "--out", str(out), "--model",
+                 "exponential", "--quick", "--processes", "2", "--resume", "--quiet"]) == 0
+    assert {i: (out / "processes" / f"{i}.log").stat().st_mtime_ns for i in (0, 1)} == logs
+    with xr.open_dataset(out / "posterior.nc", group="posterior", engine="h5netcdf") as new:
+        np.testing.assert_array_equal(new["beta"].values, groups["posterior"]["beta"].values)
+
     code = main(["sample", "--data", str(volumes), "--out", str(tmp_path / "x"), "--quick",
                  "--processes", "3"])
     err = capsys.readouterr().err.strip().splitlines()
