@@ -308,12 +308,13 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
     Each process is ``fitcsc sample`` with this run's resolved options (written to
     ``OUT/processes/<i>.toml``, `fitcsc._jobs.config`), ``--chains / N`` chains and seed
     ``--seed + i``, one XLA thread and ``--no-plots``, in ``OUT/processes/<i>`` (its log
-    beside it; the first process shows its progress on a terminal). When all have finished, their
-    chains are joined into one posterior in ``OUT`` (`fitcsc.summary.concat_chains`,
-    `write_posterior_outputs`), with ``summary.json`` listing each process. The data
-    and the model are checked here first, so bad input is refused before any process
-    starts. With ``--resume``, a process that finished is kept and the others resume
-    from their checkpoints. **Returns:** the summary."""
+    beside it; the first process shows its progress on a terminal). When all have
+    finished, their chains are joined into one posterior in ``OUT``
+    (`fitcsc.summary.concat_chains`, `write_posterior_outputs`), with ``summary.json``
+    listing each process. The data and the model are checked here first, so bad input
+    is refused before any process starts; so is a device other than the CPU. With
+    ``--resume``, a process that finished is kept and the others resume from their
+    checkpoints. **Returns:** the summary."""
     import os
     import subprocess
 
@@ -332,6 +333,10 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
         raise FitcscInputError(f"--processes {n}: expected a number of processes that "
                                f"divides --chains {chains} (each process runs as many "
                                "chains)")
+    if jax.default_backend() != "cpu":
+        raise FitcscInputError(f"--processes {n}: runs the chains as CPU processes; on "
+                               f"{jax.default_backend()}, the vmapped chains of one process "
+                               "already run in parallel (drop --processes)")
     batch, regimens, source, notes, table = load_job_data(
         data_file, regimens_file, args.model, args.species, args.detection_limit_mm3,
         8 if quick else None, None, with_table=True)
