@@ -440,8 +440,9 @@ def add_sample_command(subparsers, common) -> None:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="run the chains as N processes side by side, one XLA thread each "
                         "(--chains split evenly, seeds SEED to SEED+N-1), then join them "
-                        "into one posterior; on a CPU with N free cores, about N times the "
-                        "draws per second of one process (default 1)")
+                        "into one posterior; warm-up and sampling 1.4-1.8x faster with 2 "
+                        "processes on 2 free cores (benchmarks/sample_processes.py; "
+                        "default 1)")
     p.add_argument("--no-plots", action="store_true",
                    help="write posterior.nc, summary.csv and summary.json only: no figures "
                         "and no report.md (the processes of --processes run so)")
