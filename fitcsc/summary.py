@@ -508,7 +508,8 @@ def concat_chains(idatas: Sequence[az.InferenceData | str | os.PathLike],
     chains, and R-hat and ESS would count them twice). ``names`` (the runs' files, say)
     name a run in the error. The result's attributes: ``setting_num_chains`` is the
     total, ``setting_seed`` the runs' seeds joined by commas, ``timing_*`` the slowest
-    run's (the runs went side by side), and ``merged_runs`` the number of runs.
+    run's where every run has it (the runs went side by side), and ``merged_runs`` the
+    number of runs.
     """
     idatas = list(idatas)
     if names is None:
@@ -557,8 +558,8 @@ def concat_chains(idatas: Sequence[az.InferenceData | str | os.PathLike],
                              "its chains would repeat that run's")
         seeds.append(seed)
     merged = az.concat(*idatas, dim="chain", reset_dim=True)
-    timing = {k: max(float(i.posterior.attrs[k]) for i in idatas)
-              for k in attrs0 if k.startswith("timing_")}
+    timing = {k: max(float(i.posterior.attrs[k]) for i in idatas) for k in attrs0
+              if k.startswith("timing_") and all(k in i.posterior.attrs for i in idatas)}
     attrs = {**attrs0, **timing, "setting_num_chains": int(merged.posterior.sizes["chain"]),
              "setting_seed": ",".join(str(s) for s in seeds), "merged_runs": len(idatas)}
     for group in CHAIN_GROUPS:
