@@ -220,9 +220,8 @@ def merge_runs(args, pop, out):
     sampler = {**records[0]["sampler"],
                "num_chains": sum(r["sampler"]["num_chains"] for r in records),
                "seed": [r["sampler"]["seed"] for r in records]}
-    slowest = {k: max(r["timing"][k] for r in records) for k in records[0]["timing"]}
     record = {"n_parameters": pop.space.size, "fixed_effects": list(pop.fe_labels),
-              "sampler": sampler, "timing": slowest,
+              "sampler": sampler, "timing": fs.sampler_timing(idata),  # the slowest run's
               "warm_start": {"warm_start_s": max(r["warm_start"]["warm_start_s"]
                                                  for r in records),
                              "runs": [r["warm_start"] for r in records]},

@@ -65,6 +65,7 @@ __all__ = [
     "population_inference_data",
     "convergence",
     "concat_chains",
+    "sampler_timing",
     "loo_compare",
     "plot_diagnostics",
 ]
@@ -565,6 +566,13 @@ def concat_chains(idatas: Sequence[az.InferenceData | str | os.PathLike],
     for group in CHAIN_GROUPS:
         getattr(merged, group).attrs.update(attrs)
     return merged
+
+
+def sampler_timing(idata: az.InferenceData) -> dict[str, float]:
+    """The sampler's timings [s] stored in ``idata``'s posterior attributes (``timing_*``
+    without the prefix; for joined runs, `concat_chains`, the slowest run's)."""
+    return {k.removeprefix("timing_"): float(v) for k, v in idata.posterior.attrs.items()
+            if k.startswith("timing_")}
 
 
 LOO_FLAT = 1e-3  # log-likelihood span over the draws below which `_loo` skips PSIS

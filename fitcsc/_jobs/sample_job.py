@@ -392,7 +392,7 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
         **_model_summary(data_file, source, batch, pop, model=args.model,
                          group_by=args.group_by, effects=args.effects, quick=quick),
         "sampler": {**records[0]["sampler"], "num_chains": chains, "seed": seeds},
-        "timing": {k: max(r["timing"][k] for r in records) for k in records[0]["timing"]},
+        "timing": fs.sampler_timing(idata),  # the slowest process's
         "warmup": records[0]["warmup"], "warm_start": records[0]["warm_start"],
         "convergence": diag, "notes": notes,
         "processes": [{"out": str(run), "seed": r["sampler"]["seed"],
