@@ -366,7 +366,8 @@ def parse_args(argv=None):
                    help="seed of the chains' starts and the sampler (default 0)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
-                        "rerun with the same options resumes from them")
+                        "rerun with the same options resumes from them (with --method "
+                        "nuts, --draws may differ: more extend the chains)")
     p.add_argument("--init-from", default=None, metavar="POSTERIOR_NC",
                    help="start the chains at draws of one chain of an earlier run with the "
                         "same options (its posterior.nc) in place of the MAP warm start")

@@ -277,7 +277,8 @@ def parse_args(argv=None):
                    help="seed of the chains' starts and the sampler (default 0)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
-                        "rerun with the same options resumes from them")
+                        "rerun with the same options resumes from them (with --method "
+                        "nuts, --draws may differ: more extend the chains)")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pdxe_bayes"))

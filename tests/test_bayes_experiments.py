@@ -264,13 +264,18 @@ def test_sampler_overrides_from_the_command_line(tmp_path):
     from _bayes import script_checkpoint
 
     assert script_checkpoint(mas.parse_args([]), tmp_path, "mas98_bayes") is None
-    digest = {}  # the options that shape a run, not --no-progress or --merge
+    digest = {}  # the options that shape a run, not --no-progress or --merge (nor, with
+    # NUTS, whose draws do not depend on how many follow, --draws)
     for name, argv in (("a", ["--checkpoint", "--seed", "3"]),
                        ("b", ["--checkpoint", "--seed", "3", "--no-progress", "--merge", "x"]),
-                       ("c", ["--checkpoint", "--seed", "4"])):
+                       ("c", ["--checkpoint", "--seed", "4"]),
+                       ("d", ["--checkpoint", "--seed", "3", "--draws", "50"]),
+                       ("e", ["--checkpoint", "--method", "nuts", "--draws", "50"]),
+                       ("f", ["--checkpoint", "--method", "nuts", "--draws", "80"])):
         digest[name] = json.loads(script_checkpoint(mas.parse_args(argv), tmp_path,
                                                     "mas98_bayes")._manifest[1])["fingerprint"]
     assert digest["a"] == digest["b"] != digest["c"]
+    assert digest["d"] != digest["a"] and digest["e"] == digest["f"]
     assert mas.parse_args([]).seed == 0 and mas.parse_args([]).centre == []
     assert not mas.parse_args([]).net_rate and not mas.parse_args([]).v0_by_start
     assert mas.parse_args(["--net-rate", "--v0-by-start"]).net_rate

@@ -259,6 +259,95 @@ def test_sampler_resumes_to_the_same_draws(method, tmp_path):
 
 
 @pytest.mark.slow
+def test_nuts_resumed_with_more_draws_extends_the_chains(tmp_path):
+    """NUTS's draws do not depend on how many follow: a finished 50-draw run's checkpoint
+    (chunks of 5 draws), resumed with 100 draws, loads its warm-up and ten chunks, runs
+    ten more from the saved chain states, and equals an uninterrupted 100-draw run's
+    draws and statistics (the first 50 are the short run's); resumed with 30, it loads
+    six chunks and runs nothing. A number of draws that is not a whole number of the
+    saved chunks is refused."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from fitcsc import sample
+    from fitcsc._io.checkpoint import Checkpoint
+
+    prec = jnp.asarray([[2.0, 0.8], [0.8, 1.0]])
+
+    def log_density(z):
+        return -0.5 * z @ prec @ z
+
+    kw = dict(method="nuts", num_warmup=60, num_chains=3, seed=5)
+    full = sample(log_density, jnp.zeros(2), num_samples=100, **kw)
+    short = sample(log_density, jnp.zeros(2), num_samples=50,
+                   checkpoint=Checkpoint(tmp_path / "a", "s", "x", resume=False), **kw)
+    np.testing.assert_array_equal(short.z, full.z[:, :50])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    ckpt = Checkpoint(tmp_path / "a", "s", "x", resume=True)
+    longer = sample(log_density, jnp.zeros(2), num_samples=100, checkpoint=ckpt, **kw)
+    assert ckpt.resumed == ["warmup"] + [f"draws_{i:05d}" for i in range(10)]
+    assert ckpt.saved == [f"draws_{i:05d}" for i in range(10, 20)]
+    np.testing.assert_array_equal(longer.z, full.z)
+    for k, v in full.sample_stats.items():
+        np.testing.assert_array_equal(longer.sample_stats[k], v, err_msg=k)
+    fewer = Checkpoint(tmp_path / "b", "s", "x", resume=True)
+    post = sample(log_density, jnp.zeros(2), num_samples=30, checkpoint=fewer, **kw)
+    assert fewer.resumed == ["warmup"] + [f"draws_{i:05d}" for i in range(6)]
+    assert fewer.saved == []  # a fresh 30-draw run would take chunks of 3
+    np.testing.assert_array_equal(post.z, full.z[:, :30])
+    with pytest.raises(ValueError, match="chunks hold 5 draws per chain; resume with a "
+                                         "multiple of 5 draws, not 64"):
+        sample(log_density, jnp.zeros(2), num_samples=64,
+               checkpoint=Checkpoint(tmp_path / "c", "s", "x", resume=True), **kw)
+
+
+@pytest.mark.slow
+def test_sample_job_nuts_resumed_with_more_draws(volumes, tmp_path, monkeypatch, capsys):
+    """``fitcsc sample --method nuts`` stopped (Ctrl-C) after two chunks of draws, then
+    ``--resume --samples 80``: the run is extended, not refused, and its first 40 draws
+    per chain are an uninterrupted 40-draw run's; ChEES with another ``--samples`` is
+    refused (its draws depend on the number asked for)."""
+    import xarray as xr
+
+    from fitcsc._io.checkpoint import Checkpoint
+
+    argv = ["--model", "exponential", "--quick", "--quiet", "--seed", "2", "--method", "nuts"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(["sample", "--data", str(volumes), "--out", str(ref), *argv]) == 0
+    real = Checkpoint.save
+
+    def stop_after_two_chunks(self, name, arrays):
+        real(self, name, arrays)
+        if name == "draws_00001":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", stop_after_two_chunks)
+    assert main(["sample", "--data", str(volumes), "--out", str(out), *argv]) == 130
+    monkeypatch.setattr(Checkpoint, "save", real)
+    capsys.readouterr()
+    assert main(["sample", "--data", str(volumes), "--out", str(out), *argv, "--resume",
+                 "--samples", "80"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sampler"]["num_samples"] == 80
+    assert summary["checkpoint"]["resumed_chunks"] == 4  # warm start, warm-up, 2 chunks
+    a, b = (xr.open_dataset(d / "posterior.nc", group="posterior", engine="h5netcdf")
+            for d in (ref, out))
+    assert b.sizes["draw"] == 80
+    xr.testing.assert_equal(a, b.isel(draw=slice(0, 40)))
+
+    chees = ["--model", "exponential", "--quick", "--quiet", "--seed", "2"]
+    monkeypatch.setattr(Checkpoint, "save", stop_after_two_chunks)
+    assert main(["sample", "--data", str(volumes), "--out", str(tmp_path / "c"), *chees]) == 130
+    monkeypatch.setattr(Checkpoint, "save", real)
+    capsys.readouterr()
+    assert main(["sample", "--data", str(volumes), "--out", str(tmp_path / "c"), *chees,
+                 "--resume", "--samples", "80"]) == 2
+    assert "other data or options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_sample_job_kill_9_then_resume(volumes, tmp_path):
     """``fitcsc sample`` killed (-9) once its first chunk of draws is saved, resumed: the
     saved parts are not rerun and the posterior equals an uninterrupted run's."""

@@ -133,6 +133,15 @@ def test_sample_in_processes_joins_their_chains(volumes, tmp_path, capsys):
     with xr.open_dataset(out / "posterior.nc", group="posterior", engine="h5netcdf") as new:
         np.testing.assert_array_equal(new["beta"].values, groups["posterior"]["beta"].values)
 
+    # a finished process cannot be extended (its checkpoint is gone): another --samples
+    # with --resume is refused in one line, before anything runs
+    capsys.readouterr()
+    code = main(["sample", "--data", str(volumes), "--out", str(out), "--model",
+                 "exponential", "--quick", "--processes", "2", "--resume", "--samples", "80"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "finished with 40 draws" in err[0], err
+    assert {i: (out / "processes" / f"{i}.log").stat().st_mtime_ns for i in (0, 1)} == logs
+
     code = main(["sample", "--data", str(volumes), "--out", str(tmp_path / "x"), "--quick",
                  "--processes", "3"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -365,7 +365,11 @@ def sample(
       every chunk of draws with the chain states after it (``draws_00003``) are saved;
       parts already there are loaded, not rerun, so an interrupted run resumes to the
       same draws (each chunk's key depends on its index only). NUTS's warm-up is saved
-      when it ends (an interruption during it reruns it).
+      when it ends (an interruption during it reruns it). NUTS's draws do not depend on
+      how many follow, so a NUTS run resumed after its warm-up may ask for another
+      ``num_samples``, a multiple of the saved chunks' draws: more extend the chains
+      from the last saved state (the first draws are the interrupted run's), fewer stop
+      early.
 
     **Returns:** a `Posterior`: ``z`` ``(num_chains, num_samples, d)``, ``sample_stats``
     (``diverging``, ``acceptance_rate``, ``n_steps`` (gradient evaluations), ``energy``,
@@ -405,6 +409,7 @@ def sample(
     # resumed run must not depend on whether either run printed progress
     chunk = _chunk(num_warmup, num_samples, progress is not None or checkpoint is not None)
     store = _CarryStore(checkpoint)
+    first = None  # NUTS resumed after its warm-up: the first saved chunk of draws
 
     if method == "nuts":
         init, step = _nuts(log_density, num_warmup, dense_mass, target_accept_prob,
@@ -421,6 +426,19 @@ def sample(
             carry = jax.block_until_ready(jax.jit(init)(keys_warm, z0))
             timing["init_s"] = time.perf_counter() - t
             phases.insert(0, ("warmup", num_warmup))
+        else:  # resumed after the warm-up: the saved chunks of draws set the chunk size
+            # (NUTS's draws do not depend on how many follow, so the run may ask for more
+            # or fewer draws than the interrupted one, in whole chunks)
+            first = store.load("draws_00000", lambda: jax.eval_shape(
+                _scan(step, chunk, thinning), carry, key_run))
+            if first is not None:
+                saved_chunk = int(first[1][0].shape[0])
+                if num_samples % saved_chunk:
+                    raise ValueError(
+                        f"sample: the checkpoint's chunks hold {saved_chunk} draws per "
+                        f"chain; resume with a multiple of {saved_chunk} draws, not "
+                        f"{num_samples} (or start over)")
+                chunk = saved_chunk
     else:
         done = [0]
 
@@ -457,10 +475,17 @@ def sample(
         for i, key in enumerate(jax.random.split(jax.random.fold_in(key_run, fold[phase]),
                                                  total // chunk)):
             name = f"draws_{i:05d}"
-            got = store.load(name, lambda c=carry: jax.eval_shape(
-                _scan(step, chunk, thinning), c, key_run)) if phase == "sampling" else None
+            if phase == "sampling" and i == 0 and first is not None:
+                got = first  # loaded above, to read its size
+            else:
+                got = store.load(name, lambda c=carry: jax.eval_shape(
+                    _scan(step, chunk, thinning), c, key_run)) if phase == "sampling" else None
             if got is not None:
                 carry, (z, st) = got
+                if z.shape[0] != chunk:  # ChEES's draws depend on num_samples: no resize
+                    raise ValueError(f"sample: the checkpoint's {name} holds {z.shape[0]} "
+                                     f"draws per chain, not {chunk}: resume with the "
+                                     "interrupted run's num_warmup and num_samples")
             else:
                 if thin not in runs:
                     tc = time.perf_counter()

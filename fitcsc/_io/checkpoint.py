@@ -143,12 +143,13 @@ def remove(out) -> None:
     shutil.rmtree(pathlib.Path(out) / DIR, ignore_errors=True)
 
 
-def add_resume_option(parser, what: str) -> None:
-    """``--resume`` of a job that checkpoints every finished ``what`` (`fitcsc._io.checkpoint`)."""
+def add_resume_option(parser, what: str, extra: str = "") -> None:
+    """``--resume`` of a job that checkpoints every finished ``what`` (`fitcsc._io.checkpoint`);
+    ``extra``: a sentence the job adds to the help."""
     parser.add_argument(
         "--resume", action="store_true",
         help=f"continue the interrupted run (Ctrl-C, kill) whose checkpoint --out holds: "
         f"every finished {what} is saved in OUT/.checkpoint and not redone; the results "
-        "equal an uninterrupted run's. Refused when the data or options differ. Without "
-        "--resume, an OUT holding an unfinished run's checkpoint is refused (never "
+        f"equal an uninterrupted run's. Refused when the data or options differ.{extra} "
+        "Without --resume, an OUT holding an unfinished run's checkpoint is refused (never "
         "overwritten): resume it, or delete OUT/.checkpoint to start over")

@@ -221,7 +221,9 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
 
     The warm start, the warm-up and every chunk of draws are checkpointed in
     ``out_dir/.checkpoint`` (`fitcsc._io.checkpoint`, removed at the end); with `resume`,
-    an interrupted run continues from them to the same draws. Without it, an
+    an interrupted run continues from them to the same draws. With NUTS the resumed run
+    may ask for another `num_samples`: more extend the chains from their saved state
+    (the first draws are the interrupted run's), fewer stop early. Without it, an
     ``out_dir`` holding an unfinished run's checkpoint is refused. `report`: write
     ``report.md`` at the end (`fitcsc._jobs.report.write_report`; it shows the
     figures, so it needs `plots`)."""
@@ -239,6 +241,8 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
     options = dict(model=model, group_by=group_by, effects=effects, method=method,
                    dense_mass=dense_mass, seed=seed, detection_limit_mm3=detection_limit_mm3,
                    species=species, quick=quick, **settings)
+    if method == "nuts":  # NUTS's draws do not depend on how many follow: a resumed
+        del options["num_samples"]  # run may ask for more draws (or fewer) than before
     ckpt = Checkpoint(out, "sample", fingerprint(
         options, batch, [(r.name, r.drugs, repr(r)) for r in regs], list(groups)),
         resume=resume)
@@ -352,6 +356,15 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
         raise FitcscInputError(f"{unfinished[0]}: holds the checkpoint of an unfinished "
                                "process; add --resume to continue it, or choose another "
                                "--out")
+    draws = args.samples if args.samples is not None else (QUICK if quick else DEFAULTS)[
+        "num_samples"]
+    for run, finished in zip(runs, done, strict=True):
+        had = (json.loads((run / "summary.json").read_text())["sampler"]["num_samples"]
+               if finished and args.resume else draws)
+        if had != draws:  # its checkpoint is gone: it cannot be extended
+            raise FitcscInputError(f"{run}: this process finished with {had} draws per "
+                                   f"chain, not the --samples {draws} asked for; ask for "
+                                   f"{had}, or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
     doc, _ = resolved_config(args.parser, args)  # the CLI's parser (`fitcsc.cli.main`)
     env = {**os.environ,
@@ -452,7 +465,9 @@ def add_sample_command(subparsers, common) -> None:
                    help="8 curves, 4 chains x 40 + 40 iterations (a smoke test)")
     from .._io.checkpoint import add_resume_option
 
-    add_resume_option(p, "part (warm start, warm-up, chunk of draws)")
+    add_resume_option(p, "part (warm start, warm-up, chunk of draws)",
+                      " With --method nuts, --samples may differ: more extend the chains "
+                      "from their saved state, fewer stop early.")
     p.set_defaults(handler=_run)
 
 
