@@ -72,13 +72,14 @@ def sampler_settings(args, base) -> dict:
 
 def script_checkpoint(args, out, name):
     """A script's `Checkpoint` in ``out`` when ``--checkpoint`` is given (else None),
-    fingerprinted by the options that shape the run (all but --no-progress, --checkpoint
-    and --merge), so that a rerun with the same options resumes it. With NUTS the number
+    fingerprinted by the options that shape the run (all but --no-progress, --checkpoint,
+    --keep-checkpoint and --merge), so that a rerun with the same options resumes it.
+    With NUTS the number
     of draws is left out too: its draws do not depend on how many follow, so a rerun
     with more ``--draws`` extends an unfinished run and one with fewer stops early."""
     if not args.checkpoint:
         return None
-    skip = {"no_progress", "checkpoint", "merge"} | (
+    skip = {"no_progress", "checkpoint", "keep_checkpoint", "merge"} | (
         {"draws"} if getattr(args, "method", None) == "nuts" else set())
     return Checkpoint(out, name, fingerprint(
         {k: v for k, v in vars(args).items() if k not in skip}), resume=True)

@@ -180,7 +180,7 @@ def run(args, pop, batch, out):
                                                 if args.net_rate else None),
                                       seeded_ref="seeded" if args.seeded_ref else None,
                                       refine_steps=20 if args.quick else 300, pair=PAIR)
-    if ckpt is not None:
+    if ckpt is not None and not args.keep_checkpoint:
         remove_checkpoint(out)
     return idata, record
 
@@ -368,6 +368,9 @@ def parse_args(argv=None):
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
                         "rerun with the same options resumes from them (with --method "
                         "nuts, --draws may differ: more extend the chains)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="with --checkpoint: keep it when the run ends, so that a NUTS run "
+                        "can be extended later with more --draws")
     p.add_argument("--init-from", default=None, metavar="POSTERIOR_NC",
                    help="start the chains at draws of one chain of an earlier run with the "
                         "same options (its posterior.nc) in place of the MAP warm start")

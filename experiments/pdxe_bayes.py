@@ -157,7 +157,7 @@ def main(args) -> dict:
                                       centre=tuple(args.centre), checkpoint=ckpt,
                                       pair=["csc_division_rate", "self_renewal", CSC, BULK,
                                             "kill_rate[0]", "csc_sparing|paclitaxel"])
-    if ckpt is not None:
+    if ckpt is not None and not args.keep_checkpoint:
         remove_checkpoint(out)
     ident = identification(pop, idata)
     her2 = her2_terms(idata, CSC, BULK, out / "trastuzumab.png",
@@ -279,6 +279,9 @@ def parse_args(argv=None):
                    help="save the warm-up and every chunk of draws in OUT/.checkpoint; a "
                         "rerun with the same options resumes from them (with --method "
                         "nuts, --draws may differ: more extend the chains)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="with --checkpoint: keep it when the run ends, so that a NUTS run "
+                        "can be extended later with more --draws")
     p.add_argument("--data-dir", default=None, help="data directory (default: fitcsc's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "pdxe_bayes"))

@@ -306,9 +306,10 @@ def test_nuts_resumed_with_more_draws_extends_the_chains(tmp_path):
 @pytest.mark.slow
 def test_sample_job_nuts_resumed_with_more_draws(volumes, tmp_path, monkeypatch, capsys):
     """``fitcsc sample --method nuts`` stopped (Ctrl-C) after two chunks of draws, then
-    ``--resume --samples 80``: the run is extended, not refused, and its first 40 draws
-    per chain are an uninterrupted 40-draw run's; ChEES with another ``--samples`` is
-    refused (its draws depend on the number asked for)."""
+    ``--resume --samples 80 --keep-checkpoint``: the run is extended, not refused, and its
+    first 40 draws per chain are an uninterrupted 40-draw run's; its kept checkpoint
+    lets the finished run be extended again to 120 draws. ChEES with another
+    ``--samples`` is refused (its draws depend on the number asked for)."""
     import xarray as xr
 
     from fitcsc._io.checkpoint import Checkpoint
@@ -328,14 +329,27 @@ def test_sample_job_nuts_resumed_with_more_draws(volumes, tmp_path, monkeypatch,
     monkeypatch.setattr(Checkpoint, "save", real)
     capsys.readouterr()
     assert main(["sample", "--data", str(volumes), "--out", str(out), *argv, "--resume",
-                 "--samples", "80"]) == 0
+                 "--samples", "80", "--keep-checkpoint"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sampler"]["num_samples"] == 80
     assert summary["checkpoint"]["resumed_chunks"] == 4  # warm start, warm-up, 2 chunks
+    assert summary["checkpoint"]["kept"] == str(out / ".checkpoint")
     a, b = (xr.open_dataset(d / "posterior.nc", group="posterior", engine="h5netcdf")
             for d in (ref, out))
     assert b.sizes["draw"] == 80
     xr.testing.assert_equal(a, b.isel(draw=slice(0, 40)))
+    # the kept checkpoint: a finished run extended again (its 80 draws loaded, not rerun)
+    capsys.readouterr()
+    assert main(["sample", "--data", str(volumes), "--out", str(out), *argv]) == 2
+    assert "--keep-checkpoint" in capsys.readouterr().err  # refused without --resume
+    assert main(["sample", "--data", str(volumes), "--out", str(out), *argv, "--resume",
+                 "--samples", "120"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] == {"resumed_chunks": 2 + 80 // 4, "computed_chunks": 40 // 4}
+    assert not (out / ".checkpoint").exists()
+    c = xr.open_dataset(out / "posterior.nc", group="posterior", engine="h5netcdf")
+    assert c.sizes["draw"] == 120
+    xr.testing.assert_equal(b, c.isel(draw=slice(0, 80)))
 
     chees = ["--model", "exponential", "--quick", "--quiet", "--seed", "2"]
     monkeypatch.setattr(Checkpoint, "save", stop_after_two_chunks)

@@ -82,7 +82,8 @@ class Checkpoint:
                 old_job, old_digest = "?", "unreadable"
             if not resume:
                 raise FitcscInputError(
-                    "the output folder holds the checkpoint of an unfinished run",
+                    "the output folder holds the checkpoint of an unfinished run (or "
+                    "one kept with --keep-checkpoint)",
                     file=str(manifest), expected="--resume to continue it, or another "
                     f"--out (or delete {self.dir}) to start over", value=old_job)
             if (old_job, old_digest) != (job, digest):

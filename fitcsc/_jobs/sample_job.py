@@ -216,7 +216,8 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
                num_samples: int | None = None, dense_mass: bool = False, seed: int = 0,
                detection_limit_mm3: float = 1.0, species: str = "mouse",
                quick: bool = False, progress: bool = True, report: bool = True,
-               plots: bool = True, resume: bool = False) -> dict:
+               plots: bool = True, resume: bool = False,
+               keep_checkpoint: bool = False) -> dict:
     """Run the sample job (see the module docstring). **Returns:** the summary.
 
     The warm start, the warm-up and every chunk of draws are checkpointed in
@@ -224,7 +225,9 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
     an interrupted run continues from them to the same draws. With NUTS the resumed run
     may ask for another `num_samples`: more extend the chains from their saved state
     (the first draws are the interrupted run's), fewer stop early. Without it, an
-    ``out_dir`` holding an unfinished run's checkpoint is refused. `report`: write
+    ``out_dir`` holding an unfinished run's checkpoint is refused. `keep_checkpoint`:
+    leave the checkpoint in place when the run ends, so that a NUTS run can be extended
+    later (`resume` with a larger `num_samples`). `report`: write
     ``report.md`` at the end (`fitcsc._jobs.report.write_report`; it shows the
     figures, so it needs `plots`)."""
     t0 = time.perf_counter()
@@ -272,14 +275,15 @@ def sample_job(data_file, out_dir, *, regimens_file=None, model: str = "csc",
         "warm_start": start_info, "convergence": diag, "notes": notes,
         "wall_s": round(time.perf_counter() - t0, 2),
         **run_record(sampler=seed, posterior_predictive=seed + 1),
-        "checkpoint": ckpt.record(),
+        "checkpoint": ckpt.record(kept=keep_checkpoint),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     if report and plots:
         from .report import write_report
 
         write_report(out)
-    remove_checkpoint(out)  # every output written
+    if not keep_checkpoint:
+        remove_checkpoint(out)  # every output written
     return summary
 
 
@@ -354,8 +358,8 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
     unfinished = [r for r in runs if (r / ".checkpoint").exists()]
     if unfinished and not args.resume:
         raise FitcscInputError(f"{unfinished[0]}: holds the checkpoint of an unfinished "
-                               "process; add --resume to continue it, or choose another "
-                               "--out")
+                               "process (or one kept with --keep-checkpoint); add --resume "
+                               "to continue it, or choose another --out")
     draws = args.samples if args.samples is not None else (QUICK if quick else DEFAULTS)[
         "num_samples"]
     for run, finished in zip(runs, done, strict=True):
@@ -363,8 +367,9 @@ def sample_in_processes(args, data_file, regimens_file=None) -> dict:
                if finished and args.resume else draws)
         if had != draws:  # its checkpoint is gone: it cannot be extended
             raise FitcscInputError(f"{run}: this process finished with {had} draws per "
-                                   f"chain, not the --samples {draws} asked for; ask for "
-                                   f"{had}, or choose another --out")
+                                   f"chain, not the --samples {draws} asked for, and its "
+                                   f"checkpoint is gone; ask for {had}, or choose another "
+                                   "--out (--keep-checkpoint keeps a run extendable)")
     work.mkdir(parents=True, exist_ok=True)
     doc, _ = resolved_config(args.parser, args)  # the CLI's parser (`fitcsc.cli.main`)
     env = {**os.environ,
@@ -468,6 +473,10 @@ def add_sample_command(subparsers, common) -> None:
     add_resume_option(p, "part (warm start, warm-up, chunk of draws)",
                       " With --method nuts, --samples may differ: more extend the chains "
                       "from their saved state, fewer stop early.")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep OUT/.checkpoint when the run ends (it is removed otherwise), "
+                        "so that a NUTS run can be extended later with --resume and more "
+                        "--samples")
     p.set_defaults(handler=_run)
 
 
@@ -486,7 +495,7 @@ def _run(args) -> int:
                        num_samples=args.samples, dense_mass=args.dense_mass, seed=args.seed,
                        detection_limit_mm3=args.detection_limit_mm3, species=args.species,
                        quick=args.quick, progress=not args.quiet, plots=not args.no_plots,
-                       resume=args.resume)
+                       resume=args.resume, keep_checkpoint=args.keep_checkpoint)
     c = s["convergence"]
     if args.quiet:
         return 0
