@@ -14,7 +14,8 @@ may move)::
 - Sampling: `sample` (ChEES-HMC or NUTS, chains vmapped, with checkpoints and
   thinning), `run_chains` (the same from explicit per-chain starts), `Posterior`
   (with the warm-up's step sizes and leapfrog counts, `WARMUP_STATS`, summarised by
-  `warmup_summary`), `z_log_density`.
+  `warmup_summary`; a progress callback may also see the draws so far),
+  `z_log_density`.
 - Outputs: `posterior_outputs` (netCDF, summary tables and diagnostic plots of a
   posterior), `write_posterior_outputs` (the same from an InferenceData, e.g. the
   chains of several runs by `fitcsc.summary.concat_chains`), `progress_printer`.

@@ -69,8 +69,9 @@ def test_warmup_stats_trace_the_adaptation(method):
                                    w["step_size"][-1], rtol=1e-12)
     warm = [d for p, n, d in seen if p == "warmup" and 0 < n < 200]
     assert warm and all(set(d) == set(WARMUP_STATS) for d in warm)
-    assert [d for p, n, d in seen if p == "sampling"] == [None] * sum(
-        p == "sampling" for p, _, _ in seen)
+    drawn = [(n, d) for p, n, d in seen if p == "sampling" and n > 0]
+    assert drawn and all(set(d) == {"n_divergent"} for _, d in drawn)
+    assert drawn[-1] == (50, {"n_divergent": post.num_divergent})
     s = warmup_summary(w)
     assert s["final_step_size"] == float(w["step_size"][-1])
     assert s["n_leapfrog_max"] == float(w["n_leapfrog"].max())
@@ -189,3 +190,45 @@ def test_bad_arguments(kw, match):
     args = {"z_init": MU, **kw}
     with pytest.raises(ValueError, match=match):
         fitcsc.sample(log_gauss, args.pop("z_init"), num_warmup=10, **args)
+
+
+def test_progress_printer_lines():
+    """The terminal progress line: the warm-up's adaptation, then R-hat and bulk ESS of
+    the draws so far (`fitcsc.summary.chain_diagnostics` of the draws `sample` hands to a
+    callback with a ``draws`` keyword: after the last chunk, of the whole posterior) and
+    the divergences; nothing off a terminal."""
+    import io
+
+    from fitcsc.population import progress_printer
+    from fitcsc.summary import chain_diagnostics
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    show = progress_printer(out)
+    show("warmup", 100, 400, diagnostics={"step_size": 0.0412, "n_leapfrog": 63.0,
+                                          "acceptance_rate": 0.812, "n_divergent": 0.0})
+    seen = []
+
+    def progress(phase, done, total, diagnostics=None, draws=None):
+        seen.append((phase, done, draws))
+        show(phase, done, total, diagnostics=diagnostics, draws=draws)
+
+    post = fitcsc.sample(log_gauss, MU, method="nuts", num_chains=3, num_warmup=40,
+                         num_samples=30, seed=2, progress=progress)
+    drawn = [(n, z) for p, n, z in seen if p == "sampling" and n > 0]
+    assert [n for n, _ in drawn] == list(range(2, 31, 2))  # chunks of 2 draws
+    for n, z in drawn:
+        np.testing.assert_array_equal(z, post.z[:, :n])
+    lines = out.getvalue().split("\r")[1:]
+    assert lines[0].startswith("  warmup   100/400 (") and lines[0].endswith(
+        "s, step 0.0412, 63 leapfrog, accept 0.81, 0 divergent)")
+    sampling = [x for x in lines if x.startswith("sampling")]
+    assert sampling[1].startswith("sampling     2/30") and "R-hat" not in sampling[1]
+    c = chain_diagnostics(post.z)
+    assert sampling[-1].endswith(f"s, max R-hat {c['rhat_max']:.3f}, min bulk ESS "
+                                 f"{c['ess_bulk_min']:.0f}, {post.num_divergent} divergent)\n")
+    assert progress_printer(io.StringIO()) is None  # not a terminal
+    assert progress_printer(out, quiet=True) is None

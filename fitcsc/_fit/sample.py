@@ -359,7 +359,10 @@ def sample(
     - `progress`: ``callback(phase, done, total)`` called after every chunk of steps,
       ``phase`` ``"warmup"`` or ``"sampling"`` (`fitcsc.population.progress_printer`). A
       callback with a ``diagnostics`` keyword also gets, during warm-up, the latest
-      step's `WARMUP_STATS` (floats), to watch step size and trajectory length adapt.
+      step's `WARMUP_STATS` (floats), to watch step size and trajectory length adapt,
+      and during sampling ``{"n_divergent": ...}``, the divergences so far; one with a
+      ``draws`` keyword gets, during sampling, the draws so far ``(num_chains, done,
+      d)``, to watch the chains converge (`progress_printer` shows their R-hat).
     - `checkpoint`: a `fitcsc._io.checkpoint.Checkpoint` (``load(name)``, ``save(name,
       arrays)``): the chain states and adapted kernel after warm-up (``warmup``) and
       every chunk of draws with the chain states after it (``draws_00003``) are saved;
@@ -396,7 +399,8 @@ def sample(
                          "density (a failed solve?); start from a MAP or a valid point")
     timing = {"compile_s": 0.0, "warmup_s": 0.0, "sampling_s": 0.0}
     report = progress or (lambda phase, done, total: None)
-    wants = progress is not None and "diagnostics" in inspect.signature(progress).parameters
+    takes = set() if progress is None else set(inspect.signature(progress).parameters)
+    wants, wants_draws = "diagnostics" in takes, "draws" in takes
     latest = {}  # the last warm-up step's WARMUP_STATS, for a callback that wants them
 
     def report_warmup(done):
@@ -498,7 +502,15 @@ def sample(
             if phase == "sampling":
                 draws.append(z)
                 stats.append(st)
-                report(phase, (i + 1) * chunk, total)
+                if wants or wants_draws:  # the draws so far, to watch them converge
+                    extra = {"diagnostics": {"n_divergent": int(sum(
+                        np.sum(np.asarray(x["diverging"])) for x in stats))}} if wants else {}
+                    if wants_draws:
+                        extra["draws"] = np.swapaxes(
+                            np.concatenate([np.asarray(d) for d in draws]), 0, 1)
+                    progress(phase, (i + 1) * chunk, total, **extra)
+                else:
+                    report(phase, (i + 1) * chunk, total)
             else:
                 warm.append(jax.vmap(_warmup_trace)(st))
                 latest.update({k: v[-1] for k, v in warm[-1].items()})

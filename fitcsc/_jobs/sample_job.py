@@ -44,18 +44,35 @@ QUICK = dict(num_chains=4, num_warmup=40, num_samples=40)
 
 def progress_printer(stream=None, *, quiet: bool = False):
     """A `fitcsc.sample` progress callback writing ``warmup 120/500 (31 s, step 0.04,
-    37 leapfrog, accept 0.71, 0 divergent)`` to ``stream`` (default stderr), in place on
-    a terminal; None when ``quiet`` or not a terminal."""
+    37 leapfrog, accept 0.71, 0 divergent)`` and ``sampling 200/500 (95 s, max R-hat
+    1.021, min bulk ESS 140, 0 divergent)`` (of the draws so far, in the sampler's
+    coordinates: rank-normalised R-hat is that of every monotone transform) to
+    ``stream`` (default stderr), in place on a terminal; None when ``quiet`` or not a
+    terminal."""
     stream = sys.stderr if stream is None else stream
     if quiet or not getattr(stream, "isatty", lambda: False)():
         return None
     t0 = time.perf_counter()
 
-    def report(phase, done, total, diagnostics=None):
+    def report(phase, done, total, diagnostics=None, draws=None):
         end = "\n" if done == total else ""
         d = diagnostics or {}
-        tail = (f", step {d['step_size']:.3g}, {d['n_leapfrog']:.0f} leapfrog, accept "
-                f"{d['acceptance_rate']:.2f}, {d['n_divergent']:.0f} divergent" if d else "")
+        if phase == "sampling":  # the draws so far
+            tail = "" if not d else f", {d['n_divergent']:.0f} divergent"
+            if draws is not None and draws.shape[0] > 1 and draws.shape[1] >= 4:
+                import warnings
+
+                from ..summary import chain_diagnostics
+
+                with warnings.catch_warnings():  # an element constant so far: NaN
+                    warnings.simplefilter("ignore")
+                    c = chain_diagnostics(draws)
+                tail = (f", max R-hat {c['rhat_max']:.3f}, min bulk ESS "
+                        f"{c['ess_bulk_min']:.0f}" + tail)
+        else:
+            tail = (f", step {d['step_size']:.3g}, {d['n_leapfrog']:.0f} leapfrog, accept "
+                    f"{d['acceptance_rate']:.2f}, {d['n_divergent']:.0f} divergent"
+                    if d else "")
         stream.write(f"\r{phase:>8} {done:5d}/{total} ({time.perf_counter() - t0:6.0f} s"
                      f"{tail})" + end)
         stream.flush()
