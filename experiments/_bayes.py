@@ -74,9 +74,9 @@ def script_checkpoint(args, out, name):
     """A script's `Checkpoint` in ``out`` when ``--checkpoint`` is given (else None),
     fingerprinted by the options that shape the run (all but --no-progress, --checkpoint,
     --keep-checkpoint and --merge), so that a rerun with the same options resumes it.
-    With NUTS the number
-    of draws is left out too: its draws do not depend on how many follow, so a rerun
-    with more ``--draws`` extends an unfinished run and one with fewer stops early."""
+    With NUTS the number of draws is left out too: its draws do not depend on how many
+    follow, so a rerun with more ``--draws`` extends an unfinished run and one with
+    fewer stops early."""
     if not args.checkpoint:
         return None
     skip = {"no_progress", "checkpoint", "keep_checkpoint", "merge"} | (

@@ -298,7 +298,7 @@ def test_nuts_resumed_with_more_draws_extends_the_chains(tmp_path):
     assert fewer.saved == []  # a fresh 30-draw run would take chunks of 3
     np.testing.assert_array_equal(post.z, full.z[:, :30])
     with pytest.raises(ValueError, match="chunks hold 5 draws per chain; resume with a "
-                                         "multiple of 5 draws, not 64"):
+                                         "multiple of 5 draws .*, got 64"):
         sample(log_density, jnp.zeros(2), num_samples=64,
                checkpoint=Checkpoint(tmp_path / "c", "s", "x", resume=True), **kw)
 
@@ -342,6 +342,10 @@ def test_sample_job_nuts_resumed_with_more_draws(volumes, tmp_path, monkeypatch,
     capsys.readouterr()
     assert main(["sample", "--data", str(volumes), "--out", str(out), *argv]) == 2
     assert "--keep-checkpoint" in capsys.readouterr().err  # refused without --resume
+    assert main(["sample", "--data", str(volumes), "--out", str(out), *argv, "--resume",
+                 "--samples", "90"]) == 2  # not a whole number of chunks of 4 draws
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multiple of 4" in err[0] and "got 90" in err[0], err
     assert main(["sample", "--data", str(volumes), "--out", str(out), *argv, "--resume",
                  "--samples", "120"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import FitcscInputError
+
 METHODS = ("nuts", "chees")
 WARMUP_STATS = {  # per warm-up step, over the chains run in lockstep
     "step_size": "step size (ChEES: the one shared; NUTS: the median over chains)",
@@ -438,10 +440,11 @@ def sample(
             if first is not None:
                 saved_chunk = int(first[1][0].shape[0])
                 if num_samples % saved_chunk:
-                    raise ValueError(
-                        f"sample: the checkpoint's chunks hold {saved_chunk} draws per "
-                        f"chain; resume with a multiple of {saved_chunk} draws, not "
-                        f"{num_samples} (or start over)")
+                    raise FitcscInputError(
+                        f"the checkpoint's chunks hold {saved_chunk} draws per chain; "
+                        f"resume with a multiple of {saved_chunk} draws (or start over)",
+                        expected="a number of draws per chain that is a multiple of "
+                        f"{saved_chunk}", value=num_samples)
                 chunk = saved_chunk
     else:
         done = [0]
@@ -487,9 +490,10 @@ def sample(
             if got is not None:
                 carry, (z, st) = got
                 if z.shape[0] != chunk:  # ChEES's draws depend on num_samples: no resize
-                    raise ValueError(f"sample: the checkpoint's {name} holds {z.shape[0]} "
-                                     f"draws per chain, not {chunk}: resume with the "
-                                     "interrupted run's num_warmup and num_samples")
+                    raise FitcscInputError(
+                        f"the checkpoint's {name} holds {z.shape[0]} draws per chain, not "
+                        f"{chunk}", expected="the interrupted run's num_warmup and "
+                        "num_samples", value=(num_warmup, num_samples))
             else:
                 if thin not in runs:
                     tc = time.perf_counter()
