@@ -473,6 +473,7 @@ def sample(
 
     runs = {}  # compiled chunk of each phase (one program when not thinning)
     draws, stats, warm = [], [], []
+    n_divergent = 0  # after warm-up, so far (for a progress callback)
     # each phase's keys: NUTS warm-up 0, sampling 1; ChEES sampling 0 (its warm-up apart)
     fold = {"warmup": 0, "sampling": int(method == "nuts")}
     for phase, total in phases:
@@ -506,9 +507,9 @@ def sample(
             if phase == "sampling":
                 draws.append(z)
                 stats.append(st)
+                n_divergent += int(np.sum(np.asarray(st["diverging"])))
                 if wants or wants_draws:  # the draws so far, to watch them converge
-                    extra = {"diagnostics": {"n_divergent": int(sum(
-                        np.sum(np.asarray(x["diverging"])) for x in stats))}} if wants else {}
+                    extra = {"diagnostics": {"n_divergent": n_divergent}} if wants else {}
                     if wants_draws:
                         extra["draws"] = np.swapaxes(
                             np.concatenate([np.asarray(d) for d in draws]), 0, 1)
